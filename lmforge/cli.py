@@ -1,0 +1,53 @@
+"""The `lmforge` command: one verb per pipeline stage.
+
+Each stage package owns its verbs in its own `cli.py` (a `register(subparsers)` function); this file only lists
+them in pipeline order, so `lmforge --help` reads like the pipeline itself. Stage modules import torch and other
+heavy libraries inside their command functions, which keeps `--help` instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> speedrun.
+STAGE_CLIS = [
+    "lmforge.data.cli",
+    "lmforge.tokenizer.cli",
+    "lmforge.speedrun",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Build a ChatGPT-like assistant end to end: crawl -> data -> tokenizer -> pretrain -> "
+        "generate -> sft -> export. Run `lmforge speedrun --out DIR` for the whole chain on the embedded default.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="VERB", required=True)
+    for name in STAGE_CLIS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before anything imports torch; see utils.configure_threads
+    from lmforge.utils import LmforgeError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except LmforgeError as e:
+        print(f"lmforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
