@@ -13,9 +13,8 @@ import os
 import sys
 
 # Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> speedrun.
+# Every module listed has a `register(subparsers)` function that adds its verb(s).
 STAGE_CLIS = [
-    "lmforge.data.cli",
-    "lmforge.tokenizer.cli",
     "lmforge.speedrun",
 ]
 
