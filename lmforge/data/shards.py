@@ -1,0 +1,189 @@
+"""Token shards: the artifact between `lmforge data tokenize` and pretraining.
+
+A shards directory holds:
+
+- `train_00000.bin`, `train_00001.bin`, ... and `val_00000.bin`, ...: flat little-endian arrays of token ids,
+  `uint16` when the vocabulary fits in 65,536 ids, else `uint32`. Every document starts with `<|bos|>`; documents
+  follow each other with nothing in between (no EOS, no padding), so a reader may cut windows anywhere.
+- `index.json`: `{"format": "lmforge-token-shards", "version": 1, "dtype", "vocab_size", "bos_id",
+  "tokenizer_hash", "splits": {"train": [shard, ...], "val": [shard, ...]}, ...}` where a shard is
+  `{"file": "train_00000.bin", "tokens": int, "documents": int, "doc_offsets": [int, ...]}` and `doc_offsets[i]`
+  is the position of the i-th document's `<|bos|>` in that file (so `doc_offsets[0] == 0`).
+- `tokenizer/`: a copy of the tokenizer directory the shards were written with (`Tokenizer.load` reads it), whose
+  hash is `tokenizer_hash` (`tokenizer_dir_hash`).
+
+The validation split is fixed by a hash of each document's id, so it never changes between runs of the same data.
+`TokenShards` is the reading side: it memory-maps the files (nothing is read until used) and checks the index
+against them up front, so a trainer fails at start with a message that names the file, not mid-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from lmforge.utils import LmforgeError, read_json
+
+FORMAT = "lmforge-token-shards"
+VERSION = 1
+DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """The smallest dtype that holds every id of the vocabulary (half the disk and bandwidth when it fits)."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def tokenizer_dir_hash(directory: str | Path) -> str:
+    """sha256 over the names and bytes of every file in a tokenizer directory, in sorted order.
+
+    The shards record it so that a trainer (or a later tokenize run) can tell that a tokenizer was retrained.
+    """
+    directory = Path(directory)
+    h = hashlib.sha256()
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    if not files:
+        raise LmforgeError(f"tokenizer directory {directory} is empty or missing")
+    for p in files:
+        h.update(p.relative_to(directory).as_posix().encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class Shard:
+    path: Path
+    tokens: int
+    doc_offsets: np.ndarray  # int64 positions of each document's <|bos|>
+
+    @property
+    def documents(self) -> int:
+        return len(self.doc_offsets)
+
+
+class TokenShards:
+    """One split (`train` or `val`) of a shards directory, memory-mapped and validated.
+
+    `shards` lists the files in order; `tokens(i)` is shard i as a read-only memmap; `num_tokens` is the split's
+    total; `document(i, j)` and `iter_documents()` give document-aligned views (each starting with `bos_id`).
+    `validate(deep=True)` also scans every id (costs one pass over the data; the trainer need not pay it).
+    """
+
+    def __init__(self, directory: str | Path, split: str = "train", check_tokenizer: bool = True):
+        self.directory = Path(directory)
+        index_path = self.directory / "index.json"
+        index = read_json(index_path, "token shards index")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise LmforgeError(f"{index_path} is not an lmforge token shards index (format != {FORMAT!r})")
+        if index.get("version") != VERSION:
+            raise LmforgeError(f"{index_path}: unsupported version {index.get('version')!r} (this code reads {VERSION})")
+        for key in ("dtype", "vocab_size", "bos_id", "tokenizer_hash", "splits"):
+            if key not in index:
+                raise LmforgeError(f"{index_path}: missing field {key!r}")
+        if index["dtype"] not in DTYPES:
+            raise LmforgeError(f"{index_path}: field 'dtype' is {index['dtype']!r}, expected uint16 or uint32")
+        self.index = index
+        self.split = split
+        self.dtype = np.dtype(DTYPES[index["dtype"]])
+        self.vocab_size = int(index["vocab_size"])
+        self.bos_id = int(index["bos_id"])
+        self.tokenizer_hash = str(index["tokenizer_hash"])
+        if self.vocab_size > np.iinfo(self.dtype).max + 1:
+            raise LmforgeError(f"{index_path}: vocab_size {self.vocab_size} does not fit dtype {index['dtype']}")
+        if not 0 <= self.bos_id < self.vocab_size:
+            raise LmforgeError(f"{index_path}: bos_id {self.bos_id} outside the vocabulary of {self.vocab_size}")
+        if split not in index["splits"]:
+            raise LmforgeError(f"{index_path}: no split {split!r} (has {sorted(index['splits'])})")
+        self.shards: list[Shard] = []
+        for entry in index["splits"][split]:
+            path = self.directory / entry["file"]
+            if not path.is_file():
+                raise LmforgeError(f"token shard {path} listed in {index_path} is missing")
+            tokens = int(entry["tokens"])
+            size = path.stat().st_size
+            if size != tokens * self.dtype.itemsize:
+                raise LmforgeError(f"token shard {path} has {size} bytes, but {index_path} says {tokens} tokens of "
+                                   f"{index['dtype']} ({tokens * self.dtype.itemsize} bytes): wrong dtype or truncated")
+            offsets = np.asarray(entry["doc_offsets"], dtype=np.int64)
+            if len(offsets) != int(entry["documents"]) or (len(offsets) and (offsets[0] != 0 or offsets[-1] >= tokens
+                                                                            or np.any(np.diff(offsets) <= 0))):
+                raise LmforgeError(f"{index_path}: document offsets of {entry['file']} are inconsistent")
+            self.shards.append(Shard(path, tokens, offsets))
+        self._maps: dict[int, np.ndarray] = {}
+        if check_tokenizer:
+            tok_dir = self.tokenizer_dir
+            if not tok_dir.is_dir():
+                raise LmforgeError(f"token shards {self.directory} lack their tokenizer copy in {tok_dir}")
+            if tokenizer_dir_hash(tok_dir) != self.tokenizer_hash:
+                raise LmforgeError(f"{tok_dir} does not match tokenizer_hash in {index_path} (tokenizer was changed)")
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.directory / "tokenizer"
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    @property
+    def num_documents(self) -> int:
+        return sum(s.documents for s in self.shards)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def tokens(self, i: int) -> np.ndarray:
+        """Shard i as a read-only memmap (opened once, then cached)."""
+        if i not in self._maps:
+            shard = self.shards[i]
+            self._maps[i] = (np.memmap(shard.path, dtype=self.dtype, mode="r", shape=(shard.tokens,))
+                             if shard.tokens else np.zeros(0, dtype=self.dtype))
+        return self._maps[i]
+
+    def document(self, i: int, j: int) -> np.ndarray:
+        """Document j of shard i, starting with its <|bos|>."""
+        offsets = self.shards[i].doc_offsets
+        end = offsets[j + 1] if j + 1 < len(offsets) else self.shards[i].tokens
+        return self.tokens(i)[offsets[j]:end]
+
+    def iter_documents(self) -> Iterator[np.ndarray]:
+        for i, shard in enumerate(self.shards):
+            for j in range(shard.documents):
+                yield self.document(i, j)
+
+    def validate(self, deep: bool = False) -> None:
+        """Check that every document starts with <|bos|> and, if `deep`, that every id is inside the vocabulary."""
+        for i, shard in enumerate(self.shards):
+            arr = self.tokens(i)
+            if shard.documents and np.any(arr[shard.doc_offsets] != self.bos_id):
+                raise LmforgeError(f"token shard {shard.path}: a document offset does not point at <|bos|>")
+            if deep and shard.tokens:
+                top = int(arr.max())
+                if top >= self.vocab_size:
+                    raise LmforgeError(f"token shard {shard.path}: token id {top} >= vocab_size {self.vocab_size}")
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write one .bin shard atomically (a crash leaves no half shard that the index could point at)."""
+    from lmforge.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tofile(tmp)
+
+
+def shard_entry(file: str, tokens: int, doc_offsets: list[int] | np.ndarray) -> dict:
+    return {"file": file, "tokens": int(tokens), "documents": len(doc_offsets),
+            "doc_offsets": [int(x) for x in doc_offsets]}
+
+
+def make_index(dtype: str, vocab_size: int, bos_id: int, tokenizer_hash: str, splits: dict[str, list[dict]],
+               **extra) -> dict:
+    """The `index.json` object; `extra` (e.g. the split rule, the source files) is kept for the record."""
+    return {"format": FORMAT, "version": VERSION, "dtype": dtype, "vocab_size": int(vocab_size), "bos_id": int(bos_id),
+            "tokenizer_hash": tokenizer_hash, "splits": splits, **extra}
