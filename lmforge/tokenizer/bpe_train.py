@@ -1,0 +1,255 @@
+"""Byte-level BPE training: the efficient algorithm, in plain Python.
+
+minbpe's loop recounts every pair of the whole corpus for every merge (quadratic). Here:
+
+1. **Count unique chunks once.** Each document is cut by the split pattern; a `Counter` of chunk strings is all
+   that is kept, so the input streams (a corpus larger than memory can be counted) and the merge phase works on
+   the few hundred thousand distinct chunks, weighted by their counts, instead of on the text. Documents are never
+   joined, so no chunk (and therefore no merge) spans a document boundary. Counting can fan out to worker
+   processes: the split regex is the costly part and it holds the GIL.
+2. **Pair counts with incremental updates.** `pair_counts[(a, b)]` is the number of adjacent occurrences of the
+   pair over all chunks (overlapping occurrences such as the two in `a a a` both count, as in `tokenizers` and
+   `rustbpe`), and `where[(a, b)]` lists the chunks that may contain it. A merge touches only those chunks and
+   updates the counts of the pairs that changed there.
+3. **A priority queue with lazy refresh.** A heap of `(-count, pair)`. Counts of existing pairs only ever fall
+   (new pairs are pushed when they appear), so a popped entry whose stored count is stale is pushed back with its
+   current count, and the first entry whose count is current is the true maximum.
+
+Tie-break (what makes runs byte-identical and lets a test compare merge for merge with `rustbpe` and Hugging Face
+`tokenizers`): the highest count wins; among equal counts the smallest pair `(a, b)` by token id wins, as in both
+of those trainers. Base tokens are the 256 byte values (id = byte value) unless `byte_order` relabels them: with
+`byte_order="hf"` the bytes are ordered as `tokenizers`' ByteLevel alphabet (sorted by the printable character
+each byte is shown as), which reproduces its ties exactly; with the default `"bytes"` the ties are `rustbpe`'s.
+
+When a merge produces bytes that already form a token (the same string reached by another path, e.g. `(a, bc)`
+after `(ab, c)`), the existing id is reused, as `tokenizers` does: the vocabulary never holds the same bytes twice,
+which a `tiktoken.Encoding` (bytes -> rank) requires.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import regex
+
+Merge = tuple[int, int, int]  # (left id, right id, new id)
+
+_BATCH_CHARS = 4_000_000  # characters per counting batch sent to a worker process
+
+
+def text_to_bytes(text: str) -> bytes:
+    """UTF-8 bytes of a Python string; a lone surrogate becomes its 3-byte WTF-8 form (`surrogatepass`).
+
+    Python strings may hold lone surrogates (for example from `json.loads('"\\ud800"')`); they are not valid
+    Unicode, so instead of failing or silently replacing them we keep their 3 bytes, which the decoder turns back
+    into the same surrogate: every Python string round-trips exactly.
+    """
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _count_batch(args: tuple[str, list[str]]) -> Counter:
+    pattern, texts = args
+    pat = regex.compile(pattern)
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(pat.findall(text))
+    return counts
+
+
+def _batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"training texts must be str, got {type(text).__name__}")
+        batch.append(text)
+        size += len(text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progress: bool = False) -> Counter:
+    """Count the split-pattern chunks of every document: `Counter[str]` of chunk -> occurrences.
+
+    Streams `texts` (any iterable, consumed once). With `num_workers > 1`, batches of about 4M characters are
+    counted in worker processes, at most `2 * num_workers` batches in flight, so memory stays bounded.
+    """
+    from tqdm import tqdm
+
+    total: Counter = Counter()
+    bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=not progress, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
+    if num_workers <= 1:
+        pat = regex.compile(pattern)
+        for batch in _batches(texts, _BATCH_CHARS // 4):
+            for text in batch:
+                total.update(pat.findall(text))
+            bar.update(sum(map(len, batch)) / 1e6)
+    else:
+        with ProcessPoolExecutor(num_workers) as pool:
+            pending = []
+            for batch in _batches(texts, _BATCH_CHARS):
+                pending.append((pool.submit(_count_batch, (pattern, batch)), sum(map(len, batch))))
+                if len(pending) >= 2 * num_workers:
+                    fut, n = pending.pop(0)
+                    total.update(fut.result())
+                    bar.update(n / 1e6)
+            for fut, n in pending:
+                total.update(fut.result())
+                bar.update(n / 1e6)
+    bar.close()
+    return total
+
+
+def hf_byte_order() -> list[int]:
+    """Bytes in the order of `tokenizers`' ByteLevel alphabet ids: sorted by the character each byte is shown as.
+
+    GPT-2's byte-to-character map shows the printable bytes `!`..`~`, `¡`..`¬`, `®`..`ÿ` as themselves and the
+    other 68 bytes as characters U+0100.. in byte order.
+    """
+    return sorted(range(256), key=lambda b: ord(byte_to_char(b)))
+
+
+def byte_to_char(b: int) -> str:
+    """GPT-2's printable stand-in character for a byte (used by Hugging Face ByteLevel models)."""
+    if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255:
+        return chr(b)
+    rank = sum(1 for x in range(b) if not (33 <= x <= 126 or 161 <= x <= 172 or 174 <= x <= 255))
+    return chr(256 + rank)
+
+
+@dataclass
+class TrainStats:
+    """What a training run measured (reported by the CLI, the speedrun and the benchmark)."""
+
+    unique_chunks: int = 0
+    total_chunks: int = 0
+    merges: int = 0
+    reused_ids: int = 0  # merges whose bytes already formed a token (the existing id was reused)
+    stopped_early: bool = False  # the corpus ran out of pairs before the requested vocabulary size
+
+
+def learn_merges(
+    chunk_counts: Counter,
+    num_tokens: int,
+    byte_order: str = "bytes",
+    progress: bool = False,
+    stats: TrainStats | None = None,
+) -> list[Merge]:
+    """Learn merges until the vocabulary holds `num_tokens` byte-level tokens (256 bytes + merged tokens).
+
+    Returns `(a, b, new_id)` in the order learned, with ids in byte-value space (id = byte for the 256 base
+    tokens, new ids 256, 257, ... in order of creation). Stops early if no pair is left.
+    """
+    from tqdm import tqdm
+
+    if byte_order not in ("bytes", "hf"):
+        raise ValueError(f"byte_order must be 'bytes' or 'hf', got {byte_order!r}")
+    stats = stats if stats is not None else TrainStats()
+    # internal id of each byte; merged tokens get 256.. in both orders
+    order = list(range(256)) if byte_order == "bytes" else hf_byte_order()
+    to_internal = bytes(order.index(b) for b in range(256)) if byte_order == "hf" else None
+
+    # 1. the chunks as lists of internal ids, with their counts (single-byte chunks can never be merged)
+    words: list[list[int]] = []
+    counts: list[int] = []
+    for chunk, c in chunk_counts.items():
+        stats.total_chunks += c
+        data = text_to_bytes(chunk)
+        if len(data) < 2:
+            continue
+        if to_internal is not None:
+            data = data.translate(to_internal)
+        words.append(list(data))
+        counts.append(c)
+    stats.unique_chunks = len(chunk_counts)
+
+    # 2. initial pair counts and the chunks where each pair occurs
+    pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+    where: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
+    for wi, (w, c) in enumerate(zip(words, counts)):
+        for pair in zip(w, w[1:]):
+            pair_counts[pair] += c
+            where[pair].append(wi)
+
+    # 3. the heap: max count first, then the smallest pair
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    token_bytes: list[bytes] = [bytes([b]) for b in order]  # internal id -> bytes
+    bytes_to_id: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
+    merges: list[Merge] = []
+    bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=not progress)
+    while len(token_bytes) < num_tokens:
+        # pop until an entry's count is current (lazy refresh)
+        while heap:
+            neg, pair = heapq.heappop(heap)
+            current = pair_counts.get(pair, 0)
+            if -neg == current:
+                break
+            if current > 0:
+                heapq.heappush(heap, (-current, pair))
+        else:
+            stats.stopped_early = True
+            break
+        if current <= 0:
+            stats.stopped_early = True
+            break
+        a, b = pair
+        merged = token_bytes[a] + token_bytes[b]
+        new_id = bytes_to_id.get(merged)
+        if new_id is None:
+            new_id = len(token_bytes)
+            token_bytes.append(merged)
+            bytes_to_id[merged] = new_id
+            bar.update(1)
+        else:
+            stats.reused_ids += 1
+        merges.append((a, b, new_id))
+
+        new_pairs: set[tuple[int, int]] = set()
+        for wi in set(where.pop(pair)):
+            w = words[wi]
+            n = len(w)
+            out: list[int] = []
+            i = 0
+            changed = False
+            while i < n:
+                if w[i] == a and i + 1 < n and w[i + 1] == b:
+                    out.append(new_id)
+                    i += 2
+                    changed = True
+                else:
+                    out.append(w[i])
+                    i += 1
+            if not changed:  # a stale entry of `where`: the pair left this chunk in an earlier merge
+                continue
+            c = counts[wi]
+            for p in zip(w, w[1:]):
+                pair_counts[p] -= c
+            for p in zip(out, out[1:]):
+                pair_counts[p] += c
+                if p[0] == new_id or p[1] == new_id:
+                    new_pairs.add(p)
+                    where[p].append(wi)
+            words[wi] = out
+        pair_counts.pop(pair, None)
+        for p in sorted(new_pairs):
+            heapq.heappush(heap, (-pair_counts[p], p))
+    bar.close()
+    stats.merges = len(merges)
+
+    if to_internal is None:
+        return merges
+    # back to byte-value ids: base tokens are their byte value; merged ids are the same in both spaces
+    def ext(i: int) -> int:
+        return order[i] if i < 256 else i
+
+    return [(ext(a), ext(b), n) for a, b, n in merges]

@@ -1,0 +1,77 @@
+"""The reference encoder: the tokenizer's readable specification, in a page of pure Python.
+
+`Tokenizer.encode` runs the same algorithm through `tiktoken` (Rust) for speed; the tests prove both give identical
+ids on real text, so this file is the definition of what an id sequence means:
+
+1. If special tokens are allowed, cut the text at every occurrence of an allowed special token's string; those
+   occurrences become the special ids. Otherwise a string such as `<|assistant|>` is ordinary text.
+2. A lone surrogate (not valid Unicode, possible in a Python string) is a hard cut: it becomes the byte tokens of
+   its 3-byte `surrogatepass` form, so decoding gives the same string back.
+3. The rest is split by the pattern (GPT-4's by default) into chunks; each chunk is encoded alone.
+4. A chunk whose bytes are one token is that token. Otherwise it starts as its UTF-8 bytes and, repeatedly, the
+   adjacent pair whose concatenation has the lowest rank (= token id, i.e. the earliest learned) is merged; the
+   leftmost such pair on a tie. This is tiktoken's rule; it equals applying the learned merges in order except for
+   rare tokens the training reached along another path.
+"""
+
+from __future__ import annotations
+
+import regex
+
+SURROGATES = regex.compile(r"[\ud800-\udfff]")
+
+
+class ReferenceEncoder:
+    """Encode text with byte-level BPE ranks (`bytes -> id`), a split pattern and special tokens (`str -> id`)."""
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]):
+        self.ranks = ranks
+        self.pattern = regex.compile(pattern)
+        self.special_tokens = special_tokens
+        self._cache: dict[str, list[int]] = {}  # chunk -> ids; a chunk always encodes the same way
+
+    def encode(self, text: str, allowed_special: frozenset[str] | set[str] = frozenset()) -> list[int]:
+        ids: list[int] = []
+        if allowed_special:
+            specials = regex.compile("|".join(regex.escape(s) for s in sorted(allowed_special, key=len, reverse=True)))
+            start = 0
+            for m in specials.finditer(text):
+                ids += self.encode_ordinary(text[start : m.start()])
+                ids.append(self.special_tokens[m.group()])
+                start = m.end()
+            return ids + self.encode_ordinary(text[start:])
+        return self.encode_ordinary(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        ids: list[int] = []
+        start = 0
+        for m in SURROGATES.finditer(text):
+            ids += self._encode_valid(text[start : m.start()])
+            ids += list(m.group().encode("utf-8", "surrogatepass"))  # byte tokens: id = byte value
+            start = m.end()
+        return ids + self._encode_valid(text[start:])
+
+    def _encode_valid(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for chunk in self.pattern.findall(text):
+            cached = self._cache.get(chunk)
+            if cached is None:
+                cached = self._cache[chunk] = self.encode_chunk(chunk.encode("utf-8"))
+            ids += cached
+        return ids
+
+    def encode_chunk(self, data: bytes) -> list[int]:
+        rank = self.ranks.get(data)
+        if rank is not None:
+            return [rank]
+        parts = [data[i : i + 1] for i in range(len(data))]
+        while len(parts) > 1:
+            best_rank, best_i = None, -1
+            for i in range(len(parts) - 1):
+                r = self.ranks.get(parts[i] + parts[i + 1])
+                if r is not None and (best_rank is None or r < best_rank):
+                    best_rank, best_i = r, i
+            if best_rank is None:
+                break
+            parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        return [self.ranks[p] for p in parts]
