@@ -1,0 +1,273 @@
+"""The inference engine: cache-exact greedy decoding, batching, sampling sets, seeds, streaming and stops."""
+
+from __future__ import annotations
+
+import codecs
+import math
+
+import pytest
+import torch
+
+from lmforge.inference.engine import Engine
+from lmforge.inference.sampling import SamplingParams, draw, process_logits, sample
+from lmforge.model import GPT, GPTConfig
+
+SPECIALS = ["<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool_call|>",
+            "<|tool_call_end|>", "<|tool_output|>", "<|tool_output_end|>"]
+
+
+class ByteTokenizer:
+    """Bytes as ids 0-255, then the special tokens: enough tokenizer to test text handling exactly."""
+
+    def __init__(self) -> None:
+        self.special_tokens = {s: 256 + i for i, s in enumerate(SPECIALS)}
+        self.vocab_size = 256 + len(SPECIALS)
+
+    def encode(self, text: str, allowed_special=frozenset()) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        names = {v: k for k, v in self.special_tokens.items()}
+        return "".join(names[i] if i in names else bytes([i]).decode("latin-1") for i in ids)
+
+    def decoder(self):
+        return _ByteDecoder(self)
+
+
+class _ByteDecoder:
+    def __init__(self, tok: ByteTokenizer) -> None:
+        self.names = {v: k for k, v in tok.special_tokens.items()}
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        if token in self.names:
+            return self.utf8.decode(b"", final=True) + self.names[token]
+        return self.utf8.decode(bytes([token]))
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=266, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64, init_std=0.3)
+    return GPT(GPTConfig(**{**cfg, **overrides})).eval()
+
+
+def greedy_reference(model: GPT, prompt: list[int], steps: int) -> list[int]:
+    """The plain forward over the whole sequence every step: no cache, no padding, no engine."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, _ = model(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+GREEDY = dict(temperature=0.0, stop_token_ids=[])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True, "tie_embeddings": True},
+                                       {"norm": "layernorm", "pos": "learned", "mlp": "gelu", "n_kv_head": 4}])
+def test_greedy_equals_plain_forward(overrides):
+    model = tiny(**overrides)
+    engine = Engine(model)
+    prompt = [3, 17, 99, 5, 200]
+    out = engine.generate(prompt, SamplingParams(max_tokens=20, **GREEDY))[0][0]
+    assert out.token_ids == greedy_reference(model, prompt, 20)
+    assert out.finish_reason == "length"
+
+
+def test_batched_prompts_of_different_lengths_equal_one_by_one():
+    model = tiny()
+    engine = Engine(model)
+    prompts = [[1, 2, 3], [40, 41, 42, 43, 44, 45, 46, 47], [9], [100, 7, 100, 7, 100]]
+    params = SamplingParams(max_tokens=12, **GREEDY)
+    batched = engine.generate(prompts, params)
+    for p, outs in zip(prompts, batched):
+        assert outs[0].token_ids == greedy_reference(model, p, 12)
+        assert outs[0].token_ids == engine.generate(p, params)[0][0].token_ids
+
+
+def test_static_decode_step_equals_dynamic():
+    """The CUDA-graph-shaped step (whole cache + mask, index_copy_ slot) runs uncompiled here."""
+    model = tiny()
+    prompts = [[5, 6, 7, 8], [1, 2]]
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    dynamic = Engine(model, compile=False).generate(prompts, params)
+    static = Engine(model, compile=True)
+    assert static.static_decode
+    assert [o[0].token_ids for o in static.generate(prompts, params)] == [o[0].token_ids for o in dynamic]
+
+
+def test_seed_reproduces_samples_and_n_samples_differ():
+    engine = Engine(tiny(init_std=0.05))
+    params = SamplingParams(max_tokens=15, temperature=1.0, n=3, seed=123, stop_token_ids=[])
+    a = engine.generate([[1, 2, 3], [4, 5]], params)
+    b = engine.generate([[1, 2, 3], [4, 5]], params)
+    assert [[c.token_ids for c in p] for p in a] == [[c.token_ids for c in p] for p in b]
+    assert len({tuple(c.token_ids) for c in a[0]}) > 1  # the n samples of one prompt are not copies
+    c = engine.generate([[1, 2, 3], [4, 5]], SamplingParams(**{**params.__dict__, "seed": 124}))
+    assert [x.token_ids for x in c[0]] != [x.token_ids for x in a[0]]
+
+
+def test_logprobs_are_the_sampling_and_the_raw_distribution():
+    model = tiny(init_std=0.05)
+    engine = Engine(model)
+    params = SamplingParams(max_tokens=8, temperature=0.7, top_k=50, seed=1, stop_token_ids=[])
+    prompt = [10, 20, 30]
+    out = engine.generate(prompt, params)[0][0]
+    ids = prompt + out.token_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0][0, len(prompt) - 1:-1]
+    raw = logits.log_softmax(-1)
+    shaped = process_logits(logits, params)
+    for i, t in enumerate(out.token_ids):
+        assert out.raw_logprobs[i] == pytest.approx(float(raw[i, t]), abs=1e-4)
+        assert out.logprobs[i] == pytest.approx(float(shaped[i, t]), abs=1e-4)
+        assert out.logprobs[i] > out.raw_logprobs[i]  # sharper than the raw distribution
+
+
+def _reference_sets(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> list[set[int]]:
+    """Allowed sets computed one row at a time in plain Python, the definitions written out."""
+    sets = []
+    for row in logits.tolist():
+        order = sorted(range(len(row)), key=lambda i: -row[i])
+        keep = order[:top_k] if top_k else order
+        if top_p < 1.0:
+            z = [row[i] for i in keep]
+            m = max(z)
+            p = [math.exp(v - m) for v in z]
+            total = sum(p)
+            kept, mass = [], 0.0
+            for i, pi in zip(keep, p):
+                if mass >= top_p:
+                    break
+                kept.append(i)
+                mass += pi / total
+            keep = kept
+        if min_p > 0:
+            z = {i: row[i] for i in keep}
+            m = max(z.values())
+            keep = [i for i in keep if math.exp(z[i] - m) >= min_p]
+        sets.append(set(keep))
+    return sets
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(5, 1.0, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.2), (20, 0.9, 0.05)])
+def test_filters_keep_exactly_their_set_and_never_sample_outside(top_k, top_p, min_p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 64, generator=g) * 2
+    params = SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, min_p=min_p)
+    lp = process_logits(logits, params)
+    expected = _reference_sets(logits, top_k, top_p, min_p)
+    for r in range(4):
+        assert set(torch.nonzero(lp[r] > float("-inf")).flatten().tolist()) == expected[r]
+    draws = torch.stack([draw(lp, g) for _ in range(4000)], dim=1)  # (4, 4000)
+    for r in range(4):
+        counts = torch.bincount(draws[r], minlength=64).float() / draws.size(1)
+        assert set(torch.nonzero(counts).flatten().tolist()) <= expected[r]
+        probs = lp[r].exp()
+        # Binomial standard error at n=4000 is at most 0.008; 5 sigma.
+        assert torch.allclose(counts, probs, atol=0.04)
+
+
+def test_greedy_and_penalties():
+    logits = torch.tensor([[2.0, 1.9, -1.0, 0.5]])
+    tok, lp, raw = sample(logits, SamplingParams(temperature=0))
+    assert tok.tolist() == [0] and lp.item() == 0.0
+    assert raw.item() == pytest.approx(float(logits.log_softmax(-1)[0, 0]))
+    seen = torch.tensor([[True, False, False, False]])
+    tok, _, _ = sample(logits, SamplingParams(temperature=0, repetition_penalty=1.2), seen=seen)
+    assert tok.tolist() == [1]  # 2.0 / 1.2 < 1.9
+    counts = torch.tensor([[0.0, 3.0, 0.0, 0.0]])
+    tok, _, _ = sample(logits, SamplingParams(temperature=0, frequency_penalty=0.1, presence_penalty=0.1),
+                       seen=seen, counts=counts)
+    assert tok.tolist() == [0]  # 1.9 - 0.3 - 0.1 < 2.0
+
+
+def scripted(script: list[int], block: int = 48) -> GPT:
+    """A model whose greedy output at position p is script[p], whatever came before: learned positions carry a
+    one-hot code to the output head through blocks whose projections are zero."""
+    model = GPT(GPTConfig(vocab_size=266, n_layer=1, n_head=2, n_embd=block, block_size=block, pos="learned"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.norm.weight.fill_(1.0)
+        for blk in model.layers:
+            blk.attn_norm.weight.fill_(1.0)
+            blk.mlp_norm.weight.fill_(1.0)
+        model.pos_emb.weight.copy_(torch.eye(block))
+        for p, t in enumerate(script):
+            model.lm_head.weight[t, p] = 10.0
+    return model.eval()
+
+
+def test_streaming_never_splits_a_utf8_character():
+    text = "héllo 世界 🙂 ok"
+    data = list(text.encode("utf-8"))
+    prompt = [256]
+    model = scripted(data + [261])  # ... then <|end|>
+    engine = Engine(model, ByteTokenizer())
+    pieces = list(engine.stream(prompt, SamplingParams(temperature=0, max_tokens=40)))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert "🙂" in pieces and "世" in pieces  # a 4-byte and a 3-byte character arrive whole
+    out = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=40))[0][0]
+    assert out.text == text and out.finish_reason == "stop" and out.token_ids[-1] == 261
+
+
+def test_stop_strings_cut_the_text_and_are_never_streamed():
+    text = "abc STOP def"
+    model = scripted(list(text.encode()) + [261])
+    engine = Engine(model, ByteTokenizer())
+    params = SamplingParams(temperature=0, max_tokens=40, stop=["STOP", "xyz"])
+    pieces = list(engine.stream([97], params))
+    assert "".join(pieces) == "abc "
+    out = engine.generate([97], params)[0][0]
+    assert out.text == "abc " and out.finish_reason == "stop"
+    # A partial match that turns out not to be a stop string is released.
+    out = engine.generate([97], SamplingParams(temperature=0, max_tokens=40, stop=["STOPPED"]))[0][0]
+    assert out.text == "abc STOP def" and out.finish_reason == "stop"
+
+
+def test_budget_and_context_guard():
+    engine = Engine(tiny(), ByteTokenizer())
+    out = engine.generate([1, 2], SamplingParams(temperature=0, max_tokens=5, stop_token_ids=[]))[0][0]
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+    session = engine.session([1] * 60, SamplingParams(temperature=0, max_tokens=100, stop_token_ids=[]))
+    done = session.run()[0]
+    assert done.finish_reason == "context" and len(done.token_ids) == 64 - 60 + 1
+    from lmforge.utils import LmforgeError
+
+    with pytest.raises(LmforgeError, match="context"):
+        engine.session([1] * 64, SamplingParams())
+
+
+def test_append_forced_tokens_then_continue_equals_plain_forward():
+    model = tiny()
+    engine = Engine(model)
+    stop = 77
+    params = SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[stop])
+    session = engine.session([[5, 9, 13], [2, 4]], params)
+    first = session.run()
+    forced = [[8, 8, 1], [3]]
+    session.append(forced)
+    second = session.run()
+    for r, prompt in enumerate([[5, 9, 13], [2, 4]]):
+        seq = prompt + first[r].token_ids + forced[r]
+        assert second[r].token_ids == greedy_reference(model, seq, len(second[r].token_ids))
+
+
+def test_chat_tool_loop_shape():
+    """Stop at a tool-call end, append the tool output, continue: the session API the chat engine uses."""
+    script = list(b"2+3") + [263] + [0] * 3 + list(b"=5") + [261]  # the zeros are where the forced tokens go
+    model = scripted(script)
+    tok = ByteTokenizer()
+    engine = Engine(model, tok)
+    params = SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[263, 261])
+    session = engine.session([256], params)
+    assert "".join(session.stream()) == "2+3"
+    assert session.completions()[0].token_ids[-1] == 263
+    session.append([264] + list(b"5") + [265])  # <|tool_output|>5<|tool_output_end|>
+    # 1 pending + 3 forced tokens moved the position by 4: the script continues from there
+    rest = session.run()[0]
+    assert rest.finish_reason == "stop" and rest.token_ids[-1] == 261
+    assert rest.text == "=5" and rest.token_ids == list(b"=5") + [261]
