@@ -13,8 +13,12 @@ import dataclasses
 from typing import Any
 
 from lmforge.data.base import Step
+from lmforge.data.filters.c4 import C4QualityFilter
 from lmforge.data.filters.extract import Extract
+from lmforge.data.filters.fineweb import FineWebQualityFilter
+from lmforge.data.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from lmforge.data.filters.language import LanguageFilter
+from lmforge.data.filters.pii import PIIStep
 from lmforge.data.filters.url import URLFilter
 from lmforge.utils import LmforgeError
 
@@ -22,6 +26,11 @@ STEPS: dict[str, type[Step]] = {
     URLFilter.name: URLFilter,
     Extract.name: Extract,
     LanguageFilter.name: LanguageFilter,
+    GopherRepetitionFilter.name: GopherRepetitionFilter,
+    GopherQualityFilter.name: GopherQualityFilter,
+    C4QualityFilter.name: C4QualityFilter,
+    FineWebQualityFilter.name: FineWebQualityFilter,
+    PIIStep.name: PIIStep,
 }
 
 SPEC_KEYS = ("step", "why")  # keys of a spec that are not constructor parameters
@@ -57,4 +66,5 @@ def build_steps(specs: list[dict[str, Any]], registry: dict[str, type[Step]] | N
     return [build_step(s, registry, f"{where} step {i}") for i, s in enumerate(specs)]
 
 
-__all__ = ["STEPS", "build_step", "build_steps", "Extract", "LanguageFilter", "URLFilter"]
+__all__ = ["STEPS", "build_step", "build_steps", "C4QualityFilter", "Extract", "FineWebQualityFilter",
+           "GopherQualityFilter", "GopherRepetitionFilter", "LanguageFilter", "PIIStep", "URLFilter"]

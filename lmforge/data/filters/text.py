@@ -16,11 +16,18 @@ from functools import lru_cache
 import regex
 
 WORD_RE = regex.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]+")
+ALNUM_WORD_RE = regex.compile(r"\w+(?:[-'’.]\w+)*")
 
 
 def split_words(text: str) -> list[str]:
     """Words and punctuation runs, in order."""
     return WORD_RE.findall(text)
+
+
+def alnum_words(text: str) -> list[str]:
+    """The words of `split_words` without its punctuation runs (the same tokens: a punctuation run never contains a
+    word character, so skipping them does not move any word boundary)."""
+    return ALNUM_WORD_RE.findall(text)
 
 
 @lru_cache(maxsize=1)
