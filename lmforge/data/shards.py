@@ -9,8 +9,8 @@ A shards directory holds:
   "tokenizer_hash", "splits": {"train": [shard, ...], "val": [shard, ...]}, ...}` where a shard is
   `{"file": "train_00000.bin", "tokens": int, "documents": int, "doc_offsets": [int, ...]}` and `doc_offsets[i]`
   is the position of the i-th document's `<|bos|>` in that file (so `doc_offsets[0] == 0`).
-- `tokenizer/`: a copy of the tokenizer directory the shards were written with (`Tokenizer.load` reads it), whose
-  hash is `tokenizer_hash` (`tokenizer_dir_hash`).
+- `tokenizer/`: a copy of the tokenizer directory the shards were written with (`Tokenizer.load` reads it);
+  `tokenizer_hash` is its `Tokenizer.hash`, so a trainer can tell that a tokenizer was retrained.
 
 The validation split is fixed by a hash of each document's id, so it never changes between runs of the same data.
 `TokenShards` is the reading side: it memory-maps the files (nothing is read until used) and checks the index
@@ -19,7 +19,6 @@ against them up front, so a trainer fails at start with a message that names the
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -36,24 +35,6 @@ DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 def dtype_for_vocab(vocab_size: int) -> str:
     """The smallest dtype that holds every id of the vocabulary (half the disk and bandwidth when it fits)."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def tokenizer_dir_hash(directory: str | Path) -> str:
-    """sha256 over the names and bytes of every file in a tokenizer directory, in sorted order.
-
-    The shards record it so that a trainer (or a later tokenize run) can tell that a tokenizer was retrained.
-    """
-    directory = Path(directory)
-    h = hashlib.sha256()
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
-    if not files:
-        raise LmforgeError(f"tokenizer directory {directory} is empty or missing")
-    for p in files:
-        h.update(p.relative_to(directory).as_posix().encode())
-        h.update(b"\0")
-        h.update(p.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 @dataclass
@@ -120,7 +101,9 @@ class TokenShards:
             tok_dir = self.tokenizer_dir
             if not tok_dir.is_dir():
                 raise LmforgeError(f"token shards {self.directory} lack their tokenizer copy in {tok_dir}")
-            if tokenizer_dir_hash(tok_dir) != self.tokenizer_hash:
+            from lmforge.tokenizer import Tokenizer
+
+            if Tokenizer.load(tok_dir).hash != self.tokenizer_hash:
                 raise LmforgeError(f"{tok_dir} does not match tokenizer_hash in {index_path} (tokenizer was changed)")
 
     @property

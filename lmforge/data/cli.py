@@ -1,0 +1,184 @@
+"""`lmforge data`: run the web data pipeline, or one of its parts alone.
+
+  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N]
+  lmforge data step NAME --input FILE... --out DIR [--set PARAM=VALUE ...]
+  lmforge data dedup --input FILE... --out DIR
+  lmforge data tokenize --input FILE... --tokenizer DIR --out DIR
+  lmforge data report DIR
+  lmforge data steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RUN_HELP = """Run the chain over many input files in parallel worker processes (one task per file): the steps before
+`dedup` per file, MinHash deduplication across all files, the steps after it (PII) per file. Writes
+OUT/documents/*.jsonl.gz (kept documents: text, id, url, metadata), OUT/excluded/*.jsonl.gz (dropped ones with the
+step and reason), OUT/report.json and OUT/report.md, and OUT/shards/ when --tokenizer is given. Running it again
+with the same --out skips the finished files. Default config: FineWeb's chain with its published thresholds."""
+
+
+def _config(args):
+    from lmforge.data.pipeline import PipelineConfig, builtin_config
+
+    cfg = builtin_config(args.config) if args.config else PipelineConfig()
+    if getattr(args, "format", None):
+        cfg.output.format = args.format
+    if getattr(args, "no_excluded", False):
+        cfg.output.write_excluded = False
+    return cfg
+
+
+def _run(args) -> int:
+    from lmforge.data.pipeline import run_pipeline
+
+    cfg = _config(args)
+    if args.engine == "dask":
+        from lmforge.data.dask_runner import run_pipeline_dask
+
+        report = run_pipeline_dask(args.input, args.out, cfg, scheduler=args.scheduler, workers=args.workers,
+                                   tokenizer=args.tokenizer)
+    else:
+        report = run_pipeline(args.input, args.out, cfg, workers=args.workers, tokenizer=args.tokenizer)
+    _summary(report, Path(args.out))
+    return 0
+
+
+def _summary(report: dict, out: Path) -> None:
+    kept = report["kept"]
+    print(f"kept {kept['documents']} documents ({kept['bytes']} bytes) in {out / 'documents'}; "
+          f"report: {out / 'report.md'}")
+    for s in report["steps"]:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items(), key=lambda kv: -kv[1]))
+        print(f"  {s['name']:<20} {s['docs_in']:>8} in {s['docs_out']:>8} out  {drops}")
+    if report.get("problems"):
+        print("counts do not add up: " + "; ".join(report["problems"]))
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _step(args) -> int:
+    from lmforge.data.pipeline import PipelineConfig, run_pipeline
+    from lmforge.utils import LmforgeError
+
+    spec = {"step": args.name}
+    for item in args.set or []:
+        if "=" not in item:
+            raise LmforgeError(f"--set expects PARAM=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        spec[key] = _parse_value(value)
+    cfg = PipelineConfig(steps=[spec], name=f"step {args.name}")
+    cfg.validate("--set")
+    report = run_pipeline(args.input, args.out, cfg, workers=args.workers)
+    _summary(report, Path(args.out))
+    return 0
+
+
+def _dedup(args) -> int:
+    from lmforge.data.pipeline import PipelineConfig, run_pipeline
+
+    spec = {"step": "dedup", "exact": not args.no_exact, "minhash": not args.no_minhash}
+    report = run_pipeline(args.input, args.out, PipelineConfig(steps=[spec], name="dedup"), workers=args.workers)
+    _summary(report, Path(args.out))
+    return 0
+
+
+def _tokenize(args) -> int:
+    from lmforge.data.tokenize import TokenizeConfig, tokenize_files
+
+    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens)
+    from lmforge.data.readers import expand_inputs
+
+    files = [str(p) for p in expand_inputs(args.input)]
+    stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=args.workers or 1)
+    print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from lmforge.data.report import to_markdown
+    from lmforge.utils import read_json
+
+    print(to_markdown(read_json(Path(args.dir) / "report.json", "pipeline report")), end="")
+    return 0
+
+
+def _steps(args) -> int:
+    import dataclasses
+
+    from lmforge.data.dedup import DedupConfig
+    from lmforge.data.filters import STEPS
+
+    for name, cls in [*STEPS.items(), ("dedup", DedupConfig)]:
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name}: {doc}")
+        if dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                default = f.default if f.default is not dataclasses.MISSING else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+                print(f"    {f.name} = {default!r}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="filter, deduplicate and tokenize web documents (FineWeb's chain)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="data_command", metavar="SUBVERB", required=True)
+
+    r = verbs.add_parser("run", help="the whole chain over many files in parallel, with a report", description=RUN_HELP)
+    r.add_argument("--input", nargs="+", required=True, help="WARC/WET, JSONL, parquet files, folders or globs")
+    r.add_argument("--out", type=Path, required=True, help="output directory (a rerun resumes it)")
+    r.add_argument("--config", default=None, help="pipeline config: a JSON/TOML file, or a built-in name "
+                                                   "('fineweb', the default; 'pydoc', the embedded corpus)")
+    r.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory: also write token shards")
+    r.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    r.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="kept documents' file format")
+    r.add_argument("--no-excluded", action="store_true", help="do not write the dropped documents")
+    r.add_argument("--engine", choices=["local", "dask"], default="local",
+                   help="local process pool, or Dask (needs lmforge[dist]) for several machines")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    r.set_defaults(func=_run)
+
+    s = verbs.add_parser("step", help="run one step alone (e.g. pii on clean text)",
+                         description="Run one step over documents; see `lmforge data steps` for names and parameters.")
+    s.add_argument("name", help="step name, e.g. url_filter, extract, language, gopher_quality, pii")
+    s.add_argument("--input", nargs="+", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--set", nargs="*", metavar="PARAM=VALUE", help="step parameters (values parsed as JSON)")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=_step)
+
+    d = verbs.add_parser("dedup", help="exact and MinHash near-duplicate removal across all input files",
+                         description="Deduplicate documents across all input files (FineWeb: 5-grams, 14x8 bands).")
+    d.add_argument("--input", nargs="+", required=True)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--no-exact", action="store_true", help="skip exact (content hash) deduplication")
+    d.add_argument("--no-minhash", action="store_true", help="skip near-duplicate (MinHash) deduplication")
+    d.add_argument("--workers", type=int, default=None)
+    d.set_defaults(func=_dedup)
+
+    t = verbs.add_parser("tokenize", help="tokenize clean documents into training shards",
+                         description="Tokenize .jsonl.gz/.parquet documents (as `data run` writes them) into "
+                                     "train/val token shards with index.json and a copy of the tokenizer.")
+    t.add_argument("--input", nargs="+", required=True, help="document files or folders")
+    t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (lmforge tokenizer train)")
+    t.add_argument("--out", type=Path, required=True, help="shards directory")
+    t.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out (by id hash)")
+    t.add_argument("--min-val-tokens", type=int, default=50_000, help="at least this many validation tokens")
+    t.add_argument("--workers", type=int, default=None)
+    t.set_defaults(func=_tokenize)
+
+    rp = verbs.add_parser("report", help="print a finished run's report")
+    rp.add_argument("dir", type=Path, help="the --out directory of a run")
+    rp.set_defaults(func=_report)
+
+    st = verbs.add_parser("steps", help="list the steps and their parameters with defaults")
+    st.set_defaults(func=_steps)

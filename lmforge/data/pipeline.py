@@ -1,0 +1,445 @@
+"""The runner: reads many input files in parallel worker processes, chains the steps, deduplicates across the
+whole dataset, writes kept and dropped documents, and resumes after a crash.
+
+One task per input file (a shard). With a `dedup` step in the chain the run has three stages, because a document
+can only be judged a duplicate once every shard has been seen:
+
+    A  per shard, in parallel: read -> steps before `dedup` -> work/a/NNNNN.jsonl.gz + MinHash signatures
+    B  once:                   cluster exact and near duplicates over all signatures -> work/dedup.npz
+    C  per shard, in parallel: drop duplicates -> steps after `dedup` (PII) -> documents/NNNNN.jsonl.gz
+
+Without `dedup`, stage A runs the whole chain and writes `documents/` directly. Every file a task writes appears
+atomically, and a task's statistics file (`work/stats/NNNNN.a.json`, `.c.json`) is written last: it is the marker
+that the task is finished, so a restarted run skips exactly the finished tasks and produces identical outputs.
+`run.json` pins the inputs and the config: restarting with different ones is an error, not a silent mix.
+
+Tasks are plain functions of a picklable `ShardTask`, so the same code runs in a local process pool (spawn-safe:
+nothing is inherited from the parent) and on Dask workers (`lmforge.data.dask_runner`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from lmforge.data.base import Step, StepStats
+from lmforge.data.dedup import DedupConfig, DedupFilter, DuplicateResult, ShardSignatures, find_duplicates, signatures
+from lmforge.data.document import Document
+from lmforge.data.writers import JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, read_output_documents, write_parquet
+from lmforge.utils import LmforgeError, read_json, write_json
+
+DEDUP = "dedup"
+
+# FineWeb's chain, in its order, with each step's published defaults (the step classes hold the parameters).
+FINEWEB_STEPS: list[dict[str, Any]] = [
+    {"step": "url_filter"},
+    {"step": "extract"},
+    {"step": "language"},
+    {"step": "gopher_repetition"},
+    {"step": "gopher_quality"},
+    {"step": "c4_quality"},
+    {"step": "fineweb_quality"},
+    {"step": DEDUP},
+    {"step": "pii"},
+]
+
+LENGTH_BUCKETS = [0, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, 300_000]  # characters, lower bounds
+
+
+@dataclass
+class OutputConfig:
+    format: str = "jsonl"  # "jsonl" (gzipped) or "parquet" for the kept documents
+    write_excluded: bool = True  # dropped documents with `step` and `reason`, as datatrove's exclusion writers do
+
+
+@dataclass
+class PipelineConfig:
+    """A chain of step specs (`{"step": NAME, PARAM: VALUE, ...}`, see `lmforge.data.filters`), at most one of them
+    `dedup`, plus how to read inputs (`ReaderConfig` fields) and how to write outputs."""
+
+    steps: list[dict[str, Any]] = field(default_factory=lambda: [dict(s) for s in FINEWEB_STEPS])
+    reader: dict[str, Any] = field(default_factory=dict)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    name: str = "fineweb"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "PipelineConfig":
+        if not isinstance(d, dict):
+            raise LmforgeError(f"{where}: a pipeline config must be an object with a 'steps' list")
+        unknown = set(d) - {"steps", "reader", "output", "name"}
+        if unknown:
+            raise LmforgeError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (fields: steps, reader, output, name)")
+        try:
+            output = OutputConfig(**d.get("output", {}))
+        except TypeError as e:
+            raise LmforgeError(f"{where}: field 'output': {e}") from e
+        if output.format not in ("jsonl", "parquet"):
+            raise LmforgeError(f"{where}: output.format must be 'jsonl' or 'parquet', got {output.format!r}")
+        cfg = cls(steps=d.get("steps", [dict(s) for s in FINEWEB_STEPS]), reader=dict(d.get("reader", {})),
+                  output=output, name=str(d.get("name", "custom")))
+        cfg.validate(where)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        """Read a JSON or TOML config file (TOML: `[[steps]]` tables, `[output]`, `[reader]`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise LmforgeError(f"pipeline config not found: {path}")
+        if path.suffix == ".toml":
+            try:
+                d = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as e:
+                raise LmforgeError(f"pipeline config {path} is not valid TOML: {e}") from e
+        else:
+            d = read_json(path, "pipeline config")
+        d.setdefault("name", path.stem)
+        return cls.from_dict(d, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "reader": self.reader, "output": asdict(self.output)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def split(self) -> tuple[list[dict], DedupConfig | None, list[dict]]:
+        """(specs before dedup, dedup config or None, specs after dedup)."""
+        names = [s.get("step") if isinstance(s, dict) else None for s in self.steps]
+        if DEDUP not in names:
+            return list(self.steps), None, []
+        i = names.index(DEDUP)
+        params = {k: v for k, v in self.steps[i].items() if k not in ("step", "why")}
+        return list(self.steps[:i]), DedupConfig(**params), list(self.steps[i + 1:])
+
+    def validate(self, where: str = "config") -> None:
+        """Build every step once, so a typo fails before any worker starts."""
+        if not isinstance(self.steps, list):
+            raise LmforgeError(f"{where}: 'steps' must be a list of step objects")
+        if sum(isinstance(s, dict) and s.get("step") == DEDUP for s in self.steps) > 1:
+            raise LmforgeError(f"{where}: at most one 'dedup' step")
+        try:
+            before, _, after = self.split()
+        except TypeError as e:
+            raise LmforgeError(f"{where}: step 'dedup': {e}") from e
+        build_chain(before + after, where)
+        from lmforge.data.readers import ReaderConfig
+
+        try:
+            ReaderConfig(**self.reader)
+        except TypeError as e:
+            raise LmforgeError(f"{where}: field 'reader': {e}") from e
+
+
+def build_chain(specs: list[dict], where: str = "config") -> list[Step]:
+    """Steps by name from `lmforge.data.filters.STEPS`, or by import path `"package.module:Class"` (a user's own)."""
+    import importlib
+
+    from lmforge.data.filters import STEPS, build_steps
+
+    registry = dict(STEPS)
+    for spec in specs:
+        name = spec.get("step") if isinstance(spec, dict) else None
+        if isinstance(name, str) and ":" in name and name not in registry:
+            module, _, attr = name.partition(":")
+            try:
+                registry[name] = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise LmforgeError(f"{where}: cannot import step {name!r}: {e}") from e
+    return build_steps(specs, registry, where=where)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks (run in worker processes; everything they need travels in the ShardTask)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardTask:
+    index: int
+    input: str
+    out: str
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}"
+
+
+def run_paths(out: Path) -> dict[str, Path]:
+    return {"work": out / "work", "stage_a": out / "work" / "a", "stats": out / "work" / "stats",
+            "documents": out / "documents", "excluded": out / "excluded"}
+
+
+def kept_path(out: Path, name: str, fmt: str) -> Path:
+    return out / "documents" / (name + (PARQUET_SUFFIX if fmt == "parquet" else JSONL_SUFFIX))
+
+
+class _ExclusionSink:
+    """Collects dropped documents of one task into one exclusion file (created only if something is dropped)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.writer: JsonlGzWriter | None = None
+
+    def __call__(self, doc: Document, step: str, reason: str) -> None:
+        if self.enabled:
+            if self.writer is None:
+                self.writer = JsonlGzWriter(self.path)
+            self.writer.write(doc, step=step, reason=reason)
+
+    def close(self, ok: bool) -> None:
+        if self.writer is not None:
+            self.writer.close() if ok else self.writer.abort()
+
+
+def _chain(docs: Iterable[Document], steps: list[Step], stats: list[StepStats], sink) -> Iterator[Document]:
+    for step, st in zip(steps, stats):
+        docs = step(docs, st, sink)
+    return iter(docs)
+
+
+def _length_bucket(n: int) -> str:
+    lo = max(b for b in LENGTH_BUCKETS if b <= n)
+    i = LENGTH_BUCKETS.index(lo)
+    return f"{lo}-{LENGTH_BUCKETS[i + 1]}" if i + 1 < len(LENGTH_BUCKETS) else f"{lo}+"
+
+
+def _write_final(docs: Iterator[Document], path: Path, fmt: str) -> dict[str, Any]:
+    """Write the kept documents and describe them (languages, lengths) for the report."""
+    languages: Counter = Counter()
+    lengths: Counter = Counter()
+    summary = {"documents": 0, "bytes": 0}
+
+    def observed() -> Iterator[Document]:
+        for d in docs:
+            languages[str(d.metadata.get("language", "unknown"))] += 1
+            lengths[_length_bucket(len(d.text))] += 1
+            summary["documents"] += 1
+            summary["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
+            yield d
+
+    if fmt == "parquet":
+        write_parquet(path, observed())
+    else:
+        with JsonlGzWriter(path) as w:
+            for d in observed():
+                w.write(d)
+    return {**summary, "file": path.name, "languages": dict(languages), "lengths": dict(lengths)}
+
+
+def run_stage_a(task: ShardTask) -> dict[str, Any]:
+    """Read one input file and run the steps before dedup (or all of them); idempotent: skips if done."""
+    from lmforge.data.readers import ReaderConfig, read_documents
+
+    out = Path(task.out)
+    paths = run_paths(out)
+    marker = paths["stats"] / f"{task.name}.a.json"
+    if marker.is_file():
+        return read_json(marker, "task statistics")
+    config = PipelineConfig.from_dict(task.config)
+    before, dedup, after = config.split()
+    steps = build_chain(before)
+    read_stats = StepStats("read")
+    stats = [StepStats(s.name) for s in steps]
+    sink = _ExclusionSink(paths["excluded"] / f"{task.name}.a{JSONL_SUFFIX}", config.output.write_excluded)
+    docs = _chain(_guarded(read_documents([task.input], stats=read_stats, config=ReaderConfig(**config.reader)),
+                           read_stats, task.input), steps, stats, sink)
+    result: dict[str, Any] = {"input": task.input}
+    ok = False
+    try:
+        if dedup is None:
+            result["output"] = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format)
+        else:
+            sig_stats = StepStats("dedup_signatures")
+            result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup, sig_stats)
+            result["signature_seconds"] = sig_stats.seconds
+        ok = True
+    finally:
+        sink.close(ok)
+    result["steps"] = [read_stats.to_dict()] + [s.to_dict() for s in stats]
+    write_json(marker, result)
+    return result
+
+
+def _guarded(docs: Iterator[Document], stats: StepStats, where: str) -> Iterator[Document]:
+    """A reader failure the reader itself did not survive (e.g. an unreadable file) ends this input, counted, and
+    the run goes on: one bad file must not cost a whole crawl."""
+    try:
+        yield from docs
+    except (LmforgeError, OSError, EOFError, ValueError) as e:
+        stats.docs_in += 1
+        stats.drop(Document(text="", id=where), "read_error")
+        stats.examples.setdefault("read_error_messages", [])
+        if len(stats.examples["read_error_messages"]) < 3:
+            stats.examples["read_error_messages"].append(f"{where}: {e}"[:300])
+
+
+def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig, sig_stats: StepStats) -> dict:
+    """Stage A's output with dedup: documents as they left the steps, plus their signatures (stage B's input)."""
+    pairs: list[tuple[str, str]] = []
+    n = nbytes = 0
+    with JsonlGzWriter(stem.with_name(stem.name + JSONL_SUFFIX)) as w:
+        for d in docs:
+            w.write(d)
+            pairs.append((d.text, d.id))
+            n += 1
+            nbytes += len(d.text.encode("utf-8", "surrogatepass"))
+    t0 = time.perf_counter()
+    signatures(pairs, dedup).save(stem.with_name(stem.name + ".sig.npz"))
+    sig_stats.seconds += time.perf_counter() - t0
+    return {"documents": n, "bytes": nbytes}
+
+
+def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any]:
+    """Cluster duplicates over every shard's signatures (one process: it needs them all). Skips if done."""
+    paths = run_paths(out)
+    marker = paths["work"] / "dedup.json"
+    if marker.is_file():
+        return read_json(marker, "dedup statistics")
+    t0 = time.perf_counter()
+    shards = [ShardSignatures.load(paths["stage_a"] / f"{k:05d}.sig.npz") for k in range(num_shards)]
+    result = find_duplicates(shards, dedup)
+    result.save(paths["work"] / "dedup.npz")
+    stats = {**result.stats, "seconds": round(time.perf_counter() - t0, 3)}
+    write_json(marker, stats)
+    return stats
+
+
+def run_stage_c(task: ShardTask) -> dict[str, Any]:
+    """Drop one shard's duplicates and run the steps after dedup; idempotent: skips if done."""
+    out = Path(task.out)
+    paths = run_paths(out)
+    marker = paths["stats"] / f"{task.name}.c.json"
+    if marker.is_file():
+        return read_json(marker, "task statistics")
+    config = PipelineConfig.from_dict(task.config)
+    _, _, after = config.split()
+    dup = DuplicateResult.load(paths["work"] / "dedup.npz", stats={})
+    reason, duplicate_of = dup.shard(task.index)
+    steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
+    stats = [StepStats(s.name) for s in steps]
+    sink = _ExclusionSink(paths["excluded"] / f"{task.name}.c{JSONL_SUFFIX}", config.output.write_excluded)
+    docs = _chain(read_output_documents(paths["stage_a"] / f"{task.name}{JSONL_SUFFIX}"), steps, stats, sink)
+    ok = False
+    try:
+        output = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format)
+        ok = True
+    finally:
+        sink.close(ok)
+    result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats]}
+    write_json(marker, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driving a run
+# ---------------------------------------------------------------------------------------------------------------
+
+MapFn = Callable[[Callable[[ShardTask], dict], list[ShardTask], str], list[dict]]
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already: no thread pools inside a worker
+
+
+def local_map(workers: int) -> MapFn:
+    """Run tasks in a pool of `workers` spawned processes (in this process when 1), results in task order."""
+
+    def run(fn: Callable[[ShardTask], dict], tasks: list[ShardTask], desc: str) -> list[dict]:
+        from tqdm import tqdm
+
+        results: list[dict | None] = [None] * len(tasks)
+        n = min(workers, len(tasks))
+        with tqdm(total=len(tasks), desc=desc, unit="shard", disable=None) as bar:
+            if n <= 1:
+                for i, t in enumerate(tasks):
+                    results[i] = fn(t)
+                    bar.update()
+            else:
+                with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+                    futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+                    for f in as_completed(futures):
+                        results[futures[f]] = f.result()
+                        bar.update()
+        return results  # type: ignore[return-value]
+
+    return run
+
+
+def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig) -> None:
+    """Record inputs and config; a restart must use the same ones (else its shards would mix two runs)."""
+    spec = {"inputs": [str(p) for p in inputs], "config": config.to_dict(), "config_digest": config.digest()}
+    path = out / "run.json"
+    if path.is_file():
+        old = read_json(path, "run record")
+        if old.get("inputs") != spec["inputs"] or old.get("config_digest") != spec["config_digest"]:
+            raise LmforgeError(f"{out} holds a run with other inputs or another config ({path}); "
+                               "use a new --out directory or delete that one")
+        return
+    write_json(path, spec)
+
+
+def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConfig | None = None,
+                 workers: int | None = None, tokenizer: str | Path | None = None, map_fn: MapFn | None = None,
+                 engine: str = "local") -> dict[str, Any]:
+    """Run the chain over `inputs` into `out`, resuming a previous run there; return the report dict.
+
+    `map_fn` runs a task function over a list of tasks (the local pool by default, Dask's in `dask_runner`).
+    With `tokenizer`, the kept documents are also tokenized into `out/shards` (`lmforge.data.tokenize`).
+    """
+    from lmforge.data.readers import expand_inputs
+    from lmforge.data.report import build_report, write_report
+
+    t0 = time.perf_counter()
+    config = config or PipelineConfig()
+    config.validate()
+    out = Path(out)
+    files = [p.resolve() for p in expand_inputs([str(i) for i in inputs])]
+    if not files:
+        raise LmforgeError(f"no input files found in {', '.join(map(str, inputs))}")
+    workers = workers or len(os.sched_getaffinity(0))
+    map_fn = map_fn or local_map(workers)
+    for p in run_paths(out).values():
+        p.mkdir(parents=True, exist_ok=True)
+    _pin_run(out, files, config)
+    tasks = [ShardTask(k, str(f), str(out), config.to_dict()) for k, f in enumerate(files)]
+    _, dedup, _ = config.split()
+
+    a_results = map_fn(run_stage_a, tasks, "filter")
+    dedup_stats = None
+    c_results: list[dict] = []
+    if dedup is not None:
+        dedup_stats = run_stage_b(out, len(tasks), dedup)
+        c_results = map_fn(run_stage_c, tasks, "dedup")
+    final = c_results if dedup is not None else a_results
+    documents = [str(out / "documents" / r["output"]["file"]) for r in final]
+
+    token_stats = None
+    if tokenizer is not None:
+        from lmforge.data.tokenize import tokenize_files
+
+        token_stats = tokenize_files(documents, tokenizer, out / "shards", workers=workers, map_fn=map_fn)
+    report = build_report(config, a_results, dedup_stats, c_results, token_stats,
+                          seconds=time.perf_counter() - t0, workers=workers, engine=engine)
+    report["documents_files"] = documents
+    write_report(out, report)
+    return report
+
+
+def builtin_config(name_or_path: str | Path) -> PipelineConfig:
+    """A config file (JSON/TOML), or a built-in config by name: 'fineweb' (the default chain)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return PipelineConfig.load(path)
+    if str(name_or_path) == "fineweb":
+        return PipelineConfig()
+    raise LmforgeError(f"pipeline config {name_or_path!r} is neither a file nor a built-in config (fineweb)")

@@ -1,0 +1,125 @@
+"""The run report: what each step took in, let out, dropped and why, in JSON (for tools) and Markdown (for people).
+
+Every worker's statistics are merged per step (`StepStats.merge`), so the numbers describe the whole dataset. The
+report also checks its own arithmetic (each step's input = output + drops, and each step's output = the next
+step's input): a filter that loses documents without a reason shows up as a failed check, not as a quiet gap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.base import StepStats
+from lmforge.utils import human_bytes, write_json
+
+
+def _merge_steps(results: list[dict]) -> list[StepStats]:
+    merged: list[StepStats] = []
+    for r in results:
+        for i, d in enumerate(r["steps"]):
+            st = StepStats.from_dict(d)
+            if i == len(merged):
+                merged.append(st)
+            else:
+                merged[i].merge(st)
+    return merged
+
+
+def _check(steps: list[dict]) -> list[str]:
+    """Problems with the counts (empty when they add up)."""
+    problems = []
+    for s in steps[1:]:  # the reader counts unreadable items as drops of things that never became documents
+        if s["docs_in"] != s["docs_out"] + sum(s["dropped"].values()):
+            problems.append(f"step {s['name']}: {s['docs_in']} in != {s['docs_out']} out + {sum(s['dropped'].values())} dropped")
+    for a, b in zip(steps, steps[1:]):
+        if a["docs_out"] != b["docs_in"]:
+            problems.append(f"{a['name']} let out {a['docs_out']} documents but {b['name']} took in {b['docs_in']}")
+    return problems
+
+
+def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_results: list[dict],
+                 token_stats: dict | None, seconds: float, workers: int, engine: str) -> dict[str, Any]:
+    steps = _merge_steps(a_results)
+    if c_results:
+        steps += _merge_steps(c_results)
+        dedup_step = next(s for s in steps if s.name == "dedup")
+        # the dedup step's cost is all three stages: signatures (in stage A), clustering, filtering
+        dedup_step.seconds += sum(r.get("signature_seconds", 0.0) for r in a_results) + dedup_stats["seconds"]
+    final = c_results if c_results else a_results
+    languages: Counter = Counter()
+    lengths: Counter = Counter()
+    for r in final:
+        languages.update(r["output"]["languages"])
+        lengths.update(r["output"]["lengths"])
+    step_dicts = []
+    for s in steps:
+        d = s.to_dict()
+        d["docs_per_second"] = round(s.docs_in / s.seconds, 1) if s.seconds > 0 else None
+        step_dicts.append(d)
+    kept = {"documents": sum(r["output"]["documents"] for r in final),
+            "bytes": sum(r["output"]["bytes"] for r in final)}
+    report = {
+        "config": config.name,
+        "config_digest": config.digest(),
+        "relaxed_rules": [{"step": s["step"], "why": s["why"]} for s in config.steps if isinstance(s, dict) and "why" in s],
+        "engine": engine,
+        "workers": workers,
+        "inputs": len(a_results),
+        "seconds": round(seconds, 2),
+        "steps": step_dicts,
+        "kept": kept,
+        "languages": dict(languages.most_common()),
+        "lengths": {k: lengths[k] for k in sorted(lengths, key=lambda b: int(b.split("-")[0].rstrip("+")))},
+        "dedup": dedup_stats,
+        "tokens": token_stats,
+    }
+    report["problems"] = _check(step_dicts)
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Data pipeline report: {report['config']}", "",
+             f"{report['inputs']} input files, engine {report['engine']}, {report['workers']} workers, "
+             f"{report['seconds']} s. Kept {report['kept']['documents']} documents "
+             f"({human_bytes(report['kept']['bytes'])}).", ""]
+    if report["problems"]:
+        lines += ["**Counts do not add up:**", ""] + [f"- {p}" for p in report["problems"]] + [""]
+    lines += ["## Steps", "", "| step | docs in | docs out | bytes in | bytes out | seconds | docs/s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in report["steps"]:
+        lines.append(f"| {s['name']} | {s['docs_in']} | {s['docs_out']} | {human_bytes(s['bytes_in'])} | "
+                     f"{human_bytes(s['bytes_out'])} | {s['seconds']} | {s['docs_per_second'] or '-'} |")
+    lines += ["", "## Drop reasons", "", "| step | reason | count | examples |", "|---|---|---:|---|"]
+    for s in report["steps"]:
+        for reason, n in sorted(s["dropped"].items(), key=lambda kv: -kv[1]):
+            ex = ", ".join(str(e) for e in s["examples"].get(reason, []))
+            lines.append(f"| {s['name']} | {reason} | {n} | {ex} |")
+    if report["relaxed_rules"]:
+        lines += ["", "## Rules this config changes", ""]
+        lines += [f"- **{r['step']}**: {r['why']}" for r in report["relaxed_rules"]]
+    if report["dedup"]:
+        d = report["dedup"]
+        lines += ["", "## Deduplication", "",
+                  f"{d['documents']} documents compared: {d['exact_clusters']} exact-duplicate clusters "
+                  f"({d['exact_removed']} removed), {d['near_clusters']} near-duplicate clusters "
+                  f"({d['near_removed']} removed).", ""]
+        lines += [f"- {e['kind']}: kept `{e['kept']}`, removed " + ", ".join(f"`{x}`" for x in e["removed"])
+                  for e in d["examples"]]
+    for title, key in (("Languages (kept documents)", "languages"), ("Lengths in characters (kept documents)", "lengths")):
+        lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in report[key].items()]
+    if report["tokens"]:
+        t = report["tokens"]
+        lines += ["", "## Tokens", "", f"{t['train_tokens']} train and {t['val_tokens']} validation tokens "
+                  f"({t['train_documents']} + {t['val_documents']} documents, dtype {t['dtype']}) in {t['shards_dir']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    write_json(out / "report.json", report)
+    from lmforge.utils import atomic_write
+
+    with atomic_write(out / "report.md") as f:
+        f.write(to_markdown(report))

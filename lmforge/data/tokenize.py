@@ -1,0 +1,220 @@
+"""Tokenize clean documents into the token shards pretraining reads (format: `lmforge/data/shards.py`).
+
+Two passes. First, each document file is tokenized on its own (one task per file, in parallel; the tokens of a file
+go to `shards_dir/.work/NNNNN.npz`, atomically, so a restart skips finished files). Second, the validation split
+is chosen and the shards are written in input order: documents are ranked by a hash of their id and the lowest
+ranks go to validation until it holds `val_fraction` of the tokens (at least `min_val_tokens`, at most
+`max_val_fraction`). The split depends only on the ids and the data, never on worker count or timing, so it is
+the same in every run over the same documents. `index.json` is written last: its presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
+from lmforge.data.writers import read_output_documents
+from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
+
+BOS = "<|bos|>"
+
+
+@dataclass
+class TokenizeConfig:
+    val_fraction: float = 0.01  # share of tokens held out for validation
+    min_val_tokens: int = 50_000  # ... but at least this many (a loss on fewer tokens is too noisy to compare)
+    max_val_fraction: float = 0.1  # ... and never more than this share, however small the corpus
+    shard_tokens: int = 100_000_000  # tokens per .bin file (200 MB in uint16)
+    batch_documents: int = 512  # documents per encode_batch call
+
+
+def id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+@dataclass
+class TokenizeTask:
+    index: int
+    input: str
+    tokenizer_dir: str
+    work_dir: str
+    batch_documents: int
+    threads: int | None  # encode_batch threads: 1 when each core already runs a worker process
+
+
+def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
+    """Tokenize one document file into `.work/NNNNN.npz`: tokens with <|bos|> before each document, lengths, id
+    hashes. Skips a file already done."""
+    path = Path(task.work_dir) / f"{task.index:05d}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return {"file": task.input, "documents": int(len(z["lengths"])), "tokens": int(z["lengths"].sum()), "seconds": 0.0}
+    from lmforge.tokenizer import Tokenizer
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.load(task.tokenizer_dir)
+    bos = tok.special_tokens[BOS]
+    dtype = DTYPES[dtype_for_vocab(tok.vocab_size)]
+    pieces: list[np.ndarray] = []
+    lengths: list[int] = []
+    hashes: list[int] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tok.encode_batch(batch, num_threads=task.threads):
+            arr = np.empty(len(ids) + 1, dtype=dtype)
+            arr[0] = bos
+            arr[1:] = ids
+            pieces.append(arr)
+            lengths.append(len(arr))
+        batch.clear()
+
+    for doc in read_output_documents(task.input):
+        batch.append(doc.text)
+        hashes.append(id_hash(doc.id))
+        if len(batch) >= task.batch_documents:
+            flush()
+    if batch:
+        flush()
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, tokens=tokens, lengths=np.array(lengths, dtype=np.int64), hashes=np.array(hashes, dtype=np.uint64))
+    return {"file": task.input, "documents": len(lengths), "tokens": int(tokens.size), "seconds": time.perf_counter() - t0}
+
+
+def choose_validation(lengths: np.ndarray, hashes: np.ndarray, config: TokenizeConfig) -> np.ndarray:
+    """Boolean mask of validation documents: the lowest id hashes, until the token target is met."""
+    total = int(lengths.sum())
+    if len(lengths) < 2:
+        return np.zeros(len(lengths), dtype=bool)
+    target = min(max(config.val_fraction * total, config.min_val_tokens), config.max_val_fraction * total)
+    order = np.argsort(hashes, kind="stable")
+    cum = np.cumsum(lengths[order])
+    n_val = int(np.searchsorted(cum, target)) + 1  # documents needed to reach the target
+    n_val = min(max(n_val, 1), len(lengths) - 1)  # at least one document each side
+    mask = np.zeros(len(lengths), dtype=bool)
+    mask[order[:n_val]] = True
+    return mask
+
+
+class _ShardWriter:
+    """Appends documents to `SPLIT_NNNNN.bin` files of at most `shard_tokens` tokens (a document is never split)."""
+
+    def __init__(self, out: Path, split: str, shard_tokens: int, dtype):
+        self.out, self.split, self.shard_tokens, self.dtype = out, split, shard_tokens, dtype
+        self.entries: list[dict] = []
+        self.buf: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, doc_tokens: np.ndarray) -> None:
+        if self.buf and self.size + len(doc_tokens) > self.shard_tokens:
+            self.flush()
+        self.buf.append(doc_tokens)
+        self.size += len(doc_tokens)
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"{self.split}_{len(self.entries):05d}.bin"
+        lengths = np.array([len(b) for b in self.buf], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        write_shard(self.out / name, np.concatenate(self.buf).astype(self.dtype, copy=False))
+        self.entries.append(shard_entry(name, int(lengths.sum()), offsets))
+        self.buf, self.size = [], 0
+
+
+MapFn = Callable[[Callable, list, str], list[dict]]
+
+
+def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path,
+                   config: TokenizeConfig | None = None, workers: int = 1, map_fn: MapFn | None = None) -> dict[str, Any]:
+    """Tokenize document files (`.jsonl.gz`/`.jsonl`/`.parquet` as the pipeline writes them) into shards at `out`.
+
+    Returns the token statistics (also kept in `index.json`). A finished `out` with the same inputs, tokenizer and
+    config is left as it is.
+    """
+    from lmforge.data.pipeline import local_map
+
+    config = config or TokenizeConfig()
+    out = Path(out)
+    tokenizer_dir = Path(tokenizer_dir)
+    if not tokenizer_dir.is_dir():
+        raise LmforgeError(f"tokenizer directory not found: {tokenizer_dir}")
+    inputs = [str(Path(p).resolve()) for p in inputs]
+    if not inputs:
+        raise LmforgeError("tokenize: no input document files")
+    for p in inputs:
+        if not Path(p).is_file():
+            raise LmforgeError(f"tokenize: input file not found: {p}")
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tokenizer_dir)
+    tok_hash = tok.hash
+    request = {"inputs": inputs, "tokenizer_hash": tok_hash, "config": asdict(config)}
+    index_path = out / "index.json"
+    if index_path.is_file():
+        index = read_json(index_path, "token shards index")
+        if index.get("request") == request:
+            return index["stats"]
+        raise LmforgeError(f"{out} holds shards of other inputs, tokenizer or settings; use a new output directory")
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    # a previous attempt with other inputs must not leave its per-file results to be mistaken for ours
+    req_path = work / "request.json"
+    if req_path.is_file() and read_json(req_path, "tokenize request") != request:
+        shutil.rmtree(work)
+        work.mkdir(parents=True)
+    write_json(req_path, request)
+
+    t0 = time.perf_counter()
+    threads = 1 if workers > 1 and len(inputs) > 1 else None
+    tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads)
+             for i, p in enumerate(inputs)]
+    per_file = (map_fn or local_map(workers))(tokenize_file, tasks, "tokenize")
+
+    loaded = []
+    for t in tasks:
+        with np.load(work / f"{t.index:05d}.npz") as z:
+            loaded.append((z["tokens"], z["lengths"], z["hashes"]))
+    all_lengths = np.concatenate([x[1] for x in loaded]) if loaded else np.zeros(0, np.int64)
+    all_hashes = np.concatenate([x[2] for x in loaded]) if loaded else np.zeros(0, np.uint64)
+    if all_lengths.size == 0:
+        raise LmforgeError(f"tokenize: the inputs hold no documents ({', '.join(inputs)})")
+    is_val = choose_validation(all_lengths, all_hashes, config)
+
+    vocab_size, bos = tok.vocab_size, tok.special_tokens[BOS]
+    dtype_name = dtype_for_vocab(vocab_size)
+    dtype = DTYPES[dtype_name]
+    writers = {s: _ShardWriter(out, s, config.shard_tokens, dtype) for s in ("train", "val")}
+    g = 0
+    for tokens, lengths, _ in loaded:
+        ends = np.cumsum(lengths)
+        for start, end in zip(ends - lengths, ends):
+            writers["val" if is_val[g] else "train"].add(tokens[start:end])
+            g += 1
+    for w in writers.values():
+        w.flush()
+    with atomic_path(out / "tokenizer") as tmp:
+        shutil.copytree(tokenizer_dir, tmp)
+    stats = {"shards_dir": str(out), "dtype": dtype_name, "vocab_size": int(vocab_size),
+             "train_tokens": int(all_lengths[~is_val].sum()), "val_tokens": int(all_lengths[is_val].sum()),
+             "train_documents": int((~is_val).sum()), "val_documents": int(is_val.sum()),
+             "train_shards": len(writers["train"].entries), "val_shards": len(writers["val"].entries),
+             "seconds": round(time.perf_counter() - t0, 2),
+             "tokens_per_second": round(float(all_lengths.sum()) / max(sum(r["seconds"] for r in per_file), 1e-9), 1)}
+    index = make_index(dtype_name, vocab_size, bos, tok_hash,
+                       {"train": writers["train"].entries, "val": writers["val"].entries},
+                       split_rule="validation = lowest blake2b(id) hashes until val_fraction of tokens "
+                                  "(>= min_val_tokens, <= max_val_fraction)",
+                       request=request, stats=stats)
+    write_json(index_path, index)
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
