@@ -42,7 +42,43 @@ class Stage:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """Train the BPE tokenizer on the data stage's kept documents, then show the explorer on a sample sentence."""
+    from rich.console import Console
+
+    from lmforge.data.readers import read_documents
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.bpe_train import TrainStats
+    from lmforge.tokenizer.show import render
+    from lmforge.utils import LmforgeError
+
+    documents = ctx.results.get("data", {}).get("documents")
+    if not documents:
+        raise LmforgeError("the tokenizer stage needs the data stage's documents (results['data']['documents'])")
+    vocab_size = 1024 if ctx.quick else 4096
+    stats = TrainStats()
+    texts = (doc.text for doc in read_documents(documents))
+    tok = Tokenizer.train(texts, vocab_size, num_workers=ctx.threads, progress=True, stats=stats)
+    tok.save(out / "tokenizer")
+    sample = "The tokenizer splits text into chunks: def parse(s: str) -> list[int]: return [1, 2, 3] # 12345 \u00e9t\u00e9 \U0001f642"
+    console = Console(record=True, width=100)
+    shown = render(tok, sample, console)
+    (out / "explorer.txt").write_text(console.export_text(), encoding="utf-8")
+    console.save_html(str(out / "explorer.html"))
+    return {
+        "tokenizer_dir": str(out / "tokenizer"),
+        "vocab_size": tok.vocab_size,
+        "tokenizer_hash": tok.hash,
+        "document_files": len(documents),
+        "chunks": stats.total_chunks,
+        "unique_chunks": stats.unique_chunks,
+        "stopped_early": stats.stopped_early,
+        "sample_bytes_per_token": shown["bytes_per_token"],
+    }
+
+
 STAGES: list[Stage] = [
+    Stage("tokenizer", stage_tokenizer),
 ]
 
 

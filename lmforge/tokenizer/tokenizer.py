@@ -79,6 +79,12 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    min_size = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < min_size:
+        raise LmforgeError(f"vocab_size {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+
+
 class StreamDecoder:
     """Turns a stream of token ids into text pieces without ever cutting a multi-byte character.
 
@@ -161,9 +167,7 @@ class Tokenizer:
         of equal count: `"bytes"` (rustbpe's) or `"hf"` (Hugging Face tokenizers'); see `bpe_train`. If the
         corpus runs out of pairs first, the vocabulary is smaller (`stats.stopped_early`).
         """
-        min_size = 256 + len(SPECIAL_TOKENS)
-        if vocab_size < min_size:
-            raise LmforgeError(f"vocab_size {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        check_vocab_size(vocab_size)
         _, regex_str = resolve_pattern(pattern)
         chunk_counts = count_chunks(texts, regex_str, num_workers=num_workers, progress=progress)
         if not chunk_counts:

@@ -1,0 +1,69 @@
+"""The explorer: text with each token coloured, its ids, the token count and bytes per token (like Tiktokenizer).
+
+Seeing where the boundaries fall explains most tokenizer surprises: a leading space belongs to the next word,
+numbers come in groups of three, an emoji may take several tokens (shown as `⟨f0 9f⟩`-style byte pieces when a
+token holds only part of a character), rare words break into many pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lmforge.tokenizer.tokenizer import Tokenizer
+
+# Light backgrounds with dark text: readable in light and dark terminals, and in the saved HTML.
+PALETTE = ("#f9d5e5", "#c6e2ff", "#d4f4dd", "#ffe6b3", "#e2d4f9", "#ffd1c1", "#cdeff0", "#f0f0b0")
+
+
+@dataclass
+class TokenView:
+    id: int
+    text: str  # what to print for it (byte pieces of a split character as ⟨hex⟩)
+    nbytes: int
+
+
+def token_views(tok: Tokenizer, ids: list[int]) -> list[TokenView]:
+    views = []
+    for i in ids:
+        data = tok.token_bytes(i)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "⟨" + " ".join(f"{b:02x}" for b in data) + "⟩"
+        views.append(TokenView(i, text, len(data)))
+    return views
+
+
+def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | tuple = ()) -> dict:
+    """Print the coloured tokens, the ids and the statistics of `text` on `console`; return the statistics."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    ids = tok.encode(text, allowed_special=allowed_special)
+    views = token_views(tok, ids)
+    coloured = Text()
+    for k, v in enumerate(views):
+        shown = v.text.replace("\t", "→\t").replace("\n", "↵\n")
+        style = f"black on {PALETTE[k % len(PALETTE)]}"
+        if tok.is_special(v.id):
+            style = "bold white on #7a3e9d"
+        coloured.append(shown, style=style)
+    nbytes = len(text.encode("utf-8", "surrogatepass"))
+    stats = {
+        "tokens": len(ids),
+        "characters": len(text),
+        "bytes": nbytes,
+        "bytes_per_token": round(nbytes / len(ids), 3) if ids else 0.0,
+        "vocab_size": tok.vocab_size,
+    }
+    console.print(Panel(coloured, title="tokens", title_align="left"))
+    console.print(Panel(Text(", ".join(map(str, ids))), title="ids", title_align="left"))
+    console.print(
+        f"[bold]{stats['tokens']}[/] tokens, {stats['characters']} characters, {stats['bytes']} bytes, "
+        f"[bold]{stats['bytes_per_token']}[/] bytes/token (vocabulary {stats['vocab_size']})"
+    )
+    return stats
