@@ -1,7 +1,13 @@
 """Checkpoints on disk: safetensors weights, a JSON config, and a copy of the tokenizer, written atomically.
 
 A checkpoint folder is self-contained (generate, export and SFT need nothing else), holds no pickles, and appears
-only once complete, so an interrupted save never leaves a checkpoint that looks valid but is not.
+only once complete, so an interrupted save never leaves a checkpoint that looks valid but is not. `config.json`
+records the sha256 of every other top-level file, so a file damaged later (a bad disk, a partial copy) is refused
+with its name instead of loading garbage.
+
+Training checkpoints add `optimizer.pt` (optimizer states and RNG states: tensors and plain containers only, read
+with `torch.load(weights_only=True)`) and `train_state.json` (step, data-loader position, the train config), which
+is what lets an interrupted run continue exactly.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmforge.model import GPT, GPTConfig
-from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
+from lmforge.model import GPT, GPTConfig, rope_tables
+from lmforge.utils import LmforgeError, atomic_path, file_sha256, read_json, write_json
 
 CKPT_SUBDIR = "ckpt"
+OPTIMIZER_FILE = "optimizer.pt"
+TRAIN_STATE_FILE = "train_state.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -25,21 +33,41 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_model(ckpt_dir: str | Path, model: GPT, tokenizer_dir: str | Path | None = None,
-               meta: dict[str, Any] | None = None, extra_files: dict[str, Any] | None = None) -> Path:
-    """Write model weights, config, tokenizer copy and `extra_files` (name -> callable(path)) into ckpt_dir."""
+               meta: dict[str, Any] | None = None, extra_files: dict[str, Any] | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model weights, config, tokenizer copy and `extra_files` (name -> callable(path)) into ckpt_dir.
+
+    `state` replaces `model.state_dict()` when the weights were gathered elsewhere (FSDP's full state dict).
+    """
     ckpt_dir = Path(ckpt_dir)
     with atomic_path(ckpt_dir) as tmp:
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (state if state is not None else model.state_dict()).items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight; safetensors refuses aliases
         save_file(state, tmp / "model.safetensors")
-        write_json(tmp / "config.json", {"model": model.config.to_dict(), **(meta or {})})
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
+        checksums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / "config.json", {"model": model.config.to_dict(), **(meta or {}), "checksums": checksums})
     return ckpt_dir
+
+
+def verify_checkpoint(ckpt: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json, after checking each file it lists against its recorded sha256."""
+    ckpt = Path(ckpt)
+    meta = read_json(ckpt / "config.json", "checkpoint config")
+    if not isinstance(meta, dict):
+        raise LmforgeError(f"checkpoint config {ckpt / 'config.json'} is not a JSON object")
+    for name, digest in (meta.get("checksums") or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            raise LmforgeError(f"checkpoint file {path} is missing")
+        if file_sha256(path) != digest:
+            raise LmforgeError(f"checkpoint file {path} is corrupt or truncated (sha256 differs from config.json)")
+    return meta
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -54,34 +82,87 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return ckpts[-1]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Path]:
-    """Load the model of a checkpoint (or of a run folder's newest one); returns (model in eval mode, folder)."""
+def load_state(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+    """(model config, weights, folder) of a checkpoint, verified; tied weights appear under both names."""
     ckpt = resolve_checkpoint(path)
-    meta = read_json(ckpt / "config.json", "checkpoint config")
-    try:
-        config = GPTConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise LmforgeError(f"checkpoint config {ckpt / 'config.json'} has no valid 'model' field: {e}") from e
+    verify_checkpoint(ckpt)
+    config = load_config(ckpt)
     try:
         state = load_file(ckpt / "model.safetensors", device=str(device))
     except (SafetensorError, OSError) as e:
         raise LmforgeError(f"checkpoint weights {ckpt / 'model.safetensors'} are corrupt or truncated: {e}") from e
+    if config.tie_embeddings and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    return config, state, ckpt
+
+
+def load_config(path: str | Path) -> GPTConfig:
+    """The model config of a checkpoint (or a run folder's newest one), without reading the weights."""
+    ckpt = resolve_checkpoint(path)
+    meta = read_json(ckpt / "config.json", "checkpoint config")
+    try:
+        return GPTConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LmforgeError(f"checkpoint config {ckpt / 'config.json'} has no valid 'model' field: {e}") from e
+
+
+def load_weights(model: GPT, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Copy `state` into `model`, refusing (with the file's name) weights that do not match its shapes."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise LmforgeError(f"checkpoint weights {where} do not fit the model: {e}") from e
+    if missing or unexpected:
+        raise LmforgeError(f"checkpoint weights {where} do not match its config: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Path]:
+    """Load the model of a checkpoint (or of a run folder's newest one); returns (model in eval mode, folder)."""
+    config, state, ckpt = load_state(path, device)
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device=device)
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["tok_emb.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=False)
-    if missing or unexpected:
-        raise LmforgeError(f"checkpoint weights {ckpt / 'model.safetensors'} do not match its config: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, state, ckpt / "model.safetensors")
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if config.pos == "rope":
-        from lmforge.model import rope_tables
-
         model.rope_cos, model.rope_sin = (t.to(device) for t in rope_tables(config.head_dim, config.block_size, config.rope_theta))
     return model.eval(), ckpt
+
+
+def save_train_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer_state: dict[str, Any],
+                          train_state: dict[str, Any], tokenizer_dir: str | Path | None = None,
+                          state: dict[str, torch.Tensor] | None = None, keep: int = 0) -> Path:
+    """Write `run_dir/ckpt/step_XXXXXXX/` with everything an exact resume needs; keep the newest `keep` (0 = all)."""
+    ckpt = Path(run_dir) / CKPT_SUBDIR / checkpoint_name(step)
+    writers = {OPTIMIZER_FILE: lambda p: torch.save(optimizer_state, p),
+               TRAIN_STATE_FILE: lambda p: write_json(p, {"step": step, **train_state})}
+    save_model(ckpt, model, tokenizer_dir, meta={"step": step}, extra_files=writers, state=state)
+    if keep > 0:
+        for old in train_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def train_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's complete training checkpoints, oldest first."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    return [c for c in sorted(root.glob("step_*")) if (c / TRAIN_STATE_FILE).is_file()]
+
+
+def load_train_state(ckpt: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train_state.json, optimizer.pt contents) of a training checkpoint, verified; no pickles are executed."""
+    ckpt = Path(ckpt)
+    verify_checkpoint(ckpt)
+    train_state = read_json(ckpt / TRAIN_STATE_FILE, "train state")
+    try:
+        optimizer_state = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types (pickle, zip, runtime) for a damaged file
+        raise LmforgeError(f"optimizer state {ckpt / OPTIMIZER_FILE} is corrupt or unreadable: {e}") from e
+    return train_state, optimizer_state
 
 
 def checkpoint_tokenizer_dir(ckpt: str | Path) -> Path:

@@ -1,0 +1,1 @@
+"""Evaluation: validation loss and bits per byte (`bpb`), comparable across tokenizers."""
