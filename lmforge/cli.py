@@ -19,6 +19,7 @@ STAGE_CLIS = [
     "lmforge.tokenizer.cli",
     "lmforge.model_cli",
     "lmforge.train.cli",
+    "lmforge.inference.cli",
     "lmforge.speedrun",
 ]
 
