@@ -191,7 +191,14 @@ def _guard(event, args):
 sys.addaudithook(_guard)
 del _guard
 _code = open("main.py", encoding="utf-8").read()
-exec(compile(_code, "main.py", "exec"), {"__name__": "__main__"})
+try:
+    exec(compile(_code, "main.py", "exec"), {"__name__": "__main__"})
+except SystemExit:
+    raise
+except BaseException as _e:  # the traceback starts at the user's code, not at this bootstrap
+    import traceback
+    traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
+    sys.exit(1)
 '''
 
 
@@ -218,6 +225,22 @@ def _set_limits(limits: PythonLimits) -> Callable[[], None]:
     return apply
 
 
+def _head_and_tail(path: Path, max_chars: int) -> str:
+    """The file's text, or its start and end around a truncation mark: errors print their last line last."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= max_chars * 4:
+            text = f.read().decode("utf-8", errors="replace")
+            if len(text) <= max_chars:
+                return text
+            head, tail = text[:max_chars // 2], text[-max_chars // 2:]
+        else:
+            head = f.read(max_chars * 2).decode("utf-8", errors="replace")[:max_chars // 2]
+            f.seek(size - max_chars * 2)
+            tail = f.read().decode("utf-8", errors="replace")[-max_chars // 2:]
+    return f"{head}\n[output truncated]\n{tail}"
+
+
 def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
     """Run `code` in a sandboxed child interpreter; return its stdout and stderr (truncated) and how it ended."""
     with tempfile.TemporaryDirectory(prefix="lmforge-py-") as tmp:
@@ -225,7 +248,7 @@ def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
         work.mkdir()
         (work / "main.py").write_text(code, encoding="utf-8")
         out_path = Path(tmp) / "output.txt"
-        cmd = [sys.executable, "-I", "-c", _GUARD]
+        cmd = [sys.executable, "-I", "-u", "-c", _GUARD]  # -u: prints and tracebacks stay in order
         if limits.network_namespace and _unshare_works():
             cmd = [shutil.which("unshare") or "unshare", "-rn", "--"] + cmd
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(work),
@@ -240,11 +263,7 @@ def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 rc, status = None, f"error: killed after {limits.wall_seconds:g} s of wall time"
-        with open(out_path, "rb") as f:
-            raw = f.read(limits.max_output_chars * 4 + 4)
-        text = raw.decode("utf-8", errors="replace")
-        if len(text) > limits.max_output_chars:
-            text = text[:limits.max_output_chars] + "\n[output truncated]"
+        text = _head_and_tail(out_path, limits.max_output_chars)
         if rc is not None and rc != 0:
             if rc in (-signal.SIGXCPU, -signal.SIGKILL):
                 status = f"error: killed at the CPU-time limit ({limits.cpu_seconds} s)"

@@ -1,0 +1,104 @@
+"""The assistant's tools: the calculator accepts only arithmetic; the Python sandbox holds its limits."""
+
+import os
+
+import pytest
+
+from lmforge.inference.tools import (CalculatorError, PythonLimits, calculate, default_tools, run_python, run_tool,
+                                     search_files)
+
+
+@pytest.mark.parametrize("expr, want", [
+    ("2+3", "5"), ("7/2", "3.5"), ("6/3", "2"), ("2**10", "1024"), ("-(3+4)*2", "-14"), ("10//3", "3"),
+    ("10 % 3", "1"), ("1.5*4", "6"), ("sqrt(16)", "4"), ("(1+2)*(3+4)", "21"), ("12 × 3", "36"), ("--2", "2"),
+    ("0.1+0.2", "0.3"), ("2**-1", "0.5"),
+])
+def test_calculator_arithmetic(expr, want):
+    assert calculate(expr) == want
+
+
+@pytest.mark.parametrize("expr, why", [
+    ("x", "name"), ("__import__('os')", "function call"), ("(1).real", "Attribute"), ("open('f')", "function call"),
+    ("2**10**10", "exponent"), ("9**9999", "too large"), ("10**400*10**400*10**400*10**400", "too large"),
+    ("1/0", "division by zero"), ("'a'", "Constant"), ("[1]", "List"), ("1 < 2", "Compare"),
+    ("lambda: 1", "Lambda"), ("2^3", "\\*\\*"), ("", "empty"), ("1+" * 200 + "1", "longer"),
+    ("sqrt(-1)", "sqrt"), ("10.0**400", "too large"), ("True+1", "Constant"),
+])
+def test_calculator_rejects_everything_else(expr, why):
+    with pytest.raises(CalculatorError, match=why):
+        calculate(expr)
+
+
+def test_run_tool_turns_errors_into_text(tmp_path):
+    tools = default_tools(search_dir=tmp_path)
+    assert run_tool(tools, "calculator", "1/0") == "error: division by zero"
+    assert run_tool(tools, "nope", "1").startswith("error: unknown tool 'nope'")
+    assert run_tool(tools, "calculator", "6*7") == "42"
+
+
+FAST = PythonLimits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 * 2**20, max_output_chars=500)
+
+
+@pytest.mark.timeout(30)
+def test_python_runs_code_and_truncates_output():
+    assert run_python("print(6*7)", FAST) == "42"
+    out = run_python("print('x' * 10000)", FAST)
+    assert "[output truncated]" in out and len(out) < 600
+    assert "ZeroDivisionError" in run_python("1/0", FAST)
+
+
+@pytest.mark.timeout(30)
+def test_python_is_killed_at_cpu_and_wall_limits():
+    assert "CPU-time limit" in run_python("while True: pass", FAST)
+    assert "wall time" in run_python("import time; time.sleep(30)", PythonLimits(wall_seconds=1.0))
+
+
+@pytest.mark.timeout(30)
+def test_python_memory_limit():
+    out = run_python("x = bytearray(1024 * 2**20)\nprint('allocated')", FAST)
+    assert "allocated" not in out and "out of memory" in out
+
+
+@pytest.mark.timeout(30)
+def test_python_cannot_write_outside_its_directory(tmp_path):
+    target = tmp_path / "escaped.txt"
+    code = (f"open('inside.txt', 'w').write('ok'); print(open('inside.txt').read())\n"
+            f"open({str(target)!r}, 'w').write('pwned')")
+    out = run_python(code, FAST)
+    assert out.startswith("ok") and "PermissionError" in out
+    assert not target.exists()
+    for code in (f"import os; os.remove({str(target)!r})", f"import os; os.mkdir({str(tmp_path / 'd')!r})",
+                 f"import os; os.symlink({str(tmp_path)!r}, 'link'); open('link/x', 'w')",
+                 f"import shutil; shutil.copy('/etc/hostname', {str(tmp_path)!r})"):
+        assert "not allowed" in run_python(code, FAST), code
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+def test_python_cannot_open_a_socket_or_start_processes():
+    out = run_python("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+                     "s.connect(('127.0.0.1', 9))\nprint('connected')", FAST)
+    assert "connected" not in out and "error" in out
+    assert "not allowed" in run_python("import subprocess; subprocess.run(['true'])", FAST)
+    assert "not allowed" in run_python("import os; os.system('true')", FAST)
+    assert "not allowed" in run_python("import ctypes", FAST)
+
+
+@pytest.mark.timeout(30)
+def test_python_sees_no_parent_environment(monkeypatch):
+    monkeypatch.setenv("LMFORGE_SECRET_TEST", "hunter2")
+    assert "hunter2" not in run_python("import os; print(dict(os.environ))", FAST)
+
+
+def test_search_finds_passages_and_stays_inside(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "json.txt").write_text("json.dumps serializes an object to a JSON string.\n\nUnrelated paragraph.")
+    (docs / "math.md").write_text("math.sqrt returns the square root of x.")
+    (tmp_path / "secret.txt").write_text("the square root password is swordfish")
+    os.symlink(tmp_path / "secret.txt", docs / "link.txt")
+    out = search_files(docs, "square root")
+    assert out.startswith("math.md: math.sqrt") and "swordfish" not in out
+    assert search_files(docs, "serializes JSON").startswith("json.txt:")
+    assert search_files(docs, "zebra") == "no results"
+    assert run_tool(default_tools(search_dir=tmp_path / "missing"), "search", "x").startswith("error:")
