@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from lmforge.inference.sampling import SamplingParams, sample
+from lmforge.inference.sampling import SamplingParams, next_token_logprobs, sample
 from lmforge.model import GPT, KVCache, apply_rope
 from lmforge.utils import LmforgeError
 
@@ -67,7 +67,8 @@ class _Row:
     def __init__(self, decoder: Any) -> None:
         self.out = Completion()
         self.decoder = decoder
-        self.emitted = 0  # characters of out.text already handed out
+        self.emitted = 0  # characters of out.text that are final (safe to show)
+        self.streamed = 0  # characters of out.text that stream() has yielded
         self.pending: int | None = None  # last sampled token, not yet fed into the cache
         self.budget = 0
 
@@ -144,14 +145,8 @@ class GenerationSession:
         active = [r.out.finish_reason is None for r in self.rows]
         if not any(active):
             return [None] * self.batch
-        feeds = [[r.pending] if a and r.pending is not None else [] for r, a in zip(self.rows, active)]
-        if any(feeds):
-            if self.cache.length >= self.cache.max_len:  # context full: nothing more can be fed
-                return [self._finish(r, "context") if a else None for r, a in zip(self.rows, active)]
-            self._feed(feeds)
-            for r, f in zip(self.rows, feeds):
-                if f:
-                    r.pending = None
+        if not self._advance(active):  # context full: nothing more can be fed
+            return [self._finish(r, "context") if a else None for r, a in zip(self.rows, active)]
         tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts)
         if self.counts is not None:
             live = torch.tensor(active, device=self.device)
@@ -163,12 +158,30 @@ class GenerationSession:
             events.append(self._accept(row, t, lp, rl) if a else None)
         return events
 
+    @torch.inference_mode()
+    def top_candidates(self, k: int = 5, row: int = 0) -> list[tuple[int, float]]:
+        """The k most likely next tokens of a running row and their probabilities under the distribution the next
+        `step()` draws from (for greedy: the model's, after penalties). Empty once the row has finished."""
+        active = [r.out.finish_reason is None for r in self.rows]
+        if not active[row] or not self._advance(active):
+            return []
+        logprobs = next_token_logprobs(self.logits[row:row + 1], self.params,
+                                       None if self.seen is None else self.seen[row:row + 1],
+                                       None if self.counts is None else self.counts[row:row + 1])[0]
+        values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
+        return [(int(i), float(v.exp())) for v, i in zip(values, ids) if v > float("-inf")]
+
     def stream(self, row: int = 0) -> Iterator[str]:
-        """Text pieces of one row as they are produced, until it finishes (other rows advance alongside)."""
-        while self.rows[row].out.finish_reason is None:
-            event = self.step()[row]
-            if event is not None and event.text:
-                yield event.text
+        """Text pieces of one row as they are produced, until it finishes (other rows advance alongside). Text
+        the row produced while other code stepped the session comes first, so nothing is lost between calls."""
+        r = self.rows[row]
+        while True:
+            if r.streamed < r.emitted:
+                piece, r.streamed = r.out.text[r.streamed:r.emitted], r.emitted
+                yield piece
+            if r.out.finish_reason is not None:
+                return
+            self.step()
 
     def run(self) -> list[Completion]:
         """Step until every row has finished; return their completions."""
@@ -201,12 +214,26 @@ class GenerationSession:
         for r, extra in zip(self.rows, per_row):
             if extra:
                 r.pending = None
-                r.out, r.emitted, r.budget = Completion(), 0, self.params.max_tokens
+                r.out, r.emitted, r.streamed, r.budget = Completion(), 0, 0, self.params.max_tokens
                 r.decoder = self.engine.new_decoder()
 
     # --------------------------------------------------------------------------------------------------------
     # Internals
     # --------------------------------------------------------------------------------------------------------
+
+    def _advance(self, active: list[bool]) -> bool:
+        """Feed the pending sampled token of every active row, so `self.logits` is current; False if the cache is
+        full and a token is waiting."""
+        feeds = [[r.pending] if a and r.pending is not None else [] for r, a in zip(self.rows, active)]
+        if not any(feeds):
+            return True
+        if self.cache.length >= self.cache.max_len:
+            return False
+        self._feed(feeds)
+        for r, f in zip(self.rows, feeds):
+            if f:
+                r.pending = None
+        return True
 
     def _accept(self, row: _Row, token: int, lp: float, raw: float) -> TokenEvent:
         out = row.out
@@ -218,12 +245,14 @@ class GenerationSession:
         if token in self.stop_ids:
             out.finish_reason = "stop"
         elif row.decoder is not None:
-            out.text += row.decoder.push(token)
+            out.text += row.decoder.feed(token)
         cut = self._scan_stop(out.text, row.emitted)
         if cut is not None:
             out.text, out.finish_reason = out.text[:cut], "stop"
         if out.finish_reason is None and row.budget <= 0:
             out.finish_reason = "length"
+        if out.finish_reason is not None and cut is None and row.decoder is not None:
+            out.text += row.decoder.flush()  # bytes of an unfinished character, shown as U+FFFD
         if out.finish_reason is None:
             safe = len(out.text) - self._held_back(out.text)
         else:
@@ -233,6 +262,8 @@ class GenerationSession:
 
     def _finish(self, row: _Row, reason: str) -> TokenEvent:
         row.out.finish_reason = reason
+        if row.decoder is not None:
+            row.out.text += row.decoder.flush()
         text, row.emitted = row.out.text[row.emitted:], len(row.out.text)
         return TokenEvent(-1, text, 0.0, 0.0, reason)
 
@@ -349,7 +380,7 @@ class Engine:
         return [specials[name] for name in END_TOKENS if name in specials]
 
     def new_decoder(self) -> Any:
-        """A fresh incremental text decoder (token id -> new complete characters), or None without a tokenizer."""
+        """A fresh streaming decoder (`.feed(id)` -> new whole characters, `.flush()`), or None without a tokenizer."""
         return None if self.tokenizer is None else self.tokenizer.decoder()
 
     def encode_prompt(self, text: str) -> list[int]:

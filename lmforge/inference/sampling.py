@@ -107,6 +107,15 @@ def draw(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return (logprobs.exp() / noise).argmax(dim=-1)
 
 
+def next_token_logprobs(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs (B, V) of what the next token will be drawn from, for display ("Deep Dive"'s view of sampling):
+    the sampling distribution, or for greedy the model's distribution after penalties (greedy takes its argmax)."""
+    logits = logits.float()
+    shaped = apply_penalties(logits, params, seen, counts) if params.uses_penalties else logits
+    return shaped.log_softmax(dim=-1) if params.greedy else process_logits(shaped, params)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
            seen: torch.Tensor | None = None, counts: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,12 +126,12 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """
     logits = logits.float()
     raw_norm = torch.logsumexp(logits, dim=-1)
-    shaped = apply_penalties(logits, params, seen, counts) if params.uses_penalties else logits
     if params.greedy:
+        shaped = apply_penalties(logits, params, seen, counts) if params.uses_penalties else logits
         tokens = shaped.argmax(dim=-1)
         sampled_lp = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     else:
-        logprobs = process_logits(shaped, params)
+        logprobs = next_token_logprobs(logits, params, seen, counts)
         tokens = draw(logprobs, generator)
         sampled_lp = logprobs.gather(-1, tokens[:, None])[:, 0]
     raw_lp = logits.gather(-1, tokens[:, None])[:, 0] - raw_norm
