@@ -351,28 +351,46 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already: no thread pools inside a worker
 
 
-def local_map(workers: int) -> MapFn:
-    """Run tasks in a pool of `workers` spawned processes (in this process when 1), results in task order."""
+class LocalPool:
+    """A `map_fn` over a pool of `workers` spawned processes (this process when 1), results in task order.
 
-    def run(fn: Callable[[ShardTask], dict], tasks: list[ShardTask], desc: str) -> list[dict]:
+    The pool starts at the first call and serves every stage of a run: a spawned worker pays the imports of the
+    steps (trafilatura, the language model) once, not once per stage. Use it as a context manager.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(self, fn: Callable[[ShardTask], dict], tasks: list[ShardTask], desc: str) -> list[dict]:
         from tqdm import tqdm
 
         results: list[dict | None] = [None] * len(tasks)
-        n = min(workers, len(tasks))
         with tqdm(total=len(tasks), desc=desc, unit="shard", disable=None) as bar:
-            if n <= 1:
+            if self.workers <= 1 or len(tasks) <= 1 and self._pool is None:
                 for i, t in enumerate(tasks):
                     results[i] = fn(t)
                     bar.update()
-            else:
-                with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-                    futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
-                    for f in as_completed(futures):
-                        results[futures[f]] = f.result()
-                        bar.update()
+                return results  # type: ignore[return-value]
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                                 initializer=_init_worker)
+            futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                bar.update()
         return results  # type: ignore[return-value]
 
-    return run
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> "LocalPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig) -> None:
@@ -397,7 +415,6 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     With `tokenizer`, the kept documents are also tokenized into `out/shards` (`lmforge.data.tokenize`).
     """
     from lmforge.data.readers import expand_inputs
-    from lmforge.data.report import build_report, write_report
 
     t0 = time.perf_counter()
     config = config or PipelineConfig()
@@ -407,11 +424,20 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     if not files:
         raise LmforgeError(f"no input files found in {', '.join(map(str, inputs))}")
     workers = workers or len(os.sched_getaffinity(0))
-    map_fn = map_fn or local_map(workers)
     for p in run_paths(out).values():
         p.mkdir(parents=True, exist_ok=True)
     _pin_run(out, files, config)
     tasks = [ShardTask(k, str(f), str(out), config.to_dict()) for k, f in enumerate(files)]
+    if map_fn is None:
+        with LocalPool(min(workers, len(files))) as pool:
+            return _execute(tasks, out, config, workers, tokenizer, pool, engine, t0)
+    return _execute(tasks, out, config, workers, tokenizer, map_fn, engine, t0)
+
+
+def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers: int, tokenizer: str | Path | None,
+             map_fn: MapFn, engine: str, t0: float) -> dict[str, Any]:
+    from lmforge.data.report import build_report, write_report
+
     _, dedup, _ = config.split()
 
     a_results = map_fn(run_stage_a, tasks, "filter")

@@ -141,7 +141,7 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     Returns the token statistics (also kept in `index.json`). A finished `out` with the same inputs, tokenizer and
     config is left as it is.
     """
-    from lmforge.data.pipeline import local_map
+    from lmforge.data.pipeline import LocalPool
 
     config = config or TokenizeConfig()
     out = Path(out)
@@ -178,7 +178,11 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     threads = 1 if workers > 1 and len(inputs) > 1 else None
     tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads)
              for i, p in enumerate(inputs)]
-    per_file = (map_fn or local_map(workers))(tokenize_file, tasks, "tokenize")
+    if map_fn is None:
+        with LocalPool(min(workers, len(tasks))) as pool:
+            per_file = pool(tokenize_file, tasks, "tokenize")
+    else:
+        per_file = map_fn(tokenize_file, tasks, "tokenize")
 
     loaded = []
     for t in tasks:
