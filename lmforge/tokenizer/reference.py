@@ -19,6 +19,7 @@ from __future__ import annotations
 import regex
 
 SURROGATES = regex.compile(r"[\ud800-\udfff]")
+NONE = float("inf")  # the rank of a pair that is not a token
 
 
 class ReferenceEncoder:
@@ -65,13 +66,20 @@ class ReferenceEncoder:
         if rank is not None:
             return [rank]
         parts = [data[i : i + 1] for i in range(len(data))]
-        while len(parts) > 1:
-            best_rank, best_i = None, -1
-            for i in range(len(parts) - 1):
-                r = self.ranks.get(parts[i] + parts[i + 1])
-                if r is not None and (best_rank is None or r < best_rank):
-                    best_rank, best_i = r, i
-            if best_rank is None:
+        # pair_ranks[i]: rank of parts[i] + parts[i + 1], or NONE; after a merge only its two neighbours change
+        pair_ranks = [self._pair_rank(parts, i) for i in range(len(parts) - 1)]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == NONE:
                 break
-            parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+            i = pair_ranks.index(best)  # the leftmost pair of lowest rank
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+            del pair_ranks[i]
+            if i < len(pair_ranks):
+                pair_ranks[i] = self._pair_rank(parts, i)
+            if i > 0:
+                pair_ranks[i - 1] = self._pair_rank(parts, i - 1)
         return [self.ranks[p] for p in parts]
+
+    def _pair_rank(self, parts: list[bytes], i: int) -> float:
+        return self.ranks.get(parts[i] + parts[i + 1], NONE)
