@@ -20,6 +20,9 @@ STAGE_CLIS = [
     "lmforge.model_cli",
     "lmforge.train.cli",
     "lmforge.inference.cli",
+    "lmforge.posttrain.cli",
+    "lmforge.inference.chat",
+    "lmforge.evaluation.cli",
     "lmforge.speedrun",
 ]
 

@@ -1,0 +1,231 @@
+"""Chat with tools: the assistant's turn as a loop of generation and tool calls; `lmforge chat` in the terminal.
+
+One assistant turn (`ChatSession.respond`): render the conversation with `render_for_completion`, open an engine
+session that stops at `<|end|>` or `<|tool_call_end|>`, and step it. On `<|tool_call_end|>` the call's text is
+parsed (`name\\narguments`), the tool runs (`lmforge.inference.tools.run_tool`, which turns every failure into
+"error: ..." text), and `<|tool_output|>OUTPUT<|tool_output_end|>` is appended into the same KV cache; decoding
+then continues where it stopped, until `<|end|>`, the token budget or the context runs out. The turn's tokens are
+parsed back into schema messages (assistant / tool / assistant ...) and added to the history.
+
+History longer than the context is cut from the oldest turns (the system prompt stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lmforge.posttrain.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
+from lmforge.utils import LmforgeError, atomic_write
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class TurnEvent:
+    """What the chat loop reports while a turn runs: text to show, a tool call, or a tool's output."""
+
+    kind: str  # "text" | "tool_call" | "tool_output"
+    text: str
+    name: str = ""
+
+
+@dataclass
+class ChatConfig:
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.95
+    max_tokens: int = 200  # per generated segment (a tool output starts a new segment)
+    max_tool_calls: int = 4  # per turn; further calls get an error output instead of running
+    max_tool_output_tokens: int = 96  # a long output is cut so the turn can go on in a small context
+    seed: int | None = None
+
+
+@dataclass
+class ChatSession:
+    """A conversation with a model and its tools; `respond(text)` runs one assistant turn."""
+
+    engine: Any  # lmforge.inference.engine.Engine (with a tokenizer)
+    tools: dict[str, Any] = field(default_factory=dict)  # name -> lmforge.inference.tools.Tool; {} = no tools
+    system: str | None = None
+    config: ChatConfig = field(default_factory=ChatConfig)
+    messages: Messages = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.engine.tokenizer is None:
+            raise LmforgeError("chat needs an engine with a tokenizer")
+        self.tok = self.engine.tokenizer
+        self.ids = ChatTokens.of(self.tok)
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def save(self, path: str | Path) -> None:
+        with atomic_write(path) as f:
+            json.dump({"messages": self.messages}, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    def _prompt(self, messages: Messages, room: int) -> list[int]:
+        """Rendered history that leaves `room` tokens of context, dropping the oldest turns if needed."""
+        block = self.engine.model.config.block_size
+        head = messages[:1] if messages and messages[0]["role"] == "system" else []
+        body = messages[len(head):]
+        while True:
+            ids = render_for_completion(self.tok, head + body)
+            if len(ids) + room <= block:
+                return ids
+            starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
+            if not starts:
+                if head:  # even the system prompt must go
+                    head = []
+                    continue
+                raise LmforgeError(f"the message is too long for the model's context ({len(ids)} of {block} tokens)")
+            body = body[starts[0]:]
+
+    def respond(self, user_text: str | None, on_event: Callable[[TurnEvent], None] | None = None,
+                prefill: str = "") -> dict[str, Any]:
+        """Run one assistant turn after `user_text` (None: continue from the history as it is).
+
+        `prefill` starts the assistant's answer with fixed text (the model continues it). Returns the parsed turn
+        (`chat_format.parse_assistant`) plus "finish_reason" and "ids", and appends its messages to the history.
+        """
+        from lmforge.inference.sampling import SamplingParams
+        from lmforge.inference.tools import run_tool
+
+        emit = on_event or (lambda e: None)
+        cfg, t = self.config, self.ids
+        history = self.messages + ([{"role": "user", "content": user_text}] if user_text is not None else [])
+        if prefill:
+            history = history + [{"role": "assistant", "content": prefill}]
+        prompt = self._prompt(history, room=min(cfg.max_tokens, self.engine.model.config.block_size // 4))
+        turn_ids: list[int] = self.tok.encode(prefill) if prefill else []
+        params = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                max_tokens=cfg.max_tokens, seed=cfg.seed,
+                                stop_token_ids=[t.end, t.bos, t.tool_call_end])
+        session = self.engine.session(prompt, params)
+        calls, finish = 0, "length"
+        while True:
+            in_call = False
+            for event in iter(lambda: session.step()[0], None):
+                if event.token_id >= 0:
+                    turn_ids.append(event.token_id)
+                if event.token_id == t.tool_call:
+                    in_call = True
+                elif not in_call and event.text and event.token_id not in t.all():
+                    emit(TurnEvent("text", event.text))
+                if event.finish_reason is not None:
+                    finish = event.finish_reason
+                    break
+            last = turn_ids[-1] if turn_ids else None
+            if last != t.tool_call_end or finish != "stop":
+                if last == t.end:
+                    finish = "end"
+                break
+            opened = len(turn_ids) - 1 - turn_ids[::-1].index(t.tool_call) if t.tool_call in turn_ids else -1
+            name, arguments = parse_tool_call(self.tok.decode(turn_ids[opened + 1:-1]))
+            emit(TurnEvent("tool_call", arguments, name))
+            calls += 1
+            if not self.tools:
+                output = "error: tools are disabled"
+            elif calls > cfg.max_tool_calls:
+                output = f"error: more than {cfg.max_tool_calls} tool calls in one answer"
+            else:
+                output = run_tool(self.tools, name, arguments)
+            out_ids = self.tok.encode(output)
+            if len(out_ids) > cfg.max_tool_output_tokens:
+                out_ids = out_ids[:cfg.max_tool_output_tokens] + self.tok.encode(" [cut]")
+            emit(TurnEvent("tool_output", self.tok.decode(out_ids), name))
+            forced = [t.tool_output, *out_ids, t.tool_output_end]
+            try:
+                session.append(forced)
+            except LmforgeError:  # the context is full: the turn ends here
+                finish = "context"
+                break
+            turn_ids.extend(forced)
+        turn = parse_assistant(self.tok, turn_ids)  # a prefill is part of the answer's first message
+        self.messages = (history[:-1] if prefill else history) + turn["messages"]
+        turn.update({"finish_reason": finish, "ids": turn_ids})
+        return turn
+
+
+def _print_event(e: TurnEvent) -> None:
+    if e.kind == "text":
+        print(e.text, end="", flush=True)
+    elif e.kind == "tool_call":
+        print(f"\n  [{e.name}] {e.text}", flush=True)
+    else:
+        print(f"  [{e.name} output] {e.text}", flush=True)
+
+
+HELP = "commands: /reset (forget the conversation), /save FILE (write it as JSON), /quit"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.tools import default_tools
+    from lmforge.utils import configure_threads
+
+    configure_threads(args.threads)
+    engine = Engine.from_checkpoint(str(args.checkpoint), device=args.device)
+    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir)
+    cfg = ChatConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens,
+                     seed=args.seed)
+    chat = ChatSession(engine, tools, system=args.system, config=cfg)
+    print(f"lmforge chat: {args.checkpoint} | tools: {', '.join(tools) or 'none'} | {HELP}")
+    while True:
+        try:
+            line = input("\nyou> ")
+        except EOFError:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            print("(conversation cleared)")
+            continue
+        if text.startswith("/save"):
+            target = text[len("/save"):].strip()
+            if not target:
+                print("usage: /save FILE")
+                continue
+            chat.save(target)
+            print(f"(saved {len(chat.messages)} messages to {target})")
+            continue
+        if text.startswith("/"):
+            print(HELP)
+            continue
+        print("assistant> ", end="", flush=True)
+        try:
+            turn = chat.respond(text, on_event=_print_event)
+        except LmforgeError as e:
+            print(f"\n(error: {e})")
+            continue
+        if turn["finish_reason"] != "end":
+            print(f"  ({turn['finish_reason']})", end="")
+        print()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal (streaming, tools)",
+                       description="Terminal chat with streaming, history, a system prompt and tools (calculator, "
+                       "sandboxed Python, search over --search-dir). " + HELP)
+    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--search-dir", type=Path, default=None, help="folder of text files the search tool reads")
+    p.add_argument("--no-tools", action="store_true", help="do not run tools (calls get an error output)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-tokens", type=int, default=200, help="token budget per generated segment")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_chat)

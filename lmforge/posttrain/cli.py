@@ -1,0 +1,112 @@
+"""`lmforge sft`: fine-tune a pretrained checkpoint into an assistant; `lmforge sft data`: see or write the default
+SFT data.
+
+    lmforge sft --checkpoint runs/pretrain --out runs/sft                      # on the generated default data
+    lmforge sft --checkpoint runs/pretrain --data chat.jsonl alpaca.json --out runs/sft --max-steps 500
+    lmforge sft data --preview 5                                               # print generated conversations
+    lmforge sft data --out sft.jsonl --n 10000                                 # write them as messages JSONL
+
+Data files may be OpenAI `messages` JSONL, Alpaca, ShareGPT or hh-rlhf (`chosen`), mixed freely; bad rows are
+reported with their line numbers and skipped. Running the same command again with the same --out resumes exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.chat_format import render_conversation
+    from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, write_jsonl
+
+    cfg = DefaultDataConfig(n=args.n, seed=args.seed)
+    if args.out is not None:
+        n = write_jsonl(generate_default_conversations(cfg), str(args.out))
+        print(f"wrote {n} conversations to {args.out}")
+    if args.preview or args.out is None:
+        count = args.preview or 5
+        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed)))
+        tok = None
+        if args.tokenizer is not None:
+            from lmforge.tokenizer import Tokenizer
+
+            tok = Tokenizer.load(args.tokenizer)
+        for i, msgs in enumerate(convs, 1):
+            print(f"--- conversation {i} ---")
+            if tok is None:
+                for m in msgs:
+                    call = "".join(f" [{c['name']}: {c['arguments']}]" for c in m.get("tool_calls", []))
+                    print(f"{m['role']:>9}: {m['content']}{call}")
+            else:  # the exact tokens, with the trained-on ones in [brackets]
+                ids, mask = render_conversation(tok, msgs)
+                print("".join(f"[{tok.decode([t])}]" if k else tok.decode([t]) for t, k in zip(ids, mask)))
+    return 0
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.sft import SFTConfig, run_sft
+    from lmforge.utils import configure_threads
+
+    configure_threads(args.threads)
+    overrides = {k: v for k, v in {
+        "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr, "muon_lr": args.muon_lr,
+        "optimizer": args.optimizer, "warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every, "seed": args.seed, "device": args.device,
+        "grad_accum": args.grad_accum,
+    }.items() if v is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = SFTConfig(default_conversations=args.conversations, val_frac=args.val_frac, train_overrides=overrides)
+    summary = run_sft(cfg, args.checkpoint, args.out, data=args.data, val_data=args.val_data)
+    print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss",
+                                                   "tokens_per_s", "seconds")}, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning on conversations (and `sft data` for the default data)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="pretrained run folder or checkpoint folder to start from")
+    p.add_argument("--out", type=Path, help="SFT run folder (resumes if it holds checkpoints)")
+    p.add_argument("--data", nargs="+", default=None, metavar="FILE",
+                   help="conversation files (.jsonl, .jsonl.gz, .json); default: the generated default data")
+    p.add_argument("--val-data", nargs="+", default=None, metavar="FILE",
+                   help="held-out conversation files (default: --val-frac of the training data)")
+    p.add_argument("--val-frac", type=float, default=0.05, help="share of conversations held out for validation")
+    p.add_argument("--conversations", type=int, default=4000, help="size of the generated default data")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 300)")
+    p.add_argument("--batch-size", type=int, default=None, help="conversations per micro-batch (default 16)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--muon-lr", type=float, default=None, help="Muon learning rate for hidden matrices (default 0.01)")
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None, help="default muon")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default 10")
+    p.add_argument("--eval-every", type=int, default=None, help="validation interval in steps (default 50)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 100)")
+    p.add_argument("--seed", type=int, default=None, help="batch order and initialisation seed")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+    verbs = p.add_subparsers(dest="sft_verb", metavar="data", required=False)
+    d = verbs.add_parser("data", help="print (--preview) or write (--out) the generated default SFT data",
+                         description="The embedded default SFT data: documentation Q&A from the stdlib, identity, "
+                         "calculator tool use, refusals. Seeded: the same seed gives the same conversations.")
+    d.add_argument("--preview", type=int, nargs="?", const=5, default=0, metavar="N",
+                   help="print N conversations (default 5)")
+    d.add_argument("--out", type=Path, default=None, help="write the conversations as messages JSONL")
+    d.add_argument("--n", type=int, default=4000, help="conversations to write with --out")
+    d.add_argument("--seed", type=int, default=1337)
+    d.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
+    d.set_defaults(func=_cmd_data)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lmforge.utils import LmforgeError
+
+    if args.checkpoint is None or args.out is None:
+        raise LmforgeError("lmforge sft needs --checkpoint BASE and --out DIR (or use `lmforge sft data`)")
+    return _cmd_sft(args)
