@@ -27,7 +27,7 @@ test: setup
 runner: runner/run
 
 runner/run: runner/run.c
-	$(CC) -O3 -march=native -ffast-math -std=c99 -o $@ $< -lm
+	$(CC) -O3 -march=native -ffast-math -fopenmp -std=c99 -Wall -o $@ $< -lm
 
 clean:
 	rm -rf $(VENV) runner/run

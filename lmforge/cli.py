@@ -23,6 +23,8 @@ STAGE_CLIS = [
     "lmforge.posttrain.cli",
     "lmforge.inference.chat",
     "lmforge.evaluation.cli",
+    "lmforge.export.cli",
+    "lmforge.export.inspect_cli",
     "lmforge.speedrun",
 ]
 

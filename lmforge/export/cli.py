@@ -9,6 +9,7 @@ import argparse
 import importlib
 
 EXPORTERS = [
+    "lmforge.export.params",
     "lmforge.export.hf",
 ]
 

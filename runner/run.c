@@ -1,0 +1,775 @@
+/* run.c: run an lmforge model from its parameter file. One C99 file, libc and libm only (OpenMP optional).
+
+   cc -O3 -o run runner/run.c -lm                       (portable; or `make runner`: -march=native -fopenmp)
+   ./run model.bin -i "Once upon a time" -n 200 [-t 0.8] [-p 0.9] [-s 42]
+   ./run model.bin -m chat -y "You are helpful." -i "What is 2+3?"   (no -i: one user turn per stdin line)
+
+   The parameter file (written by `lmforge export params`, documented field by field in lmforge/export/params.py),
+   all integers little-endian:
+     fixed header, 128 bytes: u8[4] magic "LMFG" | u32 version (1) | u64 file_size (must equal the file's size) |
+       u32 dim, hidden_dim, n_layer, n_head, n_kv_head, head_dim, vocab_size, seq_len | f32 rope_theta, norm_eps |
+       u32 flags (1: output head tied to the embedding, 2: QK-norm) | u32 dtype (0 fp32, 1 fp16, 2 bf16, 3 int8) |
+       u32 group_size (int8) | u32 n_tensors | u64 tokenizer_offset, tensors_offset, data_offset | 32 zero bytes
+     tokenizer: u32 n_tokens, n_special | u32 len + split regex | n_tokens x (u32 len + bytes of token id i) |
+       n_special x (u32 id, u32 len + name)
+     tensor table: n_tensors x (u32 len + name, u32 dtype, u32 rows, u32 cols, u64 offset, u64 nbytes)
+     data: each tensor at a 64-byte aligned offset; fp32/fp16/bf16 row-major; int8: rows*cols int8 values, then
+       one f32 scale per group_size values (value = q * scale). Norm weights are fp32.
+
+   Model (lmforge/model.py, Llama family): x = emb[token]; per layer: x += Wo attn(RoPE(norm(Wq h)), RoPE(norm(Wk h)),
+   Wv h) with h = RMSNorm(x) (the q/k norms only with QK-norm, K/V heads shared by n_head/n_kv_head queries);
+   x += Wdown(silu(Wgate h) * Wup h) with h = RMSNorm(x); logits = Whead RMSNorm(x). RoPE pairs dims i and
+   i + head_dim/2 ("rotate_half"). The prompt is prefilled as one batch (each weight row is read once for all
+   prompt tokens), then each new token is one step against the KV cache.
+
+   Tokenizer: byte-level BPE with tiktoken's rule (a token id is its rank; a chunk that is a token is emitted whole,
+   otherwise the adjacent pair whose concatenation has the lowest rank merges first, leftmost on ties) over GPT-4's
+   split regex. ASCII is classified exactly; other code points by a small range table (letters unless listed as
+   whitespace, number or punctuation/symbol/mark), an approximation of Unicode's categories. */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#define PFOR _Pragma("omp parallel for schedule(static)")
+#else
+#define PFOR
+#endif
+
+enum { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3 };
+static const char *progfile = "";
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "run: %s: ", progfile);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) die("out of memory");
+    return p;
+}
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------- numbers: half floats and dot products */
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bf16_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
+#ifdef __F16C__ /* the hardware conversion (vcvtph2ps), which gcc vectorizes */
+static inline float f16_f32(uint16_t h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
+#else
+/* IEEE half -> single with masks instead of branches, so the compiler vectorizes it: re-bias the exponent; a
+   subnormal (exponent 0) is built as 2^-14 * (1 + m/1024) and 2^-14 is subtracted (no denormal arithmetic);
+   Inf/NaN get an all-ones exponent. */
+static inline float f16_f32(uint16_t h) {
+    uint32_t e = h & 0x7c00u, em = (uint32_t)(h & 0x7fffu) << 13, s = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t zero = 0u - (uint32_t)(e == 0), inf = 0u - (uint32_t)(e == 0x7c00u);
+    float f = bits_f32(em + (112u << 23) + (inf & (112u << 23)) + (zero & (1u << 23))) - bits_f32(zero & (113u << 23));
+    return bits_f32(f32_bits(f) | s);
+}
+#endif
+/* Sixteen independent partial sums: gcc -O3 vectorizes them without -ffast-math (no reassociation needed). */
+#define DOT_BODY(LOAD)                                                          \
+    float acc[16] = {0}, s = 0.0f;                                              \
+    int i = 0;                                                                  \
+    for (; i + 16 <= n; i += 16)                                                \
+        for (int j = 0; j < 16; j++) acc[j] += LOAD(w[i + j]) * x[i + j];       \
+    for (; i < n; i++) s += LOAD(w[i]) * x[i];                                  \
+    for (int j = 0; j < 16; j++) s += acc[j];                                   \
+    return s;
+#define ID(v) (v)
+static float dot_f32(const float *w, const float *x, int n) { DOT_BODY(ID) }
+static float dot_f16(const uint16_t *w, const float *x, int n) { DOT_BODY(f16_f32) }
+static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT_BODY(bf16_f32) }
+/* int8 weights x int8 activations, one int32 sum per group, scaled once per group (as llama2.c's runq.c). */
+static float dot_q8(const int8_t *w, const float *ws, const int8_t *x, const float *xs, int n, int gs) {
+    float s = 0.0f;
+    for (int g = 0; g < n; g += gs) {
+        int32_t acc = 0;
+        for (int j = 0; j < gs; j++) acc += (int32_t)w[g + j] * (int32_t)x[g + j];
+        s += (float)acc * ws[g / gs] * xs[g / gs];
+    }
+    return s;
+}
+static void quantize_row(int8_t *q, float *scale, const float *x, int n, int gs) {
+    for (int g = 0; g < n; g += gs) {
+        float amax = 0.0f;
+        for (int j = 0; j < gs; j++) amax = fmaxf(amax, fabsf(x[g + j]));
+        float sc = amax / 127.0f, inv = sc > 0 ? 1.0f / sc : 0.0f;
+        scale[g / gs] = sc;
+        for (int j = 0; j < gs; j++) q[g + j] = (int8_t)lrintf(x[g + j] * inv);
+    }
+}
+
+/* ---------------------------------------------------------------- the parameter file */
+typedef struct { int dtype, rows, cols; const void *data; const float *scale; } Tensor;
+typedef struct { Tensor attn_norm, wq, wk, wv, wo, q_norm, k_norm, mlp_norm, gate, up, down; } Layer;
+typedef struct {
+    int dim, hidden, n_layer, n_head, n_kv, hd, vocab, seq_len, flags, dtype, gs, n_tensors;
+    float theta, eps;
+    Tensor emb, norm, head;
+    Layer *layers;
+} Model;
+typedef struct { const uint8_t *p, *end; } Cursor;
+typedef struct {
+    int n_tokens, n_special, bos, end, system, user, assistant;
+    const uint8_t **tok;
+    uint32_t *len;
+    int *ht, ht_size; /* open addressing: token bytes -> id + 1 */
+    int *sp_id;
+    const uint8_t **sp_name;
+    uint32_t *sp_len;
+} Tokenizer;
+
+static const uint8_t *take(Cursor *c, uint64_t n) {
+    if (n > (uint64_t)(c->end - c->p)) die("truncated or corrupt header");
+    const uint8_t *p = c->p;
+    c->p += n;
+    return p;
+}
+static uint32_t rd32(Cursor *c) { uint32_t v; memcpy(&v, take(c, 4), 4); return v; }
+static uint64_t rd64(Cursor *c) { uint64_t v; memcpy(&v, take(c, 8), 8); return v; }
+static uint32_t fnv(const uint8_t *s, uint32_t n) {
+    uint32_t h = 2166136261u;
+    for (uint32_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
+    return h;
+}
+static int tok_lookup(const Tokenizer *t, const uint8_t *s, uint32_t n) {
+    for (uint32_t h = fnv(s, n) & (t->ht_size - 1);; h = (h + 1) & (t->ht_size - 1)) {
+        int id = t->ht[h] - 1;
+        if (id < 0) return -1;
+        if (t->len[id] == n && memcmp(t->tok[id], s, n) == 0) return id;
+    }
+}
+static int special_id(const Tokenizer *t, const char *name) {
+    for (int i = 0; i < t->n_special; i++)
+        if (t->sp_len[i] == strlen(name) && memcmp(t->sp_name[i], name, t->sp_len[i]) == 0) return t->sp_id[i];
+    return -1;
+}
+
+static const char *GPT4_PATTERNS[] = { /* GPT-4's split regex as tiktoken spells it, and as lmforge does */
+    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"};
+
+static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
+    t->n_tokens = (int)rd32(c);
+    t->n_special = (int)rd32(c);
+    uint32_t plen = rd32(c);
+    const uint8_t *pat = take(c, plen);
+    int known = 0;
+    for (int i = 0; i < 2; i++) known |= strlen(GPT4_PATTERNS[i]) == plen && !memcmp(GPT4_PATTERNS[i], pat, plen);
+    if (!known) die("the tokenizer's split pattern is not GPT-4's, the only one this runner implements");
+    if (t->n_tokens < 256 || t->n_tokens + t->n_special > vocab) die("bad tokenizer size %d", t->n_tokens);
+    t->tok = xcalloc(t->n_tokens, sizeof *t->tok);
+    t->len = xcalloc(t->n_tokens, sizeof *t->len);
+    for (t->ht_size = 1; t->ht_size < 2 * t->n_tokens; t->ht_size *= 2) {}
+    t->ht = xcalloc(t->ht_size, sizeof *t->ht);
+    for (int i = 0; i < t->n_tokens; i++) {
+        t->len[i] = rd32(c);
+        t->tok[i] = take(c, t->len[i]);
+        uint32_t h = fnv(t->tok[i], t->len[i]) & (t->ht_size - 1);
+        while (t->ht[h]) h = (h + 1) & (t->ht_size - 1);
+        t->ht[h] = i + 1;
+    }
+    t->sp_id = xcalloc(t->n_special, sizeof *t->sp_id);
+    t->sp_name = xcalloc(t->n_special, sizeof *t->sp_name);
+    t->sp_len = xcalloc(t->n_special, sizeof *t->sp_len);
+    for (int i = 0; i < t->n_special; i++) {
+        t->sp_id[i] = (int)rd32(c);
+        t->sp_len[i] = rd32(c);
+        t->sp_name[i] = take(c, t->sp_len[i]);
+        if (t->sp_id[i] < t->n_tokens || t->sp_id[i] >= vocab) die("bad special token id %d", t->sp_id[i]);
+    }
+    t->bos = special_id(t, "<|bos|>");
+    t->end = special_id(t, "<|end|>");
+    t->system = special_id(t, "<|system|>");
+    t->user = special_id(t, "<|user|>");
+    t->assistant = special_id(t, "<|assistant|>");
+}
+
+static Tensor find_tensor(const uint8_t *base, uint64_t size, Cursor table, int n, const Model *m, const char *name,
+                          int rows, int cols, int required) {
+    Tensor t = {0};
+    for (int i = 0; i < n; i++) {
+        uint32_t len = rd32(&table);
+        const uint8_t *nm = take(&table, len);
+        uint32_t dtype = rd32(&table), r = rd32(&table), cl = rd32(&table);
+        uint64_t off = rd64(&table), nbytes = rd64(&table);
+        if (len != strlen(name) || memcmp(nm, name, len)) continue;
+        if ((int)r != rows || (int)cl != cols) die("tensor %s is %ux%u, expected %dx%d", name, r, cl, rows, cols);
+        uint64_t count = (uint64_t)r * cl;
+        uint64_t need = dtype == F32 ? 4 * count : dtype == Q8 ? count + 4 * (count / m->gs) : 2 * count;
+        if (dtype > Q8 || (dtype == Q8 && cl % m->gs)) die("tensor %s has a bad dtype %u", name, dtype);
+        if (nbytes != need || off % 64 || off > size || nbytes > size - off) die("tensor %s lies outside the file", name);
+        t = (Tensor){(int)dtype, rows, cols, base + off, dtype == Q8 ? (const float *)(base + off + count) : NULL};
+        return t;
+    }
+    if (required) die("tensor %s is missing", name);
+    return t;
+}
+
+static void load(const char *path, Model *m, Tokenizer *tk) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open the parameter file");
+    struct stat st;
+    if (fstat(fd, &st) != 0) die("cannot stat the parameter file");
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < 8) die("not an lmforge parameter file (too short for a header)");
+    const uint8_t *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) die("mmap failed");
+    if (memcmp(base, "LMFG", 4) != 0) die("not an lmforge parameter file (bad magic)");
+    Cursor c = {base + 4, base + size};
+    uint32_t version = rd32(&c);
+    if (version != 1) die("format version %u; this runner reads version 1", version);
+    uint64_t file_size = rd64(&c);
+    if (file_size != size) die("truncated or damaged: %llu bytes, the header says %llu", (unsigned long long)size,
+                               (unsigned long long)file_size);
+    int *ints[] = {&m->dim, &m->hidden, &m->n_layer, &m->n_head, &m->n_kv, &m->hd, &m->vocab, &m->seq_len};
+    for (int i = 0; i < 8; i++) *ints[i] = (int)rd32(&c);
+    memcpy(&m->theta, take(&c, 4), 4);
+    memcpy(&m->eps, take(&c, 4), 4);
+    m->flags = (int)rd32(&c);
+    m->dtype = (int)rd32(&c);
+    m->gs = (int)rd32(&c);
+    m->n_tensors = (int)rd32(&c);
+    uint64_t tok_off = rd64(&c), tens_off = rd64(&c);
+    if (m->dim <= 0 || m->n_head <= 0 || m->n_kv <= 0 || m->n_head % m->n_kv || m->hd * m->n_head != m->dim ||
+        m->hd % 2 || m->seq_len <= 0 || m->dtype > Q8 || (m->dtype == Q8 && m->gs <= 0) || tok_off > size ||
+        tens_off > size)
+        die("corrupt header (inconsistent model config)");
+    Cursor tc = {base + tok_off, base + size};
+    read_tokenizer(&tc, tk, m->vocab);
+    Cursor table = {base + tens_off, base + size};
+    char name[96];
+    int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd;
+    m->emb = find_tensor(base, size, table, m->n_tensors, m, "tok_emb.weight", m->vocab, D, 1);
+    m->norm = find_tensor(base, size, table, m->n_tensors, m, "norm.weight", 1, D, 1);
+    m->head = m->flags & 1 ? m->emb : find_tensor(base, size, table, m->n_tensors, m, "lm_head.weight", m->vocab, D, 1);
+    m->layers = xcalloc(m->n_layer, sizeof(Layer));
+    for (int l = 0; l < m->n_layer; l++) {
+        Layer *L = &m->layers[l];
+        struct { Tensor *t; const char *n; int r, c, req; } spec[] = {
+            {&L->attn_norm, "attn_norm", 1, D, 1}, {&L->wq, "attn.wq", D, D, 1}, {&L->wk, "attn.wk", kv, D, 1},
+            {&L->wv, "attn.wv", kv, D, 1}, {&L->wo, "attn.wo", D, D, 1}, {&L->q_norm, "attn.q_norm", 1, m->hd, 0},
+            {&L->k_norm, "attn.k_norm", 1, m->hd, 0}, {&L->mlp_norm, "mlp_norm", 1, D, 1},
+            {&L->gate, "mlp.w_gate", H, D, 1}, {&L->up, "mlp.w_up", H, D, 1}, {&L->down, "mlp.w_down", D, H, 1}};
+        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+            snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
+            int req = spec[i].req || (m->flags & 2);
+            *spec[i].t = find_tensor(base, size, table, m->n_tensors, m, name, spec[i].r, spec[i].c, req);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- forward pass */
+typedef struct {
+    float *x, *xb, *xb2, *q, *hb, *hb2, *att, *logits, *kc, *vc, *cos, *sin, *xs;
+    int8_t *xq;
+    int gs; /* int8 group size */
+} State;
+
+static void init_state(State *s, const Model *m) {
+    size_t T = m->seq_len, W = m->hidden > m->dim ? m->hidden : m->dim, kv = (size_t)m->n_kv * m->hd;
+    s->x = xcalloc(T * m->dim, 4); s->xb = xcalloc(T * m->dim, 4); s->xb2 = xcalloc(T * m->dim, 4);
+    s->q = xcalloc(T * m->dim, 4); s->hb = xcalloc(T * m->hidden, 4); s->hb2 = xcalloc(T * m->hidden, 4);
+    s->att = xcalloc((size_t)m->n_head * T, 4); s->logits = xcalloc(m->vocab, 4);
+    s->kc = xcalloc((size_t)m->n_layer * T * kv, 4); s->vc = xcalloc((size_t)m->n_layer * T * kv, 4);
+    s->xq = xcalloc(T * W, 1); s->xs = xcalloc(T * W, 4); s->gs = m->gs;
+    s->cos = xcalloc(T * m->hd / 2, 4); s->sin = xcalloc(T * m->hd / 2, 4);
+    for (size_t p = 0; p < T; p++) /* as lmforge.model.rope_tables: angles in double, then rounded to float */
+        for (int i = 0; i < m->hd / 2; i++) {
+            double a = (double)p / pow((double)m->theta, (double)(2 * i) / m->hd);
+            s->cos[p * m->hd / 2 + i] = (float)cos(a);
+            s->sin[p * m->hd / 2 + i] = (float)sin(a);
+        }
+}
+
+
+/* out[t][i] = W[i] . x[t] for T rows of x: each weight row is read once and used for every row of x. */
+static void matmul(State *s, float *out, const float *x, const Tensor *W, int T) {
+    int n = W->cols, d = W->rows, gs = s->gs;
+    if (W->dtype == Q8) /* quantize the activations once, then integer dot products per group */
+        for (int t = 0; t < T; t++) quantize_row(s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, x + (size_t)t * n, n, gs);
+#define ROWS(DOT) PFOR for (int i = 0; i < d; i++) for (int t = 0; t < T; t++) out[(size_t)t * d + i] = DOT;
+    if (W->dtype == F32) {
+        const float *w = W->data;
+        ROWS(dot_f32(w + (size_t)i * n, x + (size_t)t * n, n))
+    } else if (W->dtype == F16) {
+        const uint16_t *w = W->data;
+        ROWS(dot_f16(w + (size_t)i * n, x + (size_t)t * n, n))
+    } else if (W->dtype == BF16) {
+        const uint16_t *w = W->data;
+        ROWS(dot_bf16(w + (size_t)i * n, x + (size_t)t * n, n))
+    } else {
+        const int8_t *w = W->data;
+        const float *ws = W->scale;
+        ROWS(dot_q8(w + (size_t)i * n, ws + (size_t)i * n / gs, s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, n, gs))
+    }
+}
+
+static void embed(float *out, const Tensor *E, int token, int gs) {
+    size_t n = E->cols, o = (size_t)token * n;
+    for (size_t j = 0; j < n; j++) {
+        switch (E->dtype) {
+        case F32: out[j] = ((const float *)E->data)[o + j]; break;
+        case F16: out[j] = f16_f32(((const uint16_t *)E->data)[o + j]); break;
+        case BF16: out[j] = bf16_f32(((const uint16_t *)E->data)[o + j]); break;
+        default: out[j] = ((const int8_t *)E->data)[o + j] * E->scale[(o + j) / gs];
+        }
+    }
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++) ss += x[j] * x[j];
+    float r = 1.0f / sqrtf(ss / n + eps);
+    for (int j = 0; j < n; j++) out[j] = x[j] * r * w[j];
+}
+
+/* Head vectors (n_heads of hd at v) of the token at position pos: optional per-head RMSNorm, then RoPE. */
+static void qk_prepare(const Model *m, const State *s, float *v, int n_heads, const Tensor *norm, int pos) {
+    int half = m->hd / 2;
+    const float *c = s->cos + (size_t)pos * half, *sn = s->sin + (size_t)pos * half;
+    for (int h = 0; h < n_heads; h++) {
+        float *q = v + (size_t)h * m->hd;
+        if (norm->data) rmsnorm(q, q, norm->data, m->hd, m->eps);
+        for (int i = 0; i < half; i++) {
+            float a = q[i], b = q[i + half];
+            q[i] = a * c[i] - b * sn[i];
+            q[i + half] = b * c[i] + a * sn[i];
+        }
+    }
+}
+
+/* Run T tokens at positions pos..pos+T-1 through the model (filling the KV cache); logits of the last one. */
+static float *forward(const Model *m, State *s, const int *tokens, int T, int pos) {
+    int D = m->dim, hd = m->hd, kvd = m->n_kv * hd, H = m->hidden, rep = m->n_head / m->n_kv;
+    for (int t = 0; t < T; t++) embed(s->x + (size_t)t * D, &m->emb, tokens[t], m->gs);
+    for (int l = 0; l < m->n_layer; l++) {
+        const Layer *L = &m->layers[l];
+        float *kc = s->kc + (size_t)l * m->seq_len * kvd, *vc = s->vc + (size_t)l * m->seq_len * kvd;
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, L->attn_norm.data, D, m->eps);
+        matmul(s, s->q, s->xb, &L->wq, T);
+        matmul(s, kc + (size_t)pos * kvd, s->xb, &L->wk, T); /* K and V go straight into the cache */
+        matmul(s, vc + (size_t)pos * kvd, s->xb, &L->wv, T);
+        for (int t = 0; t < T; t++) {
+            qk_prepare(m, s, s->q + (size_t)t * D, m->n_head, &L->q_norm, pos + t);
+            qk_prepare(m, s, kc + (size_t)(pos + t) * kvd, m->n_kv, &L->k_norm, pos + t);
+        }
+        float scale = 1.0f / sqrtf((float)hd);
+        PFOR for (int h = 0; h < m->n_head; h++) {
+            float *att = s->att + (size_t)h * m->seq_len;
+            for (int t = 0; t < T; t++) {
+                const float *q = s->q + (size_t)t * D + (size_t)h * hd;
+                int last = pos + t, kvh = h / rep;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int j = 0; j <= last; j++) {
+                    att[j] = dot_f32(kc + (size_t)j * kvd + (size_t)kvh * hd, q, hd) * scale;
+                    mx = fmaxf(mx, att[j]);
+                }
+                for (int j = 0; j <= last; j++) sum += att[j] = expf(att[j] - mx);
+                float *o = s->xb2 + (size_t)t * D + (size_t)h * hd;
+                memset(o, 0, hd * sizeof(float));
+                for (int j = 0; j <= last; j++) {
+                    const float *v = vc + (size_t)j * kvd + (size_t)kvh * hd;
+                    float a = att[j] / sum;
+                    for (int i = 0; i < hd; i++) o[i] += a * v[i];
+                }
+            }
+        }
+        matmul(s, s->xb, s->xb2, &L->wo, T);
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, L->mlp_norm.data, D, m->eps);
+        matmul(s, s->hb, s->xb, &L->gate, T);
+        matmul(s, s->hb2, s->xb, &L->up, T);
+        for (size_t i = 0; i < (size_t)T * H; i++) s->hb[i] = s->hb[i] / (1.0f + expf(-s->hb[i])) * s->hb2[i];
+        matmul(s, s->xb, s->hb, &L->down, T);
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+    }
+    rmsnorm(s->xb, s->x + (size_t)(T - 1) * D, m->norm.data, D, m->eps); /* only the last position's logits */
+    matmul(s, s->logits, s->xb, &m->head, 1);
+    return s->logits;
+}
+
+/* ---------------------------------------------------------------- tokenizer: GPT-4 pre-tokenizer and BPE */
+enum { CL_L, CL_N, CL_S, CL_O }; /* letter, number, whitespace, anything else */
+typedef struct { uint32_t lo, hi; int cls; } Range;
+static const Range RANGES[] = { /* non-ASCII code points that are not letters; sorted; everything else: letter */
+    {0x80, 0x84, CL_O}, {0x85, 0x85, CL_S}, {0x86, 0x9f, CL_O}, {0xa0, 0xa0, CL_S}, {0xa1, 0xa9, CL_O},
+    {0xab, 0xb1, CL_O}, {0xb2, 0xb3, CL_N}, {0xb4, 0xb4, CL_O}, {0xb6, 0xb8, CL_O}, {0xb9, 0xb9, CL_N},
+    {0xbb, 0xbb, CL_O}, {0xbc, 0xbe, CL_N}, {0xbf, 0xbf, CL_O}, {0xd7, 0xd7, CL_O}, {0xf7, 0xf7, CL_O},
+    {0x2c2, 0x2c5, CL_O}, {0x2d2, 0x2df, CL_O}, {0x2e5, 0x2eb, CL_O}, {0x2ed, 0x2ed, CL_O}, {0x2ef, 0x36f, CL_O},
+    {0x37e, 0x37e, CL_O}, {0x384, 0x385, CL_O}, {0x387, 0x387, CL_O}, {0x482, 0x489, CL_O}, {0x55a, 0x55f, CL_O},
+    {0x589, 0x58a, CL_O}, {0x591, 0x5c7, CL_O}, {0x5f3, 0x5f4, CL_O}, {0x600, 0x61f, CL_O}, {0x64b, 0x65f, CL_O},
+    {0x660, 0x669, CL_N}, {0x66a, 0x66d, CL_O}, {0x6d4, 0x6d4, CL_O}, {0x6f0, 0x6f9, CL_N},
+    {0x900, 0x903, CL_O}, {0x93a, 0x93c, CL_O}, {0x93e, 0x94f, CL_O}, {0x951, 0x957, CL_O}, {0x962, 0x965, CL_O},
+    {0x966, 0x96f, CL_N}, {0x970, 0x970, CL_O}, {0x1680, 0x1680, CL_S}, {0x2000, 0x200a, CL_S},
+    {0x200b, 0x2027, CL_O}, {0x2028, 0x2029, CL_S}, {0x202a, 0x202e, CL_O}, {0x202f, 0x202f, CL_S},
+    {0x2030, 0x205e, CL_O}, {0x205f, 0x205f, CL_S}, {0x2060, 0x206f, CL_O}, {0x2070, 0x2070, CL_N},
+    {0x2074, 0x2079, CL_N}, {0x207a, 0x207e, CL_O}, {0x2080, 0x2089, CL_N}, {0x208a, 0x208e, CL_O},
+    {0x20a0, 0x20ff, CL_O}, {0x2150, 0x2182, CL_N}, {0x2185, 0x2189, CL_N}, {0x2190, 0x245f, CL_O},
+    {0x2460, 0x249b, CL_N}, {0x249c, 0x24e9, CL_O}, {0x24ea, 0x24ff, CL_N}, {0x2500, 0x2775, CL_O},
+    {0x2776, 0x2793, CL_N}, {0x2794, 0x2bff, CL_O}, {0x2e00, 0x2e7f, CL_O}, {0x3000, 0x3000, CL_S},
+    {0x3001, 0x3004, CL_O}, {0x3007, 0x3007, CL_N}, {0x3008, 0x3020, CL_O}, {0x3021, 0x3029, CL_N},
+    {0x302a, 0x3030, CL_O}, {0x3099, 0x309c, CL_O}, {0x30a0, 0x30a0, CL_O}, {0x30fb, 0x30fb, CL_O},
+    {0xfe00, 0xfe0f, CL_O}, {0xfe30, 0xfe6f, CL_O}, {0xfeff, 0xfeff, CL_O}, {0xff01, 0xff0f, CL_O},
+    {0xff10, 0xff19, CL_N}, {0xff1a, 0xff20, CL_O}, {0xff3b, 0xff40, CL_O}, {0xff5b, 0xff65, CL_O},
+    {0xffe0, 0xffff, CL_O}, {0x1f000, 0x1faff, CL_O}, {0xe0000, 0xe01ef, CL_O}};
+
+/* Class and byte length of the character at s[i] (invalid UTF-8: one byte of class "other"). */
+static int char_class(const uint8_t *s, int i, int n, int *len) {
+    uint32_t c = s[i];
+    *len = 1;
+    if (c < 0x80) {
+        if (c == ' ' || (c >= 9 && c <= 13)) return CL_S;
+        if (c >= '0' && c <= '9') return CL_N;
+        return ((c | 32) >= 'a' && (c | 32) <= 'z') ? CL_L : CL_O;
+    }
+    int k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    if (k == 1 || c > 0xf4 || i + k > n) return CL_O;
+    c &= 0x3f >> (k - 1);
+    for (int j = 1; j < k; j++) {
+        if ((s[i + j] & 0xc0) != 0x80) return CL_O;
+        c = (c << 6) | (s[i + j] & 0x3f);
+    }
+    *len = k;
+    int lo = 0, hi = (int)(sizeof RANGES / sizeof RANGES[0]) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (c < RANGES[mid].lo) hi = mid - 1;
+        else if (c > RANGES[mid].hi) lo = mid + 1;
+        else return RANGES[mid].cls;
+    }
+    return CL_L;
+}
+static int cls_at(const uint8_t *s, int i, int n) { int len; return i < n ? char_class(s, i, n, &len) : -1; }
+static int is_nl(const uint8_t *s, int i, int n) { return i < n && (s[i] == '\r' || s[i] == '\n'); }
+static int skip_class(const uint8_t *s, int i, int n, int cls, int max) {
+    int len;
+    for (int k = 0; i < n && k < max && char_class(s, i, n, &len) == cls; k++) i += len;
+    return i;
+}
+
+/* End of the chunk that GPT-4's split regex matches at s[i] (alternatives tried in the regex's order). */
+static int next_chunk(const uint8_t *s, int i, int n) {
+    int len, c = char_class(s, i, n, &len);
+    if (s[i] == '\'' && i + 1 < n) { /* '(?i:[sdmt]|ll|ve|re) */
+        int a = s[i + 1] | 32, b = i + 2 < n ? s[i + 2] | 32 : 0;
+        if (a == 's' || a == 'd' || a == 'm' || a == 't') return i + 2;
+        if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e')) return i + 3;
+    }
+    if (c == CL_L) return skip_class(s, i, n, CL_L, n); /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+    if (c != CL_N && !is_nl(s, i, n) && cls_at(s, i + len, n) == CL_L) return skip_class(s, i + len, n, CL_L, n);
+    if (c == CL_N) return skip_class(s, i, n, CL_N, 3); /* \p{N}{1,3} */
+    int j = (s[i] == ' ' && cls_at(s, i + 1, n) == CL_O) ? i + 1 : i; /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
+    if (cls_at(s, j, n) == CL_O) {
+        j = skip_class(s, j, n, CL_O, n);
+        while (is_nl(s, j, n)) j++;
+        return j;
+    }
+    int last = i, nl_end = -1; /* whitespace run: \s*[\r\n], \s+(?!\S), \s+ */
+    for (j = i; j < n && char_class(s, j, n, &len) == CL_S; j += len) {
+        last = j;
+        if (is_nl(s, j, n)) nl_end = j + 1;
+    }
+    if (nl_end > 0) return nl_end;
+    if (j == n || last == i) return j;
+    return last;
+}
+
+typedef struct { int rank, pos, llen, rlen; } Cand; /* a candidate merge of the pieces at pos and after it */
+static int cand_less(Cand a, Cand b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+static void heap_push(Cand *h, int *n, Cand c) {
+    int i = (*n)++;
+    for (; i > 0 && cand_less(c, h[(i - 1) / 2]); i = (i - 1) / 2) h[i] = h[(i - 1) / 2];
+    h[i] = c;
+}
+static Cand heap_pop(Cand *h, int *n) {
+    Cand top = h[0], last = h[--*n];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && cand_less(h[c + 1], h[c])) c++;
+        if (!cand_less(h[c], last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = last;
+    return top;
+}
+
+/* BPE of one chunk: pieces are byte spans [pos, pos+len) linked left to right; a heap keyed by (rank, position)
+   applies the lowest-ranked merge first, leftmost on ties; stale heap entries are recognised by their lengths. */
+static int bpe(const Tokenizer *t, const uint8_t *s, int n, int *out, int *plen, int *next, Cand *heap) {
+    int id = tok_lookup(t, s, (uint32_t)n), nh = 0, k = 0;
+    if (id >= 0) { out[0] = id; return 1; }
+    for (int i = 0; i < n; i++) { plen[i] = 1; next[i] = i + 1; }
+    for (int i = 0; i + 1 < n; i++) {
+        int r = tok_lookup(t, s + i, 2);
+        if (r >= 0) heap_push(heap, &nh, (Cand){r, i, 1, 1});
+    }
+    while (nh > 0) {
+        Cand c = heap_pop(heap, &nh);
+        int r = next[c.pos];
+        if (plen[c.pos] != c.llen || r >= n || plen[r] != c.rlen) continue;
+        plen[c.pos] += plen[r];
+        plen[r] = 0;
+        next[c.pos] = next[r];
+        int prev = -1;
+        for (int p = c.pos - 1; p >= 0; p--) if (plen[p]) { prev = p; break; }
+        if (prev >= 0) {
+            int rank = tok_lookup(t, s + prev, (uint32_t)(plen[prev] + plen[c.pos]));
+            if (rank >= 0) heap_push(heap, &nh, (Cand){rank, prev, plen[prev], plen[c.pos]});
+        }
+        if (next[c.pos] < n) {
+            int q = next[c.pos], rank = tok_lookup(t, s + c.pos, (uint32_t)(plen[c.pos] + plen[q]));
+            if (rank >= 0) heap_push(heap, &nh, (Cand){rank, c.pos, plen[c.pos], plen[q]});
+        }
+    }
+    for (int i = 0; i < n; i = next[i]) out[k++] = tok_lookup(t, s + i, (uint32_t)plen[i]);
+    return k;
+}
+
+/* Ordinary text -> ids (special-token names in the text stay ordinary text, as in the Python tokenizer). */
+static int encode(const Tokenizer *t, const char *text, int *out) {
+    const uint8_t *s = (const uint8_t *)text;
+    int n = (int)strlen(text), k = 0;
+    int *plen = xcalloc(n, sizeof(int)), *next = xcalloc(n, sizeof(int));
+    Cand *heap = xcalloc(2 * (size_t)n + 2, sizeof(Cand));
+    for (int i = 0; i < n;) {
+        int e = next_chunk(s, i, n);
+        k += bpe(t, s + i, e - i, out + k, plen, next, heap);
+        i = e;
+    }
+    free(plen); free(next); free(heap);
+    return k;
+}
+
+/* Streaming output that never splits a UTF-8 character: the bytes of an unfinished character wait for the next
+   token. Ill-formed bytes print as U+FFFD, one per maximal ill-formed subpart, as Python's errors="replace". */
+typedef struct { uint8_t pend[4]; int np, need; uint8_t *buf; size_t nbuf, cap; } Utf8Out;
+static void out_put(Utf8Out *u, const uint8_t *b, size_t n) {
+    if (u->nbuf + n > u->cap) { u->cap = 2 * (u->nbuf + n); if (!(u->buf = realloc(u->buf, u->cap))) die("out of memory"); }
+    memcpy(u->buf + u->nbuf, b, n);
+    u->nbuf += n;
+}
+static void out_byte(Utf8Out *u, uint8_t c) {
+    static const uint8_t bad[3] = {0xef, 0xbf, 0xbd};
+    if (u->np > 0) {
+        uint8_t lead = u->pend[0], lo = 0x80, hi = 0xbf; /* the second byte's range excludes overlongs, surrogates */
+        if (u->np == 1) { if (lead == 0xe0) lo = 0xa0; if (lead == 0xed) hi = 0x9f; if (lead == 0xf0) lo = 0x90; if (lead == 0xf4) hi = 0x8f; }
+        if (c >= lo && c <= hi) {
+            u->pend[u->np++] = c;
+            if (u->np == u->need) { out_put(u, u->pend, u->np); u->np = 0; }
+            return;
+        }
+        out_put(u, bad, 3);
+        u->np = 0;
+    }
+    if (c < 0x80) out_put(u, &c, 1);
+    else if (c >= 0xc2 && c <= 0xf4) { u->pend[0] = c; u->np = 1; u->need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2; }
+    else out_put(u, bad, 3);
+}
+static void emit_token(Utf8Out *u, const Tokenizer *t, int id, int verbose) {
+    u->nbuf = 0;
+    if (id < t->n_tokens) for (uint32_t i = 0; i < t->len[id]; i++) out_byte(u, t->tok[id][i]);
+    for (int i = 0; i < t->n_special; i++) if (t->sp_id[i] == id) out_put(u, t->sp_name[i], t->sp_len[i]);
+    fwrite(u->buf, 1, u->nbuf, stdout);
+    fflush(stdout);
+    if (verbose) {
+        fprintf(stderr, "token %d:", id);
+        for (size_t i = 0; i < u->nbuf; i++) fprintf(stderr, " %02x", u->buf[i]);
+        fputc('\n', stderr);
+    }
+}
+
+/* ---------------------------------------------------------------- sampling */
+typedef struct { float p; int i; } ProbIndex;
+static uint64_t rng_state;
+static float rand_f32(void) { /* xorshift64*, top 24 bits */
+    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    return (float)((rng_state * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+}
+static int cmp_prob(const void *a, const void *b) {
+    float d = ((const ProbIndex *)b)->p - ((const ProbIndex *)a)->p;
+    return (d > 0) - (d < 0);
+}
+static int sample(float *logits, int n, float temp, float topp, ProbIndex *buf) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (logits[i] > logits[best]) best = i;
+    if (temp == 0.0f) return best;
+    float mx = logits[best], sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += logits[i] = expf((logits[i] - mx) / temp);
+    for (int i = 0; i < n; i++) logits[i] /= sum;
+    float r = rand_f32(), cdf = 0.0f;
+    if (topp <= 0.0f || topp >= 1.0f) {
+        for (int i = 0; i < n; i++) if (r < (cdf += logits[i])) return i;
+        return n - 1;
+    }
+    /* nucleus: the smallest set of most likely tokens whose mass reaches topp (tokens below (1-topp)/(n-1)
+       cannot be in it, which keeps the sort short) */
+    int k = 0;
+    float cutoff = (1.0f - topp) / (n - 1), mass = 0.0f;
+    for (int i = 0; i < n; i++) if (logits[i] >= cutoff) buf[k++] = (ProbIndex){logits[i], i};
+    qsort(buf, k, sizeof *buf, cmp_prob);
+    int last = k - 1;
+    for (int i = 0; i < k; i++) if ((mass += buf[i].p) > topp) { last = i; break; }
+    if (k == 0) return best;
+    r *= mass;
+    for (int i = 0; i <= last; i++) if (r < (cdf += buf[i].p)) return buf[i].i;
+    return buf[last].i;
+}
+
+/* ---------------------------------------------------------------- generation and chat */
+typedef struct { float temp, topp; int steps, verbose; FILE *dump; } Gen;
+static double prefill_s, decode_s;
+static long n_prefill, n_decode;
+
+/* Feed `ids` (prefilled as one batch) after `*pos`, then sample up to g->steps tokens, printing them; stops at
+   <|end|> or <|bos|>. Returns the last sampled token (not yet fed to the model). */
+static int generate(const Model *m, State *s, const Tokenizer *t, const int *ids, int n, int *pos, const Gen *g,
+                    ProbIndex *buf, Utf8Out *u) {
+    if (*pos + n >= m->seq_len) die("the prompt (%d tokens) does not fit the context of %d", *pos + n, m->seq_len);
+    double t0 = now();
+    float *logits = forward(m, s, ids, n, *pos);
+    prefill_s += now() - t0;
+    n_prefill += n;
+    *pos += n;
+    int token = -1;
+    t0 = now();
+    for (int step = 0; step < g->steps; step++) {
+        if (g->dump) fwrite(logits, sizeof(float), m->vocab, g->dump);
+        token = sample(logits, m->vocab, g->temp, g->topp, buf);
+        if (token == t->end || token == t->bos) break;
+        emit_token(u, t, token, g->verbose);
+        if (step + 1 == g->steps || *pos >= m->seq_len) break;
+        logits = forward(m, s, &token, 1, (*pos)++);
+        n_decode++;
+    }
+    decode_s += now() - t0;
+    if (u->np) { fwrite("\xef\xbf\xbd", 1, 3, stdout); u->np = 0; }
+    return token;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: run model.bin [options]\n"
+            "  -i TEXT   prompt (chat mode: the user's message; without it, one message per line of stdin)\n"
+            "  -n N      tokens to generate (default 256, at most the context)\n"
+            "  -t T      temperature (default 1.0; 0 = greedy)\n  -p P      top-p (default 0.9; 1 = off)\n"
+            "  -s SEED   random seed (default: time)\n  -m MODE   generate | chat | encode (ids of -i, or of each\n"
+            "            NUL-separated text on stdin, one line each)\n"
+            "  -y TEXT   system prompt (chat)\n  -d FILE   dump each step's logits (float32, vocab per step)\n"
+            "  -v        print each token id and its output bytes to stderr\n");
+    exit(1);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) usage();
+    const char *prompt = NULL, *mode = "generate", *sys = NULL, *dump = NULL;
+    Gen g = {1.0f, 0.9f, 256, 0, NULL};
+    unsigned long long seed = (unsigned long long)time(NULL);
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "-v")) { g.verbose = 1; continue; }
+        if (i + 1 >= argc || argv[i][0] != '-' || strlen(argv[i]) != 2) usage();
+        const char *v = argv[++i];
+        switch (argv[i - 1][1]) {
+        case 'i': prompt = v; break;
+        case 'n': g.steps = atoi(v); break;
+        case 't': g.temp = (float)atof(v); break;
+        case 'p': g.topp = (float)atof(v); break;
+        case 's': seed = strtoull(v, NULL, 10); break;
+        case 'm': mode = v; break;
+        case 'y': sys = v; break;
+        case 'd': dump = v; break;
+        default: usage();
+        }
+    }
+    progfile = argv[1];
+    rng_state = seed ? seed : 0x9e3779b97f4a7c15ull;
+    Model m;
+    Tokenizer t;
+    State s;
+    memset(&m, 0, sizeof m);
+    memset(&t, 0, sizeof t);
+    load(argv[1], &m, &t);
+    init_state(&s, &m);
+    if (dump && !(g.dump = fopen(dump, "wb"))) die("cannot write %s", dump);
+    if (g.temp < 0) g.temp = 0;
+    ProbIndex *buf = xcalloc(m.vocab, sizeof(ProbIndex));
+    int *ids = xcalloc((size_t)4 * m.seq_len + 16, sizeof(int)), pos = 0;
+    Utf8Out u = {0};
+    if (!strcmp(mode, "generate")) {
+        const char *p = prompt ? prompt : "";
+        if (strlen(p) > (size_t)4 * m.seq_len) die("the prompt is longer than the context");
+        int n = 0;
+        if (t.bos >= 0) ids[n++] = t.bos;
+        n += encode(&t, p, ids + n);
+        if (n == 0) die("empty prompt and no <|bos|> token to start from");
+        generate(&m, &s, &t, ids, n, &pos, &g, buf, &u);
+        putchar('\n');
+    } else if (!strcmp(mode, "chat")) {
+        if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
+            die("the tokenizer has no chat special tokens");
+        char line[4096];
+        int n = 0, last = -1;
+        ids[n++] = t.bos;
+        if (sys) {
+            if (strlen(sys) > (size_t)4 * m.seq_len) die("the system prompt is longer than the context");
+            ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end;
+        }
+        for (int turn = 0;; turn++) {
+            const char *msg = prompt;
+            if (!prompt) {
+                if (isatty(0)) fputs("User: ", stderr);
+                if (!fgets(line, sizeof line, stdin)) break;
+                line[strcspn(line, "\r\n")] = 0;
+                msg = line;
+            } else if (turn > 0) break;
+            if (strlen(msg) > (size_t)2 * m.seq_len) die("the message is longer than the context");
+            if (last >= 0 && last != t.end) ids[n++] = last; /* the turn ran out of budget: close it */
+            if (last >= 0) ids[n++] = t.end;
+            ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
+            if (isatty(0) && !prompt) fputs("Assistant: ", stderr);
+            last = generate(&m, &s, &t, ids, n, &pos, &g, buf, &u);
+            putchar('\n');
+            fflush(stdout);
+            n = 0;
+        }
+    } else if (!strcmp(mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
+        size_t n = prompt ? strlen(prompt) : 0, cap = n + 1;
+        char *text = xcalloc(cap + 1, 1);
+        if (prompt) memcpy(text, prompt, n);
+        else for (size_t r; (r = fread(text + n, 1, cap - n, stdin)) > 0;)
+            if ((n += r) == cap && !(text = realloc(text, (cap *= 2) + 1))) die("out of memory");
+        int *out = xcalloc(n + 1, sizeof(int));
+        for (size_t a = 0; a <= n; a += strlen(text + a) + 1) {
+            text[n] = 0;
+            int k = encode(&t, text + a, out);
+            for (int i = 0; i < k; i++) printf(i ? " %d" : "%d", out[i]);
+            putchar('\n');
+        }
+        return 0;
+    } else usage();
+    if (g.dump) fclose(g.dump);
+    fprintf(stderr, "prefill: %ld tokens, %.1f tok/s; decode: %ld tokens, %.1f tok/s\n", n_prefill,
+            prefill_s > 0 ? n_prefill / prefill_s : 0.0, n_decode, decode_s > 0 ? n_decode / decode_s : 0.0);
+    return 0;
+}
