@@ -1,0 +1,214 @@
+"""The embedded default website: the standard library's documentation, served by pydoc on a localhost port.
+
+No machine that runs the default pipeline can reach the internet, yet the crawler, the WARC files and every data
+step should run on real HTML with real links. pydoc renders one page per module (and per package, topic and
+keyword) with links between them, wherever Python is installed: a site of some hundreds of pages.
+
+The server runs in a separate process (`python -I -S` on this file, so only the standard library is on its path:
+the index lists the standard library and not the packages of the virtual environment). Rendering a page imports
+its module; a few modules do things on import (`antigravity` opens a browser, `unittest.__main__` runs tests,
+`ensurepip.__main__` installs pip, `test.autotest` runs the test suite), so those pages are refused with 404 and
+kept out by robots.txt, and the process has no terminal: its output goes to /dev/null. A page that fails to render
+is a 404 (pydoc itself would send an error page with status 200). Connections are served by threads, but pages are
+rendered one at a time: pydoc imports modules as it goes, and two threads importing a package and its submodule at
+once saw each other's half-initialised modules (measured: 120 of 750 pages came back as errors with 4 fetchers).
+A render that waits longer than `RENDER_WAIT` seconds for its turn gets a 503 instead of hanging the client.
+
+This file runs without lmforge importable (the server process sees only the standard library).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+# Modules whose import has side effects, and test suites (thousands of pages of test code, some of which run on
+# import). A page is refused when any dotted component of its module name is in this set or starts with "test".
+DENIED_COMPONENTS = {"__main__", "antigravity", "this", "idlelib", "turtledemo", "idle_test", "tests"}
+RENDER_WAIT = 60.0
+ROBOTS_TXT = """# lmforge's pydoc site: search results are generated pages and the excluded modules run code on import.
+User-agent: *
+Disallow: /search?
+Disallow: /get?
+Disallow: /test
+Disallow: /_test
+Disallow: /antigravity
+Disallow: /this.
+Disallow: /idlelib
+Disallow: /turtledemo
+"""
+
+
+def denied(path: str) -> bool:
+    """True if the request path names a module the server refuses to import."""
+    name = path.lstrip("/").split("?", 1)[0]
+    if name.endswith(".html"):
+        name = name[:-5]
+    if name.startswith(("search", "get")) and "?" in path:
+        return True
+    parts = [p for p in name.split(".") if p]
+    return any(p in DENIED_COMPONENTS or p.startswith(("test", "_test")) for p in parts)
+
+
+@dataclass
+class PydocSiteConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port chosen by the operating system
+    startup_timeout: float = 30.0
+    # Server processes sharing the port (the kernel spreads connections over them). Pages render one at a time
+    # within a process (see above), so on 2 cores a second process nearly doubles the pages served per second.
+    processes: int = 2
+
+
+class PydocSite:
+    """A context manager that serves pydoc's pages for the standard library; `.url` is the site's root URL.
+
+    >>> with PydocSite() as site:  # doctest: +SKIP
+    ...     crawl([site.url], ...)
+    """
+
+    def __init__(self, config: PydocSiteConfig | None = None):
+        self.config = config or PydocSiteConfig()
+        self.procs: list[subprocess.Popen] = []
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the pydoc site is not running")
+        return f"http://{self.config.host}:{self.port}/"
+
+    def _spawn(self, port: int) -> int:
+        """Start one server process on `port` (0: any free port) and return the port it listens on."""
+        cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), "--host", self.config.host, "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        deadline = time.monotonic() + self.config.startup_timeout
+        line = b""
+        while time.monotonic() < deadline and not line.endswith(b"\n"):
+            chunk = proc.stdout.read()
+            if chunk:
+                line += chunk
+            elif proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.02)
+        proc.stdout.close()
+        if not line.startswith(b"PORT "):
+            self.stop()
+            from lmforge.utils import LmforgeError
+
+            raise LmforgeError(f"the pydoc site did not start on {self.config.host}:{port}")
+        return int(line.split()[1])
+
+    def start(self) -> "PydocSite":
+        """Start the server processes: the first picks the port, the others share it (SO_REUSEPORT)."""
+        port = self._spawn(self.config.port)
+        for _ in range(max(1, self.config.processes) - 1):
+            self._spawn(port)
+        self.port = port
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.procs = []
+        self.port = None
+
+    def __enter__(self) -> "PydocSite":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _serve(host: str, port: int) -> None:
+    """The server process: pydoc's page generator behind a threaded HTTP server."""
+    import http.server
+    import pydoc
+    import signal
+    import threading
+
+    render_lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "lmforge-pydoc-site"
+        protocol_version = "HTTP/1.1"
+
+        def send_page(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("#", 1)[0]
+            if path == "/robots.txt":
+                return self.send_page(200, ROBOTS_TXT.encode(), "text/plain; charset=utf-8")
+            if denied(path):
+                return self.send_page(404, b"<html><body>not served</body></html>", "text/html; charset=utf-8")
+            if path.endswith(".css"):
+                try:
+                    css = pydoc._url_handler(path, "text/css")
+                except OSError:
+                    return self.send_page(404, b"", "text/css")
+                return self.send_page(200, css.encode("utf-8"), "text/css; charset=utf-8")
+            if not render_lock.acquire(timeout=RENDER_WAIT):
+                return self.send_page(503, b"<html><body>busy</body></html>", "text/html; charset=utf-8")
+            try:
+                page = pydoc._url_handler(path, "text/html")
+            except BaseException:  # a module may even call sys.exit on import; the server must go on
+                page = "<title>Pydoc: Error - </title>"
+            finally:
+                render_lock.release()
+            status = 404 if "<title>Pydoc: Error - " in page[:400] else 200
+            self.send_page(status, page.encode("utf-8", "surrogateescape"), "text/html; charset=utf-8")
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 64
+
+        def server_bind(self) -> None:
+            import socket
+
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    server = Server((host, port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    sys.stdout.write(f"PORT {server.server_address[1]}\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # modules that print on import (this, ...) print nowhere
+    os.dup2(devnull, 2)
+    server.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="serve the standard library's pydoc pages (used by lmforge)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    a = ap.parse_args()
+    _serve(a.host, a.port)
