@@ -11,6 +11,7 @@ import importlib
 EXPORTERS = [
     "lmforge.export.params",
     "lmforge.export.hf",
+    "lmforge.export.gguf",
 ]
 
 

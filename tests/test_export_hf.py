@@ -1,0 +1,98 @@
+"""Hugging Face export: transformers loads the folder offline and computes what lmforge computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.checkpoint import save_model
+from lmforge.export.hf import export_hf
+from lmforge.inference.engine import Engine
+from lmforge.inference.sampling import SamplingParams
+from lmforge.model import GPT, GPTConfig
+from lmforge.posttrain.chat_format import render_conversation, render_for_completion
+from lmforge.tokenizer import Tokenizer
+from lmforge.utils import LmforgeError
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = "Once upon a time, a small dog met a cat. héllo 世界 🙂 2+3 = 5. The calculator says 42.\n"
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> tuple[Tokenizer, object]:
+    tok = Tokenizer.train([TEXT * 20], vocab_size=330)
+    return tok, tok.save(tmp_path_factory.mktemp("tok"))
+
+
+def make_checkpoint(path, tok_dir, vocab: int, **overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64, init_std=0.1)
+    model = GPT(GPTConfig(**{**cfg, **overrides})).eval()
+    save_model(path, model, tok_dir)
+    return model
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overrides,cls", [({}, "LlamaForCausalLM"),
+                                           ({"qk_norm": True, "tie_embeddings": True, "n_kv_head": 4},
+                                            "Qwen3ForCausalLM")])
+def test_transformers_loads_folder_and_matches_logits_and_greedy(tmp_path, tok, overrides, cls):
+    tokenizer, tok_dir = tok
+    model = make_checkpoint(tmp_path / "ckpt", tok_dir, tokenizer.vocab_size, **overrides)
+    out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(hf).__name__ == cls
+    ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode("Once upon a time, a small dog")])
+    with torch.no_grad():
+        ours = model(ids)[0]
+        theirs = hf(ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+    engine = Engine(model, tokenizer)
+    steps = 16
+    mine = engine.generate(ids[0].tolist(), SamplingParams(temperature=0, max_tokens=steps))[0][0].token_ids
+    with torch.no_grad():
+        gen = hf.generate(ids, max_new_tokens=steps, do_sample=False)[0, ids.size(1):].tolist()
+    assert gen == mine  # both stop on the same end token, if any (generation_config.json carries them)
+
+
+def test_tokenizer_and_chat_template_match_lmforge(tmp_path, tok):
+    tokenizer, tok_dir = tok
+    make_checkpoint(tmp_path / "ckpt", tok_dir, tokenizer.vocab_size)
+    out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok(TEXT)["input_ids"] == tokenizer.encode(TEXT)
+    conversations = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"},
+         {"role": "assistant", "content": "Let me compute.", "tool_calls": [{"name": "calculator", "arguments": "2+3"}]},
+         {"role": "tool", "name": "calculator", "content": "5"},
+         {"role": "assistant", "content": "2+3 = 5."}, {"role": "user", "content": "thanks 🙂"}],
+        [{"role": "user", "content": "2*21?"},
+         {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator", "arguments": "2*21"}]},
+         {"role": "tool", "content": "42"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+    ]
+
+    def hf_ids(msgs, **kw):
+        return list(hf_tok.apply_chat_template(msgs, tokenize=True, **kw)["input_ids"])
+
+    for msgs in conversations:
+        if msgs[-1]["role"] != "tool":  # a conversation that ends in a tool message is not complete
+            assert hf_ids(msgs) == render_conversation(tokenizer, msgs)[0]
+        if msgs[-1]["role"] != "assistant":
+            assert hf_ids(msgs, add_generation_prompt=True) == render_for_completion(tokenizer, msgs)
+    # OpenAI's tool-call shape renders the same as ours
+    openai = [dict(m) for m in conversations[1]]
+    openai[2] = {"role": "assistant", "content": "Let me compute.",
+                 "tool_calls": [{"type": "function", "function": {"name": "calculator", "arguments": "2+3"}}]}
+    assert hf_ids(openai) == render_conversation(tokenizer, conversations[1])[0]
+
+
+def test_configs_outside_the_family_are_refused(tmp_path, tok):
+    tokenizer, tok_dir = tok
+    make_checkpoint(tmp_path / "ckpt", tok_dir, tokenizer.vocab_size, norm="layernorm", mlp="gelu")
+    with pytest.raises(LmforgeError, match="norm='layernorm'.*mlp='gelu'"):
+        export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
