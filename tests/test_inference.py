@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 
 import pytest
@@ -11,38 +10,13 @@ import torch
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams, draw, process_logits, sample
 from lmforge.model import GPT, GPTConfig
-
-SPECIALS = ["<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool_call|>",
-            "<|tool_call_end|>", "<|tool_output|>", "<|tool_output_end|>"]
+from lmforge.tokenizer import Tokenizer
 
 
-class ByteTokenizer:
-    """Bytes as ids 0-255, then the special tokens: enough tokenizer to test text handling exactly."""
 
-    def __init__(self) -> None:
-        self.special_tokens = {s: 256 + i for i, s in enumerate(SPECIALS)}
-        self.vocab_size = 256 + len(SPECIALS)
-
-    def encode(self, text: str, allowed_special=frozenset()) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        names = {v: k for k, v in self.special_tokens.items()}
-        return "".join(names[i] if i in names else bytes([i]).decode("latin-1") for i in ids)
-
-    def decoder(self):
-        return _ByteDecoder(self)
-
-
-class _ByteDecoder:
-    def __init__(self, tok: ByteTokenizer) -> None:
-        self.names = {v: k for k, v in tok.special_tokens.items()}
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token: int) -> str:
-        if token in self.names:
-            return self.utf8.decode(b"", final=True) + self.names[token]
-        return self.utf8.decode(bytes([token]))
+def byte_tokenizer() -> Tokenizer:
+    """No merges: ids 0-255 are the bytes and 256-265 the special tokens, so tests can script exact bytes."""
+    return Tokenizer([])
 
 
 def tiny(**overrides) -> GPT:
@@ -205,7 +179,7 @@ def test_streaming_never_splits_a_utf8_character():
     data = list(text.encode("utf-8"))
     prompt = [256]
     model = scripted(data + [261])  # ... then <|end|>
-    engine = Engine(model, ByteTokenizer())
+    engine = Engine(model, byte_tokenizer())
     pieces = list(engine.stream(prompt, SamplingParams(temperature=0, max_tokens=40)))
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
@@ -217,7 +191,7 @@ def test_streaming_never_splits_a_utf8_character():
 def test_stop_strings_cut_the_text_and_are_never_streamed():
     text = "abc STOP def"
     model = scripted(list(text.encode()) + [261])
-    engine = Engine(model, ByteTokenizer())
+    engine = Engine(model, byte_tokenizer())
     params = SamplingParams(temperature=0, max_tokens=40, stop=["STOP", "xyz"])
     pieces = list(engine.stream([97], params))
     assert "".join(pieces) == "abc "
@@ -229,7 +203,7 @@ def test_stop_strings_cut_the_text_and_are_never_streamed():
 
 
 def test_budget_and_context_guard():
-    engine = Engine(tiny(), ByteTokenizer())
+    engine = Engine(tiny(), byte_tokenizer())
     out = engine.generate([1, 2], SamplingParams(temperature=0, max_tokens=5, stop_token_ids=[]))[0][0]
     assert len(out.token_ids) == 5 and out.finish_reason == "length"
     session = engine.session([1] * 60, SamplingParams(temperature=0, max_tokens=100, stop_token_ids=[]))
@@ -260,7 +234,7 @@ def test_chat_tool_loop_shape():
     """Stop at a tool-call end, append the tool output, continue: the session API the chat engine uses."""
     script = list(b"2+3") + [263] + [0] * 3 + list(b"=5") + [261]  # the zeros are where the forced tokens go
     model = scripted(script)
-    tok = ByteTokenizer()
+    tok = byte_tokenizer()
     engine = Engine(model, tok)
     params = SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[263, 261])
     session = engine.session([256], params)
