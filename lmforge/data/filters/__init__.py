@@ -18,6 +18,7 @@ from lmforge.data.filters.extract import Extract
 from lmforge.data.filters.fineweb import FineWebQualityFilter
 from lmforge.data.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from lmforge.data.filters.language import LanguageFilter
+from lmforge.data.filters.lines import RepeatedLinesFilter
 from lmforge.data.filters.pii import PIIStep
 from lmforge.data.filters.url import URLFilter
 from lmforge.utils import LmforgeError
@@ -26,6 +27,7 @@ STEPS: dict[str, type[Step]] = {
     URLFilter.name: URLFilter,
     Extract.name: Extract,
     LanguageFilter.name: LanguageFilter,
+    RepeatedLinesFilter.name: RepeatedLinesFilter,
     GopherRepetitionFilter.name: GopherRepetitionFilter,
     GopherQualityFilter.name: GopherQualityFilter,
     C4QualityFilter.name: C4QualityFilter,
@@ -67,4 +69,5 @@ def build_steps(specs: list[dict[str, Any]], registry: dict[str, type[Step]] | N
 
 
 __all__ = ["STEPS", "build_step", "build_steps", "C4QualityFilter", "Extract", "FineWebQualityFilter",
-           "GopherQualityFilter", "GopherRepetitionFilter", "LanguageFilter", "PIIStep", "URLFilter"]
+           "GopherQualityFilter", "GopherRepetitionFilter", "LanguageFilter", "PIIStep", "RepeatedLinesFilter",
+           "URLFilter"]

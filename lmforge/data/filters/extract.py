@@ -34,6 +34,17 @@ def _valid_unicode(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+_BLANK_RUNS = re.compile(r"\n(?:[^\S\n]*\n)+")
+_TRAILING = re.compile(r"[^\S\n]+\n")
+
+
+def _tidy(text: str) -> str:
+    """Trailing whitespace off every line, and whitespace-only lines (pages full of `&nbsp;` spacer cells, as
+    pydoc's are, leave many) merged into one paragraph break, so that blank lines neither count as repeated lines
+    nor dilute line-based ratios in the quality filters."""
+    return _BLANK_RUNS.sub("\n\n", _TRAILING.sub("\n", text)).strip()
+
+
 def html_title(page: str) -> str | None:
     """The `<title>` of a page, found with one regex in its first 64 KB (cheaper than a second parse)."""
     m = _TITLE_RE.search(page, 0, 65536)
@@ -104,7 +115,7 @@ class Extract(Filter):
             text, title = self._extract(page)
         except Exception:  # any parser failure on one page is that page's problem, never the run's
             return "extract_error"
-        text = (text or "").strip()
+        text = _tidy(text or "")
         if len(text) < self.min_chars:
             return "extract_empty"
         doc.text = text

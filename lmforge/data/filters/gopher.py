@@ -88,7 +88,7 @@ class GopherRepetitionFilter(Filter):
         if self.dup_para_char_frac is not None and dup_chars / n_chars > self.dup_para_char_frac:
             return "dup_para_char_frac"
 
-        lines = _LINE_SPLIT.split(text.strip())
+        lines = [s for s in _LINE_SPLIT.split(text.strip()) if not s.isspace()]
         n_dup, dup_chars = _duplicates(lines)
         measured["dup_line_frac"] = _round(n_dup / len(lines))
         measured["dup_line_char_frac"] = _round(dup_chars / n_chars)
