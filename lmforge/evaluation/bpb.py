@@ -16,17 +16,11 @@ import torch.nn.functional as F
 
 
 def token_byte_lengths(tokenizer: Any, vocab_size: int) -> torch.Tensor:
-    """int64 tensor (vocab_size,): the UTF-8 bytes each token id decodes to; 0 for special and unused ids.
-
-    A token that holds only part of a multi-byte character decodes to U+FFFD on its own; it is counted by the
-    bytes that the replacement text has, which is exact for whole characters and off by at most two bytes for
-    such fragments (rare in mostly-ASCII text).
-    """
-    special = set(tokenizer.special_tokens.values())
+    """int64 tensor (vocab_size,): the bytes of text each token id stands for; 0 for special and unused ids."""
     lengths = torch.zeros(vocab_size, dtype=torch.int64)
     for i in range(min(vocab_size, tokenizer.vocab_size)):
-        if i not in special:
-            lengths[i] = len(tokenizer.decode([i]).encode("utf-8"))
+        if not tokenizer.is_special(i):
+            lengths[i] = len(tokenizer.token_bytes(i))
     return lengths
 
 
