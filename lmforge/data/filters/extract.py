@@ -38,11 +38,15 @@ _BLANK_RUNS = re.compile(r"\n(?:[^\S\n]*\n)+")
 _TRAILING = re.compile(r"[^\S\n]+\n")
 
 
+_NO_BREAK_SPACES = str.maketrans({"\xa0": " ", "\u2007": " ", "\u202f": " "})
+
+
 def _tidy(text: str) -> str:
-    """Trailing whitespace off every line, and whitespace-only lines (pages full of `&nbsp;` spacer cells, as
-    pydoc's are, leave many) merged into one paragraph break, so that blank lines neither count as repeated lines
-    nor dilute line-based ratios in the quality filters."""
-    return _BLANK_RUNS.sub("\n\n", _TRAILING.sub("\n", text)).strip()
+    """No-break spaces become spaces, trailing whitespace goes, and whitespace-only lines merge into one paragraph
+    break. pydoc writes every space of a docstring as `&nbsp;` ("Text\xa0wrapping\xa0and\xa0filling"), which a
+    tokenizer would learn as a separate kind of word; spacer cells leave blank lines that would count as repeated
+    lines and dilute the line-based ratios of the quality filters."""
+    return _BLANK_RUNS.sub("\n\n", _TRAILING.sub("\n", text.translate(_NO_BREAK_SPACES))).strip()
 
 
 def html_title(page: str) -> str | None:
