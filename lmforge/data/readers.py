@@ -315,10 +315,10 @@ class _Buffer:
 
 def _parse_fields(block: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for line in block.split(b"\n"):
-        name, sep, value = line.partition(b":")
+    for line in block.decode("latin-1").split("\n"):
+        name, sep, value = line.partition(":")
         if sep:
-            fields[name.strip().decode("latin-1").lower()] = value.strip().decode("latin-1")
+            fields[name.strip().lower()] = value.strip()
     return fields
 
 
