@@ -102,3 +102,70 @@ def test_search_finds_passages_and_stays_inside(tmp_path):
     assert search_files(docs, "serializes JSON").startswith("json.txt:")
     assert search_files(docs, "zebra") == "no results"
     assert run_tool(default_tools(search_dir=tmp_path / "missing"), "search", "x").startswith("error:")
+
+
+class _ScriptedSession:
+    """Engine session stand-in that plays fixed token segments: one per step() run, the next after each append."""
+
+    def __init__(self, segments, stops, appended):
+        self.segments, self.stops, self.appended = segments, stops, appended
+        self.queue = list(segments.pop(0))
+
+    def step(self):
+        from lmforge.inference.engine import TokenEvent
+
+        if not self.queue:
+            return [None]
+        t = self.queue.pop(0)
+        done = t in self.stops or not self.queue
+        return [TokenEvent(t, "" if t in self.stops else f"<{t}>", 0.0, 0.0, "stop" if done else None)]
+
+    def append(self, ids):
+        self.appended.append(list(ids))
+        self.queue = list(self.segments.pop(0))
+
+
+class _ScriptedEngine:
+    def __init__(self, tok, segments):
+        from types import SimpleNamespace
+
+        self.tokenizer, self.segments, self.appended, self.prompts = tok, segments, [], []
+        self.model = SimpleNamespace(config=SimpleNamespace(block_size=512))
+
+    def session(self, prompt, params):
+        self.prompts.append(prompt)
+        return _ScriptedSession(self.segments, set(params.stop_token_ids), self.appended)
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    from lmforge.tokenizer import Tokenizer
+
+    return Tokenizer.train(["calculator 2+3 It is 5. The answer python print search"] * 3, 300)
+
+
+def test_chat_loop_runs_the_tool_and_continues(chat_tok):
+    from lmforge.inference.chat import ChatSession
+    from lmforge.posttrain.chat_format import ChatTokens, render_conversation
+
+    tok, t = chat_tok, ChatTokens.of(chat_tok)
+    segments = [[t.tool_call, *tok.encode("calculator\n2+3"), t.tool_call_end],
+                [*tok.encode("It is 5."), t.end]]
+    engine = _ScriptedEngine(tok, segments)
+    events = []
+    chat = ChatSession(engine, default_tools(), system="sys")
+    turn = chat.respond("What is 2+3?", on_event=events.append)
+    assert engine.appended == [[t.tool_output, *tok.encode("5"), t.tool_output_end]]
+    assert turn["ended"] and turn["content"] == "It is 5." and turn["finish_reason"] == "end"
+    assert [(e.kind, e.text) for e in events if e.kind != "text"] == [("tool_call", "2+3"), ("tool_output", "5")]
+    assert chat.messages == [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2+3?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator", "arguments": "2+3"}]},
+        {"role": "tool", "name": "calculator", "content": "5"}, {"role": "assistant", "content": "It is 5."}]
+    render_conversation(tok, chat.messages)  # the history is a valid conversation
+    # a failing tool is shown to the model as an error output; the turn goes on
+    engine.segments.extend([[t.tool_call, *tok.encode("calculator\nimport os"), t.tool_call_end], [t.end]])
+    chat.respond("again")
+    assert tok.decode(engine.appended[-1]) == "<|tool_output|>error: syntax error: invalid syntax<|tool_output_end|>"
+    chat.reset()
+    assert chat.messages == [{"role": "system", "content": "sys"}]
