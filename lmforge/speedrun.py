@@ -60,6 +60,28 @@ def stage_crawl(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
             "skipped": {k: v for k, v in result["stats"].items() if k != "fetched"}}
 
 
+def stage_data(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """Run the pydoc chain (extraction, language ID, quality, MinHash dedup, PII) over the crawl's WARC files.
+
+    The stage folder is the pipeline's output directory: kept documents in `documents/`, dropped ones with their
+    reasons in `excluded/`, and `report.md` / `report.json` (what each rule kept and dropped).
+    """
+    from lmforge.data.pipeline import builtin_config, run_pipeline
+    from lmforge.utils import LmforgeError
+
+    warc_dir = ctx.results.get("crawl", {}).get("warc_dir")
+    if not warc_dir:
+        raise LmforgeError("the data stage needs the crawl stage's WARC files (results['crawl']['warc_dir'])")
+    report = run_pipeline([warc_dir], out, builtin_config("pydoc"), workers=ctx.threads)
+    if not report["kept"]["documents"]:
+        raise LmforgeError(f"the data stage kept no documents from {warc_dir}; see {out / 'report.md'}")
+    return {"documents": report["documents_files"], "report": str(out / "report.md"),
+            "kept_documents": report["kept"]["documents"], "kept_mb": round(report["kept"]["bytes"] / 1e6, 2),
+            "steps": {s["name"]: [s["docs_in"], s["docs_out"]] for s in report["steps"]},
+            "duplicates_removed": report["dedup"]["exact_removed"] + report["dedup"]["near_removed"],
+            "problems": report["problems"]}
+
+
 def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Train the BPE tokenizer on the data stage's kept documents, then show the explorer on a sample sentence."""
     from rich.console import Console
@@ -94,10 +116,24 @@ def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
         "sample_bytes_per_token": shown["bytes_per_token"],
     }
 
+def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """Tokenize the kept documents with the trained tokenizer into train/val token shards for pretraining."""
+    from lmforge.data.tokenize import tokenize_files
+    from lmforge.utils import LmforgeError
+
+    documents = ctx.results.get("data", {}).get("documents")
+    tokenizer_dir = ctx.results.get("tokenizer", {}).get("tokenizer_dir")
+    if not documents or not tokenizer_dir:
+        raise LmforgeError("the tokenize stage needs results['data']['documents'] and results['tokenizer']['tokenizer_dir']")
+    stats = tokenize_files(documents, tokenizer_dir, out / "shards", workers=ctx.threads)
+    return {**stats, "shards_dir": str(out / "shards")}
+
 
 STAGES: list[Stage] = [
     Stage("crawl", stage_crawl),
+    Stage("data", stage_data),
     Stage("tokenizer", stage_tokenizer),
+    Stage("tokenize", stage_tokenize),
 ]
 
 

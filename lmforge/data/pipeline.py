@@ -39,18 +39,14 @@ from lmforge.utils import LmforgeError, read_json, write_json
 
 DEDUP = "dedup"
 
-# FineWeb's chain, in its order, with each step's published defaults (the step classes hold the parameters).
-FINEWEB_STEPS: list[dict[str, Any]] = [
-    {"step": "url_filter"},
-    {"step": "extract"},
-    {"step": "language"},
-    {"step": "gopher_repetition"},
-    {"step": "gopher_quality"},
-    {"step": "c4_quality"},
-    {"step": "fineweb_quality"},
-    {"step": DEDUP},
-    {"step": "pii"},
-]
+
+
+def _default_steps() -> list[dict[str, Any]]:
+    """FineWeb's chain with its published thresholds (the chains live in `lmforge.data.filters.configs`)."""
+    from lmforge.data.filters.configs import config_steps
+
+    return config_steps("fineweb")
+
 
 LENGTH_BUCKETS = [0, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, 300_000]  # characters, lower bounds
 
@@ -66,7 +62,7 @@ class PipelineConfig:
     """A chain of step specs (`{"step": NAME, PARAM: VALUE, ...}`, see `lmforge.data.filters`), at most one of them
     `dedup`, plus how to read inputs (`ReaderConfig` fields) and how to write outputs."""
 
-    steps: list[dict[str, Any]] = field(default_factory=lambda: [dict(s) for s in FINEWEB_STEPS])
+    steps: list[dict[str, Any]] = field(default_factory=_default_steps)
     reader: dict[str, Any] = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)
     name: str = "fineweb"
@@ -84,7 +80,7 @@ class PipelineConfig:
             raise LmforgeError(f"{where}: field 'output': {e}") from e
         if output.format not in ("jsonl", "parquet"):
             raise LmforgeError(f"{where}: output.format must be 'jsonl' or 'parquet', got {output.format!r}")
-        cfg = cls(steps=d.get("steps", [dict(s) for s in FINEWEB_STEPS]), reader=dict(d.get("reader", {})),
+        cfg = cls(steps=d["steps"] if "steps" in d else _default_steps(), reader=dict(d.get("reader", {})),
                   output=output, name=str(d.get("name", "custom")))
         cfg.validate(where)
         return cfg
@@ -462,10 +458,14 @@ def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers:
 
 
 def builtin_config(name_or_path: str | Path) -> PipelineConfig:
-    """A config file (JSON/TOML), or a built-in config by name: 'fineweb' (the default chain)."""
+    """A config file (JSON/TOML), or a built-in chain by name: 'fineweb' (web crawls, the default) or 'pydoc'
+    (the embedded documentation corpus; its relaxations and their reasons are in `lmforge.data.filters.configs`)."""
+    from lmforge.data.filters.configs import CONFIGS, config_steps
+
     path = Path(name_or_path)
     if path.is_file():
         return PipelineConfig.load(path)
-    if str(name_or_path) == "fineweb":
-        return PipelineConfig()
-    raise LmforgeError(f"pipeline config {name_or_path!r} is neither a file nor a built-in config (fineweb)")
+    if str(name_or_path) in CONFIGS:
+        return PipelineConfig(steps=config_steps(str(name_or_path)), name=str(name_or_path))
+    raise LmforgeError(f"pipeline config {name_or_path!r} is neither a file nor a built-in config "
+                       f"({', '.join(CONFIGS)})")
