@@ -55,7 +55,7 @@ class CrawlConfig:
     max_depth: int | None = None  # links followed from a seed; None: unbounded
     workers: int = 8  # concurrent fetches
     delay: float = 1.0  # seconds between two requests to one host (robots.txt Crawl-delay can raise it)
-    timeout: float = 15.0  # seconds for connecting and for each read
+    timeout: float = 15.0  # seconds for connecting and for each read; a whole page may take 4x this
     max_page_bytes: int = 5 << 20  # larger pages are skipped ("too_large")
     max_redirects: int = 5
     respect_robots: bool = True
@@ -246,29 +246,48 @@ class Fetcher:
                 conn.close()
                 if attempt:
                     raise
+            except BaseException:
+                conn.close()
+                raise
+        try:
+            return self._read_response(conn, resp, url, req_headers, accept_html_only)
+        except BaseException:
+            conn.close()  # a half-read response leaves the connection unusable
+            raise
+
+    def _read_response(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, url: str,
+                       req_headers: list[tuple[str, str]], accept_html_only: bool) -> Fetched:
         try:
             ip = conn.sock.getpeername()[0] if conn.sock else None
         except OSError:
             ip = None
-        headers = resp.getheaders()
-        fetched = Fetched(url, resp.status, resp.reason, headers, b"", req_headers, ip)
+        fetched = Fetched(url, resp.status, resp.reason, resp.getheaders(), b"", req_headers, ip)
         ctype = fetched.header("content-type").split(";", 1)[0].strip().lower()
         length = fetched.header("content-length")
         skip_body = (accept_html_only and 200 <= resp.status < 300 and ctype not in HTML_TYPES) or \
             (300 <= resp.status < 400)
-        if length.isdigit() and int(length) > self.max_bytes and not skip_body:
-            conn.close()
-            raise _TooLarge(length)
         if skip_body:
             conn.close()  # do not download what is not kept; the connection cannot be reused without draining
             return fetched
-        body = resp.read(self.max_bytes + 1)
-        if len(body) > self.max_bytes:
-            conn.close()
-            raise _TooLarge(len(body))
+        if length.isdigit() and int(length) > self.max_bytes:
+            raise _TooLarge(length)
+        # The socket timeout bounds each read; this deadline bounds the whole page (a server that drips bytes).
+        deadline = time.monotonic() + 4 * self.timeout
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            piece = resp.read(min(1 << 16, self.max_bytes + 1 - size))
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
+            if size > self.max_bytes:
+                raise _TooLarge(size)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"page took longer than {4 * self.timeout:.0f} s")
         if resp.will_close:
             conn.close()
-        fetched.body = body
+        fetched.body = b"".join(parts)
         return fetched
 
 
