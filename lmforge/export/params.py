@@ -262,6 +262,11 @@ class _Reader:
         return struct.unpack("<Q", self.take(8))[0]
 
 
+def _short(x: float) -> float:
+    """The shortest decimal that rounds to this f32 (1e-05 comes back as 1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(x)))
+
+
 def _parse_header(buf: Any, path: Path) -> ParamHeader:
     if len(buf) < FIXED_HEADER:
         if bytes(buf[:4]) != MAGIC:
@@ -296,8 +301,7 @@ def _parse_header(buf: Any, path: Path) -> ParamHeader:
         tensors.append(t)
     config = dict(vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=dim,
                   block_size=seq_len, intermediate_size=hidden, qk_norm=bool(flags & FLAG_QK_NORM),
-                  tie_embeddings=bool(flags & FLAG_TIED), rope_theta=float(np.float32(theta)),
-                  norm_eps=float(np.float32(eps)))
+                  tie_embeddings=bool(flags & FLAG_TIED), rope_theta=_short(theta), norm_eps=_short(eps))
     return ParamHeader(path, version, file_size, config, DTYPE_NAMES[dtype], gs, pattern, token_bytes, specials,
                        tensors, data_off)
 

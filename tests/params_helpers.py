@@ -1,0 +1,46 @@
+"""Shared by test_export_params.py and test_runner.py: a small trained tokenizer and tiny nontrivial models.
+
+The tokenizer trains on text that every clone has (this repository's model source and guide, plus a few
+multilingual lines), so the tests need no downloaded data.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from lmforge.model import GPT, GPTConfig
+from lmforge.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+MULTILINGUAL = [
+    "Grüße aus Köln: naïve café, Straße und Übermut.",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "日本語のテキストと漢字、ひらがな、カタカナ。",
+    "한국어 텍스트입니다. 🙂 emoji 👍🏽 and ∑ x² ≤ ½",
+] * 20
+
+
+def corpus() -> list[str]:
+    texts = [(ROOT / "lmforge" / "model.py").read_text(encoding="utf-8"), (ROOT / "DEVELOPERS.md").read_text(encoding="utf-8")]
+    return [t[i:i + 4000] for t in texts for i in range(0, len(t), 4000)] + MULTILINGUAL
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(vocab_size: int = 700) -> Tokenizer:
+    return Tokenizer.train(corpus(), vocab_size=vocab_size)
+
+
+def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:
+    """A 2-layer model whose random weights are large enough that its logits are far from uniform."""
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=96, qk_norm=True,
+               init_std=0.15, rope_theta=500.0)
+    model = GPT(GPTConfig(**{**cfg, **overrides})).eval()
+    with torch.no_grad():  # norms away from 1 so that their weights are exercised too
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+    return model

@@ -1,0 +1,236 @@
+"""The C runner (runner/run.c) against PyTorch: greedy tokens, logits per dtype, sampling, refusals, UTF-8, tokenizer.
+
+run.c is compiled once per session with the system C compiler, plain `cc -O3` (no -march=native, no OpenMP), as a
+user without the Makefile would.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.export.params import export_params, load_params
+from lmforge.posttrain.chat_format import render_for_completion
+from params_helpers import ROOT, corpus, tiny_model, tokenizer
+
+PROMPT = "The model predicts the next token"
+
+
+@pytest.fixture(scope="session")
+def run_bin(tmp_path_factory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp("runner") / "run"
+    r = subprocess.run([cc, "-O3", "-std=c99", "-Wall", "-Wextra", "-o", str(out), str(ROOT / "runner" / "run.c"), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", f"run.c compiles with warnings:\n{r.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(tok.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tok, model) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("params")
+    out = {}
+    for dtype in ("fp32", "fp16", "bf16", "int8"):
+        out[dtype] = d / f"{dtype}.bin"
+        export_params(model, tok, out[dtype], dtype)
+    return out
+
+
+def run(run_bin: Path, path: Path, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(run_bin), str(path), *args], capture_output=True, input=stdin, timeout=60)
+    if check:
+        assert r.returncode == 0, r.stderr.decode()
+    return r
+
+
+def generated_ids(stderr: bytes) -> list[int]:
+    """Token ids from the -v log ("token ID: hex bytes ...")."""
+    return [int(line.split()[1].rstrip(":")) for line in stderr.decode().splitlines() if line.startswith("token ")]
+
+
+def dumped_logits(path: Path, vocab: int) -> np.ndarray:
+    return np.fromfile(path, dtype=np.float32).reshape(-1, vocab)
+
+
+def greedy_plain(model, ids: list[int], steps: int) -> list[int]:
+    """The plain forward over the whole sequence at every step (no cache)."""
+    ids = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    return ids[-steps:]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "qk_norm": False, "n_kv_head": 4}])
+def test_greedy_tokens_equal_pytorch_plain_forward(run_bin, tmp_path, tok, overrides):
+    model = tiny_model(tok.vocab_size, seed=1, **overrides)
+    path = tmp_path / "m.bin"
+    export_params(model, tok, path, "fp32")
+    r = run(run_bin, path, "-i", PROMPT, "-n", "40", "-t", "0", "-v")
+    got = generated_ids(r.stderr)
+    expected = greedy_plain(model, [tok.bos_id] + tok.encode(PROMPT), 40)
+    stop = next((i for i, t in enumerate(expected) if t in (tok.bos_id, tok.end_id)), len(expected))
+    assert len(got) == stop > 10
+    assert got == expected[:stop]
+    assert r.stdout.decode("utf-8") == tok.decode(got) + "\n"
+
+
+@pytest.mark.timeout(60)
+def test_fp32_logits_match_pytorch_at_prefill_and_every_decode_step(run_bin, tmp_path, tok, model, files):
+    dump = tmp_path / "logits.bin"
+    r = run(run_bin, files["fp32"], "-i", PROMPT, "-n", "12", "-t", "0", "-v", "-d", str(dump))
+    prompt = [tok.bos_id] + tok.encode(PROMPT)
+    got = dumped_logits(dump, tok.vocab_size)
+    ids = prompt + generated_ids(r.stderr)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]))[0][0, len(prompt) - 1:len(prompt) - 1 + len(got)].numpy()
+    assert got.shape == ref.shape and len(got) >= 12
+    assert np.abs(got - ref).max() < 1e-4
+    assert np.abs(ref).max() > 1.0  # a model whose logits are far from uniform
+
+
+def fake_quant_activations(model, group_size: int):
+    """What run.c does for int8 files: every matmul input is quantized per group (symmetric, round to even)."""
+
+    def hook(module, args):
+        x = args[0]
+        g = x.reshape(*x.shape[:-1], -1, group_size)
+        scale = g.abs().amax(-1, keepdim=True) / 127
+        q = torch.round(g / torch.where(scale > 0, scale, torch.ones_like(scale)))
+        return ((q * scale).reshape(x.shape),)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_pre_hook(hook)
+    return model
+
+
+# Tolerances against the fp32 PyTorch model, as a fraction of the largest |logit| (measured on this model: fp16
+# 4.5e-4, bf16 5.6e-3, int8 2.2e-2): what the smaller weights cost. The runner's own arithmetic is checked to 1e-4
+# against PyTorch doing the same math (the file's dequantized weights; for int8 also int8 activations).
+TOLERANCE = {"fp16": 0.005, "bf16": 0.03, "int8": 0.08}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_reduced_dtype_logits(run_bin, tmp_path, tok, model, files, dtype):
+    dump = tmp_path / "logits.bin"
+    run(run_bin, files[dtype], "-i", PROMPT, "-n", "1", "-t", "0", "-d", str(dump))
+    got = dumped_logits(dump, tok.vocab_size)[0]
+    ids = torch.tensor([[tok.bos_id] + tok.encode(PROMPT)])
+    same_math = load_params(files[dtype])  # the file's weights, dequantized
+    if dtype == "int8":
+        same_math = fake_quant_activations(same_math, 64)
+    with torch.no_grad():
+        exact = same_math(ids)[0][0, -1].numpy()
+        ref = model(ids)[0][0, -1].numpy()
+    assert np.abs(got - exact).max() < 1e-4
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() < TOLERANCE[dtype] * scale
+    assert int(got.argmax()) == int(ref.argmax())
+
+
+@pytest.mark.timeout(60)
+def test_seed_reproduces_samples_and_tiny_top_p_is_greedy(run_bin, files):
+    def sample(*args):
+        return generated_ids(run(run_bin, files["fp32"], "-i", PROMPT, "-n", "30", "-v", *args).stderr)
+
+    a, b, c = sample("-t", "1", "-s", "7"), sample("-t", "1", "-s", "7"), sample("-t", "1", "-s", "8")
+    assert a == b and a != c
+    assert sample("-t", "1", "-p", "0.000001", "-s", "3") == sample("-t", "0")
+
+
+@pytest.mark.timeout(60)
+def test_bad_files_are_refused_with_a_clear_message(run_bin, tmp_path, files):
+    data = files["int8"].read_bytes()
+    cases = {"cut.bin": (data[:-64], "truncated"), "short.bin": (data[:3], "not an lmforge parameter file"),
+             "magic.bin": (b"LMFX" + data[4:], "bad magic"),
+             "version.bin": (data[:4] + struct.pack("<I", 9) + data[8:], "version 9")}
+    for name, (blob, reason) in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(blob)
+        r = run(run_bin, bad, "-i", "x", check=False)
+        assert r.returncode == 1 and r.stdout == b""
+        assert reason in r.stderr.decode() and str(bad) in r.stderr.decode(), r.stderr.decode()
+
+
+@pytest.mark.timeout(60)
+def test_streamed_output_never_splits_a_utf8_character(run_bin, files, tok):
+    # Hot sampling from a random model emits lone bytes >= 0x80 and pieces of characters; every piece the runner
+    # writes must be valid UTF-8 on its own, and together they must equal Python's decoding of the same ids.
+    r = run(run_bin, files["fp32"], "-i", "日本語 Grüße", "-n", "80", "-t", "3", "-p", "1", "-s", "11", "-v")
+    pieces, ids = [], []
+    for line in r.stderr.decode().splitlines():
+        if line.startswith("token "):
+            head, _, hexes = line.partition(":")
+            ids.append(int(head.split()[1]))
+            pieces.append(bytes.fromhex(hexes.replace(" ", "")))
+    assert any(tok.token_bytes(i)[-1] >= 0xC0 for i in ids), "the sample should end a token inside a character"
+    assert any(p == b"" for p in pieces), "some token completes no character by itself"
+    for p in pieces:
+        p.decode("utf-8")  # raises if a piece splits a character
+    assert r.stdout.decode("utf-8") == tok.decode_bytes(ids).decode("utf-8", "replace") + "\n"
+
+
+def c_encode(run_bin: Path, path: Path, texts: list[str]) -> list[list[int]]:
+    r = run(run_bin, path, "-m", "encode", stdin="\0".join(texts).encode("utf-8"))
+    return [[int(x) for x in line.split()] for line in r.stdout.decode().split("\n")[:len(texts)]]
+
+
+@pytest.mark.timeout(60)
+def test_c_tokenizer_equals_python_on_ascii(run_bin, files, tok):
+    rng = random.Random(0)
+    texts = [t for t in corpus() if t.isascii()]
+    texts += ["".join(chr(rng.randrange(1, 128)) for _ in range(rng.randrange(0, 200))) for _ in range(300)]
+    texts += ["", " ", "   x", "a  \n\n  b", "I'm you'LL we've THEY'RE 's 'd", "12345678 1.5e-10", "\r\n\t \x0b\x0c",
+              " " * 500 + "end", "0" * 1000, "x" * 300, "!!!???...\n\n", "it's\n'tis"]
+    got = c_encode(run_bin, files["fp32"], texts)
+    for text, ids in zip(texts, got):
+        assert ids == tok.encode(text), repr(text)
+
+
+@pytest.mark.timeout(60)
+def test_c_tokenizer_agreement_on_real_non_ascii_text(run_bin, files, tok, shared_data):
+    import json
+
+    gt = json.loads((shared_data / "pretrain/web/article-extraction-benchmark/ground-truth.json").read_text("utf-8"))
+    texts = [v["articleBody"].replace("\0", " ") for v in gt.values() if not v["articleBody"].isascii()]
+    texts += [t for t in corpus() if not t.isascii()]
+    got = c_encode(run_bin, files["fp32"], texts)
+    same = sum(ids == tok.encode(t) for t, ids in zip(texts, got))
+    print(f"C tokenizer: {same}/{len(texts)} non-ASCII texts token-for-token identical")
+    assert same / len(texts) >= 0.98
+
+
+@pytest.mark.timeout(60)
+def test_chat_mode_uses_the_chat_format(run_bin, tmp_path, files, tok, model):
+    dump = tmp_path / "chat.bin"
+    system, user = "You are a helpful model.", "What does RoPE rotate?"
+    r = run(run_bin, files["fp32"], "-m", "chat", "-y", system, "-i", user, "-n", "20", "-t", "0", "-v", "-d", str(dump))
+    prompt = render_for_completion(tok, [{"role": "system", "content": system}, {"role": "user", "content": user}])
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt]))[0][0, -1].numpy()
+    assert np.abs(dumped_logits(dump, tok.vocab_size)[0] - ref).max() < 1e-4
+    answer = generated_ids(r.stderr)
+    assert answer == greedy_plain(model, prompt, 20)[:len(answer)]
