@@ -129,11 +129,41 @@ def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     return {**stats, "shards_dir": str(out / "shards")}
 
 
+def stage_export(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """The model as two files: export the parameter file (fp32, and int8 at a quarter of the size), build
+    runner/run.c with the system C compiler, and let it continue a prompt from each file."""
+    from lmforge.export.crunner import build_runner, run_runner
+    from lmforge.export.params import run_export
+    from lmforge.utils import LmforgeError, human_bytes
+
+    ckpt = ctx.results.get("pretrain", {}).get("checkpoint")
+    if not ckpt:
+        raise LmforgeError("the export stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    files = {dtype: out / f"model_{dtype}.bin" for dtype in ("fp32", "int8")}
+    sizes = {dtype: run_export(ckpt, path, dtype) for dtype, path in files.items()}
+    for dtype, size in sizes.items():
+        print(f"[export] {files[dtype]}: {human_bytes(size)}")
+    binary = build_runner(out)
+    prompt, steps = "The os module provides", 60 if ctx.quick else 200
+    runs = {dtype: run_runner(binary, path, prompt, steps=steps, seed=ctx.seed) for dtype, path in files.items()}
+    lines = [f"$ ./{binary.name} model_fp32.bin -i {prompt!r} -n {steps} -t 0.8 -p 0.9 -s {ctx.seed}"]
+    for dtype, r in runs.items():
+        lines += [f"--- {dtype}: prefill {r.prefill_tok_s:.0f} tok/s, decode {r.decode_tok_s:.0f} tok/s", r.text]
+    (out / "continuation.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return {"params_file": str(files["fp32"]), "params_file_int8": str(files["int8"]), "runner": str(binary),
+            "bytes": sizes, "prompt": prompt, "continuation": runs["fp32"].text,
+            "continuation_int8": runs["int8"].text,
+            "decode_tok_s": {dtype: r.decode_tok_s for dtype, r in runs.items()},
+            "prefill_tok_s": {dtype: r.prefill_tok_s for dtype, r in runs.items()}}
+
+
 STAGES: list[Stage] = [
     Stage("crawl", stage_crawl),
     Stage("data", stage_data),
     Stage("tokenizer", stage_tokenizer),
     Stage("tokenize", stage_tokenize),
+    Stage("export", stage_export),
 ]
 
 

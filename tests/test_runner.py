@@ -234,3 +234,17 @@ def test_chat_mode_uses_the_chat_format(run_bin, tmp_path, files, tok, model):
     assert np.abs(dumped_logits(dump, tok.vocab_size)[0] - ref).max() < 1e-4
     answer = generated_ids(r.stderr)
     assert answer == greedy_plain(model, prompt, 20)[:len(answer)]
+
+
+@pytest.mark.timeout(120)
+def test_speedrun_export_stage(tmp_path, tok, model):
+    from lmforge.checkpoint import save_model
+    from lmforge.speedrun import SpeedrunContext, stage_export
+
+    ckpt = save_model(tmp_path / "pretrain" / "ckpt" / "step_0000001", model, tok.save(tmp_path / "tok"))
+    ctx = SpeedrunContext(out=tmp_path, threads=1, quick=True, results={"pretrain": {"checkpoint": str(ckpt)}})
+    out = tmp_path / "07_export"
+    result = stage_export(ctx, out)
+    assert Path(result["params_file"]).stat().st_size == result["bytes"]["fp32"] > 3 * result["bytes"]["int8"]
+    assert result["continuation"] and result["decode_tok_s"]["fp32"] > 0
+    assert "--- int8" in (out / "continuation.txt").read_text(encoding="utf-8")
