@@ -106,7 +106,7 @@ class ValidationWindows:
     """Consecutive, non-overlapping windows over the validation split, split across ranks; the same every call.
 
     Consecutive windows make the targets tile the split, so the evaluation counts each token (and its bytes) once.
-    `max_batches` bounds the cost (0 = the whole split).
+    `max_batches` bounds the cost in global batches (0 = the whole split, less a last partial batch).
     """
 
     def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, max_batches: int = 0, rank: int = 0,
@@ -121,11 +121,17 @@ class ValidationWindows:
                                f"{seq_len + 1} tokens for validation")
 
     def __call__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n_batches = len(self.windows) // self.batch_size or 1
+        # Global batches of batch_size * world_size windows, rank r taking its slice of each: K processes score
+        # exactly the windows one process with K times the batch scores.
+        per_global = self.batch_size * self.world_size
+        n_batches = max(1, len(self.windows) // per_global)
         if self.max_batches:
             n_batches = min(n_batches, self.max_batches)
-        for b in range(self.rank, n_batches, self.world_size):
-            chunk = self.windows[b * self.batch_size:(b + 1) * self.batch_size]
+        for b in range(n_batches):
+            lo = b * per_global + self.rank * self.batch_size
+            chunk = self.windows[lo:lo + self.batch_size]
+            if not chunk:
+                continue
             rows = np.stack([self.shards.tokens(i)[s:s + self.seq_len + 1] for i, s in chunk]).astype(np.int64)
             t = torch.from_numpy(rows).to(self.device)
             yield t[:, :-1], t[:, 1:]
