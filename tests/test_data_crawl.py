@@ -195,3 +195,28 @@ def test_cli_crawl(site, tmp_path, capsys):
     assert main(["crawl", url, "--out", str(tmp_path / "c"), "--max-pages", "4", "--delay", "0", "--quiet"]) == 0
     assert '"pages": 4' in capsys.readouterr().out
     assert main(["crawl", "--out", str(tmp_path / "d")]) == 2  # neither seeds nor --pydoc
+
+
+@pytest.mark.timeout(60)
+def test_pydoc_site_survives_a_dead_server_process():
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from lmforge.data.pydoc_site import PydocSite
+
+    with PydocSite() as site:
+        assert b"Disallow: /search?" in urllib.request.urlopen(site.url + "robots.txt", timeout=20).read()
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # runs unittest on import: refused
+            urllib.request.urlopen(site.url + "unittest.__main__.html", timeout=20)
+        procs = list(site.procs)
+        for p in procs:  # what the render watchdog does to a process stuck in an import
+            os.kill(p.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while site.restarts < len(procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert site.restarts == len(procs)
+        assert b"json" in urllib.request.urlopen(site.url + "json.html", timeout=30).read()
+        everything = procs + list(site.procs)
+    assert all(p.poll() is not None for p in everything)  # stopped: no server process left behind

@@ -12,7 +12,9 @@ kept out by robots.txt, and the process has no terminal: its output goes to /dev
 is a 404 (pydoc itself would send an error page with status 200). Connections are served by threads, but pages are
 rendered one at a time: pydoc imports modules as it goes, and two threads importing a package and its submodule at
 once saw each other's half-initialised modules (measured: 120 of 750 pages came back as errors with 4 fetchers).
-A render that waits longer than `RENDER_WAIT` seconds for its turn gets a 503 instead of hanging the client.
+A render that waits longer than `RENDER_WAIT` seconds for its turn gets a 503 instead of hanging the client, and a
+render that runs longer than `RENDER_LIMIT` seconds (an import that never returns) ends its server process: its
+client sees a closed connection, and `PydocSite` starts a fresh process on the same port, so the crawl goes on.
 
 This file runs without lmforge importable (the server process sees only the standard library).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 # import). A page is refused when any dotted component of its module name is in this set or starts with "test".
 DENIED_COMPONENTS = {"__main__", "antigravity", "this", "idlelib", "turtledemo", "idle_test", "tests"}
 RENDER_WAIT = 60.0
+RENDER_LIMIT = 30.0
 ROBOTS_TXT = """# lmforge's pydoc site: search results are generated pages and the excluded modules run code on import.
 User-agent: *
 Disallow: /search?
@@ -74,6 +78,9 @@ class PydocSite:
         self.config = config or PydocSiteConfig()
         self.procs: list[subprocess.Popen] = []
         self.port: int | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -101,7 +108,9 @@ class PydocSite:
                 time.sleep(0.02)
         proc.stdout.close()
         if not line.startswith(b"PORT "):
-            self.stop()
+            proc.kill()
+            proc.wait()
+            self.procs.remove(proc)
             from lmforge.utils import LmforgeError
 
             raise LmforgeError(f"the pydoc site did not start on {self.config.host}:{port}")
@@ -109,13 +118,37 @@ class PydocSite:
 
     def start(self) -> "PydocSite":
         """Start the server processes: the first picks the port, the others share it (SO_REUSEPORT)."""
-        port = self._spawn(self.config.port)
-        for _ in range(max(1, self.config.processes) - 1):
-            self._spawn(port)
+        try:
+            port = self._spawn(self.config.port)
+            for _ in range(max(1, self.config.processes) - 1):
+                self._spawn(port)
+        except BaseException:
+            self.stop()
+            raise
         self.port = port
+        self._stopping.clear()
+        self._monitor = threading.Thread(target=self._respawn, name="pydoc-site-monitor", daemon=True)
+        self._monitor.start()
         return self
 
+    def _respawn(self) -> None:
+        """Replace server processes that ended (a page whose render hung past RENDER_LIMIT ends its process)."""
+        while not self._stopping.wait(0.5):
+            for proc in list(self.procs):
+                if proc.poll() is not None and not self._stopping.is_set() and self.port is not None:
+                    self.procs.remove(proc)
+                    try:
+                        self._spawn(self.port)
+                        self.restarts += 1
+                    except Exception:  # the port was taken meanwhile: the others keep serving, or none does and
+                        # the crawler's requests fail fast (connection refused) instead of hanging
+                        pass
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
+            self._monitor = None
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -140,9 +173,18 @@ def _serve(host: str, port: int) -> None:
     import http.server
     import pydoc
     import signal
-    import threading
 
     render_lock = threading.Lock()
+    render_started = [0.0]  # when the render in progress began; 0 when none
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(1.0)
+            t = render_started[0]
+            if t and time.monotonic() - t > RENDER_LIMIT:
+                os._exit(3)  # a hung import cannot be interrupted; PydocSite starts a fresh process
+
+    threading.Thread(target=watchdog, daemon=True).start()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "lmforge-pydoc-site"
@@ -170,11 +212,13 @@ def _serve(host: str, port: int) -> None:
                 return self.send_page(200, css.encode("utf-8"), "text/css; charset=utf-8")
             if not render_lock.acquire(timeout=RENDER_WAIT):
                 return self.send_page(503, b"<html><body>busy</body></html>", "text/html; charset=utf-8")
+            render_started[0] = time.monotonic()
             try:
                 page = pydoc._url_handler(path, "text/html")
             except BaseException:  # a module may even call sys.exit on import; the server must go on
                 page = "<title>Pydoc: Error - </title>"
             finally:
+                render_started[0] = 0.0
                 render_lock.release()
             status = 404 if "<title>Pydoc: Error - " in page[:400] else 200
             self.send_page(status, page.encode("utf-8", "surrogateescape"), "text/html; charset=utf-8")
