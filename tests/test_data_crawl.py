@@ -220,3 +220,26 @@ def test_pydoc_site_survives_a_dead_server_process():
         assert b"json" in urllib.request.urlopen(site.url + "json.html", timeout=30).read()
         everything = procs + list(site.procs)
     assert all(p.poll() is not None for p in everything)  # stopped: no server process left behind
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_saves_everything_and_resumes(site, tmp_path, monkeypatch):
+    import signal
+
+    crawl(_cfg(site, tmp_path / "ref"))
+    reference = _paths(tmp_path / "ref")
+    real_write = crawl_mod.WarcFiles.write
+    calls = {"n": 0}
+
+    def write_then_ctrl_c(self, fetched):
+        real_write(self, fetched)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(crawl_mod.WarcFiles, "write", write_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        crawl(_cfg(site, tmp_path / "b", checkpoint_pages=100))
+    assert _paths(tmp_path / "b") == reference[:4]  # the open file was closed, not lost
+    crawl(_cfg(site, tmp_path / "b", checkpoint_pages=100))
+    assert _paths(tmp_path / "b") == reference

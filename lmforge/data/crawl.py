@@ -12,7 +12,8 @@ from the frontier, so the pages found and the order they are found in do not dep
 `checkpoint_pages` pages the current WARC file is closed (written under a hidden temporary name, renamed when
 complete) and then the state (frontier, seen-set, counters, next file number) is saved atomically. A crawl that
 dies loses only the temporary file of pages after the last checkpoint; on restart those pages are fetched again
-and no page is archived twice. Ctrl-C closes the current file and saves the state before it stops.
+and no page is archived twice. Ctrl-C (when the crawl runs in the main thread) stops between two pages, closes the
+current file and saves the state, so nothing fetched is lost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import io
 import os
 import posixpath
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -552,8 +554,16 @@ class Crawler:
         bar = tqdm(total=cfg.max_pages, initial=state.pages, unit="page", desc="crawl", disable=not cfg.progress,
                    dynamic_ncols=True)
         pool = cf.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fetch")
+        # Ctrl-C only sets a flag, looked at between two pages: the state saved then is exactly consistent.
+        interrupted = threading.Event()
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         try:
             while True:
+                if interrupted.is_set():
+                    self._save_state(state, frontier, seen, warcs, [(u, dep) for u, dep, _ in inflight])
+                    raise KeyboardInterrupt
                 # Hand out URLs: at most 2x workers outstanding, never more than the pages still wanted.
                 now = time.monotonic()
                 while (len(inflight) < 2 * cfg.workers and state.pages + len(inflight) < cfg.max_pages):
@@ -572,11 +582,11 @@ class Crawler:
                     continue
                 # Process results strictly in hand-out order (determinism), as far as they are done. Wake up early
                 # only if a host's delay is all that keeps a URL from being handed out.
-                wait_for = None
+                wait_for = 0.5  # at the latest, to look at the interrupt flag
                 if frontier and len(inflight) < 2 * cfg.workers and state.pages + len(inflight) < cfg.max_pages:
-                    wait_for = max(0.001, frontier.next_ready_time(host_next) - time.monotonic())
+                    wait_for = min(wait_for, max(0.001, frontier.next_ready_time(host_next) - time.monotonic()))
                 cf.wait([inflight[0][2]], timeout=wait_for)
-                while inflight and inflight[0][2].done():
+                while inflight and inflight[0][2].done() and not interrupted.is_set():
                     _, _, fut = inflight.popleft()
                     added = self._process(fut.result(), state, frontier, seen, warcs)
                     if added:
@@ -589,16 +599,12 @@ class Crawler:
                 bar.set_postfix_str(f"{human_bytes(state.html_bytes)} queued={len(frontier)}", refresh=False)
             state.finished = not frontier and not inflight
             self._save_state(state, frontier, seen, warcs, [])
-        except KeyboardInterrupt:
-            pending = [(u, dep) for u, dep, _ in inflight]
-            for _, _, fut in inflight:
-                fut.cancel()
-            self._save_state(state, frontier, seen, warcs, pending)
-            raise
         except BaseException:
-            warcs.abandon()
+            warcs.abandon()  # no-op after an interrupt (the state and file were saved); else back to the checkpoint
             raise
         finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
             pool.shutdown(wait=True, cancel_futures=True)
             fetcher.close()
             bar.close()
