@@ -19,7 +19,7 @@ def token_label(tok: Any, token_id: int) -> str:
     return f"'{shown}'"
 
 
-def format_candidates(tok: Any, cands: list[tuple[int, float]], width: int = 14) -> str:
+def format_candidates(tok: Any, cands: list[tuple[int, float]], width: int = 16) -> str:
     return "  ".join(f"{token_label(tok, t)[:width]:>{width}} {p:6.1%}" for t, p in cands)
 
 

@@ -27,13 +27,14 @@ the same static step runs (uncompiled) in the CPU tests, so the compiled path co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from lmforge.inference.sampling import SamplingParams, next_token_logprobs, sample
-from lmforge.model import GPT, KVCache, apply_rope
+from lmforge.model import GPT, KVCache, RMSNorm, apply_rope
 from lmforge.utils import LmforgeError
 
 END_TOKENS = ("<|end|>", "<|bos|>")  # a chat turn ends with <|end|>; a base model starts a new document with <|bos|>
@@ -103,6 +104,7 @@ class GenerationSession:
         self.pos = torch.zeros(self.batch, dtype=torch.long, device=self.device)  # next position of each row
         self.holes = False  # whether any cache slot so far is padding (then attention needs a mask)
         self.logits = torch.zeros(self.batch, model.config.vocab_size, device=self.device)
+        self.plan = engine.layer_plan()
         self._feed([list(p) for p in prompts])
         n = params.n
         if n > 1:  # one prefill per prompt, then each prompt's cache is copied for its n samples
@@ -292,6 +294,16 @@ class GenerationSession:
         T = max(len(f) for f in feeds)
         cache = self.cache
         s = cache.length
+        if T == 1 and all(feeds):  # the decode step: one token per row, no padding to mark
+            tokens = torch.tensor(feeds, device=self.device)
+            pos_ids = self.pos[:, None]
+            if self.engine.static_decode:
+                self.logits = self._decode_static(tokens, pos_ids).float()
+            else:
+                self.logits = self.engine.forward(tokens, pos_ids, cache, self._mask(1), self.plan).float()
+            cache.length += 1
+            self.pos += 1
+            return
         lengths = torch.tensor([len(f) for f in feeds], device=self.device)
         tokens = torch.tensor([[0] * (T - len(f)) + f for f in feeds], device=self.device)
         ragged = bool((lengths != T).any())
@@ -299,15 +311,11 @@ class GenerationSession:
         real = offsets >= 0
         # Positions: a row's next position plus its offset; padding borrows a valid position it never uses.
         pos_ids = self.pos[:, None] + offsets.clamp(min=0)
-        if ragged:
+        if ragged:  # slots start out valid; only padding needs marking
             cache.valid[:, s:s + T] = real
             self.holes = True
-        else:
-            cache.valid[:, s:s + T] = True
-        if T == 1 and self.engine.static_decode and not ragged:
-            logits = self._decode_static(tokens, pos_ids)
-        else:
-            logits = self.engine.forward(tokens, pos_ids, cache, self._mask(T) if self.holes or s > 0 else None)
+        logits = self.engine.forward(tokens, pos_ids, cache, self._mask(T) if self.holes or s > 0 else None,
+                                     self.plan)
         cache.length += T
         fed = lengths > 0
         self.logits = torch.where(fed[:, None], logits.float(), self.logits)
@@ -335,7 +343,7 @@ class GenerationSession:
             self._slots = torch.arange(cache.max_len, device=self.device)
         self._static_slot.fill_(cache.length)
         mask = (cache.valid & (self._slots <= cache.length))[:, None, None, :]
-        return self.engine.decode_step(tokens, pos_ids, cache, mask, self._static_slot)
+        return self.engine.decode_step(tokens, pos_ids, cache, mask, self._static_slot, self.plan)
 
 
 class Engine:
@@ -438,45 +446,76 @@ class Engine:
             return x + m.pos_emb(pos_ids), None
         return x, (m.rope_cos[pos_ids][:, None].to(x.dtype), m.rope_sin[pos_ids][:, None].to(x.dtype))
 
+    def layer_plan(self) -> list[tuple]:
+        """Per layer, the callables and weights the loop needs, looked up once per session rather than through
+        module attributes at every step. RMSNorm and SwiGLU run as direct functional calls (a module call costs
+        several microseconds of Python, and a tiny model's decode step is hundreds of such calls); other choices
+        run through their modules. Parameters are read now, so a session sees the weights as they are when it
+        opens (RL updates between sessions are picked up)."""
+        plan = []
+        for block in self.model.layers:
+            a = block.attn
+            plan.append((_norm_fn(block.attn_norm), a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight,
+                         a.q_norm, a.k_norm, _norm_fn(block.mlp_norm), _mlp_fn(block.mlp),
+                         a.n_head, a.n_kv_head, a.head_dim))
+        return plan
+
     def _layers(self, x: torch.Tensor, rope: Any, cache: KVCache, mask: torch.Tensor | None, causal: bool,
-                slot: torch.Tensor | None) -> torch.Tensor:
+                slot: torch.Tensor | None, plan: list[tuple]) -> torch.Tensor:
         B, T, _ = x.shape
         s = cache.length
-        for i, block in enumerate(self.model.layers):
-            a = block.attn
-            h = block.attn_norm(x)
-            q = a.wq(h).view(B, T, a.n_head, a.head_dim).transpose(1, 2)
-            k = a.wk(h).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
-            v = a.wv(h).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
-            if a.q_norm is not None:
-                q, k = a.q_norm(q), a.k_norm(k)
+        linear, sdpa = F.linear, F.scaled_dot_product_attention
+        for i, (attn_norm, wq, wk, wv, wo, q_norm, k_norm, mlp_norm, mlp, nh, nkv, hd) in enumerate(plan):
+            h = attn_norm(x)
+            q = linear(h, wq).view(B, T, nh, hd).transpose(1, 2)
+            k = linear(h, wk).view(B, T, nkv, hd).transpose(1, 2)
+            v = linear(h, wv).view(B, T, nkv, hd).transpose(1, 2)
+            if q_norm is not None:
+                q, k = q_norm(q), k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            kc, vc = cache.k[i], cache.v[i]
             if slot is None:
-                cache.k[i][:, :, s:s + T] = k
-                cache.v[i][:, :, s:s + T] = v
-                keys, values = cache.k[i][:, :, :s + T], cache.v[i][:, :, :s + T]
+                kc[:, :, s:s + T] = k
+                vc[:, :, s:s + T] = v
+                keys, values = kc[:, :, :s + T], vc[:, :, :s + T]
             else:
-                cache.k[i].index_copy_(2, slot, k)
-                cache.v[i].index_copy_(2, slot, v)
-                keys, values = cache.k[i], cache.v[i]
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
-                                               enable_gqa=a.n_kv_head != a.n_head)
-            x = x + a.wo(y.transpose(1, 2).reshape(B, T, a.n_head * a.head_dim))
-            x = x + block.mlp(block.mlp_norm(x))
+                kc.index_copy_(2, slot, k)
+                vc.index_copy_(2, slot, v)
+                keys, values = kc, vc
+            y = sdpa(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=nkv != nh)
+            x = x + linear(y.transpose(1, 2).reshape(B, T, nh * hd), wo)
+            x = x + mlp(mlp_norm(x))
         return self.model.lm_head(self.model.norm(x[:, -1]))
 
-    def forward(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None,
+                plan: list[tuple]) -> torch.Tensor:
         """Logits (B, V) of the last of T new tokens written after the cache's filled slots.
 
         mask None means either a fresh causal prefill (no padding, empty cache) or one new position that sees every
         cached slot."""
         x, rope = self._embed(tokens, pos_ids)
         causal = mask is None and tokens.size(1) > 1
-        return self._layers(x, rope, cache, mask, causal, None)
+        return self._layers(x, rope, cache, mask, causal, None, plan)
 
     def _forward_static(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, mask: torch.Tensor,
-                        slot: torch.Tensor) -> torch.Tensor:
+                        slot: torch.Tensor, plan: list[tuple]) -> torch.Tensor:
         x, rope = self._embed(tokens, pos_ids)
-        return self._layers(x, rope, cache, mask, False, slot)
+        return self._layers(x, rope, cache, mask, False, slot, plan)
+
+
+def _norm_fn(norm: torch.nn.Module) -> Any:
+    if isinstance(norm, RMSNorm):
+        return partial(F.rms_norm, normalized_shape=(norm.weight.numel(),), weight=norm.weight, eps=norm.eps)
+    return norm
+
+
+def _mlp_fn(mlp: torch.nn.Module) -> Any:
+    if mlp.kind != "swiglu":
+        return mlp
+    w_gate, w_up, w_down = mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight
+
+    def swiglu(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+    return swiglu
