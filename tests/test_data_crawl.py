@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import http.server
 import threading
+import time
 
 import pytest
 from warcio.archiveiterator import ArchiveIterator
@@ -44,6 +45,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests[self.path] += 1  # type: ignore[attr-defined]
+        self.server.times.append((time.monotonic(), self.path))  # type: ignore[attr-defined]
         if self.path == "/old":
             self.send_response(301)
             self.send_header("Location", "/target.html")
@@ -66,6 +68,7 @@ def site():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.requests = collections.Counter()  # type: ignore[attr-defined]
+    server.times = []  # type: ignore[attr-defined]
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield server
@@ -125,6 +128,17 @@ def test_crawl_follows_links_honours_robots_scope_and_types(site, tmp_path):
 def test_max_pages_is_breadth_first_and_deterministic(site, tmp_path):
     crawl(_cfg(site, tmp_path / "c", max_pages=3))
     assert _paths(tmp_path / "c") == ["/", "/a.html", "/b.html"]
+    crawl(_cfg(site, tmp_path / "d", max_depth=1))
+    assert _paths(tmp_path / "d") == ["/", "/a.html", "/b.html", "/target.html"]  # /old redirects at depth 1
+
+
+@pytest.mark.timeout(60)
+def test_politeness_delay_between_requests_to_a_host(site, tmp_path):
+    crawl(_cfg(site, tmp_path / "c", max_pages=5, delay=0.15, workers=4))
+    starts = [t for t, path in site.times if path != "/robots.txt"]
+    assert len(starts) >= 5  # 5 pages, and the PDF, the redirect, ... that were fetched but not kept
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.14, gaps  # four fetchers, yet one request per 0.15 s to this host, redirects included
 
 
 @pytest.mark.timeout(60)

@@ -412,46 +412,36 @@ class _Robots:
         return float(d) if d else 0.0
 
 
+Item = tuple[str, int, int]  # a frontier entry: URL, links followed from a seed, redirects followed to reach it
+
+
 @dataclass
 class _Result:
-    url: str
-    depth: int
+    item: Item
     fetched: Fetched | None = None
-    final_url: str | None = None
-    outcome: str = "fetched"  # or a skip reason
-    redirects: int = 0
+    outcome: str = "fetched"  # "redirect" or a skip reason
+    location: str | None = None  # a redirect's normalised target
 
 
-def _fetch_task(url: str, depth: int, cfg: CrawlConfig, fetcher: Fetcher, robots: _Robots,
-                in_scope) -> _Result:
-    """Fetch one frontier URL in a worker thread, following redirects within scope and robots.txt."""
-    current = url
-    hops = 0
-    while True:
-        if cfg.respect_robots and not robots.allowed(current, ROBOTS_AGENT):
-            return _Result(url, depth, outcome="robots", final_url=current, redirects=hops)
-        try:
-            f = fetcher.get(current)
-        except _TooLarge:
-            return _Result(url, depth, outcome="too_large", final_url=current, redirects=hops)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            kind = "timeout" if isinstance(e, (socket.timeout, TimeoutError)) else "error"
-            return _Result(url, depth, outcome=kind, final_url=current, redirects=hops)
-        if 300 <= f.status < 400 and f.header("location"):
-            nxt = normalize_url(f.header("location"), current)
-            hops += 1
-            if nxt is None or not in_scope(nxt):
-                return _Result(url, depth, outcome="off_scope", final_url=nxt or current, redirects=hops)
-            if hops > cfg.max_redirects:
-                return _Result(url, depth, outcome="too_many_redirects", final_url=nxt, redirects=hops)
-            current = nxt
-            continue
-        if not 200 <= f.status < 300:
-            return _Result(url, depth, fetched=f, outcome=f"http_{f.status}", final_url=current, redirects=hops)
-        ctype = f.header("content-type").split(";", 1)[0].strip().lower()
-        if ctype not in HTML_TYPES:
-            return _Result(url, depth, outcome="non_html", final_url=current, redirects=hops)
-        return _Result(url, depth, fetched=f, final_url=current, redirects=hops)
+def _fetch_task(item: Item, cfg: CrawlConfig, fetcher: Fetcher, robots: _Robots) -> _Result:
+    """Fetch one frontier URL in a worker thread. A redirect is not followed here: its target goes back to the
+    frontier, so that its request too waits for the host's delay and its hops are counted."""
+    url = item[0]
+    if cfg.respect_robots and not robots.allowed(url, ROBOTS_AGENT):
+        return _Result(item, outcome="robots")
+    try:
+        f = fetcher.get(url)
+    except _TooLarge:
+        return _Result(item, outcome="too_large")
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return _Result(item, outcome="timeout" if isinstance(e, (socket.timeout, TimeoutError)) else "error")
+    if 300 <= f.status < 400 and f.header("location"):
+        return _Result(item, outcome="redirect", location=normalize_url(f.header("location"), url))
+    if not 200 <= f.status < 300:
+        return _Result(item, outcome=f"http_{f.status}")
+    if f.header("content-type").split(";", 1)[0].strip().lower() not in HTML_TYPES:
+        return _Result(item, outcome="non_html")
+    return _Result(item, fetched=f)
 
 
 @dataclass
@@ -460,7 +450,7 @@ class CrawlState:
 
     seeds: list[str]
     allowed_hosts: list[str]
-    frontier: list[tuple[str, int]] = field(default_factory=list)
+    frontier: list[Item] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     pages: int = 0
@@ -496,7 +486,7 @@ class Crawler:
         path = self.out / STATE_FILE
         if not path.is_file():
             return CrawlState(seeds=self.seeds, allowed_hosts=sorted(self.allowed),
-                              frontier=[(s, 0) for s in dict.fromkeys(self.seeds)],
+                              frontier=[(s, 0, 0) for s in dict.fromkeys(self.seeds)],
                               seen=list(dict.fromkeys(seen_key(s) for s in self.seeds)))
         d = read_json(path, "crawl state")
         try:
@@ -506,7 +496,7 @@ class Crawler:
         if state.seeds != self.seeds or sorted(state.allowed_hosts) != sorted(self.allowed):
             raise LmforgeError(f"{self.out} holds a crawl of other seeds or hosts ({', '.join(state.seeds)}); "
                                "use another --out folder")
-        state.frontier = [(u, int(dep)) for u, dep in state.frontier]
+        state.frontier = [(u, int(dep), int(hops)) for u, dep, hops in state.frontier]
         return state
 
     def _clean_leftovers(self, state: CrawlState) -> None:
@@ -518,7 +508,7 @@ class Crawler:
                 f.unlink()
 
     def _save_state(self, state: CrawlState, frontier: "_Frontier", seen: set[str], warcs: WarcFiles,
-                    pending: list[tuple[str, int]]) -> None:
+                    pending: list[Item]) -> None:
         name = warcs.close()
         if name:
             state.files.append(name)
@@ -546,7 +536,7 @@ class Crawler:
         warcs = WarcFiles(self.out, cfg.warc_prefix, state.next_file, cfg.warc_max_bytes, {
             "software": "lmforge crawl", "format": "WARC File Format 1.1", "http-header-user-agent": cfg.user_agent,
             "robots": "obeyed" if cfg.respect_robots else "ignored", "isPartOf": ",".join(self.seeds)})
-        inflight: collections.deque[tuple[str, int, cf.Future]] = collections.deque()
+        inflight: collections.deque[tuple[Item, cf.Future]] = collections.deque()
         host_next: dict[str, float] = {}
         since_checkpoint = 0
         t0 = time.perf_counter()
@@ -562,7 +552,7 @@ class Crawler:
         try:
             while True:
                 if interrupted.is_set():
-                    self._save_state(state, frontier, seen, warcs, [(u, dep) for u, dep, _ in inflight])
+                    self._save_state(state, frontier, seen, warcs, [it for it, _ in inflight])
                     raise KeyboardInterrupt
                 # Hand out URLs: at most 2x workers outstanding, never more than the pages still wanted.
                 now = time.monotonic()
@@ -570,11 +560,9 @@ class Crawler:
                     item = frontier.pop_ready(host_next, now)
                     if item is None:
                         break
-                    url, depth = item
-                    host = url_host(url)
+                    host = url_host(item[0])
                     host_next[host] = now + max(cfg.delay, robots.delay(host, ROBOTS_AGENT))
-                    inflight.append((url, depth, pool.submit(_fetch_task, url, depth, cfg, fetcher, robots,
-                                                             self.in_scope)))
+                    inflight.append((item, pool.submit(_fetch_task, item, cfg, fetcher, robots)))
                 if not inflight:
                     if not frontier or state.pages >= cfg.max_pages:
                         break
@@ -585,16 +573,16 @@ class Crawler:
                 wait_for = 0.5  # at the latest, to look at the interrupt flag
                 if frontier and len(inflight) < 2 * cfg.workers and state.pages + len(inflight) < cfg.max_pages:
                     wait_for = min(wait_for, max(0.001, frontier.next_ready_time(host_next) - time.monotonic()))
-                cf.wait([inflight[0][2]], timeout=wait_for)
-                while inflight and inflight[0][2].done() and not interrupted.is_set():
-                    _, _, fut = inflight.popleft()
+                cf.wait([inflight[0][1]], timeout=wait_for)
+                while inflight and inflight[0][1].done() and not interrupted.is_set():
+                    _, fut = inflight.popleft()
                     added = self._process(fut.result(), state, frontier, seen, warcs)
                     if added:
                         bar.update(1)
                         since_checkpoint += 1
                         if since_checkpoint >= cfg.checkpoint_pages:
                             self._save_state(state, frontier, seen, warcs,
-                                             [(u, dep) for u, dep, _ in inflight])
+                                             [it for it, _ in inflight])
                             since_checkpoint = 0
                 bar.set_postfix_str(f"{human_bytes(state.html_bytes)} queued={len(frontier)}", refresh=False)
             state.finished = not frontier and not inflight
@@ -619,29 +607,35 @@ class Crawler:
 
     def _process(self, res: _Result, state: CrawlState, frontier: "_Frontier", seen: set[str],
                  warcs: WarcFiles) -> bool:
-        """Archive a fetched page and queue its new links; True if a page was archived."""
-        if res.redirects:
-            self.stats["redirects"] += res.redirects
+        """Archive a fetched page and queue its new links (or queue a redirect's target); True if a page was archived."""
+        url, depth, hops = res.item
+        if res.outcome == "redirect":
+            self.stats["redirects"] += 1
+            target = res.location
+            if target is None or not self.in_scope(target):
+                self.stats["off_scope"] += 1
+            elif hops + 1 > self.cfg.max_redirects:
+                self.stats["too_many_redirects"] += 1
+            elif seen_key(target) in seen:  # onto a page the crawl already has or will have
+                self.stats["duplicate_redirect"] += 1
+            else:
+                seen.add(seen_key(target))
+                frontier.add((target, depth, hops + 1))
+            return False
         if res.outcome != "fetched":
             self.stats[res.outcome] += 1
             return False
-        assert res.fetched is not None and res.final_url is not None
-        if res.final_url != res.url:
-            key = seen_key(res.final_url)
-            if key in seen:  # a redirect onto a page the crawl already has or will have
-                self.stats["duplicate_redirect"] += 1
-                return False
-            seen.add(key)
+        assert res.fetched is not None
         if state.pages >= self.cfg.max_pages:
             return False
         warcs.write(res.fetched)
         state.pages += 1
         state.html_bytes += len(res.fetched.body)
         self.stats["fetched"] += 1
-        if self.cfg.max_depth is not None and res.depth >= self.cfg.max_depth:
+        if self.cfg.max_depth is not None and depth >= self.cfg.max_depth:
             return True
         html, _ = decode_html(res.fetched.body, res.fetched.header("content-type"))
-        for link in extract_links(html or "", res.final_url):
+        for link in extract_links(html or "", url):
             key = seen_key(link)
             if key in seen:
                 continue
@@ -649,28 +643,28 @@ class Crawler:
             if not self.in_scope(link):
                 self.stats["off_scope"] += 1
                 continue
-            frontier.add(link, res.depth + 1)
+            frontier.add((link, depth + 1, 0))
         return True
 
 
 class _Frontier:
     """FIFO queues per host; URLs are handed out breadth-first, from whichever host may be asked next."""
 
-    def __init__(self, items: list[tuple[str, int]]):
-        self.queues: dict[str, collections.deque[tuple[str, int]]] = {}
-        for url, depth in items:
-            self.add(url, depth)
+    def __init__(self, items: list[Item]):
+        self.queues: dict[str, collections.deque[Item]] = {}
+        for item in items:
+            self.add(item)
 
-    def add(self, url: str, depth: int) -> None:
-        self.queues.setdefault(url_host(url), collections.deque()).append((url, depth))
+    def add(self, item: Item) -> None:
+        self.queues.setdefault(url_host(item[0]), collections.deque()).append(item)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def items(self) -> list[tuple[str, int]]:
+    def items(self) -> list[Item]:
         return [item for q in self.queues.values() for item in q]
 
-    def pop_ready(self, host_next: dict[str, float], now: float) -> tuple[str, int] | None:
+    def pop_ready(self, host_next: dict[str, float], now: float) -> Item | None:
         for host, q in self.queues.items():
             if host_next.get(host, 0.0) <= now:
                 item = q.popleft()
