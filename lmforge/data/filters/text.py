@@ -56,5 +56,18 @@ def punctuation_chars() -> frozenset[str]:
     return frozenset(chars)
 
 
+NO_BREAK_SPACES = ("\xa0", "\u2007", "\u202f")
+
+
+def plain_spaces(text: str) -> str:
+    """No-break spaces (`&nbsp;` and its narrow and figure variants) as plain spaces. Word splitters that split on
+    ASCII whitespace only (fastText, many tokenizers) would otherwise glue the words around them together.
+    `str.replace` per character, only when present: ~1000x faster than `str.translate` on long texts."""
+    for space in NO_BREAK_SPACES:
+        if space in text:
+            text = text.replace(space, " ")
+    return text
+
+
 def non_empty_lines(text: str) -> list[str]:
     return [line for line in text.split("\n") if line.strip()]
