@@ -157,12 +157,17 @@ def read_documents(paths: Iterable[str | os.PathLike] | str | os.PathLike, forma
                 break
             stats.seconds += time.perf_counter() - t0
             stats.docs_out += 1
-            stats.bytes_out += len(doc.text.encode("utf-8", "surrogatepass"))
+            stats.bytes_out += _utf8_len(doc.text)
             yield doc
             n += 1
             if limit is not None and n >= limit:
                 gen.close()
                 return
+
+
+def _utf8_len(text: str) -> int:
+    """UTF-8 size of a text without encoding it when it is ASCII (most HTML; the check is much cheaper)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _skip(stats: StepStats, reason: str, where: str, nbytes: int = 0) -> None:
@@ -550,9 +555,15 @@ def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str, str]:
     return data.decode("cp1252", "replace"), "cp1252"
 
 
+def _looks_binary(data: bytes) -> bool:
+    """NUL bytes in the first 64 KB: text in any 8-bit or multi-byte charset has none (UTF-16 is caught by its BOM)."""
+    head = data[:1 << 16]
+    return head.count(b"\x00") > max(8, len(head) // 100)
+
+
 def decode_html(body: bytes, content_type: str = "") -> tuple[str | None, str]:
     """Decode an HTML payload with the charset of its HTTP header or <meta>; None if it is binary, not text."""
-    if body.count(b"\x00") > max(8, len(body) // 100):
+    if _looks_binary(body):
         return None, "binary"
     m = _HEADER_CHARSET.search(content_type or "")
     declared = m.group(1) if m else None
@@ -670,7 +681,7 @@ def _read_text_file(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator
     is_html = name.endswith((".html", ".htm", ".xhtml"))
     if is_html:
         text, enc = decode_html(data)
-    elif data.count(b"\x00") > max(8, len(data) // 100):
+    elif _looks_binary(data):
         text, enc = None, "binary"
     else:
         text, enc = decode_bytes(data)
