@@ -126,6 +126,11 @@ def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     if not documents or not tokenizer_dir:
         raise LmforgeError("the tokenize stage needs results['data']['documents'] and results['tokenizer']['tokenizer_dir']")
     stats = tokenize_files(documents, tokenizer_dir, out / "shards", workers=ctx.threads)
+    report = ctx.results["data"].get("report")
+    if report:  # the data stage's report also tells how many tokens its documents made
+        from lmforge.data.report import add_tokens
+
+        add_tokens(Path(report).parent, stats)
     return {**stats, "shards_dir": str(out / "shards")}
 
 

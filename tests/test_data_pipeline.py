@@ -155,3 +155,23 @@ def test_fineweb_chain_on_real_pages(tmp_path, shared_data):
     assert set(report["languages"]) <= {"en"} and report["kept"]["documents"] <= english
     for doc in read_output_documents(tmp_path / "out" / "documents" / "00000.jsonl.gz"):
         assert "<div" not in doc.text and doc.metadata["language"] == "en"
+
+
+def test_cli_verbs(tmp_path, capsys):
+    from lmforge.cli import main
+
+    src = tmp_path / "in.jsonl.gz"
+    write_jsonl(src, [{"id": f"d{i}", "text": f"write to admin{i}@example.com or 10.0.0.{i} " * 5} for i in range(4)]
+                + [{"id": "copy", "text": "write to admin0@example.com or 10.0.0.0 " * 5}])
+    assert main(["data", "step", "pii", "--input", str(src), "--out", str(tmp_path / "pii"), "--workers", "1"]) == 0
+    texts = [d.text for d in read_output_documents(tmp_path / "pii" / "documents" / "00000.jsonl.gz")]
+    assert len(texts) == 5 and not any("admin" in t for t in texts)  # FineWeb's placeholder address instead
+    assert main(["data", "dedup", "--input", str(src), "--out", str(tmp_path / "dd"), "--no-minhash"]) == 0
+    assert len(list(read_output_documents(tmp_path / "dd" / "documents" / "00000.jsonl.gz"))) == 4
+    capsys.readouterr()
+    assert main(["data", "report", str(tmp_path / "dd")]) == 0
+    assert "exact_duplicate | 1 |" in capsys.readouterr().out
+    assert main(["data", "run", "--input", str(src), "--out", str(tmp_path / "x"), "--config", "nonesuch"]) == 2
+    assert "neither a file nor a built-in config" in capsys.readouterr().err
+    assert main(["data", "step", "pii", "--input", str(src), "--out", str(tmp_path / "y"), "--set", "colour=1"]) == 2
+    assert "colour" in capsys.readouterr().err

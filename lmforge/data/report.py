@@ -123,3 +123,12 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
     with atomic_write(out / "report.md") as f:
         f.write(to_markdown(report))
+
+
+def add_tokens(out: Path, token_stats: dict[str, Any]) -> None:
+    """Record the tokens written by a later, separate tokenize run (the speedrun's) in a run's report."""
+    from lmforge.utils import read_json
+
+    report = read_json(out / "report.json", "pipeline report")
+    report["tokens"] = token_stats
+    write_report(out, report)
