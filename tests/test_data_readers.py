@@ -235,3 +235,14 @@ def test_decode_html_charset_order():
     assert decode_html("<p>\u00e9</p>".encode(), "text/html; charset=nonsense")[1] == "utf-8"
     text, enc = decode_html(b'<meta http-equiv="Content-Type" content="text/html; charset=koi8-r">\xf0\xd2\xc9')
     assert enc == "koi8-r" and text.endswith("\u041f\u0440\u0438")
+
+
+def test_bad_header_and_long_garbage_in_plain_warc(dolma_members, tmp_path):
+    records = [gzip.decompress(m) for m in dolma_members]
+    k = next(i for i, r in enumerate(records) if b"WARC-Type: response" in r[:300] and i > 5)
+    bad = records[k].replace(b"Content-Length: ", b"Content-Length: x", 1)  # one record's length unreadable
+    filler = b"".join(b"noise line %d without any record marker\n" % i for i in range(40_000))  # > 1 MB
+    path = tmp_path / "bad.warc"
+    path.write_bytes(b"".join(records[:k]) + bad + filler + b"".join(records[k + 1:]))
+    docs, stats = _read(path)
+    assert len(docs) == 21 and dict(stats.dropped) == {"bad_warc_header": 1}

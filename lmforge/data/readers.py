@@ -327,6 +327,33 @@ def _parse_fields(block: bytes) -> dict[str, str]:
     return fields
 
 
+def _resync(buf: _Buffer, after_gap: bool) -> bool:
+    """Move to the next line that starts a WARC record, dropping what lies before it; False at the end of the stream.
+
+    Right after a gap the first bytes begin a new gzip member, which normally begins a record. Memory stays
+    bounded: bytes already searched are dropped, but for a short tail in case the marker straddles two chunks.
+    """
+    while True:
+        try:
+            if after_gap:
+                if len(buf.buf) - buf.pos < 5:
+                    if not buf.fill():
+                        return False
+                    continue
+                if buf.buf.startswith(b"WARC/", buf.pos):
+                    return True
+                after_gap = False
+            i = buf.buf.find(b"\nWARC/", buf.pos)
+            if i >= 0:
+                buf.pos = i + 1
+                return True
+            buf.pos = max(buf.pos, len(buf.buf) - 6)
+            if not buf.fill():
+                return False
+        except _Discontinuity:
+            after_gap = True
+
+
 def iter_warc_records(path: str | os.PathLike, stats: StepStats | None = None,
                       max_record_bytes: int = 20 << 20) -> Iterator[tuple[dict[str, str], bytes]]:
     """(WARC headers with lower-case names, record block) for every intact record of a WARC file.
@@ -337,8 +364,13 @@ def iter_warc_records(path: str | os.PathLike, stats: StepStats | None = None,
     stats = stats if stats is not None else StepStats("read")
     where = str(path)
     buf = _Buffer(_open_chunks(Path(path), stats))
+    lost = False  # the bytes at the current position are known to be damage already counted
     while True:
         try:
+            if lost:
+                lost = False
+                if not _resync(buf, after_gap=False):
+                    return
             # Skip the blank lines between records; anything else before "WARC/" is damage.
             while True:
                 while buf.pos < len(buf.buf) and buf.buf[buf.pos] in b"\r\n":
@@ -351,16 +383,14 @@ def iter_warc_records(path: str | os.PathLike, stats: StepStats | None = None,
                     return
             if not buf.buf.startswith(b"WARC/", buf.pos):
                 _skip(stats, "garbage_bytes", where)
-                i = buf.find(b"\nWARC/", 1 << 62)
-                if i < 0:
-                    return
-                buf.pos = i + 1
+                lost = True
                 continue
             end = buf.find(b"\r\n\r\n", 1 << 16)
             if end < 0:
                 if len(buf.buf) - buf.pos > 1 << 16:
                     _skip(stats, "bad_warc_header", where)
                     buf.pos += 5
+                    lost = True
                     continue
                 _skip(stats, "truncated_record", where)
                 return
@@ -372,6 +402,7 @@ def iter_warc_records(path: str | os.PathLike, stats: StepStats | None = None,
                     raise ValueError
             except ValueError:
                 _skip(stats, "bad_warc_header", headers.get("warc-record-id", where))
+                lost = True
                 continue
             if length > max_record_bytes:
                 _skip(stats, "too_large", headers.get("warc-target-uri") or where, length)
@@ -384,18 +415,9 @@ def iter_warc_records(path: str | os.PathLike, stats: StepStats | None = None,
                 return
             yield headers, block
         except _Discontinuity:  # the byte source has already counted the gap (and the record it cut)
-            # Resynchronise on the next record start after the gap.
-            try:
-                while True:
-                    if not buf.fill():
-                        return
-                    i = buf.buf.find(b"WARC/")
-                    if i >= 0 and (i == 0 or buf.buf[i - 1:i] == b"\n"):
-                        buf.pos = i
-                        break
-                    buf.pos = len(buf.buf)
-            except _Discontinuity:
-                continue
+            lost = False
+            if not _resync(buf, after_gap=True):
+                return
 
 
 def _dechunk(body: bytes) -> bytes | None:
