@@ -136,6 +136,16 @@ class TrainStats:
     stopped_early: bool = False  # the corpus ran out of pairs before the requested vocabulary size
 
 
+def _char(token_id: int) -> str:
+    """A token id as one character (skipping the surrogate block), so a chunk is a `str` of tokens."""
+    return chr(token_id if token_id < 0xD800 else token_id + 0x800)
+
+
+def _id(ch: str) -> int:
+    o = ord(ch)
+    return o if o < 0xD800 else o - 0x800
+
+
 def learn_merges(
     chunk_counts: Counter,
     num_tokens: int,
@@ -147,6 +157,12 @@ def learn_merges(
 
     Returns `(a, b, new_id)` in the order learned, with ids in byte-value space (id = byte for the 256 base
     tokens, new ids 256, 257, ... in order of creation). Stops early if no pair is left.
+
+    Representation (what makes plain Python fast enough): a chunk is a `str` whose characters are token ids
+    (`_char`), and a pair is the 2-character string of its two tokens. Applying a merge to a chunk is then
+    `str.replace(pair, new)`, which is left to right and non-overlapping exactly like BPE, and finding merge sites
+    is `str.find`; both run in C. Comparing pair strings compares `(a, b)` by id, so the heap's tie-break is the
+    smallest pair, as in `tokenizers` and `rustbpe`.
     """
     from tqdm import tqdm
 
@@ -157,8 +173,9 @@ def learn_merges(
     order = list(range(256)) if byte_order == "bytes" else hf_byte_order()
     to_internal = bytes(order.index(b) for b in range(256)) if byte_order == "hf" else None
 
-    # 1. the chunks as lists of internal ids, with their counts (single-byte chunks can never be merged)
-    words: list[list[int]] = []
+    # 1. the chunks as strings of internal ids (latin-1 maps byte b to chr(b)), with their counts;
+    # single-byte chunks can never be merged
+    words: list[str] = []
     counts: list[int] = []
     for chunk, c in chunk_counts.items():
         stats.total_chunks += c
@@ -167,15 +184,16 @@ def learn_merges(
             continue
         if to_internal is not None:
             data = data.translate(to_internal)
-        words.append(list(data))
+        words.append(data.decode("latin-1"))
         counts.append(c)
     stats.unique_chunks = len(chunk_counts)
 
     # 2. initial pair counts and the chunks where each pair occurs
-    pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
-    where: defaultdict[tuple[int, int], list[int]] = defaultdict(list)
+    pair_counts: defaultdict[str, int] = defaultdict(int)
+    where: defaultdict[str, list[int]] = defaultdict(list)
     for wi, (w, c) in enumerate(zip(words, counts)):
-        for pair in zip(w, w[1:]):
+        for i in range(len(w) - 1):
+            pair = w[i : i + 2]
             pair_counts[pair] += c
             where[pair].append(wi)
 
@@ -202,10 +220,12 @@ def learn_merges(
         if current <= 0:
             stats.stopped_early = True
             break
-        a, b = pair
+        A, B = pair
+        a, b = _id(A), _id(B)
         merged = token_bytes[a] + token_bytes[b]
         new_id = bytes_to_id.get(merged)
-        if new_id is None:
+        fresh = new_id is None
+        if fresh:
             new_id = len(token_bytes)
             token_bytes.append(merged)
             bytes_to_id[merged] = new_id
@@ -213,36 +233,47 @@ def learn_merges(
         else:
             stats.reused_ids += 1
         merges.append((a, b, new_id))
+        N = _char(new_id)
 
-        new_pairs: set[tuple[int, int]] = set()
+        # Rewrite each chunk that may hold the pair and update only the counts next to each merge site, read in
+        # the rewritten chunk `nw`: a site's left neighbour L gives (L, A) -> (L, N), its right neighbour R gives
+        # (B, R) -> (N, R). Two adjacent sites (`A B A B` -> `N N`) share one neighbour pair: the old (B, A) goes
+        # once and (N, N) comes once, so the left side is skipped when L is itself a site.
+        new_pairs: set[str] = set()
         for wi in set(where.pop(pair)):
             w = words[wi]
-            n = len(w)
-            out: list[int] = []
-            i = 0
-            changed = False
-            while i < n:
-                if w[i] == a and i + 1 < n and w[i + 1] == b:
-                    out.append(new_id)
-                    i += 2
-                    changed = True
-                else:
-                    out.append(w[i])
-                    i += 1
-            if not changed:  # a stale entry of `where`: the pair left this chunk in an earlier merge
+            if pair not in w:  # a stale entry: an earlier merge took the pair out of this chunk
                 continue
             c = counts[wi]
-            for p in zip(w, w[1:]):
-                pair_counts[p] -= c
-            for p in zip(out, out[1:]):
-                pair_counts[p] += c
-                if p[0] == new_id or p[1] == new_id:
+            nw = w.replace(pair, N)
+            words[wi] = nw
+            if not fresh:  # N may also stand in the chunk already: recount the chunk's pairs instead
+                _recount(w, nw, c, N, pair_counts, where, new_pairs, wi)
+                continue
+            last = len(nw) - 1
+            k = nw.find(N)
+            while k >= 0:
+                if k > 0:
+                    L = nw[k - 1]
+                    if L != N:
+                        pair_counts[L + A] -= c
+                        p = L + N
+                        pair_counts[p] += c
+                        new_pairs.add(p)
+                        where[p].append(wi)
+                if k < last:
+                    R = nw[k + 1]
+                    pair_counts[B + (A if R == N else R)] -= c
+                    p = N + R
+                    pair_counts[p] += c
                     new_pairs.add(p)
                     where[p].append(wi)
-            words[wi] = out
+                k = nw.find(N, k + 1)
         pair_counts.pop(pair, None)
-        for p in sorted(new_pairs):
-            heapq.heappush(heap, (-pair_counts[p], p))
+        for p in new_pairs:
+            count = pair_counts[p]
+            if count > 0:
+                heapq.heappush(heap, (-count, p))
     bar.close()
     stats.merges = len(merges)
 
@@ -253,3 +284,16 @@ def learn_merges(
         return order[i] if i < 256 else i
 
     return [(ext(a), ext(b), n) for a, b, n in merges]
+
+
+def _recount(old: str, new: str, c: int, N: str, pair_counts: dict, where: dict, new_pairs: set, wi: int) -> None:
+    """Exact pair-count update of one chunk by recounting all its pairs (used when the merged token's id was
+    reused, so the new token may already stand in the chunk and the neighbour rule cannot find the sites)."""
+    for i in range(len(old) - 1):
+        pair_counts[old[i : i + 2]] -= c
+    for i in range(len(new) - 1):
+        p = new[i : i + 2]
+        pair_counts[p] += c
+        if N in p:
+            new_pairs.add(p)
+            where[p].append(wi)

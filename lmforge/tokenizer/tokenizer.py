@@ -146,6 +146,7 @@ class Tokenizer:
         self.special_tokens: dict[str, int] = {name: len(vocab) + i for i, name in enumerate(SPECIAL_TOKENS)}
         self._id_to_special = {i: name.encode("utf-8") for name, i in self.special_tokens.items()}
         self._enc: tiktoken.Encoding | None = None
+        self._core = None  # the Encoding's Rust CoreBPE, set on first encode
         self._reference: ReferenceEncoder | None = None
 
     # ----------------------------------------------------------------------------------------------- training
@@ -231,6 +232,10 @@ class Tokenizer:
             )
         return self._enc
 
+    def _build_core(self):
+        self._core = self.encoding._core_bpe
+        return self._core
+
     def reference(self) -> ReferenceEncoder:
         """The pure-Python encoder (the specification); slow, for tests and reading."""
         if self._reference is None:
@@ -250,11 +255,13 @@ class Tokenizer:
         """Token ids of `text`. Special-token strings are ordinary text unless listed in `allowed_special`
         (names such as `{"<|user|>"}`, or `"all"`): user text can never forge a special token by default."""
         allowed = self._allowed(allowed_special) if allowed_special else frozenset()
-        if not text.isascii() and SURROGATES.search(text):
+        # tiktoken's Rust core directly: no per-call Python checks; it refuses a str holding lone surrogates
+        # (not valid UTF-8), which then take the slow path. (tiktoken's public wrapper would replace them.)
+        core = self._core if self._core is not None else self._build_core()
+        try:
+            return core.encode(text, allowed) if allowed else core.encode_ordinary(text)
+        except UnicodeEncodeError:
             return self._encode_with_surrogates(text, allowed)
-        if allowed:
-            return self.encoding.encode(text, allowed_special=allowed, disallowed_special=())
-        return self.encoding.encode_ordinary(text)
 
     def _encode_with_surrogates(self, text: str, allowed: frozenset[str]) -> list[int]:
         # Lone surrogates are hard cuts that become their 3 surrogatepass bytes (see reference.py, rule 2).
