@@ -160,6 +160,19 @@ def stage_pretrain(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 PRETRAIN_STEPS = 1000
 
 
+def stage_sample(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """Sample from the base model: the next-token probabilities of the first steps of one prompt, then a few
+    continuations of several prompts (saved in `samples.txt`/`samples.json`); export the Hugging Face folder and
+    the GGUF file into the stage folder and check that transformers gives the same logits."""
+    from lmforge.inference.stage import run_sample_stage
+    from lmforge.utils import LmforgeError
+
+    checkpoint = ctx.results.get("pretrain", {}).get("checkpoint")
+    if not checkpoint:
+        raise LmforgeError("the sample stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    return run_sample_stage(checkpoint, out, quick=ctx.quick, seed=ctx.seed)
+
+
 def stage_export(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """The model as two files: export the parameter file (fp32, and int8 at a quarter of the size), build
     runner/run.c with the system C compiler, and let it continue a prompt from each file."""
@@ -195,6 +208,7 @@ STAGES: list[Stage] = [
     Stage("tokenizer", stage_tokenizer),
     Stage("tokenize", stage_tokenize),
     Stage("pretrain", stage_pretrain),
+    Stage("sample", stage_sample),
     Stage("export", stage_export),
 ]
 

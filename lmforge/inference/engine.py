@@ -37,7 +37,8 @@ from lmforge.inference.sampling import SamplingParams, next_token_logprobs, samp
 from lmforge.model import GPT, KVCache, RMSNorm, apply_rope
 from lmforge.utils import LmforgeError
 
-END_TOKENS = ("<|end|>", "<|bos|>")  # a chat turn ends with <|end|>; a base model starts a new document with <|bos|>
+END_TOKENS = ("<|end|>", "<|bos|>")
+FUSE_MAX_BYTES = 64 << 20  # fuse projections of models whose layers hold at most this much (see Engine.layer_plan)  # a chat turn ends with <|end|>; a base model starts a new document with <|bos|>
 
 
 @dataclass
@@ -85,6 +86,10 @@ class GenerationSession:
     def __init__(self, engine: "Engine", prompts: list[list[int]], params: SamplingParams, max_len: int) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise LmforgeError("every prompt needs at least one token (start it with <|bos|>)")
+        vocab = engine.model.config.vocab_size
+        bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+        if bad:
+            raise LmforgeError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
         longest = max(len(p) for p in prompts)
         if longest >= max_len:
             raise LmforgeError(f"prompt of {longest} tokens leaves no room in a context of {max_len}; shorten it")
@@ -298,7 +303,8 @@ class GenerationSession:
             tokens = torch.tensor(feeds, device=self.device)
             pos_ids = self.pos[:, None]
             if self.engine.static_decode:
-                self.logits = self._decode_static(tokens, pos_ids).float()
+                # a copy: a replayed CUDA graph overwrites its output buffer at the next step
+                self.logits = self._decode_static(tokens, pos_ids).to(torch.float32, copy=True)
             else:
                 self.logits = self.engine.forward(tokens, pos_ids, cache, self._mask(1), self.plan).float()
             cache.length += 1
@@ -348,7 +354,12 @@ class GenerationSession:
 
 class Engine:
     """A model (and optionally its tokenizer) ready to generate. Build with `Engine(model, tok)` or
-    `Engine.from_checkpoint(path)`."""
+    `Engine.from_checkpoint(path)`.
+
+    compile: run decode steps with static shapes (see the module docstring); on CUDA they are also compiled with
+    `torch.compile(mode="reduce-overhead")` (CUDA graphs). Default: on for CUDA, off on CPU, where the dynamic step
+    is faster; True on CPU runs the static step uncompiled, which is how the tests check it.
+    """
 
     def __init__(self, model: GPT, tokenizer: Any = None, compile: bool | None = None) -> None:
         self.model = model.eval()
@@ -357,6 +368,8 @@ class Engine:
         self.dtype = param.dtype
         cuda = param.device.type == "cuda"
         self.static_decode = cuda if compile is None else compile
+        self._plan_key: tuple | None = None
+        self._plan: list[tuple] = []
         self.decode_step = self._forward_static
         if self.static_decode and cuda:
             # Static shapes per batch size, so one compilation per batch size, replayed as a CUDA graph.
@@ -448,16 +461,25 @@ class Engine:
 
     def layer_plan(self) -> list[tuple]:
         """Per layer, the callables and weights the loop needs, looked up once per session rather than through
-        module attributes at every step. RMSNorm and SwiGLU run as direct functional calls (a module call costs
-        several microseconds of Python, and a tiny model's decode step is hundreds of such calls); other choices
-        run through their modules. Parameters are read now, so a session sees the weights as they are when it
-        opens (RL updates between sessions are picked up)."""
+        module attributes at every step (a module call costs microseconds of Python, and a small model's decode
+        step is hundreds of calls). RMSNorm and SwiGLU run as direct functional calls; other choices through their
+        modules. For small models (layer weights up to FUSE_MAX_BYTES) the Q/K/V projections and the gate/up
+        projections run as one matmul each over concatenated copies, and RoPE turns Q and K in one call: fewer,
+        larger operations, which is what a CPU decode step of a small model is bound by. Larger models skip the
+        copies (their matmuls dominate, and the copies would cost memory). The plan is rebuilt when any parameter
+        changed (new tensor or in-place update, as after an RL step), so a session always runs current weights."""
+        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if key == self._plan_key:
+            return self._plan
+        layer_bytes = sum(p.numel() * p.element_size() for p in self.model.layers.parameters())
+        fuse = layer_bytes <= FUSE_MAX_BYTES
         plan = []
         for block in self.model.layers:
             a = block.attn
-            plan.append((_norm_fn(block.attn_norm), a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight,
-                         a.q_norm, a.k_norm, _norm_fn(block.mlp_norm), _mlp_fn(block.mlp),
-                         a.n_head, a.n_kv_head, a.head_dim))
+            wqkv = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach() if fuse else None
+            plan.append((_norm_fn(block.attn_norm), _qkv_fn(a, wqkv), a.wo.weight, _norm_fn(block.mlp_norm),
+                         _mlp_fn(block.mlp, fuse), a.n_head, a.n_kv_head, a.head_dim))
+        self._plan_key, self._plan = key, plan
         return plan
 
     def _layers(self, x: torch.Tensor, rope: Any, cache: KVCache, mask: torch.Tensor | None, causal: bool,
@@ -465,15 +487,8 @@ class Engine:
         B, T, _ = x.shape
         s = cache.length
         linear, sdpa = F.linear, F.scaled_dot_product_attention
-        for i, (attn_norm, wq, wk, wv, wo, q_norm, k_norm, mlp_norm, mlp, nh, nkv, hd) in enumerate(plan):
-            h = attn_norm(x)
-            q = linear(h, wq).view(B, T, nh, hd).transpose(1, 2)
-            k = linear(h, wk).view(B, T, nkv, hd).transpose(1, 2)
-            v = linear(h, wv).view(B, T, nkv, hd).transpose(1, 2)
-            if q_norm is not None:
-                q, k = q_norm(q), k_norm(k)
-            if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        for i, (attn_norm, qkv, wo, mlp_norm, mlp, nh, nkv, hd) in enumerate(plan):
+            q, k, v = qkv(attn_norm(x), rope)
             kc, vc = cache.k[i], cache.v[i]
             if slot is None:
                 kc[:, :, s:s + T] = k
@@ -510,10 +525,50 @@ def _norm_fn(norm: torch.nn.Module) -> Any:
     return norm
 
 
-def _mlp_fn(mlp: torch.nn.Module) -> Any:
+def _qkv_fn(attn: torch.nn.Module, wqkv: torch.Tensor | None) -> Any:
+    """h (B, T, C) and the rotation tables -> q, k, v as (B, heads, T, head_dim), QK-norm and RoPE applied."""
+    nh, nkv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
+    wq, wk, wv = attn.wq.weight, attn.wk.weight, attn.wv.weight
+    q_norm, k_norm = attn.q_norm, attn.k_norm
+
+    def separate(h: torch.Tensor, rope: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = h.shape
+        q = F.linear(h, wq).view(B, T, nh, hd).transpose(1, 2)
+        k = F.linear(h, wk).view(B, T, nkv, hd).transpose(1, 2)
+        v = F.linear(h, wv).view(B, T, nkv, hd).transpose(1, 2)
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def fused(h: torch.Tensor, rope: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = h.shape
+        qkv = F.linear(h, wqkv).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
+        v = qkv[:, nh + nkv:]
+        if q_norm is None:
+            qk = qkv[:, :nh + nkv] if rope is None else apply_rope(qkv[:, :nh + nkv], *rope)
+            return qk[:, :nh], qk[:, nh:], v
+        q, k = q_norm(qkv[:, :nh]), k_norm(qkv[:, nh:nh + nkv])
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    return separate if wqkv is None else fused
+
+
+def _mlp_fn(mlp: torch.nn.Module, fuse: bool) -> Any:
     if mlp.kind != "swiglu":
         return mlp
     w_gate, w_up, w_down = mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight
+    if fuse:
+        w_gate_up = torch.cat([w_gate, w_up]).detach()
+
+        def swiglu_fused(x: torch.Tensor) -> torch.Tensor:
+            gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
+            return F.linear(F.silu(gate) * up, w_down)
+
+        return swiglu_fused
 
     def swiglu(x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
