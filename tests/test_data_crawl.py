@@ -257,3 +257,12 @@ def test_ctrl_c_saves_everything_and_resumes(site, tmp_path, monkeypatch):
     assert _paths(tmp_path / "b") == reference[:4]  # the open file was closed, not lost
     crawl(_cfg(site, tmp_path / "b", checkpoint_pages=100))
     assert _paths(tmp_path / "b") == reference
+
+
+@pytest.mark.timeout(60)
+def test_warc_files_rotate_by_size_and_all_are_kept(site, tmp_path):
+    result = crawl(_cfg(site, tmp_path / "c", max_pages=6, checkpoint_pages=100, warc_max_bytes=1))
+    files = sorted(p.name for p in (tmp_path / "c").glob("crawl-*.warc.gz"))
+    assert files == result["warc_files"] and len(files) == 6  # one page per file at this size limit
+    crawl(_cfg(site, tmp_path / "c", max_pages=8, checkpoint_pages=100, warc_max_bytes=1))  # resume keeps them
+    assert len(list((tmp_path / "c").glob("crawl-*.warc.gz"))) == 8 and len(_paths(tmp_path / "c")) == 8

@@ -300,6 +300,9 @@ class Fetcher:
 class WarcFiles:
     """Numbered gzipped WARC files written under a hidden temporary name and renamed when closed.
 
+    Files are closed only at checkpoints (every `checkpoint_pages` pages, or when a file reaches its size limit), so
+    that the saved state always lists exactly the finished files.
+
     Each record is its own gzip member (warcio's writer), as in Common Crawl, so a reader can skip a damaged one.
     """
 
@@ -342,8 +345,11 @@ class WarcFiles:
                                                                   protocol="HTTP/1.1"))
         w.write_request_response_pair(req, resp)
         self.records += 1
-        if self.file.tell() >= self.max_bytes:
-            self.close()
+
+    @property
+    def full(self) -> bool:
+        """The open file has reached the rotation size (the crawler then checkpoints, which closes it)."""
+        return self.file is not None and self.file.tell() >= self.max_bytes
 
     def close(self) -> str | None:
         """Finish the current file (rename it into place); its name, or None if nothing was open."""
@@ -580,7 +586,7 @@ class Crawler:
                     if added:
                         bar.update(1)
                         since_checkpoint += 1
-                        if since_checkpoint >= cfg.checkpoint_pages:
+                        if since_checkpoint >= cfg.checkpoint_pages or warcs.full:
                             self._save_state(state, frontier, seen, warcs,
                                              [it for it, _ in inflight])
                             since_checkpoint = 0
