@@ -71,9 +71,6 @@ static double now(void) {
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float bf16_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
-#ifdef __F16C__ /* the hardware conversion (vcvtph2ps), which gcc vectorizes */
-static inline float f16_f32(uint16_t h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
-#else
 /* IEEE half -> single with masks instead of branches, so the compiler vectorizes it: re-bias the exponent; a
    subnormal (exponent 0) is built as 2^-14 * (1 + m/1024) and 2^-14 is subtracted (no denormal arithmetic);
    Inf/NaN get an all-ones exponent. */
@@ -83,7 +80,6 @@ static inline float f16_f32(uint16_t h) {
     float f = bits_f32(em + (112u << 23) + (inf & (112u << 23)) + (zero & (1u << 23))) - bits_f32(zero & (113u << 23));
     return bits_f32(f32_bits(f) | s);
 }
-#endif
 /* Sixteen independent partial sums: gcc -O3 vectorizes them without -ffast-math (no reassociation needed). */
 #define DOT_BODY(LOAD)                                                          \
     float acc[16] = {0}, s = 0.0f;                                              \
