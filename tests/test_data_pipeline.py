@@ -60,6 +60,10 @@ def chain_config() -> PipelineConfig:
     return PipelineConfig(steps=[{"step": STEP, "min_words": 5}, {"step": "dedup"}, {"step": "pii"}], name="test")
 
 
+def kept_docs(out: Path) -> list[Document]:
+    return [d for p in sorted((out / "documents").iterdir()) for d in read_output_documents(p)]
+
+
 def read_all(out: Path) -> dict[str, list[dict]]:
     return {p.name: [json.loads(line) for line in gzip.open(p, "rt")] for p in sorted((out / "documents").glob("*"))}
 
@@ -103,6 +107,12 @@ def test_restart_skips_finished_shards_and_gives_identical_output(tmp_path):
     assert read_all(out) == first
     assert finished.stat().st_mtime_ns == mtime  # a finished shard is not rewritten
     assert report["problems"] == []
+    # one task per file instead of two: the same documents kept, every unreadable record counted once
+    single = run_pipeline([inputs], tmp_path / "single", chain_config(), workers=1, min_tasks=1)
+    assert report["tasks"] == 8 and single["tasks"] == 4
+    assert sorted(d.id for d in kept_docs(out)) == sorted(d.id for d in kept_docs(tmp_path / "single"))
+    assert [(s["name"], s["docs_in"], s["docs_out"], s["dropped"]) for s in report["steps"]] == [
+        (s["name"], s["docs_in"], s["docs_out"], s["dropped"]) for s in single["steps"]]
     with pytest.raises(LmforgeError, match="other inputs or another config"):
         run_pipeline([inputs], out, PipelineConfig(steps=[{"step": STEP, "min_words": 9}], name="other"), workers=1)
 
@@ -116,8 +126,9 @@ def test_parquet_output_and_config_files(tmp_path):
     assert cfg.name == "chain" and cfg.output.format == "parquet"
     out = tmp_path / "out"
     report = run_pipeline([inputs / "part0.jsonl.gz"], out, cfg, workers=1)
-    docs = list(read_output_documents(out / "documents" / "00000.parquet"))
+    docs = kept_docs(out)
     assert len(docs) == report["kept"]["documents"] == 13 and docs[0].metadata["words"] >= 5
+    assert all(p.suffix == ".parquet" for p in (out / "documents").iterdir())
     assert not list((out / "excluded").glob("*"))
 
     bad = tmp_path / "bad.json"
@@ -153,7 +164,7 @@ def test_fineweb_chain_on_real_pages(tmp_path, shared_data):
     assert report["steps"][1]["name"] == "url_filter" and report["steps"][1]["docs_in"] == 6
     assert sum(report["languages"].values()) == report["kept"]["documents"] >= 1
     assert set(report["languages"]) <= {"en"} and report["kept"]["documents"] <= english
-    for doc in read_output_documents(tmp_path / "out" / "documents" / "00000.jsonl.gz"):
+    for doc in kept_docs(tmp_path / "out"):
         assert "<div" not in doc.text and doc.metadata["language"] == "en"
 
 
@@ -164,10 +175,10 @@ def test_cli_verbs(tmp_path, capsys):
     write_jsonl(src, [{"id": f"d{i}", "text": f"write to admin{i}@example.com or 10.0.0.{i} " * 5} for i in range(4)]
                 + [{"id": "copy", "text": "write to admin0@example.com or 10.0.0.0 " * 5}])
     assert main(["data", "step", "pii", "--input", str(src), "--out", str(tmp_path / "pii"), "--workers", "1"]) == 0
-    texts = [d.text for d in read_output_documents(tmp_path / "pii" / "documents" / "00000.jsonl.gz")]
+    texts = [d.text for d in kept_docs(tmp_path / "pii")]
     assert len(texts) == 5 and not any("admin" in t for t in texts)  # FineWeb's placeholder address instead
     assert main(["data", "dedup", "--input", str(src), "--out", str(tmp_path / "dd"), "--no-minhash"]) == 0
-    assert len(list(read_output_documents(tmp_path / "dd" / "documents" / "00000.jsonl.gz"))) == 4
+    assert len(kept_docs(tmp_path / "dd")) == 4
     capsys.readouterr()
     assert main(["data", "report", str(tmp_path / "dd")]) == 0
     assert "exact_duplicate | 1 |" in capsys.readouterr().out

@@ -40,9 +40,10 @@ def _run(args) -> int:
         from lmforge.data.dask_runner import run_pipeline_dask
 
         report = run_pipeline_dask(args.input, args.out, cfg, scheduler=args.scheduler, workers=args.workers,
-                                   tokenizer=args.tokenizer)
+                                   tokenizer=args.tokenizer, min_tasks=args.min_tasks)
     else:
-        report = run_pipeline(args.input, args.out, cfg, workers=args.workers, tokenizer=args.tokenizer)
+        report = run_pipeline(args.input, args.out, cfg, workers=args.workers, tokenizer=args.tokenizer,
+                              min_tasks=args.min_tasks)
     _summary(report, Path(args.out))
     return 0
 
@@ -140,6 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "('fineweb', the default; 'pydoc', the embedded corpus)")
     r.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory: also write token shards")
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    r.add_argument("--min-tasks", type=int, default=8,
+                   help="split the input files into at least this many tasks (a file shared by several tasks, every "
+                        "k-th document each), so few large WARC files still use every worker")
     r.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="kept documents' file format")
     r.add_argument("--no-excluded", action="store_true", help="do not write the dropped documents")
     r.add_argument("--engine", choices=["local", "dask"], default="local",

@@ -47,7 +47,7 @@ def dask_map(client) -> MapFn:
 
 def run_pipeline_dask(inputs: list[str | Path], out: str | Path, config: PipelineConfig | None = None,
                       scheduler: str | None = None, workers: int | None = None,
-                      tokenizer: str | Path | None = None) -> dict[str, Any]:
+                      tokenizer: str | Path | None = None, min_tasks: int = 8) -> dict[str, Any]:
     """Run the pipeline on the Dask scheduler at `scheduler`, or on a local cluster of `workers` processes."""
     try:
         from distributed import Client, LocalCluster
@@ -59,9 +59,9 @@ def run_pipeline_dask(inputs: list[str | Path], out: str | Path, config: Pipelin
         with Client(scheduler) as client:
             n = len(client.scheduler_info()["workers"])
             return run_pipeline(inputs, out, config, workers=n, tokenizer=tokenizer, map_fn=dask_map(client),
-                                engine=f"dask ({scheduler})")
+                                engine=f"dask ({scheduler})", min_tasks=min_tasks)
     n = workers or len(os.sched_getaffinity(0))
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         return run_pipeline(inputs, out, config, workers=n, tokenizer=tokenizer, map_fn=dask_map(client),
-                            engine="dask (local cluster)")
+                            engine="dask (local cluster)", min_tasks=min_tasks)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import tomllib
 from collections import Counter
@@ -135,8 +136,23 @@ class PipelineConfig:
             raise LmforgeError(f"{where}: field 'reader': {e}") from e
 
 
+_built = threading.local()
+
+
 def build_chain(specs: list[dict], where: str = "config") -> list[Step]:
-    """Steps by name from `lmforge.data.filters.STEPS`, or by import path `"package.module:Class"` (a user's own)."""
+    """Steps by name from `lmforge.data.filters.STEPS`, or by import path `"package.module:Class"` (a user's own).
+
+    A worker runs many tasks of one config: the steps (blocklists, the language model) are built once per thread
+    and reused, which saves about a second per task.
+    """
+    key = json.dumps(specs, sort_keys=True)
+    cache = _built.__dict__.setdefault("chains", {})
+    if key not in cache:
+        cache[key] = _build_chain(specs, where)
+    return cache[key]
+
+
+def _build_chain(specs: list[dict], where: str) -> list[Step]:
     import importlib
 
     from lmforge.data.filters import STEPS, build_steps
@@ -164,6 +180,8 @@ class ShardTask:
     input: str
     out: str
     config: dict[str, Any]
+    part: int = 0  # this task takes documents part, part + parts, part + 2 * parts, ... of its input file
+    parts: int = 1
 
     @property
     def name(self) -> str:
@@ -247,9 +265,10 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
     read_stats = StepStats("read")
     stats = [StepStats(s.name) for s in steps]
     sink = _ExclusionSink(paths["excluded"] / f"{task.name}.a{JSONL_SUFFIX}", config.output.write_excluded)
-    docs = _chain(_guarded(read_documents([task.input], stats=read_stats, config=ReaderConfig(**config.reader)),
-                           read_stats, task.input), steps, stats, sink)
-    result: dict[str, Any] = {"input": task.input}
+    mine = {"docs": 0, "bytes": 0}
+    docs = _chain(_strided(_guarded(read_documents([task.input], stats=read_stats, config=ReaderConfig(**config.reader)),
+                                    read_stats, task.input), task.part, task.parts, mine), steps, stats, sink)
+    result: dict[str, Any] = {"input": task.input, "part": task.part, "parts": task.parts}
     ok = False
     try:
         if dedup is None:
@@ -261,9 +280,35 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
         ok = True
     finally:
         sink.close(ok)
+    if task.parts > 1:
+        _share_read_stats(read_stats, task.part, mine)
     result["steps"] = [read_stats.to_dict()] + [s.to_dict() for s in stats]
     write_json(marker, result)
     return result
+
+
+def _strided(docs: Iterator[Document], part: int, parts: int, mine: dict[str, int]) -> Iterator[Document]:
+    """Every `parts`-th document from `part` on: several tasks share one large input file (each reads it all,
+    which costs far less than the steps), so a crawl of few big WARC files still keeps every core busy."""
+    for i, doc in enumerate(docs):
+        if i % parts == part:
+            mine["docs"] += 1
+            mine["bytes"] += len(doc.text.encode("utf-8", "surrogatepass"))
+            yield doc
+
+
+def _share_read_stats(stats: StepStats, part: int, mine: dict[str, int]) -> None:
+    """Each part read the whole file: keep only its own documents, and the file's skipped records in part 0 only,
+    so the merged report counts every record once (bytes read are shared in proportion to the text kept)."""
+    total_in, total_out = stats.bytes_in, stats.bytes_out
+    stats.docs_out, stats.bytes_out = mine["docs"], mine["bytes"]
+    stats.bytes_in = round(total_in * mine["bytes"] / total_out) if total_out else (total_in if part == 0 else 0)
+    if part == 0:
+        stats.docs_in = mine["docs"] + sum(stats.dropped.values())
+    else:
+        stats.docs_in = mine["docs"]
+        stats.dropped.clear()
+        stats.examples.clear()
 
 
 def _guarded(docs: Iterator[Document], stats: StepStats, where: str) -> Iterator[Document]:
@@ -389,24 +434,30 @@ class LocalPool:
         self.close()
 
 
-def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig) -> None:
-    """Record inputs and config; a restart must use the same ones (else its shards would mix two runs)."""
-    spec = {"inputs": [str(p) for p in inputs], "config": config.to_dict(), "config_digest": config.digest()}
+def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig, parts: int) -> int:
+    """Record inputs, config and the split of files into tasks; a restart must use the same inputs and config (else
+    its shards would mix two runs) and reuses the recorded split. Returns the parts per file."""
+    spec = {"inputs": [str(p) for p in inputs], "config": config.to_dict(), "config_digest": config.digest(),
+            "parts_per_file": parts}
     path = out / "run.json"
     if path.is_file():
         old = read_json(path, "run record")
         if old.get("inputs") != spec["inputs"] or old.get("config_digest") != spec["config_digest"]:
             raise LmforgeError(f"{out} holds a run with other inputs or another config ({path}); "
                                "use a new --out directory or delete that one")
-        return
+        return int(old.get("parts_per_file", 1))
     write_json(path, spec)
+    return parts
 
 
 def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConfig | None = None,
                  workers: int | None = None, tokenizer: str | Path | None = None, map_fn: MapFn | None = None,
-                 engine: str = "local") -> dict[str, Any]:
+                 engine: str = "local", min_tasks: int = 8) -> dict[str, Any]:
     """Run the chain over `inputs` into `out`, resuming a previous run there; return the report dict.
 
+    One task per input file; with fewer than `min_tasks` files, each file is shared by several tasks (every k-th
+    document), so that few large files still fill the workers. The split depends on the inputs only, never on the
+    worker count, so every engine and worker count gives the same output files.
     `map_fn` runs a task function over a list of tasks (the local pool by default, Dask's in `dask_runner`).
     With `tokenizer`, the kept documents are also tokenized into `out/shards` (`lmforge.data.tokenize`).
     """
@@ -422,10 +473,11 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     workers = workers or len(os.sched_getaffinity(0))
     for p in run_paths(out).values():
         p.mkdir(parents=True, exist_ok=True)
-    _pin_run(out, files, config)
-    tasks = [ShardTask(k, str(f), str(out), config.to_dict()) for k, f in enumerate(files)]
+    parts = _pin_run(out, files, config, max(1, -(-min_tasks // len(files))))
+    tasks = [ShardTask(i * parts + p, str(f), str(out), config.to_dict(), p, parts)
+             for i, f in enumerate(files) for p in range(parts)]
     if map_fn is None:
-        with LocalPool(min(workers, len(files))) as pool:
+        with LocalPool(min(workers, len(tasks))) as pool:
             return _execute(tasks, out, config, workers, tokenizer, pool, engine, t0)
     return _execute(tasks, out, config, workers, tokenizer, map_fn, engine, t0)
 

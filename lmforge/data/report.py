@@ -66,7 +66,8 @@ def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_resu
         "relaxed_rules": [{"step": s["step"], "why": s["why"]} for s in config.steps if isinstance(s, dict) and "why" in s],
         "engine": engine,
         "workers": workers,
-        "inputs": len(a_results),
+        "inputs": len({r["input"] for r in a_results}),
+        "tasks": len(a_results),
         "seconds": round(seconds, 2),
         "steps": step_dicts,
         "kept": kept,
@@ -81,7 +82,8 @@ def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_resu
 
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Data pipeline report: {report['config']}", "",
-             f"{report['inputs']} input files, engine {report['engine']}, {report['workers']} workers, "
+             f"{report['inputs']} input files in {report['tasks']} tasks, engine {report['engine']}, "
+             f"{report['workers']} workers, "
              f"{report['seconds']} s. Kept {report['kept']['documents']} documents "
              f"({human_bytes(report['kept']['bytes'])}).", ""]
     if report["problems"]:
