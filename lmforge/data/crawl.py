@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from html import unescape
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from lmforge.data.readers import HTML_TYPES, decode_html
 from lmforge.utils import LmforgeError, human_bytes, read_json, write_json
@@ -197,14 +197,36 @@ class _TooLarge(Exception):
 
 
 class Fetcher:
-    """GET with http.client over kept-alive connections (one per thread and host); no redirects followed here."""
+    """GET with http.client over kept-alive connections (one per thread and host); no redirects followed here.
 
-    def __init__(self, user_agent: str, timeout: float, max_bytes: int):
+    Politeness is enforced here, at the moment of each request (robots.txt included): a request to a host waits
+    until `delay` seconds (or the host's robots.txt Crawl-delay, if larger) after the previous one to that host.
+    The crawler's scheduler spaces URLs the same way, so fetcher threads rarely wait; this is what makes the rule
+    hold even when queued tasks start together.
+    """
+
+    def __init__(self, user_agent: str, timeout: float, max_bytes: int, delay: float = 0.0):
         self.user_agent = user_agent
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.delay = delay
+        self.host_delay: dict[str, float] = {}  # robots.txt Crawl-delay per host
         self.local = threading.local()
         self.ssl_context = ssl.create_default_context()
+        self.lock = threading.Lock()
+        self.next_slot: dict[str, float] = {}
+        self.conns: list[http.client.HTTPConnection] = []
+
+    def delay_for(self, netloc: str) -> float:
+        return max(self.delay, self.host_delay.get(netloc, 0.0))
+
+    def _wait_turn(self, netloc: str) -> None:
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_slot.get(netloc, 0.0))
+            self.next_slot[netloc] = slot + self.delay_for(netloc)
+        if slot > now:
+            time.sleep(slot - now)
 
     def _connection(self, scheme: str, netloc: str, fresh: bool) -> http.client.HTTPConnection:
         conns = self.local.__dict__.setdefault("conns", {})
@@ -218,11 +240,16 @@ class Fetcher:
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
             conns[key] = conn
+            with self.lock:
+                self.conns.append(conn)
         return conn
 
     def close(self) -> None:
-        for conn in self.local.__dict__.get("conns", {}).values():
-            conn.close()
+        """Close every thread's connections (call when the fetcher threads are done)."""
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+            self.conns.clear()
 
     def get(self, url: str, accept_html_only: bool = True) -> Fetched:
         """Fetch `url`. Raises OSError/HTTPException on network errors and _TooLarge past the size cap.
@@ -231,6 +258,7 @@ class Fetcher:
         """
         parts = urlsplit(url)
         target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self._wait_turn(parts.netloc)
         req_headers = [("Host", parts.netloc), ("User-Agent", self.user_agent),
                        ("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"),
                        ("Accept-Encoding", "identity"), ("Connection", "keep-alive")]
@@ -394,14 +422,22 @@ class _Robots:
                 rp = urllib.robotparser.RobotFileParser(f"{scheme}://{netloc}/robots.txt")
                 try:
                     f = self.fetcher.get(rp.url, accept_html_only=False)
+                    for _ in range(5):  # robots.txt redirects (http -> https, host aliases) are followed
+                        target = normalize_url(f.header("location"), f.url) if 300 <= f.status < 400 else None
+                        if target is None:
+                            break
+                        f = self.fetcher.get(target, accept_html_only=False)
                     if f.status in (401, 403):
                         rp.disallow_all = True
                     elif f.status >= 500:
                         rp.disallow_all = True  # a server in trouble: stay away, as search engines do
-                    elif f.status >= 400:
-                        rp.allow_all = True
+                    elif f.status >= 300:
+                        rp.allow_all = True  # no robots.txt (404 and the like): everything is allowed
                     else:
                         rp.parse(f.body.decode("utf-8", "replace").splitlines())
+                        crawl_delay = rp.crawl_delay(ROBOTS_AGENT)
+                        if crawl_delay:
+                            self.fetcher.host_delay[netloc] = float(crawl_delay)
                 except (OSError, http.client.HTTPException, _TooLarge):
                     rp.allow_all = True  # no robots.txt reachable: the default web convention is allow
                 rp.modified()
@@ -411,11 +447,6 @@ class _Robots:
     def allowed(self, url: str, agent: str) -> bool:
         parts = urlsplit(url)
         return self.get(parts.scheme, parts.netloc).can_fetch(agent, url)
-
-    def delay(self, netloc: str, agent: str) -> float:
-        rp = self.parsers.get(netloc)
-        d = rp.crawl_delay(agent) if rp is not None else None
-        return float(d) if d else 0.0
 
 
 Item = tuple[str, int, int]  # a frontier entry: URL, links followed from a seed, redirects followed to reach it
@@ -537,7 +568,7 @@ class Crawler:
         self.stats.update(state.stats)
         seen = set(state.seen)
         frontier = _Frontier(state.frontier)
-        fetcher = Fetcher(cfg.user_agent, cfg.timeout, cfg.max_page_bytes)
+        fetcher = Fetcher(cfg.user_agent, cfg.timeout, cfg.max_page_bytes, cfg.delay)
         robots = _Robots(fetcher)
         warcs = WarcFiles(self.out, cfg.warc_prefix, state.next_file, cfg.warc_max_bytes, {
             "software": "lmforge crawl", "format": "WARC File Format 1.1", "http-header-user-agent": cfg.user_agent,
@@ -567,7 +598,7 @@ class Crawler:
                     if item is None:
                         break
                     host = url_host(item[0])
-                    host_next[host] = now + max(cfg.delay, robots.delay(host, ROBOTS_AGENT))
+                    host_next[host] = now + fetcher.delay_for(host)
                     inflight.append((item, pool.submit(_fetch_task, item, cfg, fetcher, robots)))
                 if not inflight:
                     if not frontier or state.pages >= cfg.max_pages:
