@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -112,6 +113,7 @@ class ShardSignatures:
     exact: np.ndarray  # uint64[n]
     minhash: np.ndarray  # uint32[n, num_hashes]; rows of documents without words are unused
     has_words: np.ndarray  # bool[n]
+    seconds: float = 0.0  # time spent hashing (not saved)
 
     def save(self, path) -> None:
         from lmforge.utils import atomic_path
@@ -127,20 +129,24 @@ class ShardSignatures:
 
 
 def signatures(texts_and_ids: Iterable[tuple[str, str]], config: DedupConfig) -> ShardSignatures:
+    """Stage 1 for one shard; streams its input (only the signatures are kept) and times only the hashing."""
     hasher = MinHasher(config)
     ids, exact, sigs, has = [], [], [], []
     empty = np.zeros(config.num_hashes, dtype=np.uint32)
+    seconds = 0.0
     for text, doc_id in texts_and_ids:
+        t0 = time.perf_counter()
         ids.append(doc_id)
         exact.append(content_hash(text) if config.exact else 0)
         sig = hasher.signature(text) if config.minhash else None
         has.append(sig is not None)
         sigs.append(empty if sig is None else sig)
+        seconds += time.perf_counter() - t0
     n = len(ids)
     return ShardSignatures(ids=np.array(ids, dtype=str) if n else np.zeros(0, dtype="<U1"),
                            exact=np.array(exact, dtype=np.uint64),
                            minhash=np.stack(sigs) if n else np.zeros((0, config.num_hashes), dtype=np.uint32),
-                           has_words=np.array(has, dtype=bool))
+                           has_words=np.array(has, dtype=bool), seconds=seconds)
 
 
 def connected_components(n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:

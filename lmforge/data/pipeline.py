@@ -1,7 +1,7 @@
 """The runner: reads many input files in parallel worker processes, chains the steps, deduplicates across the
 whole dataset, writes kept and dropped documents, and resumes after a crash.
 
-One task per input file (a shard). With a `dedup` step in the chain the run has three stages, because a document
+One task per input file (a shard; a few large files are shared by several strided tasks). With a `dedup` step in the chain the run has three stages, because a document
 can only be judged a duplicate once every shard has been seen:
 
     A  per shard, in parallel: read -> steps before `dedup` -> work/a/NNNNN.jsonl.gz + MinHash signatures
@@ -39,7 +39,6 @@ from lmforge.data.writers import JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, re
 from lmforge.utils import LmforgeError, read_json, write_json
 
 DEDUP = "dedup"
-
 
 
 def _default_steps() -> list[dict[str, Any]]:
@@ -274,9 +273,8 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
         if dedup is None:
             result["output"] = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format)
         else:
-            sig_stats = StepStats("dedup_signatures")
-            result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup, sig_stats)
-            result["signature_seconds"] = sig_stats.seconds
+            result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup)
+            result["signature_seconds"] = result["output"].pop("signature_seconds")
         ok = True
     finally:
         sink.close(ok)
@@ -324,20 +322,20 @@ def _guarded(docs: Iterator[Document], stats: StepStats, where: str) -> Iterator
             stats.examples["read_error_messages"].append(f"{where}: {e}"[:300])
 
 
-def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig, sig_stats: StepStats) -> dict:
+def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig) -> dict:
     """Stage A's output with dedup: documents as they left the steps, plus their signatures (stage B's input)."""
-    pairs: list[tuple[str, str]] = []
-    n = nbytes = 0
+    summary = {"documents": 0, "bytes": 0}
     with JsonlGzWriter(stem.with_name(stem.name + JSONL_SUFFIX)) as w:
-        for d in docs:
-            w.write(d)
-            pairs.append((d.text, d.id))
-            n += 1
-            nbytes += len(d.text.encode("utf-8", "surrogatepass"))
-    t0 = time.perf_counter()
-    signatures(pairs, dedup).save(stem.with_name(stem.name + ".sig.npz"))
-    sig_stats.seconds += time.perf_counter() - t0
-    return {"documents": n, "bytes": nbytes}
+        def written() -> Iterator[tuple[str, str]]:
+            for d in docs:
+                w.write(d)
+                summary["documents"] += 1
+                summary["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
+                yield d.text, d.id
+
+        sig = signatures(written(), dedup)
+    sig.save(stem.with_name(stem.name + ".sig.npz"))
+    return {**summary, "signature_seconds": sig.seconds}
 
 
 def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any]:
