@@ -157,10 +157,10 @@ def test_greedy_and_penalties():
     assert tok.tolist() == [0]  # 1.9 - 0.3 - 0.1 < 2.0
 
 
-def scripted(script: list[int], block: int = 48) -> GPT:
+def scripted(script: list[int], block: int = 48, vocab: int = 266) -> GPT:
     """A model whose greedy output at position p is script[p], whatever came before: learned positions carry a
     one-hot code to the output head through blocks whose projections are zero."""
-    model = GPT(GPTConfig(vocab_size=266, n_layer=1, n_head=2, n_embd=block, block_size=block, pos="learned"))
+    model = GPT(GPTConfig(vocab_size=vocab, n_layer=1, n_head=2, n_embd=block, block_size=block, pos="learned"))
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -245,3 +245,48 @@ def test_chat_tool_loop_shape():
     rest = session.run()[0]
     assert rest.finish_reason == "stop" and rest.token_ids[-1] == 261
     assert rest.text == "=5" and rest.token_ids == list(b"=5") + [261]
+
+
+def test_streaming_with_merged_tokens_that_split_characters():
+    """A trained vocabulary has tokens that hold part of a character; the stream still yields whole ones."""
+    text = "世界和平 🙂🙃 naïve café 世界"
+    tok = Tokenizer.train([text * 30], vocab_size=290)
+    ids = tok.encode(text)
+    partial = [i for i in ids if not _is_whole_utf8(tok.token_bytes(i))]
+    assert partial, "the test needs tokens that split a character"
+    model = scripted(ids + [tok.end_id], vocab=tok.vocab_size)
+    engine = Engine(model, tok)
+    pieces = list(engine.stream([tok.bos_id], SamplingParams(temperature=0, max_tokens=60)))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def _is_whole_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_generate_cli_streams_and_shows_probabilities(tmp_path, capsys):
+    from lmforge.checkpoint import save_model
+    from lmforge.cli import main
+
+    tok = Tokenizer.train(["Once upon a time there was a dog. " * 20], vocab_size=300)
+    torch.manual_seed(0)
+    save_model(tmp_path / "ckpt", GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32,
+                                                block_size=64)), tok.save(tmp_path / "tok"))
+    args = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "Once upon", "--max-tokens", "6",
+            "--seed", "3", "--threads", "1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("Once upon")
+    assert main(args) == 0
+    assert capsys.readouterr().out == first  # the seed reproduces the text
+    assert main(args + ["--show-probs", "3", "--temperature", "0"]) == 0
+    shown = capsys.readouterr().out
+    assert "3 most likely next tokens" in shown and "%" in shown
+    assert main(args + ["--top-p", "1.5"]) == 2  # a bad flag is one clear error, not a traceback
+    assert "top_p" in capsys.readouterr().err
