@@ -202,6 +202,30 @@ def stage_export(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
             "prefill_tok_s": {dtype: r.prefill_tok_s for dtype, r in runs.items()}}
 
 
+def stage_sft(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """Fine-tune the base model into an assistant on the generated default SFT data (stdlib Q&A, identity,
+    calculator tool use, refusals; saved as `run/sft_data.jsonl`). Runs again, it resumes."""
+    from lmforge.posttrain.stage import run_sft_stage
+    from lmforge.utils import LmforgeError
+
+    base = ctx.results.get("pretrain", {}).get("checkpoint")
+    if not base:
+        raise LmforgeError("the sft stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    return run_sft_stage(base, out, quick=ctx.quick, seed=ctx.seed)
+
+
+def stage_chat(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
+    """A short scripted chat with the fine-tuned model and its tools (calculator first), printed and saved, then
+    the `eval sft` measures: format compliance, tool-call rate and accuracy, masked validation loss."""
+    from lmforge.posttrain.stage import run_chat_stage
+    from lmforge.utils import LmforgeError
+
+    ckpt = ctx.results.get("sft", {}).get("checkpoint")
+    if not ckpt:
+        raise LmforgeError("the chat stage needs the sft stage's checkpoint (results['sft']['checkpoint'])")
+    return run_chat_stage(ckpt, out, quick=ctx.quick, seed=ctx.seed)
+
+
 STAGES: list[Stage] = [
     Stage("crawl", stage_crawl),
     Stage("data", stage_data),
@@ -210,6 +234,8 @@ STAGES: list[Stage] = [
     Stage("pretrain", stage_pretrain),
     Stage("sample", stage_sample),
     Stage("export", stage_export),
+    Stage("sft", stage_sft),
+    Stage("chat", stage_chat),
 ]
 
 

@@ -96,6 +96,9 @@ def test_parse_assistant_round_trip(tok):
     assert parsed["messages"] == validate_messages(CONV[2:5])
     cut = parse_assistant(tok, full[start:start + 6])  # generation cut inside the call: no call, not ended
     assert not cut["ended"] and cut["tool_calls"] == []
+    t = ChatTokens.of(tok)
+    unclosed = parse_assistant(tok, [t.tool_call, *tok.encode("calculator\n2+"), t.end])
+    assert unclosed["ended"] and unclosed["tool_calls"] == [] and unclosed["content"] == ""
 
 
 @pytest.mark.parametrize("bad, field", [

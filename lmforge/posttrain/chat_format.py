@@ -240,7 +240,7 @@ def parse_assistant(tok: ChatTokenizer, ids: Sequence[int]) -> dict[str, Any]:
 
     Returns {"messages": the turn as assistant/tool messages, "content": the final assistant text, "tool_calls",
     "tool_outputs", "ended": whether `<|end|>` closed the turn}. Tokens after `<|end|>` are ignored; a call cut off
-    before `<|tool_call_end|>` is dropped, since it never ran.
+    before `<|tool_call_end|>` (by `<|end|>` or the token budget) is dropped, since it never ran.
     """
     t = ChatTokens.of(tok)
     messages: list[dict[str, Any]] = []
@@ -252,7 +252,7 @@ def parse_assistant(tok: ChatTokenizer, ids: Sequence[int]) -> dict[str, Any]:
     state, ended = "text", False
     opens = {t.tool_call: "call", t.tool_output: "output"}
     for token in ids:
-        if state == "text" and token == t.end:
+        if token == t.end:  # ends the turn even inside an unfinished call, which is then dropped
             ended = True
             break
         if state == "text" and token in opens:
