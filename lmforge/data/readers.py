@@ -50,7 +50,7 @@ class ReaderConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 _SUFFIX_FORMATS = [
-    ((".warc.gz", ".warc", ".wet.gz", ".wet", ".arc.gz"), "warc"),
+    ((".warc.gz", ".warc", ".wet.gz", ".wet"), "warc"),
     ((".jsonl.gz", ".jsonl", ".ndjson", ".ndjson.gz", ".json.gz"), "jsonl"),
     ((".parquet",), "parquet"),
     ((".txt", ".html", ".htm", ".xhtml", ".md", ".txt.gz", ".html.gz", ".htm.gz"), "text"),
