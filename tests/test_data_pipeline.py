@@ -53,6 +53,10 @@ def make_inputs(tmp_path: Path) -> Path:
         write_jsonl(d / f"part{f}.jsonl.gz", rows)
     raw = gzip.compress(b"".join(json.dumps({"id": f"c{i}", "text": f"line {i} " * 20}).encode() + b"\n" for i in range(50)))
     (d / "corrupt.jsonl.gz").write_bytes(raw[: len(raw) // 2])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["a parquet file without a text column"]}), d / "wrong_columns.parquet")
     return d
 
 
@@ -79,7 +83,9 @@ def test_run_two_workers_report_adds_up(tmp_path):
     kept = [d for rows in read_all(out).values() for d in rows]
     # the truncated file is survived: its readable lines pass, the damage is counted, the run goes on
     from_corrupt = sum(d["id"].startswith("c") for d in kept)
-    assert 0 < from_corrupt < 50 and sum(steps["read"]["dropped"].values()) >= 1
+    assert 0 < from_corrupt < 50 and sum(steps["read"]["dropped"].values()) >= 2
+    assert steps["read"]["dropped"]["read_error"] == 1  # the unusable file, counted once though 2 tasks share it
+    assert "wrong_columns.parquet" in steps["read"]["examples"]["read_error"][0]
     assert report["kept"]["documents"] == 3 * 12 + 1 + from_corrupt == steps["pii"]["docs_out"] == len(kept)
     assert steps["read"]["docs_out"] == steps["min_words"]["docs_in"]
     assert {"text", "id", "url", "metadata"} <= set(kept[0])
@@ -109,7 +115,7 @@ def test_restart_skips_finished_shards_and_gives_identical_output(tmp_path):
     assert report["problems"] == []
     # one task per file instead of two: the same documents kept, every unreadable record counted once
     single = run_pipeline([inputs], tmp_path / "single", chain_config(), workers=1, min_tasks=1)
-    assert report["tasks"] == 8 and single["tasks"] == 4
+    assert report["tasks"] == 10 and single["tasks"] == 5
     assert sorted(d.id for d in kept_docs(out)) == sorted(d.id for d in kept_docs(tmp_path / "single"))
     assert [(s["name"], s["docs_in"], s["docs_out"], s["dropped"]) for s in report["steps"]] == [
         (s["name"], s["docs_in"], s["docs_out"], s["dropped"]) for s in single["steps"]]

@@ -316,10 +316,7 @@ def _guarded(docs: Iterator[Document], stats: StepStats, where: str) -> Iterator
         yield from docs
     except (LmforgeError, OSError, EOFError, ValueError) as e:
         stats.docs_in += 1
-        stats.drop(Document(text="", id=where), "read_error")
-        stats.examples.setdefault("read_error_messages", [])
-        if len(stats.examples["read_error_messages"]) < 3:
-            stats.examples["read_error_messages"].append(f"{where}: {e}"[:300])
+        stats.drop(Document(text="", id=f"{where}: {e}"[:300]), "read_error")  # the example says what went wrong
 
 
 def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig) -> dict:
