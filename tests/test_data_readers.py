@@ -246,3 +246,19 @@ def test_bad_header_and_long_garbage_in_plain_warc(dolma_members, tmp_path):
     path.write_bytes(b"".join(records[:k]) + bad + filler + b"".join(records[k + 1:]))
     docs, stats = _read(path)
     assert len(docs) == 21 and dict(stats.dropped) == {"bad_warc_header": 1}
+
+
+def test_unreadable_file_is_counted_not_fatal(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "a.jsonl").write_text('{"text": "kept"}\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "locked"}\n')
+
+    def guarded_open(file, *args, **kwargs):  # as for a file without read permission (the tests may run as root)
+        if str(file).endswith("b.jsonl"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr("lmforge.data.readers.open", guarded_open, raising=False)
+    docs, stats = _read(tmp_path)
+    assert [d.text for d in docs] == ["kept"] and dict(stats.dropped) == {"unreadable_file": 1}

@@ -155,6 +155,10 @@ def read_documents(paths: Iterable[str | os.PathLike] | str | os.PathLike, forma
             except StopIteration:
                 stats.seconds += time.perf_counter() - t0
                 break
+            except OSError as e:  # unreadable (permissions, I/O error): counted, and the run goes on
+                stats.seconds += time.perf_counter() - t0
+                _skip(stats, "unreadable_file", f"{path}: {e}")
+                break
             stats.seconds += time.perf_counter() - t0
             stats.docs_out += 1
             stats.bytes_out += _utf8_len(doc.text)
