@@ -8,7 +8,8 @@ bound on redirect chains. Only HTML responses are archived, each as a request + 
 form of Common Crawl, readable by warcio, FastWARC and `lmforge.data.readers`).
 
 Determinism and resume: fetches run concurrently, but their results are processed in the order the URLs were taken
-from the frontier, so the pages found and the order they are found in do not depend on network timing. Every
+from the frontier, so on one host the pages found and their order do not depend on network timing (across hosts,
+the per-host delays decide which host's URL goes next). Every
 `checkpoint_pages` pages the current WARC file is closed (written under a hidden temporary name, renamed when
 complete) and then the state (frontier, seen-set, counters, next file number) is saved atomically. A crawl that
 dies loses only the temporary file of pages after the last checkpoint; on restart those pages are fetched again
