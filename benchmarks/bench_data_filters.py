@@ -147,7 +147,7 @@ def bench_trafilatura_eval(web: Path, limit: int | None) -> None:
         ex = Extract(mode=mode)
         found = total_with = avoided = total_without = n = 0
         t0 = time.perf_counter()
-        for fname, v in tqdm(items, desc=mode, leave=False):
+        for fname, v in tqdm(items, desc=mode, leave=False, mininterval=5):
             page = by_name.get(Path(fname).name)
             if page is None:
                 continue
