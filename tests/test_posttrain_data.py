@@ -107,3 +107,18 @@ def test_default_data_is_seeded_varied_and_valid():
     held = heldout_arithmetic(50)
     train_questions = {c[0]["content"] for c in a}
     assert sum(h["question"] in train_questions for h in held) < 5
+
+
+def test_sft_data_cli_previews_and_writes(tmp_path, capsys):
+    from lmforge.cli import main
+
+    assert main(["sft", "data", "--preview", "3", "--seed", "5"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("--- conversation") == 3 and "user:" in shown and "assistant:" in shown
+    out = tmp_path / "sft.jsonl"
+    assert main(["sft", "data", "--out", str(out), "--n", "40", "--seed", "5"]) == 0
+    convs = list(read_conversations(out))
+    assert len(convs) == 40
+    assert convs == list(generate_default_conversations(DefaultDataConfig(n=40, seed=5)))
+    assert main(["sft", "--out", str(tmp_path / "x")]) == 2  # no --checkpoint: a one-line error, not a traceback
+    assert "needs --checkpoint" in capsys.readouterr().err
