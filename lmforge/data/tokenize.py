@@ -99,7 +99,8 @@ def choose_validation(lengths: np.ndarray, hashes: np.ndarray, config: TokenizeC
     order = np.argsort(hashes, kind="stable")
     cum = np.cumsum(lengths[order])
     n_val = int(np.searchsorted(cum, target)) + 1  # documents needed to reach the target
-    n_val = min(max(n_val, 1), len(lengths) - 1)  # at least one document each side
+    cap = int(np.searchsorted(cum, config.max_val_fraction * total, side="right"))  # documents within the cap
+    n_val = min(max(min(n_val, cap), 1), len(lengths) - 1)  # at least one document each side
     mask = np.zeros(len(lengths), dtype=bool)
     mask[order[:n_val]] = True
     return mask
