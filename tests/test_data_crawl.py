@@ -63,17 +63,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture()
-def site():
+def _start_site() -> http.server.ThreadingHTTPServer:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.requests = collections.Counter()  # type: ignore[attr-defined]
     server.times = []  # type: ignore[attr-defined]
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield server
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def _stop_site(server: http.server.ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture()
+def site():
+    server = _start_site()
+    yield server
+    _stop_site(server)
 
 
 def _cfg(server, out, **kw) -> CrawlConfig:
@@ -266,3 +274,22 @@ def test_warc_files_rotate_by_size_and_all_are_kept(site, tmp_path):
     assert files == result["warc_files"] and len(files) == 6  # one page per file at this size limit
     crawl(_cfg(site, tmp_path / "c", max_pages=8, checkpoint_pages=100, warc_max_bytes=1))  # resume keeps them
     assert len(list((tmp_path / "c").glob("crawl-*.warc.gz"))) == 8 and len(_paths(tmp_path / "c")) == 8
+
+
+@pytest.mark.timeout(60)
+def test_two_hosts_in_scope_each_with_its_own_delay(site, tmp_path):
+    other = _start_site()
+    try:
+        hosts = [f"127.0.0.1:{srv.server_address[1]}" for srv in (site, other)]
+        t0 = time.monotonic()
+        result = crawl(_cfg(site, tmp_path / "c", seeds=[f"http://{h}/" for h in hosts], allowed_hosts=hosts,
+                            delay=0.1, max_pages=100))
+        elapsed = time.monotonic() - t0
+        urls = list(iter_crawled_urls(tmp_path / "c"))
+        for host in hosts:
+            assert {"/" + u.split("/", 3)[3] for u in urls if u.split("/")[2] == host} == EXPECTED
+        assert result["pages"] == 2 * len(EXPECTED) and result["finished"]
+        # ~21 requests per host at 0.1 s: the two hosts were crawled side by side, not one after the other
+        assert elapsed < 0.1 * (len(site.times) + len(other.times)) * 0.8
+    finally:
+        _stop_site(other)
