@@ -483,9 +483,10 @@ class Engine:
         return plan
 
     def _layers(self, x: torch.Tensor, rope: Any, cache: KVCache, mask: torch.Tensor | None, causal: bool,
-                slot: torch.Tensor | None, plan: list[tuple]) -> torch.Tensor:
+                s: int, slot: torch.Tensor | None, plan: list[tuple]) -> torch.Tensor:
+        """The blocks and the head. New keys/values go to slots s..s+T-1 (python int) or, for the static step, to
+        the slot in the `slot` tensor (then `s` is unused, so a compiled step does not specialise on it)."""
         B, T, _ = x.shape
-        s = cache.length
         linear, sdpa = F.linear, F.scaled_dot_product_attention
         for i, (attn_norm, qkv, wo, mlp_norm, mlp, nh, nkv, hd) in enumerate(plan):
             q, k, v = qkv(attn_norm(x), rope)
@@ -511,12 +512,12 @@ class Engine:
         cached slot."""
         x, rope = self._embed(tokens, pos_ids)
         causal = mask is None and tokens.size(1) > 1
-        return self._layers(x, rope, cache, mask, causal, None, plan)
+        return self._layers(x, rope, cache, mask, causal, cache.length, None, plan)
 
     def _forward_static(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, mask: torch.Tensor,
                         slot: torch.Tensor, plan: list[tuple]) -> torch.Tensor:
         x, rope = self._embed(tokens, pos_ids)
-        return self._layers(x, rope, cache, mask, False, slot, plan)
+        return self._layers(x, rope, cache, mask, False, 0, slot, plan)
 
 
 def _norm_fn(norm: torch.nn.Module) -> Any:
