@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lmforge.data.document import Document
-from lmforge.data.pipeline import PipelineConfig, run_pipeline
+from lmforge.data.pipeline import OutputConfig, PipelineConfig, run_pipeline
 from lmforge.data.shards import TokenShards
 from lmforge.data.tokenize import TokenizeConfig, choose_validation, tokenize_files
 from lmforge.data.writers import JsonlGzWriter, read_output_documents
@@ -108,7 +108,7 @@ def test_data_run_with_tokenizer_writes_shards_of_the_kept_text(tmp_path, tokeni
     rows[3]["text"] += " mail me at someone@example.com"
     with gzip.open(tmp_path / "in.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    cfg = PipelineConfig(steps=[{"step": "dedup"}, {"step": "pii"}], name="t")
+    cfg = PipelineConfig(steps=[{"step": "dedup"}, {"step": "pii"}], output=OutputConfig(format="parquet"), name="t")
     report = run_pipeline([tmp_path / "in.jsonl.gz"], tmp_path / "out", cfg, workers=1, tokenizer=tokenizer_dir)
     tok = Tokenizer.load(tokenizer_dir)
     shards = [TokenShards(tmp_path / "out" / "shards", s) for s in ("train", "val")]

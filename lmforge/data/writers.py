@@ -78,21 +78,32 @@ class JsonlGzWriter:
             self.abort()
 
 
-def write_parquet(path: str | Path, docs: Iterable[Document]) -> int:
-    """Write documents as parquet (text, id, url, metadata as a JSON string: its keys differ between steps)."""
+def write_parquet(path: str | Path, docs: Iterable[Document], row_group: int = 4096) -> int:
+    """Write documents as parquet (text, id, url, metadata as a JSON string: its keys differ between steps), one
+    row group at a time so that memory stays at one group whatever the shard size."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols: dict[str, list] = {"text": [], "id": [], "url": [], "metadata": []}
-    for d in docs:
-        cols["text"].append(d.text)
-        cols["id"].append(d.id)
-        cols["url"].append(d.url)
-        cols["metadata"].append(json.dumps(d.metadata, ensure_ascii=False))
-    table = pa.table({k: pa.array(v, type=pa.string()) for k, v in cols.items()})
+    schema = pa.schema([(name, pa.string()) for name in ("text", "id", "url", "metadata")])
+    n = 0
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return len(cols["text"])
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            batch: list[Document] = []
+
+            def flush() -> None:
+                writer.write_table(pa.table({
+                    "text": [d.text for d in batch], "id": [d.id for d in batch], "url": [d.url for d in batch],
+                    "metadata": [json.dumps(d.metadata, ensure_ascii=False) for d in batch]}, schema=schema))
+                batch.clear()
+
+            for d in docs:
+                batch.append(d)
+                n += 1
+                if len(batch) >= row_group:
+                    flush()
+            if batch or n == 0:
+                flush()
+    return n
 
 
 def read_output_documents(path: str | Path) -> Iterator[Document]:
@@ -104,13 +115,16 @@ def read_output_documents(path: str | Path) -> Iterator[Document]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise LmforgeError(f"{path} is not a readable parquet file: {e}") from e
-        if "text" not in table.column_names:
+        if "text" not in pf.schema_arrow.names:
             raise LmforgeError(f"{path}: parquet file without a 'text' column")
-        for i, rec in enumerate(table.to_pylist()):
-            yield record_doc(rec, f"{path} row {i}")
+        row = 0
+        for g in range(pf.num_row_groups):
+            for rec in pf.read_row_group(g).to_pylist():
+                yield record_doc(rec, f"{path} row {row}")
+                row += 1
         return
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
