@@ -290,3 +290,16 @@ def test_generate_cli_streams_and_shows_probabilities(tmp_path, capsys):
     assert "3 most likely next tokens" in shown and "%" in shown
     assert main(args + ["--top-p", "1.5"]) == 2  # a bad flag is one clear error, not a traceback
     assert "top_p" in capsys.readouterr().err
+
+
+def test_padded_model_vocabulary_never_samples_ids_the_tokenizer_lacks():
+    tok = byte_tokenizer()  # 266 ids
+    model = tiny(vocab_size=320, init_std=0.05)
+    with torch.no_grad():
+        model.lm_head.weight[266:] += 5.0  # make the padding ids the most likely ones
+    engine = Engine(model, tok)
+    for params in (SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[]),
+                   SamplingParams(temperature=1.0, max_tokens=30, seed=0, stop_token_ids=[])):
+        out = engine.generate([256, 72, 105], params)[0][0]
+        assert max(out.token_ids) < 266
+        assert all(r < -1.0 for r in out.raw_logprobs)  # raw log-probs stay over the whole (padded) vocabulary

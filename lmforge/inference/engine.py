@@ -154,7 +154,8 @@ class GenerationSession:
             return [None] * self.batch
         if not self._advance(active):  # context full: nothing more can be fed
             return [self._finish(r, "context") if a else None for r, a in zip(self.rows, active)]
-        tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts)
+        tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts,
+                                  self.engine.vocab_limit)
         if self.counts is not None:
             live = torch.tensor(active, device=self.device)
             idx = torch.arange(self.batch, device=self.device)
@@ -174,7 +175,8 @@ class GenerationSession:
             return []
         logprobs = next_token_logprobs(self.logits[row:row + 1], self.params,
                                        None if self.seen is None else self.seen[row:row + 1],
-                                       None if self.counts is None else self.counts[row:row + 1])[0]
+                                       None if self.counts is None else self.counts[row:row + 1],
+                                       self.engine.vocab_limit)[0]
         values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
         return [(int(i), float(v.exp())) for v, i in zip(values, ids) if v > float("-inf")]
 
@@ -204,7 +206,9 @@ class GenerationSession:
         tokens starts a new segment: fresh text, log-probs and token budget. Its pending sampled token (for example
         the `<|tool_call_end|>` it stopped on) is fed first.
         """
-        if len(ids) and not isinstance(ids[0], (list, tuple)):
+        if len(ids) == 0:
+            return
+        if not isinstance(ids[0], (list, tuple)):
             per_row = [list(ids)] * self.batch
         else:
             per_row = [list(x) for x in ids]
@@ -368,6 +372,9 @@ class Engine:
         self.dtype = param.dtype
         cuda = param.device.type == "cuda"
         self.static_decode = cuda if compile is None else compile
+        # A model vocabulary padded past the tokenizer's (e.g. to a multiple of 64) has ids that decode to nothing.
+        tok_vocab = getattr(tokenizer, "vocab_size", None)
+        self.vocab_limit = tok_vocab if tok_vocab is not None and tok_vocab < model.config.vocab_size else None
         self._plan_key: tuple | None = None
         self._plan: list[tuple] = []
         self.decode_step = self._forward_static

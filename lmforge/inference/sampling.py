@@ -107,31 +107,37 @@ def draw(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return (logprobs.exp() / noise).argmax(dim=-1)
 
 
-def next_token_logprobs(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
-                        counts: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-probs (B, V) of what the next token will be drawn from, for display ("Deep Dive"'s view of sampling):
-    the sampling distribution, or for greedy the model's distribution after penalties (greedy takes its argmax)."""
-    logits = logits.float()
+def _shaped(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, counts: torch.Tensor | None,
+            vocab_limit: int | None) -> torch.Tensor:
     shaped = apply_penalties(logits, params, seen, counts) if params.uses_penalties else logits
+    return shaped if vocab_limit is None else shaped[:, :vocab_limit]
+
+
+def next_token_logprobs(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
+                        counts: torch.Tensor | None = None, vocab_limit: int | None = None) -> torch.Tensor:
+    """Log-probs (B, V') of what the next token will be drawn from, for display ("Deep Dive"'s view of sampling):
+    the sampling distribution, or for greedy the model's distribution after penalties (greedy takes its argmax).
+    vocab_limit: only ids below it can be drawn (a model vocabulary padded beyond the tokenizer's)."""
+    shaped = _shaped(logits.float(), params, seen, counts, vocab_limit)
     return shaped.log_softmax(dim=-1) if params.greedy else process_logits(shaped, params)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-           seen: torch.Tensor | None = None, counts: torch.Tensor | None = None
+           seen: torch.Tensor | None = None, counts: torch.Tensor | None = None, vocab_limit: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one token per row from raw logits (B, V).
 
     Returns (token ids (B,), log-prob of each token under the sampling distribution (B,), its raw model log-prob (B,)).
-    For greedy the sampling distribution is a point mass, so its log-prob is 0.
+    For greedy the sampling distribution is a point mass, so its log-prob is 0. The raw log-prob is always over the
+    model's whole vocabulary, as a separate scoring forward pass would compute it.
     """
     logits = logits.float()
     raw_norm = torch.logsumexp(logits, dim=-1)
     if params.greedy:
-        shaped = apply_penalties(logits, params, seen, counts) if params.uses_penalties else logits
-        tokens = shaped.argmax(dim=-1)
+        tokens = _shaped(logits, params, seen, counts, vocab_limit).argmax(dim=-1)
         sampled_lp = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     else:
-        logprobs = next_token_logprobs(logits, params, seen, counts)
+        logprobs = next_token_logprobs(logits, params, seen, counts, vocab_limit)
         tokens = draw(logprobs, generator)
         sampled_lp = logprobs.gather(-1, tokens[:, None])[:, 0]
     raw_lp = logits.gather(-1, tokens[:, None])[:, 0] - raw_norm
