@@ -106,6 +106,8 @@ def test_crawl_follows_links_honours_robots_scope_and_types(site, tmp_path):
     assert stats["robots"] == 1 and stats["non_html"] == 1 and stats["too_large"] == 1
     assert stats["redirects"] == 1 and stats["off_scope"] == 1 and stats["http_404"] == 1
     assert site.requests["/private/secret.html"] == 0  # robots.txt is read before, not after
+    assert result["examples"]["robots"] == [f"http://127.0.0.1:{site.server_address[1]}/private/secret.html"]
+    assert result["examples"]["off_scope"] == ["http://elsewhere.invalid/x.html"]
     assert site.requests["/robots.txt"] == 1 and site.requests["/robots-real.txt"] == 1  # followed its redirect
     assert all(site.requests[p] == 1 for p in EXPECTED)  # normalisation: "#section" and "/./" are the same pages
     # Valid WARC for a peer reader: request/response pairs with HTTP headers; several files (checkpoints rotate).

@@ -491,6 +491,7 @@ class CrawlState:
     frontier: list[Item] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
     pages: int = 0
     html_bytes: int = 0
     next_file: int = 0
@@ -514,6 +515,13 @@ class Crawler:
         self.allowed = {h.lower() for h in hosts}
         self.out = Path(config.out)
         self.stats: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = {}  # skip reason -> a few URLs, for the report
+
+    def _skipped(self, reason: str, url: str) -> None:
+        self.stats[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 3:
+            ex.append(url)
 
     def in_scope(self, url: str) -> bool:
         return url_host(url) in self.allowed
@@ -554,6 +562,7 @@ class Crawler:
         state.frontier = pending + frontier.items()
         state.seen = sorted(seen)
         state.stats = dict(self.stats)
+        state.examples = self.examples
         write_json(self.out / STATE_FILE, asdict(state))
 
     # -- main loop -------------------------------------------------------------------------------------------------
@@ -567,6 +576,7 @@ class Crawler:
         state = self._load_state()
         self._clean_leftovers(state)
         self.stats.update(state.stats)
+        self.examples = {k: list(v) for k, v in state.examples.items()}
         seen = set(state.seen)
         frontier = _Frontier(state.frontier)
         fetcher = Fetcher(cfg.user_agent, cfg.timeout, cfg.max_page_bytes, cfg.delay)
@@ -639,7 +649,7 @@ class Crawler:
                   "warc_files": list(state.files), "finished": state.finished,
                   "pages_this_run": state.pages - start_pages, "seconds": round(seconds, 2),
                   "pages_per_second": round((state.pages - start_pages) / seconds, 2) if seconds else 0.0,
-                  "stats": dict(sorted(self.stats.items()))}
+                  "stats": dict(sorted(self.stats.items())), "examples": self.examples}
         write_json(self.out / STATS_FILE, result)
         return result
 
@@ -651,17 +661,17 @@ class Crawler:
             self.stats["redirects"] += 1
             target = res.location
             if target is None or not self.in_scope(target):
-                self.stats["off_scope"] += 1
+                self._skipped("off_scope", target or url)
             elif hops + 1 > self.cfg.max_redirects:
-                self.stats["too_many_redirects"] += 1
+                self._skipped("too_many_redirects", url)
             elif seen_key(target) in seen:  # onto a page the crawl already has or will have
-                self.stats["duplicate_redirect"] += 1
+                self._skipped("duplicate_redirect", url)
             else:
                 seen.add(seen_key(target))
                 frontier.add((target, depth, hops + 1))
             return False
         if res.outcome != "fetched":
-            self.stats[res.outcome] += 1
+            self._skipped(res.outcome, url)
             return False
         assert res.fetched is not None
         if state.pages >= self.cfg.max_pages:
@@ -679,7 +689,7 @@ class Crawler:
                 continue
             seen.add(key)
             if not self.in_scope(link):
-                self.stats["off_scope"] += 1
+                self._skipped("off_scope", link)
                 continue
             frontier.add((link, depth + 1, 0))
         return True
