@@ -168,5 +168,12 @@ def test_chat_loop_runs_the_tool_and_continues(chat_tok):
     engine.segments.extend([[t.tool_call, *tok.encode("calculator\nimport os"), t.tool_call_end], [t.end]])
     chat.respond("again")
     assert tok.decode(engine.appended[-1]) == "<|tool_output|>error: syntax error: invalid syntax<|tool_output_end|>"
+    # a <|tool_call_end|> the model emits outside a call runs nothing and ends the turn; the history stays valid
+    n_appended = len(engine.appended)
+    engine.segments.append([*tok.encode("It is"), t.tool_call_end])
+    turn = chat.respond("and now?")
+    assert turn["finish_reason"] == "stray_tool_call_end" and len(engine.appended) == n_appended
+    assert chat.messages[-1] == {"role": "assistant", "content": "It is"}
+    render_conversation(tok, chat.messages)
     chat.reset()
     assert chat.messages == [{"role": "system", "content": "sys"}]

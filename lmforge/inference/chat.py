@@ -110,6 +110,7 @@ class ChatSession:
         calls, finish = 0, "length"
         while True:
             in_call = False
+            segment_start = len(turn_ids)
             for event in iter(lambda: session.step()[0], None):
                 if event.token_id >= 0:
                     turn_ids.append(event.token_id)
@@ -120,12 +121,15 @@ class ChatSession:
                 if event.finish_reason is not None:
                     finish = event.finish_reason
                     break
-            last = turn_ids[-1] if turn_ids else None
+            last = turn_ids[-1] if len(turn_ids) > segment_start else None
             if last != t.tool_call_end or finish != "stop":
                 if last == t.end:
                     finish = "end"
                 break
-            opened = len(turn_ids) - 1 - turn_ids[::-1].index(t.tool_call) if t.tool_call in turn_ids else -1
+            if not in_call:  # <|tool_call_end|> without <|tool_call|>: nothing to run, the turn stops here
+                finish = "stray_tool_call_end"
+                break
+            opened = len(turn_ids) - 1 - turn_ids[::-1].index(t.tool_call)
             name, arguments = parse_tool_call(self.tok.decode(turn_ids[opened + 1:-1]))
             emit(TurnEvent("tool_call", arguments, name))
             calls += 1

@@ -244,9 +244,8 @@ def _calc_turn(question: str, expr: str, answer: str) -> Messages:
 def arithmetic_conversation(rng: random.Random) -> Messages:
     r = rng.random()
     if r < 0.5:
-        expr = arithmetic_expression(rng)
-        tool_expr = expr.replace(" ", "")
-        return _calc_turn(rng.choice(_ARITH_Q).format(e=expr), tool_expr,
+        expr = arithmetic_expression(rng)  # the call copies the user's expression token for token: easy to learn
+        return _calc_turn(rng.choice(_ARITH_Q).format(e=expr), expr,
                           rng.choice(["{e} = {{r}}.", "The answer is {{r}}.", "{{r}}", "It is {{r}}."]).format(e=expr))
     if r < 0.75:
         src, dst, tmpl = rng.choice(_UNITS)
@@ -343,7 +342,7 @@ def heldout_arithmetic(n: int, seed: int = 424242) -> list[dict[str, str]]:
     out = []
     for _ in range(n):
         expr = arithmetic_expression(rng)
-        out.append({"question": rng.choice(_ARITH_Q).format(e=expr), "expression": expr.replace(" ", ""),
+        out.append({"question": rng.choice(_ARITH_Q).format(e=expr), "expression": expr,
                     "answer": calculate(expr)})
     return out
 
