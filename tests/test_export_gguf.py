@@ -100,3 +100,17 @@ def test_qwen3_gguf_keeps_half_split_rows(tmp_path, tok):
     _, ours = logits_of(model, tokenizer)
     _, theirs = logits_of(hf, tokenizer)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_padded_model_vocabulary_gets_placeholder_tokens(tmp_path, tok):
+    tokenizer, _ = tok
+    model = checkpoint(tmp_path / "ckpt", tok, vocab_size=tokenizer.vocab_size + 6)
+    path = export_gguf(tmp_path / "ckpt", tmp_path / "padded.gguf")
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == tokenizer.vocab_size + 6
+    _, ours = logits_of(model, tokenizer)
+    _, theirs = logits_of(read_back(path), tokenizer)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)

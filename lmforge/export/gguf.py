@@ -71,7 +71,7 @@ def gguf_tensors(model: Any, arch: str) -> dict[str, Any]:
     return out
 
 
-def add_tokenizer(writer: Any, tok: Any) -> None:
+def add_tokenizer(writer: Any, tok: Any, model_vocab: int) -> None:
     import gguf
 
     from lmforge.tokenizer.bpe_train import byte_to_char
@@ -86,6 +86,10 @@ def add_tokenizer(writer: Any, tok: Any) -> None:
     special_ids = set(specials.values())
     tokens = [spell(t) for t in vocab]  # special tokens' names are printable ASCII, which spells as itself
     types = [gguf.TokenType.CONTROL if i in special_ids else gguf.TokenType.NORMAL for i in range(len(vocab))]
+    # GGUF needs one token per embedding row: a model vocabulary padded past the tokenizer's gets placeholders
+    # (as llama.cpp's own converter writes them) that no text encodes to.
+    tokens += [f"[PAD{i}]" for i in range(len(vocab), model_vocab)]
+    types += [gguf.TokenType.UNUSED] * (model_vocab - len(vocab))
     merges = [f"{spell(vocab[a])} {spell(vocab[b])}" for a, b in tok.hf_merges()]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(PRE_TOKENIZER)
@@ -114,9 +118,9 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
     cfg = model.config
     arch = check_exportable(cfg, "GGUF")
     tok = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
-    if tok.vocab_size != cfg.vocab_size:
-        raise LmforgeError(f"checkpoint {ckpt}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
-                           f"{cfg.vocab_size}; GGUF needs one entry per embedding row")
+    if tok.vocab_size > cfg.vocab_size:
+        raise LmforgeError(f"checkpoint {ckpt}: its tokenizer has {tok.vocab_size} tokens but the model's "
+                           f"vocab_size is only {cfg.vocab_size}")
     out = Path(out)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
@@ -134,7 +138,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_vocab_size(cfg.vocab_size)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-        add_tokenizer(w, tok)
+        add_tokenizer(w, tok, cfg.vocab_size)
         for name, tensor in gguf_tensors(model, arch).items():
             arr = tensor.numpy()
             if dtype == "f16" and arr.ndim == 2:
