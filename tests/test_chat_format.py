@@ -99,6 +99,8 @@ def test_parse_assistant_round_trip(tok):
     t = ChatTokens.of(tok)
     unclosed = parse_assistant(tok, [t.tool_call, *tok.encode("calculator\n2+"), t.end])
     assert unclosed["ended"] and unclosed["tool_calls"] == [] and unclosed["content"] == ""
+    unanswered = parse_assistant(tok, [*tok.encode("Let"), t.tool_call, *tok.encode("calculator\n2+3"), t.tool_call_end])
+    assert unanswered["messages"] == [{"role": "assistant", "content": "Let"}] and len(unanswered["tool_calls"]) == 1
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -240,7 +240,8 @@ def parse_assistant(tok: ChatTokenizer, ids: Sequence[int]) -> dict[str, Any]:
 
     Returns {"messages": the turn as assistant/tool messages, "content": the final assistant text, "tool_calls",
     "tool_outputs", "ended": whether `<|end|>` closed the turn}. Tokens after `<|end|>` are ignored; a call cut off
-    before `<|tool_call_end|>` (by `<|end|>` or the token budget) is dropped, since it never ran.
+    before `<|tool_call_end|>` (by `<|end|>` or the token budget) is dropped, since it never ran, and so is a call
+    whose output never came: the messages always form a valid conversation. "tool_calls" lists every complete call.
     """
     t = ChatTokens.of(tok)
     messages: list[dict[str, Any]] = []
@@ -276,6 +277,8 @@ def parse_assistant(tok: ChatTokenizer, ids: Sequence[int]) -> dict[str, Any]:
             segment.append(token)
     if state == "text":
         current["content"] += tok.decode(segment)
+    if unanswered:  # calls whose output never came (the turn was cut) did not happen as far as the model knows
+        del current["tool_calls"]
     if current["content"] or current.get("tool_calls") or not messages:
         messages.append(current)
     final = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
