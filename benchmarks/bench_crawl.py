@@ -10,11 +10,15 @@
    - warcio `ArchiveIterator` (raw iteration, payload read; and with HTML decoding, the same work as ours),
    - FastWARC `ArchiveIterator` (raw iteration, payload read; and with HTML decoding).
    All in the same run, several passes each, best pass reported; ratios are against warcio and FastWARC.
+3. Robustness: damaged copies of a real WARC (garbage between gzip members, one corrupt member, a truncated file):
+   the records each library returns, whether it raises, and whether it hands out a cut-short record unflagged.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 import time
@@ -106,6 +110,84 @@ def fastwarc_docs(files):
     return n
 
 
+def _damaged_variants(src: Path, tmp: Path) -> dict[str, Path]:
+    """The same WARC with a garbage member in the middle, a corrupt member, and the file cut in half."""
+    import random
+    import zlib
+
+    data = src.read_bytes()
+    members, pos = [], 0
+    while pos < len(data):
+        d = zlib.decompressobj(31)
+        d.decompress(data[pos:])
+        end = len(data) - len(d.unused_data)
+        members.append(data[pos:end])
+        pos = end
+    mid = len(members) // 2
+    garbage = bytes(random.Random(0).randrange(256) for _ in range(4000)).replace(b"\x1f\x8b", b"xx")
+    big = max(range(mid, len(members)), key=lambda i: len(members[i]))
+    bad = bytearray(members[big])
+    bad[len(bad) // 2: len(bad) // 2 + 64] = bytes(64)
+    variants = {"intact": b"".join(members),
+                "garbage between members": b"".join(members[:mid]) + garbage + b"".join(members[mid:]),
+                "one corrupt member": b"".join(members[:big]) + bytes(bad) + b"".join(members[big + 1:]),
+                "truncated file": data[: len(data) // 2]}
+    out = {}
+    for name, blob in variants.items():
+        out[name] = tmp / (name.replace(" ", "_") + ".warc.gz")
+        out[name].write_bytes(blob)
+    return out
+
+
+def _responses_warcio(path):
+    from warcio.archiveiterator import ArchiveIterator
+
+    n = 0
+    with open(path, "rb") as fh:
+        for rec in ArchiveIterator(fh):
+            if rec.rec_type == "response":
+                rec.raw_stream.read()
+                n += 1
+                if getattr(rec.raw_stream, "limit", 0) > 0:  # bytes the record promised and did not have
+                    return f"{n}, stopped at the first one cut short ({rec.raw_stream.limit} bytes missing, not flagged)"
+    return n
+
+
+def _responses_fastwarc(path):
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    n = 0
+    with open(path, "rb") as fh:
+        for rec in ArchiveIterator(fh, record_types=WarcRecordType.response, parse_http=False):
+            block = rec.reader.read()
+            n += 1
+            if len(block) != rec.content_length:
+                return f"{n}, stopped at the first one cut short ({len(block)} of {rec.content_length} bytes, not flagged)"
+    return n
+
+
+def _responses_ours(path):
+    from lmforge.data.base import StepStats
+
+    stats = StepStats("read")
+    n = sum(1 for h, _ in iter_warc_records(path, stats) if h.get("warc-type") == "response")
+    return f"{n} (counted: {dict(stats.dropped)})" if stats.dropped else n
+
+
+def bench_robustness(src: Path, tmp: Path) -> None:
+    print(f"\n== damaged copies of {src.name}: response records each reader returns (an exception ends it)")
+    for name, path in _damaged_variants(src, tmp).items():
+        row = []
+        for label, fn in [("lmforge", _responses_ours), ("warcio", _responses_warcio),
+                          ("fastwarc", _responses_fastwarc)]:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    row.append(f"{label}: {fn(path)}")
+            except Exception as e:  # what a caller of that library would see
+                row.append(f"{label}: raised {type(e).__name__}")
+        print(f"{name:24s} " + " | ".join(row))
+
+
 def bench_readers(name, files, passes):
     size = sum(f.stat().st_size for f in files)
     print(f"\n== reading {name}: {len(files)} files, {size / 1e6:.2f} MB compressed, best of {passes} passes")
@@ -151,6 +233,8 @@ def main() -> None:
             bench_readers("shared CC + dolma WARCs", sorted((shared / "pretrain" / "warc").glob("*.warc.gz")),
                           passes * 4)
         bench_readers("crawled pydoc WARCs", sorted(out.glob("*.warc.gz")), passes)
+        if shared is not None:
+            bench_robustness(shared / "pretrain" / "warc" / "dolma-sample-0000.warc.gz", Path(tmp))
 
 
 if __name__ == "__main__":
