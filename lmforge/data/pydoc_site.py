@@ -49,11 +49,13 @@ Disallow: /turtledemo
 
 def denied(path: str) -> bool:
     """True if the request path names a module the server refuses to import."""
-    name = path.lstrip("/").split("?", 1)[0]
+    name, _, query = path.lstrip("/").partition("?")
+    if query:
+        if name in ("search", "get"):
+            return True
+        name = query.partition("=")[2]  # topic?key=NAME also imports NAME when it is not a topic
     if name.endswith(".html"):
         name = name[:-5]
-    if name.startswith(("search", "get")) and "?" in path:
-        return True
     parts = [p for p in name.split(".") if p]
     return any(p in DENIED_COMPONENTS or p.startswith(("test", "_test")) for p in parts)
 
