@@ -107,7 +107,11 @@ def content_hash(text: str) -> int:
 
 @dataclass
 class ShardSignatures:
-    """Stage 1's output for one shard, saved as an .npz beside the shard's documents."""
+    """Stage 1's output for one shard: `STEM.sig.npz` (ids, content hashes) and `STEM.minhash.npy` (signatures).
+
+    The signatures are loaded memory-mapped, and stage 2 reads them one band (8 columns) at a time, so its memory is
+    about 32 bytes per document per band instead of 448 for whole signatures.
+    """
 
     ids: np.ndarray  # str, document ids (for examples in the report)
     exact: np.ndarray  # uint64[n]
@@ -115,17 +119,27 @@ class ShardSignatures:
     has_words: np.ndarray  # bool[n]
     seconds: float = 0.0  # time spent hashing (not saved)
 
-    def save(self, path) -> None:
+    def save(self, stem) -> None:
+        from pathlib import Path
+
         from lmforge.utils import atomic_path
 
-        with atomic_path(path) as tmp:
+        stem = Path(stem)
+        with atomic_path(stem.with_name(stem.name + ".minhash.npy")) as tmp:
+            np.save(tmp, self.minhash)
+        with atomic_path(stem.with_name(stem.name + ".sig.npz")) as tmp:  # written last: the pair is complete
             with open(tmp, "wb") as f:
-                np.savez(f, ids=self.ids, exact=self.exact, minhash=self.minhash, has_words=self.has_words)
+                np.savez(f, ids=self.ids, exact=self.exact, has_words=self.has_words)
 
     @classmethod
-    def load(cls, path) -> "ShardSignatures":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(ids=z["ids"], exact=z["exact"], minhash=z["minhash"], has_words=z["has_words"])
+    def load(cls, stem) -> "ShardSignatures":
+        from pathlib import Path
+
+        stem = Path(stem)
+        with np.load(stem.with_name(stem.name + ".sig.npz"), allow_pickle=False) as z:
+            ids, exact, has_words = z["ids"], z["exact"], z["has_words"]
+        minhash = np.load(stem.with_name(stem.name + ".minhash.npy"), mmap_mode="r")
+        return cls(ids=ids, exact=exact, minhash=minhash, has_words=has_words)
 
 
 def signatures(texts_and_ids: Iterable[tuple[str, str]], config: DedupConfig) -> ShardSignatures:
@@ -201,17 +215,23 @@ class DuplicateResult:
         lo, hi = self.offsets[k], self.offsets[k + 1]
         return self.reason[lo:hi], self.duplicate_of[lo:hi]
 
-    def save(self, path) -> None:
+    def save_shards(self, directory) -> None:
+        """One small file per shard (`NNNNN.npz`), so that each stage-3 task loads only its own decisions."""
+        from pathlib import Path
+
         from lmforge.utils import atomic_path
 
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, reason=self.reason, duplicate_of=self.duplicate_of, offsets=self.offsets)
+        for k in range(len(self.offsets) - 1):
+            reason, duplicate_of = self.shard(k)
+            with atomic_path(Path(directory) / f"{k:05d}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, reason=reason, duplicate_of=duplicate_of)
 
-    @classmethod
-    def load(cls, path, stats: dict) -> "DuplicateResult":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(reason=z["reason"], duplicate_of=z["duplicate_of"], offsets=z["offsets"], stats=stats)
+
+def load_shard_decisions(path) -> tuple[np.ndarray, np.ndarray]:
+    """(reason, duplicate_of) of one shard, as `DuplicateResult.save_shards` wrote them."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["reason"], z["duplicate_of"]
 
 
 def find_duplicates(shards: list[ShardSignatures], config: DedupConfig) -> DuplicateResult:
@@ -239,11 +259,15 @@ def find_duplicates(shards: list[ShardSignatures], config: DedupConfig) -> Dupli
         exact_clusters = record("exact", first, other)
 
     if config.minhash and n:
-        sig = np.concatenate([s.minhash for s in shards])
-        live = np.nonzero(np.concatenate([s.has_words for s in shards]) & (reason == NOT_REMOVED))[0]
-        live_sig = sig[live]
+        live_mask = np.concatenate([s.has_words for s in shards]) & (reason == NOT_REMOVED)
+        live = np.nonzero(live_mask)[0]
+        local = [np.nonzero(live_mask[offsets[k]:offsets[k + 1]])[0] for k in range(len(shards))]
         r = config.rows
-        edges = [_equal_runs(live_sig[:, b * r:(b + 1) * r]) for b in range(config.bands)]
+        edges = []
+        for b in range(config.bands):  # one band in memory at a time
+            band = np.concatenate([np.asarray(s.minhash[rows, b * r:(b + 1) * r]) if len(rows) else
+                                   np.zeros((0, r), np.uint32) for s, rows in zip(shards, local)])
+            edges.append(_equal_runs(band))
         x = np.concatenate([e[0] for e in edges])
         y = np.concatenate([e[1] for e in edges])
         roots = connected_components(len(live), x, y)

@@ -5,7 +5,7 @@ One task per input file (a shard; a few large files are shared by several stride
 can only be judged a duplicate once every shard has been seen:
 
     A  per shard, in parallel: read -> steps before `dedup` -> work/a/NNNNN.jsonl.gz + MinHash signatures
-    B  once:                   cluster exact and near duplicates over all signatures -> work/dedup.npz
+    B  once:                   cluster exact and near duplicates over all signatures -> work/dedup/NNNNN.npz
     C  per shard, in parallel: drop duplicates -> steps after `dedup` (PII) -> documents/NNNNN.jsonl.gz
 
 Without `dedup`, stage A runs the whole chain and writes `documents/` directly. Every file a task writes appears
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from lmforge.data.base import Step, StepStats
-from lmforge.data.dedup import DedupConfig, DedupFilter, DuplicateResult, ShardSignatures, find_duplicates, signatures
+from lmforge.data.dedup import (DedupConfig, DedupFilter, ShardSignatures, find_duplicates, load_shard_decisions,
+                                signatures)
 from lmforge.data.document import Document
 from lmforge.data.writers import JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, read_output_documents, write_parquet
 from lmforge.utils import LmforgeError, read_json, write_json
@@ -331,7 +332,7 @@ def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig
                 yield d.text, d.id
 
         sig = signatures(written(), dedup)
-    sig.save(stem.with_name(stem.name + ".sig.npz"))
+    sig.save(stem)
     return {**summary, "signature_seconds": sig.seconds}
 
 
@@ -342,9 +343,9 @@ def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any
     if marker.is_file():
         return read_json(marker, "dedup statistics")
     t0 = time.perf_counter()
-    shards = [ShardSignatures.load(paths["stage_a"] / f"{k:05d}.sig.npz") for k in range(num_shards)]
+    shards = [ShardSignatures.load(paths["stage_a"] / f"{k:05d}") for k in range(num_shards)]
     result = find_duplicates(shards, dedup)
-    result.save(paths["work"] / "dedup.npz")
+    result.save_shards(paths["work"] / "dedup")
     stats = {**result.stats, "seconds": round(time.perf_counter() - t0, 3)}
     write_json(marker, stats)
     return stats
@@ -359,8 +360,7 @@ def run_stage_c(task: ShardTask) -> dict[str, Any]:
         return read_json(marker, "task statistics")
     config = PipelineConfig.from_dict(task.config)
     _, _, after = config.split()
-    dup = DuplicateResult.load(paths["work"] / "dedup.npz", stats={})
-    reason, duplicate_of = dup.shard(task.index)
+    reason, duplicate_of = load_shard_decisions(paths["work"] / "dedup" / f"{task.name}.npz")
     steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
     stats = [StepStats(s.name) for s in steps]
     sink = _ExclusionSink(paths["excluded"] / f"{task.name}.c{JSONL_SUFFIX}", config.output.write_excluded)
