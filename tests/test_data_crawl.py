@@ -232,8 +232,9 @@ def test_pydoc_site_survives_a_dead_server_process():
 
     with PydocSite() as site:
         assert b"Disallow: /search?" in urllib.request.urlopen(site.url + "robots.txt", timeout=20).read()
-        with pytest.raises(urllib.error.HTTPError, match="404"):  # runs unittest on import: refused
-            urllib.request.urlopen(site.url + "unittest.__main__.html", timeout=20)
+        for page in ("unittest.__main__.html", "topic?key=test.autotest"):  # these run tests on import: refused
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(site.url + page, timeout=20)
         procs = list(site.procs)
         for p in procs:  # what the render watchdog does to a process stuck in an import
             os.kill(p.pid, signal.SIGKILL)
