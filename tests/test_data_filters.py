@@ -73,7 +73,10 @@ def test_url_filter_rules(url_lists, url, reason):
     assert f.keep(doc("", url)) == reason
 
 
-def test_url_filter_without_lists_keeps_everything_and_says_so(caplog):
+def test_url_filter_without_lists_keeps_everything_and_says_so(caplog, monkeypatch):
+    import lmforge.data.filters.url as url_module
+
+    monkeypatch.setattr(url_module, "_warned_empty", [])  # the warning is once per process
     f = URLFilter()
     assert "no lists given" in f.describe()
     assert "no lists given" in caplog.text

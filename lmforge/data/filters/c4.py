@@ -12,15 +12,14 @@ as a word): the pydoc config relaxes them, see `lmforge/data/filters/configs.py`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-
-import regex
 
 from lmforge.data.base import Filter
 from lmforge.data.document import Document
 
-_CITATION = regex.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", regex.IGNORECASE)
-_SENTENCE_END = regex.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
+_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                   "use cookies")

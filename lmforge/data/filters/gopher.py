@@ -12,18 +12,17 @@ instead of building millions of strings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import regex
 
 from lmforge.data.base import Filter
 from lmforge.data.document import Document
-from lmforge.data.filters.text import alnum_words, split_words
+from lmforge.data.filters.text import alnum_words, count_letter_words, split_words
 
-_PARAGRAPH_SPLIT = regex.compile(r"\n{2,}")
-_LINE_SPLIT = regex.compile(r"\n+")
-_HAS_ALPHA = regex.compile(r"[^\W\d_]")
+_PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
+_LINE_SPLIT = re.compile(r"\n+")
 
 # Large odd 64-bit multipliers for the rolling n-gram hash (wrap-around arithmetic on uint64).
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -100,10 +99,11 @@ class GopherRepetitionFilter(Filter):
         words = split_words(text)
         if not words:
             return None
-        vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
+        # Python's string hash (cached on each string, consistent within the process: all a document needs) as
+        # the word id; a 64-bit collision between two different words of one document is vanishingly unlikely
+        ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        keys = (ids + np.uint64(1)) * _MIX
+        keys = (ids ^ (ids >> np.uint64(29))) * _MIX
         max_n = max([n for n, _ in self.top_n_grams] + [n for n, _ in self.dup_n_grams] + [1])
         hashes = keys.copy()  # hashes[i] = hash of the n-gram starting at word i, for the current n
         top = dict(self.top_n_grams)
@@ -214,8 +214,8 @@ class GopherQualityFilter(Filter):
                 return "gopher_too_many_end_ellipsis"
 
         if self.min_alpha_words_ratio is not None:
-            spaced = text.split()
-            alpha = sum(1 for w in spaced if _HAS_ALPHA.search(w)) / max(1, len(spaced))
+            letter_words, total = count_letter_words(text)
+            alpha = letter_words / max(1, total)
             measured["alpha_words"] = _round(alpha)
             if alpha < self.min_alpha_words_ratio:
                 return "gopher_below_alpha_threshold"

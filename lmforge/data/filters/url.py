@@ -31,6 +31,7 @@ from lmforge.utils import LmforgeError
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 log = logging.getLogger(__name__)
+_warned_empty: list[bool] = []
 
 
 def _read_list(path: Path) -> list[str]:
@@ -98,7 +99,9 @@ class URLFilter(Filter):
             self._sub_index[w[: self._sub_k]].append(w)
         self.n_subwords = len(subwords)
         if not (self.domains or self.url_prefixes or self.hard_words or self.soft_words or self.n_subwords):
-            log.warning(self.describe())
+            if not _warned_empty:  # once per process, not once per worker task
+                log.warning(self.describe())
+                _warned_empty.append(True)
 
     def _load_blocklist(self, path: Path) -> None:
         if path.is_dir():
