@@ -402,3 +402,17 @@ def test_speedrun_stage_trains_on_data_documents(tmp_path):
     tok = Tokenizer.load(result["tokenizer_dir"])
     assert result["vocab_size"] == tok.vocab_size and result["tokenizer_hash"] == tok.hash
     assert "bytes/token" in (tmp_path / "stage" / "explorer.txt").read_text()
+
+
+def test_recount_keeps_pair_counts_exact():
+    """The fallback used when a merge reuses an existing id: counts of the rewritten chunk are recounted."""
+    from collections import defaultdict
+
+    from lmforge.tokenizer.bpe_train import _recount
+
+    old, new, N = "xabyab", "xNyN", "N"  # N already present elsewhere is why the neighbour rule is not used
+    pair_counts = defaultdict(int, {"xa": 3, "ab": 6, "by": 3, "ya": 3})
+    new_counts, new_where = defaultdict(int), defaultdict(list)
+    _recount(old, new, 3, N, pair_counts, new_counts, new_where, 7)
+    assert {k: v for k, v in pair_counts.items() if v} == {}
+    assert dict(new_counts) == {"xN": 3, "Ny": 3, "yN": 3} and new_where["xN"] == [7]

@@ -239,7 +239,9 @@ def learn_merges(
         # the rewritten chunk `nw`: a site's left neighbour L gives (L, A) -> (L, N), its right neighbour R gives
         # (B, R) -> (N, R). Two adjacent sites (`A B A B` -> `N N`) share one neighbour pair: the old (B, A) goes
         # once and (N, N) comes once, so the left side is skipped when L is itself a site.
-        new_pairs: set[str] = set()
+        # Pairs holding a fresh N are new keys: their counts and chunk lists are gathered locally, then added.
+        new_counts: defaultdict[str, int] = defaultdict(int)
+        new_where: defaultdict[str, list[int]] = defaultdict(list)
         for wi in set(where.pop(pair)):
             w = words[wi]
             if pair not in w:  # a stale entry: an earlier merge took the pair out of this chunk
@@ -248,7 +250,7 @@ def learn_merges(
             nw = w.replace(pair, N)
             words[wi] = nw
             if not fresh:  # N may also stand in the chunk already: recount the chunk's pairs instead
-                _recount(w, nw, c, N, pair_counts, where, new_pairs, wi)
+                _recount(w, nw, c, N, pair_counts, new_counts, new_where, wi)
                 continue
             last = len(nw) - 1
             k = nw.find(N)
@@ -258,22 +260,21 @@ def learn_merges(
                     if L != N:
                         pair_counts[L + A] -= c
                         p = L + N
-                        pair_counts[p] += c
-                        new_pairs.add(p)
-                        where[p].append(wi)
+                        new_counts[p] += c
+                        new_where[p].append(wi)
                 if k < last:
                     R = nw[k + 1]
                     pair_counts[B + (A if R == N else R)] -= c
                     p = N + R
-                    pair_counts[p] += c
-                    new_pairs.add(p)
-                    where[p].append(wi)
+                    new_counts[p] += c
+                    new_where[p].append(wi)
                 k = nw.find(N, k + 1)
         pair_counts.pop(pair, None)
-        for p in new_pairs:
-            count = pair_counts[p]
+        for p, count in new_counts.items():
             if count > 0:
-                heapq.heappush(heap, (-count, p))
+                pair_counts[p] = pair_counts.get(p, 0) + count
+                where[p].extend(new_where[p])
+                heapq.heappush(heap, (-pair_counts[p], p))
     bar.close()
     stats.merges = len(merges)
 
@@ -286,14 +287,15 @@ def learn_merges(
     return [(ext(a), ext(b), n) for a, b, n in merges]
 
 
-def _recount(old: str, new: str, c: int, N: str, pair_counts: dict, where: dict, new_pairs: set, wi: int) -> None:
+def _recount(old: str, new: str, c: int, N: str, pair_counts: dict, new_counts: dict, new_where: dict, wi: int) -> None:
     """Exact pair-count update of one chunk by recounting all its pairs (used when the merged token's id was
     reused, so the new token may already stand in the chunk and the neighbour rule cannot find the sites)."""
     for i in range(len(old) - 1):
         pair_counts[old[i : i + 2]] -= c
     for i in range(len(new) - 1):
         p = new[i : i + 2]
-        pair_counts[p] += c
         if N in p:
-            new_pairs.add(p)
-            where[p].append(wi)
+            new_counts[p] += c
+            new_where[p].append(wi)
+        else:
+            pair_counts[p] += c
