@@ -192,8 +192,10 @@ def test_resume_extends_a_crawl_and_refuses_other_seeds(site, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_pydoc_site_crawl(tmp_path):
+    result = crawl_pydoc(CrawlConfig(out=str(tmp_path / "py"), max_pages=4, delay=0.0, workers=2, progress=False))
+    assert result["pages"] == 4
     result = crawl_pydoc(CrawlConfig(out=str(tmp_path / "py"), max_pages=6, delay=0.0, workers=2, progress=False))
-    assert result["pages"] == 6
+    assert result["pages"] == 6 and result["pages_this_run"] == 2  # resumed on the same port
     docs = list(read_documents(tmp_path / "py"))
     assert len(docs) == 6
     assert docs[0].url.startswith("http://127.0.0.1:") and "Python" in docs[0].text

@@ -755,5 +755,15 @@ def crawl_pydoc(config: CrawlConfig) -> dict[str, Any]:
     if state_path.is_file():
         seeds = read_json(state_path, "crawl state").get("seeds") or []
         port = urlsplit(seeds[0]).port or 0 if seeds else 0
-    with PydocSite(PydocSiteConfig(port=port)) as site:
+    site = PydocSite(PydocSiteConfig(port=port))
+    try:
+        site.start()
+    except LmforgeError as e:
+        if not port:
+            raise
+        raise LmforgeError(f"{e}: resuming the crawl in {config.out} needs the port it began with; "
+                           "free it or crawl into a new --out folder") from e
+    try:
         return crawl(replace(config, seeds=[site.url], allowed_hosts=None))
+    finally:
+        site.stop()
