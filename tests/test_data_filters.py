@@ -149,6 +149,23 @@ def test_extract_survives_broken_html_and_invalid_bytes(mode):
         d.text.encode("utf-8")  # no lone surrogates reach later steps
 
 
+@pytest.mark.timeout(20)
+def test_extract_times_out_on_a_slow_page(monkeypatch):
+    import time
+
+    ex = Extract(mode="trafilatura", timeout_s=0.2)
+
+    def slow(page, **kwargs):
+        while True:  # a pathological page: the library never returns
+            time.sleep(0.01)
+
+    monkeypatch.setattr(ex, "_trafilatura_extract", slow)
+    t0 = time.perf_counter()
+    assert ex.keep(doc(ARTICLE)) == "extract_timeout"
+    assert time.perf_counter() - t0 < 2
+    assert Extract(mode="trafilatura", timeout_s=0.2).keep(doc(ARTICLE)) is None  # the alarm is cleared after
+
+
 def test_extract_rejects_bad_config():
     with pytest.raises(LmforgeError, match="mode"):
         Extract(mode="regex")
@@ -421,5 +438,15 @@ def test_pydoc_chain_keeps_module_documentation():
     # the web defaults drop the same page: that is why the pydoc chain relaxes them
     docs = [Document(page, "textwrap")]
     for step in build_steps([s for s in config_steps("fineweb") if s["step"] not in ("dedup", "url_filter")]):
+        docs = list(step(docs))
+    assert docs == []
+
+
+def test_pydoc_chain_drops_link_lists():
+    import pydoc
+
+    specs = [s for s in config_steps("pydoc") if s["step"] != "dedup"]
+    docs = [Document(pydoc._url_handler(p, "text/html"), p) for p in ("index.html", "keywords.html")]
+    for step in build_steps(specs):
         docs = list(step(docs))
     assert docs == []

@@ -12,9 +12,13 @@ A page that cannot be parsed, or yields no text, is dropped with a reason; no pa
 
 from __future__ import annotations
 
+import contextlib
 import html as html_lib
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from lmforge.data.base import Filter
 from lmforge.data.document import Document
@@ -49,6 +53,35 @@ def _tidy(text: str) -> str:
     return "\n".join(out).strip()
 
 
+class ExtractTimeout(BaseException):
+    """Raised inside a slow extraction by the alarm. A BaseException, so that a library's own `except Exception`
+    cannot swallow it and carry on."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt the block with `ExtractTimeout` after `seconds` of wall time.
+
+    A real-time timer signal costs microseconds per page, where datatrove's extraction sandbox (a child process per
+    worker) ships every page through a pipe. Signals only reach the main thread, so in a worker thread (a Dask
+    thread pool) the block runs without a limit; C code (lxml, resiliparse) is interrupted when it returns to Python.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise ExtractTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def html_title(page: str) -> str | None:
     """The `<title>` of a page, found with one regex in its first 64 KB (cheaper than a second parse)."""
     m = _TITLE_RE.search(page, 0, 65536)
@@ -67,7 +100,9 @@ class Extract(Filter):
     across documents, so a page's text would depend on which pages the same worker saw before it (different per
     worker count, and not reproducible on resume); the dedup step removes repeated documents across the whole
     dataset instead. `skip_elements` are CSS selectors resiliparse leaves out (site-specific
-    navigation). `min_chars`: a shorter result counts as empty (a page with nothing but a heading).
+    navigation). `min_chars`: a shorter result counts as empty (a page with nothing but a heading). `timeout_s`:
+    a page that takes longer is dropped as `extract_timeout` (pathological markup can keep trafilatura busy for
+    minutes; FineWeb allowed 1 s, we allow more because pydoc's largest pages need ~1 s on a loaded 2-core machine).
     """
 
     mode: str = "trafilatura"
@@ -77,6 +112,7 @@ class Extract(Filter):
     deduplicate: bool = False
     skip_elements: list[str] = field(default_factory=list)
     min_chars: int = 1
+    timeout_s: float | None = 10.0
 
     name = "extract"
 
@@ -116,7 +152,10 @@ class Extract(Filter):
         if not page.strip():
             return "empty_html"
         try:
-            text, title = self._extract(page)
+            with deadline(self.timeout_s):
+                text, title = self._extract(page)
+        except ExtractTimeout:
+            return "extract_timeout"
         except Exception:  # any parser failure on one page is that page's problem, never the run's
             return "extract_error"
         text = _tidy(text or "")
