@@ -107,3 +107,18 @@ def test_dedup_across_input_files_keeps_exactly_one(tmp_path):
     dropped = [json.loads(line) for p in (out / "excluded").glob("*.jsonl.gz") for line in gzip.open(p, "rt")]
     assert sorted(d["id"] for d in dropped) == ["planted-1", "planted-2"]
     assert all(d["reason"] == "near_duplicate" and d["metadata"]["duplicate_of"] == "planted-0" for d in dropped)
+
+
+def test_band_collisions_pair_every_identical_row_and_nothing_else():
+    from lmforge.data.dedup import _band_collisions
+
+    rng = np.random.default_rng(5)
+    band = rng.integers(0, 3, size=(3000, 8), dtype=np.uint32)  # 3^8 = 6561 values: many identical rows
+    first, other = _band_collisions(band)
+    assert np.all(band[first] == band[other]) and np.all(first != other)
+    labels = connected_components(len(band), first, other)
+    groups: dict[tuple, set] = {}
+    for i, row in enumerate(map(tuple, band.tolist())):
+        groups.setdefault(row, set()).add(int(labels[i]))
+    assert all(len(g) == 1 for g in groups.values())  # identical rows end in one component
+    assert len(set(labels.tolist())) == len(groups)  # and different rows never do

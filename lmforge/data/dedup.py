@@ -190,16 +190,30 @@ def connected_components(n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _equal_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows of `keys` (n x k), pairs (first row of a group of equal rows, another row of that group)."""
+    """For a 1-D array, pairs (first index of a group of equal values, another index of that group)."""
     if len(keys) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.lexsort(keys.T[::-1]) if keys.ndim == 2 else np.argsort(keys, kind="stable")
+    order = np.argsort(keys, kind="stable")
     s = keys[order]
-    same = np.all(s[1:] == s[:-1], axis=1) if keys.ndim == 2 else s[1:] == s[:-1]
-    # group start for each sorted position: index of the last position where a new group began
+    same = s[1:] == s[:-1]
+    # for each sorted position, the position where its group of equal values begins
     starts = np.maximum.accumulate(np.where(np.concatenate([[True], ~same]), np.arange(len(s)), 0))
     dup = np.nonzero(np.concatenate([[False], same]))[0]
     return order[starts[dup]], order[dup]
+
+
+def _band_collisions(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of rows with identical band values. Rows are first folded into one 64-bit key (sorting one column
+    is ~50x faster than a lexicographic sort of 8), then candidate pairs are checked on the full rows, so a key
+    collision can never merge two different documents."""
+    key = np.zeros(len(band), dtype=np.uint64)
+    for k in range(band.shape[1]):
+        key ^= band[:, k].astype(np.uint64)
+        key *= _MIX1
+        key ^= key >> np.uint64(29)
+    first, other = _equal_runs(key)
+    same = np.all(band[first] == band[other], axis=1)
+    return first[same], other[same]
 
 
 @dataclass
@@ -267,7 +281,7 @@ def find_duplicates(shards: list[ShardSignatures], config: DedupConfig) -> Dupli
         for b in range(config.bands):  # one band in memory at a time
             band = np.concatenate([np.asarray(s.minhash[rows, b * r:(b + 1) * r]) if len(rows) else
                                    np.zeros((0, r), np.uint32) for s, rows in zip(shards, local)])
-            edges.append(_equal_runs(band))
+            edges.append(_band_collisions(band))
         x = np.concatenate([e[0] for e in edges])
         y = np.concatenate([e[1] for e in edges])
         roots = connected_components(len(live), x, y)
