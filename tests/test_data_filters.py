@@ -166,6 +166,29 @@ def test_extract_times_out_on_a_slow_page(monkeypatch):
     assert Extract(mode="trafilatura", timeout_s=0.2).keep(doc(ARTICLE)) is None  # the alarm is cleared after
 
 
+def test_extract_deadline_keeps_an_outer_timer():
+    import signal
+
+    from lmforge.data.filters.extract import deadline
+
+    fired = []
+
+    def outer_handler(*_):
+        fired.append(True)
+
+    old = signal.signal(signal.SIGALRM, outer_handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        with deadline(5.0):
+            pass
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25.0 < remaining <= 30.0  # re-armed, not cancelled
+        assert signal.getsignal(signal.SIGALRM) is outer_handler and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_extract_rejects_bad_config():
     with pytest.raises(LmforgeError, match="mode"):
         Extract(mode="regex")

@@ -17,6 +17,7 @@ import html as html_lib
 import re
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -74,12 +75,19 @@ def deadline(seconds: float | None) -> Iterator[None]:
         raise ExtractTimeout()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Someone else's timer (pytest-timeout, an outer deadline) is paused and re-armed with what remains of it.
+    start = time.monotonic()
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if outer_delay and outer_delay < seconds:
+        signal.setitimer(signal.ITIMER_REAL, outer_delay)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay:
+            remaining = outer_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), outer_interval)
 
 
 def html_title(page: str) -> str | None:
