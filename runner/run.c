@@ -91,7 +91,24 @@ static inline float f16_f32(uint16_t h) {
     return s;
 #define ID(v) (v)
 static float dot_f32(const float *w, const float *x, int n) { DOT_BODY(ID) }
+#if defined(__F16C__) && defined(__AVX__) /* the hardware conversion; gcc does not vectorize _Float16 casts */
+#include <immintrin.h>
+static float dot_f16(const uint16_t *w, const float *x, int n) {
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i)));
+        b = _mm256_add_ps(b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8))), _mm256_loadu_ps(x + i + 8)));
+    }
+    float acc[8], s = 0.0f;
+    _mm256_storeu_ps(acc, _mm256_add_ps(a, b));
+    for (; i < n; i++) s += f16_f32(w[i]) * x[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+#else
 static float dot_f16(const uint16_t *w, const float *x, int n) { DOT_BODY(f16_f32) }
+#endif
 static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT_BODY(bf16_f32) }
 /* int8 weights x int8 activations, one int32 sum per group, scaled once per group (as llama2.c's runq.c). */
 static float dot_q8(const int8_t *w, const float *ws, const int8_t *x, const float *xs, int n, int gs) {
