@@ -96,3 +96,18 @@ def test_configs_outside_the_family_are_refused(tmp_path, tok):
     with pytest.raises(LmforgeError, match="norm='layernorm'.*mlp='gelu'"):
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_export_cli_writes_both_formats(tmp_path, tok, capsys):
+    from lmforge.cli import main
+
+    tokenizer, tok_dir = tok
+    make_checkpoint(tmp_path / "ckpt", tok_dir, tokenizer.vocab_size)
+    assert main(["export", "hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "tokenizer.json").is_file()
+    assert main(["export", "gguf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.gguf"),
+                 "--dtype", "f16"]) == 0
+    assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
+    assert "wrote GGUF" in capsys.readouterr().out
+    assert main(["export", "hf", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -303,3 +303,18 @@ def test_padded_model_vocabulary_never_samples_ids_the_tokenizer_lacks():
         out = engine.generate([256, 72, 105], params)[0][0]
         assert max(out.token_ids) < 266
         assert all(r < -1.0 for r in out.raw_logprobs)  # raw log-probs stay over the whole (padded) vocabulary
+
+
+def test_bf16_engine_from_checkpoint_follows_fp32(tmp_path):
+    """The reduced-precision path (CUDA's default dtype) on CPU: bf16 weights and cache, fp32 RoPE tables."""
+    from lmforge.checkpoint import save_model
+
+    model = tiny()
+    save_model(tmp_path / "ckpt", model, Tokenizer([]).save(tmp_path / "tok"))
+    engine = Engine.from_checkpoint(str(tmp_path / "ckpt"), dtype="bfloat16")
+    assert engine.dtype == torch.bfloat16 and engine.model.rope_cos.dtype == torch.float32
+    params = SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[])
+    session = engine.session([1, 2, 3, 4], params)
+    assert session.cache.k[0].dtype == torch.bfloat16
+    out = session.run()[0]
+    assert out.token_ids[:2] == greedy_reference(model, [1, 2, 3, 4], 2)  # the first steps agree with fp32
