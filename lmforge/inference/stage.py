@@ -107,7 +107,7 @@ def run_sample_stage(checkpoint: str | Path, out: Path, quick: bool = False, see
         "samples_file": str(out / "samples.json"),
         "samples": samples,
         "first_steps": steps,
-        "decode_tokens_per_second": round(n_tokens / seconds, 1),
+        "sampled_tokens_per_second": round(n_tokens / seconds, 1),  # prefill included
         "hf_dir": str(hf_dir),
         "gguf_file": str(gguf_file),
         "gguf_mb": round(gguf_file.stat().st_size / 1e6, 2),
