@@ -83,6 +83,7 @@ class GenerationSession:
     token itself first (a continued chat keeps its `<|end|>` or `<|tool_call_end|>` in context).
     """
 
+    @torch.inference_mode()
     def __init__(self, engine: "Engine", prompts: list[list[int]], params: SamplingParams, max_len: int) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise LmforgeError("every prompt needs at least one token (start it with <|bos|>)")
