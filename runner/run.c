@@ -38,10 +38,11 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef _OPENMP
-#define PFOR _Pragma("omp parallel for schedule(static)")
+#ifdef _OPENMP /* threads only for loops big enough to repay waking them (a matmul of 256K multiply-adds or more) */
+#define PRAGMA(x) _Pragma(#x)
+#define PFOR(work) PRAGMA(omp parallel for schedule(static) if ((work) >= 262144))
 #else
-#define PFOR
+#define PFOR(work)
 #endif
 
 enum { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3 };
@@ -320,7 +321,7 @@ static void matmul(State *s, float *out, const float *x, const Tensor *W, int T)
     int n = W->cols, d = W->rows, gs = s->gs;
     if (W->dtype == Q8) /* quantize the activations once, then integer dot products per group */
         for (int t = 0; t < T; t++) quantize_row(s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, x + (size_t)t * n, n, gs);
-#define ROWS(DOT) PFOR for (int i = 0; i < d; i++) for (int t = 0; t < T; t++) out[(size_t)t * d + i] = DOT;
+#define ROWS(DOT) PFOR((long)d * n * T) for (int i = 0; i < d; i++) for (int t = 0; t < T; t++) out[(size_t)t * d + i] = DOT;
     if (W->dtype == F32) {
         const float *w = W->data;
         ROWS(dot_f32(w + (size_t)i * n, x + (size_t)t * n, n))
@@ -387,7 +388,7 @@ static float *forward(const Model *m, State *s, const int *tokens, int T, int po
             qk_prepare(m, s, kc + (size_t)(pos + t) * kvd, m->n_kv, &L->k_norm, pos + t);
         }
         float scale = 1.0f / sqrtf((float)hd);
-        PFOR for (int h = 0; h < m->n_head; h++) {
+        PFOR((long)m->n_head * T * (pos + T) * hd) for (int h = 0; h < m->n_head; h++) {
             float *att = s->att + (size_t)h * m->seq_len;
             for (int t = 0; t < T; t++) {
                 const float *q = s->q + (size_t)t * D + (size_t)h * hd;
