@@ -253,12 +253,13 @@ def test_unreadable_file_is_counted_not_fatal(tmp_path, monkeypatch):
 
     (tmp_path / "a.jsonl").write_text('{"text": "kept"}\n')
     (tmp_path / "b.jsonl").write_text('{"text": "locked"}\n')
+    (tmp_path / "c").write_text('{"text": "locked, no suffix"}\n')
 
     def guarded_open(file, *args, **kwargs):  # as for a file without read permission (the tests may run as root)
-        if str(file).endswith("b.jsonl"):
+        if str(file).endswith(("b.jsonl", "/c")):
             raise PermissionError(13, "Permission denied", str(file))
         return builtins.open(file, *args, **kwargs)
 
     monkeypatch.setattr("lmforge.data.readers.open", guarded_open, raising=False)
-    docs, stats = _read(tmp_path)
-    assert [d.text for d in docs] == ["kept"] and dict(stats.dropped) == {"unreadable_file": 1}
+    docs, stats = _read([tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c"])
+    assert [d.text for d in docs] == ["kept"] and dict(stats.dropped) == {"unreadable_file": 2}

@@ -145,7 +145,11 @@ def read_documents(paths: Iterable[str | os.PathLike] | str | os.PathLike, forma
     stats = stats if stats is not None else StepStats("read")
     n = 0
     for path in expand_inputs(paths):
-        fmt = detect_format(path) if format == "auto" else format
+        try:
+            fmt = detect_format(path) if format == "auto" else format
+        except LmforgeError as e:  # unreadable while sniffing its format: counted like any unreadable file
+            _skip(stats, "unreadable_file", str(e))
+            continue
         reader = _READERS[fmt]
         gen = reader(path, cfg, stats)
         while True:
