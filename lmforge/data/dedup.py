@@ -113,10 +113,11 @@ class ShardSignatures:
     about 32 bytes per document per band instead of 448 for whole signatures.
     """
 
-    ids: np.ndarray  # str, document ids (for examples in the report)
+    ids: np.ndarray  # str, document ids (recorded as `duplicate_of` in the removed documents' metadata)
     exact: np.ndarray  # uint64[n]
     minhash: np.ndarray  # uint32[n, num_hashes]; rows of documents without words are unused
     has_words: np.ndarray  # bool[n]
+    labels: np.ndarray | None = None  # str, what the report shows for a document (its URL if it has one)
     seconds: float = 0.0  # time spent hashing (not saved)
 
     def save(self, stem) -> None:
@@ -129,7 +130,8 @@ class ShardSignatures:
             np.save(tmp, self.minhash)
         with atomic_path(stem.with_name(stem.name + ".sig.npz")) as tmp:  # written last: the pair is complete
             with open(tmp, "wb") as f:
-                np.savez(f, ids=self.ids, exact=self.exact, has_words=self.has_words)
+                np.savez(f, ids=self.ids, exact=self.exact, has_words=self.has_words,
+                         labels=self.ids if self.labels is None else self.labels)
 
     @classmethod
     def load(cls, stem) -> "ShardSignatures":
@@ -137,20 +139,22 @@ class ShardSignatures:
 
         stem = Path(stem)
         with np.load(stem.with_name(stem.name + ".sig.npz"), allow_pickle=False) as z:
-            ids, exact, has_words = z["ids"], z["exact"], z["has_words"]
+            ids, exact, has_words, labels = z["ids"], z["exact"], z["has_words"], z["labels"]
         minhash = np.load(stem.with_name(stem.name + ".minhash.npy"), mmap_mode="r")
-        return cls(ids=ids, exact=exact, minhash=minhash, has_words=has_words)
+        return cls(ids=ids, exact=exact, minhash=minhash, has_words=has_words, labels=labels)
 
 
-def signatures(texts_and_ids: Iterable[tuple[str, str]], config: DedupConfig) -> ShardSignatures:
-    """Stage 1 for one shard; streams its input (only the signatures are kept) and times only the hashing."""
+def signatures(docs: Iterable[tuple[str, ...]], config: DedupConfig) -> ShardSignatures:
+    """Stage 1 for one shard, from `(text, id)` or `(text, id, label)` tuples; streams its input (only the
+    signatures are kept) and times only the hashing."""
     hasher = MinHasher(config)
-    ids, exact, sigs, has = [], [], [], []
+    ids, labels, exact, sigs, has = [], [], [], [], []
     empty = np.zeros(config.num_hashes, dtype=np.uint32)
     seconds = 0.0
-    for text, doc_id in texts_and_ids:
+    for text, doc_id, *label in docs:
         t0 = time.perf_counter()
         ids.append(doc_id)
+        labels.append(label[0] if label else doc_id)
         exact.append(content_hash(text) if config.exact else 0)
         sig = hasher.signature(text) if config.minhash else None
         has.append(sig is not None)
@@ -160,7 +164,8 @@ def signatures(texts_and_ids: Iterable[tuple[str, str]], config: DedupConfig) ->
     return ShardSignatures(ids=np.array(ids, dtype=str) if n else np.zeros(0, dtype="<U1"),
                            exact=np.array(exact, dtype=np.uint64),
                            minhash=np.stack(sigs) if n else np.zeros((0, config.num_hashes), dtype=np.uint32),
-                           has_words=np.array(has, dtype=bool), seconds=seconds)
+                           has_words=np.array(has, dtype=bool),
+                           labels=np.array(labels, dtype=str) if n else np.zeros(0, dtype="<U1"), seconds=seconds)
 
 
 def connected_components(n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -254,15 +259,17 @@ def find_duplicates(shards: list[ShardSignatures], config: DedupConfig) -> Dupli
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(offsets[-1])
     ids = np.concatenate([s.ids for s in shards]) if n else np.zeros(0, dtype="<U1")
+    labels = np.concatenate([s.ids if s.labels is None else s.labels for s in shards]) if n else ids
     reason = np.zeros(n, dtype=np.int8)
     kept_as = np.arange(n, dtype=np.int64)
     examples: list[dict] = []
 
     def record(kind: str, kept: np.ndarray, removed: np.ndarray) -> int:
-        heads = np.unique(kept)
-        for h in heads[: config.max_examples]:
-            examples.append({"kind": kind, "kept": str(ids[h]),
-                             "removed": [str(v) for v in ids[removed[kept == h]][: config.max_examples]]})
+        heads, sizes = np.unique(kept, return_counts=True)
+        for h in heads[np.argsort(-sizes, kind="stable")][: config.max_examples]:  # the largest clusters
+            members = removed[kept == h]
+            examples.append({"kind": kind, "size": len(members) + 1, "kept": str(labels[h]),
+                             "removed": [str(v) for v in labels[members][: config.max_examples]]})
         return len(heads)
 
     exact_clusters = near_clusters = 0

@@ -329,7 +329,7 @@ def _write_intermediate(docs: Iterator[Document], stem: Path, dedup: DedupConfig
                 w.write(d)
                 summary["documents"] += 1
                 summary["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
-                yield d.text, d.id
+                yield d.text, d.id, d.url or d.id
 
         sig = signatures(written(), dedup)
     sig.save(stem)

@@ -107,7 +107,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                   f"{d['documents']} documents compared: {d['exact_clusters']} exact-duplicate clusters "
                   f"({d['exact_removed']} removed), {d['near_clusters']} near-duplicate clusters "
                   f"({d['near_removed']} removed).", ""]
-        lines += [f"- {e['kind']}: kept `{e['kept']}`, removed " + ", ".join(f"`{x}`" for x in e["removed"])
+        lines += [f"- {e['kind']}, {e['size']} documents: kept `{e['kept']}`, removed "
+                  + ", ".join(f"`{x}`" for x in e["removed"]) + (", ..." if e["size"] - 1 > len(e["removed"]) else "")
                   for e in d["examples"]]
     for title, key in (("Languages (kept documents)", "languages"), ("Lengths in characters (kept documents)", "lengths")):
         lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
