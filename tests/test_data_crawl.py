@@ -211,6 +211,8 @@ def test_url_normalisation_and_links():
     html = ('<base href="/docs/"><a href="x.html#t">x</a><A HREF=\'../y.html?q=1&amp;r=2\'>y</A>'
             '<!-- <a href="hidden.html"> --><a rel="nofollow" href="no.html"><a href="x.html">again</a>')
     assert extract_links(html, "http://h:81/p/q.html") == ["http://h:81/docs/x.html", "http://h:81/y.html?q=1&r=2"]
+    assert extract_links('<meta name="Robots" content="noindex, nofollow">' + html, "http://h/") == []
+    assert len(extract_links('<meta name="robots" content="noarchive"><meta charset="utf-8">' + html, "http://h/")) == 2
 
 
 @pytest.mark.timeout(60)
