@@ -206,6 +206,7 @@ def test_url_normalisation_and_links():
     assert normalize_url("HTTP://Example.COM:80/a/./b/../c?x=1#frag") == "http://example.com/a/c?x=1"
     assert normalize_url("https://example.com:443") == "https://example.com/"
     assert normalize_url("http://example.com:8080/%7euser/%e2%82%ac") == "http://example.com:8080/~user/%E2%82%AC"
+    assert normalize_url("http://Bücher.example/ä b") == "http://xn--bcher-kva.example/%C3%A4%20b"
     assert normalize_url("mailto:a@b.c") is None and normalize_url("javascript:void(0)") is None
     assert crawl_mod.seen_key("http://h/p?b=2&a=1") == crawl_mod.seen_key("http://h/p?a=1&b=2")
     html = ('<base href="/docs/"><a href="x.html#t">x</a><A HREF=\'../y.html?q=1&amp;r=2\'>y</A>'

@@ -116,6 +116,11 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
     host = parts.hostname.lower().rstrip(".")
+    if not host.isascii():  # internationalised domain names travel as punycode
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
