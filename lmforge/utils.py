@@ -84,6 +84,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def default_threads() -> int:
+    """`LMFORGE_THREADS` if set, else the number of cores this process may use (not the machine's core count)."""
+    env = os.environ.get("LMFORGE_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_threads(num_threads: int | None = None) -> int:
     """Set torch's thread count and a passive OpenMP wait policy; return the thread count used.
 
@@ -94,8 +102,7 @@ def configure_threads(num_threads: int | None = None) -> int:
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if num_threads is None:
-        env = os.environ.get("LMFORGE_THREADS")
-        num_threads = int(env) if env else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_threads = default_threads()
     import torch
 
     torch.set_num_threads(max(1, num_threads))

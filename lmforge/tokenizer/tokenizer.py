@@ -14,7 +14,14 @@ a lower id was merged earlier); the special tokens take the last ids, in the fix
 For exporters (the C runner): `tok.merges` lists `(left_id, right_id, new_id)` in training order,
 `tok.token_bytes(id)` gives any token's bytes (a special token's are its UTF-8 name) and `tok.vocab` all of them.
 Encoding follows tiktoken's rule (see `reference.py`): within a chunk, repeatedly merge the adjacent pair whose
-concatenated bytes have the lowest id.
+concatenated bytes have the lowest id. `tok.hf_merges()` gives the merge list that reproduces that rule in a
+merges-based BPE (Hugging Face, GGUF); `tok.hash` identifies the tokenizer (sha256 of its saved file).
+
+Strings that are not valid Unicode: a Python `str` may hold lone surrogates (U+D800..U+DFFF, e.g. from
+`json.loads('"\\ud800"')`). We keep them rather than fail or silently replace them: each becomes the byte tokens of
+its 3-byte `surrogatepass` form, and `decode` turns exactly those bytes back into the surrogate, so
+`decode(encode(s)) == s` for every Python string. The price: ids that spell such bytes decode to a string with a
+lone surrogate, which a strict UTF-8 writer refuses (print with `errors="replace"` if ids come from a model).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING, Collection, Iterable, Literal
 from lmforge.tokenizer.bpe_train import Merge, TrainStats, byte_to_char, count_chunks, learn_merges
 from lmforge.tokenizer.patterns import resolve_pattern
 from lmforge.tokenizer.reference import SURROGATES, ReferenceEncoder
-from lmforge.utils import LmforgeError, atomic_path, atomic_write
+from lmforge.utils import LmforgeError, atomic_path, atomic_write, default_threads
 
 if TYPE_CHECKING:
     import tiktoken
@@ -70,13 +77,6 @@ def _wtf8_errors(exc: UnicodeError) -> tuple[str, int]:
 
 ERRORS = "lmforge.wtf8"
 codecs.register_error(ERRORS, _wtf8_errors)
-
-
-def default_threads() -> int:
-    env = os.environ.get("LMFORGE_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_vocab_size(vocab_size: int) -> None:
