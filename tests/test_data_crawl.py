@@ -282,6 +282,9 @@ def test_warc_files_rotate_by_size_and_all_are_kept(site, tmp_path):
     assert files == result["warc_files"] and len(files) == 6  # one page per file at this size limit
     crawl(_cfg(site, tmp_path / "c", max_pages=8, checkpoint_pages=100, warc_max_bytes=1))  # resume keeps them
     assert len(list((tmp_path / "c").glob("crawl-*.warc.gz"))) == 8 and len(_paths(tmp_path / "c")) == 8
+    # a time-based checkpoint (here: after every page, as 0 s have always passed) rotates files as well
+    result = crawl(_cfg(site, tmp_path / "d", max_pages=5, checkpoint_pages=100, checkpoint_seconds=0.0))
+    assert len(result["warc_files"]) == 5
 
 
 @pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ form of Common Crawl, readable by warcio, FastWARC and `lmforge.data.readers`).
 Determinism and resume: fetches run concurrently, but their results are processed in the order the URLs were taken
 from the frontier, so on one host the pages found and their order do not depend on network timing (across hosts,
 the per-host delays decide which host's URL goes next). Every
-`checkpoint_pages` pages the current WARC file is closed (written under a hidden temporary name, renamed when
+`checkpoint_pages` pages (or `checkpoint_seconds`) the current WARC file is closed (written under a hidden temporary name, renamed when
 complete) and then the state (frontier, seen-set, counters, next file number) is saved atomically. A crawl that
 dies loses only the temporary file of pages after the last checkpoint; on restart those pages are fetched again
 and no page is archived twice. Ctrl-C (when the crawl runs in the main thread) stops between two pages, closes the
@@ -65,7 +65,8 @@ class CrawlConfig:
     user_agent: str = USER_AGENT
     warc_prefix: str = "crawl"
     warc_max_bytes: int = 1 << 30  # rotate a WARC file when it grows past this
-    checkpoint_pages: int = 200  # close the WARC file and save the state this often
+    checkpoint_pages: int = 200  # close the WARC file and save the state this often...
+    checkpoint_seconds: float = 300.0  # ...or this often, whichever comes first (a slow, polite crawl)
     progress: bool = True
 
 
@@ -598,6 +599,7 @@ class Crawler:
         inflight: collections.deque[tuple[Item, cf.Future]] = collections.deque()
         host_next: dict[str, float] = {}
         since_checkpoint = 0
+        last_checkpoint = time.monotonic()
         t0 = time.perf_counter()
         start_pages = state.pages
         bar = tqdm(total=cfg.max_pages, initial=state.pages, unit="page", desc="crawl", disable=not cfg.progress,
@@ -639,10 +641,11 @@ class Crawler:
                     if added:
                         bar.update(1)
                         since_checkpoint += 1
-                        if since_checkpoint >= cfg.checkpoint_pages or warcs.full:
+                        if (since_checkpoint >= cfg.checkpoint_pages or warcs.full
+                                or time.monotonic() - last_checkpoint >= cfg.checkpoint_seconds):
                             self._save_state(state, frontier, seen, warcs,
                                              [it for it, _ in inflight])
-                            since_checkpoint = 0
+                            since_checkpoint, last_checkpoint = 0, time.monotonic()
                 bar.set_postfix_str(f"{human_bytes(state.html_bytes)} queued={len(frontier)}", refresh=False)
             state.finished = not frontier and not inflight
             self._save_state(state, frontier, seen, warcs, [])

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warc-max-mb", type=float, default=d.warc_max_bytes / 2**20, help="rotate WARC files at this size")
     p.add_argument("--checkpoint-pages", type=int, default=d.checkpoint_pages,
                    help="close the WARC file and save the frontier every N pages (what a crash can lose)")
+    p.add_argument("--checkpoint-seconds", type=float, default=d.checkpoint_seconds,
+                   help=f"... or every S seconds, whichever comes first (default {d.checkpoint_seconds:.0f})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_crawl_cli)
 
@@ -61,7 +63,8 @@ def run_crawl_cli(args: argparse.Namespace) -> int:
                       timeout=args.timeout, max_page_bytes=int(args.max_page_mb * 2**20),
                       max_redirects=args.max_redirects, respect_robots=not args.ignore_robots,
                       user_agent=args.user_agent, warc_max_bytes=int(args.warc_max_mb * 2**20),
-                      checkpoint_pages=max(1, args.checkpoint_pages), progress=not args.quiet)
+                      checkpoint_pages=max(1, args.checkpoint_pages),
+                      checkpoint_seconds=max(1.0, args.checkpoint_seconds), progress=not args.quiet)
     result = crawl_pydoc(cfg) if args.pydoc else crawl(cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "warc_files"}, indent=2))
     return 0
