@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 EPILOG = """examples:
-  lmforge crawl --pydoc --out runs/crawl --max-pages 800      # the embedded default: stdlib docs via pydoc
+  lmforge crawl --pydoc --out runs/crawl --max-pages 1000     # the embedded default: all ~860 stdlib doc pages
   lmforge crawl https://example.org/ --out crawl/ --max-pages 100 --delay 2
   lmforge crawl https://a.org/ https://b.org/ --out crawl/ --allow-host a.org --allow-host b.org
 
