@@ -344,6 +344,10 @@ def test_c4_relaxed_rules_keep_code_docs():
     assert C4QualityFilter(filter_curly_bracket=False, filter_no_terminal_punct=False, min_words_per_line=0,
                            remove_citations=False).keep(d) is None
     assert "loads(s)" in d.text and "x[0]" in d.text and "{" in d.text
+    code = PROSE + "\n\nExample:\n\n    >>> for x in range(3):\n    ...     print(x)\n"
+    d = doc(code)
+    assert C4QualityFilter(min_words_per_line=0, filter_no_terminal_punct=False, keep_layout=True).keep(d) is None
+    assert d.text.endswith("\n\nExample:\n\n    >>> for x in range(3):\n    ...     print(x)")
     # FineWeb's setting keeps lines without terminal punctuation
     d = doc("\n".join(line.rstrip(".") for line in PROSE.splitlines()))
     assert C4QualityFilter(filter_no_terminal_punct=False).keep(d) is None

@@ -32,8 +32,9 @@ class C4QualityFilter(Filter):
 
     Sentences are counted as runs of `.`, `!` or `?` (with closing quotes/brackets) followed by a space or the
     end of a line, and at least one per kept line: the same count as NLTK's punkt on ordinary prose, without the
-    model download. Metadata: `c4_lines_removed`. Drop reasons: `c4_lorem_ipsum`, `c4_curly_bracket`,
-    `c4_too_few_sentences`.
+    model download. C4 writes each kept line stripped and drops blank lines; `keep_layout=True` keeps the kept
+    lines' indentation and one blank line between paragraphs instead (code examples keep their structure).
+    Metadata: `c4_lines_removed`. Drop reasons: `c4_lorem_ipsum`, `c4_curly_bracket`, `c4_too_few_sentences`.
     """
 
     filter_no_terminal_punct: bool = True
@@ -46,6 +47,7 @@ class C4QualityFilter(Filter):
     filter_curly_bracket: bool = True
     filter_policy: bool = True
     policy_phrases: list[str] = field(default_factory=lambda: list(POLICY_PHRASES))
+    keep_layout: bool = False
 
     name = "c4_quality"
 
@@ -53,9 +55,11 @@ class C4QualityFilter(Filter):
         kept: list[str] = []
         removed = 0
         sentences = 0
-        for line in doc.text.splitlines():
-            line = line.strip()
+        for raw in doc.text.splitlines():
+            line = raw.strip()
             if not line:
+                if self.keep_layout and kept and kept[-1]:
+                    kept.append("")
                 continue
             words = line.split()
             if self.max_word_length > 0 and any(len(w) > self.max_word_length for w in words):
@@ -82,9 +86,9 @@ class C4QualityFilter(Filter):
                 continue
             if self.min_num_sentences > 0:
                 sentences += max(1, len(_SENTENCE_END.findall(line)))
-            kept.append(line)
+            kept.append(raw[: len(raw) - len(raw.lstrip())] + line if self.keep_layout else line)
         if self.min_num_sentences > 0 and sentences < self.min_num_sentences:
             return "c4_too_few_sentences"
-        doc.text = "\n".join(kept)
+        doc.text = "\n".join(kept).strip("\n")
         doc.metadata["c4_lines_removed"] = removed
         return None

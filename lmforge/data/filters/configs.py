@@ -50,10 +50,11 @@ PYDOC_STEPS: list[dict[str, Any]] = [
      "why": "signatures and literals such as (0, 1) or '%Y-%m-%d' are words without letters: module pages reach "
             "0.79"},
     {"step": "c4_quality", "filter_no_terminal_punct": False, "min_words_per_line": 0, "remove_citations": False,
-     "filter_curly_bracket": False,
+     "filter_curly_bracket": False, "keep_layout": True,
      "why": "C4 drops any page with '{' (dict literals, format strings: most module pages), removes lines of "
-            "fewer than 3 words (signatures, member names) and deletes '[0]'-style 'citations' from code; its "
-            "lorem-ipsum, javascript, policy and 5-sentence rules stay"},
+            "fewer than 3 words (signatures, member names), deletes '[0]'-style 'citations' from code and strips "
+            "every line (the indentation of code examples); its lorem-ipsum, javascript, policy and 5-sentence "
+            "rules stay"},
     {"step": "fineweb_quality", "line_punct_thr": 0.0, "short_line_thr": 0.85,
      "why": "docstrings and the language-reference topics are hard-wrapped at ~70 columns and signature lines "
             "end without punctuation, so the line-punctuation ratio measures line wrapping here (module pages: "
