@@ -84,9 +84,11 @@ def test_url_filter_without_lists_keeps_everything_and_says_so(caplog, monkeypat
     assert f.keep(doc("")) is None  # no URL, nothing to judge
 
 
-def test_url_filter_bad_paths():
+def test_url_filter_bad_paths(url_lists):
     with pytest.raises(LmforgeError, match="blocklist not found"):
         URLFilter(blocklists=["/nonexistent/list"])
+    with pytest.raises(LmforgeError, match="in the categories gamblin"):
+        URLFilter(blocklists=url_lists["blocklists"], categories=["gamblin"])
 
 
 def test_url_filter_on_shared_lists(shared_data):

@@ -115,7 +115,8 @@ class URLFilter(Filter):
                         found = True
                         self._load_file(Path(root) / name, is_url=name == "urls")
             if not found:
-                raise LmforgeError(f"blocklist folder {path} has no UT1 'domains' or 'urls' files")
+                where = f" in the categories {', '.join(self.categories)}" if self.categories is not None else ""
+                raise LmforgeError(f"blocklist folder {path} has no UT1 'domains' or 'urls' files{where}")
         elif path.is_file():
             self._load_file(path, is_url=path.name.startswith("url"))
         else:
