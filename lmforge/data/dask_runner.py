@@ -1,20 +1,7 @@
 """The same pipeline on a Dask cluster, for more than one machine (`pip install lmforge[dist]`).
 
-Why Dask and not Ray Data. Both ran a local 2-worker cluster on this machine; the choice comes down to what the
-pipeline needs from an engine and what the engine costs to install:
-
-- The pipeline's unit of work is already a plain Python function of one shard (`run_stage_a`, `run_stage_c`,
-  `tokenize_file`) plus one global step between them (dedup clustering). That is exactly a task graph of futures:
-  `client.map(fn, tasks)` then `client.gather`. Dask's futures API runs it unchanged; Ray Data's model is a
-  dataset of rows or batches flowing through operators, so we would rewrite the steps around its block format
-  for no gain (our steps stream documents themselves and write their own outputs and statistics).
-- Size: about 70 MB installed for `dask[distributed]` against about 600 MB for Ray (the issue's measurements);
-  in this project's environment dask, distributed and the packages only they need take 36 MB (`du -shc` of
-  dask distributed toolz cloudpickle partd locket msgpack psutil sortedcontainers tblib zict tornado fsspec).
-  That matters for an optional extra a learner installs on a laptop and that CI installs on every run.
-- Operations: a Dask cluster is `dask scheduler` on one machine and `dask worker ADDRESS` on the others (or
-  dask-jobqueue on SLURM, dask-kubernetes); nothing else to run. Ray is the better choice when the pipeline
-  needs GPUs per stage or actor pools (e.g. model-based classifiers, as in NeMo Curator); this chain does not.
+Why Dask and not Ray Data: see "More than one machine" in `lmforge/data/README.md` (in short: our tasks are
+already plain functions of one shard, which Dask's futures run unchanged, and the extra is ~70 MB against ~600 MB).
 
 Requirement: every worker must see `--out` and the inputs at the same paths (a shared filesystem such as NFS or
 a mounted bucket), since tasks write their shards where the driver later reads them, as datatrove's
