@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmforge.data.base import StepStats
 from lmforge.data.document import Document
@@ -479,3 +481,21 @@ def test_pydoc_chain_drops_link_lists():
     for step in build_steps(specs):
         docs = list(step(docs))
     assert docs == []
+
+
+# ------------------------------------------------------------------------------------------------ any input
+
+_TEXT_FILTERS = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter(),
+                 RepeatedLinesFilter(), URLFilter()]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from(
+    list(" \n\n\t.!?{}#-•…@0123456789")), max_size=400), url=st.one_of(st.none(), st.text(max_size=60)))
+def test_filters_never_crash(text, url):
+    for f in _TEXT_FILTERS:
+        d = doc(text, url)
+        reason = f.keep(d)
+        assert reason is None or (isinstance(reason, str) and reason)
+    scrubbed, found = PIIStep(remove_phones=True).scrub(text)
+    assert isinstance(scrubbed, str) and all(v > 0 for v in found.values())
