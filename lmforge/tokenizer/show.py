@@ -24,6 +24,7 @@ class TokenView:
     id: int
     text: str  # what to print for it (byte pieces of a split character as ⟨hex⟩)
     nbytes: int
+    partial: bool  # holds only part of a character's bytes
 
 
 def token_views(tok: Tokenizer, ids: list[int]) -> list[TokenView]:
@@ -31,10 +32,10 @@ def token_views(tok: Tokenizer, ids: list[int]) -> list[TokenView]:
     for i in ids:
         data = tok.token_bytes(i)
         try:
-            text = data.decode("utf-8")
+            text, partial = data.decode("utf-8"), False
         except UnicodeDecodeError:
-            text = "⟨" + " ".join(f"{b:02x}" for b in data) + "⟩"
-        views.append(TokenView(i, text, len(data)))
+            text, partial = "⟨" + " ".join(f"{b:02x}" for b in data) + "⟩", True
+        views.append(TokenView(i, text, len(data), partial))
     return views
 
 
@@ -66,4 +67,6 @@ def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | t
         f"[bold]{stats['tokens']}[/] tokens, {stats['characters']} characters, {stats['bytes']} bytes, "
         f"[bold]{stats['bytes_per_token']}[/] bytes/token (vocabulary {stats['vocab_size']})"
     )
+    if any(v.partial for v in views):
+        console.print("⟨e2 82⟩: a token holding only part of a character's UTF-8 bytes (shown in hex)", style="dim")
     return stats
