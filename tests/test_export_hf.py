@@ -83,6 +83,8 @@ def test_tokenizer_and_chat_template_match_lmforge(tmp_path, tok):
             assert hf_ids(msgs) == render_conversation(tokenizer, msgs)[0]
         if msgs[-1]["role"] != "assistant":
             assert hf_ids(msgs, add_generation_prompt=True) == render_for_completion(tokenizer, msgs)
+        else:  # a prefilled answer: transformers cuts after the last message's text
+            assert hf_ids(msgs, continue_final_message=True) == render_for_completion(tokenizer, msgs)
     # OpenAI's tool-call shape renders the same as ours
     openai = [dict(m) for m in conversations[1]]
     openai[2] = {"role": "assistant", "content": "Let me compute.",
