@@ -193,6 +193,17 @@ def test_extract_deadline_keeps_an_outer_timer():
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.parametrize("mode", ["trafilatura", "resiliparse"])
+def test_extract_passes_plain_text_through(mode):
+    text = "Plain <b>text</b> from a WET record,\xa0with a no-break space.   \n\n\n  Second paragraph."
+    d = Document(text, "wet", metadata={"content_type": "text/plain"})
+    assert Extract(mode=mode).keep(d) is None
+    assert d.text == "Plain <b>text</b> from a WET record, with a no-break space.\n\n  Second paragraph."
+    assert d.metadata["extractor"] == "none"
+    html = Document(ARTICLE, "warc", metadata={"content_type": "text/html; charset=utf-8"})
+    assert Extract(mode=mode).keep(html) is None and "<p>" not in html.text
+
+
 def test_extract_rejects_bad_config():
     with pytest.raises(LmforgeError, match="mode"):
         Extract(mode="regex")

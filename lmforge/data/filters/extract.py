@@ -111,6 +111,8 @@ class Extract(Filter):
     navigation). `min_chars`: a shorter result counts as empty (a page with nothing but a heading). `timeout_s`:
     a page that takes longer is dropped as `extract_timeout` (pathological markup can keep trafilatura busy for
     minutes; FineWeb allowed 1 s, we allow more because pydoc's largest pages need ~1 s on a loaded 2-core machine).
+    `plain_text_passthrough`: a document the reader marked `content_type: text/plain` (WET records, .txt files)
+    is already text; it is only tidied (extractor "none"), so one chain serves WARC, WET and text inputs.
     """
 
     mode: str = "trafilatura"
@@ -121,6 +123,7 @@ class Extract(Filter):
     skip_elements: list[str] = field(default_factory=list)
     min_chars: int = 1
     timeout_s: float | None = 10.0
+    plain_text_passthrough: bool = True
 
     name = "extract"
 
@@ -159,6 +162,10 @@ class Extract(Filter):
         page = _valid_unicode(doc.text)
         if not page.strip():
             return "empty_html"
+        if self.plain_text_passthrough and str(doc.metadata.get("content_type", "")).startswith("text/plain"):
+            doc.text = _tidy(page)
+            doc.metadata["extractor"] = "none"
+            return None if len(doc.text) >= self.min_chars else "extract_empty"
         try:
             with deadline(self.timeout_s):
                 text, title = self._extract(page)
