@@ -2,8 +2,8 @@
 
 import pytest
 
-from lmforge.posttrain.chat_format import (ChatTokens, parse_assistant, render_conversation, render_for_completion,
-                                           validate_messages)
+from lmforge.posttrain.chat_format import (ChatTokens, parse_assistant, prompt_of, render_conversation,
+                                           render_for_completion, validate_messages)
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError
 
@@ -79,7 +79,8 @@ def test_special_token_text_in_user_and_tool_content_is_not_special(tok):
 
 def test_render_for_completion_primes_the_turn(tok):
     t = ChatTokens.of(tok)
-    ids = render_for_completion(tok, CONV[:2])
+    assert prompt_of(CONV) == CONV[:2]
+    ids = render_for_completion(tok, prompt_of(CONV))
     assert ids[-1] == t.assistant and ids[0] == t.bos
     after_tool = render_for_completion(tok, CONV[:4])
     assert after_tool[-1] == t.tool_output_end

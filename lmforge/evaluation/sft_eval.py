@@ -1,7 +1,8 @@
 """How well a fine-tuned checkpoint behaves as an assistant: the measures of `lmforge eval sft`.
 
 - format compliance: the share of answers (greedy, on held-out prompts) that end with `<|end|>` within the token
-  budget. A base model almost never does; an SFT model should almost always.
+  budget. A base model almost never does; an SFT model should almost always. The prompts are fresh samples of the
+  default generator (another seed): unseen conversations, though about the same stdlib facts the training saw.
 - tool use on held-out arithmetic (questions from a seed the training data never used): how often the model calls
   the calculator, how often that call is well formed and gives the right value, and how often the final answer
   holds the right number; then the same questions "without the tool": the answer is primed with "The answer is "
@@ -63,11 +64,6 @@ def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any
     return total / max(count, 1)
 
 
-def _prompt_of(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    first = next(i for i, m in enumerate(conv) if m["role"] == "assistant")
-    return conv[:first]
-
-
 def _show(turn: dict[str, Any]) -> str:
     parts = []
     for m in turn["messages"]:
@@ -86,6 +82,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     from lmforge.inference.chat import ChatConfig, ChatSession
     from lmforge.inference.engine import Engine
     from lmforge.inference.tools import default_tools
+    from lmforge.posttrain.chat_format import prompt_of
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, heldout_arithmetic
 
     t0 = time.perf_counter()
@@ -100,7 +97,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     samples: list[dict[str, str]] = []
     ended = 0
     for conv in held[:cfg.prompts]:
-        prompt = _prompt_of(conv)
+        prompt = prompt_of(conv)
         chat = ChatSession(engine, tools, config=chat_cfg)
         chat.messages = list(prompt)
         turn = chat.respond(None)

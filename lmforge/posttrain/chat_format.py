@@ -235,6 +235,14 @@ def render_for_completion(tok: ChatTokenizer, messages: Any) -> list[int]:
     return b.ids
 
 
+def prompt_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages before the first assistant turn (a conversation's opening, to prompt a model with)."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            return messages[:i]
+    return list(messages)
+
+
 def parse_assistant(tok: ChatTokenizer, ids: Sequence[int]) -> dict[str, Any]:
     """Split the ids of one assistant turn (what follows `<|assistant|>`) back into schema messages.
 

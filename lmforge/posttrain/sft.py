@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from lmforge.posttrain.chat_format import ChatTokens, render_conversation, render_for_completion
+from lmforge.posttrain.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
 from lmforge.utils import LmforgeError, read_json, write_json
 
 Example = tuple[list[int], list[int]]  # (ids, loss mask) of one conversation
@@ -208,8 +208,7 @@ def run_sft(cfg: SFTConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     batches = SFTBatches(train_ex, tcfg.batch_size, tokens.pad, tcfg.seed, cfg.group_batches, cfg.pad_multiple,
                          mcfg.block_size)
     val = val_batches(val_ex, tcfg.batch_size, tokens.pad, cfg.pad_multiple, mcfg.block_size) if val_ex else None
-    prompts = [render_for_completion(tok, c[:next(i for i, m in enumerate(c) if m["role"] == "assistant")])
-               for c in val_convs[:4]]
+    prompts = [render_for_completion(tok, prompt_of(c)) for c in val_convs[:4] if prompt_of(c)]
     prompts = [p for p in prompts if len(p) < mcfg.block_size // 2]
     n_tokens = sum(len(ids) for ids, _ in train_ex)
     n_targets = sum(sum(m[1:]) for _, m in train_ex)
