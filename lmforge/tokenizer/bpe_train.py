@@ -7,10 +7,11 @@ minbpe's loop recounts every pair of the whole corpus for every merge (quadratic
    the few hundred thousand distinct chunks, weighted by their counts, instead of on the text. Documents are never
    joined, so no chunk (and therefore no merge) spans a document boundary. Counting can fan out to worker
    processes: the split regex is the costly part and it holds the GIL.
-2. **Pair counts with incremental updates.** `pair_counts[(a, b)]` is the number of adjacent occurrences of the
+2. **Pair counts with incremental updates.** `pair_counts[pair]` is the number of adjacent occurrences of the
    pair over all chunks (overlapping occurrences such as the two in `a a a` both count, as in `tokenizers` and
-   `rustbpe`), and `where[(a, b)]` lists the chunks that may contain it. A merge touches only those chunks and
-   updates the counts of the pairs that changed there.
+   `rustbpe`), and `where[pair]` lists the chunks that may contain it. A merge touches only those chunks and
+   updates the counts next to each merge site. Chunks and pairs are strings of token characters (see
+   `learn_merges`), so rewriting a chunk is one C-level `str.replace`.
 3. **A priority queue with lazy refresh.** A heap of `(-count, pair)`. Counts of existing pairs only ever fall
    (new pairs are pushed when they appear), so a popped entry whose stored count is stale is pushed back with its
    current count, and the first entry whose count is current is the true maximum.
@@ -23,13 +24,13 @@ each byte is shown as), which reproduces its ties exactly; with the default `"by
 
 When a merge produces bytes that already form a token (the same string reached by another path, e.g. `(a, bc)`
 after `(ab, c)`), the existing id is reused, as `tokenizers` does: the vocabulary never holds the same bytes twice,
-which a `tiktoken.Encoding` (bytes -> rank) requires.
+which a `tiktoken.Encoding` (bytes -> rank) requires. (We have not seen this happen on real text or in random
+small corpora; the guard keeps the counts exact if it does.)
 """
 
 from __future__ import annotations
 
 import heapq
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
