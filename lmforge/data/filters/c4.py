@@ -27,8 +27,9 @@ POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cooki
 
 @dataclass
 class C4QualityFilter(Filter):
-    """C4's cleaning rules with the paper's settings as defaults (each can be switched off for a corpus where it
-    misfires). FineWeb runs it with `filter_no_terminal_punct=False` (its own line-punctuation rule replaces it).
+    """C4's line cleaning and page rules, with the paper's settings as defaults.
+
+    Each rule can be switched off for a corpus where it misfires. FineWeb runs it with `filter_no_terminal_punct=False` (its own line-punctuation rule replaces it).
 
     Sentences are counted as runs of `.`, `!` or `?` (with closing quotes/brackets) followed by a space or the
     end of a line, and at least one per kept line: the same count as NLTK's punkt on ordinary prose, without the

@@ -146,8 +146,9 @@ BULLETS = ("•", "-", "*", "‣", "◦", "▪", "●", "⁃")
 
 @dataclass
 class GopherQualityFilter(Filter):
-    """Drop documents that are not running prose (Gopher's quality rules; the paper's thresholds as defaults,
-    None disables a rule).
+    """Drop documents that are not running prose (Gopher's quality rules, the paper's thresholds).
+
+    None disables a rule.
 
     Words are the tokens of `split_words` without its punctuation runs for the word-count and word-length rules
     (as FineWeb counts them), and whitespace-separated words for the alphabetic-word fraction, as the paper

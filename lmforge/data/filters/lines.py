@@ -17,8 +17,10 @@ from lmforge.data.document import Document
 
 @dataclass
 class RepeatedLinesFilter(Filter):
-    """Remove every line that repeats an earlier line of the same document (compared without surrounding
-    whitespace); lines shorter than `min_chars` (headings such as "Parameters") always stay. Blank lines are kept
+    """Remove every line that repeats an earlier line of the same document.
+
+    Lines are compared without surrounding whitespace; lines shorter than `min_chars` (headings such as
+    "Parameters") always stay. Blank lines are kept
     as paragraph breaks, collapsed to one. Metadata: `repeated_lines_removed`. Drop reason: `lines_all_repeated`
     (nothing left, which only an empty document can reach)."""
 
