@@ -344,6 +344,10 @@ def test_bad_training_input():
         Tokenizer.train(["", ""], 1000)
     with pytest.raises(LmforgeError, match="pattern"):
         Tokenizer.train(["abc"], 1000, pattern="[unclosed")
+    with pytest.raises(TypeError, match="iterable of documents"):
+        Tokenizer.train("one string is not a corpus", 1000)
+    with pytest.raises(TypeError, match="must be str"):
+        Tokenizer.train([b"bytes"], 1000)
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI

@@ -169,6 +169,8 @@ class Tokenizer:
         corpus runs out of pairs first, the vocabulary is smaller (`stats.stopped_early`).
         """
         check_vocab_size(vocab_size)
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be an iterable of documents (e.g. a list of str), not one string")
         _, regex_str = resolve_pattern(pattern)
         chunk_counts = count_chunks(texts, regex_str, num_workers=num_workers, progress=progress)
         if not chunk_counts:
