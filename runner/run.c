@@ -220,25 +220,22 @@ static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
     t->assistant = special_id(t, "<|assistant|>");
 }
 
-static Tensor find_tensor(const uint8_t *base, uint64_t size, Cursor table, int n, const Model *m, const char *name,
-                          int rows, int cols, int required) {
-    Tensor t = {0};
-    for (int i = 0; i < n; i++) {
+static Tensor find_tensor(const uint8_t *base, uint64_t size, Cursor table, const Model *m, const char *name,
+                          int rows, int cols) {
+    for (int i = 0; i < m->n_tensors; i++) {
         uint32_t len = rd32(&table);
         const uint8_t *nm = take(&table, len);
         uint32_t dtype = rd32(&table), r = rd32(&table), cl = rd32(&table);
-        uint64_t off = rd64(&table), nbytes = rd64(&table);
+        uint64_t off = rd64(&table), nbytes = rd64(&table), count = (uint64_t)r * cl;
         if (len != strlen(name) || memcmp(nm, name, len)) continue;
         if ((int)r != rows || (int)cl != cols) die("tensor %s is %ux%u, expected %dx%d", name, r, cl, rows, cols);
-        uint64_t count = (uint64_t)r * cl;
+        if (dtype > Q8 || (dtype == Q8 && cl % m->gs) || (rows == 1 && dtype != F32)) die("tensor %s: bad dtype %u", name, dtype);
         uint64_t need = dtype == F32 ? 4 * count : dtype == Q8 ? count + 4 * (count / m->gs) : 2 * count;
-        if (dtype > Q8 || (dtype == Q8 && cl % m->gs)) die("tensor %s has a bad dtype %u", name, dtype);
         if (nbytes != need || off % 64 || off > size || nbytes > size - off) die("tensor %s lies outside the file", name);
-        t = (Tensor){(int)dtype, rows, cols, base + off, dtype == Q8 ? (const float *)(base + off + count) : NULL};
-        return t;
+        return (Tensor){(int)dtype, rows, cols, base + off, dtype == Q8 ? (const float *)(base + off + count) : NULL};
     }
-    if (required) die("tensor %s is missing", name);
-    return t;
+    die("tensor %s is missing", name);
+    return (Tensor){0};
 }
 
 static void load(const char *path, Model *m, Tokenizer *tk) {
@@ -267,7 +264,7 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
     m->gs = (int)rd32(&c);
     m->n_tensors = (int)rd32(&c);
     uint64_t tok_off = rd64(&c), tens_off = rd64(&c);
-    if (m->dim <= 0 || m->n_head <= 0 || m->n_kv <= 0 || m->n_head % m->n_kv || m->hd * m->n_head != m->dim ||
+    if (m->dim <= 0 || m->hidden <= 0 || m->n_layer <= 0 || m->vocab <= 0 || m->n_head <= 0 || m->n_kv <= 0 || m->n_head % m->n_kv || m->hd * m->n_head != m->dim ||
         m->hd % 2 || m->seq_len <= 0 || m->dtype > Q8 || (m->dtype == Q8 && m->gs <= 0) || tok_off > size ||
         tens_off > size)
         die("corrupt header (inconsistent model config)");
@@ -276,9 +273,9 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
     Cursor table = {base + tens_off, base + size};
     char name[96];
     int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd;
-    m->emb = find_tensor(base, size, table, m->n_tensors, m, "tok_emb.weight", m->vocab, D, 1);
-    m->norm = find_tensor(base, size, table, m->n_tensors, m, "norm.weight", 1, D, 1);
-    m->head = m->flags & 1 ? m->emb : find_tensor(base, size, table, m->n_tensors, m, "lm_head.weight", m->vocab, D, 1);
+    m->emb = find_tensor(base, size, table, m, "tok_emb.weight", m->vocab, D);
+    m->norm = find_tensor(base, size, table, m, "norm.weight", 1, D);
+    m->head = m->flags & 1 ? m->emb : find_tensor(base, size, table, m, "lm_head.weight", m->vocab, D);
     m->layers = xcalloc(m->n_layer, sizeof(Layer));
     for (int l = 0; l < m->n_layer; l++) {
         Layer *L = &m->layers[l];
@@ -288,9 +285,9 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
             {&L->k_norm, "attn.k_norm", 1, m->hd, 0}, {&L->mlp_norm, "mlp_norm", 1, D, 1},
             {&L->gate, "mlp.w_gate", H, D, 1}, {&L->up, "mlp.w_up", H, D, 1}, {&L->down, "mlp.w_down", D, H, 1}};
         for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+            if (!spec[i].req && !(m->flags & 2)) continue; /* the q/k norms exist only with QK-norm */
             snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
-            int req = spec[i].req || (m->flags & 2);
-            *spec[i].t = find_tensor(base, size, table, m->n_tensors, m, name, spec[i].r, spec[i].c, req);
+            *spec[i].t = find_tensor(base, size, table, m, name, spec[i].r, spec[i].c);
         }
     }
 }
