@@ -185,22 +185,25 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     else:
         per_file = map_fn(tokenize_file, tasks, "tokenize")
 
-    loaded = []
-    for t in tasks:
-        with np.load(work / f"{t.index:05d}.npz") as z:
-            loaded.append((z["tokens"], z["lengths"], z["hashes"]))
-    all_lengths = np.concatenate([x[1] for x in loaded]) if loaded else np.zeros(0, np.int64)
-    all_hashes = np.concatenate([x[2] for x in loaded]) if loaded else np.zeros(0, np.uint64)
+    parts = [work / f"{t.index:05d}.npz" for t in tasks]
+    lengths_of, hashes_of = [], []
+    for p in parts:  # the split needs only lengths and id hashes: the tokens stay on disk until written
+        with np.load(p) as z:
+            lengths_of.append(z["lengths"])
+            hashes_of.append(z["hashes"])
+    all_lengths = np.concatenate(lengths_of)
     if all_lengths.size == 0:
         raise LmforgeError(f"tokenize: the inputs hold no documents ({', '.join(inputs)})")
-    is_val = choose_validation(all_lengths, all_hashes, config)
+    is_val = choose_validation(all_lengths, np.concatenate(hashes_of), config)
 
     vocab_size, bos = tok.vocab_size, tok.special_tokens[BOS]
     dtype_name = dtype_for_vocab(vocab_size)
     dtype = DTYPES[dtype_name]
     writers = {s: _ShardWriter(out, s, config.shard_tokens, dtype) for s in ("train", "val")}
     g = 0
-    for tokens, lengths, _ in loaded:
+    for p, lengths in zip(parts, lengths_of):  # one input file's tokens in memory at a time
+        with np.load(p) as z:
+            tokens = z["tokens"]
         ends = np.cumsum(lengths)
         for start, end in zip(ends - lengths, ends):
             writers["val" if is_val[g] else "train"].add(tokens[start:end])
