@@ -192,3 +192,20 @@ def test_cli_verbs(tmp_path, capsys):
     assert "neither a file nor a built-in config" in capsys.readouterr().err
     assert main(["data", "step", "pii", "--input", str(src), "--out", str(tmp_path / "y"), "--set", "colour=1"]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+@dataclass
+class Explodes(Filter):
+    name = "explodes"
+
+    def keep(self, doc: Document) -> str | None:
+        raise ZeroDivisionError("a bug in a step")
+
+
+def test_a_failing_task_names_its_input(tmp_path):
+    src = tmp_path / "in.jsonl.gz"
+    write_jsonl(src, [{"id": "a", "text": "some text here"}])
+    cfg = PipelineConfig(steps=[{"step": f"{__name__}:Explodes"}], name="boom")
+    with pytest.raises(ZeroDivisionError) as info:
+        run_pipeline([src], tmp_path / "out", cfg, workers=2, min_tasks=2)
+    assert any("in.jsonl.gz" in note for note in getattr(info.value, "__notes__", []))

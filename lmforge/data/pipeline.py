@@ -19,6 +19,7 @@ nothing is inherited from the parent) and on Dask workers (`lmforge.data.dask_ru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -250,6 +251,23 @@ def _write_final(docs: Iterator[Document], path: Path, fmt: str) -> dict[str, An
     return {**summary, "file": path.name, "languages": dict(languages), "lengths": dict(lengths)}
 
 
+def _names_its_input(fn: Callable[[ShardTask], dict]) -> Callable[[ShardTask], dict]:
+    """A task that fails says which input file it was working on (the traceback comes from another process)."""
+
+    @functools.wraps(fn)
+    def run(task: ShardTask) -> dict:
+        try:
+            return fn(task)
+        except LmforgeError as e:
+            raise LmforgeError(f"task {task.name} ({task.input}): {e}") from e
+        except Exception as e:
+            e.add_note(f"lmforge data: in task {task.name} ({fn.__name__}) on {task.input}")
+            raise
+
+    return run
+
+
+@_names_its_input
 def run_stage_a(task: ShardTask) -> dict[str, Any]:
     """Read one input file and run the steps before dedup (or all of them); idempotent: skips if done."""
     from lmforge.data.readers import ReaderConfig, read_documents
@@ -351,6 +369,7 @@ def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any
     return stats
 
 
+@_names_its_input
 def run_stage_c(task: ShardTask) -> dict[str, Any]:
     """Drop one shard's duplicates and run the steps after dedup; idempotent: skips if done."""
     out = Path(task.out)
