@@ -153,6 +153,9 @@ def test_default_config_is_fineweb_chain():
     assert names == ["url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4_quality",
                      "fineweb_quality", "dedup", "pii"]
     PipelineConfig().validate()
+    pydoc = builtin_config("pydoc")
+    pydoc.validate()
+    assert pydoc.split()[1] is not None and [s["step"] for s in pydoc.split()[2]] == ["pii"]
 
 
 @pytest.mark.timeout(120)
