@@ -128,7 +128,8 @@ class PipelineConfig:
             before, _, after = self.split()
         except TypeError as e:
             raise LmforgeError(f"{where}: step 'dedup': {e}") from e
-        build_chain(before + after, where)
+        build_chain(before, where)  # the same two chains the tasks build, so the cache serves them
+        build_chain(after, where)
         from lmforge.data.readers import ReaderConfig
 
         try:
