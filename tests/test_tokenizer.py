@@ -179,10 +179,12 @@ def test_round_trip_adversarial(small_tok, text):
     assert all(0 <= i < small_tok.vocab_size - N_SPECIAL for i in ids)
 
 
-def test_runs_of_digits_and_spaces_stay_cheap(small_tok):
-    # digits go in groups of at most three; a long run of spaces is a chunk of its own
-    assert len(small_tok.encode("9" * 5000)) <= 5000
-    assert small_tok.decode(small_tok.encode(" " * 10000 + "x")) == " " * 10000 + "x"
+def test_runs_of_digits_and_spaces_split_as_gpt4(small_tok):
+    # digits go in groups of at most three; a run of spaces leaves its last space to the following word
+    enc = small_tok.encode
+    assert enc("9" * 5000) == enc("999") * 1666 + enc("99")
+    assert enc(" " * 10000 + "x") == enc(" " * 9999) + enc(" x")
+    assert small_tok.decode(enc(" " * 10000 + "x")) == " " * 10000 + "x"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -205,8 +207,7 @@ def test_stream_decoder_matches_decode_on_any_ids(small_tok, ids):
 def test_stream_decoder_never_splits_a_character(small_tok):
     text = "日本語 😀👩‍👧 café ❤️ 한국어 " * 3
     ids = small_tok.encode(text)
-    assert any(len(small_tok.token_bytes(i).decode("utf-8", "replace")) != len(small_tok.token_bytes(i)) or
-               not _valid_utf8(small_tok.token_bytes(i)) for i in ids)  # some token holds part of a character
+    assert any(not _valid_utf8(small_tok.token_bytes(i)) for i in ids)  # some token holds part of a character
     dec = small_tok.decoder()
     pieces = [dec.feed(i) for i in ids]
     pieces.append(dec.flush())
