@@ -318,3 +318,21 @@ def test_bf16_engine_from_checkpoint_follows_fp32(tmp_path):
     assert session.cache.k[0].dtype == torch.bfloat16
     out = session.run()[0]
     assert out.token_ids[:2] == greedy_reference(model, [1, 2, 3, 4], 2)  # the first steps agree with fp32
+
+
+def test_penalties_in_a_session_see_prompt_and_output():
+    engine = Engine(tiny())
+    prompt = [5, 6, 7]
+    out = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=30, presence_penalty=1e6,
+                                                 stop_token_ids=[], n=2))[0]
+    for c in out:
+        assert len(set(c.token_ids)) == len(c.token_ids)  # an output token is never used twice
+    plain = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[]))[0][0]
+    assert len(set(plain.token_ids)) < len(plain.token_ids)  # without the penalty this model repeats itself
+    seq = prompt + plain.token_ids
+    k = next(i for i in range(len(prompt), len(seq)) if seq[i] in seq[:i])
+    looping = seq[:k]  # a prompt whose greedy continuation repeats one of its tokens
+    greedy = SamplingParams(temperature=0, max_tokens=1, stop_token_ids=[])
+    assert engine.generate(looping, greedy)[0][0].token_ids[0] in looping
+    penalised = SamplingParams(temperature=0, max_tokens=1, repetition_penalty=1e6, stop_token_ids=[])
+    assert engine.generate(looping, penalised)[0][0].token_ids[0] not in looping  # prompt tokens count as seen
