@@ -114,3 +114,31 @@ def test_tiny_sft_learns_to_end_its_turns(base, tmp_path):
     assert summary["val_loss"] < 4.0
     ids, mask = render_conversation(tok, held[0])
     assert sum(mask) > 0
+
+
+@pytest.mark.timeout(120)
+def test_chat_and_eval_cli(base, tmp_path, monkeypatch, capsys):
+    """`lmforge chat` handles /save, /reset and /quit around a turn; `lmforge eval sft` prints and writes JSON."""
+    from lmforge.cli import main
+
+    root, _ = base
+    saved = tmp_path / "chat.json"
+    lines = iter(["hello", f"/save {saved}", "/reset", f"/save {tmp_path / 'empty.json'}", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--checkpoint", str(root), "--system", "Be brief.", "--max-tokens", "8", "--seed", "1",
+                 "--threads", "1"]) == 0
+    messages = json.loads(saved.read_text())["messages"]
+    assert messages[:2] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    assert messages[2]["role"] == "assistant"
+    assert json.loads((tmp_path / "empty.json").read_text())["messages"] == [{"role": "system", "content": "Be brief."}]
+    capsys.readouterr()
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "sft", "--checkpoint", str(root), "--prompts", "2", "--arithmetic", "1", "--max-tokens", "8",
+                 "--samples", "2", "--no-progress", "--threads", "1", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "format compliance" in printed and "| user" in printed
+    result = json.loads(out_json.read_text())
+    for key in ("format_compliance", "tool_call_rate", "tool_call_accuracy", "accuracy_with_tool",
+                "accuracy_without_tool", "masked_val_loss"):
+        assert key in result
+    assert result["format_compliance"] == 0.0 and result["masked_val_loss"] > 5  # a random model: no format yet

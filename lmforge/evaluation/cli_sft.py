@@ -11,7 +11,8 @@ def _cmd(args: argparse.Namespace) -> int:
     from lmforge.utils import configure_threads
 
     configure_threads(args.threads)
-    cfg = SFTEvalConfig(prompts=args.prompts, arithmetic=args.arithmetic, seed=args.seed)
+    cfg = SFTEvalConfig(prompts=args.prompts, arithmetic=args.arithmetic, seed=args.seed, max_tokens=args.max_tokens,
+                        samples=args.samples)
     result = evaluate_sft(args.checkpoint, cfg, device=args.device, progress=not args.no_progress)
     print(format_report(result))
     if args.json is not None:
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=32, help="held-out prompts for format compliance")
     p.add_argument("--arithmetic", type=int, default=24, help="held-out arithmetic questions")
     p.add_argument("--seed", type=int, default=2468, help="seed of the held-out prompts")
+    p.add_argument("--max-tokens", type=int, default=96, help="token budget of each generated segment")
+    p.add_argument("--samples", type=int, default=6, help="rows of the sample-conversation table")
     p.add_argument("--json", type=Path, default=None, help="also write the measures as JSON here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)

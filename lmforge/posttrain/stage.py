@@ -8,8 +8,10 @@ from typing import Any
 
 from lmforge.utils import write_json
 
-# Full run: 500 steps x 16 conversations (about 100 tokens each) on 4,000 generated conversations, about 2 epochs.
-SFT_STEPS = 500
+# Full run: 1,000 steps x 16 conversations (about 60 tokens each with the 4,096-token vocabulary) over 8,000
+# generated conversations, 2 epochs: about 1M tokens, a minute or two on 2 quiet cores.
+SFT_STEPS = 1000
+SFT_CONVERSATIONS = 8000
 CHAT_SCRIPT = [
     "Who are you?",
     "What is 37 * 48?",
@@ -23,10 +25,10 @@ def run_sft_stage(base_checkpoint: str, out: Path, quick: bool, seed: int) -> di
     """Generate the default SFT data (kept in the run folder as `sft_data.jsonl`) and fine-tune the base model."""
     from lmforge.posttrain.sft import SFTConfig, run_sft
 
-    overrides: dict[str, Any] = dict(max_steps=40 if quick else SFT_STEPS, seed=seed, lr=3e-3, muon_lr=0.02,
-                                     eval_every=20 if quick else 100, checkpoint_every=0 if quick else 250,
+    overrides: dict[str, Any] = dict(max_steps=40 if quick else SFT_STEPS, seed=seed,
+                                     eval_every=20 if quick else 200, checkpoint_every=0 if quick else 500,
                                      eval_batches=0)
-    cfg = SFTConfig(default_conversations=400 if quick else 4000, data_seed=seed, max_val=64 if quick else 256,
+    cfg = SFTConfig(default_conversations=400 if quick else SFT_CONVERSATIONS, data_seed=seed, max_val=64 if quick else 256,
                     train_overrides=overrides)
     s = run_sft(cfg, base_checkpoint, out / "run")
     return {"run_dir": s["run_dir"], "checkpoint": s["checkpoint"], "step": s["step"], "loss": s["loss"],
