@@ -215,6 +215,10 @@ class GenerationSession:
             per_row = [list(x) for x in ids]
         if len(per_row) != self.batch:
             raise LmforgeError(f"append got {len(per_row)} token lists for a session of {self.batch} rows")
+        vocab = self.engine.model.config.vocab_size
+        bad = [t for extra in per_row for t in extra if not 0 <= t < vocab]
+        if bad:
+            raise LmforgeError(f"appended token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
         feeds = [([r.pending] if r.pending is not None and extra else []) + extra for r, extra in zip(self.rows, per_row)]
         need = max(len(f) for f in feeds)
         if need == 0:
@@ -223,7 +227,9 @@ class GenerationSession:
             raise LmforgeError(f"appending {need} tokens overflows the context ({self.cache.length} of "
                                f"{self.cache.max_len} slots used)")
         self._feed(feeds)
-        for r, extra in zip(self.rows, per_row):
+        for i, (r, extra) in enumerate(zip(self.rows, per_row)):
+            if extra and self.seen is not None:  # forced tokens are context, like the prompt
+                self.seen[i, torch.tensor(extra, device=self.device)] = True
             if extra:
                 r.pending = None
                 r.out, r.emitted, r.streamed, r.budget = Completion(), 0, 0, self.params.max_tokens
