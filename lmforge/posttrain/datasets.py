@@ -46,9 +46,11 @@ class LoadReport:
         if len(self.bad) < self.keep_bad:
             self.bad.append((line, reason))
 
-    def summary(self) -> str:
+    def summary(self, max_lines: int = 5) -> str:
         head = f"{self.path}: {self.kept} of {self.rows} rows kept, {self.n_bad} bad"
-        return "\n".join([head] + [f"  {self.path}:{line}: {reason}" for line, reason in self.bad])
+        lines = [f"  {self.path}:{line}: {reason}" for line, reason in self.bad[:max_lines]]
+        more = [f"  ... and {self.n_bad - len(lines)} more"] if self.n_bad > len(lines) else []
+        return "\n".join([head] + lines + more)
 
 
 def _openai(row: dict[str, Any]) -> Messages:
