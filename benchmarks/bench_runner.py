@@ -161,15 +161,20 @@ def main() -> None:
     ap.add_argument("--llama2c", type=Path, default=Path(os.environ.get("LLAMA2C_DIR", ROOT.parent / "llama2.c")),
                     help="a llama2.c checkout (run.c, runq.c, tokenizer.bin), outside this repository")
     args = ap.parse_args()
-    reps, steps = (2, 100) if args.quick else (5, 200)
+    import torch
 
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench_runner_") as d:
+        measure(args, Path(d))
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
     from lmforge.model import GPT, GPTConfig
     from lmforge.tokenizer import Tokenizer
 
-    torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_runner_"))
+    reps, steps = (2, 100) if args.quick else (5, 200)
     bw = measure_bandwidth(tmp, 256 if args.quick else 512, 5)
     print(f"single-core read bandwidth: {bw:.2f} GB/s per CPU-second (C sum over a large array, best of 5)")
 
