@@ -733,11 +733,11 @@ int main(int argc, char **argv) {
     if (dump && !(g.dump = fopen(dump, "wb"))) die("cannot write %s", dump);
     if (g.temp < 0) g.temp = 0;
     ProbIndex *buf = xcalloc(m.vocab, sizeof(ProbIndex));
-    int *ids = xcalloc((size_t)4 * m.seq_len + 16, sizeof(int)), pos = 0;
+    char line[4096]; /* a chat message read from stdin; a token holds at least one byte, so ids never outgrow this: */
+    int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int)), pos = 0;
     Utf8Out u = {0};
     if (!strcmp(mode, "generate")) {
         const char *p = prompt ? prompt : "";
-        if (strlen(p) > (size_t)4 * m.seq_len) die("the prompt is longer than the context");
         int n = 0;
         if (t.bos >= 0) ids[n++] = t.bos;
         n += encode(&t, p, ids + n);
@@ -747,11 +747,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "chat")) {
         if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
             die("the tokenizer has no chat special tokens");
-        char line[4096];
         int n = 0, last = -1;
         ids[n++] = t.bos;
         if (sys) {
-            if (strlen(sys) > (size_t)4 * m.seq_len) die("the system prompt is longer than the context");
             ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end;
         }
         for (int turn = 0;; turn++) {
@@ -762,7 +760,6 @@ int main(int argc, char **argv) {
                 line[strcspn(line, "\r\n")] = 0;
                 msg = line;
             } else if (turn > 0) break;
-            if (strlen(msg) > (size_t)2 * m.seq_len) die("the message is longer than the context");
             if (last >= 0 && last != t.end) ids[n++] = last; /* the turn ran out of budget: close it */
             if (last >= 0) ids[n++] = t.end;
             ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
