@@ -18,7 +18,9 @@ it, and repeats until a stop condition. This file is that loop, made fast and us
 Speed (CPU decode of small models is bound by per-operation overhead, not FLOPs): the engine runs the model's own
 modules but its own layer loop, so the attention mask is built once per forward instead of once per layer, and not
 at all while no slot of the cache is padding (one query position sees every earlier slot); only the last
-position goes through the output head; caches are preallocated; everything runs under `torch.inference_mode`.
+position goes through the output head; caches are preallocated; norms and MLPs are direct functional calls, and
+small models run Q/K/V and gate/up as one matmul each (`Engine.layer_plan`); everything runs under
+`torch.inference_mode`. Measured by `benchmarks/bench_inference.py` against transformers' `generate`.
 On CUDA (bf16 by default) the decode step can run with static shapes (the whole preallocated cache with a mask,
 the new slot written with `index_copy_`) so `torch.compile(mode="reduce-overhead")` captures it in a CUDA graph;
 the same static step runs (uncompiled) in the CPU tests, so the compiled path computes what was tested.
