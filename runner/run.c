@@ -315,7 +315,6 @@ static void init_state(State *s, const Model *m) {
         }
 }
 
-
 /* out[t][i] = W[i] . x[t] for T rows of x: each weight row is read once and used for every row of x. */
 static void matmul(State *s, float *out, const float *x, const Tensor *W, int T) {
     int n = W->cols, d = W->rows, gs = s->gs;
