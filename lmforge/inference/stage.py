@@ -55,7 +55,7 @@ def hf_logits_diff(checkpoint: str | Path, hf_dir: Path, ids: list[int]) -> floa
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()  # fp32, as exported
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.utils.logging.enable_progress_bar()
