@@ -237,12 +237,15 @@ def learn_merges(
         N = _char(new_id)
 
         # Rewrite each chunk that may hold the pair and update only the counts next to each merge site, read in
-        # the rewritten chunk `nw`: a site's left neighbour L gives (L, A) -> (L, N), its right neighbour R gives
-        # (B, R) -> (N, R). Two adjacent sites (`A B A B` -> `N N`) share one neighbour pair: the old (B, A) goes
-        # once and (N, N) comes once, so the left side is skipped when L is itself a site.
-        # Pairs holding a fresh N are new keys: their counts and chunk lists are gathered locally, then added.
-        new_counts: defaultdict[str, int] = defaultdict(int)
-        new_where: defaultdict[str, list[int]] = defaultdict(list)
+        # the rewritten chunk `nw`: a site's left neighbour L turns (L, A) into (L, N), its right neighbour R turns
+        # (B, R) into (N, R) (or (B, A) into (N, N) when R is the next site: `A B A B` -> `N N`, where the second
+        # site skips its left side so that shared pair is counted once). Both changes carry the chunk's count c,
+        # so it suffices to add up c per neighbour character and apply the sums once per merge.
+        left: defaultdict[str, int] = defaultdict(int)  # L -> total count of sites with left neighbour L
+        right: defaultdict[str, int] = defaultdict(int)  # R -> total count of sites with right neighbour R
+        left_where: defaultdict[str, list[int]] = defaultdict(list)
+        right_where: defaultdict[str, list[int]] = defaultdict(list)
+        recounted: defaultdict[str, int] = defaultdict(int)
         for wi in set(where.pop(pair)):
             w = words[wi]
             if pair not in w:  # a stale entry: an earlier merge took the pair out of this chunk
@@ -251,7 +254,7 @@ def learn_merges(
             nw = w.replace(pair, N)
             words[wi] = nw
             if not fresh:  # N may also stand in the chunk already: recount the chunk's pairs instead
-                _recount(w, nw, c, N, pair_counts, new_counts, new_where, wi)
+                _recount(w, nw, c, N, pair_counts, recounted, left_where, wi)
                 continue
             last = len(nw) - 1
             k = nw.find(N)
@@ -259,23 +262,31 @@ def learn_merges(
                 if k > 0:
                     L = nw[k - 1]
                     if L != N:
-                        pair_counts[L + A] -= c
-                        p = L + N
-                        new_counts[p] += c
-                        new_where[p].append(wi)
+                        left[L] += c
+                        left_where[L].append(wi)
                 if k < last:
                     R = nw[k + 1]
-                    pair_counts[B + (A if R == N else R)] -= c
-                    p = N + R
-                    new_counts[p] += c
-                    new_where[p].append(wi)
+                    right[R] += c
+                    right_where[R].append(wi)
                 k = nw.find(N, k + 1)
         pair_counts.pop(pair, None)
-        for p, count in new_counts.items():
-            if count > 0:
-                pair_counts[p] = pair_counts.get(p, 0) + count
-                where[p].extend(new_where[p])
-                heapq.heappush(heap, (-pair_counts[p], p))
+        new_pairs: list[tuple[str, list[int]]] = []
+        for L, c in left.items():
+            pair_counts[L + A] -= c
+            p = L + N
+            pair_counts[p] = c
+            new_pairs.append((p, left_where[L]))
+        for R, c in right.items():
+            pair_counts[B + (A if R == N else R)] -= c
+            p = N + R
+            pair_counts[p] = c
+            new_pairs.append((p, right_where[R]))
+        for p, c in recounted.items():  # only after a reused id
+            pair_counts[p] = pair_counts.get(p, 0) + c
+            new_pairs.append((p, left_where[p]))
+        for p, wis in new_pairs:
+            where[p].extend(wis)
+            heapq.heappush(heap, (-pair_counts[p], p))
     bar.close()
     stats.merges = len(merges)
 
