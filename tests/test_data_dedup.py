@@ -122,3 +122,16 @@ def test_band_collisions_pair_every_identical_row_and_nothing_else():
         groups.setdefault(row, set()).add(int(labels[i]))
     assert all(len(g) == 1 for g in groups.values())  # identical rows end in one component
     assert len(set(labels.tolist())) == len(groups)  # and different rows never do
+
+
+def test_duplicate_of_always_names_a_kept_document():
+    rng = random.Random(6)
+    cfg = DedupConfig()
+    base = random_text(rng, 400)
+    near = mutate(rng, base, 2)
+    # "near" is removed as a near duplicate of "base", "near-copy" as an exact copy of "near": both name "base"
+    sig = signatures([(base, "base"), (near, "near"), (near, "near-copy"), (random_text(rng), "other")], cfg)
+    result = find_duplicates([sig], cfg)
+    reason, dup = result.shard(0)
+    assert reason.tolist() == [0, 2, 1, 0]
+    assert dup.tolist() == ["", "base", "base", ""]

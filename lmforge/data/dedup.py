@@ -297,6 +297,7 @@ def find_duplicates(shards: list[ShardSignatures], config: DedupConfig) -> Dupli
         kept_as[live[removed]] = live[roots[removed]]
         near_clusters = record("near", live[roots[removed]], live[removed])
 
+    kept_as = kept_as[kept_as]  # an exact copy of a document removed as a near duplicate points at the one kept
     duplicate_of = np.where(reason != NOT_REMOVED, ids[kept_as] if n else ids, "")
     stats = {"documents": n, "exact_clusters": exact_clusters, "exact_removed": int((reason == EXACT).sum()),
              "near_clusters": near_clusters, "near_removed": int((reason == NEAR).sum()), "examples": examples}
