@@ -117,6 +117,7 @@ def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
         "sample_bytes_per_token": shown["bytes_per_token"],
     }
 
+
 def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Tokenize the kept documents with the trained tokenizer into train/val token shards for pretraining."""
     from lmforge.data.tokenize import tokenize_files
