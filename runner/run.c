@@ -41,6 +41,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__AVX__) || defined(__AVX2__)
+#include <immintrin.h> /* the compiler's own header: intrinsics for the two kernels gcc does not vectorize well */
+#endif
 #ifdef _OPENMP /* threads only for loops big enough to repay waking them (a matmul of 256K multiply-adds or more) */
 #define PRAGMA(x) _Pragma(#x)
 #define PFOR(work) PRAGMA(omp parallel for schedule(static) if ((work) >= 262144))
@@ -96,7 +99,6 @@ static inline float f16_f32(uint16_t h) {
 #define ID(v) (v)
 static float dot_f32(const float *w, const float *x, int n) { DOT_BODY(ID) }
 #if defined(__F16C__) && defined(__AVX__) /* the hardware conversion; gcc does not vectorize _Float16 casts */
-#include <immintrin.h>
 static float dot_f16(const uint16_t *w, const float *x, int n) {
     __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
     int i = 0;
@@ -117,6 +119,25 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT_BODY(bf16_
 /* int8 weights x int8 activations, one int32 sum per group, scaled once per group (as llama2.c's runq.c). */
 static float dot_q8(const int8_t *w, const float *ws, const int8_t *x, const float *xs, int n, int gs) {
     float s = 0.0f;
+#ifdef __AVX2__ /* 32 products per step: |w| * (x with w's sign) as u8 x s8 pairs, then pairs of i16 to i32 */
+    if (gs % 32 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (int g = 0; g < n; g += gs) {
+            __m256i sum = _mm256_setzero_si256();
+            for (int j = g; j < g + gs; j += 32) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(w + j)), b = _mm256_loadu_si256((const __m256i *)(x + j));
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
+            }
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(ws[g / gs] * xs[g / gs])));
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc);
+        for (int j = 0; j < 8; j++) s += lanes[j];
+        return s;
+    }
+#endif
     for (int g = 0; g < n; g += gs) {
         int32_t acc = 0;
         for (int j = 0; j < gs; j++) acc += (int32_t)w[g + j] * (int32_t)x[g + j];
