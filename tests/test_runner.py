@@ -23,17 +23,26 @@ from params_helpers import ROOT, corpus, tiny_model, tokenizer
 PROMPT = "The model predicts the next token"
 
 
-@pytest.fixture(scope="session")
-def run_bin(tmp_path_factory) -> Path:
+def compile_runner(out: Path, *flags: str) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("runner") / "run"
-    r = subprocess.run([cc, "-O3", "-std=c99", "-Wall", "-Wextra", "-o", str(out), str(ROOT / "runner" / "run.c"), "-lm"],
-                       capture_output=True, text=True)
+    r = subprocess.run([cc, "-O3", "-std=c99", "-Wall", "-Wextra", *flags, "-o", str(out), str(ROOT / "runner" / "run.c"),
+                        "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", f"run.c compiles with warnings:\n{r.stderr}"
     return out
+
+
+@pytest.fixture(scope="session")
+def run_bin(tmp_path_factory) -> Path:
+    return compile_runner(tmp_path_factory.mktemp("runner") / "run")
+
+
+@pytest.fixture(scope="session")
+def native_bin(tmp_path_factory) -> Path:
+    """Built for this CPU: the F16C and AVX2 kernels (fp16, int8) replace the portable loops where available."""
+    return compile_runner(tmp_path_factory.mktemp("runner_native") / "run", "-march=native")
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +134,11 @@ TOLERANCE = {"fp16": 0.005, "bf16": 0.03, "int8": 0.1}
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("build", ["portable", "native"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
-def test_reduced_dtype_logits(run_bin, tmp_path, tok, model, files, dtype, monkeypatch):
+def test_reduced_dtype_logits(run_bin, native_bin, tmp_path, tok, model, files, dtype, build, monkeypatch):
     dump = tmp_path / "logits.bin"
-    run(run_bin, files[dtype], "-i", PROMPT, "-n", "1", "-t", "0", "-d", str(dump))
+    run(run_bin if build == "portable" else native_bin, files[dtype], "-i", PROMPT, "-n", "1", "-t", "0", "-d", str(dump))
     got = dumped_logits(dump, tok.vocab_size)[0]
     ids = torch.tensor([[tok.bos_id] + tok.encode(PROMPT)])
     same_math = load_params(files[dtype])  # the file's weights, dequantized
