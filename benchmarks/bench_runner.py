@@ -21,6 +21,8 @@ Timings are the best of several runs (other processes on a shared machine only e
 runners' own wall-clock figures, every speed is also given per CPU-second of the child process (getrusage), and the
 bandwidth kernel counts CPU time too: on a machine shared with other jobs, wall time mostly measures how often the
 scheduler ran us, CPU time what the code achieves when it runs (the cores' shared memory bandwidth still varies).
+"% of bw" can pass 100%: the kernel streams 512 MB from DRAM, while part of a 17-61 MB model may be served from the
+L3 cache (32 MB on the reference machine).
 """
 
 from __future__ import annotations
