@@ -28,6 +28,7 @@ L3 cache (32 MB on the reference machine).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import resource
@@ -235,12 +236,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
             peer["int8"] = {"-Ofast -march=native": speed}
     else:
         print(f"llama2.c: skipped ({run_c} or {tok_bin} not found; fetch karpathy/llama2.c outside the repo)")
-    try:
-        import llama_cpp  # noqa: F401
-
-        print("llama-cpp-python is installed, but this benchmark does not yet export GGUF for it: skipped")
-    except ImportError:
+    if importlib.util.find_spec("llama_cpp") is None:
         print("llama.cpp: skipped (llama-cpp-python is not installed; it builds from source in about an hour)")
+    else:
+        print("llama.cpp: llama-cpp-python is installed, but this benchmark has no GGUF path for it yet: skipped")
 
     print(f"\n{'runner':<50} {'dtype':>5} {'MB/tok':>7} {'tok/s':>7} {'tok/CPU-s':>9} {'GB/CPU-s':>8} {'% of bw':>7} "
           f"{'vs llama2.c':>11}")
