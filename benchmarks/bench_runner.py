@@ -17,6 +17,8 @@ one token at a time, so its prompt speed equals its decode speed.
 
 Decoding is greedy in every runner, so the figures measure the forward pass, not the sampler (top-p sorts the
 candidates, which for a random model's flat distribution costs as much as the forward pass itself).
+With ../shared/data present it also measures the C tokenizer's agreement with the Python one on the multilingual
+web pages of trafilatura's evaluation set (tags stripped; a vocabulary of 8192 trained on half of them).
 Timings are the best of several runs (other processes on a shared machine only ever slow a run down). Besides the
 runners' own wall-clock figures, every speed is also given per CPU-second of the child process (getrusage), and the
 bandwidth kernel counts CPU time too: on a machine shared with other jobs, wall time mostly measures how often the
@@ -158,6 +160,39 @@ def best_speeds(reps: int, fn, tokens: int) -> tuple[float, float]:
     return max(speed for speed, _ in runs), max(tokens / cpu for _, cpu in runs)
 
 
+def tokenizer_agreement(tmp: Path, exe: Path) -> None:
+    """Share of real multilingual pages that run.c encodes exactly as the Python tokenizer (tiktoken) does."""
+    import tarfile
+
+    from lmforge.model import GPT, GPTConfig
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.utils import shared_data_dir
+
+    data = shared_data_dir()
+    archive = data / "pretrain/web/trafilatura-eval.tar.xz" if data else None
+    if archive is None or not archive.is_file():
+        print("tokenizer agreement: skipped (../shared/data is absent)")
+        return
+    pages = []
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            if member.isfile() and member.name.endswith(".html"):
+                raw = tf.extractfile(member).read()
+                html = raw.decode("utf-8", errors="ignore")
+                html = re.sub(r"<script.*?</script>|<style.*?</style>", " ", html, flags=re.S)
+                pages.append(re.sub(r"<[^>]+>", " ", html).replace("\0", " ")[:30000])
+    pages = [p for p in pages if not p.isascii()]
+    tok = Tokenizer.train(pages[::2], vocab_size=8192)
+    path = tmp / "multilingual.bin"
+    export_params(GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=32)), tok, path)
+    out = subprocess.run([str(exe), str(path), "-m", "encode"], input="\0".join(pages).encode(), capture_output=True,
+                         check=True).stdout.decode().split("\n")
+    same = sum([int(x) for x in line.split()] == tok.encode(p) for p, line in zip(pages, out))
+    n_tokens = sum(len(line.split()) for line in out)
+    print(f"C tokenizer vs Python on {len(pages)} non-ASCII web pages ({n_tokens / 1e6:.1f}M tokens, vocabulary 8192): "
+          f"{same}/{len(pages)} pages token-for-token identical")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
@@ -255,6 +290,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
           + ", ".join(f"{d} {s:.0f} tok/s" for d, s in prefill.items())
           + " (llama2.c's run.c feeds prompts one token at a time, at its decode speed)")
     print(f"(machine load while measuring: {os.getloadavg()[0]:.1f}; timings on a shared machine are noisy)")
+    if not args.quick:
+        tokenizer_agreement(tmp, builds["cc -O3"])
 
 
 if __name__ == "__main__":
