@@ -259,3 +259,25 @@ def test_speedrun_export_stage(tmp_path, tok, model):
     assert Path(result["params_file"]).stat().st_size == result["bytes"]["fp32"] > 3 * result["bytes"]["int8"]
     assert result["continuation"] and result["decode_tok_s"]["fp32"] > 0
     assert "--- int8" in (out / "continuation.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(60)
+def test_chat_mode_second_turn_continues_the_cache(run_bin, tmp_path, files, tok, model):
+    # Two user lines on stdin: the second turn's first logits must equal PyTorch's on the whole conversation so far
+    # (the first answer as generated, closed by <|end|>, then the next user turn), fed in one piece.
+    dump, steps = tmp_path / "chat.bin", 12
+    r = run(run_bin, files["fp32"], "-m", "chat", "-n", str(steps), "-t", "0", "-v", "-d", str(dump),
+            stdin="Tell me about tokens.\nAnd about caches?\n".encode())
+    prompt = render_for_completion(tok, [{"role": "user", "content": "Tell me about tokens."}])
+    first = greedy_plain(model, prompt, steps)
+    stop = next((i for i, t in enumerate(first) if t in (tok.bos_id, tok.end_id)), steps)
+    answer = first[:stop]
+    assert generated_ids(r.stderr)[:len(answer)] == answer
+    t = tok.special_tokens
+    second = prompt + answer + [t["<|end|>"], t["<|user|>"]] + tok.encode("And about caches?") + [t["<|end|>"], t["<|assistant|>"]]
+    with torch.no_grad():
+        ref = model(torch.tensor([second]))[0][0, -1].numpy()
+    logits = dumped_logits(dump, tok.vocab_size)
+    turn1_steps = stop + 1 if stop < steps else steps  # a turn stopped by <|end|> sampled it once more
+    assert np.abs(logits[turn1_steps] - ref).max() < 1e-4
+    assert len(logits) > turn1_steps + 1  # and the second turn went on generating
