@@ -19,6 +19,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -28,7 +29,7 @@ SHAPES = {
 }
 
 
-def sft_step_bench(shape: dict, vocab: int, batches: list, steps: int, warmup: int) -> dict:
+def sft_step_bench(shape: dict, vocab: int, batches: list, steps: int, warmup: int) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     import transformers
@@ -47,32 +48,30 @@ def sft_step_bench(shape: dict, vocab: int, batches: list, steps: int, warmup: i
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
                                reduction="sum") / (y >= 0).sum()
 
-    def run(model, forward) -> tuple[float, list[float]]:
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=False, foreach=True)
-        losses, t_total, tokens = [], 0.0, 0
-        for i, (x, y) in enumerate(batches[:warmup + steps]):
+    sides = {"ours": (ours, lambda x: ours(x)[0]), "hf": (theirs, lambda x: theirs(input_ids=x).logits)}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), foreach=True) for k, (m, _) in sides.items()}
+    seconds = {k: 0.0 for k in sides}
+    first: dict[str, float] = {}
+    tokens = 0
+    for m, _ in sides.values():
+        m.train()
+    # Step by step, alternating which side goes first, so that load on the machine hits both alike.
+    for i, (x, y) in enumerate(batches[:warmup + steps]):
+        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        for key in order:
+            model, forward = sides[key]
             t0 = time.perf_counter()
             loss = masked_loss(forward(x), y)
             loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            opts[key].step()
+            opts[key].zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
-            losses.append(float(loss.detach()))
+            first.setdefault(key, float(loss.detach()))
             if i >= warmup:
-                t_total += dt
-                tokens += int((x != 1).sum())  # real tokens (pad id is 1 here)
-        return tokens / t_total, losses
-
-    # Interleave the two so that load on the machine hits both alike: two rounds each, keep the best.
-    res: dict[str, list[float]] = {"ours": [], "hf": []}
-    first: dict[str, float] = {}
-    for _ in range(2):  # the second round trains on from the first; only its speed counts
-        for key, model, fwd in (("ours", ours, lambda x: ours(x)[0]), ("hf", theirs, lambda x: theirs(input_ids=x).logits)):
-            tps, losses = run(model, fwd)
-            res[key].append(tps)
-            first.setdefault(key, losses[0])
-    return {"ours": max(res["ours"]), "hf": max(res["hf"]), "first_loss": (first["ours"], first["hf"])}
+                seconds[key] += dt
+        if i >= warmup:
+            tokens += int((x != 1).sum())  # real tokens (pad id is 1 here)
+    return {"ours": tokens / seconds["ours"], "hf": tokens / seconds["hf"], "first_loss": (first["ours"], first["hf"])}
 
 
 def main() -> None:
@@ -103,7 +102,7 @@ def main() -> None:
     pad = ChatTokens.of(tok).pad
 
     # 1. SFT step speed
-    steps, warmup = (8, 2) if args.quick else (30, 3)
+    steps, warmup = (10, 2) if args.quick else (40, 3)
     shapes = dict(list(SHAPES.items())[:1]) if args.quick else SHAPES
     print("\n1. SFT training step (forward + masked loss + backward + AdamW), real tokens/s")
     for name, shape in shapes.items():
