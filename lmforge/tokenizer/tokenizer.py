@@ -256,12 +256,22 @@ class Tokenizer:
     def encode(self, text: str, allowed_special: Literal["all"] | Collection[str] = ()) -> list[int]:
         """Token ids of `text`. Special-token strings are ordinary text unless listed in `allowed_special`
         (names such as `{"<|user|>"}`, or `"all"`): user text can never forge a special token by default."""
-        allowed = self._allowed(allowed_special) if allowed_special else frozenset()
-        # tiktoken's Rust core directly: no per-call Python checks; it refuses a str holding lone surrogates
-        # (not valid UTF-8), which then take the slow path. (tiktoken's public wrapper would replace them.)
+        # tiktoken's Rust core directly, with nothing else on the common path; it refuses a str holding lone
+        # surrogates (not valid UTF-8), which then take the slow path. (tiktoken's wrapper would replace them.)
+        if not allowed_special:
+            try:
+                return self._core.encode_ordinary(text)
+            except UnicodeEncodeError:
+                return self._encode_with_surrogates(text, frozenset())
+            except AttributeError:
+                if self._core is not None:
+                    raise
+                self._build_core()  # first call: the Encoding is built lazily
+                return self.encode(text)
+        allowed = self._allowed(allowed_special)
         core = self._core if self._core is not None else self._build_core()
         try:
-            return core.encode(text, allowed) if allowed else core.encode_ordinary(text)
+            return core.encode(text, allowed)
         except UnicodeEncodeError:
             return self._encode_with_surrogates(text, allowed)
 
