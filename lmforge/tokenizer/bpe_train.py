@@ -31,8 +31,9 @@ small corpora; the guard keeps the counts exact if it does.)
 from __future__ import annotations
 
 import heapq
+import multiprocessing
+import queue
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -53,13 +54,40 @@ def text_to_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _count_batch(args: tuple[str, list[str]]) -> Counter:
-    pattern, texts = args
-    pat = regex.compile(pattern)
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(pat.findall(text))
-    return counts
+def _count_worker(pattern: str, tasks, results) -> None:
+    """A counting process: counts the chunks of every batch it takes until it gets None, then sends its total.
+
+    One Counter per process, sent once, instead of one per batch: merging Counters is a Python-level loop in the
+    parent, so per-batch results cost the parent about as much as the counting saved.
+    """
+    try:
+        pat = regex.compile(pattern)
+        counts: Counter = Counter()
+        while (batch := tasks.get()) is not None:
+            for text in batch:
+                counts.update(pat.findall(text))
+        results.put(counts)
+    except BaseException as e:  # reported by the parent, which would otherwise wait forever
+        results.put(RuntimeError(f"chunk counting failed in a worker: {e!r}"))
+
+
+def _put(q, item, procs) -> None:
+    while True:
+        try:
+            q.put(item, timeout=1.0)
+            return
+        except queue.Full:
+            if not all(p.is_alive() for p in procs):
+                raise RuntimeError("a chunk counting worker died") from None
+
+
+def _get(q, procs):
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs) and q.empty():
+                raise RuntimeError("a chunk counting worker died without a result") from None
 
 
 def _batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
@@ -80,8 +108,8 @@ def _batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
 def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progress: bool = False) -> Counter:
     """Count the split-pattern chunks of every document: `Counter[str]` of chunk -> occurrences.
 
-    Streams `texts` (any iterable, consumed once). With `num_workers > 1`, batches of about 4M characters are
-    counted in worker processes, at most `2 * num_workers` batches in flight, so memory stays bounded.
+    Streams `texts` (any iterable, consumed once). With `num_workers > 1`, batches of about 4M characters go to
+    worker processes through a queue of at most `2 * num_workers` batches, so memory stays bounded.
     """
     from tqdm import tqdm
 
@@ -94,17 +122,31 @@ def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progr
                 total.update(pat.findall(text))
             bar.update(sum(map(len, batch)) / 1e6)
     else:
-        with ProcessPoolExecutor(num_workers) as pool:
-            pending = []
+        ctx = multiprocessing.get_context()
+        tasks, results = ctx.Queue(maxsize=2 * num_workers), ctx.Queue()
+        procs = [ctx.Process(target=_count_worker, args=(pattern, tasks, results), daemon=True) for _ in range(num_workers)]
+        for proc in procs:
+            proc.start()
+        try:
             for batch in _batches(texts, _BATCH_CHARS):
-                pending.append((pool.submit(_count_batch, (pattern, batch)), sum(map(len, batch))))
-                if len(pending) >= 2 * num_workers:
-                    fut, n = pending.pop(0)
-                    total.update(fut.result())
-                    bar.update(n / 1e6)
-            for fut, n in pending:
-                total.update(fut.result())
-                bar.update(n / 1e6)
+                _put(tasks, batch, procs)
+                bar.update(sum(map(len, batch)) / 1e6)
+            for _ in procs:
+                _put(tasks, None, procs)
+            parts = [_get(results, procs) for _ in procs]
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        parts.sort(key=len, reverse=True)  # update the largest with the others: the loop runs over the smaller
+        total = parts[0]
+        for part in parts[1:]:
+            total.update(part)
     bar.close()
     return total
 
