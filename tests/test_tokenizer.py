@@ -349,6 +349,8 @@ def test_bad_training_input():
         Tokenizer.train("one string is not a corpus", 1000)
     with pytest.raises(TypeError, match="must be str"):
         Tokenizer.train([b"bytes"], 1000)
+    with pytest.raises(TypeError, match="must be str"):  # the counting processes are stopped, nothing hangs
+        Tokenizer.train(iter(["text"] * 3 + [None]), 1000, num_workers=2)
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI

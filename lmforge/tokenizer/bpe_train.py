@@ -134,12 +134,13 @@ def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progr
             for _ in procs:
                 _put(tasks, None, procs)
             parts = [_get(results, procs) for _ in procs]
-        finally:
+            for proc in procs:
+                proc.join()
+        finally:  # on an error (bad input, Ctrl-C) the workers would wait for batches forever
             for proc in procs:
                 if proc.is_alive():
-                    proc.join(timeout=5)
-                if proc.is_alive():
                     proc.terminate()
+                    proc.join()
         for part in parts:
             if isinstance(part, BaseException):
                 raise part
