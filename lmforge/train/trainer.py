@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.checkpoint import CKPT_SUBDIR, checkpoint_name, load_state, load_train_state, load_weights, save_train_checkpoint, train_checkpoints
-from lmforge.model import GPT, GPTConfig, KVCache
+from lmforge.model import GPT, GPTConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.dist import DistInfo, all_reduce_sum, barrier, setup_distributed, wrap_model
 from lmforge.train.logging import RunLogger, peak_flops
@@ -96,29 +96,6 @@ def evaluate(model: torch.nn.Module, val_data: ValSource, info: DistInfo, autoca
     out = {"val_loss": loss_sum / count}
     if token_bytes is not None and nbytes > 0:
         out["val_bpb"] = loss_sum / math.log(2) / nbytes
-    return out
-
-
-@torch.no_grad()
-def sample_tokens(model: GPT, prompt: list[int], max_new: int, temperature: float = 0.8, top_k: int = 50,
-                  seed: int = 0) -> list[int]:
-    """A continuation of `prompt` with the KV cache; its own generator leaves the training RNG untouched."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    max_new = min(max_new, model.config.block_size - len(prompt))
-    cache = KVCache(model.config, 1, len(prompt) + max_new, device=device, dtype=next(model.parameters()).dtype)
-    logits, _ = model(torch.tensor([prompt], device=device), cache=cache)
-    out: list[int] = []
-    for _ in range(max_new):
-        scores = logits[0, -1].float() / temperature
-        if top_k:
-            kth = torch.topk(scores, min(top_k, scores.numel())).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        nxt = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
-        out.append(nxt)
-        if len(out) == max_new:
-            break
-        logits, _ = model(torch.tensor([[nxt]], device=device), cache=cache)
     return out
 
 
@@ -245,15 +222,17 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     def run_samples() -> None:
         if decoder is None or not sample_prompts or cfg.fsdp:
             return
+        from lmforge.inference.engine import Engine
+        from lmforge.inference.sampling import SamplingParams
+
         was_training = raw.training
-        raw.eval()
-        texts = []
-        for i, prompt in enumerate(sample_prompts[:cfg.num_samples]):
-            cont = sample_tokens(raw, prompt, cfg.sample_tokens, seed=cfg.seed + i)
-            specials = set(decoder.special_tokens.values())
-            texts.append({"prompt": decoder.decode([t for t in prompt if t not in specials]),
-                          "continuation": decoder.decode(cont)})
+        prompts = sample_prompts[:cfg.num_samples]
+        params = SamplingParams(temperature=0.8, top_k=50, max_tokens=cfg.sample_tokens, seed=cfg.seed)
+        done = Engine(raw, decoder).generate(prompts, params)  # its own generator: the training RNG is untouched
         raw.train(was_training)
+        specials = set(decoder.special_tokens.values())
+        texts = [{"prompt": decoder.decode([t for t in p if t not in specials]), "continuation": c[0].text}
+                 for p, c in zip(prompts, done)]
         last["samples"] = texts
         with open(out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             import json
