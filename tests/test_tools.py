@@ -83,6 +83,7 @@ def test_python_cannot_open_a_socket_or_start_processes():
     assert "not allowed" in run_python("import subprocess; subprocess.run(['true'])", FAST)
     assert "not allowed" in run_python("import os; os.system('true')", FAST)
     assert "not allowed" in run_python("import ctypes", FAST)
+    assert "not allowed" in run_python("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", FAST)
 
 
 @pytest.mark.timeout(30)

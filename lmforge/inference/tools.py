@@ -20,7 +20,6 @@ import ast
 import math
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -158,15 +157,21 @@ class PythonLimits:
     network_namespace: bool = True  # use `unshare -rn` when it works, for no network even below Python
 
 
-# Runs in the child before the user's code: an audit hook that refuses what the sandbox forbids. It is source text
-# (not a function) because it must run in the fresh interpreter.
+# Runs in the child before the user's code: resource limits, then an audit hook that refuses what the sandbox
+# forbids (including raising those limits again). It is source text because it must run in the fresh interpreter.
 _GUARD = r'''
-import os, sys
+import os, resource, sys
+_cpu, _mem, _fsize = (int(a) for a in sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
+resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
+resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
 _ROOT = os.path.realpath(os.getcwd())
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PATH_EVENTS = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
                 "os.utime": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
-_DENIED = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+_DENIED = ("socket.", "subprocess.", "resource.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
            "os.forkpty", "os.kill", "os.killpg", "ctypes.", "pty.", "os.setuid", "os.chroot", "mmap.")
 def _inside(path):
     if isinstance(path, int):
@@ -214,17 +219,6 @@ def _unshare_works() -> bool:
         return False
 
 
-def _set_limits(limits: PythonLimits) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
-
-    return apply
-
-
 def _head_and_tail(path: Path, max_chars: int) -> str:
     """The file's text, or its start and end around a truncation mark: errors print their last line last."""
     size = path.stat().st_size
@@ -248,7 +242,10 @@ def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
         work.mkdir()
         (work / "main.py").write_text(code, encoding="utf-8")
         out_path = Path(tmp) / "output.txt"
-        cmd = [sys.executable, "-I", "-u", "-c", _GUARD]  # -u: prints and tracebacks stay in order
+        # -u: prints and tracebacks stay in order. The limits are set by the child itself (not by a preexec_fn,
+        # which can deadlock a parent that runs threads, as torch does), before the hook forbids changing them.
+        cmd = [sys.executable, "-I", "-u", "-c", _GUARD,
+               str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_file_bytes)]
         if limits.network_namespace and _unshare_works():
             cmd = [shutil.which("unshare") or "unshare", "-rn", "--"] + cmd
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(work),
@@ -256,7 +253,7 @@ def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
         status = ""
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, preexec_fn=_set_limits(limits), start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 rc = proc.wait(timeout=limits.wall_seconds)
             except subprocess.TimeoutExpired:
