@@ -22,6 +22,7 @@ special tokens on top, so all three learn the same number of merges. The machine
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -258,9 +259,15 @@ def bench_encoding(tok_dir: Path, hf_file: Path, held: Path, target_mb: int) -> 
         return mb_per_s(nbytes, time.perf_counter() - t0), mb_per_s(nbytes, time.process_time() - c0), out
 
     def best_of_2(runs):
-        """Each encoder twice, interleaved (A B C A B C), best of two: less sensitive to the shared machine."""
-        first = [timed(fn, n) for fn, n in runs]
-        second = [timed(fn, n) for fn, n in runs]
+        """Each encoder twice, in order then in reverse (A B C C B A), best of two, with the garbage collector
+        off (the id lists are many small objects): less sensitive to the shared machine and to the order."""
+        gc.collect()
+        gc.disable()
+        try:
+            first = [timed(fn, n) for fn, n in runs]
+            second = [timed(fn, n) for fn, n in reversed(runs)][::-1]
+        finally:
+            gc.enable()
         return [(max(a[0], b[0]), max(a[1], b[1]), a[2]) for a, b in zip(first, second)]
 
     (ours_1, ours_1c, ids_ours), (tik_1, tik_1c, ids_tik), (hf_1, hf_1c, ids_hf) = best_of_2([
@@ -317,6 +324,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="corpus sizes in MB (default 10 100)")
     ap.add_argument("--vocabs", type=int, nargs="+", default=None, help="vocabulary sizes (default 4096 32768)")
     ap.add_argument("--encode-mb", type=int, default=None, help="MB of text for the encoding benchmark (default 10; 5 with --quick)")
+    ap.add_argument("--encode-only", action="store_true", help="only the encoding benchmark, on the tokenizer a "
+                    "previous run trained for the last size and vocabulary")
     ap.add_argument("--worker", choices=TRAINERS + EXTRA, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
@@ -328,8 +337,10 @@ def main() -> None:
     sizes = args.sizes or ([10] if args.quick else [10, 100])
     vocabs = args.vocabs or ([4096] if args.quick else [4096, 32768])
     print(f"cores: {len(os.sched_getaffinity(0))}, load average at start: {os.getloadavg()[0]:.1f} (shared machine: compare ratios)")
-    last = None
-    for size in sizes:
+    last = CACHE / f"run_{sizes[-1]}mb_{vocabs[-1]}"
+    if args.encode_only and not (last / "ours").is_dir():
+        sys.exit(f"bench_tokenizer: no trained tokenizer in {last}; run without --encode-only first")
+    for size in [] if args.encode_only else sizes:
         corpus, held = build_corpus(size)
         print(f"\n# {size} MB corpus ({corpus.stat().st_size / 1e6:.1f} MB of JSONL), held-out {held.stat().st_size / 1e6:.1f} MB")
         for vocab in vocabs:
@@ -356,7 +367,6 @@ def main() -> None:
             ours_bpt, hf_bpt = compression(out / "ours", out / "tokenizers.json", held)
             print(f"compression on held-out text: ours {ours_bpt:.4f} bytes/token, tokenizers {hf_bpt:.4f} "
                   f"(ratio {ours_bpt / hf_bpt:.4f})")
-            last = out
     from lmforge.tokenizer import Tokenizer
 
     Tokenizer.load(last / "ours").export_hf(last / "ours_hf.json")
