@@ -73,7 +73,8 @@ def train_step_fn(model, optimizers, x, y, loss_of):
 
 
 def ours_loss(model, x, y):
-    return model(x, y)[1]
+    """The training path: mean loss without materialising the logits (chunked on CPU), as the trainer uses it."""
+    return model(x, y, return_logits=False)[1]
 
 
 def hf_loss(model, x, y):

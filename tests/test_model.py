@@ -141,3 +141,24 @@ def test_model_info_reports_sizes_and_costs(capsys):
     assert main(["model", "info", "--preset", "gpt2", "--tokens", "1e10", "--tflops", "100"]) == 0
     out = capsys.readouterr().out
     assert "parameter file" in out and "GPU-hours" in out
+
+
+@pytest.mark.parametrize("variant", ["llama", "gqa-qknorm-tied"])
+def test_chunked_training_loss_matches_the_logits_path(variant):
+    """The trainer's loss (summed, chunked, no logits kept) has the value and gradients of the plain one."""
+    idx = torch.randint(0, 97, (3, 30))
+    targets = torch.randint(0, 97, (3, 30))
+    targets[0, :7] = -1
+    grads = []
+    for kwargs in ({"reduction": "sum"}, {"reduction": "sum", "return_logits": False}):
+        model = make(variant, seed=1).train()
+        logits, loss = model(idx, targets, **kwargs)
+        assert (logits is None) == ("return_logits" in kwargs)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l1, g1), (l2, g2) = grads
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-4)
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6)
+    model = make(variant)
+    torch.testing.assert_close(model(idx, targets, return_logits=False)[1], model(idx, targets)[1])

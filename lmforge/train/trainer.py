@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.checkpoint import CKPT_SUBDIR, checkpoint_name, load_state, load_train_state, load_weights, save_train_checkpoint, train_checkpoints
 from lmforge.model import GPT, GPTConfig
@@ -66,8 +65,7 @@ def resolve_model_config(cfg: TrainConfig, model_config: GPTConfig | None = None
 
 
 def _sum_cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits, _ = model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum")
+    return model(x, y, reduction="sum", return_logits=False)[1]
 
 
 @torch.no_grad()
