@@ -148,11 +148,11 @@ def stage_pretrain(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     if not shards:
         raise LmforgeError("the pretrain stage needs the tokenize stage's shards (results['tokenize']['shards_dir'])")
     if ctx.quick:
-        cfg = TrainConfig(preset="tiny", seq_len=128, batch_size=8, max_steps=80, warmup_steps=10, eval_every=40,
-                          eval_batches=4, checkpoint_every=0, seed=ctx.seed)
+        cfg = TrainConfig(preset="tiny", seq_len=128, batch_size=8, max_steps=80, warmup_steps=10, embed_lr=0.02,
+                          eval_every=40, eval_batches=4, checkpoint_every=0, seed=ctx.seed)
     else:
-        cfg = TrainConfig(preset="tiny", max_steps=PRETRAIN_STEPS, eval_every=200, eval_batches=16,
-                          sample_every=400, checkpoint_every=200, seed=ctx.seed)
+        cfg = TrainConfig(preset="tiny", max_steps=PRETRAIN_STEPS, embed_lr=0.02, eval_every=200, eval_batches=16,
+                          sample_every=500, checkpoint_every=200, seed=ctx.seed)
     summary = run_pretrain(shards, out / "run", cfg)
     return {key: summary[key] for key in ("run_dir", "checkpoint", "loss", "val_loss", "val_bpb", "step", "tokens",
                                           "tokens_per_s", "mfu", "params", "loss_plot", "samples")}

@@ -37,6 +37,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--optimizer", choices=["muon", "adamw"], default=defaults.optimizer,
                    help="muon: Muon for hidden matrices + AdamW for embeddings/head/norms; adamw: AdamW for all")
     g.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    g.add_argument("--embed-lr", type=float, default=defaults.embed_lr,
+                   help="AdamW learning rate of the embeddings (default: --lr)")
     g.add_argument("--muon-lr", type=float, default=defaults.muon_lr, help="Muon learning rate")
     g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     g.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
@@ -71,7 +73,8 @@ def train_config_from_args(args: argparse.Namespace, **extra):
 
     return TrainConfig(
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
-        optimizer=args.optimizer, lr=args.lr, muon_lr=args.muon_lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, lr=args.lr, embed_lr=args.embed_lr, muon_lr=args.muon_lr,
+        weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, decay=args.decay, decay_start_frac=args.decay_start_frac,
         min_lr_frac=args.min_lr_frac, grad_clip=args.grad_clip, eval_every=args.eval_every,
         eval_batches=args.eval_batches, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,

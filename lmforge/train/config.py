@@ -25,9 +25,9 @@ class TrainConfig:
     max_steps: int = 1000
     # optimizer
     optimizer: str = "muon"  # "muon" (Muon for hidden matrices + AdamW for the rest) | "adamw"
-    lr: float = 3e-3  # AdamW learning rate (embeddings, head, norms; every parameter with optimizer="adamw")
+    lr: float = 6e-3  # AdamW learning rate (embeddings, head, norms; every parameter with optimizer="adamw")
     embed_lr: float | None = None  # None = lr; embeddings tolerate a higher rate than the head
-    muon_lr: float = 0.02
+    muon_lr: float = 0.04
     muon_momentum: float = 0.95
     weight_decay: float = 0.0  # on matrices only; never on norms
     beta1: float = 0.9
