@@ -284,3 +284,12 @@ def test_corrupt_training_checkpoint_is_refused(synthetic, tmp_path):
     data, _ = sources(synthetic, cfg)
     with pytest.raises(LmforgeError, match="optimizer.pt"):
         train(small_cfg(max_steps=4, eval_every=0), data, None, tmp_path / "run")
+
+
+@pytest.mark.timeout(60)
+def test_time_budget_stops_with_a_checkpoint(synthetic, tmp_path):
+    cfg = small_cfg(max_steps=1000, time_budget_s=0.5, eval_every=0)
+    data, val = sources(synthetic, cfg)
+    summary = train(cfg, data, val, tmp_path / "run")
+    assert summary["stopped_early"] and 0 < summary["step"] < 1000
+    assert summary["val_loss"] is not None and Path(summary["checkpoint"]).name == f"step_{summary['step']:07d}"

@@ -249,7 +249,8 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
     ckpt_path: Path | None = resume_ckpt
-    t_last = time.perf_counter()
+    t_last = t_begin = time.perf_counter()
+    stopped_early = False
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         mult = lr_multiplier(step, cfg)
@@ -305,6 +306,8 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
             row["mfu"] = round(mfu, 4)
         last["loss"] = step_loss
         done = step == cfg.max_steps
+        if not done and cfg.time_budget_s and time.perf_counter() - t_begin >= cfg.time_budget_s:
+            done = stopped_early = True  # out of time: finish this step as the last one
         if val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
             run_eval()
         if info.is_main and ((cfg.sample_every and step % cfg.sample_every == 0) or done):
@@ -322,6 +325,10 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                 post["val"] = f"{row['val_loss']:.3f}"
             bar.set_postfix(post, refresh=time.perf_counter() - t_last > 0.5)
             t_last = time.perf_counter()
+        if stopped_early:
+            if info.is_main:
+                print(f"[train] time budget of {cfg.time_budget_s:.0f} s reached: stopped at step {step}")
+            break
     if bar is not None:
         bar.close()
     plot = logger.plot()
@@ -333,5 +340,5 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                "mfu": round(flops_per_token * tokens_seen / elapsed / (peak * info.world_size), 4)
                if elapsed and peak else None,
                "params": raw.num_params(), "loss_plot": str(plot) if plot else None,
-               "samples": last.get("samples")}
+               "samples": last.get("samples"), "stopped_early": stopped_early}
     return summary
