@@ -3,7 +3,9 @@ the throughput figures (tokens/s, MFU) the progress bar shows.
 
 MFU (model FLOPs utilisation) compares the FLOPs the model needs per token with what the hardware could do: on a
 GPU its datasheet peak, on a CPU a matmul peak measured here, because CPU datasheets say little about what torch
-reaches.
+reaches. On CPU both sides are per CPU-second (process time), so a machine shared with other programs, whose
+cores this process only gets part of the time, does not show up as a low (or, with a peak measured in a busy
+moment, an impossible > 100%) utilisation.
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
                   "3090": 71e12, "L4": 121e12}
 
 
-def measure_matmul_flops(size: int = 512, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of repeated square matmuls on the CPU with torch's current thread count (best of a short burst)."""
+def measure_matmul_flops(size: int = 512, seconds: float = 0.3, dtype: torch.dtype = torch.float32,
+                         clock=time.perf_counter) -> float:
+    """FLOP/s of repeated square matmuls on the CPU with torch's current thread count (best of a short burst).
+
+    With `clock=time.process_time` the figure is per CPU-second (all threads' time summed): what one core does
+    while it runs, whatever other programs take from the machine.
+    """
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm the kernels and the thread pool
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(4):
             torch.mm(a, b)
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
+        spent = clock() - t0
+        if spent > 0:
+            best = max(best, 4 * 2 * size**3 / spent)
     return best
 
 
@@ -40,7 +49,7 @@ def peak_flops(device: torch.device) -> float | None:
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
     if device.type == "cpu":
-        return measure_matmul_flops()
+        return measure_matmul_flops(clock=time.process_time)
     return None
 
 

@@ -178,6 +178,16 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
                                                    "world_size": info.world_size})
     peak = cfg.peak_flops or peak_flops(device)
+    run_wall = run_cpu = 0.0  # this invocation's step time (a resumed run's earlier part ran elsewhere)
+    run_steps = 0
+
+    def step_mfu(wall: float, cpu: float, steps: int = 1) -> float | None:
+        """Achieved over peak FLOP/s. On CPU both per CPU-second (the peak was measured that way), so cores taken
+        by other programs do not count as idle hardware; on GPU per wall-second and device."""
+        if not peak or wall <= 0 or cpu <= 0:
+            return None
+        flops = flops_per_token * tokens_per_step * steps / info.world_size
+        return flops / cpu / peak if device.type == "cpu" else flops / wall / peak
     flops_per_token = raw.flops_per_token(seq_len)
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * info.world_size
 
@@ -252,7 +262,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     t_last = t_begin = time.perf_counter()
     stopped_early = False
     while step < cfg.max_steps:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         mult = lr_multiplier(step, cfg)
         for opt in optimizers:
             for g in opt.param_groups:
@@ -296,7 +306,9 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         step += 1
         tokens_seen += tokens_per_step
         tok_s = tokens_per_step / dt
-        mfu = flops_per_token * tok_s / (peak * info.world_size) if peak else None
+        dt_cpu = time.process_time() - c0
+        run_wall, run_cpu, run_steps = run_wall + dt, run_cpu + dt_cpu, run_steps + 1
+        mfu = step_mfu(dt, dt_cpu)
         row: dict[str, Any] = {"step": step, "loss": round(step_loss, 5), "lr_mult": round(mult, 5),
                                "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
                                "elapsed_s": round(elapsed, 3)}
@@ -337,8 +349,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                "loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
                "tokens": tokens_seen, "seconds": round(elapsed, 2),
                "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-               "mfu": round(flops_per_token * tokens_seen / elapsed / (peak * info.world_size), 4)
-               if elapsed and peak else None,
+               "mfu": round(m, 4) if (m := step_mfu(run_wall, run_cpu, run_steps)) else None,
                "params": raw.num_params(), "loss_plot": str(plot) if plot else None,
                "samples": last.get("samples"), "stopped_early": stopped_early}
     return summary
