@@ -259,6 +259,14 @@ def test_bad_inputs_give_errors_that_name_the_file(synthetic, tmp_path):
     (wrong / "index.json").write_text(json.dumps(index))
     with pytest.raises(LmforgeError, match="train_00000.bin.*wrong dtype"):
         TokenShards(wrong, "train", check_tokenizer=False)
+    # a shard holding ids beyond the vocabulary its index declares
+    damaged = tmp_path / "damaged"
+    shutil.copytree(synthetic, damaged)
+    arr = np.fromfile(damaged / "train_00000.bin", dtype=np.uint16)
+    arr[1::2] = 999
+    arr.tofile(damaged / "train_00000.bin")
+    with pytest.raises(LmforgeError, match="train_00000.bin.*corrupt"):
+        ShardBatches(TokenShards(damaged, "train", check_tokenizer=False), 4, 16, prefetch=False).next_batch()
     # a context longer than the model's
     cfg = small_cfg(seq_len=64)
     data, _ = sources(synthetic, cfg, seq_len=64)

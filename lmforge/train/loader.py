@@ -73,6 +73,10 @@ class ShardBatches:
         for r, (s, i) in enumerate(zip(shard_ids, local)):
             start = int(i) if self._starts is None else int(self._starts[s][i])
             rows[r] = self.shards.tokens(int(s))[start:start + span]
+        if rows.max() >= self.shards.vocab_size:  # a damaged shard: refuse it by name instead of a CUDA/index error
+            bad = int(shard_ids[int(np.argmax(rows.max(axis=1) >= self.shards.vocab_size))])
+            raise LmforgeError(f"token shard {self.shards.shards[bad].path} holds an id >= its index's vocab_size "
+                               f"{self.shards.vocab_size}: the shard is corrupt")
         t = torch.from_numpy(rows)
         if self.device.type == "cuda":
             t = t.pin_memory()
