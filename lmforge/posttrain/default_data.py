@@ -305,6 +305,7 @@ class DefaultDataConfig:
     seed: int = 1337
     mix: tuple[float, float, float, float, float] = (0.45, 0.1, 0.12, 0.23, 0.1)  # doc, signature, identity, arithmetic, refusal
     system_prompt_rate: float = 0.1  # share that opens with a system message, so the model sees that role too
+    chain_rate: float = 0.25  # chance of one more unrelated exchange after each one (multi-turn chats that switch topic)
 
 
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are {a}. Answer briefly.",
@@ -319,18 +320,23 @@ def generate_default_conversations(cfg: DefaultDataConfig = DefaultDataConfig(),
     facts = facts if facts is not None else collect_doc_facts()
     with_sig = [f for f in facts if f.signature]
     kinds = ["doc", "signature", "identity", "arithmetic", "refusal"]
-    for _ in range(cfg.n):
+
+    def one() -> Messages:
         kind = rng.choices(kinds, weights=cfg.mix)[0]
         if kind == "doc" and facts:
-            msgs = doc_conversation(rng, rng.choice(facts), facts)
-        elif kind == "signature" and with_sig:
-            msgs = signature_conversation(rng, rng.choice(with_sig))
-        elif kind == "identity":
-            msgs = identity_conversation(rng)
-        elif kind == "refusal":
-            msgs = refusal_conversation(rng)
-        else:
-            msgs = arithmetic_conversation(rng)
+            return doc_conversation(rng, rng.choice(facts), facts)
+        if kind == "signature" and with_sig:
+            return signature_conversation(rng, rng.choice(with_sig))
+        if kind == "identity":
+            return identity_conversation(rng)
+        if kind == "refusal":
+            return refusal_conversation(rng)
+        return arithmetic_conversation(rng)
+
+    for _ in range(cfg.n):
+        msgs = one()
+        while rng.random() < cfg.chain_rate:  # unrelated follow-up turns: answer the last question, not an earlier one
+            msgs = msgs + one()
         if rng.random() < cfg.system_prompt_rate:
             msgs = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS).format(a=ASSISTANT_NAME)}] + msgs
         yield msgs

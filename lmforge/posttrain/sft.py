@@ -218,7 +218,7 @@ def run_sft(cfg: SFTConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     print(f"sft: {len(train_ex)} training conversations ({n_tokens:,} tokens, {n_targets:,} learned), "
           f"{len(val_ex)} held out; padding {100 * info['padding_frac']:.1f}% of positions", file=sys.stderr)
     summary = train(tcfg, batches, val, out_dir, init_checkpoint=base,
-                    tokenizer_dir=tok_dir, sample_prompts=prompts)
+                    tokenizer_dir=tok_dir, sample_prompts=prompts if tcfg.num_samples > 0 else None)
     summary.update({"base_checkpoint": str(base), "data": info})
     write_json(out_dir / "sft_summary.json", summary)
     return summary
