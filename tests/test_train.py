@@ -300,4 +300,6 @@ def test_time_budget_stops_with_a_checkpoint(synthetic, tmp_path):
     data, val = sources(synthetic, cfg)
     summary = train(cfg, data, val, tmp_path / "run")
     assert summary["stopped_early"] and 0 < summary["step"] < 1000
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr_mult"] < 0.5  # the schedule followed the clock and was decaying when time ran out
     assert summary["val_loss"] is not None and Path(summary["checkpoint"]).name == f"step_{summary['step']:07d}"

@@ -23,7 +23,9 @@ class TrainConfig:
     batch_size: int = 16  # rows per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
-    time_budget_s: float = 0.0  # stop (evaluate, sample, checkpoint) once this many seconds have passed; 0 = none
+    # Stop (evaluate, sample, checkpoint) once this many seconds have passed, 0 = none; the schedule then decays
+    # along whichever runs out first, steps or time (so the run is no longer exactly repeatable).
+    time_budget_s: float = 0.0
     # optimizer
     optimizer: str = "muon"  # "muon" (Muon for hidden matrices + AdamW for the rest) | "adamw"
     lr: float = 6e-3  # AdamW learning rate (embeddings, head, norms; every parameter with optimizer="adamw")

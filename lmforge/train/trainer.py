@@ -263,7 +263,11 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     stopped_early = False
     while step < cfg.max_steps:
         t0, c0 = time.perf_counter(), time.process_time()
-        mult = lr_multiplier(step, cfg)
+        # With a time budget the schedule follows whichever runs out first, steps or time, so the learning rate
+        # still decays to its floor when the budget (not max_steps) ends the run.
+        at = step if not cfg.time_budget_s else \
+            max(step, int(cfg.max_steps * (time.perf_counter() - t_begin) / cfg.time_budget_s))
+        mult = lr_multiplier(min(at, max(cfg.max_steps - 1, 0)), cfg)
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mult
