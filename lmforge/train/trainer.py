@@ -167,12 +167,13 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         torch.set_rng_state(ostate["rng"][0])
         step, tokens_seen, elapsed = tstate["step"], tstate["tokens"], tstate["seconds"]
 
-    decoder = _load_decoder(Path(tokenizer_dir)) if tokenizer_dir is not None and info.is_main else None
+    tokenizer = _load_decoder(Path(tokenizer_dir)) if tokenizer_dir is not None else None
+    decoder = tokenizer if info.is_main else None
     token_bytes = None
-    if tokenizer_dir is not None:
+    if tokenizer is not None:
         from lmforge.evaluation.bpb import token_byte_lengths
 
-        token_bytes = token_byte_lengths(_load_decoder(Path(tokenizer_dir)), mcfg.vocab_size).to(device)
+        token_bytes = token_byte_lengths(tokenizer, mcfg.vocab_size).to(device)
     logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, resume_step=step)
     if info.is_main:
         write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
@@ -188,6 +189,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
             return None
         flops = flops_per_token * tokens_per_step * steps / info.world_size
         return flops / cpu / peak if device.type == "cpu" else flops / wall / peak
+
     flops_per_token = raw.flops_per_token(seq_len)
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * info.world_size
 
