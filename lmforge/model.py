@@ -82,8 +82,9 @@ class GPTConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=4096),
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=8192),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50304),
+    # GPT-2's sizes (124M, 350M) in the Llama family: tied embeddings as GPT-2 had them.
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, tie_embeddings=True),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50304, tie_embeddings=True),
     "llama-1b": dict(n_layer=16, n_head=32, n_kv_head=8, n_embd=2048, intermediate_size=8192, block_size=2048,
                      vocab_size=128256, tie_embeddings=True, rope_theta=500000.0),
     "llama-7b": dict(n_layer=32, n_head=32, n_embd=4096, intermediate_size=11008, block_size=4096,
