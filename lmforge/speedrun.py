@@ -138,7 +138,7 @@ def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 
 def stage_pretrain(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Pretrain the `tiny` GPT on the tokenize stage's shards (Muon + AdamW, linear decay); keep its loss plot,
-    metrics and samples in `out/run`. Sized for about 8 minutes on 2 quiet cores (the quick run: under a minute).
+    metrics and samples in `out/run`. At most 10 minutes on 2 cores (a time budget); the quick run: under a minute.
     Run again, it resumes from the newest checkpoint."""
     from lmforge.train.config import TrainConfig
     from lmforge.train.pretrain import run_pretrain
