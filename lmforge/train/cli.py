@@ -31,6 +31,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults) -> None:
     """Flags for TrainConfig fields (SFT's verb reuses them with its own defaults)."""
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimizer steps in total")
+    g.add_argument("--time-budget", type=float, default=defaults.time_budget_s, metavar="SECONDS",
+                   help="stop (with evaluation and a checkpoint) after this long; the schedule follows the clock")
     g.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per micro-batch per process")
     g.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per step")
     g.add_argument("--seq-len", type=int, default=defaults.seq_len, help="context length (default: block_size)")
@@ -72,7 +74,7 @@ def train_config_from_args(args: argparse.Namespace, **extra):
     from lmforge.train.config import TrainConfig
 
     return TrainConfig(
-        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
+        max_steps=args.max_steps, time_budget_s=args.time_budget, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
         optimizer=args.optimizer, lr=args.lr, embed_lr=args.embed_lr, muon_lr=args.muon_lr,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, decay=args.decay, decay_start_frac=args.decay_start_frac,

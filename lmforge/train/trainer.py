@@ -263,12 +263,20 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     ckpt_path: Path | None = resume_ckpt
     t_last = t_begin = time.perf_counter()
     stopped_early = False
+
+    def budget_clock() -> float:
+        """Seconds since the loop began, rank 0's on every rank, so all ranks schedule and stop alike."""
+        now = torch.tensor([time.perf_counter() - t_begin], dtype=torch.float64, device=device)
+        if info.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(now, 0)
+        return float(now)
     while step < cfg.max_steps:
         t0, c0 = time.perf_counter(), time.process_time()
         # With a time budget the schedule follows whichever runs out first, steps or time, so the learning rate
         # still decays to its floor when the budget (not max_steps) ends the run.
-        at = step if not cfg.time_budget_s else \
-            max(step, int(cfg.max_steps * (time.perf_counter() - t_begin) / cfg.time_budget_s))
+        at = step if not cfg.time_budget_s else max(step, int(cfg.max_steps * budget_clock() / cfg.time_budget_s))
         mult = lr_multiplier(min(at, max(cfg.max_steps - 1, 0)), cfg)
         for opt in optimizers:
             for g in opt.param_groups:
@@ -324,7 +332,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
             row["mfu"] = round(mfu, 4)
         last["loss"] = step_loss
         done = step == cfg.max_steps
-        if not done and cfg.time_budget_s and time.perf_counter() - t_begin >= cfg.time_budget_s:
+        if not done and cfg.time_budget_s and budget_clock() >= cfg.time_budget_s:
             done = stopped_early = True  # out of time: finish this step as the last one
         if val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
             run_eval()
