@@ -202,6 +202,34 @@ def test_masked_targets_only_count_where_supervised(synthetic, tmp_path):
         train(cfg, Masked(data, 32), None, tmp_path / "b")
 
 
+def test_throughput_counts_the_positions_each_batch_really_has(synthetic, tmp_path):
+    """SFT batches are padded to their longest conversation, not to seq_len: tokens/s and MFU count what ran."""
+
+    class Shrinking:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def next_batch(self):
+            x, y = self.inner.next_batch()
+            self.calls += 1
+            width = 8 if self.calls % 2 else 16
+            return x[:, :width], y[:, :width]
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, s):
+            self.inner.load_state_dict(s)
+
+    cfg = small_cfg(max_steps=4, eval_every=0)
+    data, _ = sources(synthetic, cfg)
+    summary = train(cfg, Shrinking(data), None, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "tokens" in r and "loss" in r]
+    assert [r["tokens"] for r in steps] == [4 * 8, 4 * 8 + 4 * 16, 2 * 4 * 8 + 4 * 16, 2 * (4 * 8 + 4 * 16)]
+    assert summary["tokens"] == 2 * (4 * 8 + 4 * 16)
+
+
 # --------------------------------------------------------------------------------------------- the CLI and errors
 
 

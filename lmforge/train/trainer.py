@@ -180,18 +180,15 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                                                    "world_size": info.world_size})
     peak = cfg.peak_flops or peak_flops(device)
     run_wall = run_cpu = 0.0  # this invocation's step time (a resumed run's earlier part ran elsewhere)
-    run_steps = 0
 
-    def step_mfu(wall: float, cpu: float, steps: int = 1) -> float | None:
-        """Achieved over peak FLOP/s. On CPU both per CPU-second (the peak was measured that way), so cores taken
-        by other programs do not count as idle hardware; on GPU per wall-second and device."""
+    def step_mfu(flops: float, wall: float, cpu: float) -> float | None:
+        """Achieved over peak FLOP/s for this process's `flops`. On CPU per CPU-second (the peak was measured that
+        way), so cores taken by other programs do not count as idle hardware; on GPU per wall-second and device."""
         if not peak or wall <= 0 or cpu <= 0:
             return None
-        flops = flops_per_token * tokens_per_step * steps / info.world_size
         return flops / cpu / peak if device.type == "cpu" else flops / wall / peak
 
-    flops_per_token = raw.flops_per_token(seq_len)
-    tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * info.world_size
+    run_flops = 0.0
 
     def checkpoint() -> Path:
         data_states = [data.state_dict()]
@@ -282,6 +279,9 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mult
         micro = [data.next_batch() for _ in range(cfg.grad_accum)]
+        # Counted from the batches themselves: SFT batches are padded to their longest conversation, not seq_len.
+        step_tokens = sum(x.numel() for x, _ in micro) * info.world_size
+        step_flops = sum(raw.flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
         n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64,
                                  device=device)
         all_reduce_sum(n_targets, info)
@@ -318,11 +318,11 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         dt = time.perf_counter() - t0
         elapsed += dt
         step += 1
-        tokens_seen += tokens_per_step
-        tok_s = tokens_per_step / dt
+        tokens_seen += step_tokens
+        tok_s = step_tokens / dt
         dt_cpu = time.process_time() - c0
-        run_wall, run_cpu, run_steps = run_wall + dt, run_cpu + dt_cpu, run_steps + 1
-        mfu = step_mfu(dt, dt_cpu)
+        run_wall, run_cpu, run_flops = run_wall + dt, run_cpu + dt_cpu, run_flops + step_flops
+        mfu = step_mfu(step_flops, dt, dt_cpu)
         row: dict[str, Any] = {"step": step, "loss": round(step_loss, 5), "lr_mult": round(mult, 5),
                                "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
                                "elapsed_s": round(elapsed, 3)}
@@ -363,7 +363,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                "loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
                "tokens": tokens_seen, "seconds": round(elapsed, 2),
                "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-               "mfu": round(m, 4) if (m := step_mfu(run_wall, run_cpu, run_steps)) else None,
+               "mfu": round(m, 4) if (m := step_mfu(run_flops, run_wall, run_cpu)) else None,
                "params": raw.num_params(), "loss_plot": str(plot) if plot else None,
                "samples": last.get("samples"), "stopped_early": stopped_early}
     return summary
