@@ -89,12 +89,15 @@ def test_sft_resume_is_exact(base, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_tiny_sft_learns_to_end_its_turns(base, tmp_path):
-    """Before SFT a random model never closes a turn; after 100 steps it ends most answers with <|end|>."""
+    """Before SFT a random model never closes a turn; after 200 steps it ends most answers with <|end|>.
+
+    Measured: 0.875 (2 threads) and 1.0 (1 thread) of 24 held-out prompts; at 100 steps and 12 prompts it sat at
+    0.58-0.67, too close to the bar to be a stable test."""
     from lmforge.inference.chat import ChatConfig, ChatSession
     from lmforge.inference.engine import Engine
 
     root, tok = base
-    held = list(generate_default_conversations(DefaultDataConfig(n=12, seed=5)))
+    held = list(generate_default_conversations(DefaultDataConfig(n=24, seed=5)))
     prompts = [prompt_of(c) for c in held]
 
     def compliance(path, max_tokens):
@@ -107,7 +110,7 @@ def test_tiny_sft_learns_to_end_its_turns(base, tmp_path):
         return ended / len(prompts)
 
     before = compliance(root, 24)
-    cfg = SFTConfig(default_conversations=600, train_overrides=_fast(max_steps=100, lr=1e-2, muon_lr=0.04))
+    cfg = SFTConfig(default_conversations=600, train_overrides=_fast(max_steps=200, lr=1e-2, muon_lr=0.04))
     summary = run_sft(cfg, root, tmp_path / "sft")
     after = compliance(tmp_path / "sft", 64)
     assert before <= 0.1 and after >= 0.6, (before, after)
