@@ -1,6 +1,6 @@
 """Benchmark the data pipeline against datatrove: documents per second per core, per step and for the full chain.
 
-    .venv/bin/python benchmarks/bench_data.py [--quick] [--peer-python /tmp/dtvenv/bin/python]
+    .venv/bin/python benchmarks/bench_data.py [--quick] [--datatrove-python .dtvenv/bin/python]
 
 Input: the real news and blog pages of `../shared/data/pretrain/web/article-extraction-benchmark/` (181 pages,
 raw HTML). Both sides run FineWeb's chain on one core, each step timed on the previous step's output (after a
@@ -142,7 +142,8 @@ def run_runner(pages: list[dict], workers: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="40 pages instead of 181")
-    ap.add_argument("--peer-python", default="/tmp/dtvenv/bin/python", help="python of a venv with datatrove")
+    ap.add_argument("--datatrove-python", default=os.environ.get("DATATROVE_PYTHON"),
+                    help="python of a venv with datatrove (default: $DATATROVE_PYTHON; see bench_data_peer.py)")
     ap.add_argument("--copies", type=int, default=4, help="near-duplicate copies per text for the dedup benchmark")
     ap.add_argument("--runner", action="store_true", help="also time run_pipeline end to end with 1 and 2 workers")
     args = ap.parse_args()
@@ -156,9 +157,10 @@ def main() -> None:
     ours, extracted = run_ours(pages, our_chain(root, lists))
     texts = dedup_texts(extracted, args.copies)
     our_dedup = run_our_dedup(texts)
-    peer = run_peer(args.peer_python, pages, lists, texts) if Path(args.peer_python).exists() else None
+    peer_python = args.datatrove_python
+    peer = run_peer(peer_python, pages, lists, texts) if peer_python and Path(peer_python).exists() else None
     if peer is None:
-        print(f"(no datatrove at {args.peer_python}: ours only; see benchmarks/bench_data_peer.py to install it)")
+        print(f"(no datatrove at {peer_python}: ours only; see benchmarks/bench_data_peer.py to install it)")
     else:
         print(f"datatrove {peer['versions']['datatrove']} with trafilatura {peer['versions']['trafilatura']}")
 

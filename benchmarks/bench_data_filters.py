@@ -1,7 +1,7 @@
 """Benchmark of the per-document steps on real pages (`../shared/data/pretrain/web/`), against the libraries they
 wrap and datatrove's FineWeb filters, in the same run.
 
-    .venv/bin/python benchmarks/bench_data_filters.py [--quick] [--datatrove-python /tmp/dtvenv/bin/python]
+    .venv/bin/python benchmarks/bench_data_filters.py [--quick] [--datatrove-python .dtvenv/bin/python]
                                                        [--trafilatura-eval] [--pydoc]
 
 1. Extraction quality per mode: word precision, recall and F1 against the gold article bodies of the
@@ -325,7 +325,8 @@ def bench_pydoc() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="40 pages, one timing run")
-    ap.add_argument("--datatrove-python", default=None, help="python of a venv with datatrove (see datatrove_peer.py)")
+    ap.add_argument("--datatrove-python", default=os.environ.get("DATATROVE_PYTHON"),
+                    help="python of a venv with datatrove (default: $DATATROVE_PYTHON; see datatrove_peer.py)")
     ap.add_argument("--trafilatura-eval", action="store_true", help="also score trafilatura's eval pages (slow)")
     ap.add_argument("--pydoc", action="store_true", help="also run both chains on pydoc's pages")
     args = ap.parse_args()

@@ -1,7 +1,7 @@
 """The datatrove side of `bench_data.py`: FineWeb's chain and MinHash dedup in datatrove, on the same pages.
 
 Runs with the python of a throwaway virtual environment that has datatrove (it is not an lmforge dependency):
-    python -m venv /tmp/dtvenv && /tmp/dtvenv/bin/pip install "datatrove[processing]" spacy
+    python -m venv .dtvenv && .dtvenv/bin/pip install "datatrove[processing]" spacy
 It never imports lmforge. Started by the benchmark as `PYTHON benchmarks/bench_data_peer.py IN.json OUT.json`.
 
 Offline adjustments (nothing here may download): the language model is fastText's lid.176.ftz from the

@@ -1,7 +1,7 @@
 """The datatrove side of `bench_data_filters.py`: runs datatrove's FineWeb filters on the same documents.
 
 Runs in a separate virtual environment that has datatrove (it is not an lmforge dependency), e.g.
-    python -m venv /tmp/dtvenv && /tmp/dtvenv/bin/pip install datatrove nltk tldextract pyahocorasick trafilatura
+    python -m venv .dtvenv && .dtvenv/bin/pip install datatrove nltk tldextract pyahocorasick trafilatura
 and is started by the benchmark as `PYTHON benchmarks/datatrove_peer.py IN.json OUT.json`. It never imports
 lmforge. Offline adjustments, both the libraries' own no-data options: NLTK's `word_tokenize` first loads the punkt
 sentence model (a download), so words come from NLTK's Treebank word tokenizer alone (what `word_tokenize` runs

@@ -9,6 +9,7 @@ dropped documents to the exclusion writer.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -60,13 +61,14 @@ class StepStats:
                    examples={k: list(v) for k, v in d["examples"].items()})
 
 
-class Step:
+class Step(ABC):
     """A transformation of the document stream. Subclasses override `process` (or `keep`, for filters)."""
 
     name: str = "step"
 
+    @abstractmethod
     def process(self, docs: Iterable[Document], stats: StepStats, on_drop: DropHook | None) -> Iterator[Document]:
-        raise NotImplementedError
+        """Yield the documents this step keeps (changed or not); report each drop to `stats` and `on_drop`."""
 
     def __call__(self, docs: Iterable[Document], stats: StepStats | None = None,
                  on_drop: DropHook | None = None) -> Iterator[Document]:
@@ -90,9 +92,9 @@ class Step:
 class Filter(Step):
     """A step that keeps or drops each document on its own, with a reason for every drop."""
 
+    @abstractmethod
     def keep(self, doc: Document) -> str | None:
         """None to keep the document, else the reason it is dropped (a short stable label, e.g. 'gopher_short')."""
-        raise NotImplementedError
 
     def process(self, docs: Iterable[Document], stats: StepStats, on_drop: DropHook | None) -> Iterator[Document]:
         for doc in docs:
