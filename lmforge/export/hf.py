@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lmforge.utils import LmforgeError, atomic_path, write_json
+from lmforge.utils import LmforgeError, atomic_path, human_bytes, write_json
 
 # Mirrors lmforge.posttrain.chat_format._render (see its docstring for the layout): <|bos|>, then system/user turns
 # as <|role|>TEXT<|end|>; an assistant turn is <|assistant|>TEXT, each tool call followed directly by its output
@@ -179,8 +179,6 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
 def cmd_export_hf(args: argparse.Namespace) -> int:
     out = export_hf(args.checkpoint, args.out, args.dtype)
     size = sum(p.stat().st_size for p in out.iterdir())
-    from lmforge.utils import human_bytes
-
     print(f"wrote Hugging Face folder {out} ({human_bytes(size)}); load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
