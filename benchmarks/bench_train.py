@@ -1,6 +1,6 @@
 """Training benchmark: lmforge's GPT against Hugging Face transformers and nanoGPT, measured side by side.
 
-    .venv/bin/python benchmarks/bench_train.py [--quick] [--threads N] [--nanogpt /tmp/nanogpt/model.py]
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--threads N] [--nanogpt PATH/TO/nanoGPT/model.py]
                                                [--shards DIR]
 
 1. Matmul peak: fp32 GFLOP/s of square matmuls at the chosen thread count (the MFU denominator).
@@ -332,8 +332,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a shorter race")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender (default 1)")
-    ap.add_argument("--nanogpt", type=Path, default=Path("/tmp/nanogpt/model.py"),
-                    help="path of nanoGPT's model.py (kept outside the repository; skipped if absent)")
+    ap.add_argument("--nanogpt", type=Path, default=os.environ.get("NANOGPT_MODEL"),
+                    help="path of nanoGPT's model.py (kept outside the repository; default $NANOGPT_MODEL; "
+                         "skipped if absent)")
     ap.add_argument("--shards", type=Path, default=None, help="token shards for the bits-per-byte comparison")
     ap.add_argument("--race-steps", type=int, default=320, help="our steps in the race (scaled in --quick)")
     ap.add_argument("--race-batch", type=int, default=32, help="our batch size in the race")
