@@ -48,8 +48,8 @@ def matches(text: str, expected: str) -> bool:
 def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any]]], batch_size: int = 16) -> float:
     """Mean cross-entropy over the assistant's tokens (mask 1) of the conversations: the SFT validation loss."""
     import torch
-    import torch.nn.functional as F
 
+    from lmforge.evaluation.bpb import loss_and_bytes
     from lmforge.posttrain.chat_format import ChatTokens
     from lmforge.posttrain.sft import encode_examples, val_batches
 
@@ -58,9 +58,9 @@ def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any
     with torch.inference_mode():
         for x, y in val_batches(examples, batch_size, ChatTokens.of(tok).pad, max_len=model.config.block_size)():
             logits, _ = model(x)
-            total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                           ignore_index=-1, reduction="sum"))
-            count += int((y >= 0).sum())
+            loss, n, _ = loss_and_bytes(logits, y)
+            total += loss
+            count += int(n)
     return total / max(count, 1)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from lmforge.posttrain.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
-from lmforge.utils import LmforgeError, read_json, write_json
+from lmforge.utils import LmforgeError, write_json
 
 Example = tuple[list[int], list[int]]  # (ids, loss mask) of one conversation
 
@@ -176,8 +176,7 @@ def load_sft_conversations(data: list[str] | None, cfg: SFTConfig, out_dir: Path
 def run_sft(cfg: SFTConfig, checkpoint: str | Path, out_dir: str | Path, data: list[str] | None = None,
             val_data: list[str] | None = None) -> dict[str, Any]:
     """Fine-tune `checkpoint` on conversations; running again with the same out_dir resumes exactly."""
-    from lmforge.checkpoint import checkpoint_tokenizer_dir, resolve_checkpoint
-    from lmforge.model import GPTConfig
+    from lmforge.checkpoint import checkpoint_tokenizer_dir, load_config, resolve_checkpoint
     from lmforge.tokenizer import Tokenizer
     from lmforge.train import train
 
@@ -187,7 +186,7 @@ def run_sft(cfg: SFTConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     tok_dir = checkpoint_tokenizer_dir(base)
     tok = Tokenizer.load(tok_dir)
     tokens = ChatTokens.of(tok)
-    mcfg = GPTConfig.from_dict(read_json(base / "config.json", "checkpoint config")["model"])
+    mcfg = load_config(base)
     tcfg = cfg.train_config()
     max_tokens = mcfg.block_size + 1  # x and y are the conversation shifted by one
 

@@ -285,9 +285,10 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64,
                                  device=device)
         all_reduce_sum(n_targets, info)
-        if n_targets.item() == 0:
+        n_targets = n_targets.item()
+        if n_targets == 0:
             raise LmforgeError(f"step {step + 1}: the batch has no target to learn (every target is -1)")
-        scale = info.world_size / n_targets.item()
+        scale = info.world_size / n_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, (x, y) in enumerate(micro):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -302,7 +303,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
                 (loss * scale).backward()
             loss_sum += loss.detach().double()
         all_reduce_sum(loss_sum, info)
-        step_loss = loss_sum.item() / n_targets.item()
+        step_loss = loss_sum.item() / n_targets
         if not math.isfinite(step_loss):
             raise LmforgeError(f"step {step + 1}: loss is {step_loss}; lower the learning rate (lr/muon_lr)")
         if cfg.grad_clip > 0:
