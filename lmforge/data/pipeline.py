@@ -268,16 +268,22 @@ def _names_its_input(fn: Callable[[ShardTask], dict]) -> Callable[[ShardTask], d
     return run
 
 
+def _task_start(task: ShardTask, stage: str) -> tuple[Path, dict[str, Path], Path, dict | None]:
+    """A stage task's output folder, run paths and done-marker, plus the marker's statistics if it already ran."""
+    out = Path(task.out)
+    paths = run_paths(out)
+    marker = paths["stats"] / f"{task.name}.{stage}.json"
+    return out, paths, marker, (read_json(marker, "task statistics") if marker.is_file() else None)
+
+
 @_names_its_input
 def run_stage_a(task: ShardTask) -> dict[str, Any]:
     """Read one input file and run the steps before dedup (or all of them); idempotent: skips if done."""
     from lmforge.data.readers import ReaderConfig, read_documents
 
-    out = Path(task.out)
-    paths = run_paths(out)
-    marker = paths["stats"] / f"{task.name}.a.json"
-    if marker.is_file():
-        return read_json(marker, "task statistics")
+    out, paths, marker, done = _task_start(task, "a")
+    if done is not None:
+        return done
     config = PipelineConfig.from_dict(task.config)
     before, dedup, after = config.split()
     steps = build_chain(before)
@@ -373,11 +379,9 @@ def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any
 @_names_its_input
 def run_stage_c(task: ShardTask) -> dict[str, Any]:
     """Drop one shard's duplicates and run the steps after dedup; idempotent: skips if done."""
-    out = Path(task.out)
-    paths = run_paths(out)
-    marker = paths["stats"] / f"{task.name}.c.json"
-    if marker.is_file():
-        return read_json(marker, "task statistics")
+    out, paths, marker, done = _task_start(task, "c")
+    if done is not None:
+        return done
     config = PipelineConfig.from_dict(task.config)
     _, _, after = config.split()
     reason, duplicate_of = load_shard_decisions(paths["work"] / "dedup" / f"{task.name}.npz")

@@ -625,10 +625,12 @@ def _lines(path: Path, stats: StepStats) -> Iterator[bytes | None]:
         yield rest
 
 
-def _make_doc(row: dict, cfg: ReaderConfig, fallback_id: str, path: Path) -> Document | str:
+def _make_doc(row: dict, cfg: ReaderConfig, fallback_id: str, path: Path, stats: StepStats) -> Document | None:
+    """The row as a Document, or None (counted as dropped in `stats`) when it has no usable text."""
     text = row.pop(cfg.text_field, None)
     if not isinstance(text, str):
-        return "missing_text" if text is None else "text_not_string"
+        stats.drop(Document("", fallback_id), "missing_text" if text is None else "text_not_string")
+        return None
     doc_id = row.pop(cfg.id_field, None)
     url = row.pop(cfg.url_field, None)
     meta = {k: v for k, v in row.items() if v is not None}
@@ -655,11 +657,9 @@ def _read_jsonl(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator[Doc
         if not isinstance(row, dict):
             stats.drop(Document("", where), "bad_json")
             continue
-        doc = _make_doc(row, cfg, where, path)
-        if isinstance(doc, str):
-            stats.drop(Document("", where), doc)
-            continue
-        yield doc
+        doc = _make_doc(row, cfg, where, path, stats)
+        if doc is not None:
+            yield doc
 
 
 def _read_parquet(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator[Document]:
@@ -689,11 +689,9 @@ def _read_parquet(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator[D
             for k, v in list(row.items()):
                 if hasattr(v, "isoformat"):
                     row[k] = v.isoformat()
-            doc = _make_doc(row, cfg, where, path)
-            if isinstance(doc, str):
-                stats.drop(Document("", where), doc)
-                continue
-            yield doc
+            doc = _make_doc(row, cfg, where, path, stats)
+            if doc is not None:
+                yield doc
 
 
 def _read_text_file(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator[Document]:
