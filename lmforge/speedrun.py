@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.utils import configure_threads, write_json
+from lmforge.utils import LmforgeError, configure_threads, write_json
 
 
 @dataclass
@@ -27,6 +27,14 @@ class SpeedrunContext:
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
+
+    def need(self, stage: str, key: str) -> Any:
+        """An earlier stage's output (e.g. the crawl's `warc_dir`), or a clear error naming what is missing."""
+        value = self.results.get(stage, {}).get(key)
+        if not value:
+            raise LmforgeError(f"this stage needs the {stage} stage's {key!r}: run that stage first "
+                               f"(its folder in {self.out} has no DONE.json)")
+        return value
 
 
 @dataclass
@@ -46,8 +54,8 @@ def stage_crawl(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Serve the standard library's docs with pydoc on localhost, crawl the whole site into WARC files, stop it.
 
     The site has 863 HTML pages (28.6 MB of HTML, 5 MB of gzipped WARC) with Python 3.11; `max_pages` 1000 takes all
-    of them: 83-88 s on the 2-core machine while other jobs kept its load average at 7-10 (the pydoc server's page
-    rendering is the bottleneck). The quick run takes 40 pages (about 4 s).
+    of them: 23 s on the quiet 2-core machine, 83-88 s while other jobs kept its load average at 7-10 (the pydoc
+    server's page rendering is the bottleneck). The quick run takes 40 pages (about 4 s).
     """
     from lmforge.data.crawl import CrawlConfig, crawl_pydoc
 
@@ -68,11 +76,8 @@ def stage_data(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     reasons in `excluded/`, and `report.md` / `report.json` (what each rule kept and dropped).
     """
     from lmforge.data.pipeline import builtin_config, run_pipeline
-    from lmforge.utils import LmforgeError
 
-    warc_dir = ctx.results.get("crawl", {}).get("warc_dir")
-    if not warc_dir:
-        raise LmforgeError("the data stage needs the crawl stage's WARC files (results['crawl']['warc_dir'])")
+    warc_dir = ctx.need("crawl", "warc_dir")
     report = run_pipeline([warc_dir], out, builtin_config("pydoc"), workers=ctx.threads)
     if not report["kept"]["documents"]:
         raise LmforgeError(f"the data stage kept no documents from {warc_dir}; see {out / 'report.md'}")
@@ -91,11 +96,8 @@ def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.bpe_train import TrainStats
     from lmforge.tokenizer.show import render
-    from lmforge.utils import LmforgeError
 
-    documents = ctx.results.get("data", {}).get("documents")
-    if not documents:
-        raise LmforgeError("the tokenizer stage needs the data stage's documents (results['data']['documents'])")
+    documents = ctx.need("data", "documents")
     vocab_size = 1024 if ctx.quick else 4096
     stats = TrainStats()
     texts = (doc.text for doc in read_documents(documents))
@@ -121,12 +123,9 @@ def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Tokenize the kept documents with the trained tokenizer into train/val token shards for pretraining."""
     from lmforge.data.tokenize import tokenize_files
-    from lmforge.utils import LmforgeError
 
-    documents = ctx.results.get("data", {}).get("documents")
-    tokenizer_dir = ctx.results.get("tokenizer", {}).get("tokenizer_dir")
-    if not documents or not tokenizer_dir:
-        raise LmforgeError("the tokenize stage needs results['data']['documents'] and results['tokenizer']['tokenizer_dir']")
+    documents = ctx.need("data", "documents")
+    tokenizer_dir = ctx.need("tokenizer", "tokenizer_dir")
     stats = tokenize_files(documents, tokenizer_dir, out / "shards", workers=ctx.threads)
     report = ctx.results["data"].get("report")
     if report:  # the data stage's report also tells how many tokens its documents made
@@ -142,11 +141,8 @@ def stage_pretrain(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     Run again, it resumes from the newest checkpoint."""
     from lmforge.train.config import TrainConfig
     from lmforge.train.pretrain import run_pretrain
-    from lmforge.utils import LmforgeError
 
-    shards = ctx.results.get("tokenize", {}).get("shards_dir")
-    if not shards:
-        raise LmforgeError("the pretrain stage needs the tokenize stage's shards (results['tokenize']['shards_dir'])")
+    shards = ctx.need("tokenize", "shards_dir")
     if ctx.quick:
         cfg = TrainConfig(preset="tiny", seq_len=128, batch_size=8, max_steps=80, warmup_steps=10, embed_lr=0.02,
                           eval_every=40, eval_batches=4, checkpoint_every=0, seed=ctx.seed)
@@ -172,11 +168,8 @@ def stage_sample(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     continuations of several prompts (saved in `samples.txt`/`samples.json`); export the Hugging Face folder and
     the GGUF file into the stage folder and check that transformers gives the same logits."""
     from lmforge.inference.stage import run_sample_stage
-    from lmforge.utils import LmforgeError
 
-    checkpoint = ctx.results.get("pretrain", {}).get("checkpoint")
-    if not checkpoint:
-        raise LmforgeError("the sample stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    checkpoint = ctx.need("pretrain", "checkpoint")
     return run_sample_stage(checkpoint, out, quick=ctx.quick, seed=ctx.seed)
 
 
@@ -185,11 +178,9 @@ def stage_export(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     runner/run.c with the system C compiler, and let it continue a prompt from each file."""
     from lmforge.export.crunner import build_runner, run_runner
     from lmforge.export.params import run_export
-    from lmforge.utils import LmforgeError, human_bytes
+    from lmforge.utils import human_bytes
 
-    ckpt = ctx.results.get("pretrain", {}).get("checkpoint")
-    if not ckpt:
-        raise LmforgeError("the export stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    ckpt = ctx.need("pretrain", "checkpoint")
     files = {dtype: out / f"model_{dtype}.bin" for dtype in ("fp32", "int8")}
     sizes = {dtype: run_export(ckpt, path, dtype) for dtype, path in files.items()}
     for dtype, size in sizes.items():
@@ -213,11 +204,8 @@ def stage_sft(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Fine-tune the base model into an assistant on the generated default SFT data (stdlib Q&A, identity,
     calculator tool use, refusals; saved as `run/sft_data.jsonl`). Runs again, it resumes."""
     from lmforge.posttrain.stage import run_sft_stage
-    from lmforge.utils import LmforgeError
 
-    base = ctx.results.get("pretrain", {}).get("checkpoint")
-    if not base:
-        raise LmforgeError("the sft stage needs the pretrain stage's checkpoint (results['pretrain']['checkpoint'])")
+    base = ctx.need("pretrain", "checkpoint")
     return run_sft_stage(base, out, quick=ctx.quick, seed=ctx.seed)
 
 
@@ -225,11 +213,8 @@ def stage_chat(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """A short scripted chat with the fine-tuned model and its tools (calculator first), printed and saved, then
     the `eval sft` measures: format compliance, tool-call rate and accuracy, masked validation loss."""
     from lmforge.posttrain.stage import run_chat_stage
-    from lmforge.utils import LmforgeError
 
-    ckpt = ctx.results.get("sft", {}).get("checkpoint")
-    if not ckpt:
-        raise LmforgeError("the chat stage needs the sft stage's checkpoint (results['sft']['checkpoint'])")
+    ckpt = ctx.need("sft", "checkpoint")
     return run_chat_stage(ckpt, out, quick=ctx.quick, seed=ctx.seed)
 
 
@@ -255,6 +240,8 @@ def run_speedrun(out: Path, threads: int | None = None, quick: bool = False, onl
         stage_dir = ctx.stage_dir(f"{i:02d}_{stage.name}")
         marker = stage_dir / "DONE.json"
         if only and stage.name not in only:
+            if marker.is_file():  # later stages read what this one produced
+                ctx.results[stage.name] = json.loads(marker.read_text())
             continue
         if marker.is_file():
             result = json.loads(marker.read_text())

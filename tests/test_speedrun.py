@@ -41,3 +41,11 @@ def test_quick_speedrun_runs_every_stage_and_resumes(tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done already") == len(names)
     assert again["pretrain"]["checkpoint"] == summary["pretrain"]["checkpoint"]
+
+    # One stage alone, on the artifacts earlier stages left: `--only sample` redoes the sample stage only.
+    sample_dir = next(out.glob("*_sample"))
+    (sample_dir / "DONE.json").unlink()
+    capsys.readouterr()
+    alone = run_speedrun(out, threads=1, quick=True, only=["sample"])
+    assert "sample: running" in capsys.readouterr().out
+    assert (sample_dir / "DONE.json").is_file() and set(alone) == {"sample", "total_seconds"}
