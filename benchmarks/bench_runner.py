@@ -11,7 +11,10 @@ embeddings) with random weights through our format in fp32/fp16/bf16/int8, and r
 Peers, in the same run, on the same weights converted to their formats (skipped cleanly when absent):
   - llama2.c's run.c (fp32) and runq.c (int8, group size 32), built from a checkout OUTSIDE this repository:
     `--llama2c DIR` or $LLAMA2C_DIR (default ../llama2.c beside the checkout); its tokenizer.bin is used as is.
-  - llama.cpp through `llama-cpp-python`, only if it is installed (it builds from source in about an hour).
+  - llama.cpp through `llama-cpp-python`, only if it is installed, on our GGUF export (f32) of the same weights.
+    A CPU-only build takes about 4 minutes on 2 cores: `CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TOOLS=OFF
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF -DMTMD_BUILD=OFF" pip install
+    llama-cpp-python`. Its decode loop is timed in Python around `Llama.eval` (greedy argmax of the last logits).
 Prefill: our runner feeds the prompt as one batch (each weight row read once for all prompt tokens); run.c feeds it
 one token at a time, so its prompt speed equals its decode speed.
 
@@ -140,6 +143,29 @@ def run_llama2c(exe: Path, model_file: Path, tokenizer: Path, steps: int) -> flo
     if r.returncode != 0 or m is None:
         raise RuntimeError(f"{exe.name} failed: {r.stderr[-300:]}")
     return float(m[1])
+
+
+LLAMA_CPP_WORKER = r"""
+import sys, time
+import numpy as np
+from llama_cpp import Llama
+path, prompt, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
+llm.eval(llm.tokenize(prompt.encode()))
+t0 = time.perf_counter()
+for _ in range(steps):
+    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+print(steps / (time.perf_counter() - t0))
+"""
+
+
+def run_llama_cpp(gguf_file: Path, prompt: str, steps: int) -> float:
+    """llama.cpp's greedy decode tok/s on one thread, in a child process (so its CPU time is counted as a child's)."""
+    r = subprocess.run([sys.executable, "-c", LLAMA_CPP_WORKER, str(gguf_file), prompt, str(steps)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if r.returncode != 0:
+        raise RuntimeError(f"llama.cpp failed: {r.stderr[-500:]}")
+    return float(r.stdout.split()[-1])
 
 
 def best_of(reps: int, fn):
@@ -272,9 +298,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     else:
         print(f"llama2.c: skipped ({run_c} or {tok_bin} not found; fetch karpathy/llama2.c outside the repo)")
     if importlib.util.find_spec("llama_cpp") is None:
-        print("llama.cpp: skipped (llama-cpp-python is not installed; it builds from source in about an hour)")
+        print("llama.cpp: skipped (llama-cpp-python is not installed; it builds from source: see the docstring)")
     else:
-        print("llama.cpp: llama-cpp-python is installed, but this benchmark has no GGUF path for it yet: skipped")
+        from lmforge.checkpoint import save_model
+        from lmforge.export.gguf import export_gguf
+
+        tok.save(tmp / "tokenizer")
+        gguf_file = export_gguf(save_model(tmp / "ckpt", model, tmp / "tokenizer"), tmp / "model_f32.gguf", "f32")
+        speed = best_speeds(reps, lambda: run_llama_cpp(gguf_file, SHORT, steps), steps)
+        rows.append(("llama.cpp (llama-cpp-python, GGUF f32)", "fp32", weight_bytes_per_token(files["fp32"]), *speed))
 
     print(f"\n{'runner':<50} {'dtype':>5} {'MB/tok':>7} {'tok/s':>7} {'tok/CPU-s':>9} {'GB/CPU-s':>8} {'% of bw':>7} "
           f"{'vs llama2.c':>11}")
@@ -285,7 +317,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
               f"{100 * per_cpu * nbytes / 1e9 / bw:>6.0f}% {ratio:>11}")
     print("(tok/s: the runner's own wall-clock decode figure; tok/CPU-s: generated tokens per CPU-second of the whole "
           "process; % of bw: bytes of weights read per CPU-second over the measured bandwidth; vs llama2.c: wall/CPU "
-          "ratios against llama2.c -Ofast -march=native on the same dtype)")
+          "ratios against llama2.c -Ofast -march=native on the same dtype; llama.cpp's tok/CPU-s also counts its Python "
+          "start-up and model load, so compare its wall-clock tok/s)")
     print(f"\nprefill of a {n_prompt}-token prompt as one batch (cc -O3 -march=native): "
           + ", ".join(f"{d} {s:.0f} tok/s" for d, s in prefill.items())
           + " (llama2.c's run.c feeds prompts one token at a time, at its decode speed)")
