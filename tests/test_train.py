@@ -174,25 +174,33 @@ def test_resume_continues_bit_for_bit(synthetic, tmp_path):
     assert [p.name for p in (tmp_path / "cut" / "ckpt").iterdir()] == ["step_0000010"]  # keep_checkpoints=1
 
 
+class Wrapped:
+    """A batch source that changes another's batches; its position is the inner source's (for checkpoints)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, s):
+        self.inner.load_state_dict(s)
+
+
 @pytest.mark.timeout(60)
 def test_masked_targets_only_count_where_supervised(synthetic, tmp_path):
     """SFT's contract: y = -1 positions add nothing to the loss; a batch with no target at all is an error."""
 
-    class Masked:
+    class Masked(Wrapped):
         def __init__(self, inner, keep_from):
-            self.inner, self.keep_from = inner, keep_from
+            super().__init__(inner)
+            self.keep_from = keep_from
 
         def next_batch(self):
             x, y = self.inner.next_batch()
             y = y.clone()
             y[:, :self.keep_from] = -1
             return x, y
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, s):
-            self.inner.load_state_dict(s)
 
     cfg = small_cfg(max_steps=3, eval_every=0)
     data, _ = sources(synthetic, cfg)
@@ -205,21 +213,14 @@ def test_masked_targets_only_count_where_supervised(synthetic, tmp_path):
 def test_throughput_counts_the_positions_each_batch_really_has(synthetic, tmp_path):
     """SFT batches are padded to their longest conversation, not to seq_len: tokens/s and MFU count what ran."""
 
-    class Shrinking:
-        def __init__(self, inner):
-            self.inner, self.calls = inner, 0
+    class Shrinking(Wrapped):
+        calls = 0
 
         def next_batch(self):
             x, y = self.inner.next_batch()
             self.calls += 1
             width = 8 if self.calls % 2 else 16
             return x[:, :width], y[:, :width]
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, s):
-            self.inner.load_state_dict(s)
 
     cfg = small_cfg(max_steps=4, eval_every=0)
     data, _ = sources(synthetic, cfg)

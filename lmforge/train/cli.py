@@ -74,7 +74,8 @@ def train_config_from_args(args: argparse.Namespace, **extra):
     from lmforge.train.config import TrainConfig
 
     return TrainConfig(
-        max_steps=args.max_steps, time_budget_s=args.time_budget, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
+        max_steps=args.max_steps, time_budget_s=args.time_budget, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, seq_len=args.seq_len,
         optimizer=args.optimizer, lr=args.lr, embed_lr=args.embed_lr, muon_lr=args.muon_lr,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, decay=args.decay, decay_start_frac=args.decay_start_frac,

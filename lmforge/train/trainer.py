@@ -27,6 +27,7 @@ mfu, params.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -179,7 +180,9 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
                                                    "world_size": info.world_size})
     peak = cfg.peak_flops or peak_flops(device)
-    run_wall = run_cpu = 0.0  # this invocation's step time (a resumed run's earlier part ran elsewhere)
+    # this invocation's step time and work (a resumed run's earlier part ran elsewhere)
+    run_wall = run_cpu = run_flops = 0.0
+    flops_per_token = functools.cache(raw.flops_per_token)  # by batch width; it sums the parameters
 
     def step_mfu(flops: float, wall: float, cpu: float) -> float | None:
         """Achieved over peak FLOP/s for this process's `flops`. On CPU per CPU-second (the peak was measured that
@@ -187,8 +190,6 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         if not peak or wall <= 0 or cpu <= 0:
             return None
         return flops / cpu / peak if device.type == "cpu" else flops / wall / peak
-
-    run_flops = 0.0
 
     def checkpoint() -> Path:
         data_states = [data.state_dict()]
@@ -269,6 +270,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
 
             dist.broadcast(now, 0)
         return float(now)
+
     while step < cfg.max_steps:
         t0, c0 = time.perf_counter(), time.process_time()
         # With a time budget the schedule follows whichever runs out first, steps or time, so the learning rate
@@ -281,7 +283,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         micro = [data.next_batch() for _ in range(cfg.grad_accum)]
         # Counted from the batches themselves: SFT batches are padded to their longest conversation, not seq_len.
         step_tokens = sum(x.numel() for x, _ in micro) * info.world_size
-        step_flops = sum(raw.flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
+        step_flops = sum(flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
         n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64,
                                  device=device)
         all_reduce_sum(n_targets, info)
