@@ -12,7 +12,7 @@ import pytest
 from lmforge.data.document import Document
 from lmforge.data.pipeline import OutputConfig, PipelineConfig, run_pipeline
 from lmforge.data.shards import TokenShards
-from lmforge.data.tokenize import TokenizeConfig, choose_validation, tokenize_files
+from lmforge.data.tokenize import TokenizeConfig, choose_validation, split_key, tokenize_files
 from lmforge.data.writers import JsonlGzWriter, read_output_documents
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError, read_json, write_json
@@ -76,6 +76,16 @@ def test_validation_choice_is_by_id_hash():
     mask_min = choose_validation(lengths, hashes, TokenizeConfig(val_fraction=0.01, min_val_tokens=500))
     assert mask_min.sum() == 50
     assert choose_validation(lengths, hashes, TokenizeConfig(min_val_tokens=10**9, max_val_fraction=0.1)).sum() == 100
+
+
+def test_split_key_ignores_what_changes_between_crawls():
+    """A recrawl gives new record ids and the speedrun's pydoc site a new port: the page must stay on its side."""
+    a = Document(text="", id="<urn:uuid:1>", url="http://localhost:40123/os.html?x=1")
+    b = Document(text="", id="<urn:uuid:2>", url="https://localhost:51234/os.html?x=1")
+    assert split_key(a) == split_key(b) == "localhost/os.html?x=1"
+    assert split_key(Document(text="", id="<urn:uuid:3>", url="http://localhost:1/sys.html")) != split_key(a)
+    assert split_key(Document(text="", id="books/a.txt")) == "books/a.txt"  # no URL: the id
+    assert split_key(Document(text="", id="r", url="http://[bad/p")) == "http://[bad/p"  # malformed: as is
 
 
 def test_bad_shards_are_refused_with_the_file_named(tmp_path, tokenizer_dir):

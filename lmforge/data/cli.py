@@ -175,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", nargs="+", required=True, help="document files or folders")
     t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (lmforge tokenizer train)")
     t.add_argument("--out", type=Path, required=True, help="shards directory")
-    t.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out (by id hash)")
+    t.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out (by a hash of the URL, else the id)")
     t.add_argument("--min-val-tokens", type=int, default=50_000, help="at least this many validation tokens")
     t.add_argument("--workers", type=int, default=None)
     t.set_defaults(func=_tokenize)

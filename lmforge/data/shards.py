@@ -12,7 +12,8 @@ A shards directory holds:
 - `tokenizer/`: a copy of the tokenizer directory the shards were written with (`Tokenizer.load` reads it);
   `tokenizer_hash` is its `Tokenizer.hash`, so a trainer can tell that a tokenizer was retrained.
 
-The validation split is fixed by a hash of each document's id, so it never changes between runs of the same data.
+The validation split is fixed by a hash of each document's URL (else its id), so it never changes between runs of
+the same data.
 `TokenShards` is the reading side: it memory-maps the files (nothing is read until used) and checks the index
 against them up front, so a trainer fails at start with a message that names the file, not mid-run.
 """

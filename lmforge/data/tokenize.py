@@ -2,10 +2,11 @@
 
 Two passes. First, each document file is tokenized on its own (one task per file, in parallel; the tokens of a file
 go to `shards_dir/.work/NNNNN.npz`, atomically, so a restart skips finished files). Second, the validation split
-is chosen and the shards are written in input order: documents are ranked by a hash of their id and the lowest
-ranks go to validation until it holds `val_fraction` of the tokens (at least `min_val_tokens`, at most
-`max_val_fraction`). The split depends only on the ids and the data, never on worker count or timing, so it is
-the same in every run over the same documents. `index.json` is written last: its presence marks a finished run.
+is chosen and the shards are written in input order: documents are ranked by a hash of their split key (the URL
+without scheme and port, else the id) and the lowest ranks go to validation until it holds `val_fraction` of the
+tokens (at least `min_val_tokens`, at most `max_val_fraction`). The split depends only on the keys and the data,
+never on worker count or timing, so it is the same in every run over the same documents, and a page crawled again
+(a new WARC record id, a server on another port, as the speedrun's pydoc site) stays on its side of the split. `index.json` is written last: its presence marks a finished run.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from lmforge.data.document import Document
 from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
 from lmforge.data.writers import read_output_documents
 from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
@@ -35,8 +38,23 @@ class TokenizeConfig:
     batch_documents: int = 512  # documents per encode_batch call
 
 
-def id_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+def split_key(doc: Document) -> str:
+    """What decides a document's side of the split: its URL when it has one, without the scheme and port (record
+    ids are random per crawl, and the speedrun's local site gets a new port each run), else its id."""
+    if not doc.url:
+        return doc.id
+    try:
+        parts = urlsplit(doc.url)
+        host = parts.hostname
+    except ValueError:  # a malformed URL (e.g. an unclosed IPv6 bracket) is still a stable string
+        return doc.url
+    if not host:
+        return doc.url
+    return host + parts.path + ("?" + parts.query if parts.query else "")
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 @dataclass
@@ -50,8 +68,8 @@ class TokenizeTask:
 
 
 def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
-    """Tokenize one document file into `.work/NNNNN.npz`: tokens with <|bos|> before each document, lengths, id
-    hashes. Skips a file already done."""
+    """Tokenize one document file into `.work/NNNNN.npz`: tokens with <|bos|> before each document, lengths,
+    split-key hashes. Skips a file already done."""
     path = Path(task.work_dir) / f"{task.index:05d}.npz"
     if path.is_file():
         with np.load(path) as z:
@@ -78,7 +96,7 @@ def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
 
     for doc in read_output_documents(task.input):
         batch.append(doc.text)
-        hashes.append(id_hash(doc.id))
+        hashes.append(key_hash(split_key(doc)))
         if len(batch) >= task.batch_documents:
             flush()
     if batch:
@@ -91,7 +109,7 @@ def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
 
 
 def choose_validation(lengths: np.ndarray, hashes: np.ndarray, config: TokenizeConfig) -> np.ndarray:
-    """Boolean mask of validation documents: the lowest id hashes, until the token target is met."""
+    """Boolean mask of validation documents: the lowest split-key hashes, until the token target is met."""
     total = int(lengths.sum())
     if len(lengths) < 2:
         return np.zeros(len(lengths), dtype=bool)
@@ -187,7 +205,7 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
 
     parts = [work / f"{t.index:05d}.npz" for t in tasks]
     lengths_of, hashes_of = [], []
-    for p in parts:  # the split needs only lengths and id hashes: the tokens stay on disk until written
+    for p in parts:  # the split needs only lengths and key hashes: the tokens stay on disk until written
         with np.load(p) as z:
             lengths_of.append(z["lengths"])
             hashes_of.append(z["hashes"])
@@ -220,7 +238,7 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
              "tokens_per_second": round(float(all_lengths.sum()) / max(sum(r["seconds"] for r in per_file), 1e-9), 1)}
     index = make_index(dtype_name, vocab_size, bos, tok_hash,
                        {"train": writers["train"].entries, "val": writers["val"].entries},
-                       split_rule="validation = lowest blake2b(id) hashes until val_fraction of tokens "
+                       split_rule="validation = lowest blake2b(url without scheme and port, else id) hashes until val_fraction of tokens "
                                   "(>= min_val_tokens, <= max_val_fraction)",
                        request=request, stats=stats)
     write_json(index_path, index)
