@@ -106,9 +106,11 @@ def test_greedy_tokens_equal_pytorch_plain_forward(run_bin, tmp_path, tok, overr
 
 
 @pytest.mark.timeout(60)
-def test_fp32_logits_match_pytorch_at_prefill_and_every_decode_step(run_bin, tmp_path, tok, model, files):
+@pytest.mark.parametrize("build", ["portable", "native"])  # native: the AVX2/FMA dot product and matmuls
+def test_fp32_logits_match_pytorch_at_prefill_and_every_decode_step(run_bin, native_bin, tmp_path, tok, model, files,
+                                                                     build):
     dump = tmp_path / "logits.bin"
-    r = run(run_bin, files["fp32"], "-i", PROMPT, "-n", "12", "-t", "0", "-v", "-d", str(dump))
+    r = run(run_bin if build == "portable" else native_bin, files["fp32"], "-i", PROMPT, "-n", "12", "-t", "0", "-v", "-d", str(dump))
     prompt = [tok.bos_id] + tok.encode(PROMPT)
     got = dumped_logits(dump, tok.vocab_size)
     ids = prompt + generated_ids(r.stderr)
