@@ -105,6 +105,21 @@ def test_document_boundary_is_a_hard_split():
     assert stats.stopped_early and separate.vocab_size == 256 + 1 + N_SPECIAL
 
 
+def test_array_and_string_phases_learn_the_same_merges(monkeypatch, real_text):
+    """learn_merges starts on numpy position arrays and switches to strings once merges get small: forcing either
+    phase for the whole run (or the switch at any point) must give the same merges, runs and `A B A B` included."""
+    from lmforge.tokenizer import bpe_train
+
+    texts = ["aaabdaaabac", "abababab aaaa aaaaa aaaaaaa", "zzz zzzz 1111 111111"] + real_text["train"][1:25]
+    counts = count_chunks(texts, GPT4_PATTERN)
+    learned = {}
+    for threshold in (0, 40, 400, float("inf")):
+        monkeypatch.setattr(bpe_train, "_ARRAY_MIN_SITES", threshold)
+        learned[threshold] = learn_merges(counts, 1200)
+    assert len(learned[0]) == 1200 - 256
+    assert all(m == learned[0] for m in learned.values())
+
+
 def test_gpt2_pattern_option(small_tok):
     tok = Tokenizer.train(SMALL_CORPUS, 400, pattern="gpt2")
     assert tok.pattern == GPT2_PATTERN and tok.pattern_name == "gpt2"
