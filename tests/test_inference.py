@@ -60,6 +60,17 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one():
         assert outs[0].token_ids == engine.generate(p, params)[0][0].token_ids
 
 
+def test_batch_of_four_with_the_prepacked_output_head_equals_plain_forward():
+    """On CPU, batches of 4+ with a head of 2 MB or more run it through oneDNN's prepacked matmul."""
+    model = tiny(vocab_size=4096, n_embd=128, n_kv_head=4)
+    engine = Engine(model)
+    prompts = [[3, 17, 99], [5, 6, 7, 8, 9], [1000], [4000, 2]]
+    out = engine.generate(prompts, SamplingParams(max_tokens=10, **GREEDY))
+    assert (engine.layer_plan().packed is not None) == torch.backends.mkldnn.is_available()
+    for p, outs in zip(prompts, out):
+        assert outs[0].token_ids == greedy_reference(model, p, 10)
+
+
 def test_static_decode_step_equals_dynamic():
     """The CUDA-graph-shaped step (whole cache + mask, index_copy_ slot) runs uncompiled here."""
     model = tiny()
