@@ -5,6 +5,11 @@ renaming `lmforge export hf` uses, so both sides run the same model in fp32 with
 measured as (N - 1) / (time to generate N tokens - time to generate 1), which takes the prefill out; each figure
 is the best of a few runs, run side by side so load on the machine hits both alike.
 
+Fairness: one process, so both run fp32 on the same torch thread count; both decode exactly N tokens (no end token,
+`min_new_tokens`); transformers runs its default DynamicCache with SDPA attention, its fastest setting here: on the
+tiny shape, 1 thread, its static cache (`cache_implementation="static"`, uncompiled) gave 172 against 377 tok/s at
+batch 1 and 1,330 against 1,990 at batch 8, and eager attention 228 and 1,200 (measured side by side, load ~2).
+
     .venv/bin/python benchmarks/bench_inference.py [--quick] [--threads 1]
 """
 
