@@ -22,7 +22,8 @@ Decoding is greedy in every runner, so the figures measure the forward pass, not
 candidates, which for a random model's flat distribution costs as much as the forward pass itself).
 With ../shared/data present it also measures the C tokenizer's agreement with the Python one on the multilingual
 web pages of trafilatura's evaluation set (tags stripped; a vocabulary of 8192 trained on half of them).
-Timings are the best of several runs (other processes on a shared machine only ever slow a run down). Besides the
+Timings are the best of several rounds, each round running every runner in turn (other processes on a shared
+machine only ever slow a run down, and a burst of load then hits ours and the peers alike). Besides the
 runners' own wall-clock figures, every speed is also given per CPU-second of the child process (getrusage), and the
 bandwidth kernel counts CPU time too: on a machine shared with other jobs, wall time mostly measures how often the
 scheduler ran us, CPU time what the code achieves when it runs (the cores' shared memory bandwidth still varies).
@@ -180,10 +181,15 @@ def with_cpu_time(fn):
     return out, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def best_speeds(reps: int, fn, tokens: int) -> tuple[float, float]:
-    """Best wall-clock tok/s (as the runner reports it) and best tokens per CPU-second over `reps` runs."""
-    runs = [with_cpu_time(fn) for _ in range(reps)]
-    return max(speed for speed, _ in runs), max(tokens / cpu for _, cpu in runs)
+def best_speeds_interleaved(jobs: list, reps: int, tokens: int) -> list[tuple[float, float]]:
+    """For each job (a function returning the wall-clock tok/s its runner reports): the best tok/s and the best tokens
+    per CPU-second over `reps` rounds. Rounds visit every job in turn, so a burst of load on a shared machine hits
+    ours and the peers alike (run one after the other, the same binary's figure moved by 10% between runs)."""
+    runs: list[list[tuple[float, float]]] = [[] for _ in jobs]
+    for _ in range(reps):
+        for out, fn in zip(runs, jobs):
+            out.append(with_cpu_time(fn))
+    return [(max(speed for speed, _ in r), max(tokens / cpu for _, cpu in r)) for r in runs]
 
 
 def tokenizer_agreement(tmp: Path, exe: Path) -> None:
@@ -257,14 +263,13 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
               "cc -O3 -march=native": build_runner(tmp, native=True, name="run_native"),
               "make runner (-ffast-math, OpenMP, 1 thread)": build_runner(tmp, native=True, openmp=True, fast_math=True,
                                                                            name="run_make")}
-    rows = []
+    jobs = []  # (runner, dtype, bytes of weights per token, function returning its decode tok/s)
     for label, exe in builds.items():
         for dtype, path in files.items():
             if label != "cc -O3 -march=native" and dtype in ("bf16",):
                 continue
-            speed = best_speeds(reps, lambda: run_runner(exe, path, SHORT, steps=steps, temperature=0.0).decode_tok_s,
-                                steps)
-            rows.append((f"lmforge run.c [{label}]", dtype, weight_bytes_per_token(path), *speed))
+            jobs.append((f"lmforge run.c [{label}]", dtype, weight_bytes_per_token(path),
+                         lambda exe=exe, path=path: run_runner(exe, path, SHORT, steps=steps, temperature=0.0).decode_tok_s))
 
     long_prompt = PROMPT
     while len(tok.encode(long_prompt + " " + PROMPT)) < 200:  # as long as the context allows with room to decode
@@ -274,7 +279,6 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
                for dtype in ("fp32", "int8")}
     n_prompt = len(tok.encode(long_prompt)) + 1
 
-    peer = {}
     run_c, runq_c, tok_bin = args.llama2c / "run.c", args.llama2c / "runq.c", args.llama2c / "tokenizer.bin"
     if run_c.is_file() and tok_bin.is_file():
         fp32_file, q8_file = tmp / "llama2c_fp32.bin", tmp / "llama2c_q8.bin"
@@ -284,17 +288,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         for name, flags in variants.items():
             exe = tmp / f"llama2c_run{len(flags)}"
             subprocess.run([cc, *flags, "-o", str(exe), str(run_c), "-lm"], check=True)
-            speed = best_speeds(reps, lambda: run_llama2c(exe, fp32_file, tok_bin, steps), steps)
-            rows.append((f"llama2.c run.c [{name}]", "fp32", weight_bytes_per_token(files["fp32"]), *speed))
-            peer.setdefault("fp32", {})[name] = speed
+            jobs.append((f"llama2.c run.c [{name}]", "fp32", weight_bytes_per_token(files["fp32"]),
+                         lambda exe=exe: run_llama2c(exe, fp32_file, tok_bin, steps)))
         if runq_c.is_file():
             gs = read_header(files["int8"]).group_size
             write_llama2c_int8(model, q8_file, gs)
             exe = tmp / "llama2c_runq"
             subprocess.run([cc, "-Ofast", "-march=native", "-o", str(exe), str(runq_c), "-lm"], check=True)
-            speed = best_speeds(reps, lambda: run_llama2c(exe, q8_file, tok_bin, steps), steps)
-            rows.append(("llama2.c runq.c [-Ofast -march=native]", "int8", weight_bytes_per_token(files["int8"]), *speed))
-            peer["int8"] = {"-Ofast -march=native": speed}
+            jobs.append(("llama2.c runq.c [-Ofast -march=native]", "int8", weight_bytes_per_token(files["int8"]),
+                         lambda exe=exe: run_llama2c(exe, q8_file, tok_bin, steps)))
     else:
         print(f"llama2.c: skipped ({run_c} or {tok_bin} not found; fetch karpathy/llama2.c outside the repo)")
     if importlib.util.find_spec("llama_cpp") is None:
@@ -305,8 +307,13 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
 
         tok.save(tmp / "tokenizer")
         gguf_file = export_gguf(save_model(tmp / "ckpt", model, tmp / "tokenizer"), tmp / "model_f32.gguf", "f32")
-        speed = best_speeds(reps, lambda: run_llama_cpp(gguf_file, SHORT, steps), steps)
-        rows.append(("llama.cpp (llama-cpp-python, GGUF f32)", "fp32", weight_bytes_per_token(files["fp32"]), *speed))
+        jobs.append(("llama.cpp (llama-cpp-python, GGUF f32)", "fp32", weight_bytes_per_token(files["fp32"]),
+                     lambda: run_llama_cpp(gguf_file, SHORT, steps)))
+
+    speeds = best_speeds_interleaved([fn for *_, fn in jobs], reps, steps)
+    rows = [(name, dtype, nbytes, *speed) for (name, dtype, nbytes, _), speed in zip(jobs, speeds)]
+    peer = {dtype: {"-Ofast -march=native": (wall, cpu)} for name, dtype, _, wall, cpu in rows
+            if name.startswith("llama2.c") and "-Ofast" in name}
 
     print(f"\n{'runner':<50} {'dtype':>5} {'MB/tok':>7} {'tok/s':>7} {'tok/CPU-s':>9} {'GB/CPU-s':>8} {'% of bw':>7} "
           f"{'vs llama2.c':>11}")
