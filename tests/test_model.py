@@ -162,3 +162,23 @@ def test_chunked_training_loss_matches_the_logits_path(variant):
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6)
     model = make(variant)
     torch.testing.assert_close(model(idx, targets, return_logits=False)[1], model(idx, targets)[1])
+
+
+def test_training_rmsnorm_matches_torch_in_value_and_gradients():
+    """The hand-written CPU training RMSNorm gives F.rms_norm's output and gradients (x and the gain)."""
+    from lmforge.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(3, 5, 16) * 3).requires_grad_()
+    g = torch.randn(3, 5, 16)
+    out = norm(x)
+    out.backward(g)
+    ours = (out.detach(), x.grad.clone(), norm.weight.grad.clone())
+    x.grad, norm.weight.grad = None, None
+    ref = torch.nn.functional.rms_norm(x, (16,), norm.weight, 1e-5)
+    ref.backward(g)
+    for a, b in zip(ours, (ref.detach(), x.grad, norm.weight.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
