@@ -60,15 +60,25 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one():
         assert outs[0].token_ids == engine.generate(p, params)[0][0].token_ids
 
 
-def test_batch_of_four_with_the_prepacked_output_head_equals_plain_forward():
-    """On CPU, batches of 4+ with a head of 2 MB or more run it through oneDNN's prepacked matmul."""
-    model = tiny(vocab_size=4096, n_embd=128, n_kv_head=4)
+@pytest.mark.parametrize("overrides", [dict(vocab_size=4096, n_embd=128, n_kv_head=4),  # a 2 MB head
+                                       dict(n_embd=384, n_head=6, n_kv_head=6)])  # 1.5 MB down projections
+def test_batch_of_four_with_prepacked_weights_equals_plain_forward(overrides):
+    """On CPU, decode batches of 4+ run weights of 1 MB or more through oneDNN's prepacked matmul (the residual add
+    fused in for output projections), and one-row decodes use transposed weight copies (engine `_Linear`)."""
+    model = tiny(**overrides)
     engine = Engine(model)
-    prompts = [[3, 17, 99], [5, 6, 7, 8, 9], [1000], [4000, 2]]
-    out = engine.generate(prompts, SamplingParams(max_tokens=10, **GREEDY))
-    assert (engine.layer_plan().packed is not None) == torch.backends.mkldnn.is_available()
+    prompts = [[3, 17, 99], [5, 6, 7, 8, 9], [100], [200, 2]]
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    out = engine.generate(prompts, params)
+    plan = engine.layer_plan()
+    packed = plan.head.packed if "vocab_size" in overrides else plan.layers[0][5].packed
+    assert (packed is not None) == torch.backends.mkldnn.is_available()
     for p, outs in zip(prompts, out):
         assert outs[0].token_ids == greedy_reference(model, p, 10)
+        with torch.no_grad():  # the plain forward's log-probs of the same tokens: the same numbers, not just argmax
+            logits = model(torch.tensor([p + outs[0].token_ids]))[0][0, len(p) - 1:-1]
+        ref = logits.log_softmax(-1).gather(-1, torch.tensor(outs[0].token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(outs[0].raw_logprobs), ref, atol=1e-4)
 
 
 def test_static_decode_step_equals_dynamic():

@@ -23,7 +23,8 @@ small models run Q/K/V and gate/up as one matmul each (`Engine.layer_plan`); res
 projections' `addmm`, RoPE is three operations on a precomputed [cos | signed sin] table, and the hidden state stays
 2-D (B*T, C); everything runs under `torch.inference_mode`. Measured by `benchmarks/bench_inference.py` against
 transformers' `generate`: the addmm/RoPE/table changes and the cheaper raw log-prob in `sampling.sample` took the
-tiny preset's batch-8 decode from 1.55x to 1.67x transformers' speed (1 thread, same run each).
+tiny preset's batch-8 decode from 1.55x to 1.67x transformers' speed (1 thread, same run each); routing each
+matmul by shape and batch (`_Linear`) took the 17M shape from 1.20x/1.27x to 1.73x/1.78x (batch 1/8).
 On CUDA (bf16 by default) the decode step can run with static shapes (the whole preallocated cache with a mask,
 the new slot written with `index_copy_`) so `torch.compile(mode="reduce-overhead")` captures it in a CUDA graph;
 the same static step runs (uncompiled) in the CPU tests, so the compiled path computes what was tested.
@@ -490,10 +491,10 @@ class Engine:
         layers = []
         for block in m.layers:
             a = block.attn
-            wqkv = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach() if fuse else None
-            hidden, w_down_t = _mlp_fn(block.mlp, fuse)
-            layers.append((_norm_fn(block.attn_norm), _qkv_fn(a, wqkv), a.wo.weight.detach().t(),
-                           _norm_fn(block.mlp_norm), hidden, w_down_t, a.n_head, a.n_kv_head, a.head_dim))
+            wqkv = _Linear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), fuse) if fuse else None
+            hidden, down = _mlp_fn(block.mlp, fuse)
+            layers.append((_norm_fn(block.attn_norm), _qkv_fn(a, wqkv), _Linear(a.wo.weight, fuse),
+                           _norm_fn(block.mlp_norm), hidden, down, a.n_head, a.n_kv_head, a.head_dim))
         rope = None
         if m.pos_emb is None:
             # One table of [cos | sin with its first half negated]: one lookup per forward, and RoPE becomes
@@ -502,7 +503,7 @@ class Engine:
             rope = torch.cat([m.rope_cos, -m.rope_sin[:, :half], m.rope_sin[:, half:]], dim=-1).float()
         self._plan_key = key
         self._plan = _Plan(layers, m.tok_emb.weight.detach(), m.pos_emb, rope, _norm_fn(m.norm),
-                           m.lm_head.weight.detach())
+                           _Linear(m.lm_head.weight, fuse))
         return self._plan
 
     def _embed(self, tokens: torch.Tensor, pos_ids: torch.Tensor, plan: "_Plan") -> tuple[torch.Tensor, Any]:
@@ -518,8 +519,8 @@ class Engine:
         """The blocks and the head over x (B*T, C). New keys/values go to slots s..s+T-1 (python int) or, for the
         static step, to the slot in the `slot` tensor (then `s` is unused, so a compiled step does not specialise
         on it)."""
-        addmm, sdpa = torch.addmm, F.scaled_dot_product_attention
-        for i, (attn_norm, qkv, wo_t, mlp_norm, hidden, w_down_t, nh, nkv, hd) in enumerate(plan.layers):
+        sdpa, decode = F.scaled_dot_product_attention, T == 1
+        for i, (attn_norm, qkv, wo, mlp_norm, hidden, down, nh, nkv, hd) in enumerate(plan.layers):
             q, k, v = qkv(attn_norm(x), rope, B, T)
             kc, vc = cache.k[i], cache.v[i]
             if slot is None:
@@ -531,13 +532,9 @@ class Engine:
                 vc.index_copy_(2, slot, v)
                 keys, values = kc, vc
             y = sdpa(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=nkv != nh)
-            x = addmm(x, y.transpose(1, 2).reshape(B * T, nh * hd), wo_t)
-            x = x + hidden(mlp_norm(x)) if w_down_t is None else addmm(x, hidden(mlp_norm(x)), w_down_t)
-        h = plan.norm(x.view(B, T, -1)[:, -1])
-        packed = plan.packed_head(B)
-        if packed is None:
-            return F.linear(h, plan.head)
-        return torch.ops.mkldnn._linear_pointwise(h, packed, None, "none", [], "")
+            x = wo(y.transpose(1, 2).reshape(B * T, nh * hd), x, decode)
+            x = x + hidden(mlp_norm(x)) if down is None else down(hidden(mlp_norm(x), decode), x, decode)
+        return plan.head(plan.norm(x.view(B, T, -1)[:, -1]), None, decode)
 
     def forward(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None,
                 plan: "_Plan") -> torch.Tensor:
@@ -567,22 +564,37 @@ class _Plan:
     pos_emb: Any
     rope: torch.Tensor | None
     norm: Any
-    head: torch.Tensor
-    packed: tuple[int, torch.Tensor] | None = None  # (batch size, head weight in oneDNN's layout for it)
+    head: "_Linear"
 
-    def packed_head(self, batch: int) -> torch.Tensor | None:
-        """The output head reordered by oneDNN for this batch size, or None to use F.linear. On CPU, fp32, for
-        batches of 4 or more and heads of 2 MB to FUSE_MAX_BYTES: MKL's small-M matmul reads the weight badly, and
-        the prepacked one took the tiny preset's batch-8 decode step from 1.72 to 1.43 ms (batch 4: 0.96 -> 0.89 ms;
-        batch 1 and 2 gained nothing, so they keep F.linear). One layout is kept, for the latest batch size."""
-        w = self.head
-        nbytes = w.numel() * w.element_size()
-        if (batch < 4 or w.device.type != "cpu" or w.dtype != torch.float32 or not 2 << 20 <= nbytes <= FUSE_MAX_BYTES
-                or not torch.backends.mkldnn.is_available()):
-            return None
-        if self.packed is None or self.packed[0] != batch:
-            self.packed = (batch, torch.ops.mkldnn._reorder_linear_weight(w, batch))
-        return self.packed[1]
+
+class _Linear:
+    """x @ W.T (+ residual) by the CPU route measured fastest for the weight's shape and the number of rows, with W's
+    extra layouts made once. Measured with 1 thread, weights coming from L3 or memory as in a decode step:
+    - one row (batch-1 decode): MKL reads a row-major (in, out) copy of a wide or square weight about twice as fast
+      as F.linear's (out, in) one (2048 x 384: 130 against 326 us; the tiny preset's 4096 x 128 head: 75 against
+      290 us); a tall one (out < in) is faster as it is (384 x 1024: 42 against 51 us);
+    - 4 to 64 rows of a decode step, weights of 1 MB or more: oneDNN's prepacked matmul, the residual add fused in
+      (batch 8, 2048 x 384: 217 against 493 us; 384 x 1024: 98 against 170 us; smaller weights lose, 704 x 128: 30
+      against 26 us). One packed layout is kept, for the latest batch size (repacking a 3 MB weight takes 0.3 ms).
+    Only for fp32 CPU weights of small models (`small`), where the extra copies cost little memory; otherwise, and
+    for prefill, F.linear's route."""
+
+    def __init__(self, w: torch.Tensor, small: bool) -> None:
+        self.w = w.detach()
+        cpu32 = small and w.device.type == "cpu" and w.dtype == torch.float32
+        self.wt = self.w.t().contiguous() if cpu32 and w.size(0) >= w.size(1) else self.w.t()
+        self.pack = cpu32 and w.numel() * w.element_size() >= 1 << 20 and torch.backends.mkldnn.is_available()
+        self.packed: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, decode: bool = False) -> torch.Tensor:
+        rows = x.size(0)
+        if self.pack and decode and 4 <= rows <= 64:
+            if self.packed is None or self.packed[0] != rows:
+                self.packed = (rows, torch.ops.mkldnn._reorder_linear_weight(self.w, rows))
+            if residual is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed[1], None, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed[1], None, "add")
+        return torch.mm(x, self.wt) if residual is None else torch.addmm(residual, x, self.wt)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -596,7 +608,7 @@ def _norm_fn(norm: torch.nn.Module) -> Any:
     return norm
 
 
-def _qkv_fn(attn: torch.nn.Module, wqkv: torch.Tensor | None) -> Any:
+def _qkv_fn(attn: torch.nn.Module, wqkv: "_Linear | None") -> Any:
     """h (B*T, C), the rotation tables, B and T -> q, k, v as (B, heads, T, head_dim), QK-norm and RoPE applied."""
     nh, nkv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
     wq, wk, wv = attn.wq.weight, attn.wk.weight, attn.wv.weight
@@ -613,7 +625,7 @@ def _qkv_fn(attn: torch.nn.Module, wqkv: torch.Tensor | None) -> Any:
         return q, k, v
 
     def fused(h: torch.Tensor, rope: Any, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qkv = F.linear(h, wqkv).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
+        qkv = wqkv(h, None, T == 1).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
         v = qkv[:, nh + nkv:]
         if q_norm is None:
             qk = qkv[:, :nh + nkv] if rope is None else _rope(qkv[:, :nh + nkv], *rope)
@@ -626,22 +638,22 @@ def _qkv_fn(attn: torch.nn.Module, wqkv: torch.Tensor | None) -> Any:
     return separate if wqkv is None else fused
 
 
-def _mlp_fn(mlp: torch.nn.Module, fuse: bool) -> tuple[Any, torch.Tensor | None]:
-    """(hidden, Wdown^T): SwiGLU's hidden activations as a function and its down projection for `addmm`; other MLPs
-    run whole through their module (hidden = the module, None)."""
+def _mlp_fn(mlp: torch.nn.Module, fuse: bool) -> tuple[Any, _Linear | None]:
+    """(hidden, down): SwiGLU's hidden activations as a function of (x, decode) and its down projection, which takes
+    the residual; other MLPs run whole through their module (hidden = the module, None)."""
     if mlp.kind != "swiglu":
         return mlp, None
-    w_gate, w_up, w_down_t = mlp.w_gate.weight, mlp.w_up.weight, mlp.w_down.weight.detach().t()
+    w_gate, w_up, down = mlp.w_gate.weight, mlp.w_up.weight, _Linear(mlp.w_down.weight, fuse)
     if fuse:
-        w_gate_up = torch.cat([w_gate, w_up]).detach()
+        gate_up = _Linear(torch.cat([w_gate, w_up]), fuse)
 
-        def swiglu_fused(x: torch.Tensor) -> torch.Tensor:
-            gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
+        def swiglu_fused(x: torch.Tensor, decode: bool) -> torch.Tensor:
+            gate, up = gate_up(x, None, decode).chunk(2, dim=-1)
             return F.silu(gate) * up
 
-        return swiglu_fused, w_down_t
+        return swiglu_fused, down
 
-    def swiglu(x: torch.Tensor) -> torch.Tensor:
+    def swiglu(x: torch.Tensor, decode: bool) -> torch.Tensor:
         return F.silu(F.linear(x, w_gate)) * F.linear(x, w_up)
 
-    return swiglu, w_down_t
+    return swiglu, down
