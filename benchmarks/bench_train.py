@@ -1,7 +1,7 @@
 """Training benchmark: lmforge's GPT against Hugging Face transformers and nanoGPT, measured side by side.
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--threads N] [--nanogpt PATH/TO/nanoGPT/model.py]
-                                               [--shards DIR]
+                                               [--shards DIR] [--compile]
 
 1. Matmul peak: fp32 GFLOP/s of square matmuls at the chosen thread count (the MFU denominator).
 2. Throughput vs transformers: training tokens/s of our GPT and a `LlamaForCausalLM` of the same shape (tiny
@@ -16,8 +16,13 @@
 5. Bits per byte after the same token budget on the default corpus (token shards from `lmforge data tokenize`):
    our modern defaults against nanoGPT's original choices (LayerNorm, learned positions, GELU) in our own code.
 
+With --compile, [2] and [3] add each contender under torch.compile (inductor, default mode), ours and the peer's
+alike, and print what compiling cost: the wall time of the first compiled step (which compiles) beyond a steady one.
+Compiled rows are compared with the peer's compiled row; nanoGPT's README CPU command runs it uncompiled.
+
 Timing: CPU time (process_time) is reported beside wall time; on a shared machine it is the fairer measure at
-one thread, because it does not count time the process spent waiting for a core.
+one thread, because it does not count time the process spent waiting for a core (compile-time figures are wall
+time: inductor compiles in worker processes).
 """
 
 from __future__ import annotations
@@ -72,6 +77,41 @@ def train_step_fn(model, optimizers, x, y, loss_of):
     return step
 
 
+def add_compiled(steps: dict, builders: dict) -> dict[str, float]:
+    """Add a "NAME (compiled)" contender per builder (a function of `compile: bool` returning a step function);
+    returns each one's compile cost in wall seconds: its first step's time beyond a steady step's."""
+    costs = {}
+    for name, build in builders.items():
+        fn = build(True)
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn()
+        costs[f"{name} (compiled)"] = first - (time.perf_counter() - t0)
+        steps[f"{name} (compiled)"] = fn
+    return costs
+
+
+def fresh_compiler() -> float:
+    """Point inductor at an empty cache (so every contender compiles from scratch, as on a first run, and none
+    reuses graphs an earlier run left behind) and start its worker processes; returns the start-up's wall time."""
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_inductor_")
+    import torch
+
+    t0 = time.perf_counter()
+    torch.compile(lambda a: (a * 2).sin())(torch.ones(8))
+    return time.perf_counter() - t0
+
+
+def maybe_compile(model, compile: bool):
+    import torch
+
+    return torch.compile(model) if compile else model
+
+
 def ours_loss(model, x, y):
     """The training path: mean loss without materialising the logits (chunked on CPU), as the trainer uses it."""
     return model(x, y, return_logits=False)[1]
@@ -88,7 +128,7 @@ def nano_loss(model, x, y):
     return model(x, y)[1]
 
 
-def bench_vs_hf(quick: bool, peak: float) -> None:
+def bench_vs_hf(quick: bool, peak: float, compile: bool) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -109,15 +149,30 @@ def bench_vs_hf(quick: bool, peak: float) -> None:
     x = torch.randint(0, cfg.vocab_size, (B, T))
     y = torch.randint(0, cfg.vocab_size, (B, T))
     tc = TrainConfig(optimizer="adamw", lr=1e-3)
-    steps = {"lmforge": train_step_fn(ours, build_optimizers(ours, tc), x, y, ours_loss),
-             "transformers": train_step_fn(hf, [torch.optim.AdamW(hf.parameters(), lr=1e-3)], x, y, hf_loss)}
+    hf_state, ours_state = hf.state_dict(), ours.state_dict()
+
+    def build_ours(compile: bool):
+        model = GPT(cfg)
+        model.load_state_dict(ours_state)
+        return train_step_fn(maybe_compile(model, compile), build_optimizers(model, tc), x, y, ours_loss)
+
+    def build_hf(compile: bool):
+        model = LlamaForCausalLM(hf.config)
+        model.load_state_dict(hf_state)
+        return train_step_fn(maybe_compile(model, compile), [torch.optim.AdamW(model.parameters(), lr=1e-3)], x, y,
+                             hf_loss)
+
+    steps = {"lmforge": build_ours(False), "transformers": build_hf(False)}
+    costs = add_compiled(steps, {"lmforge": build_ours, "transformers": build_hf}) if compile else {}
     res = timed_rounds(steps, rounds=3 if quick else 5, per_round=2 if quick else 4)
     print(f"\n[2] training tokens/s, tiny preset ({n_ours:,} params; HF Llama {n_hf:,}), batch {B}x{T}, fp32, AdamW")
     for name, (wall, cpu) in res.items():
-        print(f"    {name:13s} {B * T / wall:9,.0f} tok/s wall  {B * T / cpu:9,.0f} tok/s cpu   "
-              f"MFU {ours.flops_per_token(T) * B * T / wall / peak:5.1%}")
-    print(f"    ratio lmforge/transformers: {res['transformers'][0] / res['lmforge'][0]:.2f}x (wall), "
-          f"{res['transformers'][1] / res['lmforge'][1]:.2f}x (cpu)")
+        cost = f"   compile {costs[name]:.1f} s" if name in costs else ""
+        print(f"    {name:24s} {B * T / wall:9,.0f} tok/s wall  {B * T / cpu:9,.0f} tok/s cpu   "
+              f"MFU {ours.flops_per_token(T) * B * T / wall / peak:5.1%}{cost}")
+    for suffix in ("", " (compiled)") if compile else ("",):
+        a, b = res[f"lmforge{suffix}"], res[f"transformers{suffix}"]
+        print(f"    ratio lmforge/transformers{suffix}: {b[0] / a[0]:.2f}x (wall), {b[1] / a[1]:.2f}x (cpu)")
 
 
 # --------------------------------------------------------------------------------------------- Shakespeare
@@ -188,7 +243,8 @@ def ours_race_config(vocab: int, T: int):
     return GPTConfig(vocab_size=vocab, n_layer=4, n_head=4, n_embd=128, block_size=T, mlp="relu2")
 
 
-def bench_vs_nanogpt(ng, text: Path, quick: bool, peak: float, race_steps: int, race_batch: int) -> None:
+def bench_vs_nanogpt(ng, text: Path, quick: bool, peak: float, race_steps: int, race_batch: int,
+                     compile: bool) -> None:
     import torch
 
     from lmforge.model import GPT, GPTConfig
@@ -200,23 +256,34 @@ def bench_vs_nanogpt(ng, text: Path, quick: bool, peak: float, race_steps: int, 
     B, T = 12, 64
     gen = torch.Generator().manual_seed(0)
     x, y = batch_at(train_data, B, T, gen)
-    torch.manual_seed(0)
-    nm, nopt = nano_model(ng, vocab, T)
-    ours_adamw = GPT(GPTConfig(vocab_size=vocab, n_layer=4, n_head=4, n_embd=128, block_size=T))
+    def build_nano(compile: bool):
+        torch.manual_seed(0)
+        model, opt = nano_model(ng, vocab, T)
+        return train_step_fn(maybe_compile(model, compile), [opt], x, y, nano_loss)
+
+    def build_ours(compile: bool):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=vocab, n_layer=4, n_head=4, n_embd=128, block_size=T))
+        return train_step_fn(maybe_compile(model, compile), build_optimizers(model, TrainConfig(optimizer="adamw")),
+                             x, y, ours_loss)
+
     ours_race = GPT(ours_race_config(vocab, T))
-    steps = {
-        "nanoGPT": train_step_fn(nm, [nopt], x, y, nano_loss),
-        "lmforge (AdamW)": train_step_fn(ours_adamw, build_optimizers(ours_adamw, TrainConfig(optimizer="adamw")), x,
-                                         y, ours_loss),
-        "lmforge (race)": train_step_fn(ours_race, build_optimizers(ours_race, TrainConfig()), x, y, ours_loss),
-    }
+    steps = {"nanoGPT": build_nano(False), "lmforge (AdamW)": build_ours(False),
+             "lmforge (race)": train_step_fn(ours_race, build_optimizers(ours_race, TrainConfig()), x, y, ours_loss)}
+    costs = add_compiled(steps, {"nanoGPT": build_nano, "lmforge (AdamW)": build_ours}) if compile else {}
     res = timed_rounds(steps, rounds=3 if quick else 5, per_round=5 if quick else 10)
     print(f"\n[3] nanoGPT's README CPU shape (4 layers, 4 heads, width 128, context {T}, batch {B}, fp32)")
-    base_wall, base_cpu = res["nanoGPT"]
+    flops = GPT(GPTConfig(vocab_size=vocab, n_layer=4, n_head=4, n_embd=128, block_size=T)).flops_per_token(T)
     for name, (wall, cpu) in res.items():
-        print(f"    {name:16s} {1000 * wall:6.1f} ms/step wall {1000 * cpu:6.1f} ms cpu  {B * T / wall:8,.0f} tok/s  "
+        base_wall, base_cpu = res["nanoGPT (compiled)" if "compiled" in name else "nanoGPT"]
+        cost = f"   compile {costs[name]:.1f} s" if name in costs else ""
+        print(f"    {name:27s} {1000 * wall:6.1f} ms/step wall {1000 * cpu:6.1f} ms cpu  {B * T / wall:8,.0f} tok/s  "
               f"ratio {base_wall / wall:.2f}x wall {base_cpu / cpu:.2f}x cpu   "
-              f"MFU {ours_adamw.flops_per_token(T) * B * T / wall / peak:5.1%}")
+              f"MFU {flops * B * T / wall / peak:5.1%}{cost}")
+    if compile:
+        print(f"    lmforge (AdamW, compiled) against nanoGPT as its README runs on CPU (uncompiled): "
+              f"{res['nanoGPT'][0] / res['lmforge (AdamW) (compiled)'][0]:.2f}x wall, "
+              f"{res['nanoGPT'][1] / res['lmforge (AdamW) (compiled)'][1]:.2f}x cpu")
 
     # ---- the race: nanoGPT's recipe for 2,000 steps, ours until it matches nanoGPT's final validation loss
     nano_steps = 400 if quick else 2000
@@ -340,19 +407,25 @@ def main() -> None:
     ap.add_argument("--race-batch", type=int, default=32, help="our batch size in the race")
     ap.add_argument("--bpb-steps", type=int, default=300, help="training steps per model in the bpb comparison")
     ap.add_argument("--skip", nargs="*", default=[], choices=["hf", "nanogpt", "bpb"])
+    ap.add_argument("--compile", action="store_true", help="also time every contender under torch.compile")
     args = ap.parse_args()
 
     from lmforge.utils import configure_threads, shared_data_dir
 
     threads = configure_threads(args.threads)
+    if args.compile:
+        compiler_start = fresh_compiler()
     from lmforge.train.logging import measure_matmul_flops
 
     peak = measure_matmul_flops(seconds=1.0)
     print(f"torch threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average "
           f"{os.getloadavg()[0]:.1f} (other processes share the cores: compare ratios, not absolute figures)")
     print(f"[1] fp32 matmul peak (512x512): {peak / 1e9:.1f} GFLOP/s")
+    if args.compile:
+        print(f"    torch.compile: empty inductor cache; compiler start-up (worker processes) {compiler_start:.1f} s, "
+              f"counted in no contender's compile time")
     if "hf" not in args.skip:
-        bench_vs_hf(args.quick, peak)
+        bench_vs_hf(args.quick, peak, args.compile)
     if "nanogpt" not in args.skip:
         ng = load_nanogpt(args.nanogpt)
         shared = shared_data_dir()
@@ -362,7 +435,7 @@ def main() -> None:
         elif text is None or not text.is_file():
             print("\n[3,4] skipped: ../shared/data/pretrain/text/tinyshakespeare.txt is absent")
         else:
-            bench_vs_nanogpt(ng, text, args.quick, peak, args.race_steps, args.race_batch)
+            bench_vs_nanogpt(ng, text, args.quick, peak, args.race_steps, args.race_batch, args.compile)
     if "bpb" not in args.skip:
         if args.shards is None or not (args.shards / "index.json").is_file():
             print("\n[5] skipped: pass --shards DIR (e.g. a speedrun's 04_tokenize/shards)")
