@@ -61,7 +61,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=defaults.dtype,
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
-                   help="torch.compile the model (default: on CUDA only)")
+                   help="torch.compile the model (default: on CUDA only; on CPU about 15%% faster steps after "
+                        "20-40 s of compiling, see TrainConfig.compile)")
     g.add_argument("--fsdp", action="store_true", help="shard the model across processes (FSDP2) instead of DDP")
     g.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard events")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
