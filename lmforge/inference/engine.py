@@ -589,12 +589,12 @@ class _Linear:
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, decode: bool = False) -> torch.Tensor:
         rows = x.size(0)
         if self.pack and decode and 4 <= rows <= 64:
-            if self.packed is None or self.packed[0] != rows:
-                self.packed = None  # free the old layout first
-                self.packed = (rows, torch.ops.mkldnn._reorder_linear_weight(self.wt.t().contiguous(), rows))
+            packed = self.packed  # read once: sessions in other threads may swap it
+            if packed is None or packed[0] != rows:
+                packed = self.packed = (rows, torch.ops.mkldnn._reorder_linear_weight(self.wt.t().contiguous(), rows))
             if residual is None:
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed[1], None, "none", [], "")
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed[1], None, "add")
+                return torch.ops.mkldnn._linear_pointwise(x, packed[1], None, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed[1], None, "add")
         return torch.mm(x, self.wt) if residual is None else torch.addmm(residual, x, self.wt)
 
 
