@@ -328,7 +328,8 @@ class _PairQueue:
     a pair counted fewer times than `floor` is only appended to `low[count]`; the heap holds the others. When the
     heap runs dry, `floor` steps down and the list at the new floor joins the heap (its pairs at their current
     counts: those that fell lower move to a lower list). Any pair in `low` counts less than `floor`, so it cannot
-    beat or tie a current heap entry. A small heap made pushes and pops about 0.2 s cheaper on 10 MB / 32k.
+    beat or tie a current heap entry. (This and the C-level stale filter in `_merge_strings` together cut the
+    instructions of `learn_merges` by 8% on 10 MB / 8k, measured with callgrind.)
     """
 
     def __init__(self, pair_counts: dict[str, int]) -> None:
@@ -510,7 +511,7 @@ def _merge_strings(
     recounted_where: defaultdict[str, list[int]] = defaultdict(list)
     listed = set(where.pop(pair, ()))
     # Skip, at C speed, the stale entries (chunks an earlier merge took the pair out of): on 10 MB / 32k they are
-    # 445,000 of the 702,000 listed, and dropping them outside the Python loop saved about 0.1 s.
+    # 445,000 of the 702,000 listed; see `_PairQueue` for what this bought.
     for wi in compress(listed, map(contains, map(words.__getitem__, listed), repeat(pair))):
         w = words[wi]
         k = w.find(pair)
