@@ -13,6 +13,9 @@
    lr 1e-3, betas (0.9, 0.99), weight decay 0.1, warmup 100, cosine to 1e-4, 2,000 steps) against our modern
    recipe (RMSNorm, RoPE, ReLU^2 MLP, Muon + AdamW, linear decay, a larger batch); both evaluated on the same fixed
    validation windows; reported: the wall and CPU time we need to reach nanoGPT's final validation loss.
+   [2] and [3] also print the floor under the tokens/s goals: the time per step of the GEMM and attention kernels
+   alone (self time of aten::mm/addmm/bmm and SDPA under torch.profiler). The peers call the same kernels
+   for the same shapes; a step can be no faster than them without a faster GEMM than MKL's.
 5. Bits per byte after the same token budget on the default corpus (token shards from `lmforge data tokenize`):
    our modern defaults against nanoGPT's original choices (LayerNorm, learned positions, GELU) in our own code.
 
@@ -75,6 +78,33 @@ def train_step_fn(model, optimizers, x, y, loss_of):
             o.step()
             o.zero_grad(set_to_none=True)
     return step
+
+
+KERNELS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm",
+           "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_floor(step, steps: int) -> float:
+    """Seconds per step that the GEMM and attention kernels take inside `step` (profiler self time): the part of
+    a training step no Python-level change can remove."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS) / 1e6 / steps
+
+
+def print_floor(steps: dict, res: dict, ours: str, peer: str, goal: float, tokens: int, profiled: int) -> None:
+    floor = {name: kernel_floor(steps[name], profiled) for name in (ours, peer)}
+    for name, f in floor.items():
+        print(f"    {name:27s} GEMM + attention kernels alone {1000 * f:6.1f} ms/step ({f / res[name][1]:.0%} of its "
+              f"step, cpu)")
+    need = res[peer][1] / goal
+    print(f"    goal {goal}x {peer} needs <= {1000 * need:.1f} ms/step (cpu); our kernels alone allow at most "
+          f"{res[peer][1] / floor[ours]:.2f}x ({tokens / floor[ours]:,.0f} tok/s with every other operation free)")
 
 
 def add_compiled(steps: dict, builders: dict) -> dict[str, float]:
@@ -173,6 +203,7 @@ def bench_vs_hf(quick: bool, peak: float, compile: bool) -> None:
     for suffix in ("", " (compiled)") if compile else ("",):
         a, b = res[f"lmforge{suffix}"], res[f"transformers{suffix}"]
         print(f"    ratio lmforge/transformers{suffix}: {b[0] / a[0]:.2f}x (wall), {b[1] / a[1]:.2f}x (cpu)")
+    print_floor(steps, res, "lmforge", "transformers", 1.5, B * T, 2 if quick else 4)
 
 
 # --------------------------------------------------------------------------------------------- Shakespeare
@@ -280,6 +311,7 @@ def bench_vs_nanogpt(ng, text: Path, quick: bool, peak: float, race_steps: int, 
         print(f"    {name:27s} {1000 * wall:6.1f} ms/step wall {1000 * cpu:6.1f} ms cpu  {B * T / wall:8,.0f} tok/s  "
               f"ratio {base_wall / wall:.2f}x wall {base_cpu / cpu:.2f}x cpu   "
               f"MFU {flops * B * T / wall / peak:5.1%}{cost}")
+    print_floor(steps, res, "lmforge (AdamW)", "nanoGPT", 1.2, B * T, 5 if quick else 20)
     if compile:
         print(f"    lmforge (AdamW, compiled) against nanoGPT as its README runs on CPU (uncompiled): "
               f"{res['nanoGPT'][0] / res['lmforge (AdamW) (compiled)'][0]:.2f}x wall, "
