@@ -87,25 +87,17 @@ static inline float f16_f32(uint16_t h) {
     float f = bits_f32(em + (112u << 23) + (inf & (112u << 23)) + (zero & (1u << 23))) - bits_f32(zero & (113u << 23));
     return bits_f32(f32_bits(f) | s);
 }
-/* Sixteen independent partial sums: gcc -O3 vectorizes them without -ffast-math (no reassociation needed). */
-#define DOT_BODY(LOAD)                                                          \
-    float acc[16] = {0}, s = 0.0f;                                              \
-    int i = 0;                                                                  \
-    for (; i + 16 <= n; i += 16)                                                \
-        for (int j = 0; j < 16; j++) acc[j] += LOAD(w[i + j]) * x[i + j];       \
-    for (; i < n; i++) s += LOAD(w[i]) * x[i];                                  \
-    for (int j = 0; j < 16; j++) s += acc[j];                                   \
-    return s;
 #define ID(v) (v)
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 /* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): alone, the 15M
-   shape's 37 MB fp32 output head streamed at 30 GB/s against 22 GB/s with DOT_BODY (gcc does not contract to FMA
-   under -std=c99); whole decode at that shape, `make runner` build: fp32 401 -> 519 tok/s (llama2.c 435 in the same
-   run); -march=native fp16 599 -> 684 tok/s with FMA instead of separate multiply and add (4 chains: no faster). */
+   shape's 37 MB fp32 output head streamed at 30 GB/s against 22 GB/s with the portable loop (gcc does not contract
+   to FMA under -std=c99); whole decode at that shape, `make runner` build: fp32 401 -> 519 tok/s (llama2.c 435 in the
+   same run); -march=native fp16 599 -> 684 tok/s with FMA instead of separate multiply and add (4 chains: no faster). */
 #define W_F32(p) _mm256_loadu_ps(p)
 #define W_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define W_BF16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-#define DOT_FMA(LOAD8, LOAD)                                                                 \
+#define W_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define DOT(LOAD8, LOAD)                                                                     \
     __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();                                \
     int i = 0;                                                                              \
     for (; i + 16 <= n; i += 16) {                                                          \
@@ -118,15 +110,20 @@ static inline float f16_f32(uint16_t h) {
     float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));                             \
     for (; i < n; i++) s += LOAD(w[i]) * x[i];                                              \
     return s;
-/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token); +5% tok/CPU-s */
-static inline float dot_f32(const float *w, const float *x, int n) { DOT_FMA(W_F32, ID) }
-static float dot_f16(const uint16_t *w, const float *x, int n) { DOT_FMA(W_F16, f16_f32) }
-static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT_FMA(W_BF16, bf16_f32) }
-#else
-static float dot_f32(const float *w, const float *x, int n) { DOT_BODY(ID) }
-static float dot_f16(const uint16_t *w, const float *x, int n) { DOT_BODY(f16_f32) }
-static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT_BODY(bf16_f32) }
+#else /* sixteen independent partial sums: gcc -O3 vectorizes them without -ffast-math (no reassociation needed) */
+#define DOT(LOAD8, LOAD)                                                        \
+    float acc[16] = {0}, s = 0.0f;                                              \
+    int i = 0;                                                                  \
+    for (; i + 16 <= n; i += 16)                                                \
+        for (int j = 0; j < 16; j++) acc[j] += LOAD(w[i + j]) * x[i + j];       \
+    for (; i < n; i++) s += LOAD(w[i]) * x[i];                                  \
+    for (int j = 0; j < 16; j++) s += acc[j];                                   \
+    return s;
 #endif
+/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token); +5% tok/CPU-s */
+static inline float dot_f32(const float *w, const float *x, int n) { DOT(W_F32, ID) }
+static float dot_f16(const uint16_t *w, const float *x, int n) { DOT(W_F16, f16_f32) }
+static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT(W_BF16, bf16_f32) }
 /* int8 weights x int8 activations, one int32 sum per group, scaled once per group (as llama2.c's runq.c). */
 static float dot_q8(const int8_t *w, const float *ws, const int8_t *x, const float *xs, int n, int gs) {
     float s = 0.0f;
@@ -175,15 +172,12 @@ typedef struct {
     Tensor emb, norm, head;
     Layer *layers;
 } Model;
-typedef struct { const uint8_t *p, *end; } Cursor;
+typedef struct { const uint8_t *base, *p, *end; } Cursor; /* reads the mapped file [base, end) from p */
+typedef struct { const uint8_t *s; uint32_t len; } Str;
 typedef struct {
     int n_tokens, n_special, bos, end, system, user, assistant;
-    const uint8_t **tok;
-    uint32_t *len;
-    int *ht, ht_size; /* open addressing: token bytes -> id + 1 */
-    int *sp_id;
-    const uint8_t **sp_name;
-    uint32_t *sp_len;
+    Str *tok, *sp; /* the bytes of token id i; the names of the special tokens, whose ids are in sp_id */
+    int *sp_id, *ht, ht_size; /* ht: open addressing, token bytes -> id + 1 */
 } Tokenizer;
 
 static const uint8_t *take(Cursor *c, uint64_t n) {
@@ -194,6 +188,8 @@ static const uint8_t *take(Cursor *c, uint64_t n) {
 }
 static uint32_t rd32(Cursor *c) { uint32_t v; memcpy(&v, take(c, 4), 4); return v; }
 static uint64_t rd64(Cursor *c) { uint64_t v; memcpy(&v, take(c, 8), 8); return v; }
+static Str rdstr(Cursor *c) { Str r; r.len = rd32(c); r.s = take(c, r.len); return r; }
+static int str_is(Str a, const char *b) { return a.len == strlen(b) && memcmp(a.s, b, a.len) == 0; }
 static uint32_t fnv(const uint8_t *s, uint32_t n) {
     uint32_t h = 2166136261u;
     for (uint32_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
@@ -203,68 +199,59 @@ static int tok_lookup(const Tokenizer *t, const uint8_t *s, uint32_t n) {
     for (uint32_t h = fnv(s, n) & (t->ht_size - 1);; h = (h + 1) & (t->ht_size - 1)) {
         int id = t->ht[h] - 1;
         if (id < 0) return -1;
-        if (t->len[id] == n && memcmp(t->tok[id], s, n) == 0) return id;
+        if (t->tok[id].len == n && memcmp(t->tok[id].s, s, n) == 0) return id;
     }
-}
-static int special_id(const Tokenizer *t, const char *name) {
-    for (int i = 0; i < t->n_special; i++)
-        if (t->sp_len[i] == strlen(name) && memcmp(t->sp_name[i], name, t->sp_len[i]) == 0) return t->sp_id[i];
-    return -1;
 }
 
 static const char *GPT4_PATTERNS[] = { /* GPT-4's split regex as tiktoken spells it, and as lmforge does */
-    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
-    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"};
+    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*|\\s*[\\r\\n]|"
+    "\\s+(?!\\S)|\\s+",
+    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+"};
 
 static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
     t->n_tokens = (int)rd32(c);
     t->n_special = (int)rd32(c);
-    uint32_t plen = rd32(c);
-    const uint8_t *pat = take(c, plen);
-    int known = 0;
-    for (int i = 0; i < 2; i++) known |= strlen(GPT4_PATTERNS[i]) == plen && !memcmp(GPT4_PATTERNS[i], pat, plen);
-    if (!known) die("the tokenizer's split pattern is not GPT-4's, the only one this runner implements");
+    Str pat = rdstr(c);
+    if (!str_is(pat, GPT4_PATTERNS[0]) && !str_is(pat, GPT4_PATTERNS[1]))
+        die("the tokenizer's split pattern is not GPT-4's, the only one this runner implements");
     if (t->n_tokens < 256 || t->n_tokens + t->n_special > vocab) die("bad tokenizer size %d", t->n_tokens);
     t->tok = xcalloc(t->n_tokens, sizeof *t->tok);
-    t->len = xcalloc(t->n_tokens, sizeof *t->len);
     for (t->ht_size = 1; t->ht_size < 2 * t->n_tokens; t->ht_size *= 2) {}
     t->ht = xcalloc(t->ht_size, sizeof *t->ht);
     for (int i = 0; i < t->n_tokens; i++) {
-        t->len[i] = rd32(c);
-        t->tok[i] = take(c, t->len[i]);
-        uint32_t h = fnv(t->tok[i], t->len[i]) & (t->ht_size - 1);
+        t->tok[i] = rdstr(c);
+        uint32_t h = fnv(t->tok[i].s, t->tok[i].len) & (t->ht_size - 1);
         while (t->ht[h]) h = (h + 1) & (t->ht_size - 1);
         t->ht[h] = i + 1;
     }
+    t->sp = xcalloc(t->n_special, sizeof *t->sp);
     t->sp_id = xcalloc(t->n_special, sizeof *t->sp_id);
-    t->sp_name = xcalloc(t->n_special, sizeof *t->sp_name);
-    t->sp_len = xcalloc(t->n_special, sizeof *t->sp_len);
+    const char *names[] = {"<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"};
+    int *ids[] = {&t->bos, &t->end, &t->system, &t->user, &t->assistant};
+    t->bos = t->end = t->system = t->user = t->assistant = -1;
     for (int i = 0; i < t->n_special; i++) {
         t->sp_id[i] = (int)rd32(c);
-        t->sp_len[i] = rd32(c);
-        t->sp_name[i] = take(c, t->sp_len[i]);
+        t->sp[i] = rdstr(c);
         if (t->sp_id[i] < t->n_tokens || t->sp_id[i] >= vocab) die("bad special token id %d", t->sp_id[i]);
+        for (int k = 0; k < 5; k++) if (*ids[k] < 0 && str_is(t->sp[i], names[k])) *ids[k] = t->sp_id[i];
     }
-    t->bos = special_id(t, "<|bos|>");
-    t->end = special_id(t, "<|end|>");
-    t->system = special_id(t, "<|system|>");
-    t->user = special_id(t, "<|user|>");
-    t->assistant = special_id(t, "<|assistant|>");
 }
 
-static Tensor find_tensor(const uint8_t *base, uint64_t size, Cursor table, const Model *m, const char *name,
-                          int rows, int cols) {
+static Tensor find_tensor(Cursor table, const Model *m, const char *name, int rows, int cols) {
+    uint64_t size = (uint64_t)(table.end - table.base);
     for (int i = 0; i < m->n_tensors; i++) {
-        uint32_t len = rd32(&table);
-        const uint8_t *nm = take(&table, len);
+        Str nm = rdstr(&table);
         uint32_t dtype = rd32(&table), r = rd32(&table), cl = rd32(&table);
         uint64_t off = rd64(&table), nbytes = rd64(&table), count = (uint64_t)r * cl;
-        if (len != strlen(name) || memcmp(nm, name, len)) continue;
+        if (!str_is(nm, name)) continue;
         if ((int)r != rows || (int)cl != cols) die("tensor %s is %ux%u, expected %dx%d", name, r, cl, rows, cols);
-        if (dtype > Q8 || (dtype == Q8 && cl % m->gs) || (rows == 1 && dtype != F32)) die("tensor %s: bad dtype %u", name, dtype);
+        if (dtype > Q8 || (dtype == Q8 && cl % m->gs) || (rows == 1 && dtype != F32))
+            die("tensor %s: bad dtype %u", name, dtype);
         uint64_t need = dtype == F32 ? 4 * count : dtype == Q8 ? count + 4 * (count / m->gs) : 2 * count;
         if (nbytes != need || off % 64 || off > size || nbytes > size - off) die("tensor %s lies outside the file", name);
-        return (Tensor){(int)dtype, rows, cols, base + off, dtype == Q8 ? (const float *)(base + off + count) : NULL};
+        const uint8_t *p = table.base + off;
+        return (Tensor){(int)dtype, rows, cols, p, dtype == Q8 ? (const float *)(p + count) : NULL};
     }
     die("tensor %s is missing", name);
     return (Tensor){0};
@@ -272,42 +259,38 @@ static Tensor find_tensor(const uint8_t *base, uint64_t size, Cursor table, cons
 
 static void load(const char *path, Model *m, Tokenizer *tk) {
     int fd = open(path, O_RDONLY);
-    if (fd < 0) die("cannot open the parameter file");
     struct stat st;
-    if (fstat(fd, &st) != 0) die("cannot stat the parameter file");
+    if (fd < 0 || fstat(fd, &st) != 0) die("cannot open the parameter file");
     uint64_t size = (uint64_t)st.st_size;
     if (size < 8) die("not an lmforge parameter file (too short for a header)");
     const uint8_t *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (base == MAP_FAILED) die("mmap failed");
     if (memcmp(base, "LMFG", 4) != 0) die("not an lmforge parameter file (bad magic)");
-    Cursor c = {base + 4, base + size};
+    Cursor c = {base, base + 4, base + size};
     uint32_t version = rd32(&c);
     if (version != 1) die("format version %u; this runner reads version 1", version);
     uint64_t file_size = rd64(&c);
     if (file_size != size) die("truncated or damaged: %llu bytes, the header says %llu", (unsigned long long)size,
                                (unsigned long long)file_size);
-    int *ints[] = {&m->dim, &m->hidden, &m->n_layer, &m->n_head, &m->n_kv, &m->hd, &m->vocab, &m->seq_len};
+    int *ints[] = {&m->dim, &m->hidden, &m->n_layer, &m->n_head, &m->n_kv, &m->hd, &m->vocab, &m->seq_len,
+                   &m->flags, &m->dtype, &m->gs, &m->n_tensors};
     for (int i = 0; i < 8; i++) *ints[i] = (int)rd32(&c);
     memcpy(&m->theta, take(&c, 4), 4);
     memcpy(&m->eps, take(&c, 4), 4);
-    m->flags = (int)rd32(&c);
-    m->dtype = (int)rd32(&c);
-    m->gs = (int)rd32(&c);
-    m->n_tensors = (int)rd32(&c);
+    for (int i = 8; i < 12; i++) *ints[i] = (int)rd32(&c);
     uint64_t tok_off = rd64(&c), tens_off = rd64(&c);
-    if (m->dim <= 0 || m->hidden <= 0 || m->n_layer <= 0 || m->vocab <= 0 || m->n_head <= 0 || m->n_kv <= 0 || m->n_head % m->n_kv || m->hd * m->n_head != m->dim ||
-        m->hd % 2 || m->seq_len <= 0 || m->dtype > Q8 || (m->dtype == Q8 && m->gs <= 0) || tok_off > size ||
-        tens_off > size)
+    if (m->dim <= 0 || m->hidden <= 0 || m->n_layer <= 0 || m->vocab <= 0 || m->n_head <= 0 || m->n_kv <= 0 ||
+        m->n_head % m->n_kv || m->hd * m->n_head != m->dim || m->hd % 2 || m->seq_len <= 0 || m->dtype > Q8 ||
+        (m->dtype == Q8 && m->gs <= 0) || tok_off > size || tens_off > size)
         die("corrupt header (inconsistent model config)");
-    Cursor tc = {base + tok_off, base + size};
+    Cursor tc = {base, base + tok_off, base + size}, table = {base, base + tens_off, base + size};
     read_tokenizer(&tc, tk, m->vocab);
-    Cursor table = {base + tens_off, base + size};
     char name[96];
     int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd;
-    m->emb = find_tensor(base, size, table, m, "tok_emb.weight", m->vocab, D);
-    m->norm = find_tensor(base, size, table, m, "norm.weight", 1, D);
-    m->head = m->flags & 1 ? m->emb : find_tensor(base, size, table, m, "lm_head.weight", m->vocab, D);
+    m->emb = find_tensor(table, m, "tok_emb.weight", m->vocab, D);
+    m->norm = find_tensor(table, m, "norm.weight", 1, D);
+    m->head = m->flags & 1 ? m->emb : find_tensor(table, m, "lm_head.weight", m->vocab, D);
     m->layers = xcalloc(m->n_layer, sizeof(Layer));
     for (int l = 0; l < m->n_layer; l++) {
         Layer *L = &m->layers[l];
@@ -319,7 +302,7 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
         for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
             if (!spec[i].req && !(m->flags & 2)) continue; /* the q/k norms exist only with QK-norm */
             snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
-            *spec[i].t = find_tensor(base, size, table, m, name, spec[i].r, spec[i].c);
+            *spec[i].t = find_tensor(table, m, name, spec[i].r, spec[i].c);
         }
     }
 }
@@ -350,35 +333,28 @@ static void init_state(State *s, const Model *m) {
 /* out[t][i] = W[i] . x[t] for T rows of x: each weight row is read once and used for every row of x. */
 static void matmul(State *s, float *out, const float *x, const Tensor *W, int T) {
     int n = W->cols, d = W->rows, gs = s->gs;
-    if (W->dtype == Q8) /* quantize the activations once, then integer dot products per group */
-        for (int t = 0; t < T; t++) quantize_row(s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, x + (size_t)t * n, n, gs);
-#define ROWS(DOT) PFOR((long)d * n * T) for (int i = 0; i < d; i++) for (int t = 0; t < T; t++) out[(size_t)t * d + i] = DOT;
-    if (W->dtype == F32) {
-        const float *w = W->data;
-        ROWS(dot_f32(w + (size_t)i * n, x + (size_t)t * n, n))
-    } else if (W->dtype == F16) {
-        const uint16_t *w = W->data;
-        ROWS(dot_f16(w + (size_t)i * n, x + (size_t)t * n, n))
-    } else if (W->dtype == BF16) {
-        const uint16_t *w = W->data;
-        ROWS(dot_bf16(w + (size_t)i * n, x + (size_t)t * n, n))
-    } else {
-        const int8_t *w = W->data;
-        const float *ws = W->scale;
-        ROWS(dot_q8(w + (size_t)i * n, ws + (size_t)i * n / gs, s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, n, gs))
-    }
+    for (int t = 0; W->dtype == Q8 && t < T; t++) /* int8: quantize the activations once, then integer dots per group */
+        quantize_row(s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, x + (size_t)t * n, n, gs);
+#define ROWS(DOT) \
+    PFOR((long)d * n * T) for (int i = 0; i < d; i++) for (int t = 0; t < T; t++) out[(size_t)t * d + i] = DOT;
+#define W_ROW(type) (const type *)w + (size_t)i * n
+    const void *w = W->data;
+    if (W->dtype == F32) ROWS(dot_f32(W_ROW(float), x + (size_t)t * n, n))
+    else if (W->dtype == F16) ROWS(dot_f16(W_ROW(uint16_t), x + (size_t)t * n, n))
+    else if (W->dtype == BF16) ROWS(dot_bf16(W_ROW(uint16_t), x + (size_t)t * n, n))
+    else ROWS(dot_q8(W_ROW(int8_t), W->scale + (size_t)i * n / gs, s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs,
+                     n, gs))
 }
 
 static void embed(float *out, const Tensor *E, int token, int gs) {
     size_t n = E->cols, o = (size_t)token * n;
-    for (size_t j = 0; j < n; j++) {
+    for (size_t j = 0; j < n; j++)
         switch (E->dtype) {
         case F32: out[j] = ((const float *)E->data)[o + j]; break;
         case F16: out[j] = f16_f32(((const uint16_t *)E->data)[o + j]); break;
         case BF16: out[j] = bf16_f32(((const uint16_t *)E->data)[o + j]); break;
         default: out[j] = ((const int8_t *)E->data)[o + j] * E->scale[(o + j) / gs];
         }
-    }
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
@@ -640,8 +616,8 @@ static void out_byte(Utf8Out *u, uint8_t c) {
 }
 static void emit_token(Utf8Out *u, const Tokenizer *t, int id, int verbose) {
     u->nbuf = 0;
-    if (id < t->n_tokens) for (uint32_t i = 0; i < t->len[id]; i++) out_byte(u, t->tok[id][i]);
-    for (int i = 0; i < t->n_special; i++) if (t->sp_id[i] == id) out_put(u, t->sp_name[i], t->sp_len[i]);
+    if (id < t->n_tokens) for (uint32_t i = 0; i < t->tok[id].len; i++) out_byte(u, t->tok[id].s[i]);
+    for (int i = 0; i < t->n_special; i++) if (t->sp_id[i] == id) out_put(u, t->sp[i].s, t->sp[i].len);
     fwrite(u->buf, 1, u->nbuf, stdout);
     fflush(stdout);
     if (verbose) {
