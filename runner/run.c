@@ -16,11 +16,10 @@
      data: each tensor at a 64-byte aligned offset; fp32/fp16/bf16 row-major; int8: rows*cols int8 values, then
        one f32 scale per group_size values (value = q * scale). Norm weights are fp32.
 
-   Model (lmforge/model.py, Llama family): x = emb[token]; per layer: x += Wo attn(RoPE(norm(Wq h)), RoPE(norm(Wk h)),
-   Wv h) with h = RMSNorm(x) (the q/k norms only with QK-norm, K/V heads shared by n_head/n_kv_head queries);
-   x += Wdown(silu(Wgate h) * Wup h) with h = RMSNorm(x); logits = Whead RMSNorm(x). RoPE pairs dims i and
-   i + head_dim/2 ("rotate_half"). The prompt is prefilled as one batch (each weight row is read once for all
-   prompt tokens), then each new token is one step against the KV cache.
+   Model (lmforge/model.py, Llama family): per layer x += Wo attn(RoPE(qnorm(Wq h)), RoPE(knorm(Wk h)), Wv h) and
+   x += Wdown(silu(Wgate h) * Wup h), each with h = RMSNorm(x) (q/k norms only with QK-norm; K/V heads shared by
+   n_head/n_kv_head queries; RoPE pairs dims i and i + head_dim/2, "rotate_half"). The prompt is prefilled as one
+   batch (each weight row read once for all its tokens), then each new token is one step against the KV cache.
 
    Tokenizer: byte-level BPE with tiktoken's rule (a token id is its rank; a chunk that is a token is emitted whole,
    otherwise the adjacent pair whose concatenation has the lowest rank merges first, leftmost on ties) over GPT-4's
@@ -92,7 +91,7 @@ static inline float f16_f32(uint16_t h) {
 /* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): alone, the 15M
    shape's 37 MB fp32 output head streamed at 30 GB/s against 22 GB/s with the portable loop (gcc does not contract
    to FMA under -std=c99); whole decode at that shape, `make runner` build: fp32 401 -> 519 tok/s (llama2.c 435 in the
-   same run); -march=native fp16 599 -> 684 tok/s with FMA instead of separate multiply and add (4 chains: no faster). */
+   same run); -march=native fp16 599 -> 684 tok/s with FMA instead of multiply and add (4 chains: no faster). */
 #define W_F32(p) _mm256_loadu_ps(p)
 #define W_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define W_BF16(p) \
@@ -134,7 +133,8 @@ static float dot_q8(const int8_t *w, const float *ws, const int8_t *x, const flo
         for (int g = 0; g < n; g += gs) {
             __m256i sum = _mm256_setzero_si256();
             for (int j = g; j < g + gs; j += 32) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(w + j)), b = _mm256_loadu_si256((const __m256i *)(x + j));
+                __m256i a = _mm256_loadu_si256((const __m256i *)(w + j));
+                __m256i b = _mm256_loadu_si256((const __m256i *)(x + j));
                 __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
                 sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
             }
@@ -164,7 +164,7 @@ static void quantize_row(int8_t *q, float *scale, const float *x, int n, int gs)
 }
 
 /* ---------------------------------------------------------------- the parameter file */
-typedef struct { int dtype, rows, cols; const void *data; const float *scale; } Tensor;
+typedef struct { int dtype, rows, cols, gs; const void *data; const float *scale; } Tensor; /* gs: int8 group */
 typedef struct { Tensor attn_norm, wq, wk, wv, wo, q_norm, k_norm, mlp_norm, gate, up, down; } Layer;
 typedef struct {
     int dim, hidden, n_layer, n_head, n_kv, hd, vocab, seq_len, flags, dtype, gs, n_tensors;
@@ -182,9 +182,7 @@ typedef struct {
 
 static const uint8_t *take(Cursor *c, uint64_t n) {
     if (n > (uint64_t)(c->end - c->p)) die("truncated or corrupt header");
-    const uint8_t *p = c->p;
-    c->p += n;
-    return p;
+    return (c->p += n) - n;
 }
 static uint32_t rd32(Cursor *c) { uint32_t v; memcpy(&v, take(c, 4), 4); return v; }
 static uint64_t rd64(Cursor *c) { uint64_t v; memcpy(&v, take(c, 8), 8); return v; }
@@ -249,9 +247,10 @@ static Tensor find_tensor(Cursor table, const Model *m, const char *name, int ro
         if (dtype > Q8 || (dtype == Q8 && cl % m->gs) || (rows == 1 && dtype != F32))
             die("tensor %s: bad dtype %u", name, dtype);
         uint64_t need = dtype == F32 ? 4 * count : dtype == Q8 ? count + 4 * (count / m->gs) : 2 * count;
-        if (nbytes != need || off % 64 || off > size || nbytes > size - off) die("tensor %s lies outside the file", name);
+        if (nbytes != need || off % 64 || off > size || nbytes > size - off)
+            die("tensor %s lies outside the file", name);
         const uint8_t *p = table.base + off;
-        return (Tensor){(int)dtype, rows, cols, p, dtype == Q8 ? (const float *)(p + count) : NULL};
+        return (Tensor){(int)dtype, rows, cols, m->gs, p, dtype == Q8 ? (const float *)(p + count) : NULL};
     }
     die("tensor %s is missing", name);
     return (Tensor){0};
@@ -308,11 +307,7 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
 }
 
 /* ---------------------------------------------------------------- forward pass */
-typedef struct {
-    float *x, *xb, *xb2, *q, *hb, *hb2, *att, *logits, *kc, *vc, *cos, *sin, *xs;
-    int8_t *xq;
-    int gs; /* int8 group size */
-} State;
+typedef struct { float *x, *xb, *xb2, *q, *hb, *hb2, *att, *logits, *kc, *vc, *cos, *sin, *xs; int8_t *xq; } State;
 
 static void init_state(State *s, const Model *m) {
     size_t T = m->seq_len, W = m->hidden > m->dim ? m->hidden : m->dim, kv = (size_t)m->n_kv * m->hd;
@@ -320,7 +315,7 @@ static void init_state(State *s, const Model *m) {
     s->q = xcalloc(T * m->dim, 4); s->hb = xcalloc(T * m->hidden, 4); s->hb2 = xcalloc(T * m->hidden, 4);
     s->att = xcalloc((size_t)m->n_head * T, 4); s->logits = xcalloc(m->vocab, 4);
     s->kc = xcalloc((size_t)m->n_layer * T * kv, 4); s->vc = xcalloc((size_t)m->n_layer * T * kv, 4);
-    s->xq = xcalloc(T * W, 1); s->xs = xcalloc(T * W, 4); s->gs = m->gs;
+    s->xq = xcalloc(T * W, 1); s->xs = xcalloc(T * W, 4);
     s->cos = xcalloc(T * m->hd / 2, 4); s->sin = xcalloc(T * m->hd / 2, 4);
     for (size_t p = 0; p < T; p++) /* as lmforge.model.rope_tables: angles in double, then rounded to float */
         for (int i = 0; i < m->hd / 2; i++) {
@@ -332,7 +327,7 @@ static void init_state(State *s, const Model *m) {
 
 /* out[t][i] = W[i] . x[t] for T rows of x: each weight row is read once and used for every row of x. */
 static void matmul(State *s, float *out, const float *x, const Tensor *W, int T) {
-    int n = W->cols, d = W->rows, gs = s->gs;
+    int n = W->cols, d = W->rows, gs = W->gs;
     for (int t = 0; W->dtype == Q8 && t < T; t++) /* int8: quantize the activations once, then integer dots per group */
         quantize_row(s->xq + (size_t)t * n, s->xs + (size_t)t * n / gs, x + (size_t)t * n, n, gs);
 #define ROWS(DOT) \
@@ -346,14 +341,14 @@ static void matmul(State *s, float *out, const float *x, const Tensor *W, int T)
                      n, gs))
 }
 
-static void embed(float *out, const Tensor *E, int token, int gs) {
+static void embed(float *out, const Tensor *E, int token) {
     size_t n = E->cols, o = (size_t)token * n;
     for (size_t j = 0; j < n; j++)
         switch (E->dtype) {
         case F32: out[j] = ((const float *)E->data)[o + j]; break;
         case F16: out[j] = f16_f32(((const uint16_t *)E->data)[o + j]); break;
         case BF16: out[j] = bf16_f32(((const uint16_t *)E->data)[o + j]); break;
-        default: out[j] = ((const int8_t *)E->data)[o + j] * E->scale[(o + j) / gs];
+        default: out[j] = ((const int8_t *)E->data)[o + j] * E->scale[(o + j) / E->gs];
         }
 }
 
@@ -382,7 +377,7 @@ static void qk_prepare(const Model *m, const State *s, float *v, int n_heads, co
 /* Run T tokens at positions pos..pos+T-1 through the model (filling the KV cache); logits of the last one. */
 static float *forward(const Model *m, State *s, const int *tokens, int T, int pos) {
     int D = m->dim, hd = m->hd, kvd = m->n_kv * hd, H = m->hidden, rep = m->n_head / m->n_kv;
-    for (int t = 0; t < T; t++) embed(s->x + (size_t)t * D, &m->emb, tokens[t], m->gs);
+    for (int t = 0; t < T; t++) embed(s->x + (size_t)t * D, &m->emb, tokens[t]);
     for (int l = 0; l < m->n_layer; l++) {
         const Layer *L = &m->layers[l];
         float *kc = s->kc + (size_t)l * m->seq_len * kvd, *vc = s->vc + (size_t)l * m->seq_len * kvd;
@@ -439,19 +434,19 @@ static const Range RANGES[] = { /* non-ASCII code points that are not letters; s
     {0x2c2, 0x2c5, CL_O}, {0x2d2, 0x2df, CL_O}, {0x2e5, 0x2eb, CL_O}, {0x2ed, 0x2ed, CL_O}, {0x2ef, 0x36f, CL_O},
     {0x37e, 0x37e, CL_O}, {0x384, 0x385, CL_O}, {0x387, 0x387, CL_O}, {0x482, 0x489, CL_O}, {0x55a, 0x55f, CL_O},
     {0x589, 0x58a, CL_O}, {0x591, 0x5c7, CL_O}, {0x5f3, 0x5f4, CL_O}, {0x600, 0x61f, CL_O}, {0x64b, 0x65f, CL_O},
-    {0x660, 0x669, CL_N}, {0x66a, 0x66d, CL_O}, {0x6d4, 0x6d4, CL_O}, {0x6f0, 0x6f9, CL_N},
-    {0x1680, 0x1680, CL_S}, {0x2000, 0x200a, CL_S},
-    {0x200b, 0x2027, CL_O}, {0x2028, 0x2029, CL_S}, {0x202a, 0x202e, CL_O}, {0x202f, 0x202f, CL_S},
-    {0x2030, 0x205e, CL_O}, {0x205f, 0x205f, CL_S}, {0x2060, 0x206f, CL_O}, {0x2070, 0x2070, CL_N},
-    {0x2074, 0x2079, CL_N}, {0x207a, 0x207e, CL_O}, {0x2080, 0x2089, CL_N}, {0x208a, 0x208e, CL_O},
-    {0x20a0, 0x20ff, CL_O}, {0x2150, 0x2182, CL_N}, {0x2185, 0x2189, CL_N}, {0x2190, 0x245f, CL_O},
-    {0x2460, 0x249b, CL_N}, {0x249c, 0x24e9, CL_O}, {0x24ea, 0x24ff, CL_N}, {0x2500, 0x2775, CL_O},
-    {0x2776, 0x2793, CL_N}, {0x2794, 0x2bff, CL_O}, {0x2e00, 0x2e7f, CL_O}, {0x3000, 0x3000, CL_S},
-    {0x3001, 0x3004, CL_O}, {0x3007, 0x3007, CL_N}, {0x3008, 0x3020, CL_O}, {0x3021, 0x3029, CL_N},
-    {0x302a, 0x3030, CL_O}, {0x3099, 0x309c, CL_O}, {0x30a0, 0x30a0, CL_O}, {0x30fb, 0x30fb, CL_O},
-    {0x3200, 0x33ff, CL_O}, {0xe000, 0xf8ff, CL_O}, {0xfe00, 0xfe0f, CL_O}, {0xfe30, 0xfe6f, CL_O}, {0xfeff, 0xfeff, CL_O}, {0xff01, 0xff0f, CL_O},
-    {0xff10, 0xff19, CL_N}, {0xff1a, 0xff20, CL_O}, {0xff3b, 0xff40, CL_O}, {0xff5b, 0xff65, CL_O},
-    {0xffe0, 0xffff, CL_O}, {0x1f000, 0x1faff, CL_O}, {0xe0000, 0x10ffff, CL_O}};
+    {0x660, 0x669, CL_N}, {0x66a, 0x66d, CL_O}, {0x6d4, 0x6d4, CL_O}, {0x6f0, 0x6f9, CL_N}, {0x1680, 0x1680, CL_S},
+    {0x2000, 0x200a, CL_S}, {0x200b, 0x2027, CL_O}, {0x2028, 0x2029, CL_S}, {0x202a, 0x202e, CL_O},
+    {0x202f, 0x202f, CL_S}, {0x2030, 0x205e, CL_O}, {0x205f, 0x205f, CL_S}, {0x2060, 0x206f, CL_O},
+    {0x2070, 0x2070, CL_N}, {0x2074, 0x2079, CL_N}, {0x207a, 0x207e, CL_O}, {0x2080, 0x2089, CL_N},
+    {0x208a, 0x208e, CL_O}, {0x20a0, 0x20ff, CL_O}, {0x2150, 0x2182, CL_N}, {0x2185, 0x2189, CL_N},
+    {0x2190, 0x245f, CL_O}, {0x2460, 0x249b, CL_N}, {0x249c, 0x24e9, CL_O}, {0x24ea, 0x24ff, CL_N},
+    {0x2500, 0x2775, CL_O}, {0x2776, 0x2793, CL_N}, {0x2794, 0x2bff, CL_O}, {0x2e00, 0x2e7f, CL_O},
+    {0x3000, 0x3000, CL_S}, {0x3001, 0x3004, CL_O}, {0x3007, 0x3007, CL_N}, {0x3008, 0x3020, CL_O},
+    {0x3021, 0x3029, CL_N}, {0x302a, 0x3030, CL_O}, {0x3099, 0x309c, CL_O}, {0x30a0, 0x30a0, CL_O},
+    {0x30fb, 0x30fb, CL_O}, {0x3200, 0x33ff, CL_O}, {0xe000, 0xf8ff, CL_O}, {0xfe00, 0xfe0f, CL_O},
+    {0xfe30, 0xfe6f, CL_O}, {0xfeff, 0xfeff, CL_O}, {0xff01, 0xff0f, CL_O}, {0xff10, 0xff19, CL_N},
+    {0xff1a, 0xff20, CL_O}, {0xff3b, 0xff40, CL_O}, {0xff5b, 0xff65, CL_O}, {0xffe0, 0xffff, CL_O},
+    {0x1f000, 0x1faff, CL_O}, {0xe0000, 0x10ffff, CL_O}};
 
 /* Class and byte length of the character at s[i] (invalid UTF-8: one byte of class "other"). */
 static int char_class(const uint8_t *s, int i, int n, int *len) {
@@ -530,45 +525,37 @@ static void heap_push(Cand *h, int *n, Cand c) {
 static Cand heap_pop(Cand *h, int *n) {
     Cand top = h[0], last = h[--*n];
     int i = 0;
-    for (;;) {
-        int c = 2 * i + 1;
-        if (c >= *n) break;
+    for (int c; (c = 2 * i + 1) < *n; i = c) {
         if (c + 1 < *n && cand_less(h[c + 1], h[c])) c++;
         if (!cand_less(h[c], last)) break;
         h[i] = h[c];
-        i = c;
     }
     h[i] = last;
     return top;
 }
 
+/* Queue the merge of the pieces at a and b (adjacent) if their concatenation is a token. */
+static void push_pair(const Tokenizer *t, const uint8_t *s, const int *plen, int a, int b, Cand *heap, int *nh) {
+    int rank = tok_lookup(t, s + a, (uint32_t)(plen[a] + plen[b]));
+    if (rank >= 0) heap_push(heap, nh, (Cand){rank, a, plen[a], plen[b]});
+}
 /* BPE of one chunk: pieces are byte spans [pos, pos+len) linked left to right; a heap keyed by (rank, position)
    applies the lowest-ranked merge first, leftmost on ties; stale heap entries are recognised by their lengths. */
 static int bpe(const Tokenizer *t, const uint8_t *s, int n, int *out, int *plen, int *next, Cand *heap) {
     int id = tok_lookup(t, s, (uint32_t)n), nh = 0, k = 0;
     if (id >= 0) { out[0] = id; return 1; }
     for (int i = 0; i < n; i++) { plen[i] = 1; next[i] = i + 1; }
-    for (int i = 0; i + 1 < n; i++) {
-        int r = tok_lookup(t, s + i, 2);
-        if (r >= 0) heap_push(heap, &nh, (Cand){r, i, 1, 1});
-    }
+    for (int i = 0; i + 1 < n; i++) push_pair(t, s, plen, i, i + 1, heap, &nh);
     while (nh > 0) {
         Cand c = heap_pop(heap, &nh);
-        int r = next[c.pos];
+        int r = next[c.pos], prev = c.pos - 1;
         if (plen[c.pos] != c.llen || r >= n || plen[r] != c.rlen) continue;
         plen[c.pos] += plen[r];
         plen[r] = 0;
         next[c.pos] = next[r];
-        int prev = -1;
-        for (int p = c.pos - 1; p >= 0; p--) if (plen[p]) { prev = p; break; }
-        if (prev >= 0) {
-            int rank = tok_lookup(t, s + prev, (uint32_t)(plen[prev] + plen[c.pos]));
-            if (rank >= 0) heap_push(heap, &nh, (Cand){rank, prev, plen[prev], plen[c.pos]});
-        }
-        if (next[c.pos] < n) {
-            int q = next[c.pos], rank = tok_lookup(t, s + c.pos, (uint32_t)(plen[c.pos] + plen[q]));
-            if (rank >= 0) heap_push(heap, &nh, (Cand){rank, c.pos, plen[c.pos], plen[q]});
-        }
+        while (prev >= 0 && !plen[prev]) prev--;
+        if (prev >= 0) push_pair(t, s, plen, prev, c.pos, heap, &nh);
+        if (next[c.pos] < n) push_pair(t, s, plen, c.pos, next[c.pos], heap, &nh);
     }
     for (int i = 0; i < n; i = next[i]) out[k++] = tok_lookup(t, s + i, (uint32_t)plen[i]);
     return k;
@@ -580,10 +567,9 @@ static int encode(const Tokenizer *t, const char *text, int *out) {
     int n = (int)strlen(text), k = 0;
     int *plen = xcalloc(n, sizeof(int)), *next = xcalloc(n, sizeof(int));
     Cand *heap = xcalloc(2 * (size_t)n + 2, sizeof(Cand));
-    for (int i = 0; i < n;) {
-        int e = next_chunk(s, i, n);
+    for (int i = 0, e; i < n; i = e) {
+        e = next_chunk(s, i, n);
         k += bpe(t, s + i, e - i, out + k, plen, next, heap);
-        i = e;
     }
     free(plen); free(next); free(heap);
     return k;
@@ -593,7 +579,7 @@ static int encode(const Tokenizer *t, const char *text, int *out) {
    token. Ill-formed bytes print as U+FFFD, one per maximal ill-formed subpart, as Python's errors="replace". */
 typedef struct { uint8_t pend[4]; int np, need; uint8_t *buf; size_t nbuf, cap; } Utf8Out;
 static void out_put(Utf8Out *u, const uint8_t *b, size_t n) {
-    if (u->nbuf + n > u->cap) { u->cap = 2 * (u->nbuf + n); if (!(u->buf = realloc(u->buf, u->cap))) die("out of memory"); }
+    if (u->nbuf + n > u->cap && !(u->buf = realloc(u->buf, u->cap = 2 * (u->nbuf + n)))) die("out of memory");
     memcpy(u->buf + u->nbuf, b, n);
     u->nbuf += n;
 }
@@ -601,7 +587,8 @@ static void out_byte(Utf8Out *u, uint8_t c) {
     static const uint8_t bad[3] = {0xef, 0xbf, 0xbd};
     if (u->np > 0) {
         uint8_t lead = u->pend[0], lo = 0x80, hi = 0xbf; /* the second byte's range excludes overlongs, surrogates */
-        if (u->np == 1) { if (lead == 0xe0) lo = 0xa0; if (lead == 0xed) hi = 0x9f; if (lead == 0xf0) lo = 0x90; if (lead == 0xf4) hi = 0x8f; }
+        if (u->np == 1 && (lead == 0xe0 || lead == 0xf0)) lo = lead == 0xe0 ? 0xa0 : 0x90;
+        if (u->np == 1 && (lead == 0xed || lead == 0xf4)) hi = lead == 0xed ? 0x9f : 0x8f;
         if (c >= lo && c <= hi) {
             u->pend[u->np++] = c;
             if (u->np == u->need) { out_put(u, u->pend, u->np); u->np = 0; }
@@ -730,11 +717,9 @@ int main(int argc, char **argv) {
     }
     progfile = argv[1];
     rng_state = seed ? seed : 0x9e3779b97f4a7c15ull;
-    Model m;
-    Tokenizer t;
+    Model m = {0};
+    Tokenizer t = {0};
     State s;
-    memset(&m, 0, sizeof m);
-    memset(&t, 0, sizeof t);
     load(argv[1], &m, &t);
     init_state(&s, &m);
     if (dump && !(g.dump = fopen(dump, "wb"))) die("cannot write %s", dump);
@@ -744,10 +729,9 @@ int main(int argc, char **argv) {
     int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int)), pos = 0;
     Utf8Out u = {0};
     if (!strcmp(mode, "generate")) {
-        const char *p = prompt ? prompt : "";
         int n = 0;
         if (t.bos >= 0) ids[n++] = t.bos;
-        n += encode(&t, p, ids + n);
+        n += encode(&t, prompt ? prompt : "", ids + n);
         if (n == 0) die("empty prompt and no <|bos|> token to start from");
         generate(&m, &s, &t, ids, n, &pos, &g, buf, &u);
         putchar('\n');
@@ -756,9 +740,7 @@ int main(int argc, char **argv) {
             die("the tokenizer has no chat special tokens");
         int n = 0, last = -1;
         ids[n++] = t.bos;
-        if (sys) {
-            ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end;
-        }
+        if (sys) { ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end; }
         for (int turn = 0;; turn++) {
             const char *msg = prompt;
             if (!prompt) {
