@@ -22,12 +22,11 @@
    batch (each weight row read once for all its tokens), then each new token is one step against the KV cache.
 
    Tokenizer: byte-level BPE with tiktoken's rule (a token id is its rank; a chunk that is a token is emitted whole,
-   otherwise the adjacent pair whose concatenation has the lowest rank merges first, leftmost on ties) over GPT-4's
-   split regex. ASCII is classified exactly; other code points by a small range table (letters unless listed as
-   whitespace, number or punctuation/symbol/mark, plus the shared layout of the Indic blocks), an approximation of
-   Unicode's categories: it misclassifies 4% of the assigned non-private code points (rare symbols, combining marks
-   and digits of some scripts), yet gave ids identical to the Python tokenizer on 987 of 987 non-ASCII web pages
-   (3.5M tokens, vocabulary 8192 trained on them; benchmarks/bench_runner.py measures it). */
+   otherwise the adjacent pair whose concatenation ranks lowest merges first, leftmost on ties) over GPT-4's split
+   regex. ASCII is classified exactly, other code points by a small range table (plus the shared layout of the Indic
+   blocks): an approximation of Unicode's categories that misclassifies 4% of the assigned non-private code points
+   (rare symbols, combining marks, some scripts' digits), yet gave ids identical to the Python tokenizer on 987 of
+   987 non-ASCII web pages (3.5M tokens, vocabulary 8192 trained on them; benchmarks/bench_runner.py measures it). */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
 #include <math.h>
