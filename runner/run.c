@@ -651,33 +651,32 @@ static int sample(float *logits, int n, float temp, float topp, ProbIndex *buf) 
 }
 
 /* ---------------------------------------------------------------- generation and chat */
-typedef struct { float temp, topp; int steps, verbose; FILE *dump; } Gen;
+typedef struct { float temp, topp; int steps, verbose, pos; FILE *dump; ProbIndex *buf; Utf8Out u; } Gen;
 static double prefill_s, decode_s;
 static long n_prefill, n_decode;
 
-/* Feed `ids` (prefilled as one batch) after `*pos`, then sample up to g->steps tokens, printing them; stops at
+/* Feed `ids` (prefilled as one batch) after g->pos, then sample up to g->steps tokens, printing them; stops at
    <|end|> or <|bos|>. Returns the last sampled token (not yet fed to the model). */
-static int generate(const Model *m, State *s, const Tokenizer *t, const int *ids, int n, int *pos, const Gen *g,
-                    ProbIndex *buf, Utf8Out *u) {
-    if (*pos + n >= m->seq_len) die("the prompt (%d tokens) does not fit the context of %d", *pos + n, m->seq_len);
+static int generate(const Model *m, State *s, const Tokenizer *t, Gen *g, const int *ids, int n) {
+    if (g->pos + n >= m->seq_len) die("the prompt (%d tokens) does not fit the context of %d", g->pos + n, m->seq_len);
     double t0 = now();
-    float *logits = forward(m, s, ids, n, *pos);
+    float *logits = forward(m, s, ids, n, g->pos);
     prefill_s += now() - t0;
     n_prefill += n;
-    *pos += n;
+    g->pos += n;
     int token = -1;
     t0 = now();
     for (int step = 0; step < g->steps; step++) {
         if (g->dump) fwrite(logits, sizeof(float), m->vocab, g->dump);
-        token = sample(logits, m->vocab, g->temp, g->topp, buf);
+        token = sample(logits, m->vocab, g->temp, g->topp, g->buf);
         if (token == t->end || token == t->bos) break;
-        emit_token(u, t, token, g->verbose);
-        if (step + 1 == g->steps || *pos >= m->seq_len) break;
-        logits = forward(m, s, &token, 1, (*pos)++);
+        emit_token(&g->u, t, token, g->verbose);
+        if (step + 1 == g->steps || g->pos >= m->seq_len) break;
+        logits = forward(m, s, &token, 1, g->pos++);
         n_decode++;
     }
     decode_s += now() - t0;
-    if (u->np) { fwrite("\xef\xbf\xbd", 1, 3, stdout); u->np = 0; }
+    if (g->u.np) { fwrite("\xef\xbf\xbd", 1, 3, stdout); g->u.np = 0; }
     return token;
 }
 
@@ -696,7 +695,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *prompt = NULL, *mode = "generate", *sys = NULL, *dump = NULL;
-    Gen g = {1.0f, 0.9f, 256, 0, NULL};
+    Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
     unsigned long long seed = (unsigned long long)time(NULL);
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "-v")) { g.verbose = 1; continue; }
@@ -723,16 +722,15 @@ int main(int argc, char **argv) {
     init_state(&s, &m);
     if (dump && !(g.dump = fopen(dump, "wb"))) die("cannot write %s", dump);
     if (g.temp < 0) g.temp = 0;
-    ProbIndex *buf = xcalloc(m.vocab, sizeof(ProbIndex));
+    g.buf = xcalloc(m.vocab, sizeof(ProbIndex));
     char line[4096]; /* a chat message read from stdin; a token holds at least one byte, so ids never outgrow this: */
-    int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int)), pos = 0;
-    Utf8Out u = {0};
+    int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int));
     if (!strcmp(mode, "generate")) {
         int n = 0;
         if (t.bos >= 0) ids[n++] = t.bos;
         n += encode(&t, prompt ? prompt : "", ids + n);
         if (n == 0) die("empty prompt and no <|bos|> token to start from");
-        generate(&m, &s, &t, ids, n, &pos, &g, buf, &u);
+        generate(&m, &s, &t, &g, ids, n);
         putchar('\n');
     } else if (!strcmp(mode, "chat")) {
         if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
@@ -752,7 +750,7 @@ int main(int argc, char **argv) {
             if (last >= 0) ids[n++] = t.end;
             ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
             if (isatty(0) && !prompt) fputs("Assistant: ", stderr);
-            last = generate(&m, &s, &t, ids, n, &pos, &g, buf, &u);
+            last = generate(&m, &s, &t, &g, ids, n);
             putchar('\n');
             fflush(stdout);
             n = 0;
