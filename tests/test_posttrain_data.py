@@ -109,6 +109,17 @@ def test_default_data_is_seeded_varied_and_valid():
     assert sum(h["question"] in train_questions for h in held) < 5
 
 
+def test_doc_facts_hold_nothing_that_differs_between_runs():
+    """Signatures once carried memory addresses and the venv's path, so two speedruns trained on different data."""
+    import re
+    import sys
+
+    text = json.dumps([f.__dict__ for f in collect_doc_facts()])
+    assert not re.search(r"0x[0-9a-f]{6,}", text)
+    assert sys.executable not in text
+    assert "platform.architecture(executable=sys.executable" in text
+
+
 def test_sft_data_cli_previews_and_writes(tmp_path, capsys):
     from lmforge.cli import main
 
