@@ -13,7 +13,7 @@ from lmforge.utils import write_json
 # model, 800 steps gave masked validation loss 0.40, right values in 17% of calls and 0% right final answers;
 # 2,000 steps gave 0.11, 79-83% and 42-75% (two runs). On another run's base model (same settings; the crawl of
 # the live pydoc server differs a little between runs, and so do the tokenizer and the base) 2,000 steps gave
-# 0.22-0.24, 12-21% and 0-4% in four runs: the lower loss holds, the arithmetic does not yet.
+# 0.22-0.24, 12-21% and 0-4% in four runs: every loss below 800 steps' 0.40, the arithmetic not reliably better.
 SFT_STEPS = 2000
 SFT_CONVERSATIONS = 8000
 CHAT_SCRIPT = [
