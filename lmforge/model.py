@@ -141,22 +141,21 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
 
 
 def rope_tables(head_dim: int, max_pos: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (max_pos, head_dim) in the half-split layout (dims i and i + head_dim/2 pair up)."""
+    """cos and signed sin tables of shape (max_pos, head_dim) in the half-split layout (dims i and i + head_dim/2
+    pair up); the sin table's first half is negated, the sign `apply_rope` needs, so no forward pays for it."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     angles = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    return torch.cat([angles, angles], dim=-1).cos().float(), torch.cat([-angles, angles], dim=-1).sin().float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (i, i + d/2) pair of x (B, H, T, d) by its position's angle; cos/sin are (B or 1, 1, T, d).
+    """Rotate each (i, i + d/2) pair of x (B, H, T, d) by its position's angle; cos/sin are (B or 1, 1, T, d), sin
+    signed as `rope_tables` makes it.
 
-    cat(-x2, x1) * sin is computed as roll(x) * sin with sin's first half negated: the sign goes on the small
-    table instead of the activations, 3 passes over x instead of 5 (forward and backward alike).
+    cat(-x2, x1) * sin is computed as roll(x) * signed sin: the sign lives in the small table instead of the
+    activations, 3 passes over x instead of 5 (forward and backward alike).
     """
-    half = x.size(-1) // 2
-    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return torch.addcmul(x * cos, x.roll(half, -1), signed_sin)
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, -1), sin)
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):

@@ -53,7 +53,7 @@ def test_interleaved_rope_on_permuted_rows_equals_half_split_rope():
     # P acts on the rows of W (out, in): permuting W's rows permutes q's features the same way.
     perm = permute_for_llama_rope(torch.arange(heads * d, dtype=torch.float32)[:, None], heads)[:, 0].long()
     qp = q[:, perm].view(T, heads, d // 2, 2)
-    c, s = cos[:, : d // 2][:, None], sin[:, : d // 2][:, None]
+    c, s = cos[:, : d // 2][:, None], sin[:, d // 2:][:, None]  # sin's second half is unsigned
     inter = torch.stack([qp[..., 0] * c - qp[..., 1] * s, qp[..., 0] * s + qp[..., 1] * c], dim=-1).reshape(T, -1)
     torch.testing.assert_close(inter, half[:, perm])
 

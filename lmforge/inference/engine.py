@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.inference.sampling import SamplingParams, next_token_logprobs, sample
-from lmforge.model import GPT, KVCache, RMSNorm
+from lmforge.model import GPT, KVCache, RMSNorm, apply_rope
 from lmforge.utils import LmforgeError
 
 END_TOKENS = ("<|end|>", "<|bos|>")  # a chat turn ends with <|end|>; a base model starts a new document with <|bos|>
@@ -498,10 +498,8 @@ class Engine:
                            _norm_fn(block.mlp_norm), hidden, down, a.n_head, a.n_kv_head, a.head_dim))
         rope = None
         if m.pos_emb is None:
-            # One table of [cos | sin with its first half negated]: one lookup per forward, and RoPE becomes
-            # x * cos + roll(x) * sin' (3 operations instead of 7 for cat(-x2, x1)).
-            half = m.rope_sin.size(-1) // 2
-            rope = torch.cat([m.rope_cos, -m.rope_sin[:, :half], m.rope_sin[:, half:]], dim=-1).float()
+            # One table of [cos | signed sin]: one lookup per forward instead of two.
+            rope = torch.cat([m.rope_cos, m.rope_sin], dim=-1).float()
         self._plan_key = key
         self._plan = _Plan(layers, m.tok_emb.weight.detach(), m.pos_emb, rope, _norm_fn(m.norm),
                            _Linear(m.lm_head.weight, fuse))
@@ -598,11 +596,6 @@ class _Linear:
         return torch.mm(x, self.wt) if residual is None else torch.addmm(residual, x, self.wt)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the half-split layout, `sin` with its first half negated: roll(x) * sin = cat(-x2, x1) * sin."""
-    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, -1), sin)
-
-
 def _norm_fn(norm: torch.nn.Module) -> Any:
     if isinstance(norm, RMSNorm):
         return partial(F.rms_norm, normalized_shape=(norm.weight.numel(),), weight=norm.weight, eps=norm.eps)
@@ -622,18 +615,18 @@ def _qkv_fn(attn: torch.nn.Module, wqkv: "_Linear | None") -> Any:
         if q_norm is not None:
             q, k = q_norm(q), k_norm(k)
         if rope is not None:
-            q, k = _rope(q, *rope), _rope(k, *rope)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
     def fused(h: torch.Tensor, rope: Any, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = wqkv(h, None, T == 1).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
         v = qkv[:, nh + nkv:]
         if q_norm is None:
-            qk = qkv[:, :nh + nkv] if rope is None else _rope(qkv[:, :nh + nkv], *rope)
+            qk = qkv[:, :nh + nkv] if rope is None else apply_rope(qkv[:, :nh + nkv], *rope)
             return qk[:, :nh], qk[:, nh:], v
         q, k = q_norm(qkv[:, :nh]), k_norm(qkv[:, nh:nh + nkv])
         if rope is not None:
-            q, k = _rope(q, *rope), _rope(k, *rope)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
     return separate if wqkv is None else fused
