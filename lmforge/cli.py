@@ -30,8 +30,16 @@ STAGE_CLIS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: `lmforge VERB: error: ...` naming the flag, exit code 2 (argparse's own
+    code), without the usage block that would bury the culprit. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lmforge",
         description="Build a ChatGPT-like assistant end to end: crawl -> data -> tokenizer -> pretrain -> "
         "generate -> sft -> export. Run `lmforge speedrun --out DIR` for the whole chain on the embedded default.",
@@ -52,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except LmforgeError as e:
         print(f"lmforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path the user named is of the wrong kind or unreadable (an --out that is a file, a folder given as a
+        # file, no permission): the OS names the file, so say that in one line rather than a traceback.
+        if e.filename is None:
+            raise
+        print(f"lmforge {args.command}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lmforge {args.command}: interrupted", file=sys.stderr)

@@ -60,6 +60,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             f.flush()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what `atomic_path` leaves behind when its process is killed (`kill -9`, power loss): the hidden
+    `.NAME.*.tmp` folders beside artifacts in `folder`. Called by a stage when it starts on its output folder, so a
+    crashed run costs no disk; a temporary of a live process is only ever removed by that process's own next start,
+    since stages lock or own their output folder. Returns the paths removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.tmp") if p.is_dir() or p.is_file()]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
