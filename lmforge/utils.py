@@ -126,6 +126,26 @@ def configure_threads(num_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def resolve_device(name: str, flag: str = "--device") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu", "cuda", "cuda:N" and "mps" are checked against
+    what this machine has, so a typo or an absent GPU is one clear error naming the flag instead of a traceback
+    from deep inside torch."""
+    import torch
+
+    kind, _, index = name.partition(":")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (index and kind != "cuda"):
+        raise LmforgeError(f"{flag} {name!r}: choose auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise LmforgeError(f"{flag} {name}: no CUDA GPU is visible to torch on this machine")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise LmforgeError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise LmforgeError(f"{flag} mps: Apple's Metal backend is not available here")
+    return name
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
