@@ -28,7 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmforge.data.crawl import CrawlConfig, crawl_pydoc, iter_crawled_urls  # noqa: E402
-from lmforge.data.readers import decode_html, iter_warc_records, read_documents  # noqa: E402
+from lmforge.data.charset import decode_html  # noqa: E402
+from lmforge.data.readers import read_documents  # noqa: E402
+from lmforge.data.warc import iter_warc_records  # noqa: E402
 from lmforge.utils import shared_data_dir  # noqa: E402
 
 

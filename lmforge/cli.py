@@ -15,7 +15,6 @@ import sys
 # Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> speedrun.
 # Every module listed has a `register(subparsers)` function that adds its verb(s).
 STAGE_CLIS = [
-    "lmforge.data.crawl_cli",
     "lmforge.data.cli",
     "lmforge.tokenizer.cli",
     "lmforge.model_cli",

@@ -10,9 +10,10 @@ import time
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from lmforge.data import crawl as crawl_mod
+from lmforge.data import warc
 from lmforge.data.base import StepStats
-from lmforge.data.crawl import CrawlConfig, crawl, crawl_pydoc, extract_links, iter_crawled_urls, normalize_url
+from lmforge.data.crawl import CrawlConfig, crawl, crawl_pydoc, iter_crawled_urls
+from lmforge.data.urls import extract_links, normalize_url, seen_key
 from lmforge.data.readers import read_documents
 from lmforge.utils import LmforgeError
 
@@ -157,7 +158,7 @@ def test_resume_after_crash_gives_same_pages_without_refetching(site, tmp_path, 
     reference = _paths(tmp_path / "ref")
     site.requests.clear()
 
-    real_write = crawl_mod.WarcFiles.write
+    real_write = warc.WarcFiles.write
     calls = {"n": 0}
 
     def crashing_write(self, fetched):
@@ -166,10 +167,10 @@ def test_resume_after_crash_gives_same_pages_without_refetching(site, tmp_path, 
             raise RuntimeError("simulated crash")
         real_write(self, fetched)
 
-    monkeypatch.setattr(crawl_mod.WarcFiles, "write", crashing_write)
+    monkeypatch.setattr(warc.WarcFiles, "write", crashing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crawl(_cfg(site, tmp_path / "b"))
-    monkeypatch.setattr(crawl_mod.WarcFiles, "write", real_write)
+    monkeypatch.setattr(warc.WarcFiles, "write", real_write)
     saved = _paths(tmp_path / "b")
     assert saved == reference[:6]  # two checkpoints of 3 pages survived; page 7 was in the unfinished file
     crawl(_cfg(site, tmp_path / "b"))
@@ -208,7 +209,7 @@ def test_url_normalisation_and_links():
     assert normalize_url("http://example.com:8080/%7euser/%e2%82%ac") == "http://example.com:8080/~user/%E2%82%AC"
     assert normalize_url("http://Bücher.example/ä b") == "http://xn--bcher-kva.example/%C3%A4%20b"
     assert normalize_url("mailto:a@b.c") is None and normalize_url("javascript:void(0)") is None
-    assert crawl_mod.seen_key("http://h/p?b=2&a=1") == crawl_mod.seen_key("http://h/p?a=1&b=2")
+    assert seen_key("http://h/p?b=2&a=1") == seen_key("http://h/p?a=1&b=2")
     html = ('<base href="/docs/"><a href="x.html#t">x</a><A HREF=\'../y.html?q=1&amp;r=2\'>y</A>'
             '<!-- <a href="hidden.html"> --><a rel="nofollow" href="no.html"><a href="x.html">again</a>')
     assert extract_links(html, "http://h:81/p/q.html") == ["http://h:81/docs/x.html", "http://h:81/y.html?q=1&r=2"]
@@ -258,7 +259,7 @@ def test_ctrl_c_saves_everything_and_resumes(site, tmp_path, monkeypatch):
 
     crawl(_cfg(site, tmp_path / "ref"))
     reference = _paths(tmp_path / "ref")
-    real_write = crawl_mod.WarcFiles.write
+    real_write = warc.WarcFiles.write
     calls = {"n": 0}
 
     def write_then_ctrl_c(self, fetched):
@@ -267,7 +268,7 @@ def test_ctrl_c_saves_everything_and_resumes(site, tmp_path, monkeypatch):
         if calls["n"] == 4:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(crawl_mod.WarcFiles, "write", write_then_ctrl_c)
+    monkeypatch.setattr(warc.WarcFiles, "write", write_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         crawl(_cfg(site, tmp_path / "b", checkpoint_pages=100))
     assert _paths(tmp_path / "b") == reference[:4]  # the open file was closed, not lost

@@ -260,6 +260,7 @@ def test_unreadable_file_is_counted_not_fatal(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(file))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr("lmforge.data.readers.open", guarded_open, raising=False)
+    monkeypatch.setattr("lmforge.data.readers.open", guarded_open, raising=False)  # format sniffing
+    monkeypatch.setattr("lmforge.data.warc.open", guarded_open, raising=False)  # the byte streams
     docs, stats = _read([tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c"])
     assert [d.text for d in docs] == ["kept"] and dict(stats.dropped) == {"unreadable_file": 2}

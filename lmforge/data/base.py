@@ -37,6 +37,13 @@ class StepStats:
         if len(ex) < MAX_EXAMPLES:
             ex.append(doc.url or doc.id)
 
+    def skip(self, reason: str, where: str, nbytes: int = 0) -> None:
+        """Count one unreadable item (a record, a line, a file) as read and dropped, with its location as the
+        example: readers see such items before any document exists, so there is no document to name."""
+        self.docs_in += 1
+        self.bytes_in += nbytes
+        self.drop(Document(text="", id=where), reason)
+
     def merge(self, other: "StepStats") -> None:
         """Add another worker's statistics of the same step."""
         self.docs_in += other.docs_in

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.data.pipeline import MapFn, PipelineConfig, ShardTask, run_pipeline
+from lmforge.data.pipeline import PipelineConfig, ShardTask, run_pipeline
+from lmforge.data.pool import MapFn
 from lmforge.utils import LmforgeError
 
 

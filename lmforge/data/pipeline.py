@@ -27,9 +27,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -37,6 +35,7 @@ from lmforge.data.base import Step, StepStats
 from lmforge.data.dedup import (DedupConfig, DedupFilter, ShardSignatures, find_duplicates, load_shard_decisions,
                                 signatures)
 from lmforge.data.document import Document
+from lmforge.data.pool import LocalPool, MapFn
 from lmforge.data.writers import JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, read_output_documents, write_parquet
 from lmforge.utils import LmforgeError, read_json, write_json
 
@@ -403,55 +402,6 @@ def run_stage_c(task: ShardTask) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # Driving a run
 # ---------------------------------------------------------------------------------------------------------------
-
-MapFn = Callable[[Callable[[ShardTask], dict], list[ShardTask], str], list[dict]]
-
-
-def _init_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # one process per core already: no thread pools inside a worker
-
-
-class LocalPool:
-    """A `map_fn` over a pool of `workers` spawned processes (this process when 1), results in task order.
-
-    The pool starts at the first call and serves every stage of a run: a spawned worker pays the imports of the
-    steps (trafilatura, the language model) once, not once per stage. Use it as a context manager.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __call__(self, fn: Callable[[ShardTask], dict], tasks: list[ShardTask], desc: str) -> list[dict]:
-        from tqdm import tqdm
-
-        results: list[dict | None] = [None] * len(tasks)
-        with tqdm(total=len(tasks), desc=desc, unit="shard", disable=None) as bar:
-            if self.workers <= 1 or len(tasks) <= 1 and self._pool is None:
-                for i, t in enumerate(tasks):
-                    results[i] = fn(t)
-                    bar.update()
-                return results  # type: ignore[return-value]
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                                 initializer=_init_worker)
-            futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
-            for f in as_completed(futures):
-                results[futures[f]] = f.result()
-                bar.update()
-        return results  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __enter__(self) -> "LocalPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig, parts: int) -> int:
     """Record inputs, config and the split of files into tasks; a restart must use the same inputs and config (else

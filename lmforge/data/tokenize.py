@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from lmforge.data.document import Document
+from lmforge.data.pool import LocalPool, MapFn
 from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
 from lmforge.data.writers import read_output_documents
-from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
+from lmforge.utils import LmforgeError, atomic_path, read_json, remove_stale_temporaries, write_json
 
 BOS = "<|bos|>"
 
@@ -150,49 +152,26 @@ class _ShardWriter:
         self.buf, self.size = [], 0
 
 
-MapFn = Callable[[Callable, list, str], list[dict]]
-
-
 def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path,
                    config: TokenizeConfig | None = None, workers: int = 1, map_fn: MapFn | None = None) -> dict[str, Any]:
     """Tokenize document files (`.jsonl.gz`/`.jsonl`/`.parquet` as the pipeline writes them) into shards at `out`.
 
     Returns the token statistics (also kept in `index.json`). A finished `out` with the same inputs, tokenizer and
-    config is left as it is.
+    config is left as it is, if every file its index lists is still there with its recorded size; else it is
+    written again (a deleted shard must not pass for a finished run).
     """
-    from lmforge.data.pipeline import LocalPool
+    from lmforge.tokenizer import Tokenizer
 
     config = config or TokenizeConfig()
     out = Path(out)
-    tokenizer_dir = Path(tokenizer_dir)
-    if not tokenizer_dir.is_dir():
-        raise LmforgeError(f"tokenizer directory not found: {tokenizer_dir}")
-    inputs = [str(Path(p).resolve()) for p in inputs]
-    if not inputs:
-        raise LmforgeError("tokenize: no input document files")
-    for p in inputs:
-        if not Path(p).is_file():
-            raise LmforgeError(f"tokenize: input file not found: {p}")
-    from lmforge.tokenizer import Tokenizer
-
+    inputs = _checked_inputs(inputs, Path(tokenizer_dir))
     tok = Tokenizer.load(tokenizer_dir)
-    tok_hash = tok.hash
-    request = {"inputs": inputs, "tokenizer_hash": tok_hash, "config": asdict(config)}
-    index_path = out / "index.json"
-    if index_path.is_file():
-        index = read_json(index_path, "token shards index")
-        if index.get("request") == request:
-            return index["stats"]
-        raise LmforgeError(f"{out} holds shards of other inputs, tokenizer or settings; use a new output directory")
-    work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    # a previous attempt with other inputs must not leave its per-file results to be mistaken for ours
-    req_path = work / "request.json"
-    if req_path.is_file() and read_json(req_path, "tokenize request") != request:
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
-    write_json(req_path, request)
-
+    request = {"inputs": inputs, "tokenizer_hash": tok.hash, "config": asdict(config)}
+    finished = _finished_run(out, request)
+    if finished is not None:
+        return finished
+    remove_stale_temporaries(out)  # what a killed run left beside its shards
+    work = _work_dir(out, request)
     t0 = time.perf_counter()
     threads = 1 if workers > 1 and len(inputs) > 1 else None
     tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads)
@@ -202,7 +181,6 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
             per_file = pool(tokenize_file, tasks, "tokenize")
     else:
         per_file = map_fn(tokenize_file, tasks, "tokenize")
-
     parts = [work / f"{t.index:05d}.npz" for t in tasks]
     lengths_of, hashes_of = [], []
     for p in parts:  # the split needs only lengths and key hashes: the tokens stay on disk until written
@@ -213,13 +191,83 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     if all_lengths.size == 0:
         raise LmforgeError(f"tokenize: the inputs hold no documents ({', '.join(inputs)})")
     is_val = choose_validation(all_lengths, np.concatenate(hashes_of), config)
+    dtype_name = dtype_for_vocab(tok.vocab_size)
+    writers = _write_shards(out, parts, lengths_of, is_val, DTYPES[dtype_name], config.shard_tokens)
+    with atomic_path(out / "tokenizer") as tmp:
+        shutil.copytree(tokenizer_dir, tmp)
+    stats = {"shards_dir": str(out), "dtype": dtype_name, "vocab_size": int(tok.vocab_size),
+             "train_tokens": int(all_lengths[~is_val].sum()), "val_tokens": int(all_lengths[is_val].sum()),
+             "train_documents": int((~is_val).sum()), "val_documents": int(is_val.sum()),
+             "train_shards": len(writers["train"].entries), "val_shards": len(writers["val"].entries),
+             "seconds": round(time.perf_counter() - t0, 2),
+             "tokens_per_second": round(float(all_lengths.sum()) / max(sum(r["seconds"] for r in per_file), 1e-9), 1)}
+    index = make_index(dtype_name, tok.vocab_size, tok.special_tokens[BOS], tok.hash,
+                       {"train": writers["train"].entries, "val": writers["val"].entries},
+                       split_rule="validation = lowest blake2b(url without scheme and port, else id) hashes until "
+                                  "val_fraction of tokens (>= min_val_tokens, <= max_val_fraction)",
+                       request=request, stats=stats)
+    write_json(out / "index.json", index)
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
 
-    vocab_size, bos = tok.vocab_size, tok.special_tokens[BOS]
-    dtype_name = dtype_for_vocab(vocab_size)
-    dtype = DTYPES[dtype_name]
-    writers = {s: _ShardWriter(out, s, config.shard_tokens, dtype) for s in ("train", "val")}
+
+def _checked_inputs(inputs: list[str | Path], tokenizer_dir: Path) -> list[str]:
+    """The input files as absolute paths (the run record must not depend on the working directory)."""
+    if not tokenizer_dir.is_dir():
+        raise LmforgeError(f"tokenizer directory not found: {tokenizer_dir}")
+    resolved = [str(Path(p).resolve()) for p in inputs]
+    if not resolved:
+        raise LmforgeError("tokenize: no input document files")
+    for p in resolved:
+        if not Path(p).is_file():
+            raise LmforgeError(f"tokenize: input file not found: {p}")
+    return resolved
+
+
+def _finished_run(out: Path, request: dict) -> dict | None:
+    """The statistics of a finished run of the same request at `out`, or None when there is none or when a file it
+    lists is gone or has another size (then its index is removed and the run starts over)."""
+    index_path = out / "index.json"
+    if not index_path.is_file():
+        return None
+    index = read_json(index_path, "token shards index")
+    if not isinstance(index, dict) or index.get("request") != request:
+        raise LmforgeError(f"{out} holds shards of other inputs, tokenizer or settings ({index_path}); "
+                           "use a new output directory")
+    itemsize = np.dtype(DTYPES.get(index.get("dtype"), np.uint32)).itemsize
+    for entry in [e for split in index.get("splits", {}).values() for e in split]:
+        path = out / str(entry.get("file"))
+        if not path.is_file() or path.stat().st_size != int(entry.get("tokens", -1)) * itemsize:
+            print(f"lmforge data: token shard {path} is missing or has the wrong size; writing the shards again",
+                  file=sys.stderr)
+            index_path.unlink()
+            return None
+    if not (out / "tokenizer").is_dir():
+        print(f"lmforge data: {out / 'tokenizer'} is missing; writing the shards again", file=sys.stderr)
+        index_path.unlink()
+        return None
+    return index["stats"]
+
+
+def _work_dir(out: Path, request: dict) -> Path:
+    """The per-file results folder; a previous attempt with another request must not leave its results in it to be
+    mistaken for ours."""
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    req_path = work / "request.json"
+    if req_path.is_file() and read_json(req_path, "tokenize request") != request:
+        shutil.rmtree(work)
+        work.mkdir(parents=True)
+    write_json(req_path, request)
+    return work
+
+
+def _write_shards(out: Path, parts: list[Path], lengths_of: list[np.ndarray], is_val: np.ndarray, dtype,
+                  shard_tokens: int) -> dict[str, _ShardWriter]:
+    """Write every document to its split's shards in input order, one input file's tokens in memory at a time."""
+    writers = {s: _ShardWriter(out, s, shard_tokens, dtype) for s in ("train", "val")}
     g = 0
-    for p, lengths in zip(parts, lengths_of):  # one input file's tokens in memory at a time
+    for p, lengths in zip(parts, lengths_of):
         with np.load(p) as z:
             tokens = z["tokens"]
         ends = np.cumsum(lengths)
@@ -228,19 +276,4 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
             g += 1
     for w in writers.values():
         w.flush()
-    with atomic_path(out / "tokenizer") as tmp:
-        shutil.copytree(tokenizer_dir, tmp)
-    stats = {"shards_dir": str(out), "dtype": dtype_name, "vocab_size": int(vocab_size),
-             "train_tokens": int(all_lengths[~is_val].sum()), "val_tokens": int(all_lengths[is_val].sum()),
-             "train_documents": int((~is_val).sum()), "val_documents": int(is_val.sum()),
-             "train_shards": len(writers["train"].entries), "val_shards": len(writers["val"].entries),
-             "seconds": round(time.perf_counter() - t0, 2),
-             "tokens_per_second": round(float(all_lengths.sum()) / max(sum(r["seconds"] for r in per_file), 1e-9), 1)}
-    index = make_index(dtype_name, vocab_size, bos, tok_hash,
-                       {"train": writers["train"].entries, "val": writers["val"].entries},
-                       split_rule="validation = lowest blake2b(url without scheme and port, else id) hashes until val_fraction of tokens "
-                                  "(>= min_val_tokens, <= max_val_fraction)",
-                       request=request, stats=stats)
-    write_json(index_path, index)
-    shutil.rmtree(work, ignore_errors=True)
-    return stats
+    return writers
