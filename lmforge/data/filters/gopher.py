@@ -100,7 +100,8 @@ class GopherRepetitionFilter(Filter):
         if not words:
             return None
         # Python's string hash (cached on each string, consistent within the process: all a document needs) as
-        # the word id; a 64-bit collision between two different words of one document is vanishingly unlikely
+        # the word id; a 64-bit collision between two different words of one document is vanishingly unlikely.
+        # The hash differs between processes (PYTHONHASHSEED), so it may decide identity only, never an order.
         ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         keys = (ids ^ (ids >> np.uint64(29))) * _MIX
@@ -118,7 +119,10 @@ class GopherRepetitionFilter(Filter):
             uniq, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True,
                                                      return_counts=True)
             if n in top:
-                best = int(np.argmax(counts))
+                # among the most frequent n-grams, the one that occurs first (as datatrove's Counter.most_common
+                # picks), not the smallest hash: the measured fraction must not depend on the process's hash seed
+                tied = np.flatnonzero(counts == counts.max())
+                best = int(tied[np.argmin(first[tied])])
                 start = int(first[best])
                 # the n-gram's characters as written with single spaces, times how often it occurs
                 frac = (int(lengths[start:start + n].sum()) + n - 1) * int(counts[best]) / n_chars
