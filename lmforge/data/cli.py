@@ -96,9 +96,9 @@ def _dedup(args) -> int:
 def _tokenize(args) -> int:
     from lmforge.data.tokenize import TokenizeConfig, tokenize_files
 
-    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens)
     from lmforge.data.readers import expand_inputs
 
+    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens)
     files = [str(p) for p in expand_inputs(args.input)]
     stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=args.workers or 1)
     print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
@@ -175,20 +175,20 @@ def _register_crawl(sub: argparse._SubParsersAction) -> None:
 
 def _crawl(args: argparse.Namespace) -> int:
     from lmforge.data.crawl import CrawlConfig, crawl, crawl_pydoc
+    from lmforge.data.writers import check_output_folder
     from lmforge.utils import LmforgeError
 
     if args.pydoc == bool(args.seeds):
         raise LmforgeError("give seed URLs or --pydoc (one of the two)")
-    if args.max_pages < 1:
-        raise LmforgeError("--max-pages must be at least 1")
     cfg = CrawlConfig(seeds=list(args.seeds), out=str(args.out), max_pages=args.max_pages,
-                      allowed_hosts=args.allow_host, max_depth=args.max_depth, workers=max(1, args.workers),
+                      allowed_hosts=args.allow_host, max_depth=args.max_depth, workers=args.workers,
                       delay=args.delay if args.delay is not None else (0.0 if args.pydoc else CrawlConfig.delay),
-                      timeout=args.timeout, max_page_bytes=int(args.max_page_mb * 2**20),
+                      timeout=args.timeout, max_page_bytes=args.max_page_mb * 2**20,
                       max_redirects=args.max_redirects, respect_robots=not args.ignore_robots,
-                      user_agent=args.user_agent, warc_max_bytes=int(args.warc_max_mb * 2**20),
-                      checkpoint_pages=max(1, args.checkpoint_pages),
-                      checkpoint_seconds=max(1.0, args.checkpoint_seconds), progress=not args.quiet)
+                      user_agent=args.user_agent, warc_max_bytes=args.warc_max_mb * 2**20,
+                      checkpoint_pages=args.checkpoint_pages, checkpoint_seconds=args.checkpoint_seconds,
+                      progress=not args.quiet)
+    check_output_folder(args.out)
     result = crawl_pydoc(cfg) if args.pydoc else crawl(cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "warc_files"}, indent=2))
     return 0

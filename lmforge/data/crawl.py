@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import http.client
+import math
 import signal
 import socket
 import threading
@@ -35,7 +36,7 @@ from lmforge.data.charset import decode_html
 from lmforge.data.fetch import Fetcher, Robots, TooLarge
 from lmforge.data.urls import ROBOTS_AGENT, extract_links, normalize_url, seen_key, url_host
 from lmforge.data.warc import HTML_TYPES, Fetched, WarcFiles, iter_warc_records
-from lmforge.utils import LmforgeError, human_bytes, read_json, write_json
+from lmforge.utils import LmforgeError, human_bytes, read_json, remove_stale_temporaries, write_json
 
 USER_AGENT = "lmforge-crawler/0.1 (language-model training data; honours robots.txt)"
 STATE_FILE = "crawl_state.json"
@@ -63,6 +64,34 @@ class CrawlConfig:
     checkpoint_pages: int = 200  # close the WARC file and save the state this often...
     checkpoint_seconds: float = 300.0  # ...or this often, whichever comes first (a slow, polite crawl)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Check every number once, here, naming the flag that sets it: a negative timeout or page size would
+        otherwise surface as a traceback deep in a fetcher thread, or as a crawl that archives nothing."""
+        for name, flag, whole, low, high, unit in _BOUNDS:
+            value = getattr(self, name)
+            if value is None and name == "max_depth":
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if whole and number and unit > 1:
+                value = round(value)  # a size given in MiB on the command line
+            if not number or not low <= value <= high or (whole and not float(value).is_integer()):
+                shown = value / unit if number else value
+                raise LmforgeError(f"{flag} must be {'a whole number' if whole and unit == 1 else 'a number'} "
+                                   f"in [{low / unit:g}, {high / unit:g}], got {shown!r}")
+            setattr(self, name, int(value) if whole else float(value))
+
+
+# (field, flag, whole number, lowest, highest, bytes per flag unit): sizes are bytes here, MiB on the command line
+_BOUNDS = [
+    ("max_pages", "--max-pages", True, 1, 10**9, 1), ("max_depth", "--max-depth", True, 0, 10**6, 1),
+    ("workers", "--workers", True, 1, 256, 1), ("delay", "--delay", False, 0, 3600, 1),
+    ("timeout", "--timeout", False, 0.001, 3600, 1), ("max_page_bytes", "--max-page-mb", True, 1, 1 << 30, 1 << 20),
+    ("max_redirects", "--max-redirects", True, 0, 100, 1),
+    ("warc_max_bytes", "--warc-max-mb", True, 1, 1 << 40, 1 << 20),
+    ("checkpoint_pages", "--checkpoint-pages", True, 1, 10**9, 1),
+    ("checkpoint_seconds", "--checkpoint-seconds", False, 0, 10**6, 1),
+]
 
 
 Item = tuple[str, int, int]  # a frontier entry: URL, links followed from a seed, redirects followed to reach it
@@ -114,6 +143,30 @@ class CrawlState:
     finished: bool = False  # the frontier ran empty (as opposed to stopping at max_pages)
 
 
+def read_crawl_state(path: Path) -> CrawlState:
+    """The saved state of a crawl, every field checked: a damaged or hand-edited file is refused by name instead
+    of failing later inside the crawl loop."""
+    d = read_json(path, "crawl state")
+    try:
+        state = CrawlState(**d) if isinstance(d, dict) else None
+    except TypeError:
+        state = None
+    strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    ok = state is not None and strings(state.seeds) and strings(state.allowed_hosts) and strings(state.seen) \
+        and strings(state.files) and all("/" not in f for f in state.files) and isinstance(state.finished, bool) \
+        and all(count(getattr(state, k)) for k in ("pages", "html_bytes", "next_file")) \
+        and isinstance(state.frontier, list) and all(isinstance(it, list) and len(it) == 3 and isinstance(it[0], str)
+                                                     and count(it[1]) and count(it[2]) for it in state.frontier) \
+        and isinstance(state.stats, dict) and all(count(v) for v in state.stats.values()) \
+        and isinstance(state.examples, dict) and all(strings(v) for v in state.examples.values())
+    if not ok:
+        raise LmforgeError(f"crawl state {path} is corrupt or from another version of lmforge; "
+                           "delete it (or the whole --out folder) to start the crawl again")
+    state.frontier = [(u, dep, hops) for u, dep, hops in state.frontier]
+    return state
+
+
 class Crawler:
     def __init__(self, config: CrawlConfig):
         if not config.seeds:
@@ -149,19 +202,16 @@ class Crawler:
             return CrawlState(seeds=self.seeds, allowed_hosts=sorted(self.allowed),
                               frontier=[(s, 0, 0) for s in dict.fromkeys(self.seeds)],
                               seen=list(dict.fromkeys(seen_key(s) for s in self.seeds)))
-        d = read_json(path, "crawl state")
-        try:
-            state = CrawlState(**d)
-        except TypeError as e:
-            raise LmforgeError(f"crawl state {path} is not from this version of lmforge: {e}") from e
+        state = read_crawl_state(path)
         if state.seeds != self.seeds or sorted(state.allowed_hosts) != sorted(self.allowed):
             raise LmforgeError(f"{self.out} holds a crawl of other seeds or hosts ({', '.join(state.seeds)}); "
                                "use another --out folder")
-        state.frontier = [(u, int(dep), int(hops)) for u, dep, hops in state.frontier]
         return state
 
     def _clean_leftovers(self, state: CrawlState) -> None:
-        """Remove files written after the last checkpoint: their pages are still in the saved frontier."""
+        """Remove files written after the last checkpoint: their pages are still in the saved frontier (and the
+        temporaries of a state file whose writer was killed)."""
+        remove_stale_temporaries(self.out)
         for f in self.out.glob(f".{self.cfg.warc_prefix}-*.warc.gz.tmp"):
             f.unlink()
         for f in self.out.glob(f"{self.cfg.warc_prefix}-*.warc.gz"):
@@ -379,7 +429,7 @@ def crawl_pydoc(config: CrawlConfig) -> dict[str, Any]:
     port = 0
     state_path = Path(config.out) / STATE_FILE
     if state_path.is_file():
-        seeds = read_json(state_path, "crawl state").get("seeds") or []
+        seeds = read_crawl_state(state_path).seeds
         port = urlsplit(seeds[0]).port or 0 if seeds else 0
     site = PydocSite(PydocSiteConfig(port=port))
     try:

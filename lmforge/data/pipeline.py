@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import tomllib
@@ -35,9 +36,10 @@ from lmforge.data.base import Step, StepStats
 from lmforge.data.dedup import (DedupConfig, DedupFilter, ShardSignatures, find_duplicates, load_shard_decisions,
                                 signatures)
 from lmforge.data.document import Document
-from lmforge.data.pool import LocalPool, MapFn
-from lmforge.data.writers import JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, read_output_documents, write_parquet
-from lmforge.utils import LmforgeError, read_json, write_json
+from lmforge.data.pool import LocalPool, MapFn, check_workers
+from lmforge.data.writers import (JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, check_output_folder,
+                                  read_output_documents, write_parquet)
+from lmforge.utils import LmforgeError, read_json, remove_stale_temporaries, write_json
 
 DEDUP = "dedup"
 
@@ -268,11 +270,34 @@ def _names_its_input(fn: Callable[[ShardTask], dict]) -> Callable[[ShardTask], d
 
 
 def _task_start(task: ShardTask, stage: str) -> tuple[Path, dict[str, Path], Path, dict | None]:
-    """A stage task's output folder, run paths and done-marker, plus the marker's statistics if it already ran."""
+    """A stage task's output folder, run paths and done-marker, plus the marker's statistics if it already ran
+    and every file it recorded is still there with its recorded size (else the task runs again: a deleted output
+    must be rebuilt, not reported as kept)."""
     out = Path(task.out)
     paths = run_paths(out)
     marker = paths["stats"] / f"{task.name}.{stage}.json"
-    return out, paths, marker, (read_json(marker, "task statistics") if marker.is_file() else None)
+    done = read_json(marker, "task statistics") if marker.is_file() else None
+    if done is not None and not _outputs_intact(out, done):
+        print(f"lmforge data: task {task.name}: an output recorded in {marker} is missing or changed; "
+              "running the task again", file=sys.stderr)
+        done = None
+    return out, paths, marker, done
+
+
+def _recorded_files(out: Path, files: Iterable[Path]) -> dict[str, int]:
+    """What a task wrote, as {path relative to the run folder: size}, kept in its done-marker."""
+    return {str(f.relative_to(out)): f.stat().st_size for f in sorted(files) if f.is_file()}
+
+
+def _outputs_intact(out: Path, done: Any) -> bool:
+    files = done.get("files") if isinstance(done, dict) else None
+    if not isinstance(files, dict):
+        return False
+    for rel, size in files.items():
+        f = out / rel
+        if not f.is_file() or f.stat().st_size != size:
+            return False
+    return True
 
 
 @_names_its_input
@@ -306,6 +331,9 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
     if task.parts > 1:
         _share_read_stats(read_stats, task.part, mine)
     result["steps"] = [read_stats.to_dict()] + [s.to_dict() for s in stats]
+    written = [sink.path, kept_path(out, task.name, config.output.format)] if dedup is None else \
+        [sink.path, *paths["stage_a"].glob(f"{task.name}.*")]
+    result["files"] = _recorded_files(out, written)
     write_json(marker, result)
     return result
 
@@ -364,7 +392,7 @@ def run_stage_b(out: Path, num_shards: int, dedup: DedupConfig) -> dict[str, Any
     """Cluster duplicates over every shard's signatures (one process: it needs them all). Skips if done."""
     paths = run_paths(out)
     marker = paths["work"] / "dedup.json"
-    if marker.is_file():
+    if marker.is_file() and all((paths["work"] / "dedup" / f"{k:05d}.npz").is_file() for k in range(num_shards)):
         return read_json(marker, "dedup statistics")
     t0 = time.perf_counter()
     shards = [ShardSignatures.load(paths["stage_a"] / f"{k:05d}") for k in range(num_shards)]
@@ -394,7 +422,8 @@ def run_stage_c(task: ShardTask) -> dict[str, Any]:
         ok = True
     finally:
         sink.close(ok)
-    result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats]}
+    result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats],
+              "files": _recorded_files(out, [sink.path, kept_path(out, task.name, config.output.format)])}
     write_json(marker, result)
     return result
 
@@ -411,6 +440,9 @@ def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig, parts: int) 
     path = out / "run.json"
     if path.is_file():
         old = read_json(path, "run record")
+        if not isinstance(old, dict) or not isinstance(old.get("parts_per_file", 1), int) or \
+                old.get("parts_per_file", 1) < 1:
+            raise LmforgeError(f"run record {path} is corrupt (not an lmforge data run record)")
         if old.get("inputs") != spec["inputs"] or old.get("config_digest") != spec["config_digest"]:
             raise LmforgeError(f"{out} holds a run with other inputs or another config ({path}); "
                                "use a new --out directory or delete that one")
@@ -435,13 +467,18 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     t0 = time.perf_counter()
     config = config or PipelineConfig()
     config.validate()
-    out = Path(out)
+    out = check_output_folder(out)
+    workers = check_workers(workers)
+    if not isinstance(min_tasks, int) or min_tasks < 1:
+        raise LmforgeError(f"--min-tasks must be a whole number >= 1, got {min_tasks!r}")
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise LmforgeError(f"--tokenizer {tokenizer}: not a tokenizer directory")
     files = [p.resolve() for p in expand_inputs([str(i) for i in inputs])]
     if not files:
         raise LmforgeError(f"no input files found in {', '.join(map(str, inputs))}")
-    workers = workers or len(os.sched_getaffinity(0))
     for p in run_paths(out).values():
         p.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(p)  # what a killed run's workers left half-written
     parts = _pin_run(out, files, config, max(1, -(-min_tasks // len(files))))
     tasks = [ShardTask(i * parts + p, str(f), str(out), config.to_dict(), p, parts)
              for i, f in enumerate(files) for p in range(parts)]

@@ -21,8 +21,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any, Callable
 
+from lmforge.utils import LmforgeError
+
 MapFn = Callable[[Callable[[Any], dict], list, str], list[dict]]
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def check_workers(workers: int | None, flag: str = "--workers") -> int:
+    """The worker count to use: all cores this process may use when None, else at least 1 (named when not)."""
+    if workers is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise LmforgeError(f"{flag} must be a whole number >= 1, got {workers!r}")
+    return workers
 
 
 def _die_with_parent(parent_pid: int) -> None:

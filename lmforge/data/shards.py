@@ -54,7 +54,9 @@ class TokenShards:
 
     `shards` lists the files in order; `tokens(i)` is shard i as a read-only memmap; `num_tokens` is the split's
     total; `document(i, j)` and `iter_documents()` give document-aligned views (each starting with `bos_id`).
-    `validate(deep=True)` also scans every id (costs one pass over the data; the trainer need not pay it).
+    Opening a split checks everything before use, naming the file: the index's counts, offsets and dtype against
+    the file sizes, its vocabulary and <|bos|> against the tokenizer copy (`check_tokenizer`), and every id against
+    the vocabulary (`validate(deep=True)`, one pass over the data: memory-mapped, so it costs reading, not memory).
     """
 
     def __init__(self, directory: str | Path, split: str = "train", check_tokenizer: bool = True):
@@ -68,11 +70,13 @@ class TokenShards:
         for key in ("dtype", "vocab_size", "bos_id", "tokenizer_hash", "splits"):
             if key not in index:
                 raise LmforgeError(f"{index_path}: missing field {key!r}")
-        if index["dtype"] not in DTYPES:
+        if not isinstance(index["dtype"], str) or index["dtype"] not in DTYPES:
             raise LmforgeError(f"{index_path}: field 'dtype' is {index['dtype']!r}, expected uint16 or uint32")
         self.index = index
         self.split = split
         self.dtype = np.dtype(DTYPES[index["dtype"]])
+        if not all(isinstance(index[k], int) and not isinstance(index[k], bool) for k in ("vocab_size", "bos_id")):
+            raise LmforgeError(f"{index_path}: fields 'vocab_size' and 'bos_id' must be whole numbers")
         self.vocab_size = int(index["vocab_size"])
         self.bos_id = int(index["bos_id"])
         self.tokenizer_hash = str(index["tokenizer_hash"])
@@ -80,32 +84,56 @@ class TokenShards:
             raise LmforgeError(f"{index_path}: vocab_size {self.vocab_size} does not fit dtype {index['dtype']}")
         if not 0 <= self.bos_id < self.vocab_size:
             raise LmforgeError(f"{index_path}: bos_id {self.bos_id} outside the vocabulary of {self.vocab_size}")
-        if split not in index["splits"]:
-            raise LmforgeError(f"{index_path}: no split {split!r} (has {sorted(index['splits'])})")
-        self.shards: list[Shard] = []
-        for entry in index["splits"][split]:
-            path = self.directory / entry["file"]
-            if not path.is_file():
-                raise LmforgeError(f"token shard {path} listed in {index_path} is missing")
-            tokens = int(entry["tokens"])
-            size = path.stat().st_size
-            if size != tokens * self.dtype.itemsize:
-                raise LmforgeError(f"token shard {path} has {size} bytes, but {index_path} says {tokens} tokens of "
-                                   f"{index['dtype']} ({tokens * self.dtype.itemsize} bytes): wrong dtype or truncated")
-            offsets = np.asarray(entry["doc_offsets"], dtype=np.int64)
-            if len(offsets) != int(entry["documents"]) or (len(offsets) and (offsets[0] != 0 or offsets[-1] >= tokens
-                                                                            or np.any(np.diff(offsets) <= 0))):
-                raise LmforgeError(f"{index_path}: document offsets of {entry['file']} are inconsistent")
-            self.shards.append(Shard(path, tokens, offsets))
+        splits = index["splits"]
+        if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+            raise LmforgeError(f"{index_path}: field 'splits' must map split names to lists of shards")
+        if split not in splits:
+            raise LmforgeError(f"{index_path}: no split {split!r} (has {sorted(splits)})")
+        self.shards = [self._checked_shard(entry, index_path) for entry in splits[split]]
         self._maps: dict[int, np.ndarray] = {}
         if check_tokenizer:
-            tok_dir = self.tokenizer_dir
-            if not tok_dir.is_dir():
-                raise LmforgeError(f"token shards {self.directory} lack their tokenizer copy in {tok_dir}")
-            from lmforge.tokenizer import Tokenizer
+            self._check_tokenizer(index_path)
+        self.validate(deep=True)  # every id in range before use: a damaged shard is refused by name, at start
 
-            if Tokenizer.load(tok_dir).hash != self.tokenizer_hash:
-                raise LmforgeError(f"{tok_dir} does not match tokenizer_hash in {index_path} (tokenizer was changed)")
+    def _checked_shard(self, entry: object, index_path: Path) -> Shard:
+        """One index entry, checked against its file: a plain file name, counts that are whole numbers, a size
+        that matches `tokens` x the dtype, offsets that start at 0 and increase inside the file."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or \
+                Path(entry["file"]).name != entry["file"] or entry["file"].startswith("."):
+            raise LmforgeError(f"{index_path}: a shard entry of split {self.split!r} has no plain 'file' name")
+        path = self.directory / entry["file"]
+        tokens, documents, offsets = entry.get("tokens"), entry.get("documents"), entry.get("doc_offsets")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (tokens, documents)) or \
+                not isinstance(offsets, list) or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets):
+            raise LmforgeError(f"{index_path}: entry {entry['file']}: 'tokens', 'documents' and 'doc_offsets' must "
+                               "be whole numbers >= 0")
+        if not path.is_file():
+            raise LmforgeError(f"token shard {path} listed in {index_path} is missing")
+        size = path.stat().st_size
+        if size != tokens * self.dtype.itemsize:
+            raise LmforgeError(f"token shard {path} has {size} bytes, but {index_path} says {tokens} tokens of "
+                               f"{self.dtype.name} ({tokens * self.dtype.itemsize} bytes): wrong dtype or truncated")
+        arr = np.asarray(offsets, dtype=np.int64)
+        if len(arr) != documents or (len(arr) and (arr[0] != 0 or arr[-1] >= tokens or np.any(np.diff(arr) <= 0))):
+            raise LmforgeError(f"{index_path}: document offsets of {entry['file']} are inconsistent")
+        return Shard(path, tokens, arr)
+
+    def _check_tokenizer(self, index_path: Path) -> None:
+        """The tokenizer copy must be the one the index names, and agree with it on the vocabulary and <|bos|>: an
+        index that claims a larger vocabulary would let out-of-range ids through every later check."""
+        tok_dir = self.tokenizer_dir
+        if not tok_dir.is_dir():
+            raise LmforgeError(f"token shards {self.directory} lack their tokenizer copy in {tok_dir}")
+        from lmforge.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(tok_dir)
+        if tok.hash != self.tokenizer_hash:
+            raise LmforgeError(f"{tok_dir} does not match tokenizer_hash in {index_path} (tokenizer was changed)")
+        if tok.vocab_size != self.vocab_size:
+            raise LmforgeError(f"{index_path}: vocab_size {self.vocab_size} differs from the tokenizer's "
+                               f"{tok.vocab_size} ({tok_dir})")
+        if tok.special_tokens.get("<|bos|>") != self.bos_id:
+            raise LmforgeError(f"{index_path}: bos_id {self.bos_id} is not the tokenizer's <|bos|> ({tok_dir})")
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -146,11 +174,13 @@ class TokenShards:
         for i, shard in enumerate(self.shards):
             arr = self.tokens(i)
             if shard.documents and np.any(arr[shard.doc_offsets] != self.bos_id):
-                raise LmforgeError(f"token shard {shard.path}: a document offset does not point at <|bos|>")
+                raise LmforgeError(f"token shard {shard.path}: a document offset does not point at <|bos|> "
+                                   "(the shard is corrupt, or not the one its index describes)")
             if deep and shard.tokens:
                 top = int(arr.max())
                 if top >= self.vocab_size:
-                    raise LmforgeError(f"token shard {shard.path}: token id {top} >= vocab_size {self.vocab_size}")
+                    raise LmforgeError(f"token shard {shard.path}: token id {top} >= vocab_size {self.vocab_size} "
+                                       "(the shard is corrupt)")
 
 
 def write_shard(path: str | Path, tokens: np.ndarray) -> None:

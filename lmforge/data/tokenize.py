@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from lmforge.data.document import Document
-from lmforge.data.pool import LocalPool, MapFn
+from lmforge.data.pool import LocalPool, MapFn, check_workers
 from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
-from lmforge.data.writers import read_output_documents
+from lmforge.data.writers import check_output_folder, read_output_documents
 from lmforge.utils import LmforgeError, atomic_path, read_json, remove_stale_temporaries, write_json
 
 BOS = "<|bos|>"
@@ -38,6 +38,19 @@ class TokenizeConfig:
     max_val_fraction: float = 0.1  # ... and never more than this share, however small the corpus
     shard_tokens: int = 100_000_000  # tokens per .bin file (200 MB in uint16)
     batch_documents: int = 512  # documents per encode_batch call
+
+    def __post_init__(self) -> None:
+        """Every field is checked here, once, naming the flag that sets it (a fraction of 2 or -1 tokens would
+        otherwise make a silently wrong split)."""
+        for name, flag in (("val_fraction", "--val-fraction"), ("max_val_fraction", "max_val_fraction")):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise LmforgeError(f"{flag} must be a fraction in [0, 1), got {value!r}")
+        for name, flag, low in (("min_val_tokens", "--min-val-tokens", 0), ("shard_tokens", "shard_tokens", 1),
+                                ("batch_documents", "batch_documents", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise LmforgeError(f"{flag} must be a whole number >= {low}, got {value!r}")
 
 
 def split_key(doc: Document) -> str:
@@ -163,7 +176,8 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     from lmforge.tokenizer import Tokenizer
 
     config = config or TokenizeConfig()
-    out = Path(out)
+    out = check_output_folder(out)
+    workers = check_workers(workers)
     inputs = _checked_inputs(inputs, Path(tokenizer_dir))
     tok = Tokenizer.load(tokenizer_dir)
     request = {"inputs": inputs, "tokenizer_hash": tok.hash, "config": asdict(config)}

@@ -20,6 +20,15 @@ PARQUET_SUFFIX = ".parquet"
 JSONL_SUFFIX = ".jsonl.gz"
 
 
+def check_output_folder(out: str | Path, flag: str = "--out") -> Path:
+    """`out` as a Path, refused (naming the flag) when it exists and is not a folder: a run must not fail halfway
+    on it, nor write beside a file the user meant to keep."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LmforgeError(f"{flag} {out} exists and is not a folder")
+    return out
+
+
 def doc_record(doc: Document) -> dict:
     return {"text": doc.text, "id": doc.id, "url": doc.url, "metadata": doc.metadata}
 
