@@ -100,7 +100,7 @@ def _tokenize(args) -> int:
 
     cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens)
     files = [str(p) for p in expand_inputs(args.input)]
-    stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=args.workers or 1)
+    stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=1 if args.workers is None else args.workers)
     print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
     return 0
 
