@@ -42,6 +42,7 @@ from lmforge.data.writers import (JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, c
 from lmforge.utils import LmforgeError, read_json, remove_stale_temporaries, write_json
 
 DEDUP = "dedup"
+MAX_TASKS = 100_000  # --min-tasks: every task is a ShardTask in memory and a few files on disk
 
 
 def _default_steps() -> list[dict[str, Any]]:
@@ -469,8 +470,8 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     config.validate()
     out = check_output_folder(out)
     workers = check_workers(workers)
-    if not isinstance(min_tasks, int) or min_tasks < 1:
-        raise LmforgeError(f"--min-tasks must be a whole number >= 1, got {min_tasks!r}")
+    if not isinstance(min_tasks, int) or isinstance(min_tasks, bool) or not 1 <= min_tasks <= MAX_TASKS:
+        raise LmforgeError(f"--min-tasks must be a whole number in [1, {MAX_TASKS}], got {min_tasks!r}")
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise LmforgeError(f"--tokenizer {tokenizer}: not a tokenizer directory")
     files = [p.resolve() for p in expand_inputs([str(i) for i in inputs])]

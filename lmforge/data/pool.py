@@ -25,14 +25,15 @@ from lmforge.utils import LmforgeError
 
 MapFn = Callable[[Callable[[Any], dict], list, str], list[dict]]
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+MAX_WORKERS = 1024  # processes; far beyond any one machine's cores, low enough that a typo cannot fork-bomb it
 
 
 def check_workers(workers: int | None, flag: str = "--workers") -> int:
     """The worker count to use: all cores this process may use when None, else at least 1 (named when not)."""
     if workers is None:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not isinstance(workers, int) or workers < 1:
-        raise LmforgeError(f"{flag} must be a whole number >= 1, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise LmforgeError(f"{flag} must be a whole number in [1, {MAX_WORKERS}], got {workers!r}")
     return workers
 
 
