@@ -128,3 +128,57 @@ def test_data_run_with_tokenizer_writes_shards_of_the_kept_text(tmp_path, tokeni
     assert not any("someone@example.com" in t for t in decoded)  # PII replaced before tokenization
     assert report["tokens"]["train_tokens"] + report["tokens"]["val_tokens"] == sum(s.num_tokens for s in shards)
     assert "## Tokens" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _book(path, paragraphs: int = 3000) -> str:
+    """A plain-text 'book' of more than 100,000 words (Gopher's longest document): chapters of paragraphs."""
+    rng = random.Random(7)
+    chapters = []
+    for c in range(6):
+        paras = [" ".join(rng.choice(WORDS + ["and", "the", "of", "to"]) for _ in range(40)) + "."
+                 for _ in range(paragraphs // 6)]
+        chapters.append(f"CHAPTER {c + 1}\n\n" + "\n\n".join(paras))
+    text = "\n\n\n".join(chapters)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+@pytest.mark.timeout(120)
+def test_plain_text_is_an_input_everywhere_and_long_documents_are_split(tmp_path, tokenizer_dir, capsys):
+    """`data tokenize` and `data run` take .txt/.md files and folders; one file is one document unless a flag
+    splits it; a book is kept as pieces with --text-max-chars instead of dropped as too long; the report is
+    written also when the tokenization after the filters fails."""
+    from lmforge.cli import main
+    from lmforge.data.readers import read_documents, split_text
+
+    book = tmp_path / "book.txt"
+    text = _book(book)
+    assert len(text.split()) > 100_000
+    pieces = split_text(text, "", 20_000)
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 20_000  # nothing lost, nothing too long
+    assert len(split_text(text, "\n\n\n", 0)) == 6
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(3):
+        (notes / f"n{i}.md").write_text(f"# Note {i}\n\n" + " ".join(texts(i, 3)) + "\n")
+    assert len(list(read_documents([notes]))) == 3  # a folder of them: one document per file
+
+    shards = tmp_path / "shards"
+    assert main(["data", "tokenize", "--input", str(book), str(notes), "--tokenizer", str(tokenizer_dir), "--out",
+                 str(shards), "--min-val-tokens", "0", "--text-separator", "\\n\\n\\n"]) == 0
+    tok = Tokenizer.load(tokenizer_dir)
+    decoded = [tok.decode(d[1:].tolist()) for s in ("train", "val") for d in TokenShards(shards, s).iter_documents()]
+    assert len(decoded) == 6 + 3 and sorted(decoded) == sorted(text.split("\n\n\n") + [
+        (notes / f"n{i}.md").read_text() for i in range(3)])
+
+    config = tmp_path / "chain.json"
+    config.write_text(json.dumps({"name": "books", "steps": [{"step": "gopher_quality"}]}))
+    whole = ["data", "run", "--input", str(book), "--config", str(config), "--workers", "1"]
+    assert main(whole + ["--out", str(tmp_path / "whole"), "--tokenizer", str(tokenizer_dir)]) == 2
+    assert "no documents" in capsys.readouterr().err
+    report = (tmp_path / "whole" / "report.md").read_text()  # written although the tokenization failed
+    assert "gopher_long_doc | 1 |" in report and "No token shards were written" in report
+    assert main(whole + ["--out", str(tmp_path / "split"), "--text-max-chars", "50000"]) == 0
+    kept = [d for p in sorted((tmp_path / "split" / "documents").iterdir()) for d in read_output_documents(p)]
+    assert len(kept) == len(split_text(text, "", 50_000)) and "".join(
+        d.text for d in sorted(kept, key=lambda d: d.metadata["part"])) == text

@@ -30,7 +30,28 @@ def _config(args):
         cfg.output.format = args.format
     if getattr(args, "no_excluded", False):
         cfg.output.write_excluded = False
+    if args.text_separator is not None:
+        cfg.reader["text_separator"] = _unescape(args.text_separator)
+    if args.text_max_chars is not None:
+        cfg.reader["text_max_chars"] = args.text_max_chars
     return cfg
+
+
+def _unescape(text: str) -> str:
+    """`\\n\\n` typed in a shell as the two-character escapes it means (non-ASCII text is kept as it is)."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+TEXT_RULE = ("Plain text (.txt, .md, or a folder of them): one file is one document, unless --text-separator splits "
+             "it (e.g. '\\n\\n\\n' between chapters) or --text-max-chars cuts long documents into pieces (at a "
+             "paragraph, line or word break), so a book is kept as many documents instead of dropped as too long.")
+
+
+def _add_text_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-separator", default=None, metavar="SEP",
+                   help="plain text: split each file into documents at SEP (escapes such as \\n are read)")
+    p.add_argument("--text-max-chars", type=int, default=None, metavar="N",
+                   help="plain text: cut documents longer than N characters into pieces (default: never)")
 
 
 def _run(args) -> int:
@@ -98,7 +119,8 @@ def _tokenize(args) -> int:
 
     from lmforge.data.readers import expand_inputs
 
-    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens)
+    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens,
+                         text_separator=_unescape(args.text_separator or ""), text_max_chars=args.text_max_chars or 0)
     files = [str(p) for p in expand_inputs(args.input)]
     stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=1 if args.workers is None else args.workers)
     print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
@@ -200,8 +222,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="data_command", metavar="SUBVERB", required=True)
 
-    r = verbs.add_parser("run", help="the whole chain over many files in parallel, with a report", description=RUN_HELP)
-    r.add_argument("--input", nargs="+", required=True, help="WARC/WET, JSONL, parquet files, folders or globs")
+    r = verbs.add_parser("run", help="the whole chain over many files in parallel, with a report", description=RUN_HELP + " " + TEXT_RULE)
+    r.add_argument("--input", nargs="+", required=True,
+                   help="WARC/WET, JSONL, parquet, plain-text (.txt/.md) files, folders or globs")
     r.add_argument("--out", type=Path, required=True, help="output directory (a rerun resumes it)")
     r.add_argument("--config", default=None, help="pipeline config: a JSON/TOML file, or a built-in name "
                                                    "('fineweb', the default; 'pydoc', the embedded corpus)")
@@ -211,6 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split the input files into at least this many tasks (a file shared by several tasks, every "
                         "k-th document each), so few large WARC files still use every worker")
     r.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="kept documents' file format")
+    _add_text_flags(r)
     r.add_argument("--no-excluded", action="store_true", help="do not write the dropped documents")
     r.add_argument("--engine", choices=["local", "dask"], default="local",
                    help="local process pool, or Dask (needs lmforge[dist]) for several machines")
@@ -236,13 +260,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_dedup)
 
     t = verbs.add_parser("tokenize", help="tokenize clean documents into training shards",
-                         description="Tokenize .jsonl.gz/.parquet documents (as `data run` writes them) into "
-                                     "train/val token shards with index.json and a copy of the tokenizer.")
+                         description="Tokenize .jsonl.gz/.parquet documents (as `data run` writes them) or plain "
+                                     "text into train/val token shards with index.json and a copy of the tokenizer. "
+                                     + TEXT_RULE)
     t.add_argument("--input", nargs="+", required=True, help="document files or folders")
     t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (lmforge tokenizer train)")
     t.add_argument("--out", type=Path, required=True, help="shards directory")
     t.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out (by a hash of the URL, else the id)")
     t.add_argument("--min-val-tokens", type=int, default=50_000, help="at least this many validation tokens")
+    _add_text_flags(t)
     t.add_argument("--workers", type=int, default=None)
     t.set_defaults(func=_tokenize)
 

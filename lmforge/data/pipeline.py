@@ -504,15 +504,21 @@ def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers:
     final = c_results if dedup is not None else a_results
     documents = [str(out / "documents" / r["output"]["file"]) for r in final]
 
-    token_stats = None
+    report = build_report(config, a_results, dedup_stats, c_results, None, seconds=time.perf_counter() - t0,
+                          workers=workers, engine=engine)
+    report["documents_files"] = documents
+    write_report(out, report)  # now, so that a failure of the tokenization still leaves the report to read
     if tokenizer is not None:
         from lmforge.data.tokenize import tokenize_files
 
-        token_stats = tokenize_files(documents, tokenizer, out / "shards", workers=workers, map_fn=map_fn)
-    report = build_report(config, a_results, dedup_stats, c_results, token_stats,
-                          seconds=time.perf_counter() - t0, workers=workers, engine=engine)
-    report["documents_files"] = documents
-    write_report(out, report)
+        try:
+            report["tokens"] = tokenize_files(documents, tokenizer, out / "shards", workers=workers, map_fn=map_fn)
+        except LmforgeError as e:
+            report["tokens_error"] = str(e)
+            write_report(out, report)
+            raise
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        write_report(out, report)
     return report
 
 

@@ -34,6 +34,18 @@ class ReaderConfig:
     url_field: str = "url"  # JSONL/parquet: the URL, if any
     html_only: bool = True  # WARC responses: keep only text/html and XHTML payloads
     max_record_bytes: int = 20 << 20  # WARC records larger than this are skipped unread ("too_large")
+    text_separator: str = ""  # plain text (.txt/.md): split a file into documents here ("" = one file, one document)
+    text_max_chars: int = 0  # plain text: cut longer documents into pieces of at most this many characters (0 = never)
+
+    def __post_init__(self) -> None:
+        """Checked here, once, naming the flag (and the config field): a zero or negative size would make empty
+        documents or none at all."""
+        for name, flag, low in (("max_record_bytes", "max_record_bytes", 1), ("text_max_chars", "--text-max-chars", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1 << 40:
+                raise LmforgeError(f"{flag} (reader.{name}) must be a whole number >= {low}, got {value!r}")
+        if not isinstance(self.text_separator, str):
+            raise LmforgeError(f"--text-separator (reader.text_separator) must be a string, got {self.text_separator!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,7 +295,32 @@ def _read_text_file(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator
         stats.drop(Document("", str(path)), "undecodable")
         return
     meta = {"source": path.name, "encoding": enc, "content_type": "text/html" if is_html else "text/plain"}
-    yield Document(text=text, id=str(path), url=None, metadata=meta)
+    if is_html or not (cfg.text_separator or cfg.text_max_chars):
+        yield Document(text=text, id=str(path), url=None, metadata=meta)
+        return
+    for k, piece in enumerate(split_text(text, cfg.text_separator, cfg.text_max_chars)):
+        yield Document(text=piece, id=f"{path}#{k}", url=None, metadata={**meta, "part": k})
+
+
+def split_text(text: str, separator: str = "", max_chars: int = 0) -> list[str]:
+    """The documents of one plain-text file: pieces between `separator`s (the whole text when it is empty), each
+    cut into parts of at most `max_chars` characters (0: uncut) at the last paragraph break, else line break, else
+    space before the limit. Whitespace-only pieces are left out. A book is then many documents of a size the
+    quality filters accept (Gopher drops documents over 100,000 words) instead of one that is dropped whole."""
+    pieces = [p for p in (text.split(separator) if separator else [text]) if p.strip()]
+    if not max_chars:
+        return pieces
+    out = []
+    for piece in pieces:
+        while len(piece) > max_chars:
+            window = piece[:max_chars]
+            cut = max(window.rfind("\n\n"), 0) or max(window.rfind("\n"), 0) or max(window.rfind(" "), 0) or max_chars
+            head, piece = piece[:cut], piece[cut:]
+            if head.strip():
+                out.append(head)
+        if piece.strip():
+            out.append(piece)
+    return out
 
 
 def _read_warc(path: Path, cfg: ReaderConfig, stats: StepStats) -> Iterator[Document]:

@@ -113,6 +113,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     for title, key in (("Languages (kept documents)", "languages"), ("Lengths in characters (kept documents)", "lengths")):
         lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in report[key].items()]
+    if report.get("tokens_error"):
+        lines += ["", "## Tokens", "", f"No token shards were written: {report['tokens_error']}"]
     if report["tokens"]:
         t = report["tokens"]
         lines += ["", "## Tokens", "", f"{t['train_tokens']} train and {t['val_tokens']} validation tokens "

@@ -15,15 +15,17 @@ import hashlib
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from lmforge.data.base import StepStats
 from lmforge.data.document import Document
 from lmforge.data.pool import LocalPool, MapFn, check_workers
+from lmforge.data.readers import ReaderConfig, detect_format, read_documents
 from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
 from lmforge.data.writers import check_output_folder, read_output_documents
 from lmforge.utils import LmforgeError, atomic_path, read_json, remove_stale_temporaries, write_json
@@ -38,6 +40,8 @@ class TokenizeConfig:
     max_val_fraction: float = 0.1  # ... and never more than this share, however small the corpus
     shard_tokens: int = 100_000_000  # tokens per .bin file (200 MB in uint16)
     batch_documents: int = 512  # documents per encode_batch call
+    text_separator: str = ""  # plain-text inputs (.txt/.md): where one document ends ("" = one file, one document)
+    text_max_chars: int = 0  # plain-text inputs: longer documents are cut into pieces of this size (0 = never)
 
     def __post_init__(self) -> None:
         """Every field is checked here, once, naming the flag that sets it (a fraction of 2 or -1 tokens would
@@ -51,6 +55,11 @@ class TokenizeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise LmforgeError(f"{flag} must be a whole number >= {low}, got {value!r}")
+        self.reader_config()  # checks the plain-text settings
+
+    def reader_config(self) -> ReaderConfig:
+        """How plain-text inputs become documents (the same rule as `data run`'s reader)."""
+        return ReaderConfig(text_separator=self.text_separator, text_max_chars=self.text_max_chars)
 
 
 def split_key(doc: Document) -> str:
@@ -80,6 +89,7 @@ class TokenizeTask:
     work_dir: str
     batch_documents: int
     threads: int | None  # encode_batch threads: 1 when each core already runs a worker process
+    reader: dict = field(default_factory=dict)  # ReaderConfig fields for plain-text inputs
 
 
 def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
@@ -109,7 +119,7 @@ def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
             lengths.append(len(arr))
         batch.clear()
 
-    for doc in read_output_documents(task.input):
+    for doc in _documents(task.input, ReaderConfig(**task.reader)):
         batch.append(doc.text)
         hashes.append(key_hash(split_key(doc)))
         if len(batch) >= task.batch_documents:
@@ -121,6 +131,18 @@ def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
         with open(tmp, "wb") as f:
             np.savez(f, tokens=tokens, lengths=np.array(lengths, dtype=np.int64), hashes=np.array(hashes, dtype=np.uint64))
     return {"file": task.input, "documents": len(lengths), "tokens": int(tokens.size), "seconds": time.perf_counter() - t0}
+
+
+def _documents(path: str, reader: ReaderConfig) -> Iterator[Document]:
+    """A document file as `data run` writes it (`.jsonl.gz`, `.jsonl`, `.parquet`, read strictly: a damaged line is
+    an error naming the file), or plain text (`.txt`, `.md`), cut into documents by the reader's text rule."""
+    if detect_format(path) != "text":
+        return read_output_documents(path)
+    stats = StepStats("read")
+    docs = list(read_documents([path], "text", stats=stats, config=reader))
+    if stats.dropped:
+        raise LmforgeError(f"{path}: cannot read it as text ({', '.join(stats.dropped)})")
+    return iter(docs)
 
 
 def choose_validation(lengths: np.ndarray, hashes: np.ndarray, config: TokenizeConfig) -> np.ndarray:
@@ -188,8 +210,8 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     work = _work_dir(out, request)
     t0 = time.perf_counter()
     threads = 1 if workers > 1 and len(inputs) > 1 else None
-    tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads)
-             for i, p in enumerate(inputs)]
+    tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads,
+                          asdict(config.reader_config())) for i, p in enumerate(inputs)]
     if map_fn is None:
         with LocalPool(min(workers, len(tasks))) as pool:
             per_file = pool(tokenize_file, tasks, "tokenize")
