@@ -25,7 +25,8 @@ def data_inputs(tmp_path_factory) -> dict[str, Path]:
     (root / "a_file").write_text("not a folder\n")
     for name, text in (("crawl_list", "[1, 2, 3]\n"), ("crawl_types", json.dumps(
             {"seeds": ["http://127.0.0.1:9/"], "allowed_hosts": ["127.0.0.1:9"], "frontier": [["x", "deep", 0]]})),
-            ("crawl_json", "{not json")):
+            ("crawl_json", "{not json"), ("crawl_port", json.dumps({"seeds": ["http://127.0.0.1:99999/"],
+                                                                   "allowed_hosts": ["127.0.0.1:99999"]}))):
         (root / name).mkdir()
         (root / name / "crawl_state.json").write_text(text)
     (root / "run_list").mkdir()
@@ -72,6 +73,7 @@ FLAG_ROWS = [  # (argv after the verb with {root}/{docs}/{tok}/{file} filled in,
     (CRAWL + ["--out", "{root}/crawl_types"], "crawl_state.json"),
     (CRAWL + ["--out", "{root}/crawl_json"], "crawl_state.json"),
     (["crawl", "--pydoc", "--quiet", "--out", "{root}/crawl_list"], "crawl_state.json"),
+    (["crawl", "--pydoc", "--quiet", "--out", "{root}/crawl_port"], "crawl_state.json"),
 ]
 
 

@@ -153,7 +153,8 @@ def read_crawl_state(path: Path) -> CrawlState:
         state = None
     strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    ok = state is not None and strings(state.seeds) and strings(state.allowed_hosts) and strings(state.seen) \
+    ok = state is not None and strings(state.seeds) and all(normalize_url(u) == u for u in state.seeds) \
+        and strings(state.allowed_hosts) and strings(state.seen) \
         and strings(state.files) and all("/" not in f for f in state.files) and isinstance(state.finished, bool) \
         and all(count(getattr(state, k)) for k in ("pages", "html_bytes", "next_file")) \
         and isinstance(state.frontier, list) and all(isinstance(it, list) and len(it) == 3 and isinstance(it[0], str)
