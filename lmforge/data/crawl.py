@@ -151,21 +151,32 @@ def read_crawl_state(path: Path) -> CrawlState:
         state = CrawlState(**d) if isinstance(d, dict) else None
     except TypeError:
         state = None
-    strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
-    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    ok = state is not None and strings(state.seeds) and all(normalize_url(u) == u for u in state.seeds) \
-        and strings(state.allowed_hosts) and strings(state.seen) \
-        and strings(state.files) and all("/" not in f for f in state.files) and isinstance(state.finished, bool) \
-        and all(count(getattr(state, k)) for k in ("pages", "html_bytes", "next_file")) \
-        and isinstance(state.frontier, list) and all(isinstance(it, list) and len(it) == 3 and isinstance(it[0], str)
-                                                     and count(it[1]) and count(it[2]) for it in state.frontier) \
-        and isinstance(state.stats, dict) and all(count(v) for v in state.stats.values()) \
-        and isinstance(state.examples, dict) and all(strings(v) for v in state.examples.values())
-    if not ok:
+    if state is None or not _state_is_valid(state):
         raise LmforgeError(f"crawl state {path} is corrupt or from another version of lmforge; "
                            "delete it (or the whole --out folder) to start the crawl again")
     state.frontier = [(u, dep, hops) for u, dep, hops in state.frontier]
     return state
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _state_is_valid(state: CrawlState) -> bool:
+    """Every field of the expected type; seeds canonical; file names plain (the crawl deletes files not listed)."""
+    return (_strings(state.seeds) and all(normalize_url(u) == u for u in state.seeds)
+            and _strings(state.allowed_hosts) and _strings(state.seen)
+            and _strings(state.files) and all("/" not in f for f in state.files) and isinstance(state.finished, bool)
+            and all(_count(getattr(state, k)) for k in ("pages", "html_bytes", "next_file"))
+            and isinstance(state.frontier, list)
+            and all(isinstance(it, list) and len(it) == 3 and isinstance(it[0], str) and _count(it[1])
+                    and _count(it[2]) for it in state.frontier)
+            and isinstance(state.stats, dict) and all(_count(v) for v in state.stats.values())
+            and isinstance(state.examples, dict) and all(_strings(v) for v in state.examples.values()))
 
 
 class Crawler:
