@@ -31,6 +31,11 @@ def data_inputs(tmp_path_factory) -> dict[str, Path]:
         (root / name / "crawl_state.json").write_text(text)
     (root / "run_list").mkdir()
     (root / "run_list" / "run.json").write_text("[]\n")
+    for name, text in (("report_list", "[]\n"), ("report_steps", json.dumps(
+            {k: 1 for k in ("config", "inputs", "tasks", "engine", "workers", "seconds", "kept", "problems", "steps",
+                            "relaxed_rules", "dedup", "languages", "lengths", "tokens")}))):
+        (root / name).mkdir()
+        (root / name / "report.json").write_text(text)
     return {"root": root, "docs": docs, "tok": root / "tok", "file": root / "a_file"}
 
 
@@ -55,6 +60,9 @@ FLAG_ROWS = [  # (argv after the verb with {root}/{docs}/{tok}/{file} filled in,
     (["data", "run", "--input", "{docs}", "--out", "{root}/run_list", "--config", "pydoc"], "run.json"),
     (["data", "step", "pii", "--input", "{docs}", "--out", "{root}/s", "--workers", "0"], "--workers"),
     (["data", "dedup", "--input", "{docs}", "--out", "{root}/d", "--workers", "-1"], "--workers"),
+    (["data", "report", "{root}/report_list"], "report.json"),
+    (["data", "report", "{root}/report_steps"], "report.json"),
+    (["data", "report", "{root}/no_such_run"], "report.json"),
     (CRAWL + ["--out", "{root}/c", "--timeout", "-1"], "--timeout"),
     (CRAWL + ["--out", "{root}/c", "--timeout", "nan"], "--timeout"),
     (CRAWL + ["--out", "{root}/c", "--max-page-mb", "-1"], "--max-page-mb"),

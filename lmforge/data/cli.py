@@ -128,10 +128,9 @@ def _tokenize(args) -> int:
 
 
 def _report(args) -> int:
-    from lmforge.data.report import to_markdown
-    from lmforge.utils import read_json
+    from lmforge.data.report import read_report, to_markdown
 
-    print(to_markdown(read_json(Path(args.dir) / "report.json", "pipeline report")), end="")
+    print(to_markdown(read_report(Path(args.dir) / "report.json")), end="")
     return 0
 
 

@@ -130,10 +130,26 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
         f.write(to_markdown(report))
 
 
+REPORT_FIELDS = ("config", "inputs", "tasks", "engine", "workers", "seconds", "kept", "problems", "steps",
+                 "relaxed_rules", "dedup", "languages", "lengths", "tokens")
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A run's report.json, refused by name when it is not one (a damaged or hand-edited file)."""
+    from lmforge.utils import LmforgeError, read_json
+
+    report = read_json(path, "pipeline report")
+    if not isinstance(report, dict) or any(k not in report for k in REPORT_FIELDS):
+        raise LmforgeError(f"{path} is not an lmforge data run report (fields: {', '.join(REPORT_FIELDS)})")
+    try:
+        to_markdown(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise LmforgeError(f"{path}: a field of the report is damaged ({type(e).__name__}: {e})") from e
+    return report
+
+
 def add_tokens(out: Path, token_stats: dict[str, Any]) -> None:
     """Record the tokens written by a later, separate tokenize run (the speedrun's) in a run's report."""
-    from lmforge.utils import read_json
-
-    report = read_json(out / "report.json", "pipeline report")
+    report = read_report(out / "report.json")
     report["tokens"] = token_stats
     write_report(out, report)
