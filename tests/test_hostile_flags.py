@@ -23,6 +23,7 @@ def data_inputs(tmp_path_factory) -> dict[str, Path]:
                      for i in range(5))
     Tokenizer.train([f"document number {i} with a few words" for i in range(50)], vocab_size=280).save(root / "tok")
     (root / "a_file").write_text("not a folder\n")
+    (root / "page.html").write_text("<html><body><p>a web page</p></body></html>\n")
     for name, text in (("crawl_list", "[1, 2, 3]\n"), ("crawl_types", json.dumps(
             {"seeds": ["http://127.0.0.1:9/"], "allowed_hosts": ["127.0.0.1:9"], "frontier": [["x", "deep", 0]]})),
             ("crawl_json", "{not json"), ("crawl_port", json.dumps({"seeds": ["http://127.0.0.1:99999/"],
@@ -50,6 +51,10 @@ FLAG_ROWS = [  # (argv after the verb with {root}/{docs}/{tok}/{file} filled in,
     (["data", "tokenize", "--input", "{docs}", "--tokenizer", "{tok}", "--out", "{root}/t", "--workers", "0"],
      "--workers"),
     (["data", "tokenize", "--input", "{docs}", "--tokenizer", "{tok}", "--out", "{file}"], "--out"),
+    (["data", "tokenize", "--input", "{root}/page.html", "--tokenizer", "{tok}", "--out", "{root}/t"], "page.html"),
+    (["data", "tokenize", "--input", "{docs}", "--tokenizer", "{tok}", "--out", "{root}/t", "--text-max-chars", "-5"],
+     "--text-max-chars"),
+    (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--text-max-chars", "-1"], "--text-max-chars"),
     (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--workers", "0"], "--workers"),
     (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--workers", "-3"], "--workers"),
     (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--min-tasks", "0"], "--min-tasks"),

@@ -257,6 +257,9 @@ def _checked_inputs(inputs: list[str | Path], tokenizer_dir: Path) -> list[str]:
     for p in resolved:
         if not Path(p).is_file():
             raise LmforgeError(f"tokenize: input file not found: {p}")
+        if detect_format(p) == "warc" or p.lower().endswith((".html", ".htm", ".xhtml", ".html.gz", ".htm.gz")):
+            raise LmforgeError(f"{p} holds web pages, not text: run `lmforge data run` on it first, which extracts "
+                               "the text, and tokenize its documents")
     return resolved
 
 
