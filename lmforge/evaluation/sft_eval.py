@@ -50,7 +50,7 @@ def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any
     import torch
 
     from lmforge.evaluation.bpb import loss_and_bytes
-    from lmforge.posttrain.chat_format import ChatTokens
+    from lmforge.tokenizer.chat_format import ChatTokens
     from lmforge.posttrain.sft import encode_examples, val_batches
 
     examples = encode_examples(tok, conversations, model.config.block_size + 1)
@@ -82,7 +82,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     from lmforge.inference.chat import ChatConfig, ChatSession
     from lmforge.inference.engine import Engine
     from lmforge.inference.tools import default_tools
-    from lmforge.posttrain.chat_format import prompt_of
+    from lmforge.tokenizer.chat_format import prompt_of
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, heldout_arithmetic
 
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.posttrain.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
+from lmforge.tokenizer.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
 from lmforge.utils import LmforgeError, atomic_write
 
 Messages = list[dict[str, Any]]
