@@ -11,10 +11,11 @@ names (`top_p` is `--top-p`): the dataclass checks the values, in one place, and
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from lmforge.utils import LmforgeError
 
@@ -30,6 +31,29 @@ def token_label(tok: Any, token_id: int) -> str:
 
 def format_candidates(tok: Any, cands: list[tuple[int, float]], width: int = 16) -> str:
     return "  ".join(f"{token_label(tok, t)[:width]:>{width}} {p:6.1%}" for t, p in cands)
+
+
+def probability_header(k: int) -> str:
+    return f"step {'token':>16}   p      <- {k} most likely next tokens"
+
+
+def probability_steps(session: Any, tok: Any, params: Any, k: int,
+                      row: int = 0) -> Iterator[tuple[str, Any, float, list[tuple[int, float]]]]:
+    """Step a session (sampling with `params`) and yield, for each token one row draws: its line of the probability
+    table, the step event, the probability of the token drawn under the distribution sampled (greedy: the top
+    one's), and the k most likely candidates. Used by `generate --show-probs` and the speedrun's sample stage."""
+    step = 0
+    while True:
+        cands = session.top_candidates(k, row=row)
+        event = session.step()[row]
+        if event is None or event.token_id < 0:
+            return
+        step += 1
+        p = cands[0][1] if params.greedy else math.exp(event.logprob)
+        label = token_label(tok, event.token_id)[:16]
+        yield f"{step:4d} {label:>16} {p:6.1%} <- {format_candidates(tok, cands)}", event, p, cands
+        if event.finish_reason is not None:
+            return
 
 
 def flag(field: str) -> str:
@@ -79,9 +103,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     engine = Engine.from_checkpoint(args.checkpoint, device=device, dtype=args.dtype,
                                     compile=False if args.no_compile else None)
-    tok = engine.tokenizer
-    import math
-
     ids = engine.encode_prompt(args.prompt)
     session = engine.session(ids, params, max_len=len(ids) + params.max_tokens)
     out = sys.stdout
@@ -90,19 +111,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if session.batch > 1:
             print(f"--- sample {r + 1} of {session.batch}", file=out)
         if args.show_probs:
-            print(f"step {'token':>16}   p      <- {args.show_probs} most likely next tokens", file=out)
-            step = 0
-            while True:
-                cands = session.top_candidates(args.show_probs, row=r)
-                event = session.step()[r]
-                if event is None or event.token_id < 0:
-                    break
-                step += 1
-                p_chosen = cands[0][1] if params.greedy else math.exp(event.logprob)
-                print(f"{step:4d} {token_label(tok, event.token_id)[:16]:>16} {p_chosen:6.1%} <- "
-                      f"{format_candidates(tok, cands)}", file=out)
-                if event.finish_reason is not None:
-                    break
+            print(probability_header(args.show_probs), file=out)
+            for line, *_ in probability_steps(session, engine.tokenizer, params, args.show_probs, row=r):
+                print(line, file=out)
             print(f"\n{args.prompt}{session.rows[r].out.text}", file=out)
         else:
             out.write(args.prompt)

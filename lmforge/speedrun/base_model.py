@@ -8,9 +8,9 @@ that distribution for the first steps of one prompt and samples a few continuati
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +37,17 @@ def stage_pretrain(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 
 def probability_table(engine: Any, prompt: str, params: Any, steps: int, k: int) -> tuple[str, list[dict]]:
     """The first `steps` sampling steps of one prompt: the k most likely next tokens, their probabilities, and the
-    token drawn, as aligned text and as records."""
-    from lmforge.inference.cli import format_candidates, token_label
+    token drawn, as aligned text (the table `generate --show-probs` prints) and as records."""
+    from lmforge.inference.cli import probability_header, probability_steps
 
     tok = engine.tokenizer
     session = engine.session(prompt, params, max_len=len(engine.encode_prompt(prompt)) + steps)
-    lines = [f"prompt: {prompt!r}", f"step {'token':>16}   p      <- {k} most likely next tokens"]
+    lines = [f"prompt: {prompt!r}", probability_header(k)]
     records = []
-    for step in range(1, steps + 1):
-        cands = session.top_candidates(k)
-        event = session.step()[0]
-        if event is None or event.token_id < 0:
-            break
-        p = cands[0][1] if params.greedy else math.exp(event.logprob)
-        lines.append(f"{step:4d} {token_label(tok, event.token_id)[:16]:>16} {p:6.1%} <- {format_candidates(tok, cands)}")
+    for step, (line, event, p, cands) in enumerate(islice(probability_steps(session, tok, params, k), steps), 1):
+        lines.append(line)
         records.append({"step": step, "token": tok.decode([event.token_id]), "p": round(p, 4),
                         "candidates": [[tok.decode([t]), round(q, 4)] for t, q in cands]})
-        if event.finish_reason is not None:
-            break
     lines.append(f"text: {prompt + session.completions()[0].text!r}")
     return "\n".join(lines), records
 
