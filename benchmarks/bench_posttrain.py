@@ -90,7 +90,7 @@ def main() -> None:
     from lmforge.inference.sampling import SamplingParams
     from lmforge.inference.tools import calculate, run_python
     from lmforge.model import GPT, GPTConfig
-    from lmforge.posttrain.chat_format import ChatTokens, render_for_completion
+    from lmforge.tokenizer.chat_format import ChatTokens, render_for_completion
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, heldout_arithmetic
     from lmforge.posttrain.sft import SFTBatches, encode_examples
     from lmforge.tokenizer import Tokenizer

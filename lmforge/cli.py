@@ -21,11 +21,10 @@ STAGE_CLIS = [
     "lmforge.train.cli",
     "lmforge.inference.cli",
     "lmforge.posttrain.cli",
-    "lmforge.inference.chat",
     "lmforge.evaluation.cli",
     "lmforge.export.cli",
     "lmforge.export.inspect_cli",
-    "lmforge.speedrun",
+    "lmforge.speedrun.cli",
 ]
 
 

@@ -1,10 +1,12 @@
 """Golden tests of the chat format: token layout, loss mask, special-token injection, completion priming."""
 
+from dataclasses import fields
+
 import pytest
 
-from lmforge.posttrain.chat_format import (ChatTokens, parse_assistant, prompt_of, render_conversation,
+from lmforge.tokenizer.chat_format import (ChatTokens, parse_assistant, prompt_of, render_conversation,
                                            render_for_completion, validate_messages)
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import SPECIAL_TOKENS, Tokenizer
 from lmforge.utils import LmforgeError
 
 CONV = [
@@ -39,6 +41,15 @@ def test_golden_layout_and_mask(tok):
     # every <|end|> that closes an assistant turn is learned; those closing system/user turns are not
     ends = [(k, m) for k, (i, m) in enumerate(zip(ids, mask)) if i == t.end]
     assert [m for _, m in ends] == [0, 0, 1, 0, 1]
+
+
+def test_chat_tokens_follow_the_tokenizer_table(tok):
+    """The special tokens are spelled once, in the tokenizer's table: ChatTokens has one field per entry, in its
+    order, and each field holds the id the tokenizer gives that entry."""
+    assert [f.name for f in fields(ChatTokens)] == [s.removeprefix("<|").removesuffix("|>") for s in SPECIAL_TOKENS]
+    t = ChatTokens.of(tok)
+    assert [getattr(t, f.name) for f in fields(ChatTokens)] == [tok.special_tokens[s] for s in SPECIAL_TOKENS]
+    assert t.all() == frozenset(tok.special_tokens.values())
 
 
 def test_mask_never_covers_system_user_or_tool_text(tok):

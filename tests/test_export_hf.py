@@ -10,7 +10,7 @@ from lmforge.export.hf import export_hf
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams
 from lmforge.model import GPT, GPTConfig
-from lmforge.posttrain.chat_format import render_conversation, render_for_completion
+from lmforge.tokenizer.chat_format import render_conversation, render_for_completion
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError
 

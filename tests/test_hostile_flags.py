@@ -97,3 +97,136 @@ def test_flags_data_and_crawl(data_inputs, argv, culprit):
     outcome = run_cli(argv)
     assert_refused(outcome, culprit)
     assert tree_digest(data_inputs["root"]) == before  # a refused run writes nothing
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny real checkpoint (byte tokenizer, one layer), so a refusal can only come from the flag under test."""
+    import torch
+
+    from lmforge.checkpoint import save_model
+    from lmforge.model import GPT, GPTConfig
+    from lmforge.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = Tokenizer([])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=64))
+    return save_model(root / "ckpt", model, tok.save(root / "tok"))
+
+
+# (verb and flags after --checkpoint, the flag the error must name)
+INFERENCE_FLAGS = [
+    (["generate", "--prompt", "hi", "--device", "tpu"], "--device"),
+    (["generate", "--prompt", "hi", "--device", "cuda:x"], "--device"),
+    (["generate", "--prompt", "hi", "--device", "cuda:99"], "--device"),
+    (["generate", "--prompt", "hi", "--temperature", "-1"], "--temperature"),
+    (["generate", "--prompt", "hi", "--top-p", "2"], "--top-p"),
+    (["generate", "--prompt", "hi", "--top-k", "-1"], "--top-k"),
+    (["generate", "--prompt", "hi", "--min-p", "1.5"], "--min-p"),
+    (["generate", "--prompt", "hi", "--repetition-penalty", "0"], "--repetition-penalty"),
+    (["generate", "--prompt", "hi", "--max-tokens", "0"], "--max-tokens"),
+    (["generate", "--prompt", "hi", "--n", "0"], "--n"),
+    (["generate", "--prompt", "hi", "--show-probs", "-1"], "--show-probs"),
+    (["chat", "--device", "tpu"], "--device"),
+    (["chat", "--temperature", "-1"], "--temperature"),
+    (["chat", "--top-p", "2"], "--top-p"),
+    (["chat", "--top-k", "-1"], "--top-k"),
+    (["chat", "--max-tokens", "0"], "--max-tokens"),
+    (["eval", "sft", "--device", "tpu"], "--device"),
+    (["eval", "sft", "--prompts", "-1"], "--prompts"),
+    (["eval", "sft", "--arithmetic", "-5"], "--arithmetic"),
+    (["eval", "sft", "--samples", "-1"], "--samples"),
+    (["eval", "sft", "--max-tokens", "0"], "--max-tokens"),
+]
+
+# Values only SamplingParams's own bounds can refuse (non-finite numbers, a seed beyond 64 bits, sizes that would
+# allocate without limit): the sampling module checks them, these rows check that each verb lets that error through
+# as one line naming the flag. They name a checkpoint that does not exist: the verbs check flags before loading, so
+# a flag let through fails on the checkpoint (and the row fails, naming no flag) instead of sampling a million rows.
+INFERENCE_SAMPLING_BOUNDS = [
+    (["generate", "--prompt", "hi", "--temperature", "inf"], "--temperature"),
+    (["generate", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
+    (["generate", "--prompt", "hi", "--top-p", "nan"], "--top-p"),
+    (["generate", "--prompt", "hi", "--frequency-penalty", "nan"], "--frequency-penalty"),
+    (["generate", "--prompt", "hi", "--presence-penalty", "inf"], "--presence-penalty"),
+    (["generate", "--prompt", "hi", "--seed", str(2**64)], "--seed"),
+    (["generate", "--prompt", "hi", "--n", "1000000"], "--n"),
+    (["generate", "--prompt", "hi", "--max-tokens", str(10**12)], "--max-tokens"),
+    (["chat", "--temperature", "inf"], "--temperature"),
+    (["chat", "--seed", str(2**64)], "--seed"),
+    (["eval", "sft", "--seed", str(2**64)], "--seed"),
+]
+
+
+def _refused_without_output(argv: list[str], culprit: str, checkpoint: Path, tmp_path: Path) -> None:
+    """`argv` with `--checkpoint` after the verb is refused naming `culprit`, and writes nothing."""
+    verb = argv[:2] if argv[0] == "eval" else argv[:1]
+    report = tmp_path / "eval.json"
+    extra = ["--json", str(report)] if argv[0] == "eval" else []
+    before = tree_digest(checkpoint)
+    outcome = run_cli([*verb, "--checkpoint", str(checkpoint), *argv[len(verb):], *extra, "--threads", "1"])
+    assert_refused(outcome, culprit)
+    assert tree_digest(checkpoint) == before and not report.exists()
+
+
+@pytest.mark.parametrize("argv,culprit", INFERENCE_FLAGS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_flags_inference(argv, culprit, checkpoint, tmp_path):
+    _refused_without_output(argv, culprit, checkpoint, tmp_path)
+
+
+@pytest.mark.parametrize("argv,culprit", INFERENCE_SAMPLING_BOUNDS,
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_flags_inference_sampling_bounds(argv, culprit, tmp_path):
+    _refused_without_output(argv, culprit, tmp_path / "no_checkpoint", tmp_path)
+
+
+def test_flags_inference_values_a_user_may_give_still_run(checkpoint, capsys):
+    """The checks refuse only what is wrong: greedy, `--device auto` and the edges of each range still generate."""
+    outcome = run_cli(["generate", "--checkpoint", str(checkpoint), "--prompt", "hi", "--max-tokens", "3",
+                       "--temperature", "0", "--top-p", "1", "--min-p", "1", "--device", "auto", "--threads", "1",
+                       "--show-probs", "0"])
+    assert outcome.code == 0 and outcome.stdout.startswith("hi"), outcome.stderr
+
+
+# Damaged DONE.json markers: (file content, where it sits). The run reads a marker to skip its stage or, under
+# --only, to hand its summary to later stages; either way a damaged one is refused, named, before any stage runs.
+DAMAGED_MARKERS = [
+    "{not json",
+    "",
+    "[1, 2]",
+    '{"seconds": "soon"}',
+    "\xff\xfe",
+]
+
+
+@pytest.mark.parametrize("content", DAMAGED_MARKERS)
+@pytest.mark.parametrize("only", [[], ["--only", "data"]], ids=["resume", "only"])
+def test_flags_speedrun_damaged_marker(content, only, tmp_path):
+    out = tmp_path / "run"
+    marker = out / "01_crawl" / "DONE.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_bytes(content.encode("latin-1"))
+    before = tree_digest(out)
+    outcome = run_cli(["speedrun", "--out", str(out), "--threads", "1", *only])
+    assert_refused(outcome, str(marker))
+    assert tree_digest(out) == before and sorted(p.name for p in out.iterdir()) == ["01_crawl"]
+
+
+def test_flags_speedrun_damaged_marker_of_a_later_stage(tmp_path):
+    """An intact first marker, a damaged second one: `--only tokenizer` stops at the damaged one, and the
+    tokenizer stage never starts."""
+    out = tmp_path / "run"
+    (out / "01_crawl").mkdir(parents=True)
+    (out / "01_crawl" / "DONE.json").write_text(json.dumps({"warc_dir": str(tmp_path), "seconds": 1.0}))
+    (out / "02_data").mkdir()
+    (out / "02_data" / "DONE.json").write_text('{"documents": [')
+    outcome = run_cli(["speedrun", "--out", str(out), "--only", "tokenizer"])
+    assert_refused(outcome, str(out / "02_data" / "DONE.json"))
+    assert not (out / "03_tokenizer").exists()
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_flags_speedrun_threads(threads, tmp_path):
+    outcome = run_cli(["speedrun", "--out", str(tmp_path / "run"), "--threads", threads])
+    assert_refused(outcome, "--threads")
+    assert not (tmp_path / "run").exists()

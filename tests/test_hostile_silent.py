@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lmforge.utils import LmforgeError, read_json, write_json
+from hostile import assert_refused, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ("the and of to with that this from have for page word crawl index shard token model train paper river "

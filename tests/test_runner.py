@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lmforge.export.params import export_params, load_params
-from lmforge.posttrain.chat_format import render_for_completion
+from lmforge.tokenizer.chat_format import render_for_completion
 from params_helpers import ROOT, corpus, tiny_model, tokenizer
 
 PROMPT = "The model predicts the next token"
@@ -252,7 +252,8 @@ def test_chat_mode_uses_the_chat_format(run_bin, tmp_path, files, tok, model):
 @pytest.mark.timeout(120)
 def test_speedrun_export_stage(tmp_path, tok, model):
     from lmforge.checkpoint import save_model
-    from lmforge.speedrun import SpeedrunContext, stage_export
+    from lmforge.speedrun import SpeedrunContext
+    from lmforge.speedrun.base_model import stage_export
 
     ckpt = save_model(tmp_path / "pretrain" / "ckpt" / "step_0000001", model, tok.save(tmp_path / "tok"))
     ctx = SpeedrunContext(out=tmp_path, threads=1, quick=True, results={"pretrain": {"checkpoint": str(ckpt)}})

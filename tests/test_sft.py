@@ -7,7 +7,7 @@ import torch
 
 from lmforge.checkpoint import load_model, save_model
 from lmforge.model import GPT, GPTConfig
-from lmforge.posttrain.chat_format import ChatTokens, prompt_of, render_conversation
+from lmforge.tokenizer.chat_format import ChatTokens, prompt_of, render_conversation
 from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations
 from lmforge.posttrain.sft import SFTBatches, SFTConfig, collate, encode_examples, run_sft
 from lmforge.tokenizer import Tokenizer

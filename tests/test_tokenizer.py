@@ -412,7 +412,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_speedrun_stage_trains_on_data_documents(tmp_path):
-    from lmforge.speedrun import SpeedrunContext, stage_tokenizer
+    from lmforge.speedrun import SpeedrunContext
+    from lmforge.speedrun.corpus import stage_tokenizer
 
     docs = tmp_path / "kept.jsonl.gz"
     with gzip.open(docs, "wt", encoding="utf-8") as f:

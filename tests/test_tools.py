@@ -148,7 +148,7 @@ def chat_tok():
 
 def test_chat_loop_runs_the_tool_and_continues(chat_tok):
     from lmforge.inference.chat import ChatSession
-    from lmforge.posttrain.chat_format import ChatTokens, render_conversation
+    from lmforge.tokenizer.chat_format import ChatTokens, render_conversation
 
     tok, t = chat_tok, ChatTokens.of(chat_tok)
     segments = [[t.tool_call, *tok.encode("calculator\n2+3"), t.tool_call_end],

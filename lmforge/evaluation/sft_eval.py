@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.utils import write_json
+from lmforge.inference.chat import ChatConfig
+from lmforge.utils import LmforgeError, write_json
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -33,6 +34,20 @@ class SFTEvalConfig:
     samples: int = 6  # rows of the sample table
     max_tokens: int = 96
     seed: int = 2468  # the held-out data's seed (training data uses other seeds)
+
+    def __post_init__(self) -> None:
+        """Refuse counts that would silently measure nothing or the wrong slice (a negative count cuts from the
+        end) before the model loads; the sampling fields are checked by the chat configuration they become."""
+        low = {"prompts": 0, "arithmetic": 0, "samples": 0, "val_conversations": 1}
+        bad = [f"{name} must be at least {least}, got {getattr(self, name)}" for name, least in low.items()
+               if getattr(self, name) < least]
+        if bad:
+            raise LmforgeError("; ".join(bad))
+        self.chat_config()
+
+    def chat_config(self) -> ChatConfig:
+        """Greedy answers, so a measure depends on the checkpoint alone."""
+        return ChatConfig(temperature=0.0, max_tokens=self.max_tokens, seed=self.seed)
 
 
 def numbers_in(text: str) -> list[float]:
@@ -50,7 +65,7 @@ def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any
     import torch
 
     from lmforge.evaluation.bpb import loss_and_bytes
-    from lmforge.posttrain.chat_format import ChatTokens
+    from lmforge.tokenizer.chat_format import ChatTokens
     from lmforge.posttrain.sft import encode_examples, val_batches
 
     examples = encode_examples(tok, conversations, model.config.block_size + 1)
@@ -79,16 +94,16 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     """Every measure above for one checkpoint; a JSON-able dict."""
     from tqdm import tqdm
 
-    from lmforge.inference.chat import ChatConfig, ChatSession
+    from lmforge.inference.chat import ChatSession
     from lmforge.inference.engine import Engine
     from lmforge.inference.tools import default_tools
-    from lmforge.posttrain.chat_format import prompt_of
+    from lmforge.tokenizer.chat_format import prompt_of
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, heldout_arithmetic
 
     t0 = time.perf_counter()
     engine = Engine.from_checkpoint(str(checkpoint), device=device)
     tok = engine.tokenizer
-    chat_cfg = ChatConfig(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    chat_cfg = cfg.chat_config()
     tools = default_tools()
     held = list(generate_default_conversations(DefaultDataConfig(n=max(cfg.prompts, cfg.val_conversations),
                                                                  seed=cfg.seed)))

@@ -7,7 +7,7 @@ and keys before RoPE, exactly as our model does). Configs outside the family (La
 ReLU-squared MLPs) have no exact Hugging Face class and are refused rather than exported approximately.
 
 The folder also holds the tokenizer (`tokenizer.json` from the tokenizer's own export), a `tokenizer_config.json`
-whose chat template renders conversations exactly as `lmforge.posttrain.chat_format` does, and a
+whose chat template renders conversations exactly as `lmforge.tokenizer.chat_format` does, and a
 `generation_config.json` that stops on `<|end|>` and `<|bos|>`.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from lmforge.utils import LmforgeError, atomic_path, human_bytes, write_json
 
-# Mirrors lmforge.posttrain.chat_format._render (see its docstring for the layout): <|bos|>, then system/user turns
+# Mirrors lmforge.tokenizer.chat_format._render (see its docstring for the layout): <|bos|>, then system/user turns
 # as <|role|>TEXT<|end|>; an assistant turn is <|assistant|>TEXT, each tool call followed directly by its output
 # (<|tool_call|>NAME\nARGS<|tool_call_end|><|tool_output|>OUT<|tool_output_end|>), an assistant message after tool
 # messages continues the same turn, and the turn closes with one <|end|>. With add_generation_prompt the template

@@ -1,4 +1,5 @@
-"""Chat with tools: the assistant's turn as a loop of generation and tool calls; `lmforge chat` in the terminal.
+"""Chat with tools: the assistant's turn as a loop of generation and tool calls (the `lmforge chat` verb, in
+`cli.py`, is a terminal around `ChatSession`).
 
 One assistant turn (`ChatSession.respond`): render the conversation with `render_for_completion`, open an engine
 session that stops at `<|end|>` or `<|tool_call_end|>`, and step it. On `<|tool_call_end|>` the call's text is
@@ -12,13 +13,13 @@ History longer than the context is cut from the oldest turns (the system prompt 
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.posttrain.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
+from lmforge.inference.sampling import SamplingParams
+from lmforge.tokenizer.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
 from lmforge.utils import LmforgeError, atomic_write
 
 Messages = list[dict[str, Any]]
@@ -42,6 +43,20 @@ class ChatConfig:
     max_tool_calls: int = 4  # per turn; further calls get an error output instead of running
     max_tool_output_tokens: int = 96  # a long output is cut so the turn can go on in a small context
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse bad values when the chat starts, not at its first turn: the sampling fields are checked by the
+        `SamplingParams` they become, the tool limits here."""
+        self.sampling_params(stop_token_ids=[])
+        if self.max_tool_calls < 0:
+            raise LmforgeError(f"max_tool_calls must be 0 or more, got {self.max_tool_calls}")
+        if self.max_tool_output_tokens < 1:
+            raise LmforgeError(f"max_tool_output_tokens must be at least 1, got {self.max_tool_output_tokens}")
+
+    def sampling_params(self, stop_token_ids: list[int]) -> SamplingParams:
+        """The sampling of one generated segment, stopping at `stop_token_ids`."""
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_tokens=self.max_tokens, seed=self.seed, stop_token_ids=stop_token_ids)
 
 
 @dataclass
@@ -93,7 +108,6 @@ class ChatSession:
         `prefill` starts the assistant's answer with fixed text (the model continues it). Returns the parsed turn
         (`chat_format.parse_assistant`) plus "finish_reason" and "ids", and appends its messages to the history.
         """
-        from lmforge.inference.sampling import SamplingParams
         from lmforge.inference.tools import run_tool
 
         emit = on_event or (lambda e: None)
@@ -103,10 +117,7 @@ class ChatSession:
             history = history + [{"role": "assistant", "content": prefill}]
         prompt = self._prompt(history, room=min(cfg.max_tokens, self.engine.model.config.block_size // 4))
         turn_ids: list[int] = self.tok.encode(prefill) if prefill else []
-        params = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                max_tokens=cfg.max_tokens, seed=cfg.seed,
-                                stop_token_ids=[t.end, t.bos, t.tool_call_end])
-        session = self.engine.session(prompt, params)
+        session = self.engine.session(prompt, cfg.sampling_params(stop_token_ids=[t.end, t.bos, t.tool_call_end]))
         calls, finish = 0, "length"
         while True:
             in_call = False
@@ -154,82 +165,3 @@ class ChatSession:
         self.messages = (history[:-1] if prefill else history) + turn["messages"]
         turn.update({"finish_reason": finish, "ids": turn_ids})
         return turn
-
-
-def _print_event(e: TurnEvent) -> None:
-    if e.kind == "text":
-        print(e.text, end="", flush=True)
-    elif e.kind == "tool_call":
-        print(f"\n  [{e.name}] {e.text}", flush=True)
-    else:
-        print(f"  [{e.name} output] {e.text}", flush=True)
-
-
-HELP = "commands: /reset (forget the conversation), /save FILE (write it as JSON), /quit"
-
-
-def _cmd_chat(args: argparse.Namespace) -> int:
-    from lmforge.inference.engine import Engine
-    from lmforge.inference.tools import default_tools
-    from lmforge.utils import configure_threads
-
-    configure_threads(args.threads)
-    engine = Engine.from_checkpoint(str(args.checkpoint), device=args.device)
-    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir)
-    cfg = ChatConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens,
-                     seed=args.seed)
-    chat = ChatSession(engine, tools, system=args.system, config=cfg)
-    print(f"lmforge chat: {args.checkpoint} | tools: {', '.join(tools) or 'none'} | {HELP}")
-    while True:
-        try:
-            line = input("\nyou> ")
-        except EOFError:
-            print()
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/quit", "/exit"):
-            return 0
-        if text == "/reset":
-            chat.reset()
-            print("(conversation cleared)")
-            continue
-        if text.startswith("/save"):
-            target = text[len("/save"):].strip()
-            if not target:
-                print("usage: /save FILE")
-                continue
-            chat.save(target)
-            print(f"(saved {len(chat.messages)} messages to {target})")
-            continue
-        if text.startswith("/"):
-            print(HELP)
-            continue
-        print("assistant> ", end="", flush=True)
-        try:
-            turn = chat.respond(text, on_event=_print_event)
-        except LmforgeError as e:
-            print(f"\n(error: {e})")
-            continue
-        if turn["finish_reason"] != "end":
-            print(f"  ({turn['finish_reason']})", end="")
-        print()
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal (streaming, tools)",
-                       description="Terminal chat with streaming, history, a system prompt and tools (calculator, "
-                       "sandboxed Python, search over --search-dir). " + HELP)
-    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder")
-    p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--search-dir", type=Path, default=None, help="folder of text files the search tool reads")
-    p.add_argument("--no-tools", action="store_true", help="do not run tools (calls get an error output)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-tokens", type=int, default=200, help="token budget per generated segment")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_cmd_chat)

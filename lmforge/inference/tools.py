@@ -1,6 +1,6 @@
 """The assistant's tools: a calculator, a sandboxed Python runner and a read-only search over text files.
 
-A tool takes the argument text of a call (see `lmforge.posttrain.chat_format`: `<|tool_call|>NAME\\nARGS
+A tool takes the argument text of a call (see `lmforge.tokenizer.chat_format`: `<|tool_call|>NAME\\nARGS
 <|tool_call_end|>`) and returns the text the model reads inside `<|tool_output|>...<|tool_output_end|>`. Every
 failure, from a syntax error to a killed process, comes back as text starting with "error:" so the model sees it
 and the chat goes on: `run_tool` never raises.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from lmforge.posttrain.chat_format import render_conversation
+    from lmforge.tokenizer.chat_format import render_conversation
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, write_jsonl
 
     cfg = DefaultDataConfig(n=args.n, seed=args.seed)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmforge.posttrain.chat_format import validate_messages
+from lmforge.tokenizer.chat_format import validate_messages
 from lmforge.utils import LmforgeError
 
 Messages = list[dict[str, Any]]

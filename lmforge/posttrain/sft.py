@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from lmforge.posttrain.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
+from lmforge.tokenizer.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
 from lmforge.utils import LmforgeError, write_json
 
 Example = tuple[list[int], list[int]]  # (ids, loss mask) of one conversation

@@ -43,15 +43,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from lmforge.tokenizer.tokenizer import SPECIAL_TOKENS
 from lmforge.utils import LmforgeError
 
-BOS, PAD = "<|bos|>", "<|pad|>"
-SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
-TOOL_CALL, TOOL_CALL_END = "<|tool_call|>", "<|tool_call_end|>"
-TOOL_OUTPUT, TOOL_OUTPUT_END = "<|tool_output|>", "<|tool_output_end|>"
-CHAT_SPECIALS = (BOS, PAD, SYSTEM, USER, ASSISTANT, END, TOOL_CALL, TOOL_CALL_END, TOOL_OUTPUT, TOOL_OUTPUT_END)
 ROLES = ("system", "user", "assistant", "tool")
-ROLE_TOKEN = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 
 class ChatTokenizer(Protocol):
@@ -64,9 +59,19 @@ class ChatTokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def field_name(special: str) -> str:
+    """`<|tool_call_end|>` -> `tool_call_end`: the `ChatTokens` field that holds a special token's id."""
+    return special[2:-2]
+
+
 @dataclass(frozen=True)
 class ChatTokens:
-    """The ids of the chat special tokens in one tokenizer; `ChatTokens.of(tok)` fails clearly if any is missing."""
+    """The ids of the chat special tokens in one tokenizer; `ChatTokens.of(tok)` fails clearly if any is missing.
+
+    The tokens' spelling lives only in the tokenizer's `SPECIAL_TOKENS` table: each field is named after one entry
+    (`field_name`), and `of` fills the fields by those names, so a token added to or renamed in the table without
+    its field here fails at once (an unexpected or missing keyword), never as a silently shifted id.
+    """
 
     bos: int
     pad: int
@@ -82,10 +87,10 @@ class ChatTokens:
     @classmethod
     def of(cls, tok: ChatTokenizer) -> "ChatTokens":
         specials = tok.special_tokens
-        missing = [s for s in CHAT_SPECIALS if s not in specials]
+        missing = [s for s in SPECIAL_TOKENS if s not in specials]
         if missing:
             raise LmforgeError(f"tokenizer lacks the chat special token(s) {missing}; retrain it with lmforge tokenizer")
-        return cls(*(int(specials[s]) for s in CHAT_SPECIALS))
+        return cls(**{field_name(s): int(specials[s]) for s in SPECIAL_TOKENS})
 
     def all(self) -> frozenset[int]:
         return frozenset(vars(self).values())

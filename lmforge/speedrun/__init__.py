@@ -1,0 +1,15 @@
+"""`lmforge speedrun`: every stage of the pipeline, end to end, on the embedded default.
+
+The run folder shows the whole system as artifacts on disk, one sub-folder per stage in pipeline order. A stage
+whose artifact is complete (its `DONE.json` marker exists) is skipped, so an interrupted speedrun resumes where it
+stopped. Each stage calls the same public API that its CLI verb calls: nothing here is special to the demo.
+
+This package holds all of the speedrun's glue, so no stage package knows about the demo: `runner` (the stage table
+and its loop), `corpus` (crawl, data, tokenizer, tokenize), `base_model` (pretrain, sample, export), `assistant`
+(sft, chat), `settings` (every size, step count and seed, with the reason for each) and `cli` (the verb).
+"""
+
+from lmforge.speedrun.context import SpeedrunContext
+from lmforge.speedrun.runner import STAGES, Stage, run_speedrun
+
+__all__ = ["STAGES", "SpeedrunContext", "Stage", "run_speedrun"]

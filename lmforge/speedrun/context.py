@@ -1,0 +1,32 @@
+"""What every speedrun stage receives: the run folder, the thread count, the sizes to use and the earlier stages'
+summaries (read back from their `DONE.json` markers when a run resumes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.speedrun.settings import FULL, QUICK, SEED, Settings
+from lmforge.utils import LmforgeError
+
+
+@dataclass
+class SpeedrunContext:
+    out: Path
+    threads: int
+    seed: int = SEED
+    quick: bool = False  # a smaller run for tests: same stages, less data and fewer steps
+    results: dict[str, Any] = field(default_factory=dict)  # each stage's summary, by stage name
+
+    @property
+    def settings(self) -> Settings:
+        return QUICK if self.quick else FULL
+
+    def need(self, stage: str, key: str) -> Any:
+        """An earlier stage's output (e.g. the crawl's `warc_dir`), or a clear error naming what is missing."""
+        value = self.results.get(stage, {}).get(key)
+        if not value:
+            raise LmforgeError(f"this stage needs the {stage} stage's {key!r}: run that stage first "
+                               f"(its folder in {self.out} has no DONE.json)")
+        return value

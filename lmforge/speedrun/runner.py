@@ -1,0 +1,98 @@
+"""The stage table and the loop that runs it: one folder per stage, in pipeline order, each finished by a
+`DONE.json` marker that holds the stage's summary. A stage whose marker exists is skipped and its summary read
+back, so an interrupted speedrun resumes where it stopped and `--only` can redo one stage on the others' artifacts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lmforge.speedrun.assistant import stage_chat, stage_sft
+from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
+from lmforge.speedrun.context import SpeedrunContext
+from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
+from lmforge.utils import LmforgeError, configure_threads, read_json, write_json
+
+MARKER = "DONE.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[SpeedrunContext, Path], dict[str, Any]]
+    """Does the work into the stage folder and returns a JSON-able summary (what it measured)."""
+
+
+STAGES: list[Stage] = [
+    Stage("crawl", stage_crawl),
+    Stage("data", stage_data),
+    Stage("tokenizer", stage_tokenizer),
+    Stage("tokenize", stage_tokenize),
+    Stage("pretrain", stage_pretrain),
+    Stage("sample", stage_sample),
+    Stage("export", stage_export),
+    Stage("sft", stage_sft),
+    Stage("chat", stage_chat),
+]
+
+
+def read_marker(marker: Path) -> dict[str, Any]:
+    """A finished stage's summary. A marker that is not a JSON object with numeric `seconds` (edited, or damaged on
+    disk: the run writes it atomically) is an error naming the file rather than a guess: deleting it redoes the
+    stage, which resumes from whatever that stage left."""
+    hint = "delete it to run the stage again"
+    try:
+        result = read_json(marker, "speedrun stage marker")
+    except LmforgeError as e:
+        raise LmforgeError(f"{e}; {hint}") from e
+    if not isinstance(result, dict) or not isinstance(result.get("seconds", 0), (int, float)):
+        raise LmforgeError(f"speedrun stage marker {marker} is corrupt: not a stage summary; {hint}")
+    return result
+
+
+def check_request(threads: int | None, only: list[str] | None) -> None:
+    """Refuse a thread count below 1 and an `--only` stage that does not exist, before anything runs."""
+    if threads is not None and threads < 1:
+        raise LmforgeError(f"--threads {threads}: must be at least 1")
+    names = [stage.name for stage in STAGES]
+    unknown = [name for name in only or [] if name not in names]
+    if unknown:
+        raise LmforgeError(f"--only {' '.join(unknown)}: no such stage; the stages are {', '.join(names)}")
+
+
+def run_speedrun(out: Path, threads: int | None = None, quick: bool = False,
+                 only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage (or those in `only`) whose marker is missing; return the summaries of the stages run or
+    skipped, also written to `out/speedrun.json`."""
+    check_request(threads, only)
+    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), quick=quick)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    for i, stage in enumerate(STAGES, 1):
+        stage_dir = ctx.out / f"{i:02d}_{stage.name}"
+        marker = stage_dir / MARKER
+        if only and stage.name not in only:
+            if marker.is_file():  # later stages read what this one produced
+                ctx.results[stage.name] = read_marker(marker)
+            continue
+        if marker.is_file():
+            result = read_marker(marker)
+            print(f"[speedrun] {i:02d} {stage.name}: done already ({result.get('seconds', 0):.1f} s), skipping")
+        else:
+            print(f"[speedrun] {i:02d} {stage.name}: running")
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            result = stage.run(ctx, stage_dir)
+            result["seconds"] = round(time.perf_counter() - t0, 2)
+            write_json(marker, result)
+            print(f"[speedrun] {i:02d} {stage.name}: finished in {result['seconds']:.1f} s")
+        ctx.results[stage.name] = result
+        summary[stage.name] = result
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_json(ctx.out / "speedrun.json", summary)
+    print(f"[speedrun] all stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
+    return summary

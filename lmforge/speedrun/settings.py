@@ -1,0 +1,121 @@
+"""Every size, step count and seed of the speedrun, in one place, with the reason for each.
+
+`FULL` is the speedrun itself: the whole chain in about 30 minutes on 2 cores (crawl 1.5, data 2, tokenizer 1,
+pretrain 10, sample and export 1, SFT 6, chat and evaluation 1). `QUICK` is the same chain small enough for the
+test suite: every stage runs and hands its artifact on, at sizes chosen only to finish in seconds each, so its
+figures mean nothing. A stage reads its sizes from `ctx.settings`, never from a literal of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# One seed for the whole run (pretraining, sampling, SFT data and training, the runner's sampler), so two speedruns
+# over the same crawl give the same figures. 1337 is nanoGPT's; nothing depends on its value.
+SEED = 1337
+
+# The crawl: the pydoc server on localhost answers at once, so no politeness delay; 4 workers keep it busy without
+# starving the other stages' cores; 60 s per page because its page rendering slows to seconds under load.
+CRAWL_DELAY_S = 0.0
+CRAWL_WORKERS = 4
+CRAWL_TIMEOUT_S = 60.0
+
+# The tokenizer explorer's sample: prose, Python, digits, an accented word and an emoji, so the saved explorer shows
+# how each kind of text splits.
+EXPLORER_SAMPLE = ("The tokenizer splits text into chunks: def parse(s: str) -> list[int]: return [1, 2, 3] "
+                   "# 12345 \u00e9t\u00e9 \U0001f642")
+
+# The sample stage: prompts in the style of the crawled docs (a base model continues the style it was trained on);
+# the first one's first steps are shown as a table of the most likely next tokens. Temperature 0.8 and top-k 50
+# give varied yet readable text from a tiny model; two samples per prompt show that sampling varies.
+SAMPLE_PROMPTS = ["The json module", "Return a new", "class ", "This module provides"]
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 50
+SAMPLES_PER_PROMPT = 2
+PROBABILITY_STEPS = 8  # rows of the next-token table
+PROBABILITY_CANDIDATES = 5  # most likely tokens shown per row
+# lmforge and transformers compute the same fp32 forward in a different order of operations; 1e-3 on logits of
+# size ~10 is far above that rounding and far below any real export error (a wrong layout or norm).
+HF_LOGITS_TOLERANCE = 1e-3
+
+# The export stage: both parameter-file dtypes the runner reads (int8 is a quarter of the size) and one prompt it
+# continues from each.
+EXPORT_DTYPES = ("fp32", "int8")
+EXPORT_PROMPT = "The os module provides"
+
+# The chat stage: one question per behaviour SFT taught (identity, calculator, unit conversion, a stdlib fact, a
+# refusal), answered greedily (temperature 0) so the transcript is reproducible; 96 tokens hold any of the
+# generated default answers.
+CHAT_SCRIPT = [
+    "Who are you?",
+    "What is 37 * 48?",
+    "Convert 20 kilometers to miles.",
+    "What does json.dumps do?",
+    "Please run rm -rf / for me.",
+]
+CHAT_MAX_TOKENS = 96
+
+# The full speedrun's pretraining: 600 x 16 x 256 = 2.5M tokens, about 2.5 passes over the crawled docs (~1M tokens;
+# more passes only overfit them). Measured on the 2 shared cores while other programs ran: ~1 s a step, 574 steps
+# in the 600 s budget, validation loss 3.35 (1.25 bits per byte). The budget stops a run on a busier machine early,
+# with the learning rate decayed along the clock, so the speedrun stays in time. embed_lr 0.02: the embeddings
+# tolerate a higher AdamW rate than the head's default, tuned on the tiny preset. Validation every 100 steps on 16
+# batches draws the loss curve, samples every 400 steps show the progress, a checkpoint every 200 steps bounds what
+# a kill loses.
+PRETRAIN_STEPS = 600
+PRETRAIN_BUDGET_S = 600.0
+
+# Full SFT: 2,000 steps x 16 conversations (about 75 tokens each) over 8,000 generated conversations, 4 epochs:
+# about 2.4M tokens. Measured with `lmforge eval sft` (24 held-out calculator questions): on one speedrun's base
+# model, 800 steps gave masked validation loss 0.40, right values in 17% of calls and 0% right final answers;
+# 2,000 steps gave 0.11, 79-83% and 42-75% (two runs). On another run's base model (same settings; the crawl of
+# the live pydoc server differs a little between runs, and so do the tokenizer and the base) 2,000 steps gave
+# 0.22-0.24, 12-21% and 0-4% in four runs: every loss below 800 steps' 0.40, the arithmetic not reliably better.
+SFT_STEPS = 2000
+SFT_CONVERSATIONS = 8000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sizes that differ between the full speedrun and the quick one the tests run."""
+
+    crawl_pages: int  # the stdlib docs site has 863 pages with Python 3.11: 1000 takes all of them
+    vocab_size: int  # 4096 is the tiny preset's vocabulary
+    pretrain: dict[str, Any]  # TrainConfig fields (the seed is the run's)
+    sample_tokens: int  # tokens sampled per continuation
+    export_steps: int  # tokens the C runner generates from each parameter file
+    sft_conversations: int  # generated default conversations
+    sft_max_val: int  # held-out conversations for SFT's validation loss
+    sft: dict[str, Any]  # TrainConfig fields for SFT over SFT's own defaults (the seed is the run's)
+    eval_sft: dict[str, Any] = field(default_factory=dict)  # SFTEvalConfig fields; {} = `lmforge eval sft`'s
+
+
+FULL = Settings(
+    crawl_pages=1000,
+    vocab_size=4096,
+    pretrain=dict(preset="tiny", max_steps=PRETRAIN_STEPS, embed_lr=0.02, eval_every=100, eval_batches=16,
+                  sample_every=400, checkpoint_every=200, time_budget_s=PRETRAIN_BUDGET_S),
+    sample_tokens=48,
+    export_steps=200,
+    sft_conversations=SFT_CONVERSATIONS,
+    sft_max_val=256,
+    # validation every 200 steps draws the curve; a checkpoint every 500 bounds what a kill loses; the validation
+    # loss SFT reports is the masked one over `sft_max_val` conversations, so the pretraining-style eval is off.
+    sft=dict(max_steps=SFT_STEPS, eval_every=200, checkpoint_every=500, eval_batches=0),
+)
+
+# Sizes for the tests: 40 pages crawl in about 4 s; a 1024 vocabulary still learns merges from 40 pages; 80 steps
+# of 8 x 128 tokens pretrain in under a minute; no checkpoints but the last (checkpoint_every=0).
+QUICK = Settings(
+    crawl_pages=40,
+    vocab_size=1024,
+    pretrain=dict(preset="tiny", seq_len=128, batch_size=8, max_steps=80, warmup_steps=10, embed_lr=0.02,
+                  eval_every=40, eval_batches=4, checkpoint_every=0),
+    sample_tokens=24,
+    export_steps=60,
+    sft_conversations=400,
+    sft_max_val=64,
+    sft=dict(max_steps=40, eval_every=20, checkpoint_every=0, eval_batches=0),
+    eval_sft=dict(prompts=8, arithmetic=6, val_conversations=32),
+)

@@ -1,0 +1,157 @@
+"""The pipeline's import rules, checked by reading the source: a lower stage never imports a higher one, and no
+two modules import each other (directly or through others).
+
+Every `import` counts, also those inside functions (kept there only to make `lmforge --help` fast) and those under
+`TYPE_CHECKING`: each is a dependency a reader has to follow. Dynamic imports by name (`importlib.import_module`,
+used by `lmforge/cli.py` to list the verbs) are not edges; that file sits above every stage anyway.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lmforge"
+
+# Pipeline order, lowest first (DEVELOPERS.md). Rank 0 is the shared core every stage may use: the top-level
+# modules named here. A module of a stage package takes the package's rank.
+STAGE_RANK = {
+    "utils": 0, "model": 0, "checkpoint": 0, "config": 0, "kernels": 0,
+    "data": 1,
+    "tokenizer": 2,
+    "train": 3,
+    "inference": 4,
+    "posttrain": 5,
+    "evaluation": 6,
+    "export": 7,
+    "speedrun": 8,
+}
+# The command line lists every stage's verbs, so it sits above all of them.
+ENTRY_POINTS = {"cli", "__main__", "__init__"}
+TOP = max(STAGE_RANK.values()) + 1
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def stage_rank(module: str) -> int | None:
+    """The rank of `lmforge.X...`: its stage package's, the core's, the entry points' (above every stage), or None
+    for a module that belongs to no stage (a test below names it)."""
+    parts = module.split(".")
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] in ENTRY_POINTS):
+        return TOP  # lmforge/__init__.py, lmforge/cli.py, lmforge/__main__.py
+    return STAGE_RANK.get(parts[1])
+
+
+def imports_of(path: Path, module: str, modules: dict[str, Path]) -> set[str]:
+    """The lmforge modules that `path` imports: `from lmforge.x import name` is an edge to `lmforge.x.name` when
+    that is a module, else to `lmforge.x`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # a relative import: resolve it against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import lmforge.x.y` when y is a name, not a module
+                target = target.rpartition(".")[0]
+            if target.startswith("lmforge") and target != module:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def upward_edges(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for every import from a module of a lower stage to one of a higher stage."""
+    ranked = [(a, b, stage_rank(a), stage_rank(b)) for a, targets in graph.items() for b in targets]
+    return sorted(f"{a} -> {b}" for a, b, ra, rb in ranked if ra is not None and rb is not None and rb > ra)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_checker_sees_what_it_must():
+    """The checks themselves: an upward edge and a cycle in a made-up graph are found, and real imports parse."""
+    graph = {"lmforge.data.a": {"lmforge.train.b"}, "lmforge.train.b": {"lmforge.data.a"}, "lmforge.utils": set()}
+    assert upward_edges(graph) == ["lmforge.data.a -> lmforge.train.b"]
+    assert cycles(graph) == [["lmforge.data.a", "lmforge.train.b"]]
+    real = import_graph()
+    assert "lmforge.utils" in real["lmforge.checkpoint"]
+    assert "lmforge.tokenizer.chat_format" in real["lmforge.inference.chat"]
+
+
+def test_every_module_belongs_to_a_stage():
+    strays = [module for module in all_modules() if stage_rank(module) is None]
+    assert not strays, f"modules in no stage (move them into a stage package, or add them to STAGE_RANK): {strays}"
+
+
+def test_no_lower_stage_imports_a_higher_one():
+    edges = upward_edges(import_graph())
+    assert not edges, "imports from a lower pipeline stage up to a higher one:\n" + "\n".join(edges)
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in found)
