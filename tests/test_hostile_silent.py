@@ -169,3 +169,15 @@ def test_silent_data_shards_are_checked_before_use(tmp_path):
         with pytest.raises(LmforgeError, match=match) as info:
             TokenShards(out, "train")
         assert "index.json" in str(info.value) or "tokenizer" in str(info.value)
+
+@pytest.mark.parametrize("only", [["nosuchstage"], ["sample", "nosuchstage"], ["Crawl"]])
+def test_silent_speedrun_only_unknown_stage(only, tmp_path):
+    """`--only nosuchstage` once ran nothing and said "all stages done": now it names the stage and lists the
+    valid ones, before creating the run folder."""
+    from lmforge.speedrun import STAGES
+
+    out = tmp_path / "run"
+    outcome = run_cli(["speedrun", "--out", str(out), "--only", *only])
+    assert_refused(outcome, only[-1])
+    assert all(stage.name in outcome.stderr for stage in STAGES)
+    assert not out.exists()
