@@ -175,7 +175,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     engine = Engine.from_checkpoint(str(args.checkpoint), device=args.device)
-    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir)
+    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir, unsafe_python=args.unsafe_python)
     cfg = ChatConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens,
                      seed=args.seed)
     chat = ChatSession(engine, tools, system=args.system, config=cfg)
@@ -225,6 +225,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--search-dir", type=Path, default=None, help="folder of text files the search tool reads")
     p.add_argument("--no-tools", action="store_true", help="do not run tools (calls get an error output)")
+    p.add_argument("--unsafe-python", action="store_true",
+                   help="where no OS jail (bubblewrap) can be made, run the model's Python code without one")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=0.95)
