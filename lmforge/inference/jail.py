@@ -15,6 +15,8 @@ hooks are no security boundary. So the kernel enforces every rule here, through 
 - an unprivileged uid: as root (no user namespace, so the kernel counts the uid's processes), the bootstrap drops
   from root to a fresh uid of its own after setting the limits, with every capability but SETUID/SETGID dropped
   beforehand; as another user, a user namespace maps uid 65534 onto that user and forbids nested ones;
+- a seccomp filter that refuses new user namespaces (in which the code would hold capabilities: mounts of
+  unbounded tmpfs, more kernel surface) and any other system-call ABI than the machine's own;
 - kernel resource limits set before the user's code starts (it cannot raise them: that needs CAP_SYS_RESOURCE in
   the initial user namespace): CPU seconds, address space, file size, open files, processes (RLIMIT_NPROC binds
   because the uid is not root), and a wall clock after which the whole PID namespace is killed. Output goes to a
@@ -27,8 +29,13 @@ with the same resource limits and none of the isolation.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
 import secrets
+import select
+import struct
 import shutil
 import signal
 import subprocess
@@ -49,6 +56,11 @@ _ENABLE_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) 
                 "(sysctl user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1, and on Ubuntu "
                 "kernel.apparmor_restrict_unprivileged_userns=0; in Docker run with --security-opt seccomp=unconfined "
                 "or --privileged)")
+
+
+# (AUDIT_ARCH, unshare, clone, clone3) per machine; the filter refuses every other ABI (i386, x32) outright.
+_SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
+_CLONE_NEWUSER = 0x10000000
 
 
 @dataclass(frozen=True)
@@ -127,10 +139,31 @@ def _filesystem_args() -> list[str]:
     return args
 
 
-def _bwrap_command(bwrap: str, limits: PythonLimits, code_fd: int) -> list[str]:
+def seccomp_program() -> bytes | None:
+    """Classic BPF for bwrap's --seccomp: EPERM for unshare/clone asking for CLONE_NEWUSER, ENOSYS for clone3
+    (its flags sit behind a pointer; the C library falls back to clone), EPERM for a foreign ABI; None on a
+    machine it does not know (then only the uid and --disable-userns stand against nested namespaces)."""
+    known = _SYSCALLS.get(platform.machine())
+    if known is None:
+        return None
+    arch, unshare, clone, clone3 = known
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / RET_ERRNO | errno
+    program = [  # (code, jump if true, jump if false, k); jumps count the instructions to skip
+        (ld, 0, 0, 4), (jeq, 0, 8, arch),  # seccomp_data.arch
+        (ld, 0, 0, 0), (jge, 6, 0, 0x40000000),  # seccomp_data.nr; x32 numbers have bit 30 set
+        (jeq, 6, 0, clone3), (jeq, 1, 0, unshare), (jeq, 0, 2, clone),
+        (ld, 0, 0, 16), (jset, 1, 0, _CLONE_NEWUSER),  # low word of args[0], the flags
+        (ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys),
+    ]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def _bwrap_command(bwrap: str, limits: PythonLimits, code_fd: int, seccomp_fd: int | None,
+                   info_fd: int) -> list[str]:
     """The whole command line: namespaces, identity, file system, environment, then the bootstrap."""
-    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net",
-           "--unshare-uts", "--unshare-cgroup-try"]
+    cmd = [bwrap, "--info-fd", str(info_fd), "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid",
+           "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     if os.geteuid() == 0:
         # A user namespace made by root maps the jail onto uid 0, which RLIMIT_NPROC never binds; so no user
         # namespace, and the bootstrap drops to a fresh uid with the only two capabilities it keeps.
@@ -139,6 +172,8 @@ def _bwrap_command(bwrap: str, limits: PythonLimits, code_fd: int) -> list[str]:
     else:
         uid = 0  # already unprivileged: the user namespace below maps 65534 onto the caller
         cmd += ["--unshare-user", "--disable-userns", "--uid", str(_NOBODY), "--gid", str(_NOBODY)]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     cmd += _filesystem_args()
     cmd += ["--size", str(limits.work_folder_bytes), "--perms", "0777", "--tmpfs", WORK_FOLDER,
             "--perms", "0444", "--file", str(code_fd), f"{WORK_FOLDER}/main.py", "--chdir", WORK_FOLDER,
@@ -199,23 +234,18 @@ def run_python(code: str, limits: PythonLimits = PythonLimits(), unsafe: bool = 
 
 def _run_in(tmp: Path, code: str, limits: PythonLimits, bwrap: str | None) -> tuple[int | None, bool, str]:
     """Run the code with `tmp` (private to us) holding its source and output; (exit status, killed, output)."""
-    source, out_path, work = tmp / "main.py", tmp / "output.txt", tmp / "work"
+    source, out_path = tmp / "main.py", tmp / "output.txt"
     source.write_text(code, encoding="utf-8")
-    with open(out_path, "wb") as out, open(source, "rb") as code_file:
+    with open(out_path, "wb") as out:
         if bwrap is not None:
-            proc = subprocess.Popen(_bwrap_command(bwrap, limits, code_file.fileno()), env={},
-                                    pass_fds=(code_file.fileno(),), **_stdio(out))
+            rc, killed = _run_jailed(tmp, bwrap, limits, out)
         else:
-            work.mkdir()
-            os.replace(source, work / "main.py")
-            proc = subprocess.Popen([str(_interpreter()), *_bootstrap_args(limits, 0, rlimit_nproc=False)], cwd=work,
-                                    env=_child_env(str(work)), **_stdio(out))
-        killed = _wait_or_kill(proc, limits.wall_seconds, jailed=bwrap is not None)
+            rc, killed = _run_unjailed(tmp, limits, out)
     text = _head_and_tail(out_path, limits.max_output_chars)
     if out_path.stat().st_size >= limits.max_file_bytes and not killed:
         # Python ignores SIGXFSZ: a flood ends in an OSError it cannot even print; say what happened instead
         return -signal.SIGXFSZ, False, text
-    return (None if killed else proc.returncode), killed, text
+    return rc, killed, text
 
 
 def _stdio(out: IO[bytes]) -> dict:
@@ -224,37 +254,82 @@ def _stdio(out: IO[bytes]) -> dict:
     return {"stdin": subprocess.DEVNULL, "stdout": out, "stderr": subprocess.STDOUT, "start_new_session": True}
 
 
-def _wait_or_kill(proc: subprocess.Popen, wall_seconds: float, jailed: bool) -> bool:
-    """Wait up to the wall-clock limit; past it, kill everything the code started. Whether it was killed."""
-    try:
-        proc.wait(timeout=wall_seconds)
-        return False
-    except subprocess.TimeoutExpired:
-        pass
-    if jailed:
-        _kill_namespace(proc)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)  # unjailed: a child in a new session of its own escapes this
-    proc.wait()
-    return True
+def _run_jailed(tmp: Path, bwrap: str, limits: PythonLimits, out: IO[bytes]) -> tuple[int | None, bool]:
+    """Run bwrap; return only once its whole PID namespace is gone, whether the code ended or was killed.
 
-
-def _kill_namespace(bwrap: subprocess.Popen) -> None:
-    """SIGKILL the jail's PID 1, bwrap's only child: the kernel then kills every process of its PID namespace,
-    detached sessions included, before PID 1 finishes dying, so bwrap's exit means the jail is empty."""
-    try:
-        children = Path(f"/proc/{bwrap.pid}/task/{bwrap.pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for pid in children:
+    bwrap exits as soon as the program it started exits, while the rest of the jail (a detached child, a fork
+    bomb) is still being torn down; so we hold a pidfd on the jail's PID 1 (read from --info-fd) and wait for it:
+    the kernel lets PID 1 finish dying only after every other process of its namespace is gone.
+    """
+    program = seccomp_program()
+    if program is not None:
+        (tmp / "seccomp.bpf").write_bytes(program)
+    info_read, info_write = os.pipe()
+    with contextlib.ExitStack() as files:
+        code_fd = files.enter_context(open(tmp / "main.py", "rb")).fileno()
+        bpf_fd = files.enter_context(open(tmp / "seccomp.bpf", "rb")).fileno() if program else None
+        cmd = _bwrap_command(bwrap, limits, code_fd, bpf_fd, info_write)
+        fds = tuple(fd for fd in (code_fd, bpf_fd, info_write) if fd is not None)
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            proc = subprocess.Popen(cmd, env={}, pass_fds=fds, **_stdio(out))
+        finally:
+            os.close(info_write)
+    init = _open_jail_init(info_read, proc)  # the pipe stays open until bwrap is done: a closed one kills it
     try:
-        bwrap.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:  # no children file (a kernel without it): PID 1 dies with bwrap instead
-        bwrap.kill()
+        killed = not _wait(proc, limits.wall_seconds)
+        if killed:
+            if init is not None:
+                signal.pidfd_send_signal(init, signal.SIGKILL)  # the kernel kills the rest of the namespace
+            proc.kill()
+            proc.wait()
+        if init is not None:
+            select.select([init], [], [], 10.0)
+    finally:
+        os.close(info_read)
+        if init is not None:
+            os.close(init)
+    return (None if killed else proc.returncode), killed
+
+
+def _open_jail_init(info_read: int, bwrap: subprocess.Popen) -> int | None:
+    """A pidfd on the jail's PID 1, named by bwrap's --info-fd and checked to be bwrap's own child; None if bwrap
+    failed before making it."""
+    text = b""
+    while select.select([info_read], [], [], 10.0)[0]:  # bwrap writes it in pieces, then closes its end
+        piece = os.read(info_read, 4096)
+        text += piece
+        if not piece or text.rstrip().endswith(b"}"):
+            break
+    try:
+        pid = int(json.loads(text)["child-pid"])
+        parent = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]
+        return os.pidfd_open(pid) if int(parent) == bwrap.pid else None
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError covers JSON errors; OSError a gone process
+        return None
+
+
+def _run_unjailed(tmp: Path, limits: PythonLimits, out: IO[bytes]) -> tuple[int | None, bool]:
+    """--unsafe-python where no jail can be made: the same limits (but RLIMIT_NPROC, which would count all of the
+    user's processes), an emptied environment and a throw-away directory; no isolation at all."""
+    work = tmp / "work"
+    work.mkdir()
+    os.replace(tmp / "main.py", work / "main.py")
+    proc = subprocess.Popen([str(_interpreter()), *_bootstrap_args(limits, 0, rlimit_nproc=False)], cwd=work,
+                            env=_child_env(str(work)), **_stdio(out))
+    if _wait(proc, limits.wall_seconds):
+        return proc.returncode, False
+    os.killpg(proc.pid, signal.SIGKILL)  # a child that started a session of its own escapes this
+    proc.wait()
+    return None, True
+
+
+def _wait(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether the process ended within `seconds`."""
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _head_and_tail(path: Path, max_chars: int) -> str:
