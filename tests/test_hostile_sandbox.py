@@ -164,6 +164,9 @@ def test_sandbox_cannot_gain_privileges_or_raise_limits():
                      # as root of a user namespace of its own, the code could mount an unbounded tmpfs
                      "    ('userns', lambda: libc('unshare', 0x10000000)),\n"
                      "    ('mount', lambda: libc('mount', b'none', b'/sandbox', b'tmpfs', 0, None)),\n"
+                     # memory that RLIMIT_AS stops counting once unmapped
+                     "    ('memfd', lambda: os.memfd_create('m')), ('shm', lambda: libc('shmget', 0, 2**20, 0o1600)),\n"
+                     "    ('msg', lambda: libc('msgget', 0, 0o1600)),\n"
                      "    ('rlimit', lambda: resource.setrlimit(resource.RLIMIT_NPROC, (-1, -1))),\n"
                      "    ('killhost', lambda: os.kill(%d, 15))]:\n"  # the test's own pid is not in the jail
                      "    try: call(); print(name, 'DONE')\n"

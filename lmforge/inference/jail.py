@@ -16,11 +16,14 @@ hooks are no security boundary. So the kernel enforces every rule here, through 
   from root to a fresh uid of its own after setting the limits, with every capability but SETUID/SETGID dropped
   beforehand; as another user, a user namespace maps uid 65534 onto that user and forbids nested ones;
 - a seccomp filter that refuses new user namespaces (in which the code would hold capabilities: mounts of
-  unbounded tmpfs, more kernel surface) and any other system-call ABI than the machine's own;
+  unbounded tmpfs, more kernel surface), memory that outlives its mapping (memfd, System V IPC) and any other
+  system-call ABI than the machine's own;
 - kernel resource limits set before the user's code starts (it cannot raise them: that needs CAP_SYS_RESOURCE in
   the initial user namespace): CPU seconds, address space, file size, open files, processes (RLIMIT_NPROC binds
   because the uid is not root), and a wall clock after which the whole PID namespace is killed. Output goes to a
-  file bounded by the file-size limit, and only its head and tail are read back.
+  file bounded by the file-size limit, and only its head and tail are read back. Memory in all is bounded by
+  max_processes * memory_bytes + work_folder_bytes plus kernel buffers (pipes, sockets) bounded by the open-file
+  limit; a memory cgroup would bound it tighter, but is rarely delegated (containers, CI) and is not used.
 
 Where no jail can be made (no bwrap, namespaces forbidden), `run_python` refuses with the reason and the fix,
 unless the caller passes `unsafe=True` (the CLI's `--unsafe-python`): then the code runs in a plain child process
@@ -58,8 +61,13 @@ _ENABLE_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) 
                 "or --privileged)")
 
 
-# (AUDIT_ARCH, unshare, clone, clone3) per machine; the filter refuses every other ABI (i386, x32) outright.
-_SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
+# Per machine: AUDIT_ARCH, then system-call numbers. The filter refuses every other ABI (i386, x32) outright.
+_SYSCALLS = {
+    "x86_64": (0xC000003E, {"unshare": 272, "clone": 56, "clone3": 435, "memfd_create": 319, "shmget": 29,
+                            "msgget": 68}),
+    "aarch64": (0xC00000B7, {"unshare": 97, "clone": 220, "clone3": 435, "memfd_create": 279, "shmget": 194,
+                             "msgget": 186}),
+}
 _CLONE_NEWUSER = 0x10000000
 
 
@@ -70,7 +78,7 @@ class PythonLimits:
     memory_bytes: int = 512 * 2**20  # RLIMIT_AS of every process: allocations beyond it raise MemoryError
     max_output_chars: int = 4000  # what the model reads back (the head and tail of stdout and stderr)
     max_file_bytes: int = 8 * 2**20  # RLIMIT_FSIZE: largest file it may write, the captured output included
-    max_processes: int = 16  # RLIMIT_NPROC: processes and threads of the jail's uid
+    max_processes: int = 8  # RLIMIT_NPROC: processes and threads of the jail's uid
     max_open_files: int = 64  # RLIMIT_NOFILE
     work_folder_bytes: int = 64 * 2**20  # size of the tmpfs at /sandbox (all files together)
 
@@ -140,22 +148,32 @@ def _filesystem_args() -> list[str]:
 
 
 def seccomp_program() -> bytes | None:
-    """Classic BPF for bwrap's --seccomp: EPERM for unshare/clone asking for CLONE_NEWUSER, ENOSYS for clone3
-    (its flags sit behind a pointer; the C library falls back to clone), EPERM for a foreign ABI; None on a
-    machine it does not know (then only the uid and --disable-userns stand against nested namespaces)."""
+    """Classic BPF for bwrap's --seccomp, or None on a machine it does not know.
+
+    EPERM for unshare/clone asking for CLONE_NEWUSER (as root of a namespace of its own the code would hold
+    capabilities: mounts of unbounded tmpfs, more kernel surface) and ENOSYS for clone3 (its flags sit behind a
+    pointer; the C library falls back to clone). EPERM for memory no RLIMIT_AS counts once unmapped: memfd_create,
+    System V shared memory and message queues. EPERM for any foreign ABI, which would bypass all of this.
+    """
     known = _SYSCALLS.get(platform.machine())
     if known is None:
         return None
-    arch, unshare, clone, clone3 = known
+    arch, nr = known
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / RET_ERRNO | errno
-    program = [  # (code, jump if true, jump if false, k); jumps count the instructions to skip
-        (ld, 0, 0, 4), (jeq, 0, 8, arch),  # seccomp_data.arch
-        (ld, 0, 0, 0), (jge, 6, 0, 0x40000000),  # seccomp_data.nr; x32 numbers have bit 30 set
-        (jeq, 6, 0, clone3), (jeq, 1, 0, unshare), (jeq, 0, 2, clone),
-        (ld, 0, 0, 16), (jset, 1, 0, _CLONE_NEWUSER),  # low word of args[0], the flags
-        (ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys),
-    ]
+    # (code, jump if true, jump if false, k); a jump is the number of instructions to skip, or a label of the end
+    body = [(ld, 0, 0, 4), (jeq, 0, "eperm", arch),  # seccomp_data.arch
+            (ld, 0, 0, 0), (jge, "eperm", 0, 0x40000000),  # seccomp_data.nr; x32 numbers have bit 30 set
+            (jeq, "enosys", 0, nr["clone3"])]
+    body += [(jeq, "eperm", 0, nr[name]) for name in ("memfd_create", "shmget", "msgget")]
+    body += [(jeq, 1, 0, nr["unshare"]), (jeq, 0, "allow", nr["clone"]),
+             (ld, 0, 0, 16), (jset, "eperm", "allow", _CLONE_NEWUSER)]  # low word of args[0], the flags
+    end = {"allow": len(body), "eperm": len(body) + 1, "enosys": len(body) + 2}
+    returns = [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050000 | 1), (ret, 0, 0, 0x00050000 | 38)]
+
+    def skip(target: int | str, at: int) -> int:
+        return target if isinstance(target, int) else end[target] - at - 1
+
+    program = [(code, skip(jt, i), skip(jf, i), k) for i, (code, jt, jf, k) in enumerate(body)] + returns
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
 
 
