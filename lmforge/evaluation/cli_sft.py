@@ -12,7 +12,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     cfg = SFTEvalConfig(prompts=args.prompts, arithmetic=args.arithmetic, seed=args.seed, max_tokens=args.max_tokens,
-                        samples=args.samples)
+                        samples=args.samples, unsafe_python=args.unsafe_python)
     result = evaluate_sft(args.checkpoint, cfg, device=args.device, progress=not args.no_progress)
     print(format_report(result))
     if args.json is not None:
@@ -35,4 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--unsafe-python", action="store_true",
+                   help="where no OS jail (bubblewrap) can be made, run the model's Python code without one")
     p.set_defaults(func=_cmd)
