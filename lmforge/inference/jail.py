@@ -38,9 +38,9 @@ import os
 import platform
 import secrets
 import select
-import struct
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -73,6 +73,9 @@ _CLONE_NEWUSER = 0x10000000
 
 @dataclass(frozen=True)
 class PythonLimits:
+    """Kernel limits of one run. Each is per process (the kernel has no per-jail rlimit), so the jail's totals are
+    these times max_processes; the defaults fit short scripts and keep that product a few GB."""
+
     cpu_seconds: int = 2  # RLIMIT_CPU of every process: SIGXCPU at this many CPU seconds, SIGKILL one later
     wall_seconds: float = 5.0  # then the whole jail (its PID namespace) is killed
     memory_bytes: int = 512 * 2**20  # RLIMIT_AS of every process: allocations beyond it raise MemoryError
@@ -147,7 +150,7 @@ def _filesystem_args() -> list[str]:
     return args
 
 
-def seccomp_program() -> bytes | None:
+def _seccomp_program() -> bytes | None:
     """Classic BPF for bwrap's --seccomp, or None on a machine it does not know.
 
     EPERM for unshare/clone asking for CLONE_NEWUSER (as root of a namespace of its own the code would hold
@@ -230,7 +233,7 @@ def jail_problem() -> str | None:
     return f"bwrap cannot make the jail: {'timed out' if killed else first.strip()}"
 
 
-def refusal(problem: str) -> str:
+def _refusal(problem: str) -> str:
     """The tool's answer when no jail can be made: what is wrong, how to enable the jail, how to opt out."""
     return (f"error: the python tool runs code only in an OS jail, and none can be made here: {problem}. To enable "
             f"it, {_ENABLE_HINT}. To run model-written code without any isolation instead, pass --unsafe-python.")
@@ -243,7 +246,7 @@ def run_python(code: str, limits: PythonLimits = PythonLimits(), unsafe: bool = 
     """
     problem = jail_problem()
     if problem is not None and not unsafe:
-        return refusal(problem)
+        return _refusal(problem)
     bwrap = shutil.which("bwrap") if problem is None else None
     with tempfile.TemporaryDirectory(prefix="lmforge-py-") as tmp:
         rc, killed, text = _run_in(Path(tmp), code, limits, bwrap)
@@ -279,34 +282,40 @@ def _run_jailed(tmp: Path, bwrap: str, limits: PythonLimits, out: IO[bytes]) -> 
     bomb) is still being torn down; so we hold a pidfd on the jail's PID 1 (read from --info-fd) and wait for it:
     the kernel lets PID 1 finish dying only after every other process of its namespace is gone.
     """
-    program = seccomp_program()
+    program = _seccomp_program()
     if program is not None:
         (tmp / "seccomp.bpf").write_bytes(program)
     info_read, info_write = os.pipe()
     with contextlib.ExitStack() as files:
-        code_fd = files.enter_context(open(tmp / "main.py", "rb")).fileno()
-        bpf_fd = files.enter_context(open(tmp / "seccomp.bpf", "rb")).fileno() if program else None
-        cmd = _bwrap_command(bwrap, limits, code_fd, bpf_fd, info_write)
-        fds = tuple(fd for fd in (code_fd, bpf_fd, info_write) if fd is not None)
-        try:
+        files.callback(os.close, info_read)  # open until bwrap is done: writing to a closed pipe would kill it
+        with contextlib.ExitStack() as passed:
+            passed.callback(os.close, info_write)
+            code_fd = passed.enter_context(open(tmp / "main.py", "rb")).fileno()
+            bpf_fd = passed.enter_context(open(tmp / "seccomp.bpf", "rb")).fileno() if program else None
+            cmd = _bwrap_command(bwrap, limits, code_fd, bpf_fd, info_write)
+            fds = tuple(fd for fd in (code_fd, bpf_fd, info_write) if fd is not None)
             proc = subprocess.Popen(cmd, env={}, pass_fds=fds, **_stdio(out))
-        finally:
-            os.close(info_write)
-    init = _open_jail_init(info_read, proc)  # the pipe stays open until bwrap is done: a closed one kills it
-    try:
-        killed = not _wait(proc, limits.wall_seconds)
-        if killed:
+        init = _open_jail_init(info_read, proc)
+        if init is not None:
+            files.callback(os.close, init)
+        ended = False
+        try:
+            ended = _wait(proc, limits.wall_seconds)
+        finally:  # past the wall clock, or interrupted (Ctrl-C in the chat): nothing of the jail outlives the call
+            if not ended:
+                _kill_jail(proc, init)
             if init is not None:
-                signal.pidfd_send_signal(init, signal.SIGKILL)  # the kernel kills the rest of the namespace
-            proc.kill()
-            proc.wait()
-        if init is not None:
-            select.select([init], [], [], 10.0)
-    finally:
-        os.close(info_read)
-        if init is not None:
-            os.close(init)
-    return (None if killed else proc.returncode), killed
+                select.select([init], [], [], 10.0)
+    return (proc.returncode if ended else None), not ended
+
+
+def _kill_jail(bwrap: subprocess.Popen, init: int | None) -> None:
+    """SIGKILL the jail's PID 1 (the kernel then kills the rest of its PID namespace) and bwrap."""
+    if init is not None:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended a moment ago
+            signal.pidfd_send_signal(init, signal.SIGKILL)
+    bwrap.kill()
+    bwrap.wait()
 
 
 def _open_jail_init(info_read: int, bwrap: subprocess.Popen) -> int | None:
