@@ -171,7 +171,8 @@ def test_sandbox_cannot_gain_privileges_or_raise_limits():
                      "    ('msg', lambda: libc('msgget', 0, 0o1600)),\n"
                      # the jail's PID 1 keeps SETUID/SETGID where bwrap runs as root; a terminal would allow TIOCSTI
                      "    ('ptrace1', lambda: libc('ptrace', 16, 1, 0, 0)), ('tty', lambda: open('/dev/tty')),\n"
-                     "    ('rlimit', lambda: resource.setrlimit(resource.RLIMIT_NPROC, (-1, -1))),\n"
+                     "    ('nproc', lambda: resource.setrlimit(resource.RLIMIT_NPROC, (-1, -1))),\n"
+                     "    ('as', lambda: resource.setrlimit(resource.RLIMIT_AS, (-1, -1))),\n"
                      "    ('killhost', lambda: os.kill(%d, 15))]:\n"  # the test's own pid is not in the jail
                      "    try: call(); print(name, 'DONE')\n"
                      "    except (OSError, ValueError) as e: print(name, type(e).__name__)\n"
