@@ -69,7 +69,7 @@ WRITE_ESCAPES = {
     "mkfifo": "import os\nos.mkfifo({t!r} + '/fifo')",
     "symlink into the host": "import os\nos.symlink({t!r}, 'link')\nopen('link/x', 'w').write('pwned')",
     "symlink via /proc/1/root": "import os\nos.symlink('/proc/1/root' + {t!r}, 'link')\nopen('link/x', 'w')",
-    "shutil.copy": "import shutil\nshutil.copy('/etc/ld.so.cache', {t!r})",
+    "shutil.copy": "import shutil\nshutil.copy('main.py', {t!r})",
     "truncate": "import os\nos.truncate({t!r} + '/victim.txt', 0)",
     "chmod": "import os\nos.chmod({t!r} + '/victim.txt', 0o777)",
     "ctypes open": WIPE_GUARD + "import ctypes\nlibc = ctypes.CDLL(None)\n"

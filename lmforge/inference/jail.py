@@ -102,17 +102,19 @@ if _uid > 0 and os.getuid() == 0:
     os.setresgid(_uid, _uid, _uid)
     os.setresuid(_uid, _uid, _uid)
 sys.argv = ["main.py"]
-with open("main.py", encoding="utf-8") as _f:
-    _code = _f.read()
-del _uid, _cpu, _mem, _fsize, _nproc, _nofile, _which, _soft, _hard, _f
-try:
-    exec(compile(_code, "main.py", "exec"), {"__name__": "__main__"})
-except SystemExit:
-    raise
-except BaseException as _e:  # the traceback starts at the user's code, not at this bootstrap
-    import traceback
-    traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
-    sys.exit(1)
+def _main(sys=sys):  # local names: the user's code may wipe this module's globals, as it may do anything
+    with open("main.py", encoding="utf-8") as f:
+        code = compile(f.read(), "main.py", "exec")
+    try:
+        exec(code, {"__name__": "__main__"})
+    except SystemExit:
+        raise
+    except BaseException as e:  # the traceback starts at the user's code, not at this bootstrap
+        import traceback
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        sys.exit(1)
+del _uid, _cpu, _mem, _fsize, _nproc, _nofile, _which, _soft, _hard
+_main()
 '''
 
 
@@ -134,20 +136,25 @@ def _visible_paths() -> list[str]:
 
 
 def _filesystem_args() -> list[str]:
-    """bwrap arguments that build the jail's root: read-only binds, merged-/usr links, a tmpfs work folder."""
+    """bwrap arguments that build the jail's root: read-only binds, merged-/usr links, /proc and /dev."""
     args: list[str] = []
     made = {"/"}
-    for path in _visible_paths():
-        for parent in reversed(Path(path).parents):  # bwrap would copy the host's modes (/root is 0700)
+
+    def bind(path: str) -> None:
+        for parent in reversed(Path(path).parents):  # bwrap would make them 0700 (the jail's uid could not enter)
             if str(parent) not in made:
-                args += ["--perms", "0755", "--dir", str(parent)]
+                args.extend(["--perms", "0755", "--dir", str(parent)])
                 made.add(str(parent))
-        args += ["--ro-bind", path, path]
+        args.extend(["--ro-bind", path, path])
+
+    for path in _visible_paths():
+        bind(path)
+    if os.path.isfile("/etc/ld.so.cache"):  # the dynamic loader's index of the libraries bound above
+        bind("/etc/ld.so.cache")
     for path in _SYSTEM_LIBRARIES:
         if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--proc", "/proc", "--dev", "/dev"]
-    return args
+            args.extend(["--symlink", os.readlink(path), path])
+    return args + ["--proc", "/proc", "--dev", "/dev"]
 
 
 def _seccomp_program() -> bytes | None:
