@@ -86,6 +86,7 @@ def test_sandbox_cannot_write_outside_the_work_folder(name, host):
     code = WRITE_ESCAPES[name].format(t=str(host))
     out = run_jailed(code)
     assert untouched(host), (name, out)
+    assert "NameError" not in out, out  # the user's own error is reported, even after it wiped the globals
 
 
 @needs_jail
