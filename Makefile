@@ -7,9 +7,18 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= runs/speedrun
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench runner clean
+.PHONY: setup demo test bench runner clean bubblewrap
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed bubblewrap
+
+# The chat's python tool runs model-written code only inside a bubblewrap jail (lmforge/inference/jail.py).
+# Installed with apt where it is missing and we may (root, apt-get present); otherwise one line says so and setup
+# goes on: the tool then refuses to run code, and the jail's tests skip with the reason.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+		>/dev/null; } || echo "note: bubblewrap (bwrap) is missing and could not be installed here;" \
+		"the python tool will refuse to run code (install bubblewrap, or pass --unsafe-python)" >&2
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

@@ -1,11 +1,17 @@
-"""The assistant's tools: the calculator accepts only arithmetic; the Python sandbox holds its limits."""
+"""The assistant's tools: the calculator accepts only arithmetic; the Python jail holds its limits (the escapes
+are in test_hostile_sandbox.py); the search stays inside its folder and reads a bounded prefix of each file."""
 
 import os
+import time
+import tracemalloc
 
 import pytest
 
-from lmforge.inference.tools import (CalculatorError, PythonLimits, calculate, default_tools, run_python, run_tool,
-                                     search_files)
+from lmforge.inference.jail import jail_problem
+from lmforge.inference.tools import (CalculatorError, PythonLimits, SearchIndex, calculate, default_tools, run_python,
+                                     run_tool, search_files)
+
+needs_jail = pytest.mark.skipif(jail_problem() is not None, reason=f"no jail here: {jail_problem()}")
 
 
 @pytest.mark.parametrize("expr, want", [
@@ -39,6 +45,7 @@ def test_run_tool_turns_errors_into_text(tmp_path):
 FAST = PythonLimits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 * 2**20, max_output_chars=500)
 
 
+@needs_jail
 @pytest.mark.timeout(30)
 def test_python_runs_code_and_truncates_output():
     assert run_python("print(6*7)", FAST) == "42"
@@ -47,6 +54,7 @@ def test_python_runs_code_and_truncates_output():
     assert "ZeroDivisionError" in run_python("1/0", FAST)
 
 
+@needs_jail
 @pytest.mark.timeout(90)
 def test_python_is_killed_at_cpu_and_wall_limits():
     # a generous wall clock, so that on a loaded machine the CPU limit is what stops it
@@ -54,38 +62,14 @@ def test_python_is_killed_at_cpu_and_wall_limits():
     assert "wall time" in run_python("import time; time.sleep(30)", PythonLimits(wall_seconds=1.0))
 
 
+@needs_jail
 @pytest.mark.timeout(30)
 def test_python_memory_limit():
     out = run_python("x = bytearray(1024 * 2**20)\nprint('allocated')", FAST)
     assert "allocated" not in out and "out of memory" in out
 
 
-@pytest.mark.timeout(30)
-def test_python_cannot_write_outside_its_directory(tmp_path):
-    target = tmp_path / "escaped.txt"
-    code = (f"open('inside.txt', 'w').write('ok'); print(open('inside.txt').read())\n"
-            f"open({str(target)!r}, 'w').write('pwned')")
-    out = run_python(code, FAST)
-    assert out.startswith("ok") and "PermissionError" in out
-    assert not target.exists()
-    for code in (f"import os; os.remove({str(target)!r})", f"import os; os.mkdir({str(tmp_path / 'd')!r})",
-                 f"import os; os.symlink({str(tmp_path)!r}, 'link'); open('link/x', 'w')",
-                 f"import shutil; shutil.copy('/etc/hostname', {str(tmp_path)!r})"):
-        assert "not allowed" in run_python(code, FAST), code
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.timeout(30)
-def test_python_cannot_open_a_socket_or_start_processes():
-    out = run_python("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
-                     "s.connect(('127.0.0.1', 9))\nprint('connected')", FAST)
-    assert "connected" not in out and "error" in out
-    assert "not allowed" in run_python("import subprocess; subprocess.run(['true'])", FAST)
-    assert "not allowed" in run_python("import os; os.system('true')", FAST)
-    assert "not allowed" in run_python("import ctypes", FAST)
-    assert "not allowed" in run_python("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", FAST)
-
-
+@needs_jail
 @pytest.mark.timeout(30)
 def test_python_sees_no_parent_environment(monkeypatch):
     monkeypatch.setenv("LMFORGE_SECRET_TEST", "hunter2")
@@ -104,6 +88,29 @@ def test_search_finds_passages_and_stays_inside(tmp_path):
     assert search_files(docs, "serializes JSON").startswith("json.txt:")
     assert search_files(docs, "zebra") == "no results"
     assert run_tool(default_tools(search_dir=tmp_path / "missing"), "search", "x").startswith("error:")
+
+
+@pytest.mark.timeout(60)
+def test_search_reads_at_most_its_cap_of_a_huge_file(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    big = docs / "huge.log"
+    big.write_text("needle in the first passage\n\n" + "hay " * 1000)
+    os.truncate(big, 3 * 2**30)  # 3 GB, sparse: reading it whole would take seconds and 3 GB of memory
+    (docs / "late.txt").write_text("the needle beyond the cap\n\n".rjust(5000, " "))
+    os.mkfifo(docs / "pipe.txt")  # never opened: it is not a regular file
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        index = SearchIndex.build(docs, max_bytes=2_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 10
+    assert peak < 40 * 2**20  # a few copies of the 2 MB cap, not the file
+    names = {name for _, name, _ in index.search("needle", k=5)}
+    assert names == {"huge.log", "late.txt"}
+    assert SearchIndex.build(docs, max_bytes=1000).search("beyond") == []  # "beyond" lies past 1,000 bytes
 
 
 class _ScriptedSession:

@@ -23,7 +23,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     cfg = from_flags(SFTEvalConfig, {name: getattr(args, name) for name in ("prompts", "arithmetic", "seed",
-                                                                            "max_tokens", "samples")})
+                                                                            "max_tokens", "samples",
+                                                                            "unsafe_python")})
     configure_threads(args.threads)
     result = evaluate_sft(args.checkpoint, cfg, device=device, progress=not args.no_progress)
     print(format_report(result))
@@ -48,4 +49,6 @@ def register_sft(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="auto (CUDA when visible, else cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--unsafe-python", action="store_true",
+                   help="where no OS jail (bubblewrap) can be made, run the model's Python code without one")
     p.set_defaults(func=cmd_sft)

@@ -34,6 +34,7 @@ class SFTEvalConfig:
     samples: int = 6  # rows of the sample table
     max_tokens: int = 96
     seed: int = 2468  # the held-out data's seed (training data uses other seeds)
+    unsafe_python: bool = False  # run the model's Python unjailed where no OS jail can be made (see inference/jail)
 
     def __post_init__(self) -> None:
         """Refuse counts that would silently measure nothing or the wrong slice (a negative count cuts from the
@@ -104,7 +105,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     engine = Engine.from_checkpoint(str(checkpoint), device=device)
     tok = engine.tokenizer
     chat_cfg = cfg.chat_config()
-    tools = default_tools()
+    tools = default_tools(unsafe_python=cfg.unsafe_python)
     held = list(generate_default_conversations(DefaultDataConfig(n=max(cfg.prompts, cfg.val_conversations),
                                                                  seed=cfg.seed)))
     bar = tqdm(total=cfg.prompts + 2 * cfg.arithmetic, desc="eval sft", disable=not progress, dynamic_ncols=True)

@@ -156,7 +156,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                                                                          "max_tokens", "seed")})
     configure_threads(args.threads)
     engine = Engine.from_checkpoint(str(args.checkpoint), device=device)
-    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir)
+    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir, unsafe_python=args.unsafe_python)
     chat = ChatSession(engine, tools, system=args.system, config=cfg)
     print(f"lmforge chat: {args.checkpoint} | tools: {', '.join(tools) or 'none'} | {CHAT_HELP}")
     while True:
@@ -241,6 +241,8 @@ def register_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--search-dir", type=Path, default=None, help="folder of text files the search tool reads")
     p.add_argument("--no-tools", action="store_true", help="do not run tools (calls get an error output)")
+    p.add_argument("--unsafe-python", action="store_true",
+                   help="where no OS jail (bubblewrap) can be made, run the model's Python code without one")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=0.95)

@@ -1,4 +1,4 @@
-"""The assistant's tools: a calculator, a sandboxed Python runner and a read-only search over text files.
+"""The assistant's tools: a calculator, a jailed Python runner and a read-only search over text files.
 
 A tool takes the argument text of a call (see `lmforge.tokenizer.chat_format`: `<|tool_call|>NAME\\nARGS
 <|tool_call_end|>`) and returns the text the model reads inside `<|tool_output|>...<|tool_output_end|>`. Every
@@ -6,12 +6,10 @@ failure, from a syntax error to a killed process, comes back as text starting wi
 and the chat goes on: `run_tool` never raises.
 
 Security model. The calculator never calls `eval`: it walks Python's `ast` over a whitelist of arithmetic node
-types and bounds the size of every intermediate number. The Python runner runs model-written code in a separate
-process with CPU-time, address-space, file-size and wall-clock limits, an emptied environment, a throw-away working
-directory, and no network (a fresh network namespace via `unshare -rn` where the kernel allows it, and in every case
-an audit hook that refuses sockets). The same audit hook refuses writes, renames and deletions outside the working
-directory, and refuses starting processes and loading native code through ctypes. Audit hooks are defence in depth
-on top of the OS limits, not a jail: run untrusted code for other people inside a container or VM.
+types and bounds the size of every intermediate number. The Python runner (`lmforge.inference.jail`) runs
+model-written code in an OS jail (bubblewrap namespaces, an unprivileged uid, kernel resource limits) and refuses
+where none can be made unless the user passes `--unsafe-python`. The search reads only regular text files inside
+its folder, and at most a bounded prefix of each.
 """
 
 from __future__ import annotations
@@ -20,16 +18,15 @@ import ast
 import math
 import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
+
+from lmforge.inference.jail import PythonLimits, run_python
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Calculator
@@ -143,139 +140,6 @@ def calculate(expression: str, limits: CalculatorLimits = CalculatorLimits()) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Python runner
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PythonLimits:
-    cpu_seconds: int = 2  # RLIMIT_CPU: the kernel kills the child after this much CPU time
-    wall_seconds: float = 5.0  # a sleeping or blocked child is killed after this much real time
-    memory_bytes: int = 512 * 2**20  # RLIMIT_AS: allocations beyond it fail with MemoryError
-    max_output_chars: int = 4000  # what the model reads back (stdout then stderr, truncated)
-    max_file_bytes: int = 8 * 2**20  # RLIMIT_FSIZE: largest file (including the captured output) it may write
-    network_namespace: bool = True  # use `unshare -rn` when it works, for no network even below Python
-
-
-# Runs in the child before the user's code: resource limits, then an audit hook that refuses what the sandbox
-# forbids (including raising those limits again). It is source text because it must run in the fresh interpreter.
-_GUARD = r'''
-import os, resource, sys
-_cpu, _mem, _fsize = (int(a) for a in sys.argv[1:4])
-resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
-_ROOT = os.path.realpath(os.getcwd())
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_PATH_EVENTS = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
-                "os.utime": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
-_DENIED = ("socket.", "subprocess.", "resource.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-           "os.forkpty", "os.kill", "os.killpg", "ctypes.", "pty.", "os.setuid", "os.chroot", "mmap.")
-def _inside(path):
-    if isinstance(path, int):
-        return True
-    p = os.path.realpath(os.fsdecode(path))
-    return p == _ROOT or p.startswith(_ROOT + os.sep)
-_NO_IMPORT = {"_posixsubprocess", "_ctypes", "ctypes", "_xxsubinterpreters", "multiprocessing"}
-def _guard(event, args):
-    if event == "import" and args[0].partition(".")[0] in _NO_IMPORT:
-        raise ImportError(f"sandbox: importing {args[0]} is not allowed")
-    if event.startswith(_DENIED) and event != "socket.getservbyname":
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags or 0) & _WRITE_FLAGS
-        if writing and path is not None and not _inside(path):
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path}")
-    elif event in _PATH_EVENTS:
-        for path in args[:_PATH_EVENTS[event]]:
-            if path is not None and not _inside(path):
-                raise PermissionError(f"sandbox: {event} outside the working directory is not allowed: {path}")
-sys.addaudithook(_guard)
-del _guard
-_code = open("main.py", encoding="utf-8").read()
-try:
-    exec(compile(_code, "main.py", "exec"), {"__name__": "__main__"})
-except SystemExit:
-    raise
-except BaseException as _e:  # the traceback starts at the user's code, not at this bootstrap
-    import traceback
-    traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
-    sys.exit(1)
-'''
-
-
-@lru_cache(maxsize=1)
-def _unshare_works() -> bool:
-    """Whether `unshare -rn` can make an unprivileged network namespace here (many containers forbid it)."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return False
-    try:
-        return subprocess.run([exe, "-rn", "true"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def _head_and_tail(path: Path, max_chars: int) -> str:
-    """The file's text, or its start and end around a truncation mark: errors print their last line last."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size <= max_chars * 4:
-            text = f.read().decode("utf-8", errors="replace")
-            if len(text) <= max_chars:
-                return text
-            head, tail = text[:max_chars // 2], text[-max_chars // 2:]
-        else:
-            head = f.read(max_chars * 2).decode("utf-8", errors="replace")[:max_chars // 2]
-            f.seek(size - max_chars * 2)
-            tail = f.read().decode("utf-8", errors="replace")[-max_chars // 2:]
-    return f"{head}\n[output truncated]\n{tail}"
-
-
-def run_python(code: str, limits: PythonLimits = PythonLimits()) -> str:
-    """Run `code` in a sandboxed child interpreter; return its stdout and stderr (truncated) and how it ended."""
-    with tempfile.TemporaryDirectory(prefix="lmforge-py-") as tmp:
-        work = Path(tmp) / "work"
-        work.mkdir()
-        (work / "main.py").write_text(code, encoding="utf-8")
-        out_path = Path(tmp) / "output.txt"
-        # -u: prints and tracebacks stay in order. The limits are set by the child itself (not by a preexec_fn,
-        # which can deadlock a parent that runs threads, as torch does), before the hook forbids changing them.
-        cmd = [sys.executable, "-I", "-u", "-c", _GUARD,
-               str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_file_bytes)]
-        if limits.network_namespace and _unshare_works():
-            cmd = [shutil.which("unshare") or "unshare", "-rn", "--"] + cmd
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(work),
-               "OMP_NUM_THREADS": "1"}
-        status = ""
-        with open(out_path, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=limits.wall_seconds)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                rc, status = None, f"error: killed after {limits.wall_seconds:g} s of wall time"
-        text = _head_and_tail(out_path, limits.max_output_chars)
-        if rc is not None and rc != 0:
-            if rc in (-signal.SIGXCPU, -signal.SIGKILL):
-                status = f"error: killed at the CPU-time limit ({limits.cpu_seconds} s)"
-            elif rc == -signal.SIGXFSZ:
-                status = f"error: output larger than {limits.max_file_bytes} bytes"
-            elif "MemoryError" in text:
-                status = f"error: out of memory (limit {limits.memory_bytes // 2**20} MiB)"
-            elif rc < 0:
-                status = f"error: killed by signal {signal.Signals(-rc).name}"
-            else:
-                status = f"error: exit status {rc}"
-        return (text.rstrip("\n") + ("\n" + status if status else "")).strip("\n") or "(no output)"
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Search over a folder of text files
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -313,7 +177,10 @@ class SearchIndex:
             real = path.resolve()
             if root not in real.parents:
                 continue
-            text = real.read_bytes()[:max_bytes].decode("utf-8", errors="replace")
+            try:
+                text = _read_prefix(real, max_bytes).decode("utf-8", errors="replace")
+            except OSError:  # unreadable, or swapped for a link since the listing: skipped like outside links
+                continue
             for passage in _passages(text):
                 tf = Counter(_terms(passage))
                 if tf:
@@ -341,6 +208,19 @@ class SearchIndex:
                 scored.append((s, i))
         scored.sort(key=lambda x: (-x[0], x[1]))
         return [(s, *self.passages[i]) for s, i in scored[:k]]
+
+
+def _read_prefix(path: Path, max_bytes: int) -> bytes:
+    """At most `max_bytes` of the file's start: a 3 GB log costs what its first `max_bytes` cost, not its size.
+
+    Opened without following a final symlink and without blocking, and read only if it is still a regular file,
+    so that a file swapped for a FIFO, a device or a link after the folder was listed reads as empty.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return f.read(max_bytes)
 
 
 def _passages(text: str, max_words: int = 60) -> list[str]:
@@ -377,12 +257,17 @@ class Tool:
     run: Callable[[str], str]
 
 
-def default_tools(search_dir: str | Path | None = None, python_limits: PythonLimits = PythonLimits()) -> dict[str, Tool]:
-    """calculator and python always; search only when a folder is given."""
+def default_tools(search_dir: str | Path | None = None, python_limits: PythonLimits = PythonLimits(),
+                  unsafe_python: bool = False) -> dict[str, Tool]:
+    """calculator and python always; search only when a folder is given.
+
+    The python tool runs code only in an OS jail and otherwise answers with a refusal that says how to enable the
+    jail; `unsafe_python` (the CLI's `--unsafe-python`) lets it run the code unjailed where no jail can be made.
+    """
     tools = {
         "calculator": Tool("calculator", "arithmetic: + - * / // % ** ( ) sqrt abs round", calculate),
         "python": Tool("python", "run a short Python program; prints come back",
-                       lambda code: run_python(code, python_limits)),
+                       lambda code: run_python(code, python_limits, unsafe=unsafe_python)),
     }
     if search_dir is not None:
         root = Path(search_dir)
