@@ -18,7 +18,6 @@ STAGE_CLIS = [
     "lmforge.data.crawl_cli",
     "lmforge.data.cli",
     "lmforge.tokenizer.cli",
-    "lmforge.model_cli",
     "lmforge.train.cli",
     "lmforge.inference.cli",
     "lmforge.posttrain.cli",
