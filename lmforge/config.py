@@ -143,26 +143,33 @@ def _argument(f: dataclasses.Field, hint: Any, default: Any, help_text: str) -> 
     raise TypeError(f"{f.name}: no flag for type {hint!r}; give it metadata cli=False and a reason ('why')")
 
 
+def _default(cls: type, name: str, defaults: Any) -> Any:
+    """A field's default: from the `defaults` instance when given, else the class's own (no instance is built, so
+    building a parser runs no validation and imports nothing heavy)."""
+    if defaults is not None:
+        return getattr(defaults, name)
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None, title: str | None = None,
                          exclude: tuple[str, ...] = ()) -> None:
     """One flag per field of the dataclass `cls`; `defaults` (an instance) sets the defaults shown and used
     (SFT's training defaults differ from pretraining's); `exclude` names fields this verb sets itself."""
-    defaults = defaults if defaults is not None else cls()
     target = parser.add_argument_group(title) if title else parser
     comments = field_comments(cls)
     for f in cli_fields(cls):
         if f.name in exclude:
             continue
         help_text = f.metadata.get("help", comments.get(f.name, ""))
-        kwargs = _argument(f, _hints(cls)[f.name], getattr(defaults, f.name), help_text)
+        kwargs = _argument(f, _hints(cls)[f.name], _default(cls, f.name, defaults), help_text)
         target.add_argument(flag_of(cls, f.name), dest=f.name, **kwargs)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, defaults: Any = None, **fixed: Any) -> Any:
     """The dataclass built from parsed flags (fields without a flag in this verb keep `defaults`' values, `fixed`
     sets fields the verb decides itself); its `__post_init__` validates, naming the flags."""
-    defaults = defaults if defaults is not None else cls()
-    values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(cls)}
+    values = {f.name: _default(cls, f.name, defaults) for f in dataclasses.fields(cls)}
     for f in cli_fields(cls):
         if not hasattr(args, f.name):
             continue
