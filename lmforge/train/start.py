@@ -40,7 +40,7 @@ def preset_model_config(cfg: TrainConfig, vocab_size: int | None = None) -> GPTC
     try:
         return GPTConfig.from_preset(cfg.preset, **overrides)
     except (TypeError, ValueError) as e:
-        raise LmforgeError(f"--preset {cfg.preset} with --model {overrides}: {e}") from e
+        raise LmforgeError(f"--preset {cfg.preset} with --model {cfg.model_overrides}: {e}") from e
 
 
 def decide_start(cfg: TrainConfig, out_dir: str | Path, init_from: str | Path | None = None,
