@@ -46,7 +46,8 @@ def save_model(ckpt_dir: str | Path, model: GPT, tokenizer_dir: str | Path | Non
     ckpt_dir = Path(ckpt_dir)
     with atomic_path(ckpt_dir) as tmp:
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in (state if state is not None else model.state_dict()).items()}
+        state = state if state is not None else model.state_dict()
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight; safetensors refuses aliases
         save_file(state, tmp / "model.safetensors")
@@ -163,7 +164,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if config.pos == "rope":
-        model.rope_cos, model.rope_sin = (t.to(device) for t in rope_tables(config.head_dim, config.block_size, config.rope_theta))
+        tables = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        model.rope_cos, model.rope_sin = (t.to(device) for t in tables)
     return model.eval(), ckpt
 
 

@@ -110,7 +110,8 @@ class TrainingRun:
                  out_dir: Path, tokenizer_dir: Path | None, sample_prompts: list[list[int]] | None,
                  info: DistInfo) -> None:
         self.cfg, self.start, self.data, self.val_data, self.out_dir = cfg, start, data, val_data, out_dir
-        self.tokenizer_dir, self.sample_prompts, self.info, self.device = tokenizer_dir, sample_prompts, info, info.device
+        self.tokenizer_dir, self.sample_prompts = tokenizer_dir, sample_prompts
+        self.info, self.device = info, info.device
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.run_wall = self.run_cpu = self.run_flops = 0.0  # this invocation's (a resumed run's past ran elsewhere)
         self.last: dict[str, Any] = {}  # newest loss, val_loss, val_bpb and samples, for the summary
