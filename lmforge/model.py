@@ -49,11 +49,11 @@ class GPTConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
                 raise ValueError(f"GPTConfig.{name} must be an integer in [1, {upper}] (got {value!r})")
-        for name in ("rope_theta", "norm_eps", "init_std"):
+        for name, floor in (("rope_theta", ">"), ("norm_eps", ">"), ("init_std", ">=")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (value == 0 and name != "init_std"):
-                raise ValueError(f"GPTConfig.{name} must be a finite number > 0 (got {value!r})")
+                    or value < 0 or (value == 0 and floor == ">"):
+                raise ValueError(f"GPTConfig.{name} must be a finite number {floor} 0 (got {value!r})")
         for name in ("qk_norm", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be true or false (got {getattr(self, name)!r})")

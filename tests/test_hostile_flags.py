@@ -46,6 +46,7 @@ TRAIN_ROWS = [
     (["--fsdp"], "--fsdp"),  # Muon (the default optimizer) needs whole matrices
     (["--dtype", "float8"], "--dtype"),
     (["--threads", "0"], "--threads"),
+    (["--init-from", "/nonexistent/run"], "/nonexistent/run"),
 ]
 
 
