@@ -386,7 +386,7 @@ def bench_bpb(shards: Path, quick: bool, steps: int) -> None:
     import torch
 
     from lmforge.data.shards import TokenShards
-    from lmforge.evaluation.bpb import token_byte_lengths
+    from lmforge.train.bpb import token_byte_lengths
     from lmforge.model import GPTConfig
     from lmforge.tokenizer import Tokenizer
     from lmforge.train.config import TrainConfig

@@ -1,9 +1,10 @@
 """Checkpoints on disk: safetensors weights, a JSON config, and a copy of the tokenizer, written atomically.
 
 A checkpoint folder is self-contained (generate, export and SFT need nothing else), holds no pickles, and appears
-only once complete, so an interrupted save never leaves a checkpoint that looks valid but is not. `config.json`
-records the sha256 of every other top-level file, so a file damaged later (a bad disk, a partial copy) is refused
-with its name instead of loading garbage.
+only once complete, so an interrupted save never leaves a checkpoint that looks valid but is not (a kill leaves a
+hidden `.step_*.tmp` folder, which the next training start removes). `config.json` records the sha256 of every
+file, the tokenizer's included, and of its own content, so a file damaged or replaced later (a bad disk, a partial
+copy, a swapped tokenizer, an edited rope_theta) is refused with its name instead of being used.
 
 Training checkpoints add `optimizer.pt` (optimizer states and RNG states: tensors and plain containers only, read
 with `torch.load(weights_only=True)`) and `train_state.json` (step, data-loader position, the train config), which
@@ -12,6 +13,8 @@ is what lets an interrupted run continue exactly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from lmforge.model import GPT, GPTConfig, rope_tables
 from lmforge.utils import LmforgeError, atomic_path, file_sha256, read_json, write_json
 
 CKPT_SUBDIR = "ckpt"
+CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAIN_STATE_FILE = "train_state.json"
 
@@ -42,7 +46,8 @@ def save_model(ckpt_dir: str | Path, model: GPT, tokenizer_dir: str | Path | Non
     ckpt_dir = Path(ckpt_dir)
     with atomic_path(ckpt_dir) as tmp:
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in (state if state is not None else model.state_dict()).items()}
+        state = state if state is not None else model.state_dict()
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight; safetensors refuses aliases
         save_file(state, tmp / "model.safetensors")
@@ -50,23 +55,55 @@ def save_model(ckpt_dir: str | Path, model: GPT, tokenizer_dir: str | Path | Non
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        checksums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / "config.json", {"model": model.config.to_dict(), **(meta or {}), "checksums": checksums})
+        meta = {"model": model.config.to_dict(), **(meta or {})}
+        checksums = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        checksums[CONFIG_FILE] = _config_digest(meta)
+        write_json(tmp / CONFIG_FILE, {**meta, "checksums": checksums})
     return ckpt_dir
 
 
-def verify_checkpoint(ckpt: str | Path) -> dict[str, Any]:
-    """The checkpoint's config.json, after checking each file it lists against its recorded sha256."""
+def _config_digest(meta: dict[str, Any]) -> str:
+    """sha256 of config.json's content apart from its checksums (a file cannot hold its own digest): an edited
+    field (a rope_theta, a block_size) no longer matches it."""
+    body = {k: v for k, v in meta.items() if k != "checksums"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def read_checkpoint_config(ckpt: Path) -> dict[str, Any]:
+    """config.json of a checkpoint folder, refused when it is not an object or its content was edited."""
+    meta = read_json(ckpt / CONFIG_FILE, "checkpoint config")
+    if not isinstance(meta, dict) or not isinstance(meta.get("checksums") or {}, dict):
+        raise LmforgeError(f"checkpoint config {ckpt / CONFIG_FILE} is not a JSON object with a checksums table")
+    recorded = (meta.get("checksums") or {}).get(CONFIG_FILE)
+    if recorded is not None and recorded != _config_digest(meta):
+        raise LmforgeError(f"checkpoint file {ckpt / CONFIG_FILE} was edited (its sha256 differs from the one "
+                           f"recorded when the checkpoint was written)")
+    return meta
+
+
+def verify_checkpoint(ckpt: str | Path, prefix: str = "") -> dict[str, Any]:
+    """The checkpoint's config.json, after checking it and each file it lists (those under `prefix`, e.g.
+    "tokenizer/", when only they will be read) against the recorded sha256; a file added to the tokenizer folder
+    is refused as well. Checkpoints written before config.json and the tokenizer were covered are checked for
+    what they list."""
     ckpt = Path(ckpt)
-    meta = read_json(ckpt / "config.json", "checkpoint config")
-    if not isinstance(meta, dict):
-        raise LmforgeError(f"checkpoint config {ckpt / 'config.json'} is not a JSON object")
-    for name, digest in (meta.get("checksums") or {}).items():
+    meta = read_checkpoint_config(ckpt)
+    checksums = meta.get("checksums") or {}
+    for name, digest in checksums.items():
+        if name == CONFIG_FILE or not name.startswith(prefix):
+            continue
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise LmforgeError(f"checkpoint config {ckpt / CONFIG_FILE} lists a file outside the checkpoint: {name}")
         path = ckpt / name
         if not path.is_file():
             raise LmforgeError(f"checkpoint file {path} is missing")
         if file_sha256(path) != digest:
-            raise LmforgeError(f"checkpoint file {path} is corrupt or truncated (sha256 differs from config.json)")
+            raise LmforgeError(f"checkpoint file {path} is corrupt, truncated or replaced (sha256 differs from "
+                               f"{CONFIG_FILE})")
+    if CONFIG_FILE in checksums and (ckpt / "tokenizer").is_dir():
+        for path in sorted((ckpt / "tokenizer").rglob("*")):
+            if path.is_file() and path.relative_to(ckpt).as_posix() not in checksums:
+                raise LmforgeError(f"checkpoint file {path} is not one the checkpoint was written with")
     return meta
 
 
@@ -99,7 +136,7 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
 def load_config(path: str | Path) -> GPTConfig:
     """The model config of a checkpoint (or a run folder's newest one), without reading the weights."""
     ckpt = resolve_checkpoint(path)
-    meta = read_json(ckpt / "config.json", "checkpoint config")
+    meta = read_checkpoint_config(ckpt)
     try:
         return GPTConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as e:
@@ -127,7 +164,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if config.pos == "rope":
-        model.rope_cos, model.rope_sin = (t.to(device) for t in rope_tables(config.head_dim, config.block_size, config.rope_theta))
+        tables = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        model.rope_cos, model.rope_sin = (t.to(device) for t in tables)
     return model.eval(), ckpt
 
 
@@ -166,7 +204,11 @@ def load_train_state(ckpt: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def checkpoint_tokenizer_dir(ckpt: str | Path) -> Path:
-    tok = resolve_checkpoint(ckpt) / "tokenizer"
+    """A checkpoint's tokenizer folder, verified against config.json (a swapped tokenizer would silently
+    reinterpret every token id)."""
+    folder = resolve_checkpoint(ckpt)
+    tok = folder / "tokenizer"
     if not tok.is_dir():
         raise LmforgeError(f"checkpoint {ckpt} has no tokenizer/ folder")
+    verify_checkpoint(folder, prefix="tokenizer/")
     return tok

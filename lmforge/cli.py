@@ -17,7 +17,6 @@ import sys
 STAGE_CLIS = [
     "lmforge.data.cli",
     "lmforge.tokenizer.cli",
-    "lmforge.model_cli",
     "lmforge.train.cli",
     "lmforge.inference.cli",
     "lmforge.posttrain.cli",

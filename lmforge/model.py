@@ -38,6 +38,25 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        """Refuse a config no model can be built from, or one so large that building it would exhaust memory
+        before anything could say so (a damaged checkpoint's block_size of 1e9 would ask for 128 GB of RoPE
+        tables): every size an integer in a sane range, every float finite. Errors name the field."""
+        sizes = {"vocab_size": 1 << 21, "n_layer": 1024, "n_head": 1024, "n_kv_head": 1024, "n_embd": 1 << 16,
+                 "block_size": 1 << 20, "intermediate_size": 1 << 18}
+        for name, upper in sizes.items():
+            value = getattr(self, name)
+            if value is None and name in ("n_kv_head", "intermediate_size"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
+                raise ValueError(f"GPTConfig.{name} must be an integer in [1, {upper}] (got {value!r})")
+        for name, floor in (("rope_theta", ">"), ("norm_eps", ">"), ("init_std", ">=")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (value == 0 and floor == ">"):
+                raise ValueError(f"GPTConfig.{name} must be a finite number {floor} 0 (got {value!r})")
+        for name in ("qk_norm", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true or false (got {getattr(self, name)!r})")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.intermediate_size is None:

@@ -129,7 +129,7 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path):
 
 def test_model_info_reports_sizes_and_costs(capsys):
     from lmforge.cli import main
-    from lmforge.model_cli import model_info
+    from lmforge.train.cli import model_info
 
     info = model_info("llama-70b", tokens=1e12)
     assert 68e9 < info["params"] < 71e9  # the size that makes a 70B model "about 140 GB" in 16-bit

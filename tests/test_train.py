@@ -277,6 +277,27 @@ def test_cli_pretrains_resumes_and_reports(real_shards, tmp_path, capsys):
     assert model.config.vocab_size == TokenShards(real_shards, "train").vocab_size
 
 
+@pytest.mark.timeout(120)
+def test_resume_refuses_a_changed_model_or_batch_and_changes_nothing(real_shards, tmp_path, capsys):
+    """A run folder holding a tiny run is not silently continued as another model (or batch geometry): the
+    message names each difference and the folder is untouched; --max-steps may grow."""
+    from hostile import assert_refused, run_cli, tree_digest
+
+    args = ["pretrain", "--data", str(real_shards), "--out", str(tmp_path / "run"), "--model", "n_layer=1",
+            "--model", "n_embd=32", "--model", "n_head=2", "--model", "block_size=32", "--batch-size", "4",
+            "--eval-every", "0", "--no-progress", "--no-tensorboard", "--threads", "1", "--max-steps", "2"]
+    assert run_cli(args).code == 0
+    before = tree_digest(tmp_path / "run")
+    changed = run_cli(args + ["--model", "n_embd=64", "--model", "n_layer=2"])
+    assert_refused(changed, "model n_layer 1 vs 2; model n_embd 32 vs 64")
+    small = [a for a in args if a != "--model" and "=" not in a] + ["--preset", "small"]  # the issue's command
+    assert_refused(run_cli(small), "model n_layer 1 vs 6")
+    assert_refused(run_cli(args + ["--batch-size", "8", "--seed", "4"]), "--batch-size 4 vs 8; --seed 1337 vs 4")
+    assert tree_digest(tmp_path / "run") == before  # train_config.json still says what was trained
+    assert run_cli(args + ["--max-steps", "3", "--lr", "1e-3", "--eval-every", "1"]).code == 0  # run-length, rates
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["max_steps"] == 3
+
+
 def test_bad_inputs_give_errors_that_name_the_file(synthetic, tmp_path):
     from lmforge.train.pretrain import run_pretrain
 

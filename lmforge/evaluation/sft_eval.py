@@ -65,8 +65,8 @@ def masked_val_loss(model: Any, tok: Any, conversations: list[list[dict[str, Any
     """Mean cross-entropy over the assistant's tokens (mask 1) of the conversations: the SFT validation loss."""
     import torch
 
-    from lmforge.evaluation.bpb import loss_and_bytes
     from lmforge.tokenizer.chat_format import ChatTokens
+    from lmforge.train.bpb import loss_and_bytes
     from lmforge.posttrain.sft import encode_examples, val_batches
 
     examples = encode_examples(tok, conversations, model.config.block_size + 1)

@@ -46,19 +46,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
-    from lmforge.posttrain.sft import SFTConfig, run_sft
-    from lmforge.utils import configure_threads
+    from lmforge.config import config_from_args
+    from lmforge.posttrain.sft import SFTConfig, run_sft, sft_train_defaults
+    from lmforge.train.config import TrainConfig
+    from lmforge.train.dist import pick_device
+    from lmforge.utils import LmforgeError, configure_threads
 
+    if args.checkpoint is None or args.out is None:
+        raise LmforgeError("lmforge sft needs --checkpoint BASE and --out DIR (or use `lmforge sft data`)")
+    train = config_from_args(TrainConfig, args, defaults=sft_train_defaults())
+    cfg = config_from_args(SFTConfig, args, train=train)
+    pick_device(train.device)  # refuse a bad --device before anything is written
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
-    overrides = {k: v for k, v in {
-        "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr, "muon_lr": args.muon_lr,
-        "optimizer": args.optimizer, "warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
-        "checkpoint_every": args.checkpoint_every, "seed": args.seed, "device": args.device,
-        "grad_accum": args.grad_accum,
-    }.items() if v is not None}
-    if args.no_progress:
-        overrides["progress"] = False
-    cfg = SFTConfig(default_conversations=args.conversations, val_frac=args.val_frac, train_overrides=overrides)
     summary = run_sft(cfg, args.checkpoint, args.out, data=args.data, val_data=args.val_data)
     print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss",
                                                    "tokens_per_s", "seconds")}, indent=2))
@@ -66,6 +67,10 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.posttrain.sft import SFTConfig, sft_train_defaults
+    from lmforge.train.config import TrainConfig
+
     p = sub.add_parser("sft", help="supervised fine-tuning on conversations (and `sft data` for the default data)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="pretrained run folder or checkpoint folder to start from")
@@ -74,22 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="conversation files (.jsonl, .jsonl.gz, .json); default: the generated default data")
     p.add_argument("--val-data", nargs="+", default=None, metavar="FILE",
                    help="held-out conversation files (default: --val-frac of the training data)")
-    p.add_argument("--val-frac", type=float, default=0.05, help="share of conversations held out for validation")
-    p.add_argument("--conversations", type=int, default=4000, help="size of the generated default data")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="conversations per micro-batch (default 16)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 3e-3)")
-    p.add_argument("--muon-lr", type=float, default=None, help="Muon learning rate for hidden matrices (default 0.02)")
-    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None, help="default muon")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default 10")
-    p.add_argument("--eval-every", type=int, default=None, help="validation interval in steps (default 50)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 100)")
-    p.add_argument("--seed", type=int, default=None, help="batch order and initialisation seed")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    add_config_arguments(p, SFTConfig, title="SFT data (SFTConfig)")
+    # the model is the checkpoint's: SFT has no preset or model overrides
+    add_config_arguments(p, TrainConfig, defaults=sft_train_defaults(), title="training (TrainConfig)",
+                         exclude=("preset", "model_overrides"))
+    p.set_defaults(func=_cmd_sft)
     verbs = p.add_subparsers(dest="sft_verb", metavar="data", required=False)
     d = verbs.add_parser("data", help="print (--preview) or write (--out) the generated default SFT data",
                          description="The embedded default SFT data: documentation Q&A from the stdlib, identity, "
@@ -103,10 +98,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
     d.set_defaults(func=_cmd_data)
 
-
-def _run(args: argparse.Namespace) -> int:
-    from lmforge.utils import LmforgeError
-
-    if args.checkpoint is None or args.out is None:
-        raise LmforgeError("lmforge sft needs --checkpoint BASE and --out DIR (or use `lmforge sft data`)")
-    return _cmd_sft(args)

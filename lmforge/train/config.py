@@ -1,85 +1,104 @@
 """The training run's settings in one dataclass, saved beside every checkpoint so a run can be read and resumed.
 
+Each field is written once: its flag (`lmforge pretrain --lr`, and `lmforge sft` with SFT's defaults), help text
+(the trailing comment) and type come from here through `lmforge.config`, and `__post_init__` refuses a bad value
+naming its flag, whether it came from the command line, the speedrun or a test.
+
 Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun): a short warmup, a high learning rate with
 Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero at the end, which
 reached a given loss in fewer steps than cosine in our short runs.
+
+Resuming (the same `--out` again) continues the run the checkpoint describes, so the settings that shape what was
+trained so far must not change: the model (compared as the resolved model config), the batch geometry (`seq_len`,
+`batch_size`, `grad_accum`), `optimizer`, `fsdp` (their saved optimizer state has that layout) and `seed` (it
+fixes the data order). Everything else may change on resume: the run's length (`max_steps`, `time_budget_s`), the
+rates and schedule (they apply from the next step), evaluation, samples, checkpoints, logs and the execution
+(`device`, `dtype`, `compile`, `peak_flops`). `RESUME_FIXED` lists the first group.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
+from lmforge.config import check_fields, require
 from lmforge.utils import LmforgeError
+
+# Settings a resumed run must share with its checkpoint (see the module docstring); the model is compared apart.
+RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "optimizer", "fsdp", "seed")
 
 
 @dataclass
 class TrainConfig:
     # model: a preset plus overrides of its fields (ignored when the run starts from a checkpoint)
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str = "tiny"  # model size (see `lmforge model info --list`)
+    model_overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "flag": "--model", "metavar": "FIELD=VALUE",
+        "help": "override a model field, e.g. --model n_layer=6 --model qk_norm=true"})
     # batch: each step sees batch_size * seq_len * grad_accum * world_size tokens
-    seq_len: int | None = None  # None = the model's block_size
+    seq_len: int | None = None  # context length in tokens (default: the model's block_size)
     batch_size: int = 16  # rows per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps in total (may grow when the run is resumed)
     # Stop (evaluate, sample, checkpoint) once this many seconds have passed, 0 = none; the schedule then decays
     # along whichever runs out first, steps or time (so the run is no longer exactly repeatable).
-    time_budget_s: float = 0.0
+    time_budget_s: float = field(default=0.0, metadata={"flag": "--time-budget", "metavar": "SECONDS"})
     # optimizer
-    optimizer: str = "muon"  # "muon" (Muon for hidden matrices + AdamW for the rest) | "adamw"
+    optimizer: Literal["muon", "adamw"] = "muon"  # muon: Muon for hidden matrices + AdamW for the rest; adamw: all
     lr: float = 6e-3  # AdamW learning rate (embeddings, head, norms; every parameter with optimizer="adamw")
-    embed_lr: float | None = None  # None = lr; embeddings tolerate a higher rate than the head
-    muon_lr: float = 0.04
-    muon_momentum: float = 0.95
+    embed_lr: float | None = None  # AdamW rate of the embeddings (default: lr); they tolerate a higher rate
+    muon_lr: float = 0.04  # Muon learning rate of the hidden matrices
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
     weight_decay: float = 0.0  # on matrices only; never on norms
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = off
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator floor
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     # schedule: linear warmup, then constant until decay_start, then cosine or linear decay to min_lr_frac * lr
-    warmup_steps: int = 20
-    decay: str = "linear"  # "linear" | "cosine" | "constant"
+    warmup_steps: int = 20  # steps of linear warmup (may exceed max_steps of a run that will be extended)
+    decay: Literal["linear", "cosine", "constant"] = "linear"  # learning-rate decay after warmup
     decay_start_frac: float = 0.0  # fraction of max_steps after which the decay starts (0 = right after warmup)
-    min_lr_frac: float = 0.0
+    min_lr_frac: float = 0.0  # the rate at the end of the decay, as a fraction of the peak
     # evaluation, samples, checkpoints, logs
-    eval_every: int = 100  # 0 = only at the end
+    eval_every: int = 100  # steps between evaluations (0 = only at the end)
     eval_batches: int = 20  # validation micro-batches per evaluation (0 = every validation window)
-    sample_every: int = 0  # 0 = samples only at the end
-    sample_tokens: int = 48
-    num_samples: int = 2
-    checkpoint_every: int = 200  # 0 = only at the end
+    sample_every: int = 0  # steps between printed samples (0 = samples only at the end)
+    sample_tokens: int = 48  # tokens per sample
+    num_samples: int = 2  # samples per sampling (0 = none)
+    checkpoint_every: int = 200  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
-    log_every: int = 1
-    tensorboard: bool = True
+    log_every: int = 1  # steps between rows of metrics.jsonl
+    tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
     progress: bool = True  # tqdm bar (rank 0 only)
     # execution
-    seed: int = 1337
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    dtype: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU (bf16 is ~3x slower on the reference CPU)
-    # None = torch.compile on CUDA only. On CPU (it needs a C compiler) it fuses the elementwise work between the
-    # matmuls: the tiny preset's step went 5,880 -> 6,810 tok/s (1 thread) after ~28 s of compiling, so it pays
-    # from about 300 steps on; off by default there because short runs (tests, the speedrun's 600 steps) gain little.
-    compile: bool | None = None
+    seed: int = 1337  # model initialisation and data order
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # On CPU compiling (it needs a C compiler) fuses the elementwise work between the matmuls; it pays only after a
+    # few hundred steps, so short runs (tests, the speedrun) leave it off (figures: benchmarks/bench_train.py).
+    compile: bool | None = None  # torch.compile the model (default: on CUDA only; on CPU ~15% faster after 20-40 s)
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of replicating (DDP)
-    peak_flops: float | None = None  # per-device peak for MFU; None = measured (CPU) or looked up (CUDA)
+    peak_flops: float | None = None  # per-device peak FLOP/s for MFU (default: measured on CPU, looked up on CUDA)
 
     def __post_init__(self) -> None:
-        checks = {
-            "optimizer": self.optimizer in ("muon", "adamw"),
-            "decay": self.decay in ("linear", "cosine", "constant"),
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "max_steps": self.max_steps >= 0,
-            "lr": self.lr > 0 and self.muon_lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "decay_start_frac": 0.0 <= self.decay_start_frac <= 1.0,
-            "seq_len": self.seq_len is None or self.seq_len >= 1,
-            "dtype": self.dtype in ("auto", "float32", "bfloat16"),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise LmforgeError(f"invalid TrainConfig field(s) {bad}")
+        check_fields(self)
+        for name in ("batch_size", "grad_accum", "log_every", "sample_tokens"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        for name in ("max_steps", "warmup_steps", "eval_every", "eval_batches", "sample_every", "num_samples",
+                     "checkpoint_every", "keep_checkpoints", "time_budget_s", "weight_decay", "grad_clip"):
+            require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        for name in ("lr", "muon_lr", "eps"):
+            require(self, name, getattr(self, name) > 0, "must be > 0")
+        for name in ("embed_lr", "peak_flops"):
+            require(self, name, getattr(self, name) is None or getattr(self, name) > 0, "must be > 0")
+        require(self, "seq_len", self.seq_len is None or self.seq_len >= 1, "must be >= 1")
+        for name in ("muon_momentum", "beta1", "beta2"):
+            require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
+        for name in ("decay_start_frac", "min_lr_frac"):
+            require(self, name, 0 <= getattr(self, name) <= 1, "must be in [0, 1]")
+        require(self, "seed", 0 <= self.seed < 2**63, "must be in [0, 2**63)")
+        require(self, "fsdp", not (self.fsdp and self.optimizer == "muon"),
+                "needs --optimizer adamw (Muon needs whole matrices)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from lmforge.utils import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -31,11 +33,10 @@ class DistInfo:
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(preference)
+    """This process's device: `--device` checked by `resolve_device` (one clear error for a typo or an absent GPU);
+    a plain "cuda" means the GPU of this process's local rank under torchrun."""
+    name = resolve_device(preference)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:

@@ -29,7 +29,7 @@ def check_shards_fit(shards: TokenShards, vocab_size: int, seq_len: int, block_s
         raise LmforgeError(f"token shards {where} use a vocabulary of {shards.vocab_size} ids but the model has "
                            f"{vocab_size}: tokenizer and model do not match")
     if seq_len > block_size:
-        raise LmforgeError(f"context length {seq_len} is longer than the model's block_size {block_size}")
+        raise LmforgeError(f"--seq-len {seq_len} is longer than the model's block_size {block_size}")
     if max((s.tokens for s in shards.shards), default=0) < seq_len + 1:
         raise LmforgeError(f"token shards {where}: no {shards.split} shard holds {seq_len + 1} tokens "
                            f"(context {seq_len} + 1); use a shorter context or more data")

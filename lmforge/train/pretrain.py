@@ -10,29 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint import load_config, train_checkpoints
 from lmforge.data.shards import TokenShards
-from lmforge.model import GPTConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.dist import DistInfo, setup_distributed
 from lmforge.train.loader import ShardBatches, ValidationWindows, check_shards_fit
-from lmforge.train.trainer import resolve_model_config, train
+from lmforge.train.start import decide_start
+from lmforge.train.trainer import train
 from lmforge.utils import LmforgeError
 
 PROMPT_TOKENS = 8  # tokens of a validation document (after its <|bos|>) that a sample continues
-
-
-def pretrain_model_config(cfg: TrainConfig, shards: TokenShards, out_dir: Path,
-                          init_from: str | Path | None) -> GPTConfig:
-    """The config the run will train: the resumed run's, the init checkpoint's, or the preset's with the
-    vocabulary set to the shards' (unless overridden explicitly)."""
-    resume = train_checkpoints(out_dir)
-    if resume:
-        return load_config(resume[-1])
-    if init_from is not None:
-        return load_config(init_from)
-    overrides = {"vocab_size": shards.vocab_size, **cfg.model_overrides}
-    return resolve_model_config(TrainConfig(**{**cfg.to_dict(), "model_overrides": overrides}))
 
 
 def run_pretrain(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, init_from: str | Path | None = None,
@@ -41,7 +27,9 @@ def run_pretrain(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, in
     out_dir = Path(out_dir)
     info = info or setup_distributed(cfg.device)
     shards = TokenShards(data_dir, "train")
-    mcfg = pretrain_model_config(cfg, shards, out_dir, init_from)
+    # a new run's model takes the shards' vocabulary unless --model vocab_size=... says otherwise
+    start = decide_start(cfg, out_dir, init_from, tokenizer_dir=shards.tokenizer_dir, vocab_size=shards.vocab_size)
+    mcfg = start.model_config
     seq_len = cfg.seq_len or mcfg.block_size
     check_shards_fit(shards, mcfg.vocab_size, seq_len, mcfg.block_size)
     data = ShardBatches(shards, cfg.batch_size, seq_len, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
@@ -57,7 +45,7 @@ def run_pretrain(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, in
     if val_data is None and info.is_main:
         print(f"[pretrain] {data_dir}: no validation split long enough; training without validation")
     try:
-        return train(cfg, data, val_data, out_dir, init_checkpoint=init_from, tokenizer_dir=shards.tokenizer_dir,
-                     model_config=mcfg, sample_prompts=prompts, info=info)
+        return train(cfg, data, val_data, out_dir, tokenizer_dir=shards.tokenizer_dir, sample_prompts=prompts,
+                     info=info, start=start)
     except FileNotFoundError as e:
         raise LmforgeError(f"pretraining on {data_dir}: missing file {e.filename}") from e

@@ -28,21 +28,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
-from lmforge.checkpoint import CKPT_SUBDIR, checkpoint_name, load_state, load_train_state, load_weights, save_train_checkpoint, train_checkpoints
+from lmforge.checkpoint import (CKPT_SUBDIR, checkpoint_name, load_state, load_train_state, load_weights,
+                                save_train_checkpoint)
 from lmforge.model import GPT, GPTConfig
+from lmforge.train.bpb import loss_and_bytes, token_byte_lengths
 from lmforge.train.config import TrainConfig
 from lmforge.train.dist import DistInfo, all_reduce_sum, barrier, setup_distributed, wrap_model
 from lmforge.train.logging import RunLogger, peak_flops
 from lmforge.train.optim import build_optimizers
 from lmforge.train.schedule import lr_multiplier
-from lmforge.utils import LmforgeError, write_json
+from lmforge.train.start import RunStart, decide_start
+from lmforge.utils import LmforgeError, remove_stale_temporaries, write_json
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 ValSource = Callable[[], Iterable[Batch]]
@@ -56,19 +61,6 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def resolve_model_config(cfg: TrainConfig, model_config: GPTConfig | None = None) -> GPTConfig:
-    if model_config is not None:
-        return model_config
-    try:
-        return GPTConfig.from_preset(cfg.preset, **cfg.model_overrides)
-    except (TypeError, ValueError) as e:
-        raise LmforgeError(f"model preset {cfg.preset!r} with overrides {cfg.model_overrides}: {e}") from e
-
-
-def _sum_cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x, y, reduction="sum", return_logits=False)[1]
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val_data: ValSource, info: DistInfo, autocast: Any,
              token_bytes: torch.Tensor | None = None) -> dict[str, float]:
@@ -77,8 +69,6 @@ def evaluate(model: torch.nn.Module, val_data: ValSource, info: DistInfo, autoca
     Bits per byte divides the summed loss (in bits) by the UTF-8 bytes the scored tokens stand for, which does not
     depend on how the text was cut into tokens: models with different tokenizers become comparable.
     """
-    from lmforge.evaluation.bpb import loss_and_bytes
-
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=info.device)
@@ -98,7 +88,268 @@ def evaluate(model: torch.nn.Module, val_data: ValSource, info: DistInfo, autoca
     return out
 
 
-def _load_decoder(tokenizer_dir: Path | None):
+@dataclass
+class StepResult:
+    """What one optimisation step measured: its loss and learning-rate factor, its work and its time."""
+
+    loss: float
+    lr_mult: float
+    tokens: int  # over every process
+    flops: float  # this process's
+    seconds: float
+    cpu_seconds: float
+    grad_norm: float | None
+
+
+class TrainingRun:
+    """One invocation of a training run: the model, its optimizers and data position (restored from the run's
+    checkpoint or freshly initialised, as `RunStart` says), and the pieces of the loop `train` spells out: one
+    optimisation step, then evaluation, samples, logging and checkpoints after it."""
+
+    def __init__(self, cfg: TrainConfig, start: RunStart, data: BatchSource, val_data: ValSource | None,
+                 out_dir: Path, tokenizer_dir: Path | None, sample_prompts: list[list[int]] | None,
+                 info: DistInfo) -> None:
+        self.cfg, self.start, self.data, self.val_data, self.out_dir = cfg, start, data, val_data, out_dir
+        self.tokenizer_dir, self.sample_prompts = tokenizer_dir, sample_prompts
+        self.info, self.device = info, info.device
+        self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
+        self.run_wall = self.run_cpu = self.run_flops = 0.0  # this invocation's (a resumed run's past ran elsewhere)
+        self.last: dict[str, Any] = {}  # newest loss, val_loss, val_bpb and samples, for the summary
+        self.checkpoint_path: Path | None = start.resume
+        self._build_model()
+        if start.resume is not None:
+            self._restore(start.resume)
+        tokenizer = _load_tokenizer(tokenizer_dir)
+        self.decoder = tokenizer if info.is_main else None
+        self.token_bytes = token_byte_lengths(tokenizer, self.mcfg.vocab_size).to(self.device) \
+            if tokenizer is not None else None
+        self.logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, resume_step=self.step)
+        if start.resume is not None:
+            self.last.update({k: v for r in self.logger.rows for k, v in r.items()
+                              if k in ("loss", "val_loss", "val_bpb")})
+        if info.is_main:
+            write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": self.mcfg.to_dict(),
+                                                       "world_size": info.world_size})
+        self.peak = cfg.peak_flops or peak_flops(self.device)
+        self.flops_per_token = functools.cache(self.raw.flops_per_token)  # by batch width; sums the parameters
+        self.t_begin = time.perf_counter()
+
+    def _build_model(self) -> None:
+        """The model (initialised from the seed, then given the start's weights), its DDP/FSDP wrapper, autocast,
+        torch.compile and the optimizers."""
+        cfg, mcfg = self.cfg, self.start.model_config
+        seq_len = cfg.seq_len or mcfg.block_size
+        if seq_len > mcfg.block_size:
+            raise LmforgeError(f"--seq-len {seq_len} is longer than the model's block_size {mcfg.block_size}")
+        weights = load_state(self.start.weights)[1] if self.start.weights is not None else None
+        self.mcfg, self.raw = mcfg, GPT(mcfg)
+        if weights is not None:
+            load_weights(self.raw, weights, self.start.weights)
+        self.raw.to(self.device)
+        self.model = wrap_model(self.raw, self.info, cfg.fsdp)
+        self.params_owner = self.model if cfg.fsdp else self.raw  # what optimizers, clipping and eval see
+        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
+            if use_bf16 and not cfg.fsdp else contextlib.nullcontext
+        compile_on = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.forward = torch.compile(self.model) if compile_on else self.model
+        self.optimizers = build_optimizers(self.params_owner, cfg)
+
+    def _restore(self, ckpt: Path) -> None:
+        """Optimizer moments, this rank's data position, the RNG state and the counters of a checkpoint."""
+        train_state, opt_state = load_train_state(ckpt)
+        if self.cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            for opt, sd in zip(self.optimizers, opt_state["optimizers"]):
+                set_optimizer_state_dict(self.model, opt, sd, options=StateDictOptions(full_state_dict=True))
+        else:
+            if len(opt_state["optimizers"]) != len(self.optimizers):
+                raise LmforgeError(f"checkpoint {ckpt} was written with another optimizer setting")
+            for opt, sd in zip(self.optimizers, opt_state["optimizers"]):
+                opt.load_state_dict(sd)
+        data_states = train_state["data"]
+        if len(data_states) != self.info.world_size:
+            raise LmforgeError(f"checkpoint {ckpt} was written by {len(data_states)} process(es); resume "
+                               f"with the same number (now {self.info.world_size})")
+        self.data.load_state_dict(data_states[self.info.rank])
+        torch.set_rng_state(opt_state["rng"][0])
+        self.step, self.tokens_seen, self.elapsed = train_state["step"], train_state["tokens"], train_state["seconds"]
+
+    def budget_clock(self) -> float:
+        """Seconds since the loop began, rank 0's on every rank, so all ranks schedule and stop alike."""
+        now = torch.tensor([time.perf_counter() - self.t_begin], dtype=torch.float64, device=self.device)
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(now, 0)
+        return float(now)
+
+    def out_of_time(self) -> bool:
+        return bool(self.cfg.time_budget_s) and self.budget_clock() >= self.cfg.time_budget_s
+
+    def _set_learning_rates(self) -> float:
+        """Apply the schedule's factor for this step. With a time budget the schedule follows whichever runs out
+        first, steps or time, so the rate still decays to its floor when the budget ends the run."""
+        cfg = self.cfg
+        at = self.step if not cfg.time_budget_s else \
+            max(self.step, int(cfg.max_steps * self.budget_clock() / cfg.time_budget_s))
+        mult = lr_multiplier(min(at, max(cfg.max_steps - 1, 0)), cfg)
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mult
+        return mult
+
+    def optimisation_step(self) -> StepResult:
+        """One optimizer step over `grad_accum` micro-batches: the loss is the mean over every target of the
+        global batch (see the module docstring), so K processes compute what one process with K times the batch
+        would."""
+        cfg, info, device = self.cfg, self.info, self.device
+        t0, c0 = time.perf_counter(), time.process_time()
+        mult = self._set_learning_rates()
+        micro = [self.data.next_batch() for _ in range(cfg.grad_accum)]
+        # Counted from the batches themselves: SFT batches are padded to their longest conversation, not seq_len.
+        step_tokens = sum(x.numel() for x, _ in micro) * info.world_size
+        step_flops = sum(self.flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
+        n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64, device=device)
+        n_targets = all_reduce_sum(n_targets, info).item()
+        if n_targets == 0:
+            raise LmforgeError(f"step {self.step + 1}: the batch has no target to learn (every target is -1)")
+        scale = info.world_size / n_targets
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, (x, y) in enumerate(micro):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with self._gradient_sync(last=i == cfg.grad_accum - 1):
+                with self.autocast():
+                    loss = self.forward(x, y, reduction="sum", return_logits=False)[1]
+                (loss * scale).backward()
+            loss_sum += loss.detach().double()
+        step_loss = all_reduce_sum(loss_sum, info).item() / n_targets
+        if not math.isfinite(step_loss):
+            raise LmforgeError(f"step {self.step + 1}: loss is {step_loss}; lower the learning rate (--lr/--muon-lr)")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params_owner.parameters(), cfg.grad_clip)) \
+            if cfg.grad_clip > 0 else None
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result = StepResult(step_loss, mult, step_tokens, step_flops, time.perf_counter() - t0,
+                            time.process_time() - c0, grad_norm)
+        self.step += 1
+        self.tokens_seen += result.tokens
+        self.elapsed += result.seconds
+        self.run_wall, self.run_cpu = self.run_wall + result.seconds, self.run_cpu + result.cpu_seconds
+        self.run_flops += result.flops
+        self.last["loss"] = step_loss
+        return result
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Average gradients across processes only on a step's last micro-batch (DDP's no_sync, FSDP's flag)."""
+        if self.cfg.fsdp:
+            self.model.set_requires_gradient_sync(last)
+        elif self.info.distributed and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def mfu(self, flops: float, wall: float, cpu: float) -> float | None:
+        """Achieved over peak FLOP/s for this process's `flops`. On CPU per CPU-second (the peak was measured that
+        way), so cores taken by other programs do not count as idle hardware; on GPU per wall-second and device."""
+        if not self.peak or wall <= 0 or cpu <= 0:
+            return None
+        return flops / cpu / self.peak if self.device.type == "cpu" else flops / wall / self.peak
+
+    def metrics_row(self, r: StepResult) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": self.step, "loss": round(r.loss, 5), "lr_mult": round(r.lr_mult, 5),
+                               "tokens": self.tokens_seen, "tokens_per_s": round(r.tokens / r.seconds, 1),
+                               "elapsed_s": round(self.elapsed, 3)}
+        if r.grad_norm is not None:
+            row["grad_norm"] = round(r.grad_norm, 4)
+        if (mfu := self.mfu(r.flops, r.seconds, r.cpu_seconds)) is not None:
+            row["mfu"] = round(mfu, 4)
+        return row
+
+    def after_step(self, r: StepResult, done: bool) -> dict[str, Any]:
+        """Evaluate, sample, log and checkpoint at their intervals (and all of them on the last step); returns the
+        step's metrics row."""
+        cfg, step = self.cfg, self.step
+        row = self.metrics_row(r)
+        if self.val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
+            scores = evaluate(self.params_owner, self.val_data, self.info, self.autocast, self.token_bytes)
+            self.last.update(scores)
+            row.update({k: round(v, 5) for k, v in scores.items()})
+        if self.info.is_main and ((cfg.sample_every and step % cfg.sample_every == 0) or done):
+            self.write_samples()
+        if step % cfg.log_every == 0 or done or "val_loss" in row:
+            self.logger.log(row)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done:
+            self.checkpoint_path = self.save_checkpoint()
+        return row
+
+    def write_samples(self) -> None:
+        """Continue the sample prompts with the engine (its own generator: the training RNG is untouched)."""
+        if self.decoder is None or not self.sample_prompts or self.cfg.fsdp:
+            return
+        from lmforge.inference.engine import Engine
+        from lmforge.inference.sampling import SamplingParams
+
+        prompts = self.sample_prompts[:self.cfg.num_samples]
+        params = SamplingParams(temperature=0.8, top_k=50, max_tokens=self.cfg.sample_tokens, seed=self.cfg.seed)
+        done = Engine(self.raw, self.decoder).generate(prompts, params)
+        self.raw.train()
+        specials = set(self.decoder.special_tokens.values())
+        texts = [{"prompt": self.decoder.decode([t for t in p if t not in specials]), "continuation": c[0].text}
+                 for p, c in zip(prompts, done)]
+        self.last["samples"] = texts
+        with open(self.out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, "samples": texts}) + "\n")
+        if self.cfg.progress:
+            from tqdm import tqdm
+
+            for t in texts:
+                tqdm.write(f"[sample @ {self.step}] {t['prompt']!r} -> {t['continuation']!r}")
+
+    def save_checkpoint(self) -> Path:
+        """Weights, optimizer moments, RNG and every rank's data position (gathered to rank 0, which writes)."""
+        info, cfg = self.info, self.cfg
+        data_states = [self.data.state_dict()]
+        if info.distributed:
+            import torch.distributed as dist
+
+            data_states = [None] * info.world_size
+            dist.all_gather_object(data_states, self.data.state_dict())
+        if cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.model, options=opts)
+            opt_states = [get_optimizer_state_dict(self.model, o, options=opts) for o in self.optimizers]
+        else:
+            weights, opt_states = None, [o.state_dict() for o in self.optimizers]
+        if info.is_main:
+            save_train_checkpoint(
+                self.out_dir, self.step, self.raw, {"optimizers": opt_states, "rng": [torch.get_rng_state()]},
+                {"tokens": self.tokens_seen, "seconds": self.elapsed, "data": data_states,
+                 "train_config": cfg.to_dict()},
+                tokenizer_dir=self.tokenizer_dir, state=weights, keep=cfg.keep_checkpoints)
+        barrier(info)
+        return self.out_dir / CKPT_SUBDIR / checkpoint_name(self.step)
+
+    def summary(self, stopped_early: bool) -> dict[str, Any]:
+        plot = self.logger.plot()
+        self.logger.close()
+        mfu = self.mfu(self.run_flops, self.run_wall, self.run_cpu)
+        return {"run_dir": str(self.out_dir), "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
+                "step": self.step, "loss": self.last.get("loss"), "val_loss": self.last.get("val_loss"),
+                "val_bpb": self.last.get("val_bpb"), "tokens": self.tokens_seen, "seconds": round(self.elapsed, 2),
+                "tokens_per_s": round(self.tokens_seen / self.elapsed, 1) if self.elapsed else None,
+                "mfu": round(mfu, 4) if mfu else None, "params": self.raw.num_params(),
+                "loss_plot": str(plot) if plot else None, "samples": self.last.get("samples"),
+                "stopped_early": stopped_early}
+
+
+def _load_tokenizer(tokenizer_dir: Path | None):
     if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
         return None
     from lmforge.tokenizer import Tokenizer
@@ -109,264 +360,60 @@ def _load_decoder(tokenizer_dir: Path | None):
 def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_dir: str | Path,
           init_checkpoint: str | Path | None = None, tokenizer_dir: str | Path | None = None,
           model_config: GPTConfig | None = None, sample_prompts: list[list[int]] | None = None,
-          info: DistInfo | None = None) -> dict[str, Any]:
+          info: DistInfo | None = None, start: RunStart | None = None) -> dict[str, Any]:
     """Train (or resume training) a GPT; see the module docstring for the contract of every argument.
 
     `tokenizer_dir` is copied into every checkpoint and, when given, turns on bits per byte and decoded samples
     (of `sample_prompts`, token-id lists, at each sampling interval). `model_config` overrides the config's preset.
+    `start` is `decide_start`'s answer when the caller already needed it (pretraining sizes its loader by it).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     info = info or setup_distributed(cfg.device)
-    device = info.device
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    start = start or decide_start(cfg, out_dir, init_checkpoint, model_config, tokenizer_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:  # what a killed checkpoint write left behind
+        remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir / CKPT_SUBDIR)
     torch.manual_seed(cfg.seed)
-
-    # The model: resumed run > init checkpoint > preset.
-    resume = train_checkpoints(out_dir)
-    resume_ckpt = resume[-1] if resume else None
-    if resume_ckpt is not None:
-        mcfg, state, _ = load_state(resume_ckpt)
-    elif init_checkpoint is not None:
-        mcfg, state, _ = load_state(init_checkpoint)
-    else:
-        mcfg, state = resolve_model_config(cfg, model_config), None
-    seq_len = cfg.seq_len or mcfg.block_size
-    if seq_len > mcfg.block_size:
-        raise LmforgeError(f"TrainConfig.seq_len {seq_len} is longer than the model's block_size {mcfg.block_size}")
-    raw = GPT(mcfg)
-    if state is not None:
-        load_weights(raw, state, resume_ckpt or init_checkpoint)
-    raw.to(device)
-    if cfg.optimizer == "muon" and cfg.fsdp:
-        raise LmforgeError("Muon needs whole matrices; with --fsdp use --optimizer adamw")
-    model = wrap_model(raw, info, cfg.fsdp)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 and not cfg.fsdp \
-        else contextlib.nullcontext
-    compile_on = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    fwd = torch.compile(model) if compile_on else model
-    optimizers = build_optimizers(raw if not cfg.fsdp else model, cfg)
-
-    step, tokens_seen, elapsed = 0, 0, 0.0
-    if resume_ckpt is not None:
-        tstate, ostate = load_train_state(resume_ckpt)
-        if cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            for opt, sd in zip(optimizers, ostate["optimizers"]):
-                set_optimizer_state_dict(model, opt, sd, options=StateDictOptions(full_state_dict=True))
-        else:
-            if len(ostate["optimizers"]) != len(optimizers):
-                raise LmforgeError(f"checkpoint {resume_ckpt} was written with another optimizer setting")
-            for opt, sd in zip(optimizers, ostate["optimizers"]):
-                opt.load_state_dict(sd)
-        data_states = tstate["data"]
-        if len(data_states) != info.world_size:
-            raise LmforgeError(f"checkpoint {resume_ckpt} was written by {len(data_states)} process(es); resume "
-                               f"with the same number (now {info.world_size})")
-        data.load_state_dict(data_states[info.rank])
-        torch.set_rng_state(ostate["rng"][0])
-        step, tokens_seen, elapsed = tstate["step"], tstate["tokens"], tstate["seconds"]
-
-    tokenizer = _load_decoder(Path(tokenizer_dir)) if tokenizer_dir is not None else None
-    decoder = tokenizer if info.is_main else None
-    token_bytes = None
-    if tokenizer is not None:
-        from lmforge.evaluation.bpb import token_byte_lengths
-
-        token_bytes = token_byte_lengths(tokenizer, mcfg.vocab_size).to(device)
-    logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, resume_step=step)
-    if info.is_main:
-        write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(),
-                                                   "world_size": info.world_size})
-    peak = cfg.peak_flops or peak_flops(device)
-    # this invocation's step time and work (a resumed run's earlier part ran elsewhere)
-    run_wall = run_cpu = run_flops = 0.0
-    flops_per_token = functools.cache(raw.flops_per_token)  # by batch width; it sums the parameters
-
-    def step_mfu(flops: float, wall: float, cpu: float) -> float | None:
-        """Achieved over peak FLOP/s for this process's `flops`. On CPU per CPU-second (the peak was measured that
-        way), so cores taken by other programs do not count as idle hardware; on GPU per wall-second and device."""
-        if not peak or wall <= 0 or cpu <= 0:
-            return None
-        return flops / cpu / peak if device.type == "cpu" else flops / wall / peak
-
-    def checkpoint() -> Path:
-        data_states = [data.state_dict()]
-        if info.distributed:
-            import torch.distributed as dist
-
-            data_states = [None] * info.world_size
-            dist.all_gather_object(data_states, data.state_dict())
-        if cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            mstate = get_model_state_dict(model, options=opts)
-            osd = [get_optimizer_state_dict(model, o, options=opts) for o in optimizers]
-        else:
-            mstate, osd = None, [o.state_dict() for o in optimizers]
-        path = out_dir / CKPT_SUBDIR / checkpoint_name(step)
-        if info.is_main:
-            save_train_checkpoint(
-                out_dir, step, raw, {"optimizers": osd, "rng": [torch.get_rng_state()]},
-                {"tokens": tokens_seen, "seconds": elapsed, "data": data_states, "train_config": cfg.to_dict()},
-                tokenizer_dir=tokenizer_dir, state=mstate, keep=cfg.keep_checkpoints)
-        barrier(info)
-        return path
-
-    last: dict[str, Any] = {}
-    if resume_ckpt is not None:
-        last.update({k: v for r in logger.rows for k, v in r.items() if k in ("loss", "val_loss", "val_bpb")})
-
-    def run_eval() -> None:
-        if val_data is None:
-            return
-        res = evaluate(raw if not cfg.fsdp else model, val_data, info, autocast, token_bytes)
-        last.update(res)
-        row.update({k: round(v, 5) for k, v in res.items()})
-
-    def run_samples() -> None:
-        if decoder is None or not sample_prompts or cfg.fsdp:
-            return
-        from lmforge.inference.engine import Engine
-        from lmforge.inference.sampling import SamplingParams
-
-        was_training = raw.training
-        prompts = sample_prompts[:cfg.num_samples]
-        params = SamplingParams(temperature=0.8, top_k=50, max_tokens=cfg.sample_tokens, seed=cfg.seed)
-        done = Engine(raw, decoder).generate(prompts, params)  # its own generator: the training RNG is untouched
-        raw.train(was_training)
-        specials = set(decoder.special_tokens.values())
-        texts = [{"prompt": decoder.decode([t for t in p if t not in specials]), "continuation": c[0].text}
-                 for p, c in zip(prompts, done)]
-        last["samples"] = texts
-        with open(out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
-            import json
-
-            f.write(json.dumps({"step": step, "samples": texts}) + "\n")
-        if cfg.progress:
-            from tqdm import tqdm
-
-            for t in texts:
-                tqdm.write(f"[sample @ {step}] {t['prompt']!r} -> {t['continuation']!r}")
-
-    bar = None
-    if info.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    model.train()
-    ckpt_path: Path | None = resume_ckpt
-    t_last = t_begin = time.perf_counter()
-    stopped_early = False
-
-    def budget_clock() -> float:
-        """Seconds since the loop began, rank 0's on every rank, so all ranks schedule and stop alike."""
-        now = torch.tensor([time.perf_counter() - t_begin], dtype=torch.float64, device=device)
-        if info.distributed:
-            import torch.distributed as dist
-
-            dist.broadcast(now, 0)
-        return float(now)
-
-    while step < cfg.max_steps:
-        t0, c0 = time.perf_counter(), time.process_time()
-        # With a time budget the schedule follows whichever runs out first, steps or time, so the learning rate
-        # still decays to its floor when the budget (not max_steps) ends the run.
-        at = step if not cfg.time_budget_s else max(step, int(cfg.max_steps * budget_clock() / cfg.time_budget_s))
-        mult = lr_multiplier(min(at, max(cfg.max_steps - 1, 0)), cfg)
-        for opt in optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * mult
-        micro = [data.next_batch() for _ in range(cfg.grad_accum)]
-        # Counted from the batches themselves: SFT batches are padded to their longest conversation, not seq_len.
-        step_tokens = sum(x.numel() for x, _ in micro) * info.world_size
-        step_flops = sum(flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
-        n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64,
-                                 device=device)
-        all_reduce_sum(n_targets, info)
-        n_targets = n_targets.item()
-        if n_targets == 0:
-            raise LmforgeError(f"step {step + 1}: the batch has no target to learn (every target is -1)")
-        scale = info.world_size / n_targets
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, (x, y) in enumerate(micro):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = contextlib.nullcontext()
-            if info.distributed and not cfg.fsdp and i < cfg.grad_accum - 1:
-                sync = model.no_sync()
-            elif cfg.fsdp:
-                model.set_requires_gradient_sync(i == cfg.grad_accum - 1)
-            with sync:
-                with autocast():
-                    loss = _sum_cross_entropy(fwd, x, y)
-                (loss * scale).backward()
-            loss_sum += loss.detach().double()
-        all_reduce_sum(loss_sum, info)
-        step_loss = loss_sum.item() / n_targets
-        if not math.isfinite(step_loss):
-            raise LmforgeError(f"step {step + 1}: loss is {step_loss}; lower the learning rate (lr/muon_lr)")
-        if cfg.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(raw.parameters() if not cfg.fsdp else model.parameters(),
-                                                             cfg.grad_clip))
-        else:
-            grad_norm = None
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        step += 1
-        tokens_seen += step_tokens
-        tok_s = step_tokens / dt
-        dt_cpu = time.process_time() - c0
-        run_wall, run_cpu, run_flops = run_wall + dt, run_cpu + dt_cpu, run_flops + step_flops
-        mfu = step_mfu(step_flops, dt, dt_cpu)
-        row: dict[str, Any] = {"step": step, "loss": round(step_loss, 5), "lr_mult": round(mult, 5),
-                               "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
-                               "elapsed_s": round(elapsed, 3)}
-        if grad_norm is not None:
-            row["grad_norm"] = round(grad_norm, 4)
-        if mfu is not None:
-            row["mfu"] = round(mfu, 4)
-        last["loss"] = step_loss
-        done = step == cfg.max_steps
-        if not done and cfg.time_budget_s and budget_clock() >= cfg.time_budget_s:
-            done = stopped_early = True  # out of time: finish this step as the last one
-        if val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
-            run_eval()
-        if info.is_main and ((cfg.sample_every and step % cfg.sample_every == 0) or done):
-            run_samples()
-        if step % cfg.log_every == 0 or done or "val_loss" in row:
-            logger.log(row)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done:
-            ckpt_path = checkpoint()
+    run = TrainingRun(cfg, start, data, val_data, out_dir, tokenizer_dir, sample_prompts, info)
+    bar = _progress_bar(cfg, info, run.step)
+    run.model.train()
+    stopped_early, bar_refreshed = False, time.perf_counter()
+    while run.step < cfg.max_steps:
+        result = run.optimisation_step()
+        done = run.step == cfg.max_steps
+        if not done and run.out_of_time():
+            done = stopped_early = True  # out of time: this step is the last one
+        row = run.after_step(result, done)
         if bar is not None:
-            bar.update(1)
-            post = {"loss": f"{step_loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
-            if mfu is not None:
-                post["mfu"] = f"{100 * mfu:.1f}%"
-            if "val_loss" in row:
-                post["val"] = f"{row['val_loss']:.3f}"
-            bar.set_postfix(post, refresh=time.perf_counter() - t_last > 0.5)
-            t_last = time.perf_counter()
+            bar_refreshed = _update_bar(bar, row, bar_refreshed)
         if stopped_early:
             if info.is_main:
-                print(f"[train] time budget of {cfg.time_budget_s:.0f} s reached: stopped at step {step}")
+                print(f"[train] time budget of {cfg.time_budget_s:.0f} s reached: stopped at step {run.step}")
             break
     if bar is not None:
         bar.close()
-    plot = logger.plot()
-    logger.close()
-    summary = {"run_dir": str(out_dir), "checkpoint": str(ckpt_path) if ckpt_path else None, "step": step,
-               "loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
-               "tokens": tokens_seen, "seconds": round(elapsed, 2),
-               "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-               "mfu": round(m, 4) if (m := step_mfu(run_flops, run_wall, run_cpu)) else None,
-               "params": raw.num_params(), "loss_plot": str(plot) if plot else None,
-               "samples": last.get("samples"), "stopped_early": stopped_early}
-    return summary
+    return run.summary(stopped_early)
+
+
+def _progress_bar(cfg: TrainConfig, info: DistInfo, step: int):
+    if not (info.is_main and cfg.progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _update_bar(bar: Any, row: dict[str, Any], refreshed: float) -> float:
+    """Advance the bar by a step and show its figures, redrawn at once after a slow step (tqdm throttles fast
+    ones itself). Returns the time of this update."""
+    bar.update(1)
+    post = {"loss": f"{row['loss']:.3f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
+    if "mfu" in row:
+        post["mfu"] = f"{100 * row['mfu']:.1f}%"
+    if "val_loss" in row:
+        post["val"] = f"{row['val_loss']:.3f}"
+    now = time.perf_counter()
+    bar.set_postfix(post, refresh=now - refreshed > 0.5)
+    return now
