@@ -245,6 +245,64 @@ def test_decode_of_invalid_bytes_replaces(small_tok):
         small_tok.decode([small_tok.vocab_size])
 
 
+# ------------------------------------------------------------------------------------------- custom split patterns
+# Patterns that leave characters unmatched, match the empty string, hold a capture group or only look around: with
+# `findall` or tiktoken's own split they lost text (`Hello World 123!` -> `elloorld`) or panicked in Rust.
+CUSTOM_PATTERNS = [r"[a-z]+(?= )", r"\w*", r"(\w+)|\s", r"(?=a)", r"\p{L}+", r"\d|(?<=x)"]
+
+
+@pytest.fixture(scope="module")
+def custom_toks() -> dict[str, Tokenizer]:
+    return {p: Tokenizer.train(SMALL_CORPUS + ["Hello World 123! bab abba"], 330, pattern=p) for p in CUSTOM_PATTERNS}
+
+
+def test_custom_pattern_keeps_every_character(custom_toks, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = custom_toks[r"[a-z]+(?= )"]
+    assert tok.pattern_name == "custom"
+    text = "Hello World 123!"
+    assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tok")
+    loaded = Tokenizer.load(tmp_path / "tok")
+    assert loaded.pattern == r"[a-z]+(?= )" and loaded.encode(text) == tok.encode(text)
+    for pattern, tok in custom_toks.items():  # the exported tokenizer.json cuts at the same places
+        hf = HFTokenizer.from_file(str(tok.export_hf(tmp_path / "hf.json")))
+        for text in SMALL_CORPUS + ["Hello World 123!", "bab", "abba  b", "x1x2"]:
+            assert hf.encode(text).ids == tok.encode(text), (pattern, text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(CUSTOM_PATTERNS), st.text(alphabet=st.characters(blacklist_categories=())))
+def test_custom_pattern_round_trips_every_string(custom_toks, pattern, text):
+    import regex
+
+    from lmforge.tokenizer.patterns import split_chunks
+
+    chunks = split_chunks(regex.compile(pattern), text)
+    assert "".join(chunks) == text and "" not in chunks
+    tok = custom_toks[pattern]
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids == tok.reference().encode(text)
+    text = f"<|user|>{text}<|end|>"
+    assert tok.encode(text, allowed_special="all") == tok.reference().encode(text, allowed_special=set(SPECIAL_TOKENS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([GPT4_PATTERN, GPT2_PATTERN]), st.text(alphabet=st.characters(blacklist_categories=())))
+def test_builtin_patterns_cover_every_string_by_themselves(pattern, text):
+    """Why the built-in patterns keep `findall` and tiktoken's own split: they match every character, never match
+    empty and hold no group, so `findall` yields exactly the chunks that `split_chunks` defines."""
+    import regex
+
+    from lmforge.tokenizer.patterns import chunk_splitter, split_chunks
+
+    compiled = regex.compile(pattern)
+    assert chunk_splitter(pattern)(text) == split_chunks(compiled, text)
+    assert "".join(compiled.findall(text)) == text and "" not in compiled.findall(text)
+
+
 # ---------------------------------------------------------------------------------------------- special tokens
 @pytest.mark.parametrize("name", SPECIAL_TOKENS)
 def test_special_token_injection_is_impossible_by_default(small_tok, name):

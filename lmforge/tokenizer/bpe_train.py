@@ -2,7 +2,7 @@
 
 minbpe's loop recounts every pair of the whole corpus for every merge (quadratic). Here:
 
-1. **Count unique chunks once.** Each document is cut by the split pattern; a `Counter` of chunk strings is all
+1. **Count unique chunks once.** Each document is cut into chunks by the split pattern (`patterns.py`); a `Counter` of chunk strings is all
    that is kept, so the input streams (a corpus larger than memory can be counted) and the merge phase works on
    the few hundred thousand distinct chunks, weighted by their counts, instead of on the text. Documents are never
    joined, so no chunk (and therefore no merge) spans a document boundary. Counting can fan out to worker
@@ -42,7 +42,8 @@ from operator import contains
 from typing import Iterable, Iterator
 
 import numpy as np
-import regex
+
+from lmforge.tokenizer.patterns import chunk_splitter
 
 Merge = tuple[int, int, int]  # (left id, right id, new id)
 
@@ -67,11 +68,11 @@ def _count_worker(pattern: str, tasks, results) -> None:
     parent, so per-batch results cost the parent about as much as the counting saved.
     """
     try:
-        pat = regex.compile(pattern)
+        split = chunk_splitter(pattern)
         counts: Counter = Counter()
         while (batch := tasks.get()) is not None:
             for text in batch:
-                counts.update(pat.findall(text))
+                counts.update(split(text))
         results.put(counts)
     except BaseException as e:  # reported by the parent, which would otherwise wait forever
         results.put(RuntimeError(f"chunk counting failed in a worker: {e!r}"))
@@ -122,10 +123,10 @@ def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progr
     total: Counter = Counter()
     bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=not progress, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
     if num_workers <= 1:
-        pat = regex.compile(pattern)
+        split = chunk_splitter(pattern)
         for batch in _batches(texts, _BATCH_CHARS // 4):
             for text in batch:
-                total.update(pat.findall(text))
+                total.update(split(text))
             bar.update(sum(map(len, batch)) / 1e6)
     else:
         ctx = multiprocessing.get_context()

@@ -54,9 +54,11 @@ def iter_training_texts(files: list[Path], text_field: str = "text") -> Iterator
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.bpe_train import TrainStats
+    from lmforge.tokenizer.patterns import resolve_pattern
     from lmforge.tokenizer.tokenizer import check_vocab_size
 
     check_vocab_size(args.vocab_size)
+    resolve_pattern(args.pattern, what="--pattern")
     files = training_files(args.input)
     stats = TrainStats()
     t0 = time.perf_counter()

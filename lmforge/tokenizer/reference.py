@@ -7,7 +7,9 @@ ids on real text, so this file is the definition of what an id sequence means:
    occurrences become the special ids. Otherwise a string such as `<|assistant|>` is ordinary text.
 2. A lone surrogate (not valid Unicode, possible in a Python string) is a hard cut: it becomes the byte tokens of
    its 3-byte `surrogatepass` form, so decoding gives the same string back.
-3. The rest is split by the pattern (GPT-4's by default) into chunks; each chunk is encoded alone.
+3. The rest is split by the pattern (GPT-4's by default) into chunks: it is cut at the start and end of every
+   match, so the chunks are the matches and the gaps between them (`patterns.split_chunks`) and no character is
+   ever dropped; each chunk is encoded alone.
 4. A chunk whose bytes are one token is that token. Otherwise it starts as its UTF-8 bytes and, repeatedly, the
    adjacent pair whose concatenation has the lowest rank (= token id, i.e. the earliest learned) is merged; the
    leftmost such pair on a tie. This is tiktoken's rule; it equals applying the learned merges in order except for
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import regex
 
+from lmforge.tokenizer.patterns import chunk_splitter
+
 SURROGATES = regex.compile(r"[\ud800-\udfff]")
 NONE = float("inf")  # the rank of a pair that is not a token
 
@@ -27,7 +31,7 @@ class ReferenceEncoder:
 
     def __init__(self, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]):
         self.ranks = ranks
-        self.pattern = regex.compile(pattern)
+        self._split = chunk_splitter(pattern)  # split_chunks (findall for the built-in patterns: the same chunks)
         self.special_tokens = special_tokens
         self._cache: dict[str, list[int]] = {}  # chunk -> ids; a chunk always encodes the same way
 
@@ -54,7 +58,7 @@ class ReferenceEncoder:
 
     def _encode_valid(self, text: str) -> list[int]:
         ids: list[int] = []
-        for chunk in self.pattern.findall(text):
+        for chunk in self._split(text):
             cached = self._cache.get(chunk)
             if cached is None:
                 cached = self._cache[chunk] = self.encode_chunk(chunk.encode("utf-8"))

@@ -32,15 +32,12 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Collection, Iterable, Literal
+from typing import Collection, Iterable, Literal
 
 from lmforge.tokenizer.bpe_train import Merge, TrainStats, byte_to_char, count_chunks, learn_merges
-from lmforge.tokenizer.patterns import resolve_pattern
+from lmforge.tokenizer.patterns import GPT4_PATTERN, covers_by_itself, resolve_pattern
 from lmforge.tokenizer.reference import SURROGATES, ReferenceEncoder
 from lmforge.utils import LmforgeError, atomic_path, atomic_write, default_threads
-
-if TYPE_CHECKING:
-    import tiktoken
 
 # Fixed names and order (DEVELOPERS.md); they take the last ids of the vocabulary.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -120,6 +117,23 @@ def _complete_prefix(data: bytes) -> int:
     return n
 
 
+class _CustomPatternCore(ReferenceEncoder):
+    """The encoder of a tokenizer with a custom split pattern: the reference encoder's split (gaps between matches
+    kept, so no text is lost), its special-token and surrogate rules, and tiktoken's Rust BPE for each chunk.
+
+    It answers the two calls `Tokenizer.encode` makes on tiktoken's CoreBPE, `encode_ordinary(text)` and
+    `encode(text, allowed)`, so the built-in patterns keep their all-Rust path untouched.
+    """
+
+    def __init__(self, core, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]):
+        super().__init__(ranks, pattern, special_tokens)
+        self._encode_piece = core.encode_single_piece  # tiktoken's rule (reference.py, rule 4) on one chunk
+
+    def _encode_valid(self, text: str) -> list[int]:
+        encode_piece = self._encode_piece
+        return [i for chunk in self._split(text) for i in encode_piece(chunk.encode("utf-8"))]
+
+
 class Tokenizer:
     """Byte-level BPE with the GPT-4 split pattern and the fixed special tokens; see the module docstring."""
 
@@ -145,8 +159,7 @@ class Tokenizer:
         self._ranks = ranks
         self.special_tokens: dict[str, int] = {name: len(vocab) + i for i, name in enumerate(SPECIAL_TOKENS)}
         self._id_to_special = {i: name.encode("utf-8") for name, i in self.special_tokens.items()}
-        self._enc: tiktoken.Encoding | None = None
-        self._core = None  # the Encoding's Rust CoreBPE, set on first encode
+        self._core = None  # tiktoken's Rust CoreBPE (or, for a custom pattern, _CustomPatternCore), set on first encode
         self._reference: ReferenceEncoder | None = None
 
     # ----------------------------------------------------------------------------------------------- training
@@ -220,22 +233,23 @@ class Tokenizer:
         return dict(self._ranks)
 
     # ---------------------------------------------------------------------------------------------- encoding
-    @property
-    def encoding(self) -> tiktoken.Encoding:
-        """The `tiktoken.Encoding` built from our merges (no download); built once, on first use."""
-        if self._enc is None:
-            import tiktoken
-
-            self._enc = tiktoken.Encoding(
-                name=f"lmforge-{self.pattern_name}-{self.vocab_size}",
-                pat_str=self.pattern,
-                mergeable_ranks=self._ranks,
-                special_tokens=self.special_tokens,
-            )
-        return self._enc
-
     def _build_core(self):
-        self._core = self.encoding._core_bpe
+        """tiktoken's Rust encoder over our ranks (no download), built on first use.
+
+        A built-in pattern splits in Rust too. A custom one never reaches tiktoken's regex (which drops the text
+        between matches and panics on an empty match): `_CustomPatternCore` splits by construction in Python.
+        """
+        import tiktoken
+
+        own_split = covers_by_itself(self.pattern)
+        encoding = tiktoken.Encoding(
+            name=f"lmforge-{self.pattern_name}-{self.vocab_size}",
+            pat_str=self.pattern if own_split else GPT4_PATTERN,  # unused for a custom pattern: pieces come split
+            mergeable_ranks=self._ranks,
+            special_tokens=self.special_tokens,
+        )
+        core = encoding._core_bpe
+        self._core = core if own_split else _CustomPatternCore(core, self._ranks, self.pattern, self.special_tokens)
         return self._core
 
     def reference(self) -> ReferenceEncoder:
@@ -365,6 +379,7 @@ class Tokenizer:
         for key, typ in (("pattern", str), ("merges", list), ("vocab_size", int), ("special_tokens", dict)):
             if not isinstance(d.get(key), typ):
                 raise LmforgeError(f"tokenizer file {path}: field {key!r} is missing or not a {typ.__name__}")
+        resolve_pattern(d["pattern"], what=f"tokenizer file {path}: field 'pattern'")
         try:
             tok = cls([tuple(m) if isinstance(m, list) else m for m in d["merges"]], d["pattern"])
         except (ValueError, TypeError) as e:
