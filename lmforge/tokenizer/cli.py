@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,28 @@ def training_files(inputs: list[str]) -> list[Path]:
 
     files = expand_inputs(inputs)
     if not files:
-        raise LmforgeError(f"no input files found in {' '.join(inputs)}")
+        raise LmforgeError(f"--input: no input files found in {' '.join(inputs)}")
     for f in files:
         if f.stat().st_size == 0:
-            raise LmforgeError(f"input file {f} is empty")
+            raise LmforgeError(f"--input file {f} is empty")
     return files
+
+
+def check_train_args(args: argparse.Namespace) -> list[Path]:
+    """Every flag of `tokenizer train`, checked before anything is read or written; returns the input files."""
+    from lmforge.tokenizer.patterns import resolve_pattern
+    from lmforge.tokenizer.tokenizer import check_vocab_size
+
+    check_vocab_size(args.vocab_size, what="--vocab-size")
+    resolve_pattern(args.pattern, what="--pattern")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not 1 <= args.workers <= cores:
+        raise LmforgeError(f"--workers must be from 1 to {cores} (the cores here), got {args.workers}")
+    if not args.text_field:
+        raise LmforgeError("--text-field must name a JSONL field, got an empty string")
+    if args.out.exists() and not args.out.is_dir():
+        raise LmforgeError(f"--out {args.out} is a file, not a tokenizer folder")
+    return training_files(args.input)
 
 
 def iter_training_texts(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -54,12 +72,10 @@ def iter_training_texts(files: list[Path], text_field: str = "text") -> Iterator
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.bpe_train import TrainStats
-    from lmforge.tokenizer.patterns import resolve_pattern
-    from lmforge.tokenizer.tokenizer import check_vocab_size
+    from lmforge.utils import remove_stale_temporaries
 
-    check_vocab_size(args.vocab_size)
-    resolve_pattern(args.pattern, what="--pattern")
-    files = training_files(args.input)
+    files = check_train_args(args)
+    remove_stale_temporaries(args.out)  # what a killed earlier run's atomic write left
     stats = TrainStats()
     t0 = time.perf_counter()
     tok = Tokenizer.train(
@@ -119,6 +135,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise LmforgeError(f"--out {args.out} is a folder; give the tokenizer.json file to write")
     tok = _load(args.tokenizer)
     path = tok.export_hf(args.out)
     print(f"wrote {path} (Hugging Face tokenizers ByteLevel BPE, {tok.vocab_size} ids)")

@@ -42,10 +42,10 @@ def resolve_pattern(pattern: str, what: str = "split pattern") -> tuple[str, str
     `what` names the pattern's source in the error (`--pattern`, or a tokenizer file's field), which is raised as
     `LmforgeError` when the regex does not compile.
     """
-    if not isinstance(pattern, str):
+    if not isinstance(pattern, str) or not pattern:
         from lmforge.utils import LmforgeError
 
-        raise LmforgeError(f"{what} must be a string, got {type(pattern).__name__}")
+        raise LmforgeError(f"{what} must be a non-empty string (a pattern name or a regex), got {pattern!r}")
     if pattern in PATTERNS:
         return pattern, PATTERNS[pattern]
     for name, known in PATTERNS.items():

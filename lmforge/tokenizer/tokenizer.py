@@ -76,10 +76,21 @@ ERRORS = "lmforge.wtf8"
 codecs.register_error(ERRORS, _wtf8_errors)
 
 
-def check_vocab_size(vocab_size: int) -> None:
+# The trainer holds each token as one Unicode character (bpe_train._char), which bounds the ids below 0x10F800;
+# 2^20 is the round bound under that (GPT-4o's vocabulary is 200k).
+MAX_VOCAB_SIZE = 1 << 20
+
+
+def check_vocab_size(vocab_size: int, what: str = "vocab_size") -> None:
+    """Refuse a vocabulary size outside [256 bytes + the special tokens, MAX_VOCAB_SIZE]; `what` names the flag."""
     min_size = 256 + len(SPECIAL_TOKENS)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise LmforgeError(f"{what} must be an integer, got {vocab_size!r}")
     if vocab_size < min_size:
-        raise LmforgeError(f"vocab_size {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise LmforgeError(f"{what} {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise LmforgeError(f"{what} {vocab_size} is too large: at most {MAX_VOCAB_SIZE} (the trainer holds a token as "
+                           "one Unicode character)")
 
 
 class StreamDecoder:
