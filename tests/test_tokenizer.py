@@ -120,6 +120,30 @@ def test_array_and_string_phases_learn_the_same_merges(monkeypatch, real_text):
     assert all(m == learned[0] for m in learned.values())
 
 
+@pytest.mark.timeout(120)
+def test_optimised_trainer_equals_reference_trainer_on_real_text(real_text):
+    """bpe_train.learn_merges against reference.train_merges (minbpe's loop: every pair recounted per merge), merge
+    for merge on 30 KB of real text plus the multilingual corpus; then with special-token strings in the text
+    (ordinary text for training) through `Tokenizer.train`, whose vocabulary keeps the last ids for them."""
+    from lmforge.tokenizer.reference import train_merges
+
+    texts = [real_text["train"][0][:20_000]] + [t[:3000] for t in real_text["train"][1:4]] + SMALL_CORPUS
+    assert learn_merges(count_chunks(texts, GPT4_PATTERN), 256 + 250) == train_merges(texts, 256 + 250)
+    chat = [f"{SPECIAL_TOKENS[3]}{t[:2000]}{SPECIAL_TOKENS[5]}{SPECIAL_TOKENS[4]}ok{SPECIAL_TOKENS[5]}" for t in texts]
+    tok = Tokenizer.train(chat, 256 + 150 + N_SPECIAL)
+    assert tok.merges == train_merges(chat, 256 + 150)
+    assert any(tok.token_bytes(n) in (b"<|", b"|>") for _, _, n in tok.merges)  # the strings were trained on
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(alphabet="ab c\n1é", max_size=40), min_size=1, max_size=8), st.integers(256, 300))
+def test_optimised_trainer_equals_reference_trainer_on_any_small_corpus(texts, num_tokens):
+    """Tiny alphabets make ties, `a a a` runs and tokens reached along two paths (reused ids) common."""
+    from lmforge.tokenizer.reference import train_merges
+
+    assert learn_merges(count_chunks(texts, GPT4_PATTERN), num_tokens) == train_merges(texts, num_tokens)
+
+
 def test_gpt2_pattern_option(small_tok):
     tok = Tokenizer.train(SMALL_CORPUS, 400, pattern="gpt2")
     assert tok.pattern == GPT2_PATTERN and tok.pattern_name == "gpt2"

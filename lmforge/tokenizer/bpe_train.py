@@ -257,8 +257,8 @@ def learn_merges(
     merges: list[Merge] = []
     sites = 0.0
     bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=not progress)
-    # The loop allocates millions of short-lived lists and tuples but no reference cycles; the cyclic collector's
-    # passes over the hundreds of thousands of live `where` lists were about 4% of the instructions: paused here.
+    # The loop allocates millions of short-lived lists and tuples but no reference cycles, so the cyclic collector's
+    # passes over the hundreds of thousands of live `where` lists are pure cost: paused here (benchmark notes).
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -291,7 +291,7 @@ def learn_merges(
             if positions is not None:
                 positions.merge(pair, N, pair_counts, queue)
             else:
-                if pair in pending:  # first-phase positions become chunk indices when needed (saved 0.1 s)
+                if pair in pending:  # first-phase positions become chunk indices only when needed
                     where.setdefault(pair, []).extend(chunk_of[np.concatenate(pending.pop(pair))].tolist())
                 _merge_strings(words, counts, where, pair_counts, queue, pair, N, fresh)
     finally:
@@ -314,7 +314,7 @@ _CODE_MASK = (1 << 42) - 1
 
 def _heap_key(pair: str, count: int) -> int:
     """One int that orders as `(-count, pair)`: the two characters' code points in the low 42 bits, below the
-    negated count. Popping ints instead of tuples (one object, one comparison) saved about 0.1 s on 10 MB / 32k."""
+    negated count: popping ints instead of tuples is one object and one comparison."""
     return (ord(pair[0]) << 21 | ord(pair[1])) - (count << 42)
 
 
@@ -325,12 +325,11 @@ class _PairQueue:
     """The pair with the highest count (then the smallest pair), with lazy refresh: a popped entry whose count is
     stale is pushed back with its current count, and the first current one is the maximum.
 
-    Most new pairs are rare (a 32k vocabulary on 10 MB pushes about 180,000 and merges none below count ~10), so
+    Most new pairs are rare and are never merged, so
     a pair counted fewer times than `floor` is only appended to `low[count]`; the heap holds the others. When the
     heap runs dry, `floor` steps down and the list at the new floor joins the heap (its pairs at their current
     counts: those that fell lower move to a lower list). Any pair in `low` counts less than `floor`, so it cannot
-    beat or tie a current heap entry. (This and the C-level stale filter in `_merge_strings` together cut the
-    instructions of `learn_merges` by 8% on 10 MB / 8k, measured with callgrind.)
+    beat or tie a current heap entry. (What this bought is in the benchmark's notes.)
     """
 
     def __init__(self, pair_counts: dict[str, int]) -> None:
@@ -385,8 +384,8 @@ class _PairPositions:
     after them. A merge writes the new token at the left position of each site and unlinks the right one, so the
     live positions form a doubly linked list (`nxt`, `prv`) and positions never move. `where[pair]` lists arrays of
     positions where the pair started (stale ones included: they are checked when the pair is merged). Each merge
-    is about 30 numpy calls whatever its size, then C speed per site: `learn_merges` on 10 MB / 4k took 1.74 s
-    with strings only and takes 0.93 s with this phase first (32k: 3.6 s -> 2.5 s).
+    is about 30 numpy calls whatever its size, then C speed per site, which beats one Python step per site while
+    merges are large (the benchmark's notes have the figures).
     """
 
     def __init__(self, chunks: list[bytes], counts: list[int], num_tokens: int) -> None:
@@ -409,7 +408,7 @@ class _PairPositions:
         self.where: dict[str, list[np.ndarray]] = {}
         self.pair_counts: defaultdict[str, int] = defaultdict(int)
         # initial pairs as 16-bit codes 256 * left + right: a weighted bincount counts them, a stable sort (radix
-        # for 16 bits) groups their positions (one Python step per pair occurrence took 0.5 s on 10 MB)
+        # for 16 bits) groups their positions, instead of one Python step per pair occurrence
         left = np.flatnonzero(inside[:-1] & inside[1:]).astype(np.int32)
         codes = tok[left].astype(np.uint16) * 256 + tok[left + 1].astype(np.uint16)
         totals = np.bincount(codes, weights=self.counts[self.chunk[left]].astype(np.float64), minlength=65536)
@@ -511,8 +510,8 @@ def _merge_strings(
     recounted: defaultdict[str, int] = defaultdict(int)
     recounted_where: defaultdict[str, list[int]] = defaultdict(list)
     listed = set(where.pop(pair, ()))
-    # Skip, at C speed, the stale entries (chunks an earlier merge took the pair out of): on 10 MB / 32k they are
-    # 445,000 of the 702,000 listed; see `_PairQueue` for what this bought.
+    # Skip, at C speed, the stale entries (chunks an earlier merge took the pair out of): most listed entries are
+    # stale late in training.
     for wi in compress(listed, map(contains, map(words.__getitem__, listed), repeat(pair))):
         w = words[wi]
         k = w.find(pair)
@@ -522,7 +521,7 @@ def _merge_strings(
         if not fresh:  # N may also stand in the chunk already: recount the chunk's pairs instead
             _recount(w, nw, counts[wi], N, pair_counts, recounted, recounted_where, wi)
         elif len(nw) == n - 1:
-            # One site, the common case (about 95% of rewrites): its neighbours are read at the site found above.
+            # One site, by far the common case: its neighbours are read at the site found above.
             if k:
                 left[w[k - 1]].append(wi)
             if k + 2 < n:
