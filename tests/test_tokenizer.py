@@ -296,6 +296,18 @@ def test_custom_pattern_keeps_every_character(custom_toks, tmp_path):
             assert hf.encode(text).ids == tok.encode(text), (pattern, text)
 
 
+@pytest.mark.parametrize("pattern, message", [
+    (r"\h+", "splits"),  # horizontal space to Python's regex, a hex digit to Oniguruma
+    (r"(?V1)[[a-z]--[aeiou]]+", "Oniguruma"),  # set difference: Python's regex only
+])
+def test_hf_export_refuses_a_pattern_hugging_face_would_split_otherwise(tmp_path, pattern, message):
+    tok = Tokenizer.train(SMALL_CORPUS, 300, pattern=pattern)
+    assert tok.decode(tok.encode(SMALL_CORPUS[0])) == SMALL_CORPUS[0]
+    with pytest.raises(LmforgeError, match=message):
+        tok.export_hf(tmp_path / "tokenizer.json")
+    assert not (tmp_path / "tokenizer.json").exists()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(CUSTOM_PATTERNS), st.text(alphabet=st.characters(blacklist_categories=())))
 def test_custom_pattern_round_trips_every_string(custom_toks, pattern, text):

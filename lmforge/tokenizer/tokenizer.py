@@ -93,6 +93,14 @@ def check_vocab_size(vocab_size: int, what: str = "vocab_size") -> None:
                            "one Unicode character)")
 
 
+# Texts the exported tokenizer.json must encode exactly as `encode` does: letters in several scripts and cases,
+# contractions, digit runs, punctuation, whitespace runs, line ends, combining marks, emoji and control characters.
+HF_PROBES = (
+    "Hello World 123! He'LL pay 1234567 dollars, isn't it?  Tabs\tand\r\nnew lines\n\n  end ",
+    "日本語のテキスト 中文 한국어 — “quotes” café e\u0301 😀👩‍👧 \x00\x1b[31m 3.14 100,000",
+)
+
+
 class StreamDecoder:
     """Turns a stream of token ids into text pieces without ever cutting a multi-byte character.
 
@@ -436,17 +444,23 @@ class Tokenizer:
         vocab = {show(t): i for i, t in enumerate(self._vocab)}
         merges = [(show(self._vocab[a]), show(self._vocab[b])) for a, b in self.hf_merges()]
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
+        try:
+            split = pre_tokenizers.Split(Regex(self.pattern), behavior="isolated", invert=False)
+        except Exception as e:  # tokenizers raises a bare Exception for a regex Oniguruma cannot compile
+            raise LmforgeError(f"split pattern {self.pattern!r} is not a regex Hugging Face's engine (Oniguruma) "
+                               f"accepts: {e}") from e
         hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(self.pattern), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-            ]
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
         )
         hf.decoder = decoders.ByteLevel()
         hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in SPECIAL_TOKENS])
         got = {name: hf.token_to_id(name) for name in SPECIAL_TOKENS}
         if got != self.special_tokens:  # pragma: no cover - a tokenizers behaviour change
             raise RuntimeError(f"tokenizers assigned special ids {got}, expected {self.special_tokens}")
+        for probe in HF_PROBES:  # a regex may mean something else to Oniguruma: never write a file that splits otherwise
+            if hf.encode(probe).ids != self.encode(probe):
+                raise LmforgeError(f"split pattern {self.pattern!r} splits {probe!r} differently in Hugging Face's "
+                                   "regex engine (Oniguruma); tokenizer.json not written")
         path = Path(path)
         with atomic_path(path) as tmp:
             hf.save(str(tmp))
