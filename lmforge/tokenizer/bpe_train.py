@@ -31,6 +31,7 @@ small corpora; the guard keeps the counts exact if it does.)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 import multiprocessing
@@ -227,20 +228,7 @@ def learn_merges(
     order = list(range(256)) if byte_order == "bytes" else hf_byte_order()
     to_internal = bytes(order.index(b) for b in range(256)) if byte_order == "hf" else None
 
-    # 1. the chunks as bytes of internal ids, with their counts; single-byte chunks can never be merged
-    chunks: list[bytes] = []
-    counts: list[int] = []
-    for chunk, c in chunk_counts.items():
-        stats.total_chunks += c
-        data = text_to_bytes(chunk)
-        if len(data) < 2:
-            continue
-        if to_internal is not None:
-            data = data.translate(to_internal)
-        chunks.append(data)
-        counts.append(c)
-    stats.unique_chunks = len(chunk_counts)
-
+    chunks, counts = _chunk_bytes(chunk_counts, to_internal, stats)  # 1. the chunks as bytes of internal ids
     # 2. initial pair counts and where each pair occurs; 3. the queue: max count first, then the smallest pair
     positions: _PairPositions | None = _PairPositions(chunks, counts, num_tokens)
     pair_counts = positions.pair_counts
@@ -257,28 +245,16 @@ def learn_merges(
     merges: list[Merge] = []
     sites = 0.0
     bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=not progress)
-    # The loop allocates millions of short-lived lists and tuples but no reference cycles, so the cyclic collector's
-    # passes over the hundreds of thousands of live `where` lists are pure cost: paused here (benchmark notes).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         while len(token_bytes) < num_tokens:
             pair = queue.pop()
             if pair is None:
                 stats.stopped_early = True
                 break
-            A, B = pair
-            a, b = _id(A), _id(B)
-            merged = token_bytes[a] + token_bytes[b]
-            new_id = bytes_to_id.get(merged)
-            fresh = new_id is None
-            if fresh:
-                new_id = len(token_bytes)
-                token_bytes.append(merged)
-                bytes_to_id[merged] = new_id
-                bar.update(1)
-            else:
-                stats.reused_ids += 1
+            a, b = _id(pair[0]), _id(pair[1])
+            new_id, fresh = _token_id(token_bytes[a] + token_bytes[b], token_bytes, bytes_to_id)
+            bar.update(fresh)
+            stats.reused_ids += not fresh
             N = _char(new_id)
             if positions is not None:
                 # a running mean, so that one pair with few sites (a frequent chunk) does not end the first phase
@@ -294,19 +270,53 @@ def learn_merges(
                 if pair in pending:  # first-phase positions become chunk indices only when needed
                     where.setdefault(pair, []).extend(chunk_of[np.concatenate(pending.pop(pair))].tolist())
                 _merge_strings(words, counts, where, pair_counts, queue, pair, N, fresh)
-    finally:
-        if collecting:
-            gc.enable()
     bar.close()
     stats.merges = len(merges)
-
     if to_internal is None:
         return merges
     # back to byte-value ids: base tokens are their byte value; merged ids are the same in both spaces
-    def ext(i: int) -> int:
-        return order[i] if i < 256 else i
+    return [(order[a] if a < 256 else a, order[b] if b < 256 else b, n) for a, b, n in merges]
 
-    return [(ext(a), ext(b), n) for a, b, n in merges]
+
+def _chunk_bytes(chunk_counts: Counter, to_internal: bytes | None, stats: TrainStats) -> tuple[list[bytes], list[int]]:
+    """The chunks as bytes of internal ids, with their counts; single-byte chunks (never merged) are left out."""
+    chunks: list[bytes] = []
+    counts: list[int] = []
+    for chunk, c in chunk_counts.items():
+        stats.total_chunks += c
+        data = text_to_bytes(chunk)
+        if len(data) < 2:
+            continue
+        if to_internal is not None:
+            data = data.translate(to_internal)
+        chunks.append(data)
+        counts.append(c)
+    stats.unique_chunks = len(chunk_counts)
+    return chunks, counts
+
+
+def _token_id(merged: bytes, token_bytes: list[bytes], bytes_to_id: dict[bytes, int]) -> tuple[int, bool]:
+    """(id, fresh): a new id for bytes that are not a token yet, else the existing one (reached along another
+    path): the vocabulary never holds the same bytes twice."""
+    existing = bytes_to_id.get(merged)
+    if existing is not None:
+        return existing, False
+    bytes_to_id[merged] = len(token_bytes)
+    token_bytes.append(merged)
+    return bytes_to_id[merged], True
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The merge loop allocates millions of short-lived lists and tuples but no reference cycles, so the cyclic
+    collector's passes over the hundreds of thousands of live `where` lists are pure cost (benchmark notes)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 _CODE_MASK = (1 << 42) - 1

@@ -95,24 +95,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_text(args: argparse.Namespace) -> str:
+def _read_text(args: argparse.Namespace, limit: int | None = None) -> str:
+    """The text argument, `--file` or stdin; with `limit`, at most that many characters are read."""
+    size = -1 if limit is None else limit
     if args.file is not None:
         try:
-            return Path(args.file).read_text(encoding="utf-8")
+            with open(args.file, encoding="utf-8") as f:
+                return f.read(size)
         except (OSError, UnicodeDecodeError) as e:
-            raise LmforgeError(f"cannot read text file {args.file}: {e}") from e
+            raise LmforgeError(f"--file {args.file}: cannot read it as UTF-8 text: {e}") from e
     if args.text is None:
-        return sys.stdin.read()
+        return sys.stdin.read(size)
     return args.text
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from lmforge.tokenizer.show import render
+    from lmforge.tokenizer.show import MAX_SHOWN_CHARS, render
 
     tok = _load(args.tokenizer)
-    render(tok, _read_text(args), Console(), allowed_special="all" if args.allow_special else ())
+    text = _read_text(args, limit=MAX_SHOWN_CHARS + 1)  # one more than shown: enough to know something was cut
+    render(tok, text, Console(), allowed_special="all" if args.allow_special else ())
     return 0
 
 
