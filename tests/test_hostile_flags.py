@@ -15,6 +15,8 @@ def test_flags_tokenizer(tmp_path: Path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("hello world, the tokenizer reads this text " * 20)
     (tmp_path / "empty.txt").write_text("")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "a document"}\n' * 3)
     (tmp_path / "empty_dir").mkdir()
     out = tmp_path / "out"
     Tokenizer.train([corpus.read_text()], 300).save(out)  # an existing tokenizer the refused runs must not touch
@@ -39,6 +41,7 @@ def test_flags_tokenizer(tmp_path: Path):
         (train(**{"--workers": "0"}), "--workers"),
         (train(**{"--workers": "100000"}), "--workers"),
         (train(**{"--text-field": ""}), "--text-field"),
+        (train(**{"--input": str(jsonl), "--text-field": "body"}), "--text-field"),  # no line has it: no text
         (train(**{"--out": str(a_file)}), "--out"),
         (["tokenizer", "show", "--tokenizer", str(tmp_path / "nowhere"), "x"], "nowhere"),
         (["tokenizer", "show", "--tokenizer", str(out), "--file", str(tmp_path / "missing.txt")], "missing.txt"),

@@ -122,7 +122,8 @@ def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progr
     from tqdm import tqdm
 
     total: Counter = Counter()
-    bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=not progress, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
+    # progress bars only on a terminal (tqdm's disable=None): a log or an error message gets no bar lines
+    bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=None if progress else True, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
     if num_workers <= 1:
         split = chunk_splitter(pattern)
         for batch in _batches(texts, _BATCH_CHARS // 4):
@@ -244,7 +245,7 @@ def learn_merges(
     bytes_to_id: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
     merges: list[Merge] = []
     sites = 0.0
-    bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=not progress)
+    bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=None if progress else True)
     with _gc_paused():
         while len(token_bytes) < num_tokens:
             pair = queue.pop()

@@ -78,14 +78,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     remove_stale_temporaries(args.out)  # what a killed earlier run's atomic write left
     stats = TrainStats()
     t0 = time.perf_counter()
-    tok = Tokenizer.train(
-        iter_training_texts(files, args.text_field),
-        args.vocab_size,
-        pattern=args.pattern,
-        num_workers=args.workers,
-        progress=True,
-        stats=stats,
-    )
+    try:
+        tok = Tokenizer.train(iter_training_texts(files, args.text_field), args.vocab_size, pattern=args.pattern,
+                              num_workers=args.workers, progress=True, stats=stats)
+    except LmforgeError as e:  # the flags are checked: what is left is the inputs' text (none at all)
+        raise LmforgeError(f"--input: {e} ({len(files)} file(s); the text of a JSONL line is its --text-field "
+                           f"{args.text_field!r})") from e
     tok.save(args.out)
     note = " (the corpus ran out of pairs first)" if stats.stopped_early else ""
     print(
