@@ -120,6 +120,30 @@ def test_array_and_string_phases_learn_the_same_merges(monkeypatch, real_text):
     assert all(m == learned[0] for m in learned.values())
 
 
+@pytest.mark.timeout(120)
+def test_optimised_trainer_equals_reference_trainer_on_real_text(real_text):
+    """bpe_train.learn_merges against reference.train_merges (minbpe's loop: every pair recounted per merge), merge
+    for merge on 30 KB of real text plus the multilingual corpus; then with special-token strings in the text
+    (ordinary text for training) through `Tokenizer.train`, whose vocabulary keeps the last ids for them."""
+    from lmforge.tokenizer.reference import train_merges
+
+    texts = [real_text["train"][0][:20_000]] + [t[:3000] for t in real_text["train"][1:4]] + SMALL_CORPUS
+    assert learn_merges(count_chunks(texts, GPT4_PATTERN), 256 + 250) == train_merges(texts, 256 + 250)
+    chat = [f"{SPECIAL_TOKENS[3]}{t[:2000]}{SPECIAL_TOKENS[5]}{SPECIAL_TOKENS[4]}ok{SPECIAL_TOKENS[5]}" for t in texts]
+    tok = Tokenizer.train(chat, 256 + 150 + N_SPECIAL)
+    assert tok.merges == train_merges(chat, 256 + 150)
+    assert any(tok.token_bytes(n) in (b"<|", b"|>") for _, _, n in tok.merges)  # the strings were trained on
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(alphabet="ab c\n1é", max_size=40), min_size=1, max_size=8), st.integers(256, 300))
+def test_optimised_trainer_equals_reference_trainer_on_any_small_corpus(texts, num_tokens):
+    """Tiny alphabets make ties, `a a a` runs and tokens reached along two paths (reused ids) common."""
+    from lmforge.tokenizer.reference import train_merges
+
+    assert learn_merges(count_chunks(texts, GPT4_PATTERN), num_tokens) == train_merges(texts, num_tokens)
+
+
 def test_gpt2_pattern_option(small_tok):
     tok = Tokenizer.train(SMALL_CORPUS, 400, pattern="gpt2")
     assert tok.pattern == GPT2_PATTERN and tok.pattern_name == "gpt2"
@@ -243,6 +267,76 @@ def test_decode_of_invalid_bytes_replaces(small_tok):
     assert small_tok.decode([ord("a"), 0xFF, ord("b")]) == "a\ufffdb"
     with pytest.raises(ValueError):
         small_tok.decode([small_tok.vocab_size])
+
+
+# ------------------------------------------------------------------------------------------- custom split patterns
+# Patterns that leave characters unmatched, match the empty string, hold a capture group or only look around: with
+# `findall` or tiktoken's own split they lost text (`Hello World 123!` -> `elloorld`) or panicked in Rust.
+CUSTOM_PATTERNS = [r"[a-z]+(?= )", r"\w*", r"(\w+)|\s", r"(?=a)", r"\p{L}+", r"\d|(?<=x)"]
+
+
+@pytest.fixture(scope="module")
+def custom_toks() -> dict[str, Tokenizer]:
+    return {p: Tokenizer.train(SMALL_CORPUS + ["Hello World 123! bab abba"], 330, pattern=p) for p in CUSTOM_PATTERNS}
+
+
+def test_custom_pattern_keeps_every_character(custom_toks, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = custom_toks[r"[a-z]+(?= )"]
+    assert tok.pattern_name == "custom"
+    text = "Hello World 123!"
+    assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tok")
+    loaded = Tokenizer.load(tmp_path / "tok")
+    assert loaded.pattern == r"[a-z]+(?= )" and loaded.encode(text) == tok.encode(text)
+    for pattern, tok in custom_toks.items():  # the exported tokenizer.json cuts at the same places
+        hf = HFTokenizer.from_file(str(tok.export_hf(tmp_path / "hf.json")))
+        for text in SMALL_CORPUS + ["Hello World 123!", "bab", "abba  b", "x1x2"]:
+            assert hf.encode(text).ids == tok.encode(text), (pattern, text)
+
+
+@pytest.mark.parametrize("pattern, message", [
+    (r"\h+", "splits"),  # horizontal space to Python's regex, a hex digit to Oniguruma
+    (r"(?V1)[[a-z]--[aeiou]]+", "Oniguruma"),  # set difference: Python's regex only
+])
+def test_hf_export_refuses_a_pattern_hugging_face_would_split_otherwise(tmp_path, pattern, message):
+    tok = Tokenizer.train(SMALL_CORPUS, 300, pattern=pattern)
+    assert tok.decode(tok.encode(SMALL_CORPUS[0])) == SMALL_CORPUS[0]
+    with pytest.raises(LmforgeError, match=message):
+        tok.export_hf(tmp_path / "tokenizer.json")
+    assert not (tmp_path / "tokenizer.json").exists()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(CUSTOM_PATTERNS), st.text(alphabet=st.characters(blacklist_categories=())))
+def test_custom_pattern_round_trips_every_string(custom_toks, pattern, text):
+    import regex
+
+    from lmforge.tokenizer.patterns import split_chunks
+
+    chunks = split_chunks(regex.compile(pattern), text)
+    assert "".join(chunks) == text and "" not in chunks
+    tok = custom_toks[pattern]
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids == tok.reference().encode(text)
+    text = f"<|user|>{text}<|end|>"
+    assert tok.encode(text, allowed_special="all") == tok.reference().encode(text, allowed_special=set(SPECIAL_TOKENS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([GPT4_PATTERN, GPT2_PATTERN]), st.text(alphabet=st.characters(blacklist_categories=())))
+def test_builtin_patterns_cover_every_string_by_themselves(pattern, text):
+    """Why the built-in patterns keep `findall` and tiktoken's own split: they match every character, never match
+    empty and hold no group, so `findall` yields exactly the chunks that `split_chunks` defines."""
+    import regex
+
+    from lmforge.tokenizer.patterns import chunk_splitter, split_chunks
+
+    compiled = regex.compile(pattern)
+    assert chunk_splitter(pattern)(text) == split_chunks(compiled, text)
+    assert "".join(compiled.findall(text)) == text and "" not in compiled.findall(text)
 
 
 # ---------------------------------------------------------------------------------------------- special tokens

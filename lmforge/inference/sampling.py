@@ -8,9 +8,62 @@ token under exactly the distribution that produced it; the raw model log-probs a
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+
+from lmforge.utils import LmforgeError
+
+# Bounds of the user-set fields. Outside them a value is a mistake, not a preference: it would crash (NaN, a
+# temperature so small that logits / t overflow), do nothing visible beyond the bound (a penalty of 1e6 already
+# bans a token; a temperature of 100 is already uniform) or exhaust memory (`n` rows of KV cache and logits: n = 10^6
+# was killed by the kernel at 24 GB). The engine still checks prompt + max_tokens against the model's context.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-5, 100.0
+MAX_PENALTY = 1e6
+MAX_N = 128  # samples per prompt (OpenAI's bound too)
+MAX_TOKENS = 1 << 20
+MAX_TOTAL_TOKENS = 1 << 24  # n * max_tokens: the token, log-prob and text lists of one request
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 64, 1000  # every stop string is looked for in the text after every token
+MAX_STOP_TOKEN_IDS = 1024
+MAX_TOKEN_ID = 2**31 - 1
+SEED_LIMIT = 2**64  # torch generators take 64-bit seeds
+
+
+_NO_FLAG = {"stop_token_ids"}  # fields that only the Python and HTTP APIs set
+
+
+def _name(field_name: str) -> str:
+    """A field as the user types it: its HTTP API name and its CLI flag."""
+    return field_name if field_name in _NO_FLAG else f"{field_name} (--{field_name.replace('_', '-')})"
+
+
+def _require(field_name: str, value: object, ok: bool, rule: str) -> None:
+    if not ok:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else f"{shown[:50]}... ({len(shown)} characters)"
+        raise LmforgeError(f"{_name(field_name)} must be {rule} (got {shown})")
+
+
+def _real(field_name: str, value: object, in_range: Callable[[float], bool], rule: str) -> float:
+    """`value` as a finite float for which `in_range` holds, or an error naming the field."""
+    _require(field_name, value, isinstance(value, numbers.Real) and not isinstance(value, bool), "a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    _require(field_name, value, math.isfinite(number) and in_range(number), rule)
+    return number
+
+
+def _integer(field_name: str, value: object, low: int, high: int) -> int:
+    """`value` as an int in [low, high], or an error naming the field."""
+    _require(field_name, value, isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer")
+    number = int(value)
+    _require(field_name, value, low <= number <= high, f"an integer from {low} to {high}")
+    return number
 
 
 @dataclass
@@ -21,6 +74,9 @@ class SamplingParams:
     the two usual conventions: `repetition_penalty` (CTRL / Hugging Face) divides positive logits and multiplies
     negative ones of every token already in the prompt or the output; `frequency_penalty` and `presence_penalty`
     (OpenAI) subtract count * f + (count > 0) * p from the logits of tokens already generated.
+
+    Every field is checked here, once, for the CLI (`generate`, `chat`) and the HTTP API alike: a bad value raises
+    `LmforgeError` naming the field as both spell it, e.g. `top_p (--top-p) must be in (0, 1] (got 2.0)`.
     """
 
     temperature: float = 1.0
@@ -37,18 +93,39 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None  # None: the engine's default end tokens (<|end|>, <|bos|>)
 
     def __post_init__(self) -> None:
-        checks = {
-            "temperature": self.temperature >= 0,
-            "top_k": self.top_k >= 0,
-            "top_p": 0 < self.top_p <= 1,
-            "min_p": 0 <= self.min_p <= 1,
-            "repetition_penalty": self.repetition_penalty > 0,
-            "max_tokens": self.max_tokens >= 1,
-            "n": self.n >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid SamplingParams field(s) {bad}: {self}")
+        self.temperature = _real("temperature", self.temperature,
+                                 lambda t: t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE,
+                                 f"0 (greedy) or from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}")
+        self.top_k = _integer("top_k", self.top_k, 0, MAX_TOKEN_ID)
+        self.top_p = _real("top_p", self.top_p, lambda p: 0 < p <= 1, "in (0, 1]")
+        self.min_p = _real("min_p", self.min_p, lambda p: 0 <= p <= 1, "in [0, 1]")
+        self.repetition_penalty = _real("repetition_penalty", self.repetition_penalty,
+                                        lambda r: 1 / MAX_PENALTY <= r <= MAX_PENALTY,
+                                        f"from {1 / MAX_PENALTY:g} to {MAX_PENALTY:g} (1 = off)")
+        for name in ("frequency_penalty", "presence_penalty"):
+            setattr(self, name, _real(name, getattr(self, name), lambda f: abs(f) <= MAX_PENALTY,
+                                      f"from {-MAX_PENALTY:g} to {MAX_PENALTY:g} (0 = off)"))
+        self.max_tokens = _integer("max_tokens", self.max_tokens, 1, MAX_TOKENS)
+        self.n = _integer("n", self.n, 1, MAX_N)
+        _require("max_tokens", self.max_tokens, self.n * self.max_tokens <= MAX_TOTAL_TOKENS,
+                 f"at most {MAX_TOTAL_TOKENS // self.n} when n is {self.n} (n * max_tokens <= {MAX_TOTAL_TOKENS})")
+        if self.seed is not None:
+            self.seed = _integer("seed", self.seed, 0, SEED_LIMIT - 1)
+        self.stop = self._checked_stop(self.stop)
+        if self.stop_token_ids is not None:
+            ids = self.stop_token_ids
+            _require("stop_token_ids", ids, isinstance(ids, (list, tuple)) and len(ids) <= MAX_STOP_TOKEN_IDS,
+                     f"a list of at most {MAX_STOP_TOKEN_IDS} token ids")
+            self.stop_token_ids = [_integer("stop_token_ids", i, 0, MAX_TOKEN_ID) for i in ids]
+
+    @staticmethod
+    def _checked_stop(stop: object) -> list[str]:
+        _require("stop", stop, isinstance(stop, (list, tuple)) and len(stop) <= MAX_STOP_STRINGS,
+                 f"a list of at most {MAX_STOP_STRINGS} strings")
+        for text in stop:
+            _require("stop", text, isinstance(text, str) and 0 < len(text) <= MAX_STOP_CHARS,
+                     f"a list of non-empty strings of at most {MAX_STOP_CHARS} characters")
+        return list(stop)
 
     @property
     def greedy(self) -> bool:
@@ -86,6 +163,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         drop_sorted = mass_before >= params.top_p
+        drop_sorted[:, 0] = False  # explicitly: a top_p below float32's smallest number would round to 0
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if params.min_p > 0.0:

@@ -2,7 +2,7 @@
 
 minbpe's loop recounts every pair of the whole corpus for every merge (quadratic). Here:
 
-1. **Count unique chunks once.** Each document is cut by the split pattern; a `Counter` of chunk strings is all
+1. **Count unique chunks once.** Each document is cut into chunks by the split pattern (`patterns.py`); a `Counter` of chunk strings is all
    that is kept, so the input streams (a corpus larger than memory can be counted) and the merge phase works on
    the few hundred thousand distinct chunks, weighted by their counts, instead of on the text. Documents are never
    joined, so no chunk (and therefore no merge) spans a document boundary. Counting can fan out to worker
@@ -31,6 +31,7 @@ small corpora; the guard keeps the counts exact if it does.)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 import multiprocessing
@@ -42,7 +43,8 @@ from operator import contains
 from typing import Iterable, Iterator
 
 import numpy as np
-import regex
+
+from lmforge.tokenizer.patterns import chunk_splitter
 
 Merge = tuple[int, int, int]  # (left id, right id, new id)
 
@@ -67,11 +69,11 @@ def _count_worker(pattern: str, tasks, results) -> None:
     parent, so per-batch results cost the parent about as much as the counting saved.
     """
     try:
-        pat = regex.compile(pattern)
+        split = chunk_splitter(pattern)
         counts: Counter = Counter()
         while (batch := tasks.get()) is not None:
             for text in batch:
-                counts.update(pat.findall(text))
+                counts.update(split(text))
         results.put(counts)
     except BaseException as e:  # reported by the parent, which would otherwise wait forever
         results.put(RuntimeError(f"chunk counting failed in a worker: {e!r}"))
@@ -120,12 +122,13 @@ def count_chunks(texts: Iterable[str], pattern: str, num_workers: int = 1, progr
     from tqdm import tqdm
 
     total: Counter = Counter()
-    bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=not progress, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
+    # progress bars only on a terminal (tqdm's disable=None): a log or an error message gets no bar lines
+    bar = tqdm(desc="counting chunks", unit="MB", unit_scale=False, disable=None if progress else True, bar_format="{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}]")
     if num_workers <= 1:
-        pat = regex.compile(pattern)
+        split = chunk_splitter(pattern)
         for batch in _batches(texts, _BATCH_CHARS // 4):
             for text in batch:
-                total.update(pat.findall(text))
+                total.update(split(text))
             bar.update(sum(map(len, batch)) / 1e6)
     else:
         ctx = multiprocessing.get_context()
@@ -226,20 +229,7 @@ def learn_merges(
     order = list(range(256)) if byte_order == "bytes" else hf_byte_order()
     to_internal = bytes(order.index(b) for b in range(256)) if byte_order == "hf" else None
 
-    # 1. the chunks as bytes of internal ids, with their counts; single-byte chunks can never be merged
-    chunks: list[bytes] = []
-    counts: list[int] = []
-    for chunk, c in chunk_counts.items():
-        stats.total_chunks += c
-        data = text_to_bytes(chunk)
-        if len(data) < 2:
-            continue
-        if to_internal is not None:
-            data = data.translate(to_internal)
-        chunks.append(data)
-        counts.append(c)
-    stats.unique_chunks = len(chunk_counts)
-
+    chunks, counts = _chunk_bytes(chunk_counts, to_internal, stats)  # 1. the chunks as bytes of internal ids
     # 2. initial pair counts and where each pair occurs; 3. the queue: max count first, then the smallest pair
     positions: _PairPositions | None = _PairPositions(chunks, counts, num_tokens)
     pair_counts = positions.pair_counts
@@ -255,29 +245,17 @@ def learn_merges(
     bytes_to_id: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
     merges: list[Merge] = []
     sites = 0.0
-    bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=not progress)
-    # The loop allocates millions of short-lived lists and tuples but no reference cycles; the cyclic collector's
-    # passes over the hundreds of thousands of live `where` lists were about 4% of the instructions: paused here.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    bar = tqdm(total=max(0, num_tokens - 256), desc="learning merges", unit="tok", disable=None if progress else True)
+    with _gc_paused():
         while len(token_bytes) < num_tokens:
             pair = queue.pop()
             if pair is None:
                 stats.stopped_early = True
                 break
-            A, B = pair
-            a, b = _id(A), _id(B)
-            merged = token_bytes[a] + token_bytes[b]
-            new_id = bytes_to_id.get(merged)
-            fresh = new_id is None
-            if fresh:
-                new_id = len(token_bytes)
-                token_bytes.append(merged)
-                bytes_to_id[merged] = new_id
-                bar.update(1)
-            else:
-                stats.reused_ids += 1
+            a, b = _id(pair[0]), _id(pair[1])
+            new_id, fresh = _token_id(token_bytes[a] + token_bytes[b], token_bytes, bytes_to_id)
+            bar.update(fresh)
+            stats.reused_ids += not fresh
             N = _char(new_id)
             if positions is not None:
                 # a running mean, so that one pair with few sites (a frequent chunk) does not end the first phase
@@ -290,22 +268,56 @@ def learn_merges(
             if positions is not None:
                 positions.merge(pair, N, pair_counts, queue)
             else:
-                if pair in pending:  # first-phase positions become chunk indices when needed (saved 0.1 s)
+                if pair in pending:  # first-phase positions become chunk indices only when needed
                     where.setdefault(pair, []).extend(chunk_of[np.concatenate(pending.pop(pair))].tolist())
                 _merge_strings(words, counts, where, pair_counts, queue, pair, N, fresh)
-    finally:
-        if collecting:
-            gc.enable()
     bar.close()
     stats.merges = len(merges)
-
     if to_internal is None:
         return merges
     # back to byte-value ids: base tokens are their byte value; merged ids are the same in both spaces
-    def ext(i: int) -> int:
-        return order[i] if i < 256 else i
+    return [(order[a] if a < 256 else a, order[b] if b < 256 else b, n) for a, b, n in merges]
 
-    return [(ext(a), ext(b), n) for a, b, n in merges]
+
+def _chunk_bytes(chunk_counts: Counter, to_internal: bytes | None, stats: TrainStats) -> tuple[list[bytes], list[int]]:
+    """The chunks as bytes of internal ids, with their counts; single-byte chunks (never merged) are left out."""
+    chunks: list[bytes] = []
+    counts: list[int] = []
+    for chunk, c in chunk_counts.items():
+        stats.total_chunks += c
+        data = text_to_bytes(chunk)
+        if len(data) < 2:
+            continue
+        if to_internal is not None:
+            data = data.translate(to_internal)
+        chunks.append(data)
+        counts.append(c)
+    stats.unique_chunks = len(chunk_counts)
+    return chunks, counts
+
+
+def _token_id(merged: bytes, token_bytes: list[bytes], bytes_to_id: dict[bytes, int]) -> tuple[int, bool]:
+    """(id, fresh): a new id for bytes that are not a token yet, else the existing one (reached along another
+    path): the vocabulary never holds the same bytes twice."""
+    existing = bytes_to_id.get(merged)
+    if existing is not None:
+        return existing, False
+    bytes_to_id[merged] = len(token_bytes)
+    token_bytes.append(merged)
+    return bytes_to_id[merged], True
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The merge loop allocates millions of short-lived lists and tuples but no reference cycles, so the cyclic
+    collector's passes over the hundreds of thousands of live `where` lists are pure cost (benchmark notes)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 _CODE_MASK = (1 << 42) - 1
@@ -313,7 +325,7 @@ _CODE_MASK = (1 << 42) - 1
 
 def _heap_key(pair: str, count: int) -> int:
     """One int that orders as `(-count, pair)`: the two characters' code points in the low 42 bits, below the
-    negated count. Popping ints instead of tuples (one object, one comparison) saved about 0.1 s on 10 MB / 32k."""
+    negated count: popping ints instead of tuples is one object and one comparison."""
     return (ord(pair[0]) << 21 | ord(pair[1])) - (count << 42)
 
 
@@ -324,12 +336,11 @@ class _PairQueue:
     """The pair with the highest count (then the smallest pair), with lazy refresh: a popped entry whose count is
     stale is pushed back with its current count, and the first current one is the maximum.
 
-    Most new pairs are rare (a 32k vocabulary on 10 MB pushes about 180,000 and merges none below count ~10), so
+    Most new pairs are rare and are never merged, so
     a pair counted fewer times than `floor` is only appended to `low[count]`; the heap holds the others. When the
     heap runs dry, `floor` steps down and the list at the new floor joins the heap (its pairs at their current
     counts: those that fell lower move to a lower list). Any pair in `low` counts less than `floor`, so it cannot
-    beat or tie a current heap entry. (This and the C-level stale filter in `_merge_strings` together cut the
-    instructions of `learn_merges` by 8% on 10 MB / 8k, measured with callgrind.)
+    beat or tie a current heap entry. (What this bought is in the benchmark's notes.)
     """
 
     def __init__(self, pair_counts: dict[str, int]) -> None:
@@ -384,8 +395,8 @@ class _PairPositions:
     after them. A merge writes the new token at the left position of each site and unlinks the right one, so the
     live positions form a doubly linked list (`nxt`, `prv`) and positions never move. `where[pair]` lists arrays of
     positions where the pair started (stale ones included: they are checked when the pair is merged). Each merge
-    is about 30 numpy calls whatever its size, then C speed per site: `learn_merges` on 10 MB / 4k took 1.74 s
-    with strings only and takes 0.93 s with this phase first (32k: 3.6 s -> 2.5 s).
+    is about 30 numpy calls whatever its size, then C speed per site, which beats one Python step per site while
+    merges are large (the benchmark's notes have the figures).
     """
 
     def __init__(self, chunks: list[bytes], counts: list[int], num_tokens: int) -> None:
@@ -408,7 +419,7 @@ class _PairPositions:
         self.where: dict[str, list[np.ndarray]] = {}
         self.pair_counts: defaultdict[str, int] = defaultdict(int)
         # initial pairs as 16-bit codes 256 * left + right: a weighted bincount counts them, a stable sort (radix
-        # for 16 bits) groups their positions (one Python step per pair occurrence took 0.5 s on 10 MB)
+        # for 16 bits) groups their positions, instead of one Python step per pair occurrence
         left = np.flatnonzero(inside[:-1] & inside[1:]).astype(np.int32)
         codes = tok[left].astype(np.uint16) * 256 + tok[left + 1].astype(np.uint16)
         totals = np.bincount(codes, weights=self.counts[self.chunk[left]].astype(np.float64), minlength=65536)
@@ -510,8 +521,8 @@ def _merge_strings(
     recounted: defaultdict[str, int] = defaultdict(int)
     recounted_where: defaultdict[str, list[int]] = defaultdict(list)
     listed = set(where.pop(pair, ()))
-    # Skip, at C speed, the stale entries (chunks an earlier merge took the pair out of): on 10 MB / 32k they are
-    # 445,000 of the 702,000 listed; see `_PairQueue` for what this bought.
+    # Skip, at C speed, the stale entries (chunks an earlier merge took the pair out of): most listed entries are
+    # stale late in training.
     for wi in compress(listed, map(contains, map(words.__getitem__, listed), repeat(pair))):
         w = words[wi]
         k = w.find(pair)
@@ -521,7 +532,7 @@ def _merge_strings(
         if not fresh:  # N may also stand in the chunk already: recount the chunk's pairs instead
             _recount(w, nw, counts[wi], N, pair_counts, recounted, recounted_where, wi)
         elif len(nw) == n - 1:
-            # One site, the common case (about 95% of rewrites): its neighbours are read at the site found above.
+            # One site, by far the common case: its neighbours are read at the site found above.
             if k:
                 left[w[k - 1]].append(wi)
             if k + 2 < n:

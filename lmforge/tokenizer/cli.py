@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,28 @@ def training_files(inputs: list[str]) -> list[Path]:
 
     files = expand_inputs(inputs)
     if not files:
-        raise LmforgeError(f"no input files found in {' '.join(inputs)}")
+        raise LmforgeError(f"--input: no input files found in {' '.join(inputs)}")
     for f in files:
         if f.stat().st_size == 0:
-            raise LmforgeError(f"input file {f} is empty")
+            raise LmforgeError(f"--input file {f} is empty")
     return files
+
+
+def check_train_args(args: argparse.Namespace) -> list[Path]:
+    """Every flag of `tokenizer train`, checked before anything is read or written; returns the input files."""
+    from lmforge.tokenizer.patterns import resolve_pattern
+    from lmforge.tokenizer.tokenizer import check_vocab_size
+
+    check_vocab_size(args.vocab_size, what="--vocab-size")
+    resolve_pattern(args.pattern, what="--pattern")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not 1 <= args.workers <= cores:
+        raise LmforgeError(f"--workers must be from 1 to {cores} (the cores here), got {args.workers}")
+    if not args.text_field:
+        raise LmforgeError("--text-field must name a JSONL field, got an empty string")
+    if args.out.exists() and not args.out.is_dir():
+        raise LmforgeError(f"--out {args.out} is a file, not a tokenizer folder")
+    return training_files(args.input)
 
 
 def iter_training_texts(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -54,20 +72,18 @@ def iter_training_texts(files: list[Path], text_field: str = "text") -> Iterator
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.bpe_train import TrainStats
-    from lmforge.tokenizer.tokenizer import check_vocab_size
+    from lmforge.utils import remove_stale_temporaries
 
-    check_vocab_size(args.vocab_size)
-    files = training_files(args.input)
+    files = check_train_args(args)
+    remove_stale_temporaries(args.out)  # what a killed earlier run's atomic write left
     stats = TrainStats()
     t0 = time.perf_counter()
-    tok = Tokenizer.train(
-        iter_training_texts(files, args.text_field),
-        args.vocab_size,
-        pattern=args.pattern,
-        num_workers=args.workers,
-        progress=True,
-        stats=stats,
-    )
+    try:
+        tok = Tokenizer.train(iter_training_texts(files, args.text_field), args.vocab_size, pattern=args.pattern,
+                              num_workers=args.workers, progress=True, stats=stats)
+    except LmforgeError as e:  # the flags are checked: what is left is the inputs' text (none at all)
+        raise LmforgeError(f"--input: {e} ({len(files)} file(s); the text of a JSONL line is its --text-field "
+                           f"{args.text_field!r})") from e
     tok.save(args.out)
     note = " (the corpus ran out of pairs first)" if stats.stopped_early else ""
     print(
@@ -77,24 +93,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_text(args: argparse.Namespace) -> str:
+def _read_text(args: argparse.Namespace, limit: int | None = None) -> str:
+    """The text argument, `--file` or stdin; with `limit`, at most that many characters are read."""
+    size = -1 if limit is None else limit
     if args.file is not None:
         try:
-            return Path(args.file).read_text(encoding="utf-8")
+            with open(args.file, encoding="utf-8") as f:
+                return f.read(size)
         except (OSError, UnicodeDecodeError) as e:
-            raise LmforgeError(f"cannot read text file {args.file}: {e}") from e
+            raise LmforgeError(f"--file {args.file}: cannot read it as UTF-8 text: {e}") from e
     if args.text is None:
-        return sys.stdin.read()
+        return sys.stdin.read(size)
     return args.text
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from lmforge.tokenizer.show import render
+    from lmforge.tokenizer.show import MAX_SHOWN_CHARS, render
 
     tok = _load(args.tokenizer)
-    render(tok, _read_text(args), Console(), allowed_special="all" if args.allow_special else ())
+    text = _read_text(args, limit=MAX_SHOWN_CHARS + 1)  # one more than shown: enough to know something was cut
+    render(tok, text, Console(), allowed_special="all" if args.allow_special else ())
     return 0
 
 
@@ -117,6 +137,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise LmforgeError(f"--out {args.out} is a folder; give the tokenizer.json file to write")
     tok = _load(args.tokenizer)
     path = tok.export_hf(args.out)
     print(f"wrote {path} (Hugging Face tokenizers ByteLevel BPE, {tok.vocab_size} ids)")

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
     from lmforge.tokenizer.tokenizer import Tokenizer
 
+# The explorer is for reading: rich lays out about 40 KB of coloured tokens a second, so a 50 MB line would take
+# twenty minutes. It reads, shows and counts the start of a longer text and says so; `tokenizer encode` takes any
+# length.
+MAX_SHOWN_CHARS = 20_000
+
 # Light backgrounds with dark text: readable in light and dark terminals, and in the saved HTML.
 PALETTE = ("#f9d5e5", "#c6e2ff", "#d4f4dd", "#ffe6b3", "#e2d4f9", "#ffd1c1", "#cdeff0", "#f0f0b0")
 
@@ -39,11 +44,18 @@ def token_views(tok: Tokenizer, ids: list[int]) -> list[TokenView]:
     return views
 
 
-def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | tuple = ()) -> dict:
-    """Print the coloured tokens, the ids and the statistics of `text` on `console`; return the statistics."""
+def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | tuple = (),
+           max_chars: int = MAX_SHOWN_CHARS) -> dict:
+    """Print the coloured tokens, the ids and the statistics of `text` on `console`; return the statistics.
+
+    Only the first `max_chars` characters are shown and counted; a note (and `stats["cut"]`) says when the text
+    was longer.
+    """
     from rich.panel import Panel
     from rich.text import Text
 
+    cut = len(text) > max_chars
+    text = text[:max_chars]
     ids = tok.encode(text, allowed_special=allowed_special)
     views = token_views(tok, ids)
     coloured = Text()
@@ -67,6 +79,10 @@ def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | t
         f"[bold]{stats['tokens']}[/] tokens, {stats['characters']} characters, {stats['bytes']} bytes, "
         f"[bold]{stats['bytes_per_token']}[/] bytes/token (vocabulary {stats['vocab_size']})"
     )
+    if cut:
+        console.print(f"showing the first {len(text):,} characters only; the rest is cut (`lmforge tokenizer "
+                      "encode` encodes a text of any length)", style="bold")
+    stats["cut"] = cut
     if any(v.partial for v in views):
         console.print("⟨e2 82⟩: a token holding only part of a character's UTF-8 bytes (shown in hex)", style="dim")
     return stats

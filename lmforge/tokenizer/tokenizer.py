@@ -32,15 +32,12 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Collection, Iterable, Literal
+from typing import Collection, Iterable, Literal
 
 from lmforge.tokenizer.bpe_train import Merge, TrainStats, byte_to_char, count_chunks, learn_merges
-from lmforge.tokenizer.patterns import resolve_pattern
+from lmforge.tokenizer.patterns import GPT4_PATTERN, covers_by_itself, resolve_pattern
 from lmforge.tokenizer.reference import SURROGATES, ReferenceEncoder
 from lmforge.utils import LmforgeError, atomic_path, atomic_write, default_threads
-
-if TYPE_CHECKING:
-    import tiktoken
 
 # Fixed names and order (DEVELOPERS.md); they take the last ids of the vocabulary.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -79,10 +76,29 @@ ERRORS = "lmforge.wtf8"
 codecs.register_error(ERRORS, _wtf8_errors)
 
 
-def check_vocab_size(vocab_size: int) -> None:
+# The trainer holds each token as one Unicode character (bpe_train._char), which bounds the ids below 0x10F800;
+# 2^20 is the round bound under that (GPT-4o's vocabulary is 200k).
+MAX_VOCAB_SIZE = 1 << 20
+
+
+def check_vocab_size(vocab_size: int, what: str = "vocab_size") -> None:
+    """Refuse a vocabulary size outside [256 bytes + the special tokens, MAX_VOCAB_SIZE]; `what` names the flag."""
     min_size = 256 + len(SPECIAL_TOKENS)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise LmforgeError(f"{what} must be an integer, got {vocab_size!r}")
     if vocab_size < min_size:
-        raise LmforgeError(f"vocab_size {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise LmforgeError(f"{what} {vocab_size} is too small: at least {min_size} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise LmforgeError(f"{what} {vocab_size} is too large: at most {MAX_VOCAB_SIZE} (the trainer holds a token as "
+                           "one Unicode character)")
+
+
+# Texts the exported tokenizer.json must encode exactly as `encode` does: letters in several scripts and cases,
+# contractions, digit runs, punctuation, whitespace runs, line ends, combining marks, emoji and control characters.
+HF_PROBES = (
+    "Hello World 123! He'LL pay 1234567 dollars, isn't it?  Tabs\tand\r\nnew lines\n\n  end ",
+    "日本語のテキスト 中文 한국어 — “quotes” café e\u0301 😀👩‍👧 \x00\x1b[31m 3.14 100,000",
+)
 
 
 class StreamDecoder:
@@ -120,6 +136,23 @@ def _complete_prefix(data: bytes) -> int:
     return n
 
 
+class _CustomPatternCore(ReferenceEncoder):
+    """The encoder of a tokenizer with a custom split pattern: the reference encoder's split (gaps between matches
+    kept, so no text is lost), its special-token and surrogate rules, and tiktoken's Rust BPE for each chunk.
+
+    It answers the two calls `Tokenizer.encode` makes on tiktoken's CoreBPE, `encode_ordinary(text)` and
+    `encode(text, allowed)`, so the built-in patterns keep their all-Rust path untouched.
+    """
+
+    def __init__(self, core, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]):
+        super().__init__(ranks, pattern, special_tokens)
+        self._encode_piece = core.encode_single_piece  # tiktoken's rule (reference.py, rule 4) on one chunk
+
+    def _encode_valid(self, text: str) -> list[int]:
+        encode_piece = self._encode_piece
+        return [i for chunk in self._split(text) for i in encode_piece(chunk.encode("utf-8"))]
+
+
 class Tokenizer:
     """Byte-level BPE with the GPT-4 split pattern and the fixed special tokens; see the module docstring."""
 
@@ -145,8 +178,7 @@ class Tokenizer:
         self._ranks = ranks
         self.special_tokens: dict[str, int] = {name: len(vocab) + i for i, name in enumerate(SPECIAL_TOKENS)}
         self._id_to_special = {i: name.encode("utf-8") for name, i in self.special_tokens.items()}
-        self._enc: tiktoken.Encoding | None = None
-        self._core = None  # the Encoding's Rust CoreBPE, set on first encode
+        self._core = None  # tiktoken's Rust CoreBPE (or, for a custom pattern, _CustomPatternCore), set on first encode
         self._reference: ReferenceEncoder | None = None
 
     # ----------------------------------------------------------------------------------------------- training
@@ -220,22 +252,23 @@ class Tokenizer:
         return dict(self._ranks)
 
     # ---------------------------------------------------------------------------------------------- encoding
-    @property
-    def encoding(self) -> tiktoken.Encoding:
-        """The `tiktoken.Encoding` built from our merges (no download); built once, on first use."""
-        if self._enc is None:
-            import tiktoken
-
-            self._enc = tiktoken.Encoding(
-                name=f"lmforge-{self.pattern_name}-{self.vocab_size}",
-                pat_str=self.pattern,
-                mergeable_ranks=self._ranks,
-                special_tokens=self.special_tokens,
-            )
-        return self._enc
-
     def _build_core(self):
-        self._core = self.encoding._core_bpe
+        """tiktoken's Rust encoder over our ranks (no download), built on first use.
+
+        A built-in pattern splits in Rust too. A custom one never reaches tiktoken's regex (which drops the text
+        between matches and panics on an empty match): `_CustomPatternCore` splits by construction in Python.
+        """
+        import tiktoken
+
+        own_split = covers_by_itself(self.pattern)
+        encoding = tiktoken.Encoding(
+            name=f"lmforge-{self.pattern_name}-{self.vocab_size}",
+            pat_str=self.pattern if own_split else GPT4_PATTERN,  # unused for a custom pattern: pieces come split
+            mergeable_ranks=self._ranks,
+            special_tokens=self.special_tokens,
+        )
+        core = encoding._core_bpe
+        self._core = core if own_split else _CustomPatternCore(core, self._ranks, self.pattern, self.special_tokens)
         return self._core
 
     def reference(self) -> ReferenceEncoder:
@@ -365,6 +398,7 @@ class Tokenizer:
         for key, typ in (("pattern", str), ("merges", list), ("vocab_size", int), ("special_tokens", dict)):
             if not isinstance(d.get(key), typ):
                 raise LmforgeError(f"tokenizer file {path}: field {key!r} is missing or not a {typ.__name__}")
+        resolve_pattern(d["pattern"], what=f"tokenizer file {path}: field 'pattern'")
         try:
             tok = cls([tuple(m) if isinstance(m, list) else m for m in d["merges"]], d["pattern"])
         except (ValueError, TypeError) as e:
@@ -410,17 +444,23 @@ class Tokenizer:
         vocab = {show(t): i for i, t in enumerate(self._vocab)}
         merges = [(show(self._vocab[a]), show(self._vocab[b])) for a, b in self.hf_merges()]
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
+        try:
+            split = pre_tokenizers.Split(Regex(self.pattern), behavior="isolated", invert=False)
+        except Exception as e:  # tokenizers raises a bare Exception for a regex Oniguruma cannot compile
+            raise LmforgeError(f"split pattern {self.pattern!r} is not a regex Hugging Face's engine (Oniguruma) "
+                               f"accepts: {e}") from e
         hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(self.pattern), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-            ]
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
         )
         hf.decoder = decoders.ByteLevel()
         hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in SPECIAL_TOKENS])
         got = {name: hf.token_to_id(name) for name in SPECIAL_TOKENS}
         if got != self.special_tokens:  # pragma: no cover - a tokenizers behaviour change
             raise RuntimeError(f"tokenizers assigned special ids {got}, expected {self.special_tokens}")
+        for probe in HF_PROBES:  # a regex may mean something else to Oniguruma: never write a file that splits otherwise
+            if hf.encode(probe).ids != self.encode(probe):
+                raise LmforgeError(f"split pattern {self.pattern!r} splits {probe!r} differently in Hugging Face's "
+                                   "regex engine (Oniguruma); tokenizer.json not written")
         path = Path(path)
         with atomic_path(path) as tmp:
             hf.save(str(tmp))
