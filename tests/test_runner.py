@@ -175,7 +175,7 @@ def test_bad_files_are_refused_with_a_clear_message(run_bin, tmp_path, files):
         bad = tmp_path / name
         bad.write_bytes(blob)
         r = run(run_bin, bad, "-i", "x", check=False)
-        assert r.returncode == 1 and r.stdout == b""
+        assert r.returncode == 2 and r.stdout == b""
         assert reason in r.stderr.decode() and str(bad) in r.stderr.decode(), r.stderr.decode()
 
 
