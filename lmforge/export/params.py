@@ -369,6 +369,14 @@ def expected_tensors(f: dict[str, Any]) -> dict[bytes, tuple[int, int]]:
     return out
 
 
+def _scales_ok(buf: Any, offset: int, count: int) -> bool:
+    """Every f32 scale finite and >= 0 (a function of its own: the view of the map must be gone before a refusal
+    closes the map)."""
+    scales = np.frombuffer(buf, np.float32, count, offset)
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.isfinite(scales) & (scales >= 0)))
+
+
 def _read_tensors(r: _Reader, buf: Any, f: dict[str, Any], size: int) -> list[TensorEntry]:
     """Every entry names a distinct tensor of this model, of its shape and dtype, wholly inside the data section; as
     n_tensors is exactly the model's count, no tensor is then missing."""
@@ -390,10 +398,8 @@ def _read_tensors(r: _Reader, buf: Any, f: dict[str, Any], size: int) -> list[Te
         _check(offset % ALIGN == 0 and f["data_offset"] <= offset <= size and nbytes <= size - offset,
                f"tensor {name} lies outside the file's data section")
         if dt == DTYPES["int8"]:  # q * scale: a NaN or infinite scale poisons a group
-            scales = np.frombuffer(buf, np.float32, rows * cols // gs, offset + rows * cols)
-            with np.errstate(invalid="ignore"):
-                _check(bool(np.all(np.isfinite(scales) & (scales >= 0))),
-                       f"tensor {name} has a NaN, infinite or negative int8 scale")
+            _check(_scales_ok(buf, offset + rows * cols, rows * cols // gs),
+                   f"tensor {name} has a NaN, infinite or negative int8 scale")
         tensors.append(TensorEntry(name, dt, rows, cols, offset, nbytes))
     return tensors
 
