@@ -25,7 +25,6 @@ STAGE_CLIS = [
     "lmforge.inference.chat",
     "lmforge.evaluation.cli",
     "lmforge.export.cli",
-    "lmforge.export.inspect_cli",
     "lmforge.speedrun",
 ]
 

@@ -145,12 +145,12 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[bytes, Layout], bytes], str]] = {
 
 
 @pytest.fixture(scope="module")
-def run_bin(tmp_path_factory) -> Path:
+def runner_bin(tmp_path_factory) -> Path:
     return compile_runner(tmp_path_factory.mktemp("runner") / "run")
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> dict[str, Path]:
+def runner_files(tmp_path_factory) -> dict[str, Path]:
     tok = tokenizer()
     model = tiny_model(tok.vocab_size)
     folder = tmp_path_factory.mktemp("params")
@@ -185,36 +185,36 @@ def assert_both_refuse(run_bin: Path, path: Path, culprit: str) -> None:
     assert culprit in c_line
 
 
-def test_runner_and_inspect_accept_the_exported_files(run_bin, good):
+def test_runner_and_inspect_accept_the_exported_files(runner_bin, runner_files):
     for dtype in ("fp32", "int8"):
-        r = subprocess.run([str(run_bin), str(good[dtype]), "-i", "hi", "-n", "4", "-t", "0"], capture_output=True,
+        r = subprocess.run([str(runner_bin), str(runner_files[dtype]), "-i", "hi", "-n", "4", "-t", "0"], capture_output=True,
                            timeout=30)
         assert r.returncode == 0, r.stderr
-        assert run_cli(["inspect", good[dtype]]).code == 0
+        assert run_cli(["inspect", runner_files[dtype]]).code == 0
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_runner_and_inspect_refuse_each_corruption(run_bin, good, tmp_path, case):
+def test_runner_and_inspect_refuse_each_corruption(runner_bin, runner_files, tmp_path, case):
     base, edit, culprit = CORRUPTIONS[case]
-    data = good[base].read_bytes()
+    data = runner_files[base].read_bytes()
     bad = tmp_path / f"{case}.bin"
     bad.write_bytes(edit(data, Layout(data)))
     assert bad.read_bytes() != data
-    assert_both_refuse(run_bin, bad, culprit)
+    assert_both_refuse(runner_bin, bad, culprit)
     with pytest.raises(LmforgeError, match=re.escape(culprit)):  # loading for Python use applies the same checks
         load_params(bad)
 
 
-def test_runner_and_inspect_refuse_a_tokenizer_without_every_byte(run_bin, good):
-    assert_both_refuse(run_bin, good["no_zero_byte"], "no token for the byte 0x00")
+def test_runner_and_inspect_refuse_a_tokenizer_without_every_byte(runner_bin, runner_files):
+    assert_both_refuse(runner_bin, runner_files["no_zero_byte"], "no token for the byte 0x00")
 
 
-def test_runner_and_inspect_refuse_what_is_not_a_regular_file(run_bin, tmp_path):
+def test_runner_and_inspect_refuse_what_is_not_a_regular_file(runner_bin, tmp_path):
     fifo = tmp_path / "fifo.bin"
     os.mkfifo(fifo)  # no writer ever opens it: a reader that waits for one hangs
     for path in (fifo, tmp_path, Path("/dev/zero")):
-        assert_both_refuse(run_bin, path, "not a regular file")
-    assert_both_refuse(run_bin, tmp_path / "missing.bin", "cannot open")
+        assert_both_refuse(runner_bin, path, "not a regular file")
+    assert_both_refuse(runner_bin, tmp_path / "missing.bin", "cannot open")
 
 
 def test_runner_field_bounds_are_inspects():

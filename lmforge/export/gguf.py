@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.export.hf import CHAT_TEMPLATE, check_exportable
+from lmforge.export.files import check_out, make_readable
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
 PRE_TOKENIZER = "llama-bpe"  # llama.cpp's name for the split regex of Llama 3, which is our GPT-4 pattern
@@ -114,6 +115,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
 
     if dtype not in ("f32", "f16"):
         raise LmforgeError(f"--dtype must be f32 or f16, got {dtype!r}")
+    check_out(out, "file")
     model, ckpt = load_model(checkpoint)
     cfg = model.config
     arch = check_exportable(cfg, "GGUF")
@@ -148,6 +150,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        make_readable(tmp)
     return out
 
 

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lmforge.export.files import check_out, make_readable
 from lmforge.utils import LmforgeError, atomic_path, human_bytes, write_json
 
 # Mirrors lmforge.posttrain.chat_format._render (see its docstring for the layout): <|bos|>, then system/user turns
@@ -148,6 +149,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise LmforgeError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    check_out(out, "folder", marker="config.json")
     model, ckpt = load_model(checkpoint)
     check_exportable(model.config, "Hugging Face")
     tok = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
@@ -173,6 +175,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
             "clean_up_tokenization_spaces": False,
             "chat_template": CHAT_TEMPLATE,
         })
+        make_readable(tmp)
     return Path(out)
 
 

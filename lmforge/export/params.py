@@ -66,7 +66,8 @@ from typing import Any
 import numpy as np
 
 from lmforge.tokenizer.patterns import GPT4_PATTERN
-from lmforge.utils import LmforgeError, atomic_write, human_bytes
+from lmforge.export.files import check_out, make_readable
+from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
 MAGIC = b"LMFG"
 VERSION = 1
@@ -187,12 +188,16 @@ def _pick_group_size(cols: list[int], requested: int) -> int:
     return gs
 
 
-def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
-    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes."""
+def _check_export_flags(dtype: str, group_size: int) -> None:
     if dtype not in DTYPES:
         raise LmforgeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not 8 <= group_size <= HEADER_BOUNDS["group_size"][1] or group_size & (group_size - 1):
         raise LmforgeError(f"--group-size must be a power of two from 8 to 65536, got {group_size}")
+
+
+def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
+    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes."""
+    _check_export_flags(dtype, group_size)
     cfg = model.config
     _check_config(cfg)
     token_bytes, specials, pattern = _tokenizer_tables(tokenizer)
@@ -237,15 +242,17 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
     fixed = _FIXED.pack(MAGIC, VERSION, file_size, cfg.n_embd, cfg.intermediate_size, cfg.n_layer, cfg.n_head,
                         cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.block_size, cfg.rope_theta, cfg.norm_eps,
                         flags, code, gs, len(entries), FIXED_HEADER, tensors_offset, data_offset)
-    with atomic_write(out, "wb") as f:
-        f.write(fixed + bytes(tok_sec) + bytes(table))
-        f.write(b"\0" * (data_offset - f.tell()))
-        for name, dt, off, nbytes in layout:
-            data = _encode_tensor(state[name], dt, gs)
-            assert len(data) == nbytes and f.tell() == off
-            f.write(data)
-            f.write(b"\0" * (-nbytes % ALIGN))
-        assert f.tell() == file_size
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(fixed + bytes(tok_sec) + bytes(table))
+            f.write(b"\0" * (data_offset - f.tell()))
+            for name, dt, off, nbytes in layout:
+                data = _encode_tensor(state[name], dt, gs)
+                assert len(data) == nbytes and f.tell() == off
+                f.write(data)
+                f.write(b"\0" * (-nbytes % ALIGN))
+            assert f.tell() == file_size
+        make_readable(tmp)
     return file_size
 
 
@@ -503,6 +510,8 @@ def run_export(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", gro
     from lmforge.checkpoint import checkpoint_tokenizer_dir, load_model
     from lmforge.tokenizer import Tokenizer
 
+    check_out(out, "file")
+    _check_export_flags(dtype, group_size)
     model, ckpt = load_model(checkpoint)
     tokenizer = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
     return export_params(model, tokenizer, out, dtype, group_size)
