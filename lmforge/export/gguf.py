@@ -12,6 +12,9 @@ GGUF holds the hyperparameters, the tokenizer and the tensors in one file. Three
   "left right" strings in rank order (the tokenizer's Hugging Face merges, which reproduce its encoding), special
   tokens marked CONTROL, and the pre-tokenizer `llama-bpe`, whose split regex is our GPT-4 pattern.
 - Norm weights stay float32 at every dtype (llama.cpp expects them so); `--dtype f16` halves the matrices.
+- Chat template: the Hugging Face export's, which escapes "<|" in message text so that no text becomes a special
+  token. llama.cpp has no normalizer to undo the escape, so there a message's literal "<|" reaches the model as
+  U+FDD0 "y" (rare text, and never a forged control token, which llama.cpp's own templates would allow).
 
 transformers can read such a file back (it un-permutes Q/K), which is how the tests check it; note that its GGUF
 reader takes Qwen3's head size from its default (128), so only llama-architecture files of other head sizes load
