@@ -88,10 +88,8 @@ static inline float f16_f32(uint16_t h) {
 }
 #define ID(v) (v)
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-/* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): alone, the 15M
-   shape's 37 MB fp32 output head streamed at 30 GB/s against 22 GB/s with the portable loop (gcc does not contract
-   to FMA under -std=c99); whole decode at that shape, `make runner` build: fp32 401 -> 519 tok/s (llama2.c 435 in the
-   same run); -march=native fp16 599 -> 684 tok/s with FMA instead of multiply and add (4 chains: no faster). */
+/* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): gcc does not
+   contract to FMA under -std=c99, and the portable loop streams the weights markedly slower (bench_runner.py). */
 #define W_F32(p) _mm256_loadu_ps(p)
 #define W_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define W_BF16(p) \
@@ -119,7 +117,7 @@ static inline float f16_f32(uint16_t h) {
     for (int j = 0; j < 16; j++) s += acc[j];                                   \
     return s;
 #endif
-/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token); +5% tok/CPU-s */
+/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token) */
 static inline float dot_f32(const float *w, const float *x, int n) { DOT(W_F32, ID) }
 static float dot_f16(const uint16_t *w, const float *x, int n) { DOT(W_F16, f16_f32) }
 static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT(W_BF16, bf16_f32) }
@@ -200,15 +198,10 @@ static uint64_t rd64(Cursor *c) { uint64_t v; memcpy(&v, take(c, 8), 8); return 
 static Str rdstr(Cursor *c) { Str r; r.len = rd32(c); r.s = take(c, r.len); return r; }
 static int str_is(Str a, const char *b) { return a.len == strlen(b) && memcmp(a.s, b, a.len) == 0; }
 static int str_eq(Str a, Str b) { return a.len == b.len && memcmp(a.s, b.s, a.len) == 0; }
-/* Well-formed UTF-8 as Python's strict decoder defines it (no overlongs, surrogates or code points past U+10FFFF). */
-static int utf8_ok(const uint8_t *s, uint32_t n) {
-    for (uint32_t i = 0, k; i < n; i += k) {
-        uint8_t c = s[i], lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
-        k = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-        if (k == 0 || k > n - i) return 0;
-        for (uint32_t j = 1; j < k; j++, lo = 0x80, hi = 0xbf) if (s[i + j] < lo || s[i + j] > hi) return 0;
-    }
-    return 1;
+/* A name safe to compare and to print in a one-line message: 1 to 64 bytes of printable ASCII, no space. */
+static int printable(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++) if (s[i] < 0x21 || s[i] > 0x7e) return 0;
+    return n > 0 && n <= 64;
 }
 static uint32_t fnv(const uint8_t *s, uint32_t n) {
     uint32_t h = 2166136261u;
@@ -262,9 +255,10 @@ static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
     for (int i = 0; i < t->n_special; i++) {
         uint32_t id = rd32(c);
         Str nm = rdstr(c);
-        check(id >= n_tok && id < (uint32_t)vocab, "tokenizer special token %d has id %u outside [n_tokens, vocab_size)",
-              i, id);
-        check(nm.len > 0 && utf8_ok(nm.s, nm.len), "tokenizer special token %d has an empty or invalid UTF-8 name", i);
+        check(id >= n_tok && id < (uint32_t)vocab, "tokenizer special token %d has id %u outside [n_tokens, "
+              "vocab_size)", i, id);
+        check(printable(nm.s, nm.len), "tokenizer special token %d has a name that is not 1 to 64 printable ASCII "
+              "bytes", i);
         for (int j = 0; j < i; j++)
             check(t->sp_id[j] != (int)id && !str_eq(t->sp[j], nm),
                   "tokenizer special token %d repeats the id or name of special token %d", i, j);
@@ -277,10 +271,8 @@ static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
 /* The tensor a table entry names and its shape; NULL when this model has no tensor of that name. */
 static Tensor *tensor_slot(Model *m, Str nm, int *rows, int *cols) {
     int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd, l = 0;
-    if (str_is(nm, "tok_emb.weight") || (str_is(nm, "lm_head.weight") && !(m->flags & 1))) {
-        *rows = m->vocab, *cols = D;
-        return nm.s[0] == 't' ? &m->emb : &m->head;
-    }
+    if (str_is(nm, "tok_emb.weight")) { *rows = m->vocab, *cols = D; return &m->emb; }
+    if (str_is(nm, "lm_head.weight") && !(m->flags & 1)) { *rows = m->vocab, *cols = D; return &m->head; }
     if (str_is(nm, "norm.weight")) { *rows = 1, *cols = D; return &m->norm; }
     uint32_t k = 7;
     if (nm.len < 8 || memcmp(nm.s, "layers.", 7) != 0) return NULL;
@@ -295,7 +287,9 @@ static Tensor *tensor_slot(Model *m, Str nm, int *rows, int *cols) {
     char name[64];
     for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
         snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
-        if (str_is(nm, name) && (!spec[i].qk || m->flags & 2)) { *rows = spec[i].r, *cols = spec[i].c; return spec[i].t; }
+        if (!str_is(nm, name) || (spec[i].qk && !(m->flags & 2))) continue;
+        *rows = spec[i].r, *cols = spec[i].c;
+        return spec[i].t;
     }
     return NULL;
 }
@@ -313,8 +307,10 @@ static void read_tensors(Cursor *c, Model *m, const uint8_t *base, uint64_t data
         const char *s = (const char *)nm.s; /* a known name from here on: safe to print */
         int len = (int)nm.len;
         check(t->data == NULL, "tensor %.*s appears twice in the table", len, s);
-        check(r == (uint32_t)rows && cl == (uint32_t)cols, "tensor %.*s is %ux%u, expected %dx%d", len, s, r, cl, rows, cols);
-        check(dt == (uint32_t)(want = rows == 1 ? F32 : m->dtype), "tensor %.*s has dtype %u, expected %d", len, s, dt, want);
+        check(r == (uint32_t)rows && cl == (uint32_t)cols, "tensor %.*s is %ux%u, expected %dx%d", len, s, r, cl, rows,
+              cols);
+        want = rows == 1 ? F32 : m->dtype; /* vectors (norm weights) are fp32, matrices the file's dtype */
+        check(dt == (uint32_t)want, "tensor %.*s has dtype %u, expected %d", len, s, dt, want);
         uint64_t need = dt == F32 ? 4 * n : dt == Q8 ? n + 4 * (n / m->gs) : 2 * n;
         check(nbytes == need, "tensor %.*s holds %llu bytes, expected %llu", len, s, (unsigned long long)nbytes,
               (unsigned long long)need);
@@ -341,20 +337,19 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
     close(fd);
     check(base != MAP_FAILED, "cannot map the file into memory");
     Cursor c = {base + 4, base + 128, "header"};
-    uint32_t version = rd32(&c), v[12];
+    uint32_t version = rd32(&c), v;
     check(version == 1, "format version %u; this runner reads version 1", version);
     uint64_t file_size = rd64(&c);
     check(file_size == size, "truncated or damaged: %llu bytes, the header says %llu", (unsigned long long)size,
           (unsigned long long)file_size);
-    for (int i = 0; i < 12; i++) {
-        if (i == 8) { memcpy(&m->theta, take(&c, 4), 4); memcpy(&m->eps, take(&c, 4), 4); }
-        v[i] = rd32(&c);
-        check(v[i] >= FIELDS[i].lo && v[i] <= FIELDS[i].hi, "header field %s = %u is outside [%u, %u]", FIELDS[i].name,
-              v[i], FIELDS[i].lo, FIELDS[i].hi);
-    }
     int *ints[] = {&m->dim, &m->hidden, &m->n_layer, &m->n_head, &m->n_kv, &m->hd, &m->vocab, &m->seq_len,
                    &m->flags, &m->dtype, &m->gs, &m->n_tensors};
-    for (int i = 0; i < 12; i++) *ints[i] = (int)v[i];
+    for (int i = 0; i < 12; i++) {
+        if (i == 8) { memcpy(&m->theta, take(&c, 4), 4); memcpy(&m->eps, take(&c, 4), 4); }
+        check((v = rd32(&c)) >= FIELDS[i].lo && v <= FIELDS[i].hi, "header field %s = %u is outside [%u, %u]",
+              FIELDS[i].name, v, FIELDS[i].lo, FIELDS[i].hi);
+        *ints[i] = (int)v;
+    }
     uint64_t tok_off = rd64(&c), tens_off = rd64(&c), data_off = rd64(&c);
     int qk = (m->flags & 2) != 0, n_expected = 2 + !(m->flags & 1) + m->n_layer * (9 + 2 * qk);
     const struct { int ok; const char *field, *rule; } rules[] = { /* what the fields say of each other */
@@ -758,16 +753,13 @@ static void usage(FILE *out, int code) {
     fprintf(out, "usage: run model.bin [options]\n"
             "  -i TEXT   prompt (chat mode: the user's message; without it, one message per line of stdin)\n"
             "  -n N      tokens to generate, 1 to 65536 (default 256; generation also stops at the context's end)\n"
-            "  -t T      temperature, 0 to 100 (default 1.0; 0 = greedy)\n  -p P      top-p, in (0, 1] (default 0.9; 1 = off)\n"
-            "  -s SEED   random seed, 0 to 2^64-1 (default: time)\n  -m MODE   generate | chat | encode (ids of -i, or of each\n"
+            "  -t T      temperature, 0 to 100 (default 1.0; 0 = greedy)\n"
+            "  -p P      top-p, in (0, 1] (default 0.9; 1 = off)\n  -s SEED   random seed, 0 to 2^64-1 (default: time)\n"
+            "  -m MODE   generate | chat | encode (ids of -i, or of each\n"
             "            NUL-separated text on stdin, one line each)\n"
             "  -y TEXT   system prompt (chat)\n  -d FILE   dump each step's logits (float32, vocab per step)\n"
             "  -v        print each token id and its output bytes to stderr\n");
     exit(code);
-}
-static int printable(const char *s) { /* safe to echo in a one-line error */
-    for (size_t i = 0; s[i]; i++) if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e || i > 64) return 0;
-    return 1;
 }
 /* A flag's value within [lo, hi] (an integer if asked), or a one-line error naming the flag. The value itself is not
    echoed: it may hold anything, a newline included. */
@@ -789,7 +781,8 @@ int main(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int known = f[0] == '-' && f[1] && !f[2] && strchr("inptsmydv", f[1]);
-        check(known, "unknown argument %s (run -h for usage)", printable(f) ? f : "(unprintable)");
+        check(known, "unknown argument %s (run -h for usage)",
+              printable((const uint8_t *)f, strlen(f)) ? f : "(unprintable)");
         if (f[1] == 'v') { g.verbose = 1; continue; }
         check(v != NULL, "%s needs a value", f);
         i++;
@@ -797,14 +790,12 @@ int main(int argc, char **argv) {
         case 'i': prompt = v; break;
         case 'n': g.steps = (int)flag_value("-n", v, 1, FIELDS[7].hi, 1); break; /* at most the largest context */
         case 't': g.temp = (float)flag_value("-t", v, 0, 100, 0); break;
-        case 'p': g.topp = (float)flag_value("-p", v, 0, 1, 0); check(g.topp > 0, "-p: expected a number in (0, 1]"); break;
-        case 's':
-            errno = 0;
-            seed = strtoull(v, NULL, 10);
-            check(*v && strspn(v, "0123456789") == strlen(v) && errno == 0, "-s: expected an integer in [0, 2^64-1]");
+        case 'p': g.topp = (float)flag_value("-p", v, 0, 1, 0);
+            check(g.topp > 0, "-p: expected a number in (0, 1]"); break;
+        case 's': errno = 0, seed = strtoull(v, NULL, 10); /* ERANGE past 2^64-1; digits only, so no sign */
+            check(*v && strspn(v, "0123456789") == strlen(v) && !errno, "-s: expected an integer in [0, 2^64-1]");
             break;
-        case 'm':
-            mode = v;
+        case 'm': mode = v;
             check(!strcmp(v, "generate") || !strcmp(v, "chat") || !strcmp(v, "encode"),
                   "-m: expected generate, chat or encode");
             break;

@@ -128,6 +128,7 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[bytes, Layout], bytes], str]] = {
     "special_id_repeated": ("int8", lambda d, lay: put(d, lay.specials[2], "<I", struct.unpack_from(
         "<I", d, lay.specials[1])[0]), "special token 2"),
     "special_name_invalid_utf8": ("int8", lambda d, lay: put(d, lay.specials[0] + 9, "<B", 0xFF), "special token 0"),
+    "special_name_newline": ("fp32", lambda d, lay: put(d, lay.specials[3] + 9, "<B", 0x0A), "special token 3"),
     "tensor_name_invalid_utf8": ("int8", rename(WQ, "layers.0.attn.w\udcff.weight"), "tensor table entry"),
     "tensor_name_unknown": ("int8", rename(WQ, "layers.7.attn.wq.weight"), "tensor table entry"),
     "tensor_name_twice": ("int8", rename(WK, WQ), "appears twice"),

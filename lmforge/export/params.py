@@ -203,6 +203,8 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
     token_bytes, specials, pattern = _tokenizer_tables(tokenizer)
     if pattern not in C_PATTERNS:
         raise LmforgeError(f"tokenizer split pattern {pattern!r} is not one the C runner implements (GPT-4's)")
+    if not all(_printable(name.encode("utf-8")) for name in specials):
+        raise LmforgeError(f"special token names must be 1 to 64 printable ASCII characters: {sorted(specials)!r}")
     if len(token_bytes) + len(specials) > cfg.vocab_size or any(i >= cfg.vocab_size for i in specials.values()):
         raise LmforgeError(f"tokenizer ids exceed the model's vocab_size {cfg.vocab_size}")
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -330,6 +332,11 @@ def _check_fields(f: dict[str, Any], size: int) -> None:
         _check(ok, f"header field {field_name} {rule}")
 
 
+def _printable(raw: bytes) -> bool:
+    """A name safe to compare and to print in a one-line message: 1 to 64 bytes of printable ASCII, no space."""
+    return 0 < len(raw) <= 64 and all(0x21 <= b <= 0x7E for b in raw)
+
+
 def _read_tokenizer(r: _Reader, vocab: int) -> tuple[str, list[bytes], dict[str, int]]:
     n_tokens, n_special = r.u32(), r.u32()
     _check(256 <= n_tokens <= vocab, f"tokenizer n_tokens {n_tokens} is outside [256, vocab_size]")
@@ -351,11 +358,8 @@ def _read_tokenizer(r: _Reader, vocab: int) -> tuple[str, list[bytes], dict[str,
     for i in range(n_special):
         sid, raw = r.u32(), r.string()
         _check(n_tokens <= sid < vocab, f"tokenizer special token {i} has id {sid} outside [n_tokens, vocab_size)")
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            name = ""
-        _check(name != "", f"tokenizer special token {i} has an empty or invalid UTF-8 name")
+        _check(_printable(raw), f"tokenizer special token {i} has a name that is not 1 to 64 printable ASCII bytes")
+        name = raw.decode("ascii")
         earlier = [j for j, (n, k) in enumerate(specials.items()) if k == sid or n == name]
         _check(not earlier, f"tokenizer special token {i} repeats the id or name of special token "
                f"{earlier[0] if earlier else -1}")
