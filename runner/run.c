@@ -771,38 +771,45 @@ static double flag_value(const char *flag, const char *v, double lo, double hi, 
     return x;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 2) usage(stderr, 2);
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(stdout, 0);
-    check(argv[1][0] != '-', "the first argument is the parameter file (run -h for usage)");
-    const char *prompt = NULL, *mode = "generate", *sys = NULL, *dump = NULL;
-    Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
-    unsigned long long seed = (unsigned long long)time(NULL);
+typedef struct { const char *prompt, *mode, *sys, *dump; unsigned long long seed; } Args;
+/* The flags after the parameter file, each checked here: a bad one is a one-line error naming it, exit code 2. */
+static void parse_flags(int argc, char **argv, Args *a, Gen *g) {
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int known = f[0] == '-' && f[1] && !f[2] && strchr("inptsmydv", f[1]);
         check(known, "unknown argument %s (run -h for usage)",
               printable((const uint8_t *)f, strlen(f)) ? f : "(unprintable)");
-        if (f[1] == 'v') { g.verbose = 1; continue; }
+        if (f[1] == 'v') { g->verbose = 1; continue; }
         check(v != NULL, "%s needs a value", f);
         i++;
         switch (f[1]) {
-        case 'i': prompt = v; break;
-        case 'n': g.steps = (int)flag_value("-n", v, 1, FIELDS[7].hi, 1); break; /* at most the largest context */
-        case 't': g.temp = (float)flag_value("-t", v, 0, 100, 0); break;
-        case 'p': g.topp = (float)flag_value("-p", v, 0, 1, 0);
-            check(g.topp > 0, "-p: expected a number in (0, 1]"); break;
-        case 's': errno = 0, seed = strtoull(v, NULL, 10); /* ERANGE past 2^64-1; digits only, so no sign */
+        case 'i': a->prompt = v; break;
+        case 'n': g->steps = (int)flag_value("-n", v, 1, FIELDS[7].hi, 1); break; /* at most the largest context */
+        case 't': g->temp = (float)flag_value("-t", v, 0, 100, 0); break;
+        case 'p': g->topp = (float)flag_value("-p", v, 0, 1, 0);
+            check(g->topp > 0, "-p: expected a number in (0, 1]"); break;
+        case 's': errno = 0, a->seed = strtoull(v, NULL, 10); /* ERANGE past 2^64-1; digits only, so no sign */
             check(*v && strspn(v, "0123456789") == strlen(v) && !errno, "-s: expected an integer in [0, 2^64-1]");
             break;
-        case 'm': mode = v;
+        case 'm': a->mode = v;
             check(!strcmp(v, "generate") || !strcmp(v, "chat") || !strcmp(v, "encode"),
                   "-m: expected generate, chat or encode");
             break;
-        case 'y': sys = v; break;
-        default: dump = v;
+        case 'y': a->sys = v; break;
+        default: a->dump = v;
         }
     }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) usage(stderr, 2);
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(stdout, 0);
+    check(argv[1][0] != '-', "the first argument is the parameter file (run -h for usage)");
+    Args a = {.mode = "generate", .seed = (unsigned long long)time(NULL)};
+    Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
+    parse_flags(argc, argv, &a, &g);
+    const char *prompt = a.prompt, *mode = a.mode, *sys = a.sys, *dump = a.dump;
+    unsigned long long seed = a.seed;
     progfile = argv[1];
     rng_state = seed ? seed : 0x9e3779b97f4a7c15ull;
     Model m = {0};

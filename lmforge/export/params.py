@@ -47,6 +47,12 @@ Format, version 1. All integers little-endian; u32/u64 unsigned, f32 IEEE single
 Norm weights (vectors) are always fp32; matrices (embedding, attention, MLP, output head) use the file's dtype.
 Only the Llama family runs in C (RMSNorm, RoPE in the half-split layout, SwiGLU, optional GQA and QK-norm, no
 biases); the exporter refuses other `GPTConfig` choices rather than write a file the runner would run wrongly.
+
+Readers trust nothing in the file: every header field has bounds (HEADER_BOUNDS) and rules relating it to the others,
+the tokenizer must hold every single byte once and special ids in [n_tokens, vocab_size) with printable ASCII names,
+and every tensor table entry must name a distinct tensor of the model, of its shape and dtype, inside the data
+section (int8 scales finite and >= 0). `runner/run.c` and this module make the same checks in the same order with
+the same one-line messages, so `lmforge inspect` accepts exactly the files the runner runs.
 """
 
 from __future__ import annotations
