@@ -808,35 +808,33 @@ int main(int argc, char **argv) {
     Args a = {.mode = "generate", .seed = (unsigned long long)time(NULL)};
     Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
     parse_flags(argc, argv, &a, &g);
-    const char *prompt = a.prompt, *mode = a.mode, *sys = a.sys, *dump = a.dump;
-    unsigned long long seed = a.seed;
     progfile = argv[1];
-    rng_state = seed ? seed : 0x9e3779b97f4a7c15ull;
+    rng_state = a.seed ? a.seed : 0x9e3779b97f4a7c15ull;
     Model m = {0};
     Tokenizer t = {0};
     State s;
     load(argv[1], &m, &t);
     init_state(&s, &m);
-    check(!dump || (g.dump = fopen(dump, "wb")) != NULL, "-d: cannot write the file: %s", strerror(errno));
+    check(!a.dump || (g.dump = fopen(a.dump, "wb")) != NULL, "-d: cannot write the file: %s", strerror(errno));
     g.buf = xcalloc(m.vocab, sizeof(ProbIndex));
     char line[4096]; /* a chat message read from stdin; a token holds at least one byte, so ids never outgrow this: */
-    int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int));
-    if (!strcmp(mode, "generate")) {
+    int *ids = xcalloc(strlen(a.prompt ? a.prompt : "") + strlen(a.sys ? a.sys : "") + sizeof line + 16, sizeof(int));
+    if (!strcmp(a.mode, "generate")) {
         int n = 0;
         if (t.bos >= 0) ids[n++] = t.bos;
-        n += encode(&t, prompt ? prompt : "", ids + n);
+        n += encode(&t, a.prompt ? a.prompt : "", ids + n);
         if (n == 0) die("empty prompt and no <|bos|> token to start from");
         generate(&m, &s, &t, &g, ids, n);
         putchar('\n');
-    } else if (!strcmp(mode, "chat")) {
+    } else if (!strcmp(a.mode, "chat")) {
         if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
             die("the tokenizer has no chat special tokens");
         int n = 0, last = -1;
         ids[n++] = t.bos;
-        if (sys) { ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end; }
+        if (a.sys) { ids[n++] = t.system; n += encode(&t, a.sys, ids + n); ids[n++] = t.end; }
         for (int turn = 0;; turn++) {
-            const char *msg = prompt;
-            if (!prompt) {
+            const char *msg = a.prompt;
+            if (!a.prompt) {
                 if (isatty(0)) fputs("User: ", stderr);
                 if (!fgets(line, sizeof line, stdin)) break;
                 line[strcspn(line, "\r\n")] = 0;
@@ -845,16 +843,16 @@ int main(int argc, char **argv) {
             if (last >= 0 && last != t.end) ids[n++] = last; /* the turn ran out of budget: close it */
             if (last >= 0) ids[n++] = t.end;
             ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
-            if (isatty(0) && !prompt) fputs("Assistant: ", stderr);
+            if (isatty(0) && !a.prompt) fputs("Assistant: ", stderr);
             last = generate(&m, &s, &t, &g, ids, n);
             putchar('\n');
             fflush(stdout);
             n = 0;
         }
-    } else if (!strcmp(mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
-        size_t n = prompt ? strlen(prompt) : 0, cap = n + 1;
+    } else if (!strcmp(a.mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
+        size_t n = a.prompt ? strlen(a.prompt) : 0, cap = n + 1;
         char *text = xcalloc(cap + 1, 1);
-        if (prompt) memcpy(text, prompt, n);
+        if (a.prompt) memcpy(text, a.prompt, n);
         else for (size_t r; (r = fread(text + n, 1, cap - n, stdin)) > 0;)
             if ((n += r) == cap && !(text = realloc(text, (cap *= 2) + 1))) die("out of memory");
         int *out = xcalloc(n + 1, sizeof(int));

@@ -169,8 +169,9 @@ def runner_files(tmp_path_factory) -> dict[str, Path]:
 
 def refusal_of_runner(run_bin: Path, path: Path, *args: str) -> str:
     """The runner's one-line refusal, after checking exit code 2, no output and no crash (a signal is a negative
-    return code) within the timeout (a FIFO must not hang it)."""
-    r = subprocess.run([str(run_bin), str(path), "-i", "hi", "-n", "4", *args], capture_output=True, timeout=30)
+    return code) within the timeout (a FIFO must not hang it). The prompt holds "A": an unchecked runner given the
+    file whose token "A" was edited away encodes it to id -1 (a segfault with int8 weights, row -1 with fp32)."""
+    r = subprocess.run([str(run_bin), str(path), "-i", "A big A", "-n", "4", *args], capture_output=True, timeout=30)
     lines = r.stderr.decode("utf-8", "replace").splitlines()
     assert r.returncode == 2 and r.stdout == b"" and len(lines) == 1, (r.returncode, lines)
     return lines[0]
