@@ -76,6 +76,9 @@ static double now(void) {
 /* ---------------------------------------------------------------- numbers: half floats and dot products */
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+/* Not NaN or infinite, tested on the bits: under -ffast-math (`make runner`) the compiler may assume that isfinite()
+   is always true and that comparisons with NaN never happen, so a NaN read from the file or a flag would pass. */
+static inline int finite_f32(float f) { return (f32_bits(f) & 0x7f800000u) != 0x7f800000u; }
 static inline float bf16_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
 /* IEEE half -> single with masks instead of branches, so the compiler vectorizes it: re-bias the exponent; a
    subnormal (exponent 0) is built as 2^-14 * (1 + m/1024) and 2^-14 is subtracted (no denormal arithmetic);
@@ -319,7 +322,7 @@ static void read_tensors(Cursor *c, Model *m, const uint8_t *base, uint64_t data
         const uint8_t *p = base + off;
         *t = (Tensor){(int)dt, rows, cols, m->gs, p, dt == Q8 ? (const float *)(p + n) : NULL};
         for (uint64_t g = 0; dt == Q8 && g < n / m->gs; g++) /* q * scale: a NaN or infinite scale poisons a group */
-            check(isfinite(t->scale[g]) && t->scale[g] >= 0, "tensor %.*s has a NaN, infinite or negative int8 scale",
+            check(finite_f32(t->scale[g]) && t->scale[g] >= 0, "tensor %.*s has a NaN, infinite or negative int8 scale",
                   len, s);
     }
 }
@@ -355,8 +358,8 @@ static void load(const char *path, Model *m, Tokenizer *tk) {
     const struct { int ok; const char *field, *rule; } rules[] = { /* what the fields say of each other */
         {m->n_head % m->n_kv == 0, "n_kv_head", "must divide n_head"},
         {m->hd % 2 == 0 && m->hd * m->n_head == m->dim, "head_dim", "must be even and equal dim / n_head"},
-        {isfinite(m->theta) && m->theta > 0, "rope_theta", "must be a finite number above 0"},
-        {isfinite(m->eps) && m->eps >= 0 && m->eps < 1, "norm_eps", "must be a finite number in [0, 1)"},
+        {finite_f32(m->theta) && m->theta > 0, "rope_theta", "must be a finite number above 0"},
+        {finite_f32(m->eps) && m->eps >= 0 && m->eps < 1, "norm_eps", "must be a finite number in [0, 1)"},
         {m->dtype == Q8 ? m->gs > 0 && m->gs % 4 == 0 && m->dim % m->gs == 0 && m->hidden % m->gs == 0 : m->gs == 0,
          "group_size", "must be 0, or for int8 a multiple of 4 that divides dim and hidden_dim"},
         {m->n_tensors == n_expected, "n_tensors", "differs from the model's tensor count"},
@@ -766,8 +769,8 @@ static void usage(FILE *out, int code) {
 static double flag_value(const char *flag, const char *v, double lo, double hi, int integer) {
     char *end;
     double x = strtod(v, &end);
-    check(end != v && !*end && x >= lo && x <= hi && (!integer || x == floor(x)), "%s: expected %s in [%g, %g]", flag,
-          integer ? "an integer" : "a number", lo, hi);
+    check(end != v && !*end && finite_f32((float)x) && x >= lo && x <= hi && (!integer || x == floor(x)),
+          "%s: expected %s in [%g, %g]", flag, integer ? "an integer" : "a number", lo, hi);
     return x;
 }
 

@@ -26,9 +26,11 @@ RUNNER_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def runner_bin(tmp_path_factory) -> Path:
-    return compile_runner(tmp_path_factory.mktemp("runner") / "run")
+@pytest.fixture(scope="module", params=[(), ("-march=native", "-ffast-math")], ids=["cc -O3", "fast-math"])
+def runner_bin(request, tmp_path_factory) -> Path:
+    """The portable build, and `make runner`'s flags (-ffast-math lets the compiler assume no NaN or infinity,
+    which must not let a NaN flag through)."""
+    return compile_runner(tmp_path_factory.mktemp("runner") / "run", *request.param)
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,12 @@ def runner_bin(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def runner_fast_math_bin(tmp_path_factory) -> Path:
+    """`make runner`'s flags: under -ffast-math the compiler may fold isfinite() to true."""
+    return compile_runner(tmp_path_factory.mktemp("runner_fast_math") / "run", "-march=native", "-ffast-math")
+
+
+@pytest.fixture(scope="module")
 def runner_files(tmp_path_factory) -> dict[str, Path]:
     tok = tokenizer()
     model = tiny_model(tok.vocab_size)
@@ -226,3 +232,12 @@ def test_runner_field_bounds_are_inspects():
     c_bounds = {name: (int(lo), int(hi)) for name, lo, hi in re.findall(r'\{"(\w+)", (\d+), (\d+)\}', table[1])}
     assert c_bounds == HEADER_BOUNDS
     assert list(c_bounds) == list(HEADER_BOUNDS)  # file order, which is the order of the checks
+
+
+@pytest.mark.parametrize("case", ["rope_theta_nan", "norm_eps_inf", "int8_scale_nan", "int8_scale_negative"])
+def test_runner_built_with_fast_math_still_refuses_nan_and_infinity(runner_fast_math_bin, runner_files, tmp_path, case):
+    base, edit, culprit = CORRUPTIONS[case]
+    data = runner_files[base].read_bytes()
+    bad = tmp_path / f"{case}.bin"
+    bad.write_bytes(edit(data, Layout(data)))
+    assert culprit in refusal_of_runner(runner_fast_math_bin, bad)
