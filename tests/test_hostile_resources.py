@@ -54,8 +54,9 @@ class Layout:
         self.data = data
 
     def token_index(self, b: bytes) -> int:
-        return next(i for i, p in enumerate(self.tokens) if self.data[p + 4:p + 4 + len(b) + 0] == b
-                    and struct.unpack_from("<I", self.data, p)[0] == len(b))
+        """Id of the token whose bytes are `b`."""
+        record = struct.pack("<I", len(b)) + b
+        return next(i for i, p in enumerate(self.tokens) if self.data[p:p + len(record)] == record)
 
     def tensor_offset(self, name: str) -> int:
         return struct.unpack_from("<Q", self.data, self.entries[name] + 12)[0]
