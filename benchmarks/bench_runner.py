@@ -22,6 +22,11 @@ Decoding is greedy in every runner, so the figures measure the forward pass, not
 candidates, which for a random model's flat distribution costs as much as the forward pass itself).
 With ../shared/data present it also measures the C tokenizer's agreement with the Python one on the multilingual
 web pages of trafilatura's evaluation set (tags stripped; a vocabulary of 8192 trained on half of them).
+History of the kernels (figures of the runs that chose them, at the 15M shape, `make runner` build): the AVX2 FMA
+dot product streamed the 37 MB fp32 output head at 30 GB/s against 22 GB/s for the portable loop; whole decode fp32
+401 -> 519 tok/s (llama2.c 435 in the same run); -march=native fp16 599 -> 684 tok/s with FMA instead of multiply
+and add (4 chains: no faster); `static inline` on the fp32 dot product +5% tok/CPU-s.
+
 Timings are the best of several rounds, each round running every runner in turn (other processes on a shared
 machine only ever slow a run down, and a burst of load then hits ours and the peers alike). Besides the
 runners' own wall-clock figures, every speed is also given per CPU-second of the child process (getrusage), and the

@@ -22,7 +22,6 @@ STAGE_CLIS = [
     "lmforge.posttrain.cli",
     "lmforge.evaluation.cli",
     "lmforge.export.cli",
-    "lmforge.export.inspect_cli",
     "lmforge.speedrun.cli",
 ]
 

@@ -28,6 +28,7 @@
    (rare symbols, combining marks, some scripts' digits), yet gave ids identical to the Python tokenizer on 987 of
    987 non-ASCII web pages (3.5M tokens, vocabulary 8192 trained on them; benchmarks/bench_runner.py measures it). */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -55,11 +56,11 @@ static const char *progfile = "";
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "run: %s: ", progfile);
+    fprintf(stderr, *progfile ? "run: %s: " : "run: ", progfile);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-    exit(1);
+    exit(2); /* as the lmforge CLI: 2 for a bad input, never a crash */
 }
 static void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size);
@@ -75,6 +76,9 @@ static double now(void) {
 /* ---------------------------------------------------------------- numbers: half floats and dot products */
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+/* Not NaN or infinite, tested on the bits: under -ffast-math (`make runner`) the compiler may assume that isfinite()
+   is always true and that comparisons with NaN never happen, so a NaN read from the file or a flag would pass. */
+static inline int finite_f32(float f) { return (f32_bits(f) & 0x7f800000u) != 0x7f800000u; }
 static inline float bf16_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
 /* IEEE half -> single with masks instead of branches, so the compiler vectorizes it: re-bias the exponent; a
    subnormal (exponent 0) is built as 2^-14 * (1 + m/1024) and 2^-14 is subtracted (no denormal arithmetic);
@@ -87,10 +91,8 @@ static inline float f16_f32(uint16_t h) {
 }
 #define ID(v) (v)
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-/* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): alone, the 15M
-   shape's 37 MB fp32 output head streamed at 30 GB/s against 22 GB/s with the portable loop (gcc does not contract
-   to FMA under -std=c99); whole decode at that shape, `make runner` build: fp32 401 -> 519 tok/s (llama2.c 435 in the
-   same run); -march=native fp16 599 -> 684 tok/s with FMA instead of multiply and add (4 chains: no faster). */
+/* Two 8-lane FMA chains over weights widened to fp32 in registers (F16C for fp16, a shift for bf16): gcc does not
+   contract to FMA under -std=c99, and the portable loop streams the weights markedly slower (bench_runner.py). */
 #define W_F32(p) _mm256_loadu_ps(p)
 #define W_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define W_BF16(p) \
@@ -118,7 +120,7 @@ static inline float f16_f32(uint16_t h) {
     for (int j = 0; j < 16; j++) s += acc[j];                                   \
     return s;
 #endif
-/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token); +5% tok/CPU-s */
+/* inline: without it gcc -O3 -march=native calls it once per weight row (~50K calls a token) */
 static inline float dot_f32(const float *w, const float *x, int n) { DOT(W_F32, ID) }
 static float dot_f16(const uint16_t *w, const float *x, int n) { DOT(W_F16, f16_f32) }
 static float dot_bf16(const uint16_t *w, const float *x, int n) { DOT(W_BF16, bf16_f32) }
@@ -171,7 +173,7 @@ typedef struct {
     Tensor emb, norm, head;
     Layer *layers;
 } Model;
-typedef struct { const uint8_t *base, *p, *end; } Cursor; /* reads the mapped file [base, end) from p */
+typedef struct { const uint8_t *p, *end; const char *what; } Cursor; /* reads one section [p, end) of the file */
 typedef struct { const uint8_t *s; uint32_t len; } Str;
 typedef struct {
     int n_tokens, n_special, bos, end, system, user, assistant;
@@ -179,14 +181,31 @@ typedef struct {
     int *sp_id, *ht, ht_size; /* ht: open addressing, token bytes -> id + 1 */
 } Tokenizer;
 
+/* Every count, offset and length read from the file passes one of these checks before anything is sized or indexed
+   by it. lmforge/export/params.py (`lmforge inspect`) makes the same checks in the same order with the same words,
+   and a test feeds both the same corruptions: a file one of them accepts, the other accepts too. */
+#define check(ok, ...) ((ok) ? (void)0 : die(__VA_ARGS__))
+/* The header's integer fields in file order and the range of each (params.py's HEADER_BOUNDS, compared by a test). */
+static const struct { const char *name; uint32_t lo, hi; } FIELDS[12] = {
+    {"dim", 2, 65536}, {"hidden_dim", 1, 262144}, {"n_layer", 1, 1024}, {"n_head", 1, 1024}, {"n_kv_head", 1, 1024},
+    {"head_dim", 2, 1024}, {"vocab_size", 256, 16777216}, {"seq_len", 1, 65536}, {"flags", 0, 3}, {"dtype", 0, 3},
+    {"group_size", 0, 65536}, {"n_tensors", 3, 65536}};
+enum { MAX_SPECIAL = 1024 };
+
 static const uint8_t *take(Cursor *c, uint64_t n) {
-    if (n > (uint64_t)(c->end - c->p)) die("truncated or corrupt header");
+    check(n <= (uint64_t)(c->end - c->p), "the %s is truncated or corrupt (a length runs past its end)", c->what);
     return (c->p += n) - n;
 }
 static uint32_t rd32(Cursor *c) { uint32_t v; memcpy(&v, take(c, 4), 4); return v; }
 static uint64_t rd64(Cursor *c) { uint64_t v; memcpy(&v, take(c, 8), 8); return v; }
 static Str rdstr(Cursor *c) { Str r; r.len = rd32(c); r.s = take(c, r.len); return r; }
 static int str_is(Str a, const char *b) { return a.len == strlen(b) && memcmp(a.s, b, a.len) == 0; }
+static int str_eq(Str a, Str b) { return a.len == b.len && memcmp(a.s, b.s, a.len) == 0; }
+/* A name safe to compare and to print in a one-line message: 1 to 64 bytes of printable ASCII, no space. */
+static int printable(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++) if (s[i] < 0x21 || s[i] > 0x7e) return 0;
+    return n > 0 && n <= 64;
+}
 static uint32_t fnv(const uint8_t *s, uint32_t n) {
     uint32_t h = 2166136261u;
     for (uint32_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
@@ -207,102 +226,155 @@ static const char *GPT4_PATTERNS[] = { /* GPT-4's split regex as tiktoken spells
     "\\s+(?!\\S)|\\s+"};
 
 static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
-    t->n_tokens = (int)rd32(c);
-    t->n_special = (int)rd32(c);
+    uint32_t n_tok = rd32(c), n_sp = rd32(c);
+    check(n_tok >= 256 && n_tok <= (uint32_t)vocab, "tokenizer n_tokens %u is outside [256, vocab_size]", n_tok);
+    check(n_sp <= MAX_SPECIAL && n_sp <= vocab - n_tok,
+          "tokenizer n_special %u is outside [0, min(1024, vocab_size - n_tokens)]", n_sp);
     Str pat = rdstr(c);
-    if (!str_is(pat, GPT4_PATTERNS[0]) && !str_is(pat, GPT4_PATTERNS[1]))
-        die("the tokenizer's split pattern is not GPT-4's, the only one this runner implements");
-    if (t->n_tokens < 256 || t->n_tokens + t->n_special > vocab) die("bad tokenizer size %d", t->n_tokens);
-    t->tok = xcalloc(t->n_tokens, sizeof *t->tok);
+    check(str_is(pat, GPT4_PATTERNS[0]) || str_is(pat, GPT4_PATTERNS[1]),
+          "the tokenizer's split pattern is not GPT-4's, the only one this runner implements");
+    check((uint64_t)n_tok * 5 <= (uint64_t)(c->end - c->p), "tokenizer n_tokens %u cannot fit in its section", n_tok);
+    t->n_tokens = (int)n_tok;
+    t->n_special = (int)n_sp;
+    t->tok = xcalloc(n_tok, sizeof *t->tok);
     for (t->ht_size = 1; t->ht_size < 2 * t->n_tokens; t->ht_size *= 2) {}
     t->ht = xcalloc(t->ht_size, sizeof *t->ht);
     for (int i = 0; i < t->n_tokens; i++) {
-        t->tok[i] = rdstr(c);
-        uint32_t h = fnv(t->tok[i].s, t->tok[i].len) & (t->ht_size - 1);
+        Str s = t->tok[i] = rdstr(c);
+        check(s.len > 0, "tokenizer token %d is empty", i);
+        int dup = tok_lookup(t, s.s, s.len);
+        check(dup < 0, "tokenizer token %d repeats token %d", i, dup);
+        uint32_t h = fnv(s.s, s.len) & (t->ht_size - 1);
         while (t->ht[h]) h = (h + 1) & (t->ht_size - 1);
         t->ht[h] = i + 1;
     }
-    t->sp = xcalloc(t->n_special, sizeof *t->sp);
-    t->sp_id = xcalloc(t->n_special, sizeof *t->sp_id);
+    for (int b = 0; b < 256; b++) /* BPE starts from single bytes: a missing one would encode to no token at all */
+        check(tok_lookup(t, &(uint8_t){(uint8_t)b}, 1) >= 0, "tokenizer has no token for the byte 0x%02x", b);
+    t->sp = xcalloc(n_sp, sizeof *t->sp);
+    t->sp_id = xcalloc(n_sp, sizeof *t->sp_id);
     const char *names[] = {"<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"};
     int *ids[] = {&t->bos, &t->end, &t->system, &t->user, &t->assistant};
     t->bos = t->end = t->system = t->user = t->assistant = -1;
     for (int i = 0; i < t->n_special; i++) {
-        t->sp_id[i] = (int)rd32(c);
-        t->sp[i] = rdstr(c);
-        if (t->sp_id[i] < t->n_tokens || t->sp_id[i] >= vocab) die("bad special token id %d", t->sp_id[i]);
-        for (int k = 0; k < 5; k++) if (*ids[k] < 0 && str_is(t->sp[i], names[k])) *ids[k] = t->sp_id[i];
+        uint32_t id = rd32(c);
+        Str nm = rdstr(c);
+        check(id >= n_tok && id < (uint32_t)vocab, "tokenizer special token %d has id %u outside [n_tokens, "
+              "vocab_size)", i, id);
+        check(printable(nm.s, nm.len), "tokenizer special token %d has a name that is not 1 to 64 printable ASCII "
+              "bytes", i);
+        for (int j = 0; j < i; j++)
+            check(t->sp_id[j] != (int)id && !str_eq(t->sp[j], nm),
+                  "tokenizer special token %d repeats the id or name of special token %d", i, j);
+        t->sp_id[i] = (int)id;
+        t->sp[i] = nm;
+        for (int k = 0; k < 5; k++) if (*ids[k] < 0 && str_is(nm, names[k])) *ids[k] = (int)id;
     }
 }
 
-static Tensor find_tensor(Cursor table, const Model *m, const char *name, int rows, int cols) {
-    uint64_t size = (uint64_t)(table.end - table.base);
-    for (int i = 0; i < m->n_tensors; i++) {
-        Str nm = rdstr(&table);
-        uint32_t dtype = rd32(&table), r = rd32(&table), cl = rd32(&table);
-        uint64_t off = rd64(&table), nbytes = rd64(&table), count = (uint64_t)r * cl;
-        if (!str_is(nm, name)) continue;
-        if ((int)r != rows || (int)cl != cols) die("tensor %s is %ux%u, expected %dx%d", name, r, cl, rows, cols);
-        if (dtype > Q8 || (dtype == Q8 && cl % m->gs) || (rows == 1 && dtype != F32))
-            die("tensor %s: bad dtype %u", name, dtype);
-        uint64_t need = dtype == F32 ? 4 * count : dtype == Q8 ? count + 4 * (count / m->gs) : 2 * count;
-        if (nbytes != need || off % 64 || off > size || nbytes > size - off)
-            die("tensor %s lies outside the file", name);
-        const uint8_t *p = table.base + off;
-        return (Tensor){(int)dtype, rows, cols, m->gs, p, dtype == Q8 ? (const float *)(p + count) : NULL};
+/* The tensor a table entry names and its shape; NULL when this model has no tensor of that name. */
+static Tensor *tensor_slot(Model *m, Str nm, int *rows, int *cols) {
+    int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd, l = 0;
+    if (str_is(nm, "tok_emb.weight")) { *rows = m->vocab, *cols = D; return &m->emb; }
+    if (str_is(nm, "lm_head.weight") && !(m->flags & 1)) { *rows = m->vocab, *cols = D; return &m->head; }
+    if (str_is(nm, "norm.weight")) { *rows = 1, *cols = D; return &m->norm; }
+    uint32_t k = 7;
+    if (nm.len < 8 || memcmp(nm.s, "layers.", 7) != 0) return NULL;
+    while (k < nm.len && nm.s[k] >= '0' && nm.s[k] <= '9' && l < m->n_layer) l = 10 * l + (nm.s[k++] - '0');
+    if (l >= m->n_layer) return NULL;
+    Layer *L = &m->layers[l];
+    struct { Tensor *t; const char *n; int r, c, qk; } spec[] = { /* qk: exists only with QK-norm */
+        {&L->attn_norm, "attn_norm", 1, D, 0}, {&L->wq, "attn.wq", D, D, 0}, {&L->wk, "attn.wk", kv, D, 0},
+        {&L->wv, "attn.wv", kv, D, 0}, {&L->wo, "attn.wo", D, D, 0}, {&L->q_norm, "attn.q_norm", 1, m->hd, 1},
+        {&L->k_norm, "attn.k_norm", 1, m->hd, 1}, {&L->mlp_norm, "mlp_norm", 1, D, 0},
+        {&L->gate, "mlp.w_gate", H, D, 0}, {&L->up, "mlp.w_up", H, D, 0}, {&L->down, "mlp.w_down", D, H, 0}};
+    char name[64];
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
+        if (!str_is(nm, name) || (spec[i].qk && !(m->flags & 2))) continue;
+        *rows = spec[i].r, *cols = spec[i].c;
+        return spec[i].t;
     }
-    die("tensor %s is missing", name);
-    return (Tensor){0};
+    return NULL;
+}
+
+/* Every entry of the table names a distinct tensor of this model, of its shape and dtype, wholly inside the data
+   section; as n_tensors is exactly the model's count, no tensor is then missing. */
+static void read_tensors(Cursor *c, Model *m, const uint8_t *base, uint64_t data_off, uint64_t size) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        Str nm = rdstr(c);
+        uint32_t dt = rd32(c), r = rd32(c), cl = rd32(c);
+        uint64_t off = rd64(c), nbytes = rd64(c), n = (uint64_t)r * cl;
+        int rows, cols, want;
+        Tensor *t = tensor_slot(m, nm, &rows, &cols);
+        check(t != NULL, "tensor table entry %d names no tensor of this model", i);
+        const char *s = (const char *)nm.s; /* a known name from here on: safe to print */
+        int len = (int)nm.len;
+        check(t->data == NULL, "tensor %.*s appears twice in the table", len, s);
+        check(r == (uint32_t)rows && cl == (uint32_t)cols, "tensor %.*s is %ux%u, expected %dx%d", len, s, r, cl, rows,
+              cols);
+        want = rows == 1 ? F32 : m->dtype; /* vectors (norm weights) are fp32, matrices the file's dtype */
+        check(dt == (uint32_t)want, "tensor %.*s has dtype %u, expected %d", len, s, dt, want);
+        uint64_t need = dt == F32 ? 4 * n : dt == Q8 ? n + 4 * (n / m->gs) : 2 * n;
+        check(nbytes == need, "tensor %.*s holds %llu bytes, expected %llu", len, s, (unsigned long long)nbytes,
+              (unsigned long long)need);
+        check(off % 64 == 0 && off >= data_off && off <= size && nbytes <= size - off,
+              "tensor %.*s lies outside the file's data section", len, s);
+        const uint8_t *p = base + off;
+        *t = (Tensor){(int)dt, rows, cols, m->gs, p, dt == Q8 ? (const float *)(p + n) : NULL};
+        for (uint64_t g = 0; dt == Q8 && g < n / m->gs; g++) /* q * scale: a NaN or infinite scale poisons a group */
+            check(finite_f32(t->scale[g]) && t->scale[g] >= 0, "tensor %.*s has a NaN, infinite or negative int8 scale",
+                  len, s);
+    }
 }
 
 static void load(const char *path, Model *m, Tokenizer *tk) {
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* O_NONBLOCK: opening a FIFO must not wait for a writer */
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) die("cannot open the parameter file");
+    check(fd >= 0, "cannot open: %s", strerror(errno));
+    check(fstat(fd, &st) == 0 && S_ISREG(st.st_mode), "not a regular file");
     uint64_t size = (uint64_t)st.st_size;
-    if (size < 8) die("not an lmforge parameter file (too short for a header)");
+    uint8_t magic[4] = {0};
+    check(pread(fd, magic, 4, 0) == 4 && memcmp(magic, "LMFG", 4) == 0, "not an lmforge parameter file (bad magic)");
+    check(size >= 128, "truncated: %llu bytes, shorter than the 128-byte header", (unsigned long long)size);
     const uint8_t *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (base == MAP_FAILED) die("mmap failed");
-    if (memcmp(base, "LMFG", 4) != 0) die("not an lmforge parameter file (bad magic)");
-    Cursor c = {base, base + 4, base + size};
-    uint32_t version = rd32(&c);
-    if (version != 1) die("format version %u; this runner reads version 1", version);
+    check(base != MAP_FAILED, "cannot map the file into memory");
+    Cursor c = {base + 4, base + 128, "header"};
+    uint32_t version = rd32(&c), v;
+    check(version == 1, "format version %u; this runner reads version 1", version);
     uint64_t file_size = rd64(&c);
-    if (file_size != size) die("truncated or damaged: %llu bytes, the header says %llu", (unsigned long long)size,
-                               (unsigned long long)file_size);
+    check(file_size == size, "truncated or damaged: %llu bytes, the header says %llu", (unsigned long long)size,
+          (unsigned long long)file_size);
     int *ints[] = {&m->dim, &m->hidden, &m->n_layer, &m->n_head, &m->n_kv, &m->hd, &m->vocab, &m->seq_len,
                    &m->flags, &m->dtype, &m->gs, &m->n_tensors};
-    for (int i = 0; i < 8; i++) *ints[i] = (int)rd32(&c);
-    memcpy(&m->theta, take(&c, 4), 4);
-    memcpy(&m->eps, take(&c, 4), 4);
-    for (int i = 8; i < 12; i++) *ints[i] = (int)rd32(&c);
-    uint64_t tok_off = rd64(&c), tens_off = rd64(&c);
-    if (m->dim <= 0 || m->hidden <= 0 || m->n_layer <= 0 || m->vocab <= 0 || m->n_head <= 0 || m->n_kv <= 0 ||
-        m->n_head % m->n_kv || m->hd * m->n_head != m->dim || m->hd % 2 || m->seq_len <= 0 || m->dtype > Q8 ||
-        (m->dtype == Q8 && m->gs <= 0) || tok_off > size || tens_off > size)
-        die("corrupt header (inconsistent model config)");
-    Cursor tc = {base, base + tok_off, base + size}, table = {base, base + tens_off, base + size};
-    read_tokenizer(&tc, tk, m->vocab);
-    char name[96];
-    int D = m->dim, H = m->hidden, kv = m->n_kv * m->hd;
-    m->emb = find_tensor(table, m, "tok_emb.weight", m->vocab, D);
-    m->norm = find_tensor(table, m, "norm.weight", 1, D);
-    m->head = m->flags & 1 ? m->emb : find_tensor(table, m, "lm_head.weight", m->vocab, D);
-    m->layers = xcalloc(m->n_layer, sizeof(Layer));
-    for (int l = 0; l < m->n_layer; l++) {
-        Layer *L = &m->layers[l];
-        struct { Tensor *t; const char *n; int r, c, req; } spec[] = {
-            {&L->attn_norm, "attn_norm", 1, D, 1}, {&L->wq, "attn.wq", D, D, 1}, {&L->wk, "attn.wk", kv, D, 1},
-            {&L->wv, "attn.wv", kv, D, 1}, {&L->wo, "attn.wo", D, D, 1}, {&L->q_norm, "attn.q_norm", 1, m->hd, 0},
-            {&L->k_norm, "attn.k_norm", 1, m->hd, 0}, {&L->mlp_norm, "mlp_norm", 1, D, 1},
-            {&L->gate, "mlp.w_gate", H, D, 1}, {&L->up, "mlp.w_up", H, D, 1}, {&L->down, "mlp.w_down", D, H, 1}};
-        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
-            if (!spec[i].req && !(m->flags & 2)) continue; /* the q/k norms exist only with QK-norm */
-            snprintf(name, sizeof name, "layers.%d.%s.weight", l, spec[i].n);
-            *spec[i].t = find_tensor(table, m, name, spec[i].r, spec[i].c);
-        }
+    for (int i = 0; i < 12; i++) {
+        if (i == 8) { memcpy(&m->theta, take(&c, 4), 4); memcpy(&m->eps, take(&c, 4), 4); }
+        check((v = rd32(&c)) >= FIELDS[i].lo && v <= FIELDS[i].hi, "header field %s = %u is outside [%u, %u]",
+              FIELDS[i].name, v, FIELDS[i].lo, FIELDS[i].hi);
+        *ints[i] = (int)v;
     }
+    uint64_t tok_off = rd64(&c), tens_off = rd64(&c), data_off = rd64(&c);
+    int qk = (m->flags & 2) != 0, n_expected = 2 + !(m->flags & 1) + m->n_layer * (9 + 2 * qk);
+    const struct { int ok; const char *field, *rule; } rules[] = { /* what the fields say of each other */
+        {m->n_head % m->n_kv == 0, "n_kv_head", "must divide n_head"},
+        {m->hd % 2 == 0 && m->hd * m->n_head == m->dim, "head_dim", "must be even and equal dim / n_head"},
+        {finite_f32(m->theta) && m->theta > 0, "rope_theta", "must be a finite number above 0"},
+        {finite_f32(m->eps) && m->eps >= 0 && m->eps < 1, "norm_eps", "must be a finite number in [0, 1)"},
+        {m->dtype == Q8 ? m->gs > 0 && m->gs % 4 == 0 && m->dim % m->gs == 0 && m->hidden % m->gs == 0 : m->gs == 0,
+         "group_size", "must be 0, or for int8 a multiple of 4 that divides dim and hidden_dim"},
+        {m->n_tensors == n_expected, "n_tensors", "differs from the model's tensor count"},
+        {tok_off == 128, "tokenizer_offset", "must be 128"},
+        {tens_off >= tok_off && tens_off <= size, "tensors_offset", "must lie in [tokenizer_offset, file_size]"},
+        {data_off % 64 == 0 && data_off >= tens_off && data_off <= size, "data_offset",
+         "must be a multiple of 64 in [tensors_offset, file_size]"}};
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        check(rules[i].ok, "header field %s %s", rules[i].field, rules[i].rule);
+    Cursor tc = {base + tok_off, base + tens_off, "tokenizer section"}, table = {base + tens_off, base + data_off,
+                                                                                  "tensor table"};
+    read_tokenizer(&tc, tk, m->vocab);
+    m->layers = xcalloc(m->n_layer, sizeof(Layer));
+    read_tensors(&table, m, base, data_off, size);
+    if (m->flags & 1) m->head = m->emb;
 }
 
 /* ---------------------------------------------------------------- forward pass */
@@ -680,67 +752,92 @@ static int generate(const Model *m, State *s, const Tokenizer *t, Gen *g, const 
     return token;
 }
 
-static void usage(void) {
-    fprintf(stderr, "usage: run model.bin [options]\n"
+static void usage(FILE *out, int code) {
+    fprintf(out, "usage: run model.bin [options]\n"
             "  -i TEXT   prompt (chat mode: the user's message; without it, one message per line of stdin)\n"
-            "  -n N      tokens to generate (default 256, at most the context)\n"
-            "  -t T      temperature (default 1.0; 0 = greedy)\n  -p P      top-p (default 0.9; 1 = off)\n"
-            "  -s SEED   random seed (default: time)\n  -m MODE   generate | chat | encode (ids of -i, or of each\n"
+            "  -n N      tokens to generate, 1 to 65536 (default 256; generation also stops at the context's end)\n"
+            "  -t T      temperature, 0 to 100 (default 1.0; 0 = greedy)\n"
+            "  -p P      top-p, in (0, 1] (default 0.9; 1 = off)\n  -s SEED   random seed, 0 to 2^64-1 (default: time)\n"
+            "  -m MODE   generate | chat | encode (ids of -i, or of each\n"
             "            NUL-separated text on stdin, one line each)\n"
             "  -y TEXT   system prompt (chat)\n  -d FILE   dump each step's logits (float32, vocab per step)\n"
             "  -v        print each token id and its output bytes to stderr\n");
-    exit(1);
+    exit(code);
+}
+/* A flag's value within [lo, hi] (an integer if asked), or a one-line error naming the flag. The value itself is not
+   echoed: it may hold anything, a newline included. */
+static double flag_value(const char *flag, const char *v, double lo, double hi, int integer) {
+    char *end;
+    double x = strtod(v, &end);
+    check(end != v && !*end && finite_f32((float)x) && x >= lo && x <= hi && (!integer || x == floor(x)),
+          "%s: expected %s in [%g, %g]", flag, integer ? "an integer" : "a number", lo, hi);
+    return x;
+}
+
+typedef struct { const char *prompt, *mode, *sys, *dump; unsigned long long seed; } Args;
+/* The flags after the parameter file, each checked here: a bad one is a one-line error naming it, exit code 2. */
+static void parse_flags(int argc, char **argv, Args *a, Gen *g) {
+    for (int i = 2; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int known = f[0] == '-' && f[1] && !f[2] && strchr("inptsmydv", f[1]);
+        check(known, "unknown argument %s (run -h for usage)",
+              printable((const uint8_t *)f, strlen(f)) ? f : "(unprintable)");
+        if (f[1] == 'v') { g->verbose = 1; continue; }
+        check(v != NULL, "%s needs a value", f);
+        i++;
+        switch (f[1]) {
+        case 'i': a->prompt = v; break;
+        case 'n': g->steps = (int)flag_value("-n", v, 1, FIELDS[7].hi, 1); break; /* at most the largest context */
+        case 't': g->temp = (float)flag_value("-t", v, 0, 100, 0); break;
+        case 'p': g->topp = (float)flag_value("-p", v, 0, 1, 0);
+            check(g->topp > 0, "-p: expected a number in (0, 1]"); break;
+        case 's': errno = 0, a->seed = strtoull(v, NULL, 10); /* ERANGE past 2^64-1; digits only, so no sign */
+            check(*v && strspn(v, "0123456789") == strlen(v) && !errno, "-s: expected an integer in [0, 2^64-1]");
+            break;
+        case 'm': a->mode = v;
+            check(!strcmp(v, "generate") || !strcmp(v, "chat") || !strcmp(v, "encode"),
+                  "-m: expected generate, chat or encode");
+            break;
+        case 'y': a->sys = v; break;
+        default: a->dump = v;
+        }
+    }
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) usage();
-    const char *prompt = NULL, *mode = "generate", *sys = NULL, *dump = NULL;
+    if (argc < 2) usage(stderr, 2);
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(stdout, 0);
+    check(argv[1][0] != '-', "the first argument is the parameter file (run -h for usage)");
+    Args a = {.mode = "generate", .seed = (unsigned long long)time(NULL)};
     Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
-    unsigned long long seed = (unsigned long long)time(NULL);
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "-v")) { g.verbose = 1; continue; }
-        if (i + 1 >= argc || argv[i][0] != '-' || strlen(argv[i]) != 2) usage();
-        const char *v = argv[++i];
-        switch (argv[i - 1][1]) {
-        case 'i': prompt = v; break;
-        case 'n': g.steps = atoi(v); break;
-        case 't': g.temp = (float)atof(v); break;
-        case 'p': g.topp = (float)atof(v); break;
-        case 's': seed = strtoull(v, NULL, 10); break;
-        case 'm': mode = v; break;
-        case 'y': sys = v; break;
-        case 'd': dump = v; break;
-        default: usage();
-        }
-    }
+    parse_flags(argc, argv, &a, &g);
     progfile = argv[1];
-    rng_state = seed ? seed : 0x9e3779b97f4a7c15ull;
+    rng_state = a.seed ? a.seed : 0x9e3779b97f4a7c15ull;
     Model m = {0};
     Tokenizer t = {0};
     State s;
     load(argv[1], &m, &t);
     init_state(&s, &m);
-    if (dump && !(g.dump = fopen(dump, "wb"))) die("cannot write %s", dump);
-    if (g.temp < 0) g.temp = 0;
+    check(!a.dump || (g.dump = fopen(a.dump, "wb")) != NULL, "-d: cannot write the file: %s", strerror(errno));
     g.buf = xcalloc(m.vocab, sizeof(ProbIndex));
     char line[4096]; /* a chat message read from stdin; a token holds at least one byte, so ids never outgrow this: */
-    int *ids = xcalloc(strlen(prompt ? prompt : "") + strlen(sys ? sys : "") + sizeof line + 16, sizeof(int));
-    if (!strcmp(mode, "generate")) {
+    int *ids = xcalloc(strlen(a.prompt ? a.prompt : "") + strlen(a.sys ? a.sys : "") + sizeof line + 16, sizeof(int));
+    if (!strcmp(a.mode, "generate")) {
         int n = 0;
         if (t.bos >= 0) ids[n++] = t.bos;
-        n += encode(&t, prompt ? prompt : "", ids + n);
+        n += encode(&t, a.prompt ? a.prompt : "", ids + n);
         if (n == 0) die("empty prompt and no <|bos|> token to start from");
         generate(&m, &s, &t, &g, ids, n);
         putchar('\n');
-    } else if (!strcmp(mode, "chat")) {
+    } else if (!strcmp(a.mode, "chat")) {
         if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
             die("the tokenizer has no chat special tokens");
         int n = 0, last = -1;
         ids[n++] = t.bos;
-        if (sys) { ids[n++] = t.system; n += encode(&t, sys, ids + n); ids[n++] = t.end; }
+        if (a.sys) { ids[n++] = t.system; n += encode(&t, a.sys, ids + n); ids[n++] = t.end; }
         for (int turn = 0;; turn++) {
-            const char *msg = prompt;
-            if (!prompt) {
+            const char *msg = a.prompt;
+            if (!a.prompt) {
                 if (isatty(0)) fputs("User: ", stderr);
                 if (!fgets(line, sizeof line, stdin)) break;
                 line[strcspn(line, "\r\n")] = 0;
@@ -749,16 +846,16 @@ int main(int argc, char **argv) {
             if (last >= 0 && last != t.end) ids[n++] = last; /* the turn ran out of budget: close it */
             if (last >= 0) ids[n++] = t.end;
             ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
-            if (isatty(0) && !prompt) fputs("Assistant: ", stderr);
+            if (isatty(0) && !a.prompt) fputs("Assistant: ", stderr);
             last = generate(&m, &s, &t, &g, ids, n);
             putchar('\n');
             fflush(stdout);
             n = 0;
         }
-    } else if (!strcmp(mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
-        size_t n = prompt ? strlen(prompt) : 0, cap = n + 1;
+    } else if (!strcmp(a.mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
+        size_t n = a.prompt ? strlen(a.prompt) : 0, cap = n + 1;
         char *text = xcalloc(cap + 1, 1);
-        if (prompt) memcpy(text, prompt, n);
+        if (a.prompt) memcpy(text, a.prompt, n);
         else for (size_t r; (r = fread(text + n, 1, cap - n, stdin)) > 0;)
             if ((n += r) == cap && !(text = realloc(text, (cap *= 2) + 1))) die("out of memory");
         int *out = xcalloc(n + 1, sizeof(int));
@@ -769,7 +866,7 @@ int main(int argc, char **argv) {
             putchar('\n');
         }
         return 0;
-    } else usage();
+    }
     if (g.dump) fclose(g.dump);
     fprintf(stderr, "prefill: %ld tokens, %.1f tok/s; decode: %ld tokens, %.1f tok/s\n", n_prefill,
             prefill_s > 0 ? n_prefill / prefill_s : 0.0, n_decode, decode_s > 0 ? n_decode / decode_s : 0.0);

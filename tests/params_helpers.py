@@ -7,8 +7,11 @@ no one in this project edits, so the merges stay fixed) plus a few multilingual 
 from __future__ import annotations
 
 import functools
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmforge.model import GPT, GPTConfig
@@ -47,3 +50,15 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:
             if p.dim() == 1:
                 p.mul_(1 + 0.3 * torch.randn_like(p))
     return model
+
+
+def compile_runner(out: Path, *flags: str) -> Path:
+    """runner/run.c built with the system C compiler, warnings on (any warning fails the test)."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    r = subprocess.run([cc, "-O3", "-std=c99", "-Wall", "-Wextra", *flags, "-o", str(out), str(ROOT / "runner" / "run.c"),
+                        "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", f"run.c compiles with warnings:\n{r.stderr}"
+    return out

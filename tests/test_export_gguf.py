@@ -114,3 +114,17 @@ def test_padded_model_vocabulary_gets_placeholder_tokens(tmp_path, tok):
     _, ours = logits_of(model, tokenizer)
     _, theirs = logits_of(read_back(path), tokenizer)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_gguf_carries_the_hugging_face_chat_template(tmp_path, tok):
+    # one template for both exports: the escape that keeps message text ordinary is in the GGUF's too
+    import gguf
+
+    from lmforge.export.hf import CHAT_TEMPLATE, ESCAPE
+
+    tokenizer, _ = tok
+    checkpoint(tmp_path / "ckpt", tok, vocab_size=tokenizer.vocab_size)
+    field = gguf.GGUFReader(str(export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf"))).fields["tokenizer.chat_template"]
+    template = bytes(field.parts[field.data[0]]).decode("utf-8")
+    assert template == CHAT_TEMPLATE and ESCAPE in template

@@ -110,6 +110,9 @@ def test_export_cli_writes_both_formats(tmp_path, tok, capsys):
     assert main(["export", "gguf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.gguf"),
                  "--dtype", "f16"]) == 0
     assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
+    for path in [tmp_path / "m.gguf", *(tmp_path / "hf").iterdir()]:  # shared artifacts: readable by everyone
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
     assert "wrote GGUF" in capsys.readouterr().out
     assert main(["export", "hf", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no checkpoint" in capsys.readouterr().err

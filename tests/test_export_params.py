@@ -105,6 +105,7 @@ def test_cli_exports_a_checkpoint_and_inspect_reads_only_the_header(tmp_path, to
     assert main(["export", "params", "--checkpoint", str(ckpt.parent.parent), "--dtype", "int8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{out.stat().st_size} bytes" in printed and "int8" in printed
+    assert out.stat().st_mode & 0o777 == 0o644
 
     def no_weights(*a, **k):
         raise AssertionError("inspect must not read weights")

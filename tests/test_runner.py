@@ -7,7 +7,6 @@ user without the Makefile would.
 from __future__ import annotations
 
 import random
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -18,20 +17,9 @@ import torch
 
 from lmforge.export.params import export_params, load_params
 from lmforge.tokenizer.chat_format import render_for_completion
-from params_helpers import ROOT, corpus, tiny_model, tokenizer
+from params_helpers import ROOT, compile_runner, corpus, tiny_model, tokenizer
 
 PROMPT = "The model predicts the next token"
-
-
-def compile_runner(out: Path, *flags: str) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler")
-    r = subprocess.run([cc, "-O3", "-std=c99", "-Wall", "-Wextra", *flags, "-o", str(out), str(ROOT / "runner" / "run.c"),
-                        "-lm"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr == "", f"run.c compiles with warnings:\n{r.stderr}"
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +163,7 @@ def test_bad_files_are_refused_with_a_clear_message(run_bin, tmp_path, files):
         bad = tmp_path / name
         bad.write_bytes(blob)
         r = run(run_bin, bad, "-i", "x", check=False)
-        assert r.returncode == 1 and r.stdout == b""
+        assert r.returncode == 2 and r.stdout == b""
         assert reason in r.stderr.decode() and str(bad) in r.stderr.decode(), r.stderr.decode()
 
 

@@ -12,6 +12,9 @@ GGUF holds the hyperparameters, the tokenizer and the tensors in one file. Three
   "left right" strings in rank order (the tokenizer's Hugging Face merges, which reproduce its encoding), special
   tokens marked CONTROL, and the pre-tokenizer `llama-bpe`, whose split regex is our GPT-4 pattern.
 - Norm weights stay float32 at every dtype (llama.cpp expects them so); `--dtype f16` halves the matrices.
+- Chat template: the Hugging Face export's, which escapes "<|" in message text so that no text becomes a special
+  token. llama.cpp has no normalizer to undo the escape, so there a message's literal "<|" reaches the model as
+  U+FDD0 "y" (rare text, and never a forged control token, which llama.cpp's own templates would allow).
 
 transformers can read such a file back (it un-permutes Q/K), which is how the tests check it; note that its GGUF
 reader takes Qwen3's head size from its default (128), so only llama-architecture files of other head sizes load
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.export.hf import CHAT_TEMPLATE, check_exportable
+from lmforge.export.files import check_out, make_readable
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
 PRE_TOKENIZER = "llama-bpe"  # llama.cpp's name for the split regex of Llama 3, which is our GPT-4 pattern
@@ -114,6 +118,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
 
     if dtype not in ("f32", "f16"):
         raise LmforgeError(f"--dtype must be f32 or f16, got {dtype!r}")
+    check_out(out, "file")
     model, ckpt = load_model(checkpoint)
     cfg = model.config
     arch = check_exportable(cfg, "GGUF")
@@ -148,6 +153,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32") -> 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        make_readable(tmp)
     return out
 
 

@@ -6,8 +6,9 @@ uses, SwiGLU, no biases, optional grouped-query attention), so the export is a r
 and keys before RoPE, exactly as our model does). Configs outside the family (LayerNorm, learned positions, GELU or
 ReLU-squared MLPs) have no exact Hugging Face class and are refused rather than exported approximately.
 
-The folder also holds the tokenizer (`tokenizer.json` from the tokenizer's own export), a `tokenizer_config.json`
-whose chat template renders conversations exactly as `lmforge.tokenizer.chat_format` does, and a
+The folder also holds the tokenizer (`tokenizer.json` from the tokenizer's own export, plus the normalizer that keeps
+message text ordinary; see ESCAPE below), a `tokenizer_config.json` whose chat template renders conversations
+exactly as `lmforge.tokenizer.chat_format` does, special-token strings in messages included, and a
 `generation_config.json` that stops on `<|end|>` and `<|bos|>`.
 """
 
@@ -17,7 +18,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lmforge.utils import LmforgeError, atomic_path, human_bytes, write_json
+from lmforge.export.files import check_out, make_readable
+from lmforge.utils import LmforgeError, atomic_path, human_bytes, read_json, write_json
+
+# Text that a message brings (content, tool names, arguments, tool outputs) must stay ordinary text, as in lmforge's
+# own renderer, which encodes it apart from the special ids. A template only makes a string, and the Hugging Face
+# tokenizer (and llama.cpp's) turns every special-token string in it into its id, so the template escapes the one
+# thing all our special tokens start with: "<|" becomes ESCAPE + "y" (and ESCAPE itself ESCAPE + "x", so the escape
+# is invertible). ESCAPE is U+FDD0, a Unicode noncharacter (reserved for internal use; text does not hold it). The
+# exported tokenizer.json undoes the escape in its normalizer (NORMALIZER), which runs after the special tokens are
+# matched on the raw string: the template's own "<|end|>" is special, a user's "<|end|>" is the bytes "<|end|>".
+ESCAPE = "\ufdd0"
+_ESCAPES = [(ESCAPE, ESCAPE + "x"), ("<|", ESCAPE + "y")]  # applied in this order; undone in the reverse order
+NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Replace", "pattern": {"String": escaped}, "content": original} for original, escaped in _ESCAPES[::-1]]}
+_TEXT = "{%- macro text(s) -%}{{ (s | string)" + "".join(
+    f" | replace('{original}', '{escaped}')" for original, escaped in _ESCAPES) + " }}{%- endmacro -%}"
 
 # Mirrors lmforge.tokenizer.chat_format._render (see its docstring for the layout): <|bos|>, then system/user turns
 # as <|role|>TEXT<|end|>; an assistant turn is <|assistant|>TEXT, each tool call followed directly by its output
@@ -26,6 +42,7 @@ from lmforge.utils import LmforgeError, atomic_path, human_bytes, write_json
 # opens an assistant turn after a user/system message, and leaves the turn open after a tool message (as
 # render_for_completion does). Tool calls may be ours ({"name", "arguments"}) or OpenAI's ({"function": {...}}).
 CHAT_TEMPLATE = (
+    _TEXT +
     "{{- bos_token -}}"
     "{%- set ns = namespace(open=false) -%}"
     "{%- set n = messages | length -%}"
@@ -33,13 +50,13 @@ CHAT_TEMPLATE = (
     "{%- set i = loop.index0 -%}"
     "{%- if m.role == 'assistant' -%}"
     "{%- if not ns.open -%}<|assistant|>{%- endif -%}"
-    "{{- m.content if m.content is string else '' -}}"
+    "{{- text(m.content) if m.content is string else '' -}}"
     "{%- set calls = m.tool_calls if m.tool_calls is defined and m.tool_calls else [] -%}"
     "{%- for c in calls -%}"
     "{%- set f = c.function if c.function is defined else c -%}"
     "{%- set args = f.arguments if f.arguments is defined else '' -%}"
-    "<|tool_call|>{{ f.name }}\n{{ args if args is string else (args | tojson) }}<|tool_call_end|>"
-    "<|tool_output|>{{ messages[i + 1 + loop.index0].content }}<|tool_output_end|>"
+    "<|tool_call|>{{ text(f.name) }}\n{{ text(args if args is string else (args | tojson)) }}<|tool_call_end|>"
+    "<|tool_output|>{{ text(messages[i + 1 + loop.index0].content) }}<|tool_output_end|>"
     "{%- endfor -%}"
     "{%- set nxt = i + 1 + (calls | length) -%}"
     "{%- set ns.open = (calls | length) > 0 and nxt < n and messages[nxt].role == 'assistant' -%}"
@@ -47,11 +64,26 @@ CHAT_TEMPLATE = (
     "<|end|>"
     "{%- endif -%}"
     "{%- elif m.role == 'system' or m.role == 'user' -%}"
-    "<|{{ m.role }}|>{{ m.content }}<|end|>"
+    "<|{{ m.role }}|>{{ text(m.content) }}<|end|>"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt and messages[n - 1].role in ['user', 'system'] -%}<|assistant|>{%- endif -%}"
 )
+
+
+def escaping_tokenizer_json(path: Path, special_tokens: dict[str, int]) -> None:
+    """Give an exported tokenizer.json the normalizer that undoes the template's escape, and match its special tokens
+    on the raw text (before that normalizer), so an escaped "<|" can never become a special token."""
+    if any(not name.startswith("<|") for name in special_tokens):
+        raise LmforgeError(f"the chat template escapes '<|', which every special token must start with: "
+                           f"{sorted(special_tokens)}")
+    tok = read_json(path)
+    if tok.get("normalizer") is not None:
+        raise LmforgeError(f"{path} already has a normalizer; the chat template's escape needs its own")
+    tok["normalizer"] = NORMALIZER
+    for added in tok["added_tokens"]:
+        added["normalized"] = False
+    write_json(path, tok)
 
 
 def check_exportable(config: Any, fmt: str) -> str:
@@ -148,6 +180,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise LmforgeError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    check_out(out, "folder", marker="config.json")
     model, ckpt = load_model(checkpoint)
     check_exportable(model.config, "Hugging Face")
     tok = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
@@ -163,6 +196,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
             "bos_token_id": specials.get("<|bos|>"), "eos_token_id": stops, "pad_token_id": specials.get("<|pad|>"),
         })
         tok.export_hf(tmp / "tokenizer.json")
+        escaping_tokenizer_json(tmp / "tokenizer.json", specials)
         write_json(tmp / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": "<|bos|>",
@@ -173,6 +207,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
             "clean_up_tokenization_spaces": False,
             "chat_template": CHAT_TEMPLATE,
         })
+        make_readable(tmp)
     return Path(out)
 
 

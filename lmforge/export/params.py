@@ -47,13 +47,24 @@ Format, version 1. All integers little-endian; u32/u64 unsigned, f32 IEEE single
 Norm weights (vectors) are always fp32; matrices (embedding, attention, MLP, output head) use the file's dtype.
 Only the Llama family runs in C (RMSNorm, RoPE in the half-split layout, SwiGLU, optional GQA and QK-norm, no
 biases); the exporter refuses other `GPTConfig` choices rather than write a file the runner would run wrongly.
+
+Readers trust nothing in the file: every header field has bounds (HEADER_BOUNDS) and rules relating it to the others,
+the tokenizer must hold every single byte once and special ids in [n_tokens, vocab_size) with printable ASCII names,
+and every tensor table entry must name a distinct tensor of the model, of its shape and dtype, inside the data
+section (int8 scales finite and >= 0). `runner/run.c` and this module make the same checks in the same order with
+the same one-line messages, so `lmforge inspect` accepts exactly the files the runner runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import mmap
+import os
+import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +72,8 @@ from typing import Any
 import numpy as np
 
 from lmforge.tokenizer.patterns import GPT4_PATTERN
-from lmforge.utils import LmforgeError, atomic_write, human_bytes
+from lmforge.export.files import check_out, make_readable
+from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
 MAGIC = b"LMFG"
 VERSION = 1
@@ -182,15 +194,23 @@ def _pick_group_size(cols: list[int], requested: int) -> int:
     return gs
 
 
-def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
-    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes."""
+def _check_export_flags(dtype: str, group_size: int) -> None:
     if dtype not in DTYPES:
         raise LmforgeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not 8 <= group_size <= HEADER_BOUNDS["group_size"][1] or group_size & (group_size - 1):
+        raise LmforgeError(f"--group-size must be a power of two from 8 to 65536, got {group_size}")
+
+
+def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
+    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes."""
+    _check_export_flags(dtype, group_size)
     cfg = model.config
     _check_config(cfg)
     token_bytes, specials, pattern = _tokenizer_tables(tokenizer)
     if pattern not in C_PATTERNS:
         raise LmforgeError(f"tokenizer split pattern {pattern!r} is not one the C runner implements (GPT-4's)")
+    if not all(_printable(name.encode("utf-8")) for name in specials):
+        raise LmforgeError(f"special token names must be 1 to 64 printable ASCII characters: {sorted(specials)!r}")
     if len(token_bytes) + len(specials) > cfg.vocab_size or any(i >= cfg.vocab_size for i in specials.values()):
         raise LmforgeError(f"tokenizer ids exceed the model's vocab_size {cfg.vocab_size}")
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -230,30 +250,56 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
     fixed = _FIXED.pack(MAGIC, VERSION, file_size, cfg.n_embd, cfg.intermediate_size, cfg.n_layer, cfg.n_head,
                         cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.block_size, cfg.rope_theta, cfg.norm_eps,
                         flags, code, gs, len(entries), FIXED_HEADER, tensors_offset, data_offset)
-    with atomic_write(out, "wb") as f:
-        f.write(fixed + bytes(tok_sec) + bytes(table))
-        f.write(b"\0" * (data_offset - f.tell()))
-        for name, dt, off, nbytes in layout:
-            data = _encode_tensor(state[name], dt, gs)
-            assert len(data) == nbytes and f.tell() == off
-            f.write(data)
-            f.write(b"\0" * (-nbytes % ALIGN))
-        assert f.tell() == file_size
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(fixed + bytes(tok_sec) + bytes(table))
+            f.write(b"\0" * (data_offset - f.tell()))
+            for name, dt, off, nbytes in layout:
+                data = _encode_tensor(state[name], dt, gs)
+                assert len(data) == nbytes and f.tell() == off
+                f.write(data)
+                f.write(b"\0" * (-nbytes % ALIGN))
+            assert f.tell() == file_size
+        make_readable(tmp)
     return file_size
 
 
-class _Reader:
-    """Bounds-checked reads from the header; running off the end means the file is truncated or corrupt."""
+# The header's integer fields in file order and the range of each: a count outside it is refused before anything is
+# sized by it. runner/run.c's FIELDS is the same table (tests/test_hostile_resources.py compares the two), and every
+# check below is one of run.c's, in its order and words, so `lmforge inspect` accepts exactly the files it runs.
+HEADER_BOUNDS = {
+    "dim": (2, 65536), "hidden_dim": (1, 262144), "n_layer": (1, 1024), "n_head": (1, 1024), "n_kv_head": (1, 1024),
+    "head_dim": (2, 1024), "vocab_size": (256, 16777216), "seq_len": (1, 65536), "flags": (0, 3), "dtype": (0, 3),
+    "group_size": (0, 65536), "n_tensors": (3, 65536),
+}
+MAX_SPECIAL = 1024
+# Per-layer tensors: name, shape in terms of the header (D dim, H hidden_dim, K n_kv_head * head_dim, d head_dim),
+# and whether it exists only with QK-norm.
+_LAYER_TENSORS = [("attn_norm", "1", "D", False), ("attn.wq", "D", "D", False), ("attn.wk", "K", "D", False),
+                  ("attn.wv", "K", "D", False), ("attn.wo", "D", "D", False), ("attn.q_norm", "1", "d", True),
+                  ("attn.k_norm", "1", "d", True), ("mlp_norm", "1", "D", False), ("mlp.w_gate", "H", "D", False),
+                  ("mlp.w_up", "H", "D", False), ("mlp.w_down", "D", "H", False)]
 
-    def __init__(self, buf: Any, path: Path, pos: int) -> None:
-        self.buf, self.path, self.pos = buf, path, pos
+
+class _Refusal(Exception):
+    """A check of the file failed; `_open_checked` adds the file's name (as run.c's `die` does)."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Refusal(message)
+
+
+class _Reader:
+    """Bounds-checked reads of one section [pos, end) of the file, as run.c's Cursor."""
+
+    def __init__(self, buf: Any, pos: int, end: int, what: str) -> None:
+        self.buf, self.pos, self.end, self.what = buf, pos, end, what
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise LmforgeError(f"parameter file {self.path} is truncated (header ends at byte {len(self.buf)})")
-        b = self.buf[self.pos:self.pos + n]
+        _check(n <= self.end - self.pos, f"the {self.what} is truncated or corrupt (a length runs past its end)")
         self.pos += n
-        return bytes(b)
+        return bytes(self.buf[self.pos - n:self.pos])
 
     def u32(self) -> int:
         return struct.unpack("<I", self.take(4))[0]
@@ -261,68 +307,184 @@ class _Reader:
     def u64(self) -> int:
         return struct.unpack("<Q", self.take(8))[0]
 
+    def string(self) -> bytes:
+        return self.take(self.u32())
+
+
+def _check_fields(f: dict[str, Any], size: int) -> None:
+    """The header's fields: each within its bounds, then what they must say of each other."""
+    for name, (lo, hi) in HEADER_BOUNDS.items():
+        _check(lo <= f[name] <= hi, f"header field {name} = {f[name]} is outside [{lo}, {hi}]")
+    qk = bool(f["flags"] & FLAG_QK_NORM)
+    n_expected = 2 + (not f["flags"] & FLAG_TIED) + f["n_layer"] * (9 + 2 * qk)
+    gs, theta, eps = f["group_size"], f["rope_theta"], f["norm_eps"]
+    int8_ok = gs > 0 and gs % 4 == 0 and f["dim"] % gs == 0 and f["hidden_dim"] % gs == 0
+    rules = [
+        (f["n_head"] % f["n_kv_head"] == 0, "n_kv_head", "must divide n_head"),
+        (f["head_dim"] % 2 == 0 and f["head_dim"] * f["n_head"] == f["dim"], "head_dim",
+         "must be even and equal dim / n_head"),
+        (math.isfinite(theta) and theta > 0, "rope_theta", "must be a finite number above 0"),
+        (math.isfinite(eps) and 0 <= eps < 1, "norm_eps", "must be a finite number in [0, 1)"),
+        (int8_ok if f["dtype"] == DTYPES["int8"] else gs == 0, "group_size",
+         "must be 0, or for int8 a multiple of 4 that divides dim and hidden_dim"),
+        (f["n_tensors"] == n_expected, "n_tensors", "differs from the model's tensor count"),
+        (f["tokenizer_offset"] == FIXED_HEADER, "tokenizer_offset", "must be 128"),
+        (f["tokenizer_offset"] <= f["tensors_offset"] <= size, "tensors_offset",
+         "must lie in [tokenizer_offset, file_size]"),
+        (f["data_offset"] % ALIGN == 0 and f["tensors_offset"] <= f["data_offset"] <= size, "data_offset",
+         "must be a multiple of 64 in [tensors_offset, file_size]"),
+    ]
+    for ok, field_name, rule in rules:
+        _check(ok, f"header field {field_name} {rule}")
+
+
+def _printable(raw: bytes) -> bool:
+    """A name safe to compare and to print in a one-line message: 1 to 64 bytes of printable ASCII, no space."""
+    return 0 < len(raw) <= 64 and all(0x21 <= b <= 0x7E for b in raw)
+
+
+def _read_tokenizer(r: _Reader, vocab: int) -> tuple[str, list[bytes], dict[str, int]]:
+    n_tokens, n_special = r.u32(), r.u32()
+    _check(256 <= n_tokens <= vocab, f"tokenizer n_tokens {n_tokens} is outside [256, vocab_size]")
+    _check(n_special <= MAX_SPECIAL and n_special <= vocab - n_tokens,
+           f"tokenizer n_special {n_special} is outside [0, min(1024, vocab_size - n_tokens)]")
+    pattern = r.string()
+    _check(pattern in [p.encode("utf-8") for p in C_PATTERNS],
+           "the tokenizer's split pattern is not GPT-4's, the only one this runner implements")
+    _check(n_tokens * 5 <= r.end - r.pos, f"tokenizer n_tokens {n_tokens} cannot fit in its section")
+    ids: dict[bytes, int] = {}
+    for i in range(n_tokens):
+        b = r.string()
+        _check(len(b) > 0, f"tokenizer token {i} is empty")
+        _check(b not in ids, f"tokenizer token {i} repeats token {ids.get(b)}")
+        ids[b] = i
+    for byte in range(256):  # BPE starts from single bytes: a missing one would encode to no token at all
+        _check(bytes([byte]) in ids, f"tokenizer has no token for the byte 0x{byte:02x}")
+    specials: dict[str, int] = {}
+    for i in range(n_special):
+        sid, raw = r.u32(), r.string()
+        _check(n_tokens <= sid < vocab, f"tokenizer special token {i} has id {sid} outside [n_tokens, vocab_size)")
+        _check(_printable(raw), f"tokenizer special token {i} has a name that is not 1 to 64 printable ASCII bytes")
+        name = raw.decode("ascii")
+        earlier = [j for j, (n, k) in enumerate(specials.items()) if k == sid or n == name]
+        _check(not earlier, f"tokenizer special token {i} repeats the id or name of special token "
+               f"{earlier[0] if earlier else -1}")
+        specials[name] = sid
+    return pattern.decode("utf-8"), list(ids), specials
+
+
+def expected_tensors(f: dict[str, Any]) -> dict[bytes, tuple[int, int]]:
+    """Name -> (rows, cols) of every tensor the header's model has (a vector has rows = 1)."""
+    size = {"1": 1, "D": f["dim"], "H": f["hidden_dim"], "K": f["n_kv_head"] * f["head_dim"], "d": f["head_dim"]}
+    out = {b"tok_emb.weight": (f["vocab_size"], f["dim"]), b"norm.weight": (1, f["dim"])}
+    if not f["flags"] & FLAG_TIED:
+        out[b"lm_head.weight"] = (f["vocab_size"], f["dim"])
+    for layer in range(f["n_layer"]):
+        for name, rows, cols, qk_only in _LAYER_TENSORS:
+            if not qk_only or f["flags"] & FLAG_QK_NORM:
+                out[f"layers.{layer}.{name}.weight".encode()] = (size[rows], size[cols])
+    return out
+
+
+def _scales_ok(buf: Any, offset: int, count: int) -> bool:
+    """Every f32 scale finite and >= 0 (a function of its own: the view of the map must be gone before a refusal
+    closes the map)."""
+    scales = np.frombuffer(buf, np.float32, count, offset)
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.isfinite(scales) & (scales >= 0)))
+
+
+def _read_tensors(r: _Reader, buf: Any, f: dict[str, Any], size: int) -> list[TensorEntry]:
+    """Every entry names a distinct tensor of this model, of its shape and dtype, wholly inside the data section; as
+    n_tensors is exactly the model's count, no tensor is then missing."""
+    expected, seen, gs = expected_tensors(f), set(), f["group_size"]
+    tensors = []
+    for i in range(f["n_tensors"]):
+        raw = r.string()
+        dt, rows, cols, offset, nbytes = r.u32(), r.u32(), r.u32(), r.u64(), r.u64()
+        _check(raw in expected, f"tensor table entry {i} names no tensor of this model")
+        name = raw.decode("ascii")
+        _check(name not in seen, f"tensor {name} appears twice in the table")
+        seen.add(name)
+        want_rows, want_cols = expected[raw]
+        _check((rows, cols) == (want_rows, want_cols), f"tensor {name} is {rows}x{cols}, expected {want_rows}x{want_cols}")
+        want = DTYPES["fp32"] if want_rows == 1 else f["dtype"]
+        _check(dt == want, f"tensor {name} has dtype {dt}, expected {want}")
+        need = tensor_nbytes(dt, rows, cols, gs)
+        _check(nbytes == need, f"tensor {name} holds {nbytes} bytes, expected {need}")
+        _check(offset % ALIGN == 0 and f["data_offset"] <= offset <= size and nbytes <= size - offset,
+               f"tensor {name} lies outside the file's data section")
+        if dt == DTYPES["int8"]:  # q * scale: a NaN or infinite scale poisons a group
+            _check(_scales_ok(buf, offset + rows * cols, rows * cols // gs),
+                   f"tensor {name} has a NaN, infinite or negative int8 scale")
+        tensors.append(TensorEntry(name, dt, rows, cols, offset, nbytes))
+    return tensors
+
 
 def _short(x: float) -> float:
     """The shortest decimal that rounds to this f32 (1e-05 comes back as 1e-05, not 9.99999974e-06)."""
     return float(str(np.float32(x)))
 
 
-def _parse_header(buf: Any, path: Path) -> ParamHeader:
-    if len(buf) < FIXED_HEADER:
-        if bytes(buf[:4]) != MAGIC:
-            raise LmforgeError(f"{path} is not an lmforge parameter file (bad magic)")
-        raise LmforgeError(f"parameter file {path} is truncated ({len(buf)} bytes)")
-    (magic, version, file_size, dim, hidden, n_layer, n_head, n_kv_head, head_dim, vocab, seq_len, theta, eps,
-     flags, dtype, gs, n_tensors, tok_off, tens_off, data_off) = _FIXED.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise LmforgeError(f"{path} is not an lmforge parameter file (magic {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
-        raise LmforgeError(f"parameter file {path} has format version {version}; this lmforge reads version {VERSION}")
-    if len(buf) != file_size:
-        raise LmforgeError(f"parameter file {path} is truncated or damaged: {len(buf)} bytes, header says {file_size}")
-    if dtype not in DTYPE_NAMES or (dtype == DTYPES["int8"] and gs == 0):
-        raise LmforgeError(f"parameter file {path} has an unknown dtype code {dtype}")
-    r = _Reader(buf, path, tok_off)
-    n_tokens, n_special = r.u32(), r.u32()
-    pattern = r.take(r.u32()).decode("utf-8")
-    token_bytes = [r.take(r.u32()) for _ in range(n_tokens)]
-    specials = {}
-    for _ in range(n_special):
-        i = r.u32()
-        specials[r.take(r.u32()).decode("utf-8")] = i
-    r.pos = tens_off
-    tensors = []
-    for _ in range(n_tensors):
-        name = r.take(r.u32()).decode("utf-8")
-        dt, rows, cols = r.u32(), r.u32(), r.u32()
-        t = TensorEntry(name, dt, rows, cols, r.u64(), r.u64())
-        if t.offset % ALIGN or t.offset + t.nbytes > file_size or t.nbytes != tensor_nbytes(dt, rows, cols, gs or 1):
-            raise LmforgeError(f"parameter file {path}: tensor {name} has a bad offset or size")
-        tensors.append(t)
-    config = dict(vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=dim,
-                  block_size=seq_len, intermediate_size=hidden, qk_norm=bool(flags & FLAG_QK_NORM),
-                  tie_embeddings=bool(flags & FLAG_TIED), rope_theta=_short(theta), norm_eps=_short(eps))
-    return ParamHeader(path, version, file_size, config, DTYPE_NAMES[dtype], gs, pattern, token_bytes, specials,
-                       tensors, data_off)
+_FIELD_NAMES = ["magic", "version", "file_size", "dim", "hidden_dim", "n_layer", "n_head", "n_kv_head", "head_dim",
+                "vocab_size", "seq_len", "rope_theta", "norm_eps", "flags", "dtype", "group_size", "n_tensors",
+                "tokenizer_offset", "tensors_offset", "data_offset"]
 
 
-def _open_map(path: str | Path) -> tuple[Path, mmap.mmap]:
+def _parse_header(buf: Any) -> ParamHeader:
+    """Validate the whole header of a mapped file (its first 128 bytes hold the magic, checked on opening)."""
+    f = dict(zip(_FIELD_NAMES, _FIXED.unpack_from(buf, 0)))
+    _check(f["version"] == VERSION, f"format version {f['version']}; this runner reads version {VERSION}")
+    _check(f["file_size"] == len(buf), f"truncated or damaged: {len(buf)} bytes, the header says {f['file_size']}")
+    _check_fields(f, len(buf))
+    tok = _Reader(buf, f["tokenizer_offset"], f["tensors_offset"], "tokenizer section")
+    pattern, token_bytes, specials = _read_tokenizer(tok, f["vocab_size"])
+    table = _Reader(buf, f["tensors_offset"], f["data_offset"], "tensor table")
+    tensors = _read_tensors(table, buf, f, len(buf))
+    flags = f["flags"]
+    config = dict(vocab_size=f["vocab_size"], n_layer=f["n_layer"], n_head=f["n_head"], n_kv_head=f["n_kv_head"],
+                  n_embd=f["dim"], block_size=f["seq_len"], intermediate_size=f["hidden_dim"],
+                  qk_norm=bool(flags & FLAG_QK_NORM), tie_embeddings=bool(flags & FLAG_TIED),
+                  rope_theta=_short(f["rope_theta"]), norm_eps=_short(f["norm_eps"]))
+    return ParamHeader(Path(), f["version"], f["file_size"], config, DTYPE_NAMES[f["dtype"]], f["group_size"], pattern,
+                       token_bytes, specials, tensors, f["data_offset"])
+
+
+@contextmanager
+def _open_checked(path: str | Path) -> Iterator[tuple[Path, mmap.mmap, ParamHeader]]:
+    """Map a parameter file and validate its header; any refusal is one LmforgeError naming the file, as run.c's."""
     path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"parameter file not found: {path}")
-    with open(path, "rb") as f:
-        if path.stat().st_size == 0:
-            raise LmforgeError(f"parameter file {path} is empty")
-        return path, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise _Refusal(f"cannot open: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            _check(stat.S_ISREG(st.st_mode), "not a regular file")
+            _check(os.pread(fd, 4, 0) == MAGIC, "not an lmforge parameter file (bad magic)")
+            _check(st.st_size >= FIXED_HEADER, f"truncated: {st.st_size} bytes, shorter than the 128-byte header")
+            buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            header = _parse_header(buf)
+        except BaseException:
+            buf.close()
+            raise
+    except _Refusal as e:
+        raise LmforgeError(f"{path}: {e}") from None
+    header.path = path
+    try:
+        yield path, buf, header
+    finally:
+        buf.close()
 
 
 def read_header(path: str | Path) -> ParamHeader:
     """Parse and validate the header (magic, version, size, tokenizer, tensor table) without touching weights."""
-    path, buf = _open_map(path)
-    try:
-        return _parse_header(buf, path)
-    finally:
-        buf.close()
+    with _open_checked(path) as (_, _, header):
+        return header
 
 
 def load_params(path: str | Path) -> Any:
@@ -334,15 +496,11 @@ def load_params(path: str | Path) -> Any:
 
     from lmforge.model import GPT, GPTConfig
 
-    path, buf = _open_map(path)
-    try:
-        header = _parse_header(buf, path)
+    with _open_checked(path) as (path, buf, header):
         config = GPTConfig(**header.config)
         with torch.device("meta"):
             model = GPT(config)
         state = {t.name: torch.from_numpy(np.array(_decode_tensor(buf, t, header.group_size))) for t in header.tensors}
-    finally:
-        buf.close()
     if config.tie_embeddings:
         state["lm_head.weight"] = state["tok_emb.weight"]
     try:
@@ -362,6 +520,8 @@ def run_export(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", gro
     from lmforge.checkpoint import checkpoint_tokenizer_dir, load_model
     from lmforge.tokenizer import Tokenizer
 
+    check_out(out, "file")
+    _check_export_flags(dtype, group_size)
     model, ckpt = load_model(checkpoint)
     tokenizer = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
     return export_params(model, tokenizer, out, dtype, group_size)
