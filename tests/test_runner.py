@@ -17,7 +17,7 @@ import torch
 
 from lmforge.export.params import export_params, load_params
 from lmforge.tokenizer.chat_format import render_for_completion
-from params_helpers import ROOT, compile_runner, corpus, tiny_model, tokenizer
+from params_helpers import compile_runner, corpus, tiny_model, tokenizer
 
 PROMPT = "The model predicts the next token"
 
