@@ -1,7 +1,7 @@
 """`lmforge crawl` and `lmforge data`: crawl pages into WARC files; run the web data pipeline, or one part alone.
 
   lmforge crawl SEED_URL... | --pydoc --out DIR [--max-pages N]
-  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N]
+  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N] [--blocklist DIR]
   lmforge data step NAME --input FILE... --out DIR [--set PARAM=VALUE ...]
   lmforge data dedup --input FILE... --out DIR
   lmforge data tokenize --input FILE... --tokenizer DIR --out DIR

@@ -117,7 +117,9 @@ def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_resu
         "tokens": token_stats,
         "warnings": list(warnings or []),
         "step_settings": list(settings or []),
-        "sources": _merge_sources(a_results + c_results),
+        # a run resumed from tasks an older lmforge finished has no per-source counts for them: no table then
+        "sources": _merge_sources(a_results + c_results)
+        if all("sources" in r for r in a_results + c_results) else [],
         "languages_dropped": _merge_languages_dropped(a_results + c_results),
     }
     report["problems"] = _check(step_dicts, report["sources"])

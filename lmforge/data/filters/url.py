@@ -96,16 +96,7 @@ class URLFilter(Filter):
     name = "url_filter"
 
     def __post_init__(self) -> None:
-        if isinstance(self.soft_word_threshold, bool) or not isinstance(self.soft_word_threshold, int) \
-                or self.soft_word_threshold < 1:
-            raise LmforgeError(f"url_filter: soft_word_threshold must be a whole number >= 1, "
-                               f"got {self.soft_word_threshold!r}")
-        for key in ("blocklists", "categories"):
-            value = getattr(self, key)
-            if not (value is None and key == "categories") and \
-                    not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise LmforgeError(f"url_filter: {key} must be a list of {'paths' if key == 'blocklists' else 'names'}"
-                                   f", got {value!r}")
+        self._check_params()
         self.domains: set[str] = set()
         self.url_prefixes: set[str] = set()
         self.lists: list[dict[str, Any]] = []  # every list loaded: name, kind, entries (for the report)
@@ -133,6 +124,18 @@ class URLFilter(Filter):
         for w in subwords:
             self._sub_index[w[: self._sub_k]].append(w)
         self.n_subwords = len(subwords)
+
+    def _check_params(self) -> None:
+        """Parameters come from config files too: a wrong type is named here, not met later as a crash."""
+        if isinstance(self.soft_word_threshold, bool) or not isinstance(self.soft_word_threshold, int) \
+                or self.soft_word_threshold < 1:
+            raise LmforgeError(f"url_filter: soft_word_threshold must be a whole number >= 1, "
+                               f"got {self.soft_word_threshold!r}")
+        for key, what in (("blocklists", "paths"), ("categories", "names")):
+            value = getattr(self, key)
+            if (value is not None or key == "blocklists") and \
+                    not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise LmforgeError(f"url_filter: {key} must be a list of {what}, got {value!r}")
 
     def _load_words(self, path: Path, kind: str, into: set[str], label: str) -> None:
         """A keyword list, normalized as URLs are before matching (lower case, alphanumerics only)."""
