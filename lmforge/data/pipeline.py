@@ -202,9 +202,9 @@ def kept_path(out: Path, name: str, fmt: str) -> Path:
     return out / "documents" / (name + (PARQUET_SUFFIX if fmt == "parquet" else JSONL_SUFFIX))
 
 
-def _chain(docs: Iterable[Document], steps: list[Step], stats: list[StepStats], sink) -> Iterator[Document]:
+def _chain(docs: Iterable[Document], steps: list[Step], stats: list[StepStats], on_drop: Ledger) -> Iterator[Document]:
     for step, st in zip(steps, stats):
-        docs = step(docs, st, sink)
+        docs = step(docs, st, on_drop)
     return iter(docs)
 
 
@@ -295,26 +295,27 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
         return done
     config = PipelineConfig.from_dict(task.config)
     before, dedup, after = config.split()
-    steps = build_chain(before)
     read_stats = StepStats("read")
-    stats = [StepStats(s.name) for s in steps]
     ledger = Ledger(paths["excluded"] / f"{task.name}.a{JSONL_SUFFIX}", config.output.write_excluded, task.input)
     mine = {"docs": 0, "bytes": 0}
-    docs = _chain(_strided(_guarded(read_documents([task.input], stats=read_stats, config=ReaderConfig(**config.reader)),
-                                    read_stats, task.input), task.part, task.parts, mine), steps, stats, ledger)
     result: dict[str, Any] = {"input": task.input, "part": task.part, "parts": task.parts}
     ok = False
-    try:
-        with collected_warnings() as caught:
+    with collected_warnings() as caught:  # also what the steps' libraries say while they load
+        steps = build_chain(before)
+        stats = [StepStats(s.name) for s in steps]
+        docs = _chain(_strided(_guarded(read_documents([task.input], stats=read_stats,
+                                                       config=ReaderConfig(**config.reader)), read_stats, task.input),
+                               task.part, task.parts, mine), steps, stats, ledger)
+        try:
             if dedup is None:
                 result["output"] = _write_final(docs, kept_path(out, task.name, config.output.format),
                                                 config.output.format, ledger)
             else:
                 result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup)
                 result["signature_seconds"] = result["output"].pop("signature_seconds")
-        ok = True
-    finally:
-        ledger.close(ok)
+            ok = True
+        finally:
+            ledger.close(ok)
     if task.parts > 1:
         _share_read_stats(read_stats, task.part, mine)
     result["steps"] = [read_stats.to_dict()] + [s.to_dict() for s in stats]
@@ -400,17 +401,18 @@ def run_stage_c(task: ShardTask) -> dict[str, Any]:
     config = PipelineConfig.from_dict(task.config)
     _, _, after = config.split()
     reason, duplicate_of = load_shard_decisions(paths["work"] / "dedup" / f"{task.name}.npz")
-    steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
-    stats = [StepStats(s.name) for s in steps]
     ledger = Ledger(paths["excluded"] / f"{task.name}.c{JSONL_SUFFIX}", config.output.write_excluded, task.input)
-    docs = _chain(read_output_documents(paths["stage_a"] / f"{task.name}{JSONL_SUFFIX}"), steps, stats, ledger)
     ok = False
-    try:
-        with collected_warnings() as caught:
-            output = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format, ledger)
-        ok = True
-    finally:
-        ledger.close(ok)
+    with collected_warnings() as caught:
+        steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
+        stats = [StepStats(s.name) for s in steps]
+        docs = _chain(read_output_documents(paths["stage_a"] / f"{task.name}{JSONL_SUFFIX}"), steps, stats, ledger)
+        try:
+            output = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format,
+                                  ledger)
+            ok = True
+        finally:
+            ledger.close(ok)
     result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats], **ledger.to_dict(),
               "warnings": caught,
               "files": _recorded_files(out, [ledger.path, kept_path(out, task.name, config.output.format)])}
