@@ -60,8 +60,10 @@ def our_chain(root: Path, lists: dict) -> list:
     specs = [s for s in config_steps("fineweb") if s["step"] != "dedup"]
     for s in specs:
         if s["step"] == "url_filter":
-            s.update(blocklists=[str(root / "pretrain/blocklists/ut1")], banned_words=lists["banned_words"],
-                     banned_subwords=lists["banned_subwords"], soft_banned_words=lists["soft_banned_words"])
+            # the peer's lists and no more (datatrove runs with use_integrated_lists=False): the same work
+            s.update(default_lists=False, blocklists=[str(root / "pretrain/blocklists/ut1")],
+                     banned_words=lists["banned_words"], banned_subwords=lists["banned_subwords"],
+                     soft_banned_words=lists["soft_banned_words"])
     return build_steps(specs)
 
 

@@ -224,7 +224,7 @@ def bench_filters(texts: list[str], urls: list[str], lists: dict, peer_python: s
     section(f"Filters on {len(texts)} extracted English article texts, {len(urls)} URLs: docs/s on one core")
     b = lists
     ours = {
-        "url_filter": URLFilter(blocklists=[b["ut1"]], banned_words=b["banned_words"],
+        "url_filter": URLFilter(default_lists=False, blocklists=[b["ut1"]], banned_words=b["banned_words"],
                                 soft_banned_words=b["soft_banned_words"], banned_subwords=b["banned_subwords"]),
         "gopher_repetition": GopherRepetitionFilter(),
         "gopher_quality": GopherQualityFilter(),

@@ -75,15 +75,65 @@ def test_url_filter_rules(url_lists, url, reason):
     assert f.keep(doc("", url)) == reason
 
 
-def test_url_filter_without_lists_keeps_everything_and_says_so(caplog, monkeypatch):
-    import lmforge.data.filters.url as url_module
-
-    monkeypatch.setattr(url_module, "_warned_empty", [])  # the warning is once per process
-    f = URLFilter()
+def test_url_filter_without_lists_keeps_everything_and_says_so():
+    f = URLFilter(default_lists=False)
     assert "no lists given" in f.describe()
-    assert "no lists given" in caplog.text
+    assert f.warnings() == [f.describe()]  # the runner says it once per run and puts it in the report
     assert f.keep(doc("", "https://anything.example/roulette")) is None
     assert f.keep(doc("")) is None  # no URL, nothing to judge
+    assert URLFilter().warnings() == []  # the default lists are loaded
+
+
+def default_url_filter() -> URLFilter:
+    """The URL filter exactly as the default (FineWeb) chain configures it."""
+    spec = next(s for s in config_steps("fineweb") if s["step"] == "url_filter")
+    (step,) = build_steps([spec])
+    return step
+
+
+@pytest.mark.parametrize("url,reason", [
+    ("https://www.pornhub.com/view_video.php?viewkey=1", "blocklisted_domain"),
+    ("http://rule34.xxx/index.php", "blocklisted_domain"),  # an adult top-level domain
+    ("https://coinhive.com/lib/coinhive.min.js", "blocklisted_domain"),  # malware: a cryptojacking script host
+    ("https://testsafebrowsing.appspot.com/s/malware.html", "blocklisted_domain"),  # malware test page
+    ("https://blog.example/free-porn-videos", "banned_word"),
+    ("https://videos.example/watch/XVideos2-clip", "banned_subword"),  # an evasive spelling of a brand
+    ("https://pics.example/nude/sexy/1", "soft_banned_words"),  # two soft words together
+    ("https://en.wikipedia.org/wiki/Sex_education", None),  # one soft word alone keeps the page
+    ("https://www.essex.ac.uk/departments/computer-science", None),  # "sex" inside a word is no word
+    ("https://www.sussexcameraclub.org.uk/", None),
+    ("https://docs.python.org/3/library/xml.sax.handler.html", None),
+    ("https://appspot.com/", None),  # a listed subdomain does not block its parent
+])
+def test_default_chain_url_filter_drops_adult_and_malware_urls(url, reason):
+    assert default_url_filter().keep(doc("", url)) == reason
+
+
+def test_default_lists_keep_every_real_page_of_the_shared_sample(shared_data):
+    """The lists' headers promise no ordinary page is dropped: the 1,267 real news, blog and government URLs."""
+    rows = [json.loads(line) for line in (shared_data / "pretrain/web/pages-index.jsonl").open()]
+    f = default_url_filter()
+    dropped = [(r["url"], f.keep(doc("", r["url"]))) for r in rows if r.get("url")]
+    assert len(dropped) > 1000 and [d for d in dropped if d[1]] == []
+
+
+def test_default_lists_are_package_data_with_headers():
+    import tomllib
+
+    from lmforge.data.filters.url import DEFAULT_LISTS
+    from lmforge.utils import repo_root
+
+    files = sorted(p for p in DEFAULT_LISTS.iterdir() if p.is_file())
+    assert [p.name for p in files] == ["banned_subwords.txt", "banned_words.txt", "domains", "soft_banned_words.txt"]
+    globs = tomllib.loads((repo_root() / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for p in files:  # a wheel without them would run the web chain with no lists at all
+        assert any(p.relative_to(DEFAULT_LISTS.parent).match(g) for g in globs["lmforge.data"])
+        header = p.read_text().split("\n\n")[0]
+        assert header.startswith("# lmforge's default") and "chosen" in header
+    f = URLFilter()
+    assert [(e["list"], e["entries"]) for e in f.settings()["lists"]] == [
+        (f"default:{p}", len([l for l in (DEFAULT_LISTS / p).read_text().splitlines() if l and l[0] != "#"]))
+        for p in ("domains", "banned_words.txt", "soft_banned_words.txt", "banned_subwords.txt")]
 
 
 def test_url_filter_bad_paths(url_lists):
@@ -91,6 +141,22 @@ def test_url_filter_bad_paths(url_lists):
         URLFilter(blocklists=["/nonexistent/list"])
     with pytest.raises(LmforgeError, match="in the categories gamblin"):
         URLFilter(blocklists=url_lists["blocklists"], categories=["gamblin"])
+
+
+def test_url_filter_skips_ut1_white_categories(url_lists, tmp_path):
+    ut1 = Path(url_lists["blocklists"][0])
+    (ut1 / "press" / "usage").write_text("white\n")  # UT1's marker: a list of ordinary sites, for allowing
+    (ut1 / "gambling" / "usage").write_text("black\n")
+    f = URLFilter(blocklists=[str(ut1)])
+    assert f.keep(doc("", "https://news.example/story")) is None
+    assert f.keep(doc("", "https://bad-casino.example/")) == "blocklisted_domain"
+    assert "press" in f.settings()["UT1 categories skipped (marked white by UT1)"]
+    assert URLFilter(blocklists=[str(ut1)], categories=["press"]).keep(doc("", "https://news.example/")) \
+        == "blocklisted_domain"  # named, it is used
+    with pytest.raises(LmforgeError, match="blocklists must be a list"):
+        URLFilter(blocklists=str(ut1))  # type: ignore[arg-type]
+    with pytest.raises(LmforgeError, match="soft_word_threshold"):
+        URLFilter(soft_word_threshold=0)
 
 
 def test_url_filter_on_shared_lists(shared_data):

@@ -212,3 +212,127 @@ def test_a_failing_task_names_its_input(tmp_path):
     with pytest.raises(ZeroDivisionError) as info:
         run_pipeline([src], tmp_path / "out", cfg, workers=2, min_tasks=2)
     assert any("in.jsonl.gz" in note for note in getattr(info.value, "__notes__", []))
+
+
+ENGLISH = ("The committee met on Tuesday to discuss the budget for the coming year. Several members argued that "
+           "the library needed new shelves, while others wanted to repair the roof of the old town hall first. ")
+GERMAN = ("Der Ausschuss traf sich am Dienstag, um den Haushalt für das kommende Jahr zu besprechen. Mehrere "
+          "Mitglieder meinten, die Bibliothek brauche neue Regale, andere wollten zuerst das Dach reparieren. ")
+FRENCH = ("Le comité s'est réuni mardi pour discuter du budget de l'année prochaine. Plusieurs membres ont dit "
+          "que la bibliothèque avait besoin de nouvelles étagères, d'autres voulaient d'abord réparer le toit. ")
+
+STORIES = ["The river flooded the lower fields after three days of rain, and the farmers moved their cattle uphill "
+           "before the bridge was closed by the police on Sunday night.",
+           "A new bakery opened next to the station; its owner learned to bake in Lyon and sells rye bread, almond "
+           "cakes and a sourdough loaf that sold out before nine in the morning.",
+           "Students at the secondary school built a small weather station on the roof, and their measurements now "
+           "appear every week in the newsletter that the parents receive by post."]
+
+
+def report_inputs(tmp_path: Path) -> list[Path]:
+    """Two files: pages of two hosts (one adult), a German and a French page, and documents without a URL."""
+    a, b = tmp_path / "crawl.jsonl.gz", tmp_path / "notes.jsonl.gz"
+    write_jsonl(a, [{"id": f"n{i}", "url": f"https://news.example/story/{i}", "text": story}
+                    for i, story in enumerate(STORIES)]
+                + [{"id": "adult", "url": "https://www.pornhub.com/view_video.php?viewkey=7", "text": ENGLISH},
+                   {"id": "de", "url": "https://zeitung.example/artikel", "text": GERMAN * 2},
+                   {"id": "fr", "url": "https://journal.example/article", "text": FRENCH * 2}])
+    write_jsonl(b, [{"id": "note1", "text": "Note one. " + ENGLISH}, {"id": "note2", "text": "Note one. " + ENGLISH},
+                    {"id": "note3", "text": "Bemerkung. " + GERMAN}])
+    return [a, b]
+
+
+def test_report_names_lists_languages_and_sources(tmp_path):
+    cfg = PipelineConfig(steps=[{"step": "url_filter"}, {"step": "language"}, {"step": "dedup"}], name="t")
+    out = tmp_path / "out"
+    report = run_pipeline(report_inputs(tmp_path), out, cfg, workers=1)
+    assert report["problems"] == []
+    (settings,) = report["step_settings"]
+    assert settings["step"] == "url_filter"
+    assert [e["list"] for e in settings["lists"]] == ["default:domains", "default:banned_words.txt",
+                                                      "default:soft_banned_words.txt", "default:banned_subwords.txt"]
+    assert all(e["entries"] > 0 for e in settings["lists"])
+    assert report["languages_dropped"] == {"de": {"language": 2}, "fr": {"language": 1}, "en": {"dedup": 1}}
+    rows = {r["source"]: r for r in report["sources"]}
+    assert {k: (r["kind"], r["in"], r["kept"], r["dropped"]) for k, r in rows.items()} == {
+        "news.example": ("host", 3, 3, 0), "www.pornhub.com": ("host", 1, 0, 1), "zeitung.example": ("host", 1, 0, 1),
+        "journal.example": ("host", 1, 0, 1), str(tmp_path / "notes.jsonl.gz"): ("file", 3, 1, 2)}
+    assert rows["www.pornhub.com"]["reasons"] == {"blocklisted_domain": 1}
+    assert rows[str(tmp_path / "notes.jsonl.gz")]["reasons"] == {"exact_duplicate": 1, "language_unwanted": 1}
+    md = (out / "report.md").read_text()
+    for needle in ("## Settings of url_filter", "| default:domains | domains |", "## Sources",
+                   "| news.example | host | 3 | 3 | 0 |", "| www.pornhub.com | host | 1 | 0 | 1 | blocklisted_domain 1 |",
+                   "## Languages dropped", "| de | 2 | language 2 |"):
+        assert needle in md, needle
+    from lmforge.data.report import read_report, to_markdown
+
+    assert to_markdown(read_report(out / "report.json")) == md  # `lmforge data report` shows the same
+
+
+def test_report_sums_small_sources_into_one_row(tmp_path):
+    from lmforge.data.report import MAX_SOURCES
+
+    src = tmp_path / "many.jsonl.gz"
+    write_jsonl(src, [{"id": f"d{i}", "url": f"https://host{i}.example/", "text": f"page {i}"}
+                      for i in range(MAX_SOURCES + 7)])
+    report = run_pipeline([src], tmp_path / "out", PipelineConfig(steps=[{"step": "url_filter"}], name="t"),
+                          workers=1)
+    assert len(report["sources"]) == MAX_SOURCES and report["problems"] == []
+    assert report["sources"][-1]["source"] == "(8 other sources)" and report["sources"][-1]["in"] == 8
+
+
+@dataclass
+class Warns(Filter):
+    """A step whose library warns on every document, as a worker-side warning would."""
+
+    name = "warns"
+
+    def keep(self, doc: Document) -> str | None:
+        import warnings
+
+        warnings.warn("the parser met an odd byte", UserWarning)
+        return None
+
+
+@pytest.mark.timeout(120)
+def test_warnings_are_said_once_per_run_and_kept_in_the_report(tmp_path, capfd):
+    src = tmp_path / "in.jsonl.gz"
+    write_jsonl(src, [{"id": f"d{i}", "url": f"https://site.example/{i}", "text": f"page {i}"} for i in range(12)])
+    cfg = PipelineConfig(steps=[{"step": "url_filter", "default_lists": False}, {"step": f"{__name__}:Warns"}],
+                         name="t")
+    report = run_pipeline([src], tmp_path / "out", cfg, workers=2, min_tasks=4)  # 4 tasks in 2 processes
+    err = capfd.readouterr().err
+    assert err.count("no lists given") == 1 and err.count("the parser met an odd byte") == 1
+    assert report["warnings"][0] == "url_filter: no lists given, every URL is kept"
+    assert len(report["warnings"]) == 2 and "UserWarning: the parser met an odd byte" in report["warnings"][1]
+    assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_blocklist_flag_takes_ut1_lists(tmp_path, shared_data, capsys):
+    from lmforge.cli import main
+
+    ut1 = shared_data / "pretrain" / "blocklists" / "ut1"
+    malware = (ut1 / "malware" / "urls").read_text().split()[0]
+    gambling = (ut1 / "gambling" / "domains").read_text().split()[0]
+    src = tmp_path / "in.jsonl.gz"
+    write_jsonl(src, [{"id": "m", "url": f"http://{malware}", "text": ENGLISH},
+                      {"id": "g", "url": f"https://www.{gambling}/", "text": ENGLISH},
+                      {"id": "ok", "url": "https://news.example/", "text": ENGLISH}])
+    config = tmp_path / "chain.json"
+    config.write_text(json.dumps({"steps": [{"step": "url_filter"}]}))
+    out = tmp_path / "out"
+    assert main(["data", "run", "--input", str(src), "--out", str(out), "--config", str(config), "--workers", "1",
+                 "--blocklist", str(ut1)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"][1]["dropped"] == {"blocklisted_url": 1, "blocklisted_domain": 1}
+    lists = {e["list"]: e["entries"] for e in report["step_settings"][0]["lists"]}
+    for category in ("malware/urls", "gambling/domains", "adult/urls"):
+        entries = [l for l in (ut1 / category).read_text().splitlines() if l.strip() and not l.startswith("#")]
+        assert lists[str(ut1 / category)] == len(entries)
+    assert "default:domains" in lists  # UT1 adds to the default lists
+    assert f"| {ut1 / 'malware' / 'urls'} | urls |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["data", "run", "--input", str(src), "--out", str(tmp_path / "o2"), "--config", str(config),
+                 "--blocklist", str(tmp_path / "none")]) == 2
+    assert "--blocklist" in capsys.readouterr().err

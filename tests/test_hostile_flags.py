@@ -35,6 +35,7 @@ def data_inputs(tmp_path_factory) -> dict[str, Path]:
                                                                    "allowed_hosts": ["127.0.0.1:99999"]}))):
         (root / name).mkdir()
         (root / name / "crawl_state.json").write_text(text)
+    (root / "chain_pii.json").write_text(json.dumps({"steps": [{"step": "pii"}]}))  # no URL filter in it
     (root / "run_list").mkdir()
     (root / "run_list" / "run.json").write_text("[]\n")
     for name, text in (("report_list", "[]\n"), ("report_steps", json.dumps(
@@ -68,6 +69,10 @@ FLAG_ROWS = [  # (argv after the verb with {root}/{docs}/{tok}/{file} filled in,
     (["data", "run", "--input", "{docs}", "--out", "{file}"], "--out"),
     (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--tokenizer", "{root}/no_tokenizer"], "--tokenizer"),
     (["data", "run", "--input", "{docs}", "--out", "{root}/run_list", "--config", "pydoc"], "run.json"),
+    (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--blocklist", "{root}/no_lists"], "--blocklist"),
+    (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--blocklist", "{root}/run_list"], "run_list"),
+    (["data", "run", "--input", "{docs}", "--out", "{root}/r", "--blocklist", "{file}", "--config",
+      "{root}/chain_pii.json"], "--blocklist"),
     (["data", "step", "pii", "--input", "{docs}", "--out", "{root}/s", "--workers", "0"], "--workers"),
     (["data", "dedup", "--input", "{docs}", "--out", "{root}/d", "--workers", "-1"], "--workers"),
     (["data", "report", "{root}/report_list"], "report.json"),

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lmforge.data.document import Document
 
@@ -76,6 +76,16 @@ class Step(ABC):
     @abstractmethod
     def process(self, docs: Iterable[Document], stats: StepStats, on_drop: DropHook | None) -> Iterator[Document]:
         """Yield the documents this step keeps (changed or not); report each drop to `stats` and `on_drop`."""
+
+    def settings(self) -> dict[str, Any]:
+        """What the run report shows about how this step was set up beyond its parameters (e.g. the blocklists a
+        URL filter loaded, with their sizes): a reader of the report must see what was applied, not guess it."""
+        return {}
+
+    def warnings(self) -> list[str]:
+        """Problems with this step's setup that the user must hear about (e.g. a URL filter with no lists). The
+        runner says each one once per run and records it in the report, however many tasks build the step."""
+        return []
 
     def __call__(self, docs: Iterable[Document], stats: StepStats | None = None,
                  on_drop: DropHook | None = None) -> Iterator[Document]:

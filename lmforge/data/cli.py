@@ -1,7 +1,7 @@
 """`lmforge crawl` and `lmforge data`: crawl pages into WARC files; run the web data pipeline, or one part alone.
 
   lmforge crawl SEED_URL... | --pydoc --out DIR [--max-pages N]
-  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N]
+  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N] [--blocklist DIR]
   lmforge data step NAME --input FILE... --out DIR [--set PARAM=VALUE ...]
   lmforge data dedup --input FILE... --out DIR
   lmforge data tokenize --input FILE... --tokenizer DIR --out DIR
@@ -30,6 +30,10 @@ def _config(args):
         cfg.output.format = args.format
     if getattr(args, "no_excluded", False):
         cfg.output.write_excluded = False
+    if getattr(args, "blocklist", None):
+        from lmforge.data.filters.configs import add_blocklists
+
+        add_blocklists(cfg.steps, args.blocklist)
     if args.text_separator is not None:
         cfg.reader["text_separator"] = _unescape(args.text_separator)
     if args.text_max_chars is not None:
@@ -232,6 +236,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--min-tasks", type=int, default=8,
                    help="split the input files into at least this many tasks (a file shared by several tasks, every "
                         "k-th document each), so few large WARC files still use every worker")
+    r.add_argument("--blocklist", action="append", default=None, metavar="DIR",
+                   help="UT1 blocklist folder (adult/domains, malware/urls, ...) or list file for the URL filter, on "
+                        "top of lmforge's short default lists; repeat for more (the report lists every list used)")
     r.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="kept documents' file format")
     _add_text_flags(r)
     r.add_argument("--no-excluded", action="store_true", help="do not write the dropped documents")

@@ -36,6 +36,7 @@ from lmforge.data.base import Step, StepStats
 from lmforge.data.dedup import (DedupConfig, DedupFilter, ShardSignatures, find_duplicates, load_shard_decisions,
                                 signatures)
 from lmforge.data.document import Document
+from lmforge.data.ledger import Ledger, collected_warnings
 from lmforge.data.pool import LocalPool, MapFn, check_workers
 from lmforge.data.writers import (JSONL_SUFFIX, PARQUET_SUFFIX, JsonlGzWriter, check_output_folder,
                                   read_output_documents, write_parquet)
@@ -201,27 +202,9 @@ def kept_path(out: Path, name: str, fmt: str) -> Path:
     return out / "documents" / (name + (PARQUET_SUFFIX if fmt == "parquet" else JSONL_SUFFIX))
 
 
-class _ExclusionSink:
-    """Collects dropped documents of one task into one exclusion file (created only if something is dropped)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.writer: JsonlGzWriter | None = None
-
-    def __call__(self, doc: Document, step: str, reason: str) -> None:
-        if self.enabled:
-            if self.writer is None:
-                self.writer = JsonlGzWriter(self.path)
-            self.writer.write(doc, step=step, reason=reason)
-
-    def close(self, ok: bool) -> None:
-        if self.writer is not None:
-            self.writer.close() if ok else self.writer.abort()
-
-
-def _chain(docs: Iterable[Document], steps: list[Step], stats: list[StepStats], sink) -> Iterator[Document]:
+def _chain(docs: Iterable[Document], steps: list[Step], stats: list[StepStats], on_drop: Ledger) -> Iterator[Document]:
     for step, st in zip(steps, stats):
-        docs = step(docs, st, sink)
+        docs = step(docs, st, on_drop)
     return iter(docs)
 
 
@@ -231,8 +214,8 @@ def _length_bucket(n: int) -> str:
     return f"{lo}-{LENGTH_BUCKETS[i + 1]}" if i + 1 < len(LENGTH_BUCKETS) else f"{lo}+"
 
 
-def _write_final(docs: Iterator[Document], path: Path, fmt: str) -> dict[str, Any]:
-    """Write the kept documents and describe them (languages, lengths) for the report."""
+def _write_final(docs: Iterator[Document], path: Path, fmt: str, ledger: Ledger) -> dict[str, Any]:
+    """Write the kept documents and describe them (languages, lengths, and per source in `ledger`) for the report."""
     languages: Counter = Counter()
     lengths: Counter = Counter()
     summary = {"documents": 0, "bytes": 0}
@@ -243,6 +226,7 @@ def _write_final(docs: Iterator[Document], path: Path, fmt: str) -> dict[str, An
             lengths[_length_bucket(len(d.text))] += 1
             summary["documents"] += 1
             summary["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
+            ledger.kept(d)
             yield d
 
     if fmt == "parquet":
@@ -311,29 +295,33 @@ def run_stage_a(task: ShardTask) -> dict[str, Any]:
         return done
     config = PipelineConfig.from_dict(task.config)
     before, dedup, after = config.split()
-    steps = build_chain(before)
     read_stats = StepStats("read")
-    stats = [StepStats(s.name) for s in steps]
-    sink = _ExclusionSink(paths["excluded"] / f"{task.name}.a{JSONL_SUFFIX}", config.output.write_excluded)
+    ledger = Ledger(paths["excluded"] / f"{task.name}.a{JSONL_SUFFIX}", config.output.write_excluded, task.input)
     mine = {"docs": 0, "bytes": 0}
-    docs = _chain(_strided(_guarded(read_documents([task.input], stats=read_stats, config=ReaderConfig(**config.reader)),
-                                    read_stats, task.input), task.part, task.parts, mine), steps, stats, sink)
     result: dict[str, Any] = {"input": task.input, "part": task.part, "parts": task.parts}
     ok = False
-    try:
-        if dedup is None:
-            result["output"] = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format)
-        else:
-            result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup)
-            result["signature_seconds"] = result["output"].pop("signature_seconds")
-        ok = True
-    finally:
-        sink.close(ok)
+    with collected_warnings() as caught:  # also what the steps' libraries say while they load
+        steps = build_chain(before)
+        stats = [StepStats(s.name) for s in steps]
+        docs = _chain(_strided(_guarded(read_documents([task.input], stats=read_stats,
+                                                       config=ReaderConfig(**config.reader)), read_stats, task.input),
+                               task.part, task.parts, mine), steps, stats, ledger)
+        try:
+            if dedup is None:
+                result["output"] = _write_final(docs, kept_path(out, task.name, config.output.format),
+                                                config.output.format, ledger)
+            else:
+                result["output"] = _write_intermediate(docs, paths["stage_a"] / task.name, dedup)
+                result["signature_seconds"] = result["output"].pop("signature_seconds")
+            ok = True
+        finally:
+            ledger.close(ok)
     if task.parts > 1:
         _share_read_stats(read_stats, task.part, mine)
     result["steps"] = [read_stats.to_dict()] + [s.to_dict() for s in stats]
-    written = [sink.path, kept_path(out, task.name, config.output.format)] if dedup is None else \
-        [sink.path, *paths["stage_a"].glob(f"{task.name}.*")]
+    result.update(ledger.to_dict(), warnings=caught)
+    written = [ledger.path, kept_path(out, task.name, config.output.format)] if dedup is None else \
+        [ledger.path, *paths["stage_a"].glob(f"{task.name}.*")]
     result["files"] = _recorded_files(out, written)
     write_json(marker, result)
     return result
@@ -413,18 +401,21 @@ def run_stage_c(task: ShardTask) -> dict[str, Any]:
     config = PipelineConfig.from_dict(task.config)
     _, _, after = config.split()
     reason, duplicate_of = load_shard_decisions(paths["work"] / "dedup" / f"{task.name}.npz")
-    steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
-    stats = [StepStats(s.name) for s in steps]
-    sink = _ExclusionSink(paths["excluded"] / f"{task.name}.c{JSONL_SUFFIX}", config.output.write_excluded)
-    docs = _chain(read_output_documents(paths["stage_a"] / f"{task.name}{JSONL_SUFFIX}"), steps, stats, sink)
+    ledger = Ledger(paths["excluded"] / f"{task.name}.c{JSONL_SUFFIX}", config.output.write_excluded, task.input)
     ok = False
-    try:
-        output = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format)
-        ok = True
-    finally:
-        sink.close(ok)
-    result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats],
-              "files": _recorded_files(out, [sink.path, kept_path(out, task.name, config.output.format)])}
+    with collected_warnings() as caught:
+        steps: list[Step] = [DedupFilter(reason, duplicate_of)] + build_chain(after)
+        stats = [StepStats(s.name) for s in steps]
+        docs = _chain(read_output_documents(paths["stage_a"] / f"{task.name}{JSONL_SUFFIX}"), steps, stats, ledger)
+        try:
+            output = _write_final(docs, kept_path(out, task.name, config.output.format), config.output.format,
+                                  ledger)
+            ok = True
+        finally:
+            ledger.close(ok)
+    result = {"input": task.input, "output": output, "steps": [s.to_dict() for s in stats], **ledger.to_dict(),
+              "warnings": caught,
+              "files": _recorded_files(out, [ledger.path, kept_path(out, task.name, config.output.format)])}
     write_json(marker, result)
     return result
 
@@ -494,18 +485,22 @@ def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers:
     from lmforge.data.report import build_report, write_report
 
     _, dedup, _ = config.split()
+    settings, said = chain_setup(config)
+    _say_warnings(said, [])
 
     a_results = map_fn(run_stage_a, tasks, "filter")
+    said += _say_warnings([w for r in a_results for w in r.get("warnings", [])], said)
     dedup_stats = None
     c_results: list[dict] = []
     if dedup is not None:
         dedup_stats = run_stage_b(out, len(tasks), dedup)
         c_results = map_fn(run_stage_c, tasks, "dedup")
+        said += _say_warnings([w for r in c_results for w in r.get("warnings", [])], said)
     final = c_results if dedup is not None else a_results
     documents = [str(out / "documents" / r["output"]["file"]) for r in final]
 
     report = build_report(config, a_results, dedup_stats, c_results, None, seconds=time.perf_counter() - t0,
-                          workers=workers, engine=engine)
+                          workers=workers, engine=engine, settings=settings, warnings=said)
     report["documents_files"] = documents
     write_report(out, report)  # now, so that a failure of the tokenization still leaves the report to read
     if tokenizer is not None:
@@ -520,6 +515,30 @@ def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers:
         report["seconds"] = round(time.perf_counter() - t0, 2)
         write_report(out, report)
     return report
+
+
+def chain_setup(config: PipelineConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each step's settings for the report (`Step.settings`: e.g. the blocklists loaded) and the distinct setup
+    warnings (`Step.warnings`), taken from the chains this process built to validate the config: the very steps
+    every task builds, so the run says them once instead of once per worker."""
+    before, _, after = config.split()
+    settings: list[dict[str, Any]] = []
+    said: list[str] = []
+    for step in build_chain(before) + build_chain(after):
+        if step.settings():
+            settings.append({"step": step.name, **step.settings()})
+        said += [w for w in step.warnings() if w not in said]
+    return settings, said
+
+
+def _say_warnings(messages: list[str], said: list[str]) -> list[str]:
+    """Print the messages not yet said in this run, each once, and return them."""
+    new: list[str] = []
+    for m in messages:
+        if m not in said and m not in new:
+            print(f"lmforge data: warning: {m}", file=sys.stderr)
+            new.append(m)
+    return new
 
 
 def builtin_config(name_or_path: str | Path) -> PipelineConfig:

@@ -27,9 +27,46 @@ def _merge_steps(results: list[dict]) -> list[StepStats]:
     return merged
 
 
-def _check(steps: list[dict]) -> list[str]:
+MAX_SOURCES = 50  # rows of the per-source table; the rest are summed into one row
+
+
+def _merge_sources(results: list[dict]) -> list[dict[str, Any]]:
+    """Kept and dropped documents per source (input file or host) over every task of both stages, most documents
+    first; past MAX_SOURCES the smaller sources are summed into one row, so the counts still add up."""
+    merged: dict[str, dict[str, Any]] = {}
+    for r in results:
+        for name, e in r.get("sources", {}).items():
+            m = merged.setdefault(name, {"source": name, "kind": e["kind"], "kept": 0, "dropped": Counter()})
+            m["kept"] += e["kept"]
+            m["dropped"].update(e["dropped"])
+    rows = sorted(merged.values(), key=lambda m: (-(m["kept"] + sum(m["dropped"].values())), m["source"]))
+    if len(rows) > MAX_SOURCES:
+        rest = rows[MAX_SOURCES - 1:]
+        other = {"source": f"({len(rest)} other sources)", "kind": "other", "kept": sum(m["kept"] for m in rest),
+                 "dropped": sum((m["dropped"] for m in rest), Counter())}
+        rows = rows[:MAX_SOURCES - 1] + [other]
+    return [{"source": m["source"], "kind": m["kind"], "in": m["kept"] + sum(m["dropped"].values()),
+             "kept": m["kept"], "dropped": sum(m["dropped"].values()),
+             "reasons": dict(sorted(m["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))} for m in rows]
+
+
+def _merge_languages_dropped(results: list[dict]) -> dict[str, dict[str, int]]:
+    """Dropped documents that carried a language label, per language and the step that dropped them, most
+    first: which languages the run lost, to the language filter or to the rules after it."""
+    merged: dict[str, Counter] = {}
+    for r in results:
+        for lang, steps in r.get("languages_dropped", {}).items():
+            merged.setdefault(lang, Counter()).update(steps)
+    order = sorted(merged, key=lambda lang: (-sum(merged[lang].values()), lang))
+    return {lang: dict(merged[lang].most_common()) for lang in order}
+
+
+def _check(steps: list[dict], sources: list[dict] | None = None) -> list[str]:
     """Problems with the counts (empty when they add up)."""
     problems = []
+    if sources and steps and sum(s["in"] for s in sources) != steps[0]["docs_out"]:
+        problems.append(f"the sources account for {sum(s['in'] for s in sources)} documents but "
+                        f"{steps[0]['name']} let out {steps[0]['docs_out']}")
     for s in steps[1:]:  # the reader counts unreadable items as drops of things that never became documents
         if s["docs_in"] != s["docs_out"] + sum(s["dropped"].values()):
             problems.append(f"step {s['name']}: {s['docs_in']} in != {s['docs_out']} out + {sum(s['dropped'].values())} dropped")
@@ -40,7 +77,10 @@ def _check(steps: list[dict]) -> list[str]:
 
 
 def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_results: list[dict],
-                 token_stats: dict | None, seconds: float, workers: int, engine: str) -> dict[str, Any]:
+                 token_stats: dict | None, seconds: float, workers: int, engine: str,
+                 settings: list[dict] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The whole run's report from its tasks' results; `settings` and `warnings` come from
+    `pipeline.chain_setup` and the tasks (each warning once)."""
     steps = _merge_steps(a_results)
     if c_results:
         steps += _merge_steps(c_results)
@@ -75,8 +115,14 @@ def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_resu
         "lengths": {k: lengths[k] for k in sorted(lengths, key=lambda b: int(b.split("-")[0].rstrip("+")))},
         "dedup": dedup_stats,
         "tokens": token_stats,
+        "warnings": list(warnings or []),
+        "step_settings": list(settings or []),
+        # a run resumed from tasks an older lmforge finished has no per-source counts for them: no table then
+        "sources": _merge_sources(a_results + c_results)
+        if all("sources" in r for r in a_results + c_results) else [],
+        "languages_dropped": _merge_languages_dropped(a_results + c_results),
     }
-    report["problems"] = _check(step_dicts)
+    report["problems"] = _check(step_dicts, report["sources"])
     return report
 
 
@@ -88,6 +134,8 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"({human_bytes(report['kept']['bytes'])}).", ""]
     if report["problems"]:
         lines += ["**Counts do not add up:**", ""] + [f"- {p}" for p in report["problems"]] + [""]
+    if report.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["## Steps", "", "| step | docs in | docs out | bytes in | bytes out | seconds | docs/s |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for s in report["steps"]:
@@ -98,6 +146,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         for reason, n in sorted(s["dropped"].items(), key=lambda kv: -kv[1]):
             ex = ", ".join(str(e) for e in s["examples"].get(reason, []))
             lines.append(f"| {s['name']} | {reason} | {n} | {ex} |")
+    lines += _settings_markdown(report.get("step_settings", []))
+    lines += _sources_markdown(report.get("sources", []), report.get("languages_dropped", {}))
     if report["relaxed_rules"]:
         lines += ["", "## Rules this config changes", ""]
         lines += [f"- **{r['step']}**: {r['why']}" for r in report["relaxed_rules"]]
@@ -120,6 +170,43 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Tokens", "", f"{t['train_tokens']} train and {t['val_tokens']} validation tokens "
                   f"({t['train_documents']} + {t['val_documents']} documents, dtype {t['dtype']}) in {t['shards_dir']}."]
     return "\n".join(lines) + "\n"
+
+
+def _settings_markdown(settings: list[dict[str, Any]]) -> list[str]:
+    """Each step's setup as the step reported it (`Step.settings`): tables for lists of rows (the blocklists with
+    their sizes), one line for anything else."""
+    lines: list[str] = []
+    for entry in settings:
+        lines += ["", f"## Settings of {entry['step']}", ""]
+        for key, value in entry.items():
+            if key == "step":
+                continue
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                columns = list(value[0])
+                lines += [f"{key}:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                lines += ["| " + " | ".join(str(v.get(c, "")) for c in columns) + " |" for v in value] + [""]
+            else:
+                lines.append(f"- {key}: {value}")
+    return lines
+
+
+def _sources_markdown(sources: list[dict[str, Any]], languages_dropped: dict[str, dict[str, int]]) -> list[str]:
+    lines: list[str] = []
+    if sources:
+        lines += ["", "## Sources", "", "Documents read per input file, or per host for pages with a URL "
+                  "(the reader's unreadable records are counted under the read step only).", "",
+                  "| source | kind | in | kept | dropped | main reasons |", "|---|---|---:|---:|---:|---|"]
+        for r in sources:
+            reasons = ", ".join(f"{k} {v}" for k, v in list(r["reasons"].items())[:3])
+            source = str(r["source"]).replace("|", "\\|")  # a file name may hold the table's separator
+            lines.append(f"| {source} | {r['kind']} | {r['in']} | {r['kept']} | {r['dropped']} | {reasons} |")
+    if languages_dropped:
+        lines += ["", "## Languages dropped", "", "Dropped documents by the language they were identified as, "
+                  "and the steps that dropped them.", "", "| language | dropped | by step |", "|---|---:|---|"]
+        for lang, steps in languages_dropped.items():
+            by = ", ".join(f"{k} {v}" for k, v in steps.items())
+            lines.append(f"| {lang} | {sum(steps.values())} | {by} |")
+    return lines
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

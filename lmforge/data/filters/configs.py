@@ -9,7 +9,10 @@ by pydoc (`benchmarks/bench_data_filters.py --pydoc` prints the kept/dropped cou
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from lmforge.utils import LmforgeError
 
 # FineWeb's chain (datatrove's `examples/fineweb.py`): only C4's terminal-punctuation rule is off, because FineWeb
 # replaced it with its own line-punctuation ratio, which removed fewer good documents.
@@ -72,3 +75,22 @@ def config_steps(name: str) -> list[dict[str, Any]]:
     import copy
 
     return copy.deepcopy(CONFIGS[name])
+
+
+def add_blocklists(steps: list[dict[str, Any]], paths: list[str], flag: str = "--blocklist") -> None:
+    """Give every `url_filter` of a chain more blocklists (UT1 folders or list files), in place, by absolute path
+    (the run record pins them, and workers may start elsewhere). A chain without a URL filter, or a path that
+    does not exist, is an error that names the flag: the user asked for lists that would otherwise do nothing."""
+    filters = [s for s in steps if isinstance(s, dict) and s.get("step") == "url_filter"]
+    if not filters:
+        raise LmforgeError(f"{flag}: the config has no url_filter step to give the lists to")
+    resolved = []
+    for p in paths:
+        if not Path(p).exists():
+            raise LmforgeError(f"{flag} {p}: no such folder or file")
+        resolved.append(str(Path(p).resolve()))
+    for spec in filters:
+        existing = spec.get("blocklists", [])
+        if not isinstance(existing, list):
+            raise LmforgeError(f"url_filter: blocklists must be a list of paths, got {existing!r}")
+        spec["blocklists"] = existing + resolved

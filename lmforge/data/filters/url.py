@@ -9,20 +9,23 @@ Rules, in FineWeb's order:
 - at least `soft_word_threshold` URL tokens are soft-banned words;
 - a banned subword occurs in the URL with every non-alphanumeric character removed ("p.o.r.n" style evasions).
 
-The lists are data, not code: the product ships none of them. The user points the filter at UT1 folders and at
-FineWeb's keyword files (for this project they lie in `../shared/data/pretrain/blocklists/`). Every lookup is a
-set membership test (a handful per URL), so the filter costs a few microseconds per document however long the
-lists are.
+The product ships a short default list of its own (`lmforge/data/blocklists/`: adult top-level domains and the
+largest adult sites, cryptojacking hosts, and unambiguous banned words, subwords and soft words; each file's header
+says how its entries were chosen), so a web chain never runs without one. Full coverage needs UT1's lists (the
+base of FineWeb's), given as folders in `blocklists` (`lmforge data run --blocklist DIR`); UT1 categories that
+UT1 itself marks "white" (press, blogs, ...: lists of ordinary sites) are skipped unless named in `categories`.
+Every lookup is a set membership test (a handful per URL), so the filter costs a few microseconds per document
+however long the lists are.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from lmforge.data.base import Filter
@@ -30,8 +33,7 @@ from lmforge.data.document import Document
 from lmforge.utils import LmforgeError
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
-log = logging.getLogger(__name__)
-_warned_empty: list[bool] = []
+DEFAULT_LISTS = Path(__file__).resolve().parent.parent / "blocklists"  # package data, see the files' headers
 
 
 def _read_list(path: Path) -> list[str]:
@@ -42,6 +44,15 @@ def _read_list(path: Path) -> list[str]:
             return [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
     except OSError as e:
         raise LmforgeError(f"cannot read blocklist {path}: {e}") from e
+
+
+def _ut1_white(folder: Path) -> bool:
+    """Whether UT1's `usage` file marks this category white (lists of ordinary sites, for allowing, not blocking)."""
+    usage = folder / "usage"
+    if not usage.is_file():
+        return False
+    marks = {w.lower() for line in _read_list(usage) for w in line.split()}
+    return "white" in marks and "black" not in marks
 
 
 def _normalize_host(host: str) -> str:
@@ -66,11 +77,12 @@ def _url_key(url: str) -> str:
 class URLFilter(Filter):
     """Drop documents whose URL is blocklisted (FineWeb's URL filter, with UT1's and FineWeb's list formats).
 
+    `default_lists`: apply lmforge's own short lists (`lmforge/data/blocklists/`) in addition to any given.
     `blocklists`: files or folders. A folder is searched (recursively) for UT1's `domains` and `urls` files; a
     file whose name starts with "url" is a URL list, any other file a domain list. `categories` restricts folder
-    search to those UT1 category names (e.g. ["adult", "gambling"]); None takes every category found.
+    search to those UT1 category names (e.g. ["adult", "gambling"]); None takes every category UT1 marks black.
     `banned_words`, `soft_banned_words`, `banned_subwords`: FineWeb's keyword files (one entry per line, `#`
-    comments). Documents without a URL are kept: there is nothing to judge.
+    comments), added to the default ones. Documents without a URL are kept: there is nothing to judge.
     """
 
     blocklists: list[str] = field(default_factory=list)
@@ -79,18 +91,32 @@ class URLFilter(Filter):
     soft_banned_words: str | None = None
     banned_subwords: str | None = None
     soft_word_threshold: int = 2
+    default_lists: bool = True
 
     name = "url_filter"
 
     def __post_init__(self) -> None:
+        self._check_params()
         self.domains: set[str] = set()
         self.url_prefixes: set[str] = set()
+        self.lists: list[dict[str, Any]] = []  # every list loaded: name, kind, entries (for the report)
+        self.white_skipped: list[str] = []
+        self.hard_words: set[str] = set()
+        self.soft_words: set[str] = set()
+        subwords: set[str] = set()
+        word_lists = [(self.banned_words, "banned words", self.hard_words),
+                      (self.soft_banned_words, "soft-banned words", self.soft_words),
+                      (self.banned_subwords, "banned subwords", subwords)]
+        if self.default_lists:
+            self._load_file(DEFAULT_LISTS / "domains", is_url=False, label="default:domains")
+            for (_, kind, into), fname in zip(word_lists, ("banned_words.txt", "soft_banned_words.txt",
+                                                           "banned_subwords.txt")):
+                self._load_words(DEFAULT_LISTS / fname, kind, into, label=f"default:{fname}")
         for p in self.blocklists:
             self._load_blocklist(Path(p))
-        norm = lambda words: {_NON_ALNUM.sub("", w.lower()) for w in words} - {""}  # noqa: E731
-        self.hard_words = norm(_read_list(Path(self.banned_words))) if self.banned_words else set()
-        self.soft_words = norm(_read_list(Path(self.soft_banned_words))) if self.soft_banned_words else set()
-        subwords = norm(_read_list(Path(self.banned_subwords))) if self.banned_subwords else set()
+        for path, kind, into in word_lists:
+            if path:
+                self._load_words(Path(path), kind, into, label=str(path))
         # Substring search without a regex per rule: index the subwords by their first k characters (k = the
         # shortest subword) and test each position of the URL once, then confirm the few candidates.
         self._sub_k = min((len(w) for w in subwords), default=0)
@@ -98,43 +124,75 @@ class URLFilter(Filter):
         for w in subwords:
             self._sub_index[w[: self._sub_k]].append(w)
         self.n_subwords = len(subwords)
-        if not (self.domains or self.url_prefixes or self.hard_words or self.soft_words or self.n_subwords):
-            if not _warned_empty:  # once per process, not once per worker task
-                log.warning(self.describe())
-                _warned_empty.append(True)
+
+    def _check_params(self) -> None:
+        """Parameters come from config files too: a wrong type is named here, not met later as a crash."""
+        if isinstance(self.soft_word_threshold, bool) or not isinstance(self.soft_word_threshold, int) \
+                or self.soft_word_threshold < 1:
+            raise LmforgeError(f"url_filter: soft_word_threshold must be a whole number >= 1, "
+                               f"got {self.soft_word_threshold!r}")
+        for key, what in (("blocklists", "paths"), ("categories", "names")):
+            value = getattr(self, key)
+            if (value is not None or key == "blocklists") and \
+                    not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise LmforgeError(f"url_filter: {key} must be a list of {what}, got {value!r}")
+
+    def _load_words(self, path: Path, kind: str, into: set[str], label: str) -> None:
+        """A keyword list, normalized as URLs are before matching (lower case, alphanumerics only)."""
+        entries = _read_list(path)
+        into.update(w for w in (_NON_ALNUM.sub("", e.lower()) for e in entries) if w)
+        self.lists.append({"list": label, "kind": kind, "entries": len(entries)})
 
     def _load_blocklist(self, path: Path) -> None:
         if path.is_dir():
             found = False
-            for root, _dirs, files in os.walk(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()  # the same order, so the same report, on every file system
                 category = Path(root).name
+                if Path(root) != path and self.categories is None and _ut1_white(Path(root)):
+                    self.white_skipped.append(category)
+                    continue
                 if self.categories is not None and category not in self.categories and Path(root) != path:
                     continue
-                for name in files:
+                for name in sorted(files):
                     if name in ("domains", "urls"):
                         found = True
-                        self._load_file(Path(root) / name, is_url=name == "urls")
+                        self._load_file(Path(root) / name, is_url=name == "urls", label=str(Path(root) / name))
             if not found:
                 where = f" in the categories {', '.join(self.categories)}" if self.categories is not None else ""
                 raise LmforgeError(f"blocklist folder {path} has no UT1 'domains' or 'urls' files{where}")
         elif path.is_file():
-            self._load_file(path, is_url=path.name.startswith("url"))
+            self._load_file(path, is_url=path.name.startswith("url"), label=str(path))
         else:
             raise LmforgeError(f"blocklist not found: {path}")
 
-    def _load_file(self, path: Path, is_url: bool) -> None:
-        for entry in _read_list(path):
+    def _load_file(self, path: Path, is_url: bool, label: str) -> None:
+        entries = _read_list(path)
+        for entry in entries:
             if is_url:
                 key = _url_key(entry)
                 if key:
                     self.url_prefixes.add(key)
             else:
                 self.domains.add(_normalize_host(entry))
+        self.lists.append({"list": label, "kind": "urls" if is_url else "domains", "entries": len(entries)})
+
+    def _empty(self) -> bool:
+        return not (self.domains or self.url_prefixes or self.hard_words or self.soft_words or self.n_subwords)
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"lists": self.lists, "soft_word_threshold": self.soft_word_threshold}
+        if self.white_skipped:
+            out["UT1 categories skipped (marked white by UT1)"] = ", ".join(self.white_skipped)
+        return out
+
+    def warnings(self) -> list[str]:
+        return [self.describe()] if self._empty() else []
 
     def describe(self) -> str:
         """What the filter will apply, for the log and the report (an empty filter says so instead of silently
         keeping everything)."""
-        if not (self.domains or self.url_prefixes or self.hard_words or self.soft_words or self.n_subwords):
+        if self._empty():
             return "url_filter: no lists given, every URL is kept"
         return (f"url_filter: {len(self.domains)} domains, {len(self.url_prefixes)} URLs, {len(self.hard_words)} "
                 f"banned words, {len(self.soft_words)} soft-banned words (>= {self.soft_word_threshold}), "
