@@ -16,7 +16,7 @@
    [2] and [3] also print the floor under the tokens/s goals: the time per step of the GEMM and attention kernels
    alone (self time of aten::mm/addmm/bmm and SDPA under torch.profiler). The peers call the same kernels
    for the same shapes; a step can be no faster than them without a faster GEMM than MKL's.
-5. Bits per byte after the same token budget on the default corpus (token shards from `lmforge data tokenize`):
+5. Bits per byte after the same token budget on the default corpus (token shards from `lmforge tokenize`):
    our modern defaults against nanoGPT's original choices (LayerNorm, learned positions, GELU) in our own code.
 
 With --compile, [2] and [3] add each contender under torch.compile (inductor, default mode), ours and the peer's
@@ -385,7 +385,7 @@ def bench_vs_nanogpt(ng, text: Path, quick: bool, peak: float, race_steps: int, 
 def bench_bpb(shards: Path, quick: bool, steps: int) -> None:
     import torch
 
-    from lmforge.data.shards import TokenShards
+    from lmforge.tokenizer.shards import TokenShards
     from lmforge.train.bpb import token_byte_lengths
     from lmforge.model import GPTConfig
     from lmforge.tokenizer import Tokenizer

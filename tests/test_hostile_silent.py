@@ -102,7 +102,7 @@ def test_silent_data_deleted_output_is_rebuilt_on_rerun(tmp_path):
     """A finished run whose kept-documents file was deleted (or truncated) rebuilds it on rerun, byte for byte,
     instead of reporting documents it no longer has; the same for a deleted token shard."""
     from lmforge.data.pipeline import PipelineConfig, run_pipeline
-    from lmforge.data.tokenize import TokenizeConfig, tokenize_files
+    from lmforge.tokenizer.encode_corpus import TokenizeConfig, tokenize_files
     from lmforge.tokenizer import Tokenizer
 
     inputs = _data_inputs(tmp_path / "in")
@@ -130,7 +130,7 @@ def test_silent_data_deleted_output_is_rebuilt_on_rerun(tmp_path):
 
 
 def _shards(tmp_path: Path) -> tuple[Path, dict]:
-    from lmforge.data.tokenize import TokenizeConfig, tokenize_files
+    from lmforge.tokenizer.encode_corpus import TokenizeConfig, tokenize_files
     from lmforge.data.writers import JsonlGzWriter
     from lmforge.data.document import Document
     from lmforge.tokenizer import Tokenizer
@@ -149,7 +149,7 @@ def _shards(tmp_path: Path) -> tuple[Path, dict]:
 def test_silent_data_shards_are_checked_before_use(tmp_path):
     """The validation split is range-checked like the training split, and an index that claims a vocabulary or
     offsets its files and tokenizer do not have is refused, naming the file."""
-    from lmforge.data.shards import TokenShards
+    from lmforge.tokenizer.shards import TokenShards
 
     out, index = _shards(tmp_path)
     TokenShards(out, "train"), TokenShards(out, "val")

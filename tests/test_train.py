@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data.shards import TokenShards, make_index, shard_entry, write_shard
+from lmforge.tokenizer.shards import TokenShards, make_index, shard_entry, write_shard
 from lmforge.train import TrainConfig, train
 from lmforge.train.loader import ShardBatches, ValidationWindows
 from lmforge.train.optim import orthogonalize
@@ -237,7 +237,7 @@ def test_throughput_counts_the_positions_each_batch_really_has(synthetic, tmp_pa
 @pytest.fixture(scope="module")
 def real_shards(tmp_path_factory) -> Path:
     """Shards written by the real tokenizer and tokenize step, from a small synthetic corpus."""
-    from lmforge.data.tokenize import TokenizeConfig, tokenize_files
+    from lmforge.tokenizer.encode_corpus import TokenizeConfig, tokenize_files
     from lmforge.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("real")

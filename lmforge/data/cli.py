@@ -1,12 +1,13 @@
 """`lmforge crawl` and `lmforge data`: crawl pages into WARC files; run the web data pipeline, or one part alone.
 
   lmforge crawl SEED_URL... | --pydoc --out DIR [--max-pages N]
-  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--tokenizer DIR] [--workers N] [--blocklist DIR]
+  lmforge data run --input CRAWL_DIR --out DIR [--config FILE] [--workers N] [--blocklist DIR]
   lmforge data step NAME --input FILE... --out DIR [--set PARAM=VALUE ...]
   lmforge data dedup --input FILE... --out DIR
-  lmforge data tokenize --input FILE... --tokenizer DIR --out DIR
   lmforge data report DIR
   lmforge data steps
+
+The kept documents go on to `lmforge tokenizer train` and then `lmforge tokenize` (the tokenizer stage's verbs).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 RUN_HELP = """Run the chain over many input files in parallel worker processes (one task per file): the steps before
 `dedup` per file, MinHash deduplication across all files, the steps after it (PII) per file. Writes
 OUT/documents/*.jsonl.gz (kept documents: text, id, url, metadata), OUT/excluded/*.jsonl.gz (dropped ones with the
-step and reason), OUT/report.json and OUT/report.md, and OUT/shards/ when --tokenizer is given. Running it again
-with the same --out skips the finished files. Default config: FineWeb's chain with its published thresholds."""
+step and reason), OUT/report.json and OUT/report.md. Running it again with the same --out skips the finished
+files; `lmforge tokenize --input OUT/documents` turns the kept documents into token shards. Default config:
+FineWeb's chain with its published thresholds."""
 
 
 def _config(args):
@@ -35,13 +37,13 @@ def _config(args):
 
         add_blocklists(cfg.steps, args.blocklist)
     if args.text_separator is not None:
-        cfg.reader["text_separator"] = _unescape(args.text_separator)
+        cfg.reader["text_separator"] = unescape(args.text_separator)
     if args.text_max_chars is not None:
         cfg.reader["text_max_chars"] = args.text_max_chars
     return cfg
 
 
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
     """`\\n\\n` typed in a shell as the two-character escapes it means (non-ASCII text is kept as it is)."""
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
@@ -51,7 +53,7 @@ TEXT_RULE = ("Plain text (.txt, .md, or a folder of them): one file is one docum
              "paragraph, line or word break), so a book is kept as many documents instead of dropped as too long.")
 
 
-def _add_text_flags(p: argparse.ArgumentParser) -> None:
+def add_text_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-separator", default=None, metavar="SEP",
                    help="plain text: split each file into documents at SEP (escapes such as \\n are read)")
     p.add_argument("--text-max-chars", type=int, default=None, metavar="N",
@@ -66,10 +68,9 @@ def _run(args) -> int:
         from lmforge.data.dask_runner import run_pipeline_dask
 
         report = run_pipeline_dask(args.input, args.out, cfg, scheduler=args.scheduler, workers=args.workers,
-                                   tokenizer=args.tokenizer, min_tasks=args.min_tasks)
+                                   min_tasks=args.min_tasks)
     else:
-        report = run_pipeline(args.input, args.out, cfg, workers=args.workers, tokenizer=args.tokenizer,
-                              min_tasks=args.min_tasks)
+        report = run_pipeline(args.input, args.out, cfg, workers=args.workers, min_tasks=args.min_tasks)
     _summary(report, Path(args.out))
     return 0
 
@@ -115,19 +116,6 @@ def _dedup(args) -> int:
     spec = {"step": "dedup", "exact": not args.no_exact, "minhash": not args.no_minhash}
     report = run_pipeline(args.input, args.out, PipelineConfig(steps=[spec], name="dedup"), workers=args.workers)
     _summary(report, Path(args.out))
-    return 0
-
-
-def _tokenize(args) -> int:
-    from lmforge.data.tokenize import TokenizeConfig, tokenize_files
-
-    from lmforge.data.readers import expand_inputs
-
-    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens,
-                         text_separator=_unescape(args.text_separator or ""), text_max_chars=args.text_max_chars or 0)
-    files = [str(p) for p in expand_inputs(args.input)]
-    stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=1 if args.workers is None else args.workers)
-    print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
     return 0
 
 
@@ -221,7 +209,7 @@ def _crawl(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_crawl(sub)
-    p = sub.add_parser("data", help="filter, deduplicate and tokenize web documents (FineWeb's chain)",
+    p = sub.add_parser("data", help="filter and deduplicate web documents (FineWeb's chain)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="data_command", metavar="SUBVERB", required=True)
 
@@ -231,7 +219,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, required=True, help="output directory (a rerun resumes it)")
     r.add_argument("--config", default=None, help="pipeline config: a JSON/TOML file, or a built-in name "
                                                    "('fineweb', the default; 'pydoc', the embedded corpus)")
-    r.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory: also write token shards")
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     r.add_argument("--min-tasks", type=int, default=8,
                    help="split the input files into at least this many tasks (a file shared by several tasks, every "
@@ -240,7 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="UT1 blocklist folder (adult/domains, malware/urls, ...) or list file for the URL filter, on "
                         "top of lmforge's short default lists; repeat for more (the report lists every list used)")
     r.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="kept documents' file format")
-    _add_text_flags(r)
+    add_text_flags(r)
     r.add_argument("--no-excluded", action="store_true", help="do not write the dropped documents")
     r.add_argument("--engine", choices=["local", "dask"], default="local",
                    help="local process pool, or Dask (needs lmforge[dist]) for several machines")
@@ -264,19 +251,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-minhash", action="store_true", help="skip near-duplicate (MinHash) deduplication")
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_dedup)
-
-    t = verbs.add_parser("tokenize", help="tokenize clean documents into training shards",
-                         description="Tokenize .jsonl.gz/.parquet documents (as `data run` writes them) or plain "
-                                     "text into train/val token shards with index.json and a copy of the tokenizer. "
-                                     + TEXT_RULE)
-    t.add_argument("--input", nargs="+", required=True, help="document files or folders")
-    t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (lmforge tokenizer train)")
-    t.add_argument("--out", type=Path, required=True, help="shards directory")
-    t.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out (by a hash of the URL, else the id)")
-    t.add_argument("--min-val-tokens", type=int, default=50_000, help="at least this many validation tokens")
-    _add_text_flags(t)
-    t.add_argument("--workers", type=int, default=None)
-    t.set_defaults(func=_tokenize)
 
     rp = verbs.add_parser("report", help="print a finished run's report")
     rp.add_argument("dir", type=Path, help="the --out directory of a run")

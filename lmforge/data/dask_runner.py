@@ -37,7 +37,7 @@ def dask_map(client) -> MapFn:
 
 def run_pipeline_dask(inputs: list[str | Path], out: str | Path, config: PipelineConfig | None = None,
                       scheduler: str | None = None, workers: int | None = None,
-                      tokenizer: str | Path | None = None, min_tasks: int = 8) -> dict[str, Any]:
+                      min_tasks: int = 8) -> dict[str, Any]:
     """Run the pipeline on the Dask scheduler at `scheduler`, or on a local cluster of `workers` processes."""
     try:
         from distributed import Client, LocalCluster
@@ -48,10 +48,10 @@ def run_pipeline_dask(inputs: list[str | Path], out: str | Path, config: Pipelin
     if scheduler:
         with Client(scheduler) as client:
             n = len(client.scheduler_info()["workers"])
-            return run_pipeline(inputs, out, config, workers=n, tokenizer=tokenizer, map_fn=dask_map(client),
+            return run_pipeline(inputs, out, config, workers=n, map_fn=dask_map(client),
                                 engine=f"dask ({scheduler})", min_tasks=min_tasks)
     n = workers or len(os.sched_getaffinity(0))
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        return run_pipeline(inputs, out, config, workers=n, tokenizer=tokenizer, map_fn=dask_map(client),
+        return run_pipeline(inputs, out, config, workers=n, map_fn=dask_map(client),
                             engine="dask (local cluster)", min_tasks=min_tasks)

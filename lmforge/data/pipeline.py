@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import sys
 import threading
 import time
@@ -444,7 +443,7 @@ def _pin_run(out: Path, inputs: list[Path], config: PipelineConfig, parts: int) 
 
 
 def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConfig | None = None,
-                 workers: int | None = None, tokenizer: str | Path | None = None, map_fn: MapFn | None = None,
+                 workers: int | None = None, map_fn: MapFn | None = None,
                  engine: str = "local", min_tasks: int = 8) -> dict[str, Any]:
     """Run the chain over `inputs` into `out`, resuming a previous run there; return the report dict.
 
@@ -452,7 +451,7 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     document), so that few large files still fill the workers. The split depends on the inputs only, never on the
     worker count, so every engine and worker count gives the same output files.
     `map_fn` runs a task function over a list of tasks (the local pool by default, Dask's in `dask_runner`).
-    With `tokenizer`, the kept documents are also tokenized into `out/shards` (`lmforge.data.tokenize`).
+    The kept documents are tokenized by the next stage, `lmforge tokenize` (`lmforge.tokenizer.encode_corpus`).
     """
     from lmforge.data.readers import expand_inputs
 
@@ -463,8 +462,6 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
     workers = check_workers(workers)
     if not isinstance(min_tasks, int) or isinstance(min_tasks, bool) or not 1 <= min_tasks <= MAX_TASKS:
         raise LmforgeError(f"--min-tasks must be a whole number in [1, {MAX_TASKS}], got {min_tasks!r}")
-    if tokenizer is not None and not Path(tokenizer).is_dir():
-        raise LmforgeError(f"--tokenizer {tokenizer}: not a tokenizer directory")
     files = [p.resolve() for p in expand_inputs([str(i) for i in inputs])]
     if not files:
         raise LmforgeError(f"no input files found in {', '.join(map(str, inputs))}")
@@ -476,12 +473,12 @@ def run_pipeline(inputs: list[str | Path], out: str | Path, config: PipelineConf
              for i, f in enumerate(files) for p in range(parts)]
     if map_fn is None:
         with LocalPool(min(workers, len(tasks))) as pool:
-            return _execute(tasks, out, config, workers, tokenizer, pool, engine, t0)
-    return _execute(tasks, out, config, workers, tokenizer, map_fn, engine, t0)
+            return _execute(tasks, out, config, workers, pool, engine, t0)
+    return _execute(tasks, out, config, workers, map_fn, engine, t0)
 
 
-def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers: int, tokenizer: str | Path | None,
-             map_fn: MapFn, engine: str, t0: float) -> dict[str, Any]:
+def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers: int, map_fn: MapFn, engine: str,
+             t0: float) -> dict[str, Any]:
     from lmforge.data.report import build_report, write_report
 
     _, dedup, _ = config.split()
@@ -499,21 +496,10 @@ def _execute(tasks: list[ShardTask], out: Path, config: PipelineConfig, workers:
     final = c_results if dedup is not None else a_results
     documents = [str(out / "documents" / r["output"]["file"]) for r in final]
 
-    report = build_report(config, a_results, dedup_stats, c_results, None, seconds=time.perf_counter() - t0,
+    report = build_report(config, a_results, dedup_stats, c_results, seconds=time.perf_counter() - t0,
                           workers=workers, engine=engine, settings=settings, warnings=said)
     report["documents_files"] = documents
-    write_report(out, report)  # now, so that a failure of the tokenization still leaves the report to read
-    if tokenizer is not None:
-        from lmforge.data.tokenize import tokenize_files
-
-        try:
-            report["tokens"] = tokenize_files(documents, tokenizer, out / "shards", workers=workers, map_fn=map_fn)
-        except LmforgeError as e:
-            report["tokens_error"] = str(e)
-            write_report(out, report)
-            raise
-        report["seconds"] = round(time.perf_counter() - t0, 2)
-        write_report(out, report)
+    write_report(out, report)
     return report
 
 

@@ -77,7 +77,7 @@ def _check(steps: list[dict], sources: list[dict] | None = None) -> list[str]:
 
 
 def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_results: list[dict],
-                 token_stats: dict | None, seconds: float, workers: int, engine: str,
+                 seconds: float, workers: int, engine: str,
                  settings: list[dict] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
     """The whole run's report from its tasks' results; `settings` and `warnings` come from
     `pipeline.chain_setup` and the tasks (each warning once)."""
@@ -114,7 +114,7 @@ def build_report(config, a_results: list[dict], dedup_stats: dict | None, c_resu
         "languages": dict(languages.most_common()),
         "lengths": {k: lengths[k] for k in sorted(lengths, key=lambda b: int(b.split("-")[0].rstrip("+")))},
         "dedup": dedup_stats,
-        "tokens": token_stats,
+        "tokens": None,  # filled in by `add_tokens` when the kept documents are tokenized (the speedrun)
         "warnings": list(warnings or []),
         "step_settings": list(settings or []),
         # a run resumed from tasks an older lmforge finished has no per-source counts for them: no table then
@@ -163,8 +163,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     for title, key in (("Languages (kept documents)", "languages"), ("Lengths in characters (kept documents)", "lengths")):
         lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in report[key].items()]
-    if report.get("tokens_error"):
-        lines += ["", "## Tokens", "", f"No token shards were written: {report['tokens_error']}"]
     if report["tokens"]:
         t = report["tokens"]
         lines += ["", "## Tokens", "", f"{t['train_tokens']} train and {t['val_tokens']} validation tokens "

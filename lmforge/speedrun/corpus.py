@@ -1,6 +1,6 @@
 """The speedrun's corpus stages, from a web site to token shards: `crawl`, `data`, `tokenizer`, `tokenize`.
 
-Each calls the same public API as its CLI verb (`lmforge crawl`, `data run`, `tokenizer train`, `data tokenize`)
+Each calls the same public API as its CLI verb (`lmforge crawl`, `data run`, `tokenizer train`, `tokenize`)
 and imports it inside the function, so `lmforge --help` stays instant.
 """
 
@@ -84,7 +84,7 @@ def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 
 def stage_tokenize(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Tokenize the kept documents with the trained tokenizer into train/val token shards for pretraining."""
-    from lmforge.data.tokenize import tokenize_files
+    from lmforge.tokenizer.encode_corpus import tokenize_files
 
     documents = ctx.need("data", "documents")
     tokenizer_dir = ctx.need("tokenizer", "tokenizer_dir")

@@ -1,4 +1,8 @@
-"""`lmforge tokenizer train|show|encode|decode|export-hf`: the byte-level BPE tokenizer from the command line."""
+"""The tokenizer stage's verbs: the byte-level BPE tokenizer, and the token shards made with it.
+
+  lmforge tokenizer train|show|encode|decode|export-hf ...
+  lmforge tokenize --input FILE... --tokenizer DIR --out DIR
+"""
 
 from __future__ import annotations
 
@@ -145,6 +149,38 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from lmforge.data.cli import unescape
+    from lmforge.data.readers import expand_inputs
+    from lmforge.tokenizer.encode_corpus import TokenizeConfig, tokenize_files
+
+    cfg = TokenizeConfig(val_fraction=args.val_fraction, min_val_tokens=args.min_val_tokens,
+                         text_separator=unescape(args.text_separator or ""), text_max_chars=args.text_max_chars or 0)
+    files = [str(p) for p in expand_inputs(args.input)]
+    stats = tokenize_files(files, args.tokenizer, args.out, cfg, workers=1 if args.workers is None else args.workers)
+    print(f"{stats['train_tokens']} train + {stats['val_tokens']} validation tokens ({stats['dtype']}) in {args.out}")
+    return 0
+
+
+def register_tokenize(sub: argparse._SubParsersAction) -> None:
+    """`lmforge tokenize`: the speedrun's stage `tokenize`, between the tokenizer and pretraining."""
+    from lmforge.data.cli import TEXT_RULE, add_text_flags
+
+    t = sub.add_parser("tokenize", help="tokenize clean documents into train/val token shards for pretraining",
+                       description="Tokenize .jsonl.gz/.parquet documents (as `lmforge data run` writes them) or "
+                                   "plain text into train/val token shards with index.json and a copy of the "
+                                   "tokenizer (the format: lmforge/tokenizer/shards.py). " + TEXT_RULE)
+    t.add_argument("--input", nargs="+", required=True, help="document files or folders")
+    t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (lmforge tokenizer train)")
+    t.add_argument("--out", type=Path, required=True, help="shards directory")
+    t.add_argument("--val-fraction", type=float, default=0.01,
+                   help="share of tokens held out (by a hash of the URL, else the id)")
+    t.add_argument("--min-val-tokens", type=int, default=50_000, help="at least this many validation tokens")
+    add_text_flags(t)
+    t.add_argument("--workers", type=int, default=None)
+    t.set_defaults(func=cmd_tokenize)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tokenizer",
@@ -194,3 +230,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--tokenizer", type=Path, default=None, help=f"tokenizer directory (default: {SPEEDRUN_GLOB})")
     x.add_argument("--out", type=Path, required=True, help="the tokenizer.json file to write")
     x.set_defaults(func=cmd_export_hf)
+    register_tokenize(sub)

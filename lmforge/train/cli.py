@@ -157,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("pretrain", help="train a GPT on token shards (resumes when --out holds a run)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="token shards directory (lmforge data tokenize)")
+    p.add_argument("--data", type=Path, required=True, help="token shards directory (lmforge tokenize)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, loss.png")
     p.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (a run folder or a checkpoint folder)")

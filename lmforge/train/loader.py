@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lmforge.data.shards import TokenShards
+from lmforge.tokenizer.shards import TokenShards
 from lmforge.utils import LmforgeError
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.shards import TokenShards
+from lmforge.tokenizer.shards import TokenShards
 from lmforge.train.config import TrainConfig
 from lmforge.train.dist import DistInfo, setup_distributed
 from lmforge.train.loader import ShardBatches, ValidationWindows, check_shards_fit

@@ -1,4 +1,4 @@
-"""Tokenize clean documents into the token shards pretraining reads (format: `lmforge/data/shards.py`).
+"""`lmforge tokenize`: clean documents into the token shards pretraining reads (format: `lmforge/tokenizer/shards.py`).
 
 Two passes. First, each document file is tokenized on its own (one task per file, in parallel; the tokens of a file
 go to `shards_dir/.work/NNNNN.npz`, atomically, so a restart skips finished files). Second, the validation split
@@ -24,10 +24,11 @@ import numpy as np
 
 from lmforge.data.base import StepStats
 from lmforge.data.document import Document
-from lmforge.data.pool import LocalPool, MapFn, check_workers
+from lmforge.data.pool import LocalPool, check_workers
 from lmforge.data.readers import ReaderConfig, detect_format, read_documents
-from lmforge.data.shards import DTYPES, dtype_for_vocab, make_index, shard_entry, write_shard
 from lmforge.data.writers import check_output_folder, read_output_documents
+from lmforge.tokenizer.shards import DTYPES, ShardWriter, dtype_for_vocab, make_index
+from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError, atomic_path, read_json, remove_stale_temporaries, write_json
 
 BOS = "<|bos|>"
@@ -99,8 +100,6 @@ def tokenize_file(task: TokenizeTask) -> dict[str, Any]:
     if path.is_file():
         with np.load(path) as z:
             return {"file": task.input, "documents": int(len(z["lengths"])), "tokens": int(z["lengths"].sum()), "seconds": 0.0}
-    from lmforge.tokenizer import Tokenizer
-
     t0 = time.perf_counter()
     tok = Tokenizer.load(task.tokenizer_dir)
     bos = tok.special_tokens[BOS]
@@ -161,42 +160,14 @@ def choose_validation(lengths: np.ndarray, hashes: np.ndarray, config: TokenizeC
     return mask
 
 
-class _ShardWriter:
-    """Appends documents to `SPLIT_NNNNN.bin` files of at most `shard_tokens` tokens (a document is never split)."""
-
-    def __init__(self, out: Path, split: str, shard_tokens: int, dtype):
-        self.out, self.split, self.shard_tokens, self.dtype = out, split, shard_tokens, dtype
-        self.entries: list[dict] = []
-        self.buf: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, doc_tokens: np.ndarray) -> None:
-        if self.buf and self.size + len(doc_tokens) > self.shard_tokens:
-            self.flush()
-        self.buf.append(doc_tokens)
-        self.size += len(doc_tokens)
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        name = f"{self.split}_{len(self.entries):05d}.bin"
-        lengths = np.array([len(b) for b in self.buf], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        write_shard(self.out / name, np.concatenate(self.buf).astype(self.dtype, copy=False))
-        self.entries.append(shard_entry(name, int(lengths.sum()), offsets))
-        self.buf, self.size = [], 0
-
-
 def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path,
-                   config: TokenizeConfig | None = None, workers: int = 1, map_fn: MapFn | None = None) -> dict[str, Any]:
+                   config: TokenizeConfig | None = None, workers: int = 1) -> dict[str, Any]:
     """Tokenize document files (`.jsonl.gz`/`.jsonl`/`.parquet` as the pipeline writes them) into shards at `out`.
 
     Returns the token statistics (also kept in `index.json`). A finished `out` with the same inputs, tokenizer and
     config is left as it is, if every file its index lists is still there with its recorded size; else it is
     written again (a deleted shard must not pass for a finished run).
     """
-    from lmforge.tokenizer import Tokenizer
-
     config = config or TokenizeConfig()
     out = check_output_folder(out)
     workers = check_workers(workers)
@@ -212,11 +183,8 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
     threads = 1 if workers > 1 and len(inputs) > 1 else None
     tasks = [TokenizeTask(i, p, str(tokenizer_dir), str(work), config.batch_documents, threads,
                           asdict(config.reader_config())) for i, p in enumerate(inputs)]
-    if map_fn is None:
-        with LocalPool(min(workers, len(tasks))) as pool:
-            per_file = pool(tokenize_file, tasks, "tokenize")
-    else:
-        per_file = map_fn(tokenize_file, tasks, "tokenize")
+    with LocalPool(min(workers, len(tasks))) as pool:
+        per_file = pool(tokenize_file, tasks, "tokenize")
     parts = [work / f"{t.index:05d}.npz" for t in tasks]
     lengths_of, hashes_of = [], []
     for p in parts:  # the split needs only lengths and key hashes: the tokens stay on disk until written
@@ -250,7 +218,7 @@ def tokenize_files(inputs: list[str | Path], tokenizer_dir: str | Path, out: str
 def _checked_inputs(inputs: list[str | Path], tokenizer_dir: Path) -> list[str]:
     """The input files as absolute paths (the run record must not depend on the working directory)."""
     if not tokenizer_dir.is_dir():
-        raise LmforgeError(f"tokenizer directory not found: {tokenizer_dir}")
+        raise LmforgeError(f"--tokenizer {tokenizer_dir}: not a tokenizer directory")
     resolved = [str(Path(p).resolve()) for p in inputs]
     if not resolved:
         raise LmforgeError("tokenize: no input document files")
@@ -277,12 +245,12 @@ def _finished_run(out: Path, request: dict) -> dict | None:
     for entry in [e for split in index.get("splits", {}).values() for e in split]:
         path = out / str(entry.get("file"))
         if not path.is_file() or path.stat().st_size != int(entry.get("tokens", -1)) * itemsize:
-            print(f"lmforge data: token shard {path} is missing or has the wrong size; writing the shards again",
+            print(f"lmforge tokenize: token shard {path} is missing or has the wrong size; writing the shards again",
                   file=sys.stderr)
             index_path.unlink()
             return None
     if not (out / "tokenizer").is_dir():
-        print(f"lmforge data: {out / 'tokenizer'} is missing; writing the shards again", file=sys.stderr)
+        print(f"lmforge tokenize: {out / 'tokenizer'} is missing; writing the shards again", file=sys.stderr)
         index_path.unlink()
         return None
     return index["stats"]
@@ -302,9 +270,9 @@ def _work_dir(out: Path, request: dict) -> Path:
 
 
 def _write_shards(out: Path, parts: list[Path], lengths_of: list[np.ndarray], is_val: np.ndarray, dtype,
-                  shard_tokens: int) -> dict[str, _ShardWriter]:
+                  shard_tokens: int) -> dict[str, ShardWriter]:
     """Write every document to its split's shards in input order, one input file's tokens in memory at a time."""
-    writers = {s: _ShardWriter(out, s, shard_tokens, dtype) for s in ("train", "val")}
+    writers = {s: ShardWriter(out, s, shard_tokens, dtype) for s in ("train", "val")}
     g = 0
     for p, lengths in zip(parts, lengths_of):
         with np.load(p) as z:

@@ -1,4 +1,4 @@
-"""Token shards: the artifact between `lmforge data tokenize` and pretraining.
+"""Token shards: the artifact between `lmforge tokenize` and pretraining.
 
 A shards directory holds:
 
@@ -26,7 +26,8 @@ from typing import Iterator
 
 import numpy as np
 
-from lmforge.utils import LmforgeError, read_json
+from lmforge.tokenizer.tokenizer import Tokenizer
+from lmforge.utils import LmforgeError, atomic_path, read_json
 
 FORMAT = "lmforge-token-shards"
 VERSION = 1
@@ -124,8 +125,6 @@ class TokenShards:
         tok_dir = self.tokenizer_dir
         if not tok_dir.is_dir():
             raise LmforgeError(f"token shards {self.directory} lack their tokenizer copy in {tok_dir}")
-        from lmforge.tokenizer import Tokenizer
-
         tok = Tokenizer.load(tok_dir)
         if tok.hash != self.tokenizer_hash:
             raise LmforgeError(f"{tok_dir} does not match tokenizer_hash in {index_path} (tokenizer was changed)")
@@ -185,10 +184,34 @@ class TokenShards:
 
 def write_shard(path: str | Path, tokens: np.ndarray) -> None:
     """Write one .bin shard atomically (a crash leaves no half shard that the index could point at)."""
-    from lmforge.utils import atomic_path
-
     with atomic_path(path) as tmp:
         np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tofile(tmp)
+
+
+class ShardWriter:
+    """Appends documents to `SPLIT_NNNNN.bin` files of at most `shard_tokens` tokens (a document is never split)."""
+
+    def __init__(self, out: Path, split: str, shard_tokens: int, dtype: type[np.unsignedinteger]):
+        self.out, self.split, self.shard_tokens, self.dtype = out, split, shard_tokens, dtype
+        self.entries: list[dict] = []
+        self.buf: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, doc_tokens: np.ndarray) -> None:
+        if self.buf and self.size + len(doc_tokens) > self.shard_tokens:
+            self.flush()
+        self.buf.append(doc_tokens)
+        self.size += len(doc_tokens)
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"{self.split}_{len(self.entries):05d}.bin"
+        lengths = np.array([len(b) for b in self.buf], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        write_shard(self.out / name, np.concatenate(self.buf).astype(self.dtype, copy=False))
+        self.entries.append(shard_entry(name, int(lengths.sum()), offsets))
+        self.buf, self.size = [], 0
 
 
 def shard_entry(file: str, tokens: int, doc_offsets: list[int] | np.ndarray) -> dict:

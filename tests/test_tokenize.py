@@ -11,8 +11,9 @@ import pytest
 
 from lmforge.data.document import Document
 from lmforge.data.pipeline import OutputConfig, PipelineConfig, run_pipeline
-from lmforge.data.shards import TokenShards
-from lmforge.data.tokenize import TokenizeConfig, choose_validation, split_key, tokenize_files
+from lmforge.data.report import add_tokens, read_report
+from lmforge.tokenizer.shards import TokenShards
+from lmforge.tokenizer.encode_corpus import TokenizeConfig, choose_validation, split_key, tokenize_files
 from lmforge.data.writers import JsonlGzWriter, read_output_documents
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError, read_json, write_json
@@ -113,20 +114,25 @@ def test_bad_shards_are_refused_with_the_file_named(tmp_path, tokenizer_dir):
 
 
 @pytest.mark.timeout(120)
-def test_data_run_with_tokenizer_writes_shards_of_the_kept_text(tmp_path, tokenizer_dir):
+def test_shards_of_a_data_run_hold_its_kept_text(tmp_path, tokenizer_dir):
+    """The pipeline data -> tokenize: the shards hold exactly the documents `data run` kept (after PII
+    replacement), and the run's report records their tokens (as the speedrun does)."""
     rows = [{"id": f"r{i}", "text": t, "url": f"https://x.org/{i}"} for i, t in enumerate(texts(9, 40))]
     rows[3]["text"] += " mail me at someone@example.com"
     with gzip.open(tmp_path / "in.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     cfg = PipelineConfig(steps=[{"step": "dedup"}, {"step": "pii"}], output=OutputConfig(format="parquet"), name="t")
-    report = run_pipeline([tmp_path / "in.jsonl.gz"], tmp_path / "out", cfg, workers=1, tokenizer=tokenizer_dir)
+    report = run_pipeline([tmp_path / "in.jsonl.gz"], tmp_path / "out", cfg, workers=1)
+    stats = tokenize_files(report["documents_files"], tokenizer_dir, tmp_path / "out" / "shards")
+    add_tokens(tmp_path / "out", stats)
     tok = Tokenizer.load(tokenizer_dir)
     shards = [TokenShards(tmp_path / "out" / "shards", s) for s in ("train", "val")]
     decoded = sorted(tok.decode(d[1:].tolist()) for s in shards for d in s.iter_documents())
     kept = sorted(d.text for p in (tmp_path / "out" / "documents").iterdir() for d in read_output_documents(p))
     assert decoded == kept and len(kept) == 40
     assert not any("someone@example.com" in t for t in decoded)  # PII replaced before tokenization
-    assert report["tokens"]["train_tokens"] + report["tokens"]["val_tokens"] == sum(s.num_tokens for s in shards)
+    assert stats["train_tokens"] + stats["val_tokens"] == sum(s.num_tokens for s in shards)
+    assert read_report(tmp_path / "out" / "report.json")["tokens"] == stats
     assert "## Tokens" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -145,9 +151,9 @@ def _book(path, paragraphs: int = 3000) -> str:
 
 @pytest.mark.timeout(120)
 def test_plain_text_is_an_input_everywhere_and_long_documents_are_split(tmp_path, tokenizer_dir, capsys):
-    """`data tokenize` and `data run` take .txt/.md files and folders; one file is one document unless a flag
-    splits it; a book is kept as pieces with --text-max-chars instead of dropped as too long; the report is
-    written also when the tokenization after the filters fails."""
+    """`tokenize` and `data run` take .txt/.md files and folders; one file is one document unless a flag
+    splits it; a book is kept as pieces with --text-max-chars instead of dropped as too long; a run that drops
+    every document still writes its report, and tokenizing its empty output is refused."""
     from lmforge.cli import main
     from lmforge.data.readers import read_documents, split_text
 
@@ -164,7 +170,7 @@ def test_plain_text_is_an_input_everywhere_and_long_documents_are_split(tmp_path
     assert len(list(read_documents([notes]))) == 3  # a folder of them: one document per file
 
     shards = tmp_path / "shards"
-    assert main(["data", "tokenize", "--input", str(book), str(notes), "--tokenizer", str(tokenizer_dir), "--out",
+    assert main(["tokenize", "--input", str(book), str(notes), "--tokenizer", str(tokenizer_dir), "--out",
                  str(shards), "--min-val-tokens", "0", "--text-separator", "\\n\\n\\n"]) == 0
     tok = Tokenizer.load(tokenizer_dir)
     decoded = [tok.decode(d[1:].tolist()) for s in ("train", "val") for d in TokenShards(shards, s).iter_documents()]
@@ -174,10 +180,13 @@ def test_plain_text_is_an_input_everywhere_and_long_documents_are_split(tmp_path
     config = tmp_path / "chain.json"
     config.write_text(json.dumps({"name": "books", "steps": [{"step": "gopher_quality"}]}))
     whole = ["data", "run", "--input", str(book), "--config", str(config), "--workers", "1"]
-    assert main(whole + ["--out", str(tmp_path / "whole"), "--tokenizer", str(tokenizer_dir)]) == 2
+    assert main(whole + ["--out", str(tmp_path / "whole")]) == 0
+    report = (tmp_path / "whole" / "report.md").read_text()
+    assert "gopher_long_doc | 1 |" in report  # the book, one document too long, dropped
+    capsys.readouterr()
+    assert main(["tokenize", "--input", str(tmp_path / "whole" / "documents"), "--tokenizer", str(tokenizer_dir),
+                 "--out", str(tmp_path / "whole_shards")]) == 2
     assert "no documents" in capsys.readouterr().err
-    report = (tmp_path / "whole" / "report.md").read_text()  # written although the tokenization failed
-    assert "gopher_long_doc | 1 |" in report and "No token shards were written" in report
     assert main(whole + ["--out", str(tmp_path / "split"), "--text-max-chars", "50000"]) == 0
     kept = [d for p in sorted((tmp_path / "split" / "documents").iterdir()) for d in read_output_documents(p)]
     assert len(kept) == len(split_text(text, "", 50_000)) and "".join(
