@@ -1,5 +1,9 @@
-"""The pipeline's import rules, checked by reading the source: a lower stage never imports a higher one, and no
-two modules import each other (directly or through others).
+"""The codebase's shape, checked by reading the source: a lower stage never imports a higher one, no two modules
+import each other (directly or through others), and no module or function outgrows what a reader can hold.
+
+The import order is DEVELOPERS.md's ("Import order"): it follows the pipeline, except that the inference engine
+sits below training. The engine needs only a model and a tokenizer; training uses it to print samples (as
+post-training and evaluation use it to generate), so it is a runtime library training builds on.
 
 Every `import` counts, also those inside functions (kept there only to make `lmforge --help` fast) and those under
 `TYPE_CHECKING`: each is a dependency a reader has to follow. Dynamic imports by name (`importlib.import_module`,
@@ -13,19 +17,21 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lmforge"
 
-# Pipeline order, lowest first (DEVELOPERS.md). Rank 0 is the shared core every stage may use: the top-level
+# Import order, lowest first (DEVELOPERS.md). Rank 0 is the shared core every stage may use: the top-level
 # modules named here. A module of a stage package takes the package's rank.
 STAGE_RANK = {
     "utils": 0, "model": 0, "checkpoint": 0, "config": 0, "kernels": 0,
     "data": 1,
-    "tokenizer": 2,
-    "train": 3,
-    "inference": 4,
+    "tokenizer": 2,  # also the token shards: made with the tokenizer, read by training
+    "inference": 3,  # the engine: a model and a tokenizer; training prints samples with it
+    "train": 4,
     "posttrain": 5,
     "evaluation": 6,
     "export": 7,
     "speedrun": 8,
 }
+MAX_MODULE_LINES = 600  # issue 12's limits (the C runner, runner/run.c, is not Python and not counted)
+MAX_FUNCTION_LINES = 80
 # The command line lists every stage's verbs, so it sits above all of them.
 ENTRY_POINTS = {"cli", "__main__", "__init__"}
 TOP = max(STAGE_RANK.values()) + 1
@@ -155,3 +161,47 @@ def test_no_lower_stage_imports_a_higher_one():
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def long_modules() -> list[str]:
+    """`path: N lines` for every module of the package longer than MAX_MODULE_LINES."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(PACKAGE.parent)}: {lines} lines")
+    return found
+
+
+def long_functions(source: str, filename: str) -> list[str]:
+    """`file:line name: N lines` for every function (methods and nested ones included) longer than
+    MAX_FUNCTION_LINES, counted from its first decorator or `def` to its last line."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            lines = node.end_lineno - start + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{filename}:{node.lineno} {node.name}: {lines} lines")
+    return found
+
+
+def test_the_size_checks_see_what_they_must():
+    """A function one line over the limit is found, one at the limit and a long class of short methods are not."""
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    at_limit = f"def fine():\n{body}"
+    over = f"@staticmethod\ndef too_long():\n{body}"
+    methods = "class Many:\n" + "".join(f"    def m{i}(self):\n        return {i}\n" for i in range(60))
+    assert long_functions(at_limit + methods, "a.py") == []
+    assert long_functions(over, "b.py") == [f"b.py:2 too_long: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_no_module_is_too_long():
+    found = long_modules()
+    assert not found, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility):\n" + "\n".join(found)
+
+
+def test_no_function_is_too_long():
+    found = [hit for path in sorted(PACKAGE.rglob("*.py"))
+             for hit in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(found)
