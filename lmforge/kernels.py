@@ -90,8 +90,8 @@ class LinearRoute:
         self.packed: tuple[int, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, decode: bool = False) -> torch.Tensor:
-        rows = x.size(0)
-        if self.pack and decode and 4 <= rows <= 64:
+        if decode and self.pack and 4 <= x.size(0) <= 64:
+            rows = x.size(0)
             packed = self.packed  # read once: sessions in other threads may swap it
             if packed is None or packed[0] != rows:
                 packed = self.packed = (rows, torch.ops.mkldnn._reorder_linear_weight(self.wt.t().contiguous(), rows))

@@ -140,7 +140,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, -1), sin)
 
 
-
 Rope = Optional[tuple[torch.Tensor, torch.Tensor]]  # RoPE's (cos, signed sin), each (B or 1, 1, T, head_dim)
 
 
@@ -180,10 +179,6 @@ class KVCache:
         self.max_len = max_len
         self.holes = False  # whether any slot so far is padding (then attention needs a mask)
 
-    def reset(self) -> None:
-        self.length, self.holes = 0, False
-        self.valid.fill_(True)
-
     def mark_padding(self, real: torch.Tensor) -> None:
         """Record which of the next real.size(1) slots of each row hold real tokens (False: padding)."""
         self.valid[:, self.length:self.length + real.size(1)] = real
@@ -202,13 +197,12 @@ class KVCache:
             return None
         return attention_mask(self.valid, self.length, T)
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor,
-              at: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one layer's new keys/values from slot `at` on and return the keys/values attention reads: the
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor,
+              T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's T new keys/values from slot `at` on and return the keys/values attention reads: the
         filled slots, or, with `at` a tensor (the static decode step), the whole cache, so shapes never change."""
         kc, vc = self.k[layer], self.v[layer]
-        if isinstance(at, int):
-            T = k.size(2)
+        if type(at) is int:
             kc[:, :, at:at + T] = k
             vc[:, :, at:at + T] = v
             return kc[:, :, :at + T], vc[:, :, :at + T]
@@ -302,10 +296,11 @@ class Block(nn.Module):
         (see `KVCache.write`) and attention reads the cache under `mask`; `causal` when there is no mask and T > 1."""
         q, k, v = ops.qkv(ops.attn_norm(x), rope, B, T)
         if cache is not None:
-            k, v = cache.write(layer, k, v, at)
+            k, v = cache.write(layer, k, v, at, T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
-        x = ops.attn_out(y.transpose(1, 2).reshape(B * T, -1), x, T == 1)
-        return ops.mlp_out(ops.mlp_norm(x), x, T == 1)
+        decode = T == 1
+        x = ops.attn_out(y.transpose(1, 2).reshape(B * T, -1), x, decode)
+        return ops.mlp_out(ops.mlp_norm(x), x, decode)
 
 
 class GPT(nn.Module):
