@@ -346,11 +346,12 @@ class Engine:
     `torch.compile(mode="reduce-overhead")` (CUDA graphs). Default: on for CUDA, off on CPU, where the dynamic step
     is faster; True on CPU runs the static step uncompiled, which is how the tests check it.
     backend: compile the static step with this torch.compile backend instead (on any device; "eager" or
-    "aot_eager" check on CPU what compilation does to the step).
+    "aot_eager" check on CPU what compilation does to the step). Compiled steps of all engines share dynamo's cache
+    of `GPT.infer`: one graph per model and batch size, whichever engine asked first.
     """
 
     def __init__(self, model: GPT, tokenizer: Any = None, compile: bool | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | Callable | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         param = next(model.parameters())
