@@ -1003,6 +1003,7 @@ static int chat_turn(const Model *m, State *s, const Tokenizer *t, Gen *g, int *
         if (k > MAX_TOOL_OUTPUT_TOKENS) k = MAX_TOOL_OUTPUT_TOKENS + encode(t, " [cut]", ids + n + MAX_TOOL_OUTPUT_TOKENS);
         n += k;
         ids[n++] = t->output_end;
+        if (g->pos + n >= m->seq_len) { fputs("  (the context is full)", stdout); return last; } /* as chat.py */
     }
 }
 

@@ -17,7 +17,7 @@ import torch
 
 from lmforge.export.params import export_params, load_params
 from lmforge.tokenizer.chat_format import render_for_completion
-from params_helpers import compile_runner, corpus, tiny_model, tokenizer
+from params_helpers import CALCULATOR_CONVERSATION, compile_runner, corpus, memorized_chat_model, tiny_model, tokenizer
 
 PROMPT = "The model predicts the next token"
 
@@ -318,35 +318,12 @@ def test_c_calculator_agrees_with_python(run_bin, files):
         assert "C runner's calculator" in answers[e], (e, answers[e])
 
 
-def memorized_chat_model(tok, conversation: list[dict]):
-    """The tiny model trained until it answers with `conversation`'s assistant turn, token for token (greedy)."""
-    from lmforge.tokenizer.chat_format import render_conversation
-
-    ids, _ = render_conversation(tok, conversation)
-    model = tiny_model(tok.vocab_size, seed=2, init_std=0.02).train()
-    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        loss = torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.01:
-            break
-    return model.eval()
-
-
 @pytest.mark.timeout(120)
 def test_chat_mode_runs_the_calculator_and_feeds_its_output(run_bin, tmp_path, tok):
     # A model that learned to call the calculator: the runner shows the call, runs it itself (the model's next
     # tokens are never the output), feeds the result back, and the model goes on to its answer; no raw markers.
-    call = {"name": "calculator", "arguments": "37 * 48"}
-    conversation = [{"role": "user", "content": "What is 37 * 48?"},
-                    {"role": "assistant", "content": "", "tool_calls": [call]},
-                    {"role": "tool", "name": "calculator", "content": "1776"},
-                    {"role": "assistant", "content": "It is 1776."}]
     path, base = tmp_path / "chat.bin", tmp_path / "base.bin"
-    model = memorized_chat_model(tok, conversation)
+    model = memorized_chat_model(tok, CALCULATOR_CONVERSATION)
     export_params(model, tok, path, "fp32", chat=True)
     export_params(model, tok, base, "fp32")  # the same weights, not recorded as fine-tuned for chat
     r = run(run_bin, path, "-m", "chat", "-i", "What is 37 * 48?", "-n", "30", "-t", "0", "-v")
