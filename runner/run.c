@@ -3,6 +3,8 @@
    cc -O3 -o run runner/run.c -lm                       (portable; or `make runner`: -march=native -fopenmp)
    ./run model.bin -i "Once upon a time" -n 200 [-t 0.8] [-p 0.9] [-s 42]
    ./run model.bin -m chat -y "You are helpful." -i "What is 2+3?"   (no -i: one user turn per stdin line)
+   Chat runs the calculator calls the model makes (as `lmforge chat` does; see "the calculator tool" below) and
+   warns when the file's model was never fine-tuned for chat; generate prints the prompt, then its continuation.
 
    The parameter file (written by `lmforge export params`, documented field by field in lmforge/export/params.py),
    all integers little-endian:
@@ -776,7 +778,7 @@ static int calc_number(Calc *c) {
     char buf[CALC_CHARS + 1];
     if (e < 0) return calc_fail(c, "syntax error: invalid decimal literal");
     if (s[e] == '.') { is_int = 0; e++; if (s[e] >= '0' && s[e] <= '9') e = calc_digits(s, e); }
-    if (e > 0 && (s[e] == 'e' || s[e] == 'E')) { is_int = 0; e++; e = calc_digits(s, e + (s[e] == '+' || s[e] == '-')); }
+    if (s[e] == 'e' || s[e] == 'E') { is_int = 0; e++; e = calc_digits(s, e + (s[e] == '+' || s[e] == '-')); }
     if (e < 0 || isalnum((unsigned char)s[e]) || s[e] == '_' || s[e] == '.')
         return calc_fail(c, "syntax error: invalid decimal literal");
     int n = 0, zeros = 1;
