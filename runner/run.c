@@ -987,8 +987,9 @@ static int chat_turn(const Model *m, State *s, const Tokenizer *t, Gen *g, int *
     char out[512];
     for (int calls = 1;; calls++) {
         int last = generate(m, s, t, g, ids, n);
-        if (last != t->call_end || !g->in_call) return last; /* the end, the budget, or a stray <|tool_call_end|> */
-        g->in_call = 0;
+        int called = last == t->call_end && g->in_call;
+        g->in_call = 0; /* a call cut short by the budget is dropped, as chat.py drops it */
+        if (!called) return last; /* the end, the budget, or a stray <|tool_call_end|> */
         g->call[g->ncall] = 0;
         char *name = g->call, *args = strchr(g->call, '\n'), *e = args ? args : g->call + g->ncall;
         if (args) *args++ = 0;
