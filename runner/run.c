@@ -3,12 +3,14 @@
    cc -O3 -o run runner/run.c -lm                       (portable; or `make runner`: -march=native -fopenmp)
    ./run model.bin -i "Once upon a time" -n 200 [-t 0.8] [-p 0.9] [-s 42]
    ./run model.bin -m chat -y "You are helpful." -i "What is 2+3?"   (no -i: one user turn per stdin line)
+   Chat runs the calculator calls the model makes (as `lmforge chat` does; see "the calculator tool" below) and
+   warns when the file's model was never fine-tuned for chat; generate prints the prompt, then its continuation.
 
    The parameter file (written by `lmforge export params`, documented field by field in lmforge/export/params.py),
    all integers little-endian:
      fixed header, 128 bytes: u8[4] magic "LMFG" | u32 version (1) | u64 file_size (must equal the file's size) |
        u32 dim, hidden_dim, n_layer, n_head, n_kv_head, head_dim, vocab_size, seq_len | f32 rope_theta, norm_eps |
-       u32 flags (1: output head tied to the embedding, 2: QK-norm) | u32 dtype (0 fp32, 1 fp16, 2 bf16, 3 int8) |
+       u32 flags (1: output head tied to the embedding, 2: QK-norm, 4: fine-tuned for chat) | u32 dtype (0 fp32, 1 fp16, 2 bf16, 3 int8) |
        u32 group_size (int8) | u32 n_tensors | u64 tokenizer_offset, tensors_offset, data_offset | 32 zero bytes
      tokenizer: u32 n_tokens, n_special | u32 len + split regex | n_tokens x (u32 len + bytes of token id i) |
        n_special x (u32 id, u32 len + name)
@@ -28,8 +30,10 @@
    (rare symbols, combining marks, some scripts' digits), yet gave ids identical to the Python tokenizer on 987 of
    987 non-ASCII web pages (3.5M tokens, vocabulary 8192 trained on them; benchmarks/bench_runner.py measures it). */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -176,7 +180,7 @@ typedef struct {
 typedef struct { const uint8_t *p, *end; const char *what; } Cursor; /* reads one section [p, end) of the file */
 typedef struct { const uint8_t *s; uint32_t len; } Str;
 typedef struct {
-    int n_tokens, n_special, bos, end, system, user, assistant;
+    int n_tokens, n_special, bos, end, system, user, assistant, call, call_end, output, output_end;
     Str *tok, *sp; /* the bytes of token id i; the names of the special tokens, whose ids are in sp_id */
     int *sp_id, *ht, ht_size; /* ht: open addressing, token bytes -> id + 1 */
 } Tokenizer;
@@ -188,7 +192,7 @@ typedef struct {
 /* The header's integer fields in file order and the range of each (params.py's HEADER_BOUNDS, compared by a test). */
 static const struct { const char *name; uint32_t lo, hi; } FIELDS[12] = {
     {"dim", 2, 65536}, {"hidden_dim", 1, 262144}, {"n_layer", 1, 1024}, {"n_head", 1, 1024}, {"n_kv_head", 1, 1024},
-    {"head_dim", 2, 1024}, {"vocab_size", 256, 16777216}, {"seq_len", 1, 65536}, {"flags", 0, 3}, {"dtype", 0, 3},
+    {"head_dim", 2, 1024}, {"vocab_size", 256, 16777216}, {"seq_len", 1, 65536}, {"flags", 0, 7}, {"dtype", 0, 3},
     {"group_size", 0, 65536}, {"n_tensors", 3, 65536}};
 enum { MAX_SPECIAL = 1024 };
 
@@ -252,9 +256,11 @@ static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
         check(tok_lookup(t, &(uint8_t){(uint8_t)b}, 1) >= 0, "tokenizer has no token for the byte 0x%02x", b);
     t->sp = xcalloc(n_sp, sizeof *t->sp);
     t->sp_id = xcalloc(n_sp, sizeof *t->sp_id);
-    const char *names[] = {"<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"};
-    int *ids[] = {&t->bos, &t->end, &t->system, &t->user, &t->assistant};
-    t->bos = t->end = t->system = t->user = t->assistant = -1;
+    const char *names[] = {"<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool_call|>",
+                           "<|tool_call_end|>", "<|tool_output|>", "<|tool_output_end|>"};
+    int *ids[] = {&t->bos, &t->end, &t->system, &t->user, &t->assistant, &t->call, &t->call_end, &t->output,
+                  &t->output_end};
+    for (int k = 0; k < 9; k++) *ids[k] = -1;
     for (int i = 0; i < t->n_special; i++) {
         uint32_t id = rd32(c);
         Str nm = rdstr(c);
@@ -267,7 +273,7 @@ static void read_tokenizer(Cursor *c, Tokenizer *t, int vocab) {
                   "tokenizer special token %d repeats the id or name of special token %d", i, j);
         t->sp_id[i] = (int)id;
         t->sp[i] = nm;
-        for (int k = 0; k < 5; k++) if (*ids[k] < 0 && str_is(nm, names[k])) *ids[k] = (int)id;
+        for (int k = 0; k < 9; k++) if (*ids[k] < 0 && str_is(nm, names[k])) *ids[k] = (int)id;
     }
 }
 
@@ -672,10 +678,18 @@ static void out_byte(Utf8Out *u, uint8_t c) {
     else if (c >= 0xc2 && c <= 0xf4) { u->pend[0] = c; u->np = 1; u->need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2; }
     else out_put(u, bad, 3);
 }
-static void emit_token(Utf8Out *u, const Tokenizer *t, int id, int verbose) {
+/* What token `id` stands for: its bytes, or a special token's name (nothing for an id that is neither). */
+static Str token_str(const Tokenizer *t, int id) {
+    if (id < t->n_tokens) return t->tok[id];
+    for (int i = 0; i < t->n_special; i++) if (t->sp_id[i] == id) return t->sp[i];
+    return (Str){(const uint8_t *)"", 0};
+}
+/* Print a token (unless !show: a chat hides special tokens and tool calls) and, with -v, log it to stderr. */
+static void emit_token(Utf8Out *u, const Tokenizer *t, int id, int verbose, int show) {
+    Str b = token_str(t, id);
     u->nbuf = 0;
-    if (id < t->n_tokens) for (uint32_t i = 0; i < t->tok[id].len; i++) out_byte(u, t->tok[id].s[i]);
-    for (int i = 0; i < t->n_special; i++) if (t->sp_id[i] == id) out_put(u, t->sp[i].s, t->sp[i].len);
+    if (show && id < t->n_tokens) for (uint32_t i = 0; i < b.len; i++) out_byte(u, b.s[i]);
+    else if (show) out_put(u, b.s, b.len);
     fwrite(u->buf, 1, u->nbuf, stdout);
     fflush(stdout);
     if (verbose) {
@@ -722,13 +736,222 @@ static int sample(float *logits, int n, float temp, float topp, ProbIndex *buf) 
     return buf[last].i;
 }
 
+/* ---------------------------------------------------------------- the calculator tool */
+/* lmforge.inference.tools.calculate for what a chat asks of it: numbers (Python's literals: 1_000, 2.5, .5, 1e3),
+   + - * / // % ** and parentheses, with Python's semantics (int / int is a float, // and % round toward -inf, -2**2
+   is -4, int ** int is an int) and its refusals, in the same words and the same order (the expression is parsed
+   as a tree and checked depth first, left before right, as tools.py walks Python's ast). Two differences, both
+   refusals: integers beyond 64 bits (Python's go to 4096 bits) and sqrt/abs/round/pi/e; tests/test_runner.py
+   runs both calculators on one table. Never evaluates anything but arithmetic: a tree of at most CALC_NODES. */
+enum { CALC_CHARS = 256, CALC_DEPTH = 50, CALC_NODES = 2 * CALC_CHARS + 2 };
+typedef struct { int is_int; long long i; double f; } Num;
+typedef struct { char op; int a, b; Num v; } Node; /* op: n number, v name and c call (a, b: offset, length), u/p
+                                                       unary -/+ (a), x ^, else a binary operator on a, b */
+typedef struct { const char *s; int pos, n_nodes; Node node[CALC_NODES]; char err[160]; } Calc;
+
+static int calc_fail(Calc *c, const char *fmt, ...) {
+    if (!c->err[0]) { va_list ap; va_start(ap, fmt); vsnprintf(c->err, sizeof c->err, fmt, ap); va_end(ap); }
+    return -1;
+}
+static int calc_node(Calc *c, char op, int a, int b) {
+    if (a < 0 || b < 0) return -1;
+    if (c->n_nodes == CALC_NODES) return calc_fail(c, "syntax error: too many nested parentheses");
+    c->node[c->n_nodes] = (Node){op, a, b, {0, 0, 0}};
+    return c->n_nodes++;
+}
+static void calc_space(Calc *c) { while (c->s[c->pos] && strchr(" \t\n\r\f\v", c->s[c->pos])) c->pos++; }
+static int calc_eat(Calc *c, const char *tok) { /* the operator `tok`, not the start of a longer one */
+    size_t n = strlen(tok);
+    calc_space(c);
+    if (strncmp(c->s + c->pos, tok, n) || (n == 1 && strchr("*/", *tok) && c->s[c->pos + 1] == *tok)) return 0;
+    c->pos += (int)n;
+    return 1;
+}
+static int calc_digits(const char *s, int i) { /* digit ('_'? digit)*: the end of the run, or -1 when malformed */
+    if (s[i] < '0' || s[i] > '9') return -1;
+    while ((s[i] >= '0' && s[i] <= '9') || (s[i] == '_' && s[i + 1] >= '0' && s[i + 1] <= '9')) i++;
+    return s[i] == '_' ? -1 : i;
+}
+static int calc_number(Calc *c) {
+    const char *s = c->s;
+    int i = c->pos, e = s[i] == '.' ? i : calc_digits(s, i), is_int = 1;
+    char buf[CALC_CHARS + 1];
+    if (e < 0) return calc_fail(c, "syntax error: invalid decimal literal");
+    if (s[e] == '.') { is_int = 0; e++; if (s[e] >= '0' && s[e] <= '9') e = calc_digits(s, e); }
+    if (s[e] == 'e' || s[e] == 'E') { is_int = 0; e++; e = calc_digits(s, e + (s[e] == '+' || s[e] == '-')); }
+    if (e < 0 || isalnum((unsigned char)s[e]) || s[e] == '_' || s[e] == '.')
+        return calc_fail(c, "syntax error: invalid decimal literal");
+    int n = 0, zeros = 1;
+    for (int j = i; j < e; j++) if (s[j] != '_') { buf[n++] = s[j]; zeros &= s[j] == '0'; }
+    buf[n] = 0;
+    if (is_int && buf[0] == '0' && !zeros) return calc_fail(c, "syntax error: leading zeros in decimal integer literals "
+                                                              "are not permitted");
+    int k = calc_node(c, 'n', 0, 0);
+    if (k < 0) return k;
+    errno = 0;
+    c->node[k].v = (Num){is_int, is_int ? strtoll(buf, NULL, 10) : 0, is_int ? 0.0 : strtod(buf, NULL)};
+    if (is_int && errno) return calc_fail(c, "integer beyond the 64 bits of the C runner's calculator");
+    c->pos = e;
+    return k;
+}
+static int calc_xor(Calc *c);
+static int calc_unary(Calc *c);
+static int calc_atom(Calc *c) { /* number | '(' xor ')' | name | name '(' xor {',' xor} ')' */
+    calc_space(c);
+    const char *s = c->s + c->pos;
+    if ((*s >= '0' && *s <= '9') || (*s == '.' && s[1] >= '0' && s[1] <= '9')) return calc_number(c);
+    if (calc_eat(c, "(")) {
+        int k = calc_xor(c);
+        return k >= 0 && calc_eat(c, ")") ? k : calc_fail(c, "syntax error: invalid syntax");
+    }
+    int n = 0;
+    while (isalnum((unsigned char)s[n]) || s[n] == '_') n++;
+    if (n == 0 || isdigit((unsigned char)*s)) return calc_fail(c, "syntax error: invalid syntax");
+    int k = calc_node(c, 'v', c->pos, n);
+    c->pos += n;
+    if (k < 0 || !calc_eat(c, "(")) return k;
+    c->node[k].op = 'c';
+    do if (calc_xor(c) < 0) return -1; while (calc_eat(c, ","));
+    return calc_eat(c, ")") ? k : calc_fail(c, "syntax error: invalid syntax");
+}
+static int calc_power(Calc *c) { /* atom ['**' unary]: right-associative, binds tighter than a unary minus on its left */
+    int k = calc_atom(c);
+    return k >= 0 && calc_eat(c, "**") ? calc_node(c, '^', k, calc_unary(c)) : k;
+}
+static int calc_unary(Calc *c) {
+    int k;
+    if (calc_eat(c, "-")) return k = calc_unary(c), calc_node(c, 'u', k, k);
+    if (calc_eat(c, "+")) return k = calc_unary(c), calc_node(c, 'p', k, k);
+    return calc_power(c);
+}
+static int calc_term(Calc *c) {
+    int k = calc_unary(c);
+    for (char op; k >= 0 && ((op = calc_eat(c, "//") ? 'f' : calc_eat(c, "*") ? '*' : calc_eat(c, "/") ? '/'
+                                   : calc_eat(c, "%") ? '%' : 0));)
+        k = calc_node(c, op, k, calc_unary(c));
+    return k;
+}
+static int calc_sum(Calc *c) {
+    int k = calc_term(c);
+    for (char op; k >= 0 && ((op = calc_eat(c, "+") ? '+' : calc_eat(c, "-") ? '-' : 0));) k = calc_node(c, op, k, calc_term(c));
+    return k;
+}
+static int calc_xor(Calc *c) { /* Python parses '^' (below + and -) and the calculator refuses it with a hint */
+    int k = calc_sum(c);
+    while (k >= 0 && calc_eat(c, "^")) k = calc_node(c, 'x', k, calc_sum(c));
+    return k;
+}
+
+static double as_f(Num a) { return a.is_int ? (double)a.i : a.f; }
+static int calc_int_op(Calc *c, char op, long long a, long long b, Num *out) {
+    long long r = 0, q;
+    int over = 0;
+    if (op == '+') over = __builtin_add_overflow(a, b, &r);
+    else if (op == '-') over = __builtin_sub_overflow(a, b, &r);
+    else if (op == '*') over = __builtin_mul_overflow(a, b, &r);
+    else if (op == '^') for (r = 1; b-- > 0 && !over;) over = __builtin_mul_overflow(r, a, &r);
+    else if (a == LLONG_MIN && b == -1) over = 1;
+    else { q = a / b, r = a % b; if (r && (r < 0) != (b < 0)) r += b, q--; if (op == 'f') r = q; } /* floor, as Python */
+    *out = (Num){1, r, 0};
+    return over ? calc_fail(c, "integer beyond the 64 bits of the C runner's calculator") : 0;
+}
+static int calc_binary(Calc *c, char op, Num a, Num b, Num *out) {
+    double x = as_f(a), y = as_f(b), m, d;
+    if (op == '^' && fabs(y) > 10000) return calc_fail(c, "exponent too large");
+    if (op == '^' && a.is_int && b.is_int && b.i > 0) {
+        int bits = 0;
+        for (unsigned long long u = a.i < 0 ? 0ull - (unsigned long long)a.i : (unsigned long long)a.i; u; u >>= 1) bits++;
+        if ((double)bits * b.i > 4096) return calc_fail(c, "result too large");
+    }
+    if ((op == '^' && x == 0 && y < 0) || (strchr("/f%", op) && y == 0)) return calc_fail(c, "division by zero");
+    if (a.is_int && b.is_int && op != '/' && (op != '^' || b.i >= 0)) return calc_int_op(c, op, a.i, b.i, out);
+    switch (op) { /* floats; // and % as CPython's float_floor_div and float_rem */
+    case '+': m = x + y; break;
+    case '-': m = x - y; break;
+    case '*': m = x * y; break;
+    case '/': m = x / y; break;
+    case '^': if (x < 0 && y != floor(y)) return calc_fail(c, "result is not a real number");
+        m = pow(x, y); break;
+    default: m = fmod(x, y), d = (x - m) / y;
+        if (m && (y < 0) != (m < 0)) m += y, d -= 1.0;
+        if (op == '%') m = m ? m : copysign(0.0, y);
+        else m = d ? floor(d) + (d - floor(d) > 0.5) : copysign(0.0, x / y);
+    }
+    *out = (Num){0, 0, m};
+    return isfinite(m) ? 0 : calc_fail(c, "result too large");
+}
+static int calc_eval(Calc *c, int k, int depth, Num *out) {
+    Node *nd = &c->node[k];
+    Num a, b;
+    if (depth > CALC_DEPTH) return calc_fail(c, "expression nested too deeply");
+    if (nd->op == 'n') { *out = nd->v; return 0; }
+    if (nd->op == 'x') return calc_fail(c, "use ** for powers");
+    if (nd->op == 'v' || nd->op == 'c') {
+        const char *name = c->s + nd->a, *known[] = {"sqrt", "abs", "round", "pi", "e"};
+        for (int i = 0; i < 5; i++)
+            if (strlen(known[i]) == (size_t)nd->b && !strncmp(name, known[i], nd->b))
+                return calc_fail(c, "%s is not in the C runner's calculator (numbers, + - * / // %% ** and parentheses)",
+                                 known[i]);
+        return nd->op == 'c' ? calc_fail(c, "not arithmetic: function call (only sqrt, abs, round)")
+                             : calc_fail(c, "not arithmetic: name '%.*s'", nd->b, name);
+    }
+    if (calc_eval(c, nd->a, depth + 1, &a)) return -1;
+    if (nd->op == 'p' || nd->op == 'u') {
+        *out = a;
+        if (nd->op == 'u' && a.is_int && __builtin_sub_overflow(0, a.i, &out->i))
+            return calc_fail(c, "integer beyond the 64 bits of the C runner's calculator");
+        if (nd->op == 'u' && !a.is_int) out->f = -a.f;
+        return 0;
+    }
+    return calc_eval(c, nd->b, depth + 1, &b) ? -1 : calc_binary(c, nd->op, a, b, out);
+}
+/* The calculator's answer to `expr` as the text the model reads: the number, or "error: ...". */
+static void calculate(const char *expr, char *out, size_t cap) {
+    static const char *symbols[3][2] = {{"\xc3\x97", "*"}, {"\xc3\xb7", "/"}, {"\xe2\x88\x92", "-"}}; /* x : - */
+    static Calc c;
+    char text[4 * CALC_CHARS + 8];
+    size_t n = 0, chars = 0;
+    while (*expr && strchr(" \t\n\r\f\v", *expr)) expr++;
+    while (*expr && n < sizeof text - 1) { /* Python's str.translate of the three symbols */
+        int k = 0;
+        while (k < 3 && strncmp(expr, symbols[k][0], strlen(symbols[k][0]))) k++;
+        text[n++] = k < 3 ? symbols[k][1][0] : *expr;
+        expr += k < 3 ? strlen(symbols[k][0]) : 1;
+    }
+    while (n > 0 && strchr(" \t\n\r\f\v", text[n - 1])) n--;
+    text[n] = 0;
+    for (size_t i = 0; i < n; i++) chars += ((unsigned char)text[i] & 0xc0) != 0x80; /* characters, not bytes */
+    memset(&c, 0, sizeof c);
+    c.s = text;
+    Num r;
+    int k = n == 0 ? calc_fail(&c, "empty expression")
+          : chars > CALC_CHARS || *expr ? calc_fail(&c, "expression longer than %d characters", CALC_CHARS)
+          : calc_xor(&c);
+    calc_space(&c);
+    if (k >= 0 && c.s[c.pos]) k = calc_fail(&c, "syntax error: invalid syntax");
+    if (k < 0 || calc_eval(&c, k, 1, &r)) snprintf(out, cap, "error: %s", c.err[0] ? c.err : "syntax error: invalid syntax");
+    else if (r.is_int) snprintf(out, cap, "%lld", r.i);
+    else if (r.f == floor(r.f) && fabs(r.f) < 1e15) snprintf(out, cap, "%lld", (long long)r.f); /* as format_number */
+    else snprintf(out, cap, "%.12g", r.f);
+}
+
 /* ---------------------------------------------------------------- generation and chat */
-typedef struct { float temp, topp; int steps, verbose, pos; FILE *dump; ProbIndex *buf; Utf8Out u; } Gen;
+enum { MAX_TOOL_CALLS = 4, MAX_TOOL_OUTPUT_TOKENS = 96 }; /* per turn; as lmforge.inference.chat.ChatConfig */
+typedef struct {
+    float temp, topp;
+    int steps, verbose, pos, chat, in_call; /* chat: stop at <|tool_call_end|>, hide special tokens and calls */
+    FILE *dump;
+    ProbIndex *buf;
+    Utf8Out u;
+    char call[4096]; /* the text of the tool call being generated (NAME\nARGS), NUL-terminated */
+    size_t ncall;
+} Gen;
 static double prefill_s, decode_s;
 static long n_prefill, n_decode;
 
 /* Feed `ids` (prefilled as one batch) after g->pos, then sample up to g->steps tokens, printing them; stops at
-   <|end|> or <|bos|>. Returns the last sampled token (not yet fed to the model). */
+   <|end|> or <|bos|>, and in a chat at <|tool_call_end|> (the call's text, after <|tool_call|>, is collected in
+   g->call rather than printed). Returns the last sampled token (not yet fed to the model). */
 static int generate(const Model *m, State *s, const Tokenizer *t, Gen *g, const int *ids, int n) {
     if (g->pos + n >= m->seq_len) die("the prompt (%d tokens) does not fit the context of %d", g->pos + n, m->seq_len);
     double t0 = now();
@@ -741,8 +964,12 @@ static int generate(const Model *m, State *s, const Tokenizer *t, Gen *g, const 
     for (int step = 0; step < g->steps; step++) {
         if (g->dump) fwrite(logits, sizeof(float), m->vocab, g->dump);
         token = sample(logits, m->vocab, g->temp, g->topp, g->buf);
-        if (token == t->end || token == t->bos) break;
-        emit_token(&g->u, t, token, g->verbose);
+        if (token == t->end || token == t->bos || (g->chat && token == t->call_end)) break;
+        if (g->chat && token == t->call) g->in_call = 1, g->ncall = 0;
+        Str b = token_str(t, token);
+        for (uint32_t i = 0; g->in_call && token != t->call && i < b.len && g->ncall + 1 < sizeof g->call; i++)
+            g->call[g->ncall++] = (char)b.s[i];
+        emit_token(&g->u, t, token, g->verbose, !g->in_call && !(g->chat && token >= t->n_tokens));
         if (step + 1 == g->steps || g->pos >= m->seq_len) break;
         logits = forward(m, s, &token, 1, g->pos++);
         n_decode++;
@@ -752,14 +979,45 @@ static int generate(const Model *m, State *s, const Tokenizer *t, Gen *g, const 
     return token;
 }
 
+/* One assistant turn after `ids`, as `lmforge chat` runs it (lmforge/inference/chat.py): each tool call the model
+   makes (<|tool_call|>NAME\nARGS<|tool_call_end|>) is shown, run (the calculator; any other tool gets an error),
+   and its output fed back as <|tool_output|>OUTPUT<|tool_output_end|>, after which the answer goes on. Returns the
+   turn's last sampled token. */
+static int chat_turn(const Model *m, State *s, const Tokenizer *t, Gen *g, int *ids, int n) {
+    char out[512];
+    for (int calls = 1;; calls++) {
+        int last = generate(m, s, t, g, ids, n);
+        int called = last == t->call_end && g->in_call;
+        g->in_call = 0; /* a call cut short by the budget is dropped, as chat.py drops it */
+        if (!called) return last; /* the end, the budget, or a stray <|tool_call_end|> */
+        g->call[g->ncall] = 0;
+        char *name = g->call, *args = strchr(g->call, '\n'), *e = args ? args : g->call + g->ncall;
+        if (args) *args++ = 0;
+        while (*name && isspace((unsigned char)*name)) name++; /* the name, stripped (chat_format.parse_tool_call) */
+        while (e > name && isspace((unsigned char)e[-1])) *--e = 0;
+        if (calls > MAX_TOOL_CALLS) snprintf(out, sizeof out, "error: more than %d tool calls in one answer", MAX_TOOL_CALLS);
+        else if (!strcmp(name, "calculator")) calculate(args ? args : "", out, sizeof out);
+        else snprintf(out, sizeof out, "error: unknown tool '%.64s'; available: calculator", name);
+        printf("\n  [%s] %s\n  [%s output] %s\n", name, args ? args : "", name, out);
+        n = 0;
+        ids[n++] = last;
+        ids[n++] = t->output;
+        int k = encode(t, out, ids + n);
+        if (k > MAX_TOOL_OUTPUT_TOKENS) k = MAX_TOOL_OUTPUT_TOKENS + encode(t, " [cut]", ids + n + MAX_TOOL_OUTPUT_TOKENS);
+        n += k;
+        ids[n++] = t->output_end;
+        if (g->pos + n >= m->seq_len) { fputs("  (the context is full)", stdout); return last; } /* as chat.py */
+    }
+}
+
 static void usage(FILE *out, int code) {
     fprintf(out, "usage: run model.bin [options]\n"
             "  -i TEXT   prompt (chat mode: the user's message; without it, one message per line of stdin)\n"
             "  -n N      tokens to generate, 1 to 65536 (default 256; generation also stops at the context's end)\n"
-            "  -t T      temperature, 0 to 100 (default 1.0; 0 = greedy)\n"
-            "  -p P      top-p, in (0, 1] (default 0.9; 1 = off)\n  -s SEED   random seed, 0 to 2^64-1 (default: time)\n"
-            "  -m MODE   generate | chat | encode (ids of -i, or of each\n"
-            "            NUL-separated text on stdin, one line each)\n"
+            "  -t T      temperature, 0 to 100 (0 = greedy; default 0.8, as lmforge generate; chat 0.7, as lmforge chat)\n"
+            "  -p P      top-p, in (0, 1] (1 = off; default 1, as lmforge generate; chat 0.95, as lmforge chat)\n  -s SEED   random seed, 0 to 2^64-1 (default: time)\n"
+            "  -m MODE   generate | chat | encode (ids of -i, or of each NUL-separated text on stdin, one line\n"
+            "            each) | calc (the chat's calculator on -i, or on each NUL-separated text on stdin)\n"
             "  -y TEXT   system prompt (chat)\n  -d FILE   dump each step's logits (float32, vocab per step)\n"
             "  -v        print each token id and its output bytes to stderr\n");
     exit(code);
@@ -795,8 +1053,8 @@ static void parse_flags(int argc, char **argv, Args *a, Gen *g) {
             check(*v && strspn(v, "0123456789") == strlen(v) && !errno, "-s: expected an integer in [0, 2^64-1]");
             break;
         case 'm': a->mode = v;
-            check(!strcmp(v, "generate") || !strcmp(v, "chat") || !strcmp(v, "encode"),
-                  "-m: expected generate, chat or encode");
+            check(!strcmp(v, "generate") || !strcmp(v, "chat") || !strcmp(v, "encode") || !strcmp(v, "calc"),
+                  "-m: expected generate, chat, encode or calc");
             break;
         case 'y': a->sys = v; break;
         default: a->dump = v;
@@ -809,8 +1067,11 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(stdout, 0);
     check(argv[1][0] != '-', "the first argument is the parameter file (run -h for usage)");
     Args a = {.mode = "generate", .seed = (unsigned long long)time(NULL)};
-    Gen g = {.temp = 1.0f, .topp = 0.9f, .steps = 256};
+    Gen g = {.temp = -1, .topp = -1, .steps = 256}; /* -1: the mode's default */
     parse_flags(argc, argv, &a, &g);
+    g.chat = !strcmp(a.mode, "chat");
+    if (g.temp < 0) g.temp = g.chat ? 0.7f : 0.8f;
+    if (g.topp < 0) g.topp = g.chat ? 0.95f : 1.0f;
     progfile = argv[1];
     rng_state = a.seed ? a.seed : 0x9e3779b97f4a7c15ull;
     Model m = {0};
@@ -827,11 +1088,16 @@ int main(int argc, char **argv) {
         if (t.bos >= 0) ids[n++] = t.bos;
         n += encode(&t, a.prompt ? a.prompt : "", ids + n);
         if (n == 0) die("empty prompt and no <|bos|> token to start from");
+        fputs(a.prompt ? a.prompt : "", stdout); /* the prompt, then its continuation (as lmforge generate) */
         generate(&m, &s, &t, &g, ids, n);
         putchar('\n');
     } else if (!strcmp(a.mode, "chat")) {
-        if (t.bos < 0 || t.end < 0 || t.user < 0 || t.assistant < 0 || t.system < 0)
-            die("the tokenizer has no chat special tokens");
+        for (int k = 0, *need[] = {&t.bos, &t.end, &t.system, &t.user, &t.assistant, &t.call, &t.call_end, &t.output,
+                                   &t.output_end}; k < 9; k++)
+            if (*need[k] < 0) die("the tokenizer has no chat special tokens");
+        if (!(m.flags & 4))
+            fprintf(stderr, "run: %s: warning: this model was never fine-tuned for chat (a base model): its answers "
+                    "continue text rather than reply\n", argv[1]);
         int n = 0, last = -1;
         ids[n++] = t.bos;
         if (a.sys) { ids[n++] = t.system; n += encode(&t, a.sys, ids + n); ids[n++] = t.end; }
@@ -847,21 +1113,23 @@ int main(int argc, char **argv) {
             if (last >= 0) ids[n++] = t.end;
             ids[n++] = t.user; n += encode(&t, msg, ids + n); ids[n++] = t.end; ids[n++] = t.assistant;
             if (isatty(0) && !a.prompt) fputs("Assistant: ", stderr);
-            last = generate(&m, &s, &t, &g, ids, n);
+            last = chat_turn(&m, &s, &t, &g, ids, n);
             putchar('\n');
             fflush(stdout);
             n = 0;
         }
-    } else if (!strcmp(a.mode, "encode")) { /* ids (no <|bos|>) of -i, or of each NUL-separated text on stdin */
+    } else { /* encode: ids (no <|bos|>), or calc: answers, of -i or of each NUL-separated text on stdin */
         size_t n = a.prompt ? strlen(a.prompt) : 0, cap = n + 1;
         char *text = xcalloc(cap + 1, 1);
         if (a.prompt) memcpy(text, a.prompt, n);
         else for (size_t r; (r = fread(text + n, 1, cap - n, stdin)) > 0;)
             if ((n += r) == cap && !(text = realloc(text, (cap *= 2) + 1))) die("out of memory");
-        int *out = xcalloc(n + 1, sizeof(int));
-        for (size_t a = 0; a <= n; a += strlen(text + a) + 1) {
+        int *out = xcalloc(n + 1, sizeof(int)), calc = !strcmp(a.mode, "calc");
+        char answer[512];
+        for (size_t at = 0; at <= n; at += strlen(text + at) + 1) {
             text[n] = 0;
-            int k = encode(&t, text + a, out);
+            if (calc) { calculate(text + at, answer, sizeof answer); puts(answer); continue; }
+            int k = encode(&t, text + at, out);
             for (int i = 0; i < k; i++) printf(i ? " %d" : "%d", out[i]);
             putchar('\n');
         }

@@ -52,6 +52,32 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:
     return model
 
 
+# One calculator turn, as SFT teaches it: a model that memorized it makes a call the runner and a user's loop must run.
+CALCULATOR_CONVERSATION = [{"role": "user", "content": "What is 37 * 48?"},
+                           {"role": "assistant", "content": "",
+                            "tool_calls": [{"name": "calculator", "arguments": "37 * 48"}]},
+                           {"role": "tool", "name": "calculator", "content": "1776"},
+                           {"role": "assistant", "content": "It is 1776."}]
+
+
+def memorized_chat_model(tok, conversation: list[dict]):
+    """The tiny model trained until it answers with `conversation`'s assistant turn, token for token (greedy)."""
+    from lmforge.tokenizer.chat_format import render_conversation
+
+    ids, _ = render_conversation(tok, conversation)
+    model = tiny_model(tok.vocab_size, seed=2, init_std=0.02).train()
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    return model.eval()
+
+
 def compile_runner(out: Path, *flags: str) -> Path:
     """runner/run.c built with the system C compiler, warnings on (any warning fails the test)."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

@@ -128,3 +128,22 @@ def test_gguf_carries_the_hugging_face_chat_template(tmp_path, tok):
     field = gguf.GGUFReader(str(export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf"))).fields["tokenizer.chat_template"]
     template = bytes(field.parts[field.data[0]]).decode("utf-8")
     assert template == CHAT_TEMPLATE and ESCAPE in template
+
+
+@pytest.mark.timeout(120)
+def test_gguf_stops_at_a_tool_call_and_prints_the_tool_tokens(tmp_path, tok):
+    # llama.cpp ends generation at the end-of-message token and prints USER_DEFINED tokens (CONTROL ones it hides):
+    # the tool protocol is visible to a caller's loop, the chat markers are not
+    import gguf
+
+    tokenizer, _ = tok
+    checkpoint(tmp_path / "ckpt", tok, vocab_size=tokenizer.vocab_size)
+    reader = gguf.GGUFReader(str(export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf")))
+    types = reader.fields["tokenizer.ggml.token_type"]
+    type_of = {i: int(types.parts[part][0]) for i, part in enumerate(types.data)}
+    specials = tokenizer.special_tokens
+    for name, i in specials.items():
+        tool = name.startswith("<|tool_")
+        assert type_of[i] == (gguf.TokenType.USER_DEFINED if tool else gguf.TokenType.CONTROL), name
+    eom = reader.fields["tokenizer.ggml.eom_token_id"]
+    assert int(eom.parts[eom.data[0]][0]) == specials["<|tool_call_end|>"]

@@ -13,6 +13,7 @@ from lmforge.model import GPT, GPTConfig
 from lmforge.tokenizer.chat_format import render_conversation, render_for_completion
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils import LmforgeError
+from params_helpers import CALCULATOR_CONVERSATION, memorized_chat_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -62,7 +63,9 @@ def test_tokenizer_and_chat_template_match_lmforge(tmp_path, tok):
     make_checkpoint(tmp_path / "ckpt", tok_dir, tokenizer.vocab_size)
     out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert hf_tok(TEXT)["input_ids"] == tokenizer.encode(TEXT)
+    # plain text gets <|bos|> first, as `lmforge generate` feeds it (a rendered template gets no second one)
+    assert hf_tok(TEXT)["input_ids"] == Engine(make_checkpoint(tmp_path / "c2", tok_dir, tokenizer.vocab_size),
+                                               tokenizer).encode_prompt(TEXT) == [tokenizer.bos_id] + tokenizer.encode(TEXT)
     conversations = [
         [{"role": "user", "content": "hi"}],
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"},
@@ -116,3 +119,27 @@ def test_export_cli_writes_both_formats(tmp_path, tok, capsys):
     assert "wrote GGUF" in capsys.readouterr().out
     assert main(["export", "hf", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_pipeline_returns_the_tool_call_for_a_users_loop(tmp_path, tok):
+    # A model that learned to call the calculator, exported: a text-generation pipeline (which decodes with
+    # skip_special_tokens=True) stops at the end of the call and returns it with its markers, and the template
+    # renders the call and its output for the next step of the user's loop as lmforge does.
+    tokenizer, tok_dir = tok
+    save_model(tmp_path / "ckpt", memorized_chat_model(tokenizer, CALCULATOR_CONVERSATION), tok_dir)
+    out = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    config = transformers.GenerationConfig.from_pretrained(out)
+    assert tokenizer.special_tokens["<|tool_call_end|>"] in config.eos_token_id
+    pipe = transformers.pipeline("text-generation", model=str(out), dtype=torch.float32)
+    reply = pipe(CALCULATOR_CONVERSATION[:1], max_new_tokens=30, do_sample=False)[0]["generated_text"][-1]
+    assert reply == {"role": "assistant", "content": "<|tool_call|>calculator\n37 * 48<|tool_call_end|>"}
+
+    hf_tok = pipe.tokenizer
+    ids = list(hf_tok.apply_chat_template(CALCULATOR_CONVERSATION, tokenize=True)["input_ids"])
+    assert ids == render_conversation(tokenizer, CALCULATOR_CONVERSATION)[0]
+    shown = hf_tok.decode(ids, skip_special_tokens=False)
+    assert "<|tool_call|>calculator\n37 * 48<|tool_call_end|><|tool_output|>1776<|tool_output_end|>It is" in shown
+    assert hf_tok.decode(ids, skip_special_tokens=True) == (
+        "What is 37 * 48?<|tool_call|>calculator\n37 * 48<|tool_call_end|><|tool_output|>1776<|tool_output_end|>"
+        "It is 1776.")  # the chat's own markers go, the tool protocol stays

@@ -120,3 +120,24 @@ def test_cli_exports_a_checkpoint_and_inspect_reads_only_the_header(tmp_path, to
     bad.write_bytes(out.read_bytes()[:1000])
     assert main(["inspect", str(bad)]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+def test_an_sft_checkpoint_exports_as_a_chat_model_and_inspect_says_so(tmp_path, tok, model, capsys):
+    from lmforge.checkpoint import save_train_checkpoint
+
+    tok_dir = tok.save(tmp_path / "tok")
+    # what the trainer records of its data: SFT's conversation batches, or pretraining's token batches
+    sft_data = {"epoch": 0, "index": 8, "seed": 1, "n": 40}
+    pretrain_data = {"batches": 10, "seed": 1, "world_size": 1, "batch_size": 4, "seq_len": 32, "align": False}
+    for kind, data in (("sft", sft_data), ("pretrain", pretrain_data)):
+        ckpt = save_train_checkpoint(tmp_path / kind, 10, model, {}, {"data": [data]}, tokenizer_dir=tok_dir)
+        assert main(["export", "params", "--checkpoint", str(ckpt), "--out", str(tmp_path / f"{kind}.bin")]) == 0
+        assert ("chat model" if kind == "sft" else "base model") in capsys.readouterr().out
+        assert params.read_header(tmp_path / f"{kind}.bin").chat == (kind == "sft")
+    assert main(["inspect", str(tmp_path / "sft.bin")]) == 0
+    assert "fine-tuned for chat (SFT)" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "pretrain.bin")]) == 0
+    assert "no: a base model" in capsys.readouterr().out
+    forced = tmp_path / "forced.bin"  # --chat records it whatever the checkpoint says
+    assert main(["export", "params", "--checkpoint", str(tmp_path / "pretrain"), "--chat", "--out", str(forced)]) == 0
+    assert params.read_header(forced).chat

@@ -125,7 +125,7 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[bytes, Layout], bytes], str]] = {
     "head_dim_odd": ("int8", field("head_dim", 15), "head_dim"),
     "rope_theta_nan": ("fp32", field("rope_theta", float("nan"), "<f"), "rope_theta"),
     "norm_eps_inf": ("fp32", field("norm_eps", float("inf"), "<f"), "norm_eps"),
-    "flags_unknown": ("int8", field("flags", 4), "flags"),
+    "flags_unknown": ("int8", field("flags", 8), "flags"),
     "dtype_unknown": ("int8", field("dtype", 7), "dtype"),
     "int8_group_size_zero": ("int8", field("group_size", 0), "group_size"),
     "fp32_group_size_set": ("fp32", field("group_size", 64), "group_size"),

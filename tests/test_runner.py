@@ -17,7 +17,7 @@ import torch
 
 from lmforge.export.params import export_params, load_params
 from lmforge.tokenizer.chat_format import render_for_completion
-from params_helpers import compile_runner, corpus, tiny_model, tokenizer
+from params_helpers import CALCULATOR_CONVERSATION, compile_runner, corpus, memorized_chat_model, tiny_model, tokenizer
 
 PROMPT = "The model predicts the next token"
 
@@ -90,7 +90,7 @@ def test_greedy_tokens_equal_pytorch_plain_forward(run_bin, tmp_path, tok, overr
     stop = next((i for i, t in enumerate(expected) if t in (tok.bos_id, tok.end_id)), len(expected))
     assert len(got) == stop > 10
     assert got == expected[:stop]
-    assert r.stdout.decode("utf-8") == tok.decode(got) + "\n"
+    assert r.stdout.decode("utf-8") == PROMPT + tok.decode(got) + "\n"  # the prompt, then what follows it
 
 
 @pytest.mark.timeout(60)
@@ -182,7 +182,7 @@ def test_streamed_output_never_splits_a_utf8_character(run_bin, files, tok):
     assert any(p == b"" for p in pieces), "some token completes no character by itself"
     for p in pieces:
         p.decode("utf-8")  # raises if a piece splits a character
-    assert r.stdout.decode("utf-8") == tok.decode_bytes(ids).decode("utf-8", "replace") + "\n"
+    assert r.stdout.decode("utf-8") == "日本語 Grüße" + tok.decode_bytes(ids).decode("utf-8", "replace") + "\n"
 
 
 def c_encode(run_bin: Path, path: Path, texts: list[str]) -> list[list[int]]:
@@ -272,3 +272,63 @@ def test_chat_mode_second_turn_continues_the_cache(run_bin, tmp_path, files, tok
     turn1_steps = stop + 1 if stop < steps else steps  # a turn stopped by <|end|> sampled it once more
     assert np.abs(logits[turn1_steps] - ref).max() < 1e-4
     assert len(logits) > turn1_steps + 1  # and the second turn went on generating
+
+
+# The chat's calculator in C against lmforge.inference.tools.calculate: the same answer, or the same refusal in the
+# same words (syntax errors: the same class, as Python's parser words them its own way).
+CALC_AGREE = [
+    "37 * 48", "1 + 2 * 3", "(1 + 2) * 3", "7 / 2", "6 / 3", "7 // 2", "-7 // 2", "7 % 3", "-7 % 3", "7 % -3",
+    "7.5 % 2", "-7.5 // 2", "7.5 // -2", "2 ** 10", "2 ** -1", "-2 ** 2", "(-2) ** 3", "2 ** 3 ** 2", "1_000 + 1",
+    "1e3", ".5 + 1.", "0.1 + 0.2", "1 / 3", "10 / 4 * 2", "2.5 * 4", "(1.5 - 0.5) * 3", "3 × 4 − 5 ÷ 2", "  12  ",
+    "--3", "+-3", "1e15", "1e16", "123456789 * 1000", "2 ** 0.5", "(20 - 32) * 5 / 9", "9007199254740993 - 1",
+    "1e300 * 1e10", "(-8) ** 0.5", "2 ** 10001", "1024 ** 500", "0 ** -1", "0.0 ** -2", "1 / 0", "1 // 0", "5 % 0",
+    "1.5 / 0.0", "2 ^ 3", "(1 / 0) ^ 2", "x + 1", "x + 1 / 0", "1 / 0 + x", "foo(2)", "", "   ", "1e999",
+    "1 +", "(1 + 2", "1 2", "01", "1__0", "1e", "2 *** 3", "1 + 2)", "1" + "+1" * 49, "1" + "+1" * 50, "-" * 60 + "1",
+    "1+" * 130 + "1", "((((((1))))))",
+]
+CALC_BOTH_REFUSE = ["1 < 2", "'a'", "[1]", "1 << 2"]  # Python: "not arithmetic: ..."; C: a syntax error
+CALC_C_REFUSES = ["sqrt(16)", "abs(-2)", "pi", "2 ** 62 * 4", "99999999999999999999"]  # beyond C's calculator
+
+
+def c_calculate(run_bin: Path, path: Path, expressions: list[str]) -> list[str]:
+    r = run(run_bin, path, "-m", "calc", stdin="\0".join(expressions).encode("utf-8"))
+    return r.stdout.decode("utf-8").split("\n")[:len(expressions)]
+
+
+def py_calculate(expression: str) -> str:
+    from lmforge.inference.tools import default_tools, run_tool
+
+    return run_tool(default_tools(), "calculator", expression)
+
+
+@pytest.mark.timeout(60)
+def test_c_calculator_agrees_with_python(run_bin, files):
+    expressions = CALC_AGREE + CALC_BOTH_REFUSE + CALC_C_REFUSES
+    answers = dict(zip(expressions, c_calculate(run_bin, files["fp32"], expressions)))
+    for e in CALC_AGREE:
+        want = py_calculate(e)
+        if want.startswith("error: syntax error"):
+            assert answers[e].startswith("error: syntax error"), (e, answers[e], want)
+        else:
+            assert answers[e] == want, (e, answers[e], want)
+    for e in CALC_BOTH_REFUSE:
+        assert py_calculate(e).startswith("error: not arithmetic") and answers[e].startswith("error: syntax error")
+    for e in CALC_C_REFUSES:
+        assert not py_calculate(e).startswith("error") and answers[e].startswith("error: ")
+        assert "C runner's calculator" in answers[e], (e, answers[e])
+
+
+@pytest.mark.timeout(120)
+def test_chat_mode_runs_the_calculator_and_feeds_its_output(run_bin, tmp_path, tok):
+    # A model that learned to call the calculator: the runner shows the call, runs it itself (the model's next
+    # tokens are never the output), feeds the result back, and the model goes on to its answer; no raw markers.
+    path, base = tmp_path / "chat.bin", tmp_path / "base.bin"
+    model = memorized_chat_model(tok, CALCULATOR_CONVERSATION)
+    export_params(model, tok, path, "fp32", chat=True)
+    export_params(model, tok, base, "fp32")  # the same weights, not recorded as fine-tuned for chat
+    r = run(run_bin, path, "-m", "chat", "-i", "What is 37 * 48?", "-n", "30", "-t", "0", "-v")
+    assert r.stdout.decode("utf-8") == "\n  [calculator] 37 * 48\n  [calculator output] 1776\nIt is 1776.\n"
+    assert tok.special_tokens["<|tool_output|>"] not in generated_ids(r.stderr)  # fed by the runner, not sampled
+    assert "warning" not in r.stderr.decode()
+    r = run(run_bin, base, "-m", "chat", "-i", "What is 37 * 48?", "-n", "30", "-t", "0")
+    assert "never fine-tuned for chat" in r.stderr.decode() and "[calculator output] 1776" in r.stdout.decode()

@@ -37,6 +37,7 @@ def describe(path: str | Path, max_tensors: int | None = None) -> str:
         f"MLP {cfg['intermediate_size']}, vocab {cfg['vocab_size']}, context {cfg['block_size']}",
         f"            rope_theta {cfg['rope_theta']:g}, norm_eps {cfg['norm_eps']:g}, "
         f"tied embeddings {'yes' if cfg['tie_embeddings'] else 'no'}, QK-norm {'yes' if cfg['qk_norm'] else 'no'}",
+        "chat        " + ("fine-tuned for chat (SFT)" if h.chat else "no: a base model (the runner warns in chat mode)"),
         f"parameters  {n_params:,} in {len(h.tensors)} tensors, {human_bytes(weight_bytes)} of weights",
         f"tokenizer   {len(h.token_bytes)} ordinary tokens + {len(h.special_tokens)} special: "
         + ", ".join(f"{name}={i}" for name, i in h.special_tokens.items()),

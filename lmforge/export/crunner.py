@@ -57,7 +57,8 @@ class RunResult:
 def run_runner(binary: str | Path, params_file: str | Path, prompt: str, steps: int = 100, temperature: float = 0.8,
                top_p: float = 0.9, seed: int = 1337, threads: int = 1, extra: list[str] | None = None,
                timeout: float = 600) -> RunResult:
-    """Let the C runner continue `prompt`; returns its text and the speeds it measured itself."""
+    """Let the C runner continue `prompt` (or answer it, with `extra=["-m", "chat"]`); returns what it printed (the
+    prompt, then its continuation; in a chat the answer) and the speeds it measured itself."""
     cmd = [str(binary), str(params_file), "-i", prompt, "-n", str(steps), "-t", str(temperature), "-p", str(top_p),
            "-s", str(seed), *(extra or [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}

@@ -10,7 +10,9 @@ GGUF holds the hyperparameters, the tokenizer and the tensors in one file. Three
   ("NEOX") rotation in llama.cpp, so its rows stay as they are.
 - Tokenizer. A `gpt2`-type byte-level BPE: every token spelled in GPT-2's byte-to-character alphabet, merges as
   "left right" strings in rank order (the tokenizer's Hugging Face merges, which reproduce its encoding), special
-  tokens marked CONTROL, and the pre-tokenizer `llama-bpe`, whose split regex is our GPT-4 pattern.
+  tokens marked CONTROL but the tool protocol's USER_DEFINED (printed, as in the Hugging Face export and Qwen3's
+  GGUF, so a caller sees the calls), `<|tool_call_end|>` as the end-of-message token (llama.cpp stops there, as it
+  does at Llama 3.1's tool-call end), and the pre-tokenizer `llama-bpe`, whose split regex is our GPT-4 pattern.
 - Norm weights stay float32 at every dtype (llama.cpp expects them so); `--dtype f16` halves the matrices.
 - Chat template: the Hugging Face export's, which escapes "<|" in message text so that no text becomes a special
   token. llama.cpp has no normalizer to undo the escape, so there a message's literal "<|" reaches the model as
@@ -27,7 +29,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lmforge.export.hf import CHAT_TEMPLATE, check_exportable
+from lmforge.export.hf import CHAT_TEMPLATE, TOOL_TOKENS, check_exportable
 from lmforge.export.files import check_out, make_readable
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
@@ -89,7 +91,9 @@ def add_tokenizer(writer: Any, tok: Any, model_vocab: int) -> None:
     specials = tok.special_tokens
     special_ids = set(specials.values())
     tokens = [spell(t) for t in vocab]  # special tokens' names are printable ASCII, which spells as itself
-    types = [gguf.TokenType.CONTROL if i in special_ids else gguf.TokenType.NORMAL for i in range(len(vocab))]
+    shown_ids = {specials[name] for name in TOOL_TOKENS if name in specials}
+    types = [gguf.TokenType.USER_DEFINED if i in shown_ids else gguf.TokenType.CONTROL if i in special_ids
+             else gguf.TokenType.NORMAL for i in range(len(vocab))]
     # GGUF needs one token per embedding row: a model vocabulary padded past the tokenizer's gets placeholders
     # (as llama.cpp's own converter writes them) that no text encodes to.
     tokens += [f"[PAD{i}]" for i in range(len(vocab), model_vocab)]
@@ -104,6 +108,8 @@ def add_tokenizer(writer: Any, tok: Any, model_vocab: int) -> None:
     writer.add_eos_token_id(specials["<|end|>"])
     writer.add_eot_token_id(specials["<|end|>"])
     writer.add_pad_token_id(specials["<|pad|>"])
+    if "<|tool_call_end|>" in specials:
+        writer.add_eom_token_id(specials["<|tool_call_end|>"])
     writer.add_add_bos_token(True)  # pretraining put <|bos|> before every document, so prompts start with it
     writer.add_chat_template(CHAT_TEMPLATE)
 

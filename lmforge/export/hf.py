@@ -7,9 +7,17 @@ and keys before RoPE, exactly as our model does). Configs outside the family (La
 ReLU-squared MLPs) have no exact Hugging Face class and are refused rather than exported approximately.
 
 The folder also holds the tokenizer (`tokenizer.json` from the tokenizer's own export, plus the normalizer that keeps
-message text ordinary; see ESCAPE below), a `tokenizer_config.json` whose chat template renders conversations
-exactly as `lmforge.tokenizer.chat_format` does, special-token strings in messages included, and a
-`generation_config.json` that stops on `<|end|>` and `<|bos|>`.
+message text ordinary, see ESCAPE below, and `<|bos|>` before plain text, as `lmforge generate` feeds it), a
+`tokenizer_config.json` whose chat template renders conversations exactly as `lmforge.tokenizer.chat_format` does,
+special-token strings in messages included, and a `generation_config.json` that stops on `<|end|>`, `<|bos|>` and
+`<|tool_call_end|>`.
+
+The tool protocol travels with it, as Qwen3's `<tool_call>` does: the template renders an assistant message's
+`tool_calls` (ours or OpenAI's shape) as `<|tool_call|>NAME\nARGUMENTS<|tool_call_end|>` and the `tool` messages
+after it as `<|tool_output|>CONTENT<|tool_output_end|>`; generation stops at the end of a call; and the four tool
+tokens are not "special" to Hugging Face (TOOL_TOKENS), so a `text-generation` pipeline, which decodes with
+`skip_special_tokens=True`, returns `<|tool_call|>calculator\n37 * 48<|tool_call_end|>` for a user's loop to parse,
+run, and answer with a `tool` message.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ ESCAPE = "\ufdd0"
 _ESCAPES = [(ESCAPE, ESCAPE + "x"), ("<|", ESCAPE + "y")]  # applied in this order; undone in the reverse order
 NORMALIZER = {"type": "Sequence", "normalizers": [
     {"type": "Replace", "pattern": {"String": escaped}, "content": original} for original, escaped in _ESCAPES[::-1]]}
+# The tool protocol's tokens: kept in decoded text (not "special" to Hugging Face), so a user's loop sees the calls.
+TOOL_TOKENS = ("<|tool_call|>", "<|tool_call_end|>", "<|tool_output|>", "<|tool_output_end|>")
 _TEXT = "{%- macro text(s) -%}{{ (s | string)" + "".join(
     f" | replace('{original}', '{escaped}')" for original, escaped in _ESCAPES) + " }}{%- endmacro -%}"
 
@@ -42,6 +52,8 @@ _TEXT = "{%- macro text(s) -%}{{ (s | string)" + "".join(
 # opens an assistant turn after a user/system message, and leaves the turn open after a tool message (as
 # render_for_completion does). Tool calls may be ours ({"name", "arguments"}) or OpenAI's ({"function": {...}}).
 CHAT_TEMPLATE = (
+    "{#- lmforge chat format. Tool calls: <|tool_call|>NAME\nARGUMENTS<|tool_call_end|> (generation stops there),"
+    " answered by a tool message: <|tool_output|>CONTENT<|tool_output_end|>. -#}" +
     _TEXT +
     "{{- bos_token -}}"
     "{%- set ns = namespace(open=false) -%}"
@@ -71,9 +83,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def escaping_tokenizer_json(path: Path, special_tokens: dict[str, int]) -> None:
+def finish_tokenizer_json(path: Path, special_tokens: dict[str, int]) -> None:
     """Give an exported tokenizer.json the normalizer that undoes the template's escape, and match its special tokens
-    on the raw text (before that normalizer), so an escaped "<|" can never become a special token."""
+    on the raw text (before that normalizer), so an escaped "<|" can never become a special token; keep the tool
+    tokens in decoded text (TOOL_TOKENS); put `<|bos|>` before plain text, as `lmforge generate` does (the chat
+    template writes its own, and transformers encodes a rendered template without adding another)."""
     if any(not name.startswith("<|") for name in special_tokens):
         raise LmforgeError(f"the chat template escapes '<|', which every special token must start with: "
                            f"{sorted(special_tokens)}")
@@ -83,6 +97,13 @@ def escaping_tokenizer_json(path: Path, special_tokens: dict[str, int]) -> None:
     tok["normalizer"] = NORMALIZER
     for added in tok["added_tokens"]:
         added["normalized"] = False
+        added["special"] = added["content"] not in TOOL_TOKENS
+    if "<|bos|>" in special_tokens:
+        bos = {"SpecialToken": {"id": "<|bos|>", "type_id": 0}}
+        tok["post_processor"] = {
+            "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 0}}],
+            "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [special_tokens["<|bos|>"]], "tokens": ["<|bos|>"]}}}
     write_json(path, tok)
 
 
@@ -191,18 +212,18 @@ def export_hf(checkpoint: str | Path, out: str | Path, dtype: str = "float32") -
         tmp.mkdir(parents=True)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config(model.config, specials, dtype))
-        stops = [specials[s] for s in ("<|end|>", "<|bos|>") if s in specials]
+        stops = [specials[s] for s in ("<|end|>", "<|bos|>", "<|tool_call_end|>") if s in specials]
         write_json(tmp / "generation_config.json", {
             "bos_token_id": specials.get("<|bos|>"), "eos_token_id": stops, "pad_token_id": specials.get("<|pad|>"),
         })
         tok.export_hf(tmp / "tokenizer.json")
-        escaping_tokenizer_json(tmp / "tokenizer.json", specials)
+        finish_tokenizer_json(tmp / "tokenizer.json", specials)
         write_json(tmp / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": "<|bos|>",
             "eos_token": "<|end|>",
             "pad_token": "<|pad|>",
-            "add_bos_token": False,  # the chat template writes <|bos|>; plain text callers add it themselves
+            "add_bos_token": "<|bos|>" in specials,  # plain text starts with <|bos|>, as lmforge generate feeds it
             "model_max_length": model.config.block_size,
             "clean_up_tokenization_spaces": False,
             "chat_template": CHAT_TEMPLATE,

@@ -22,7 +22,8 @@ Format, version 1. All integers little-endian; u32/u64 unsigned, f32 IEEE single
       48  f32    rope_theta
       52  f32    norm_eps         RMSNorm epsilon
       56  u32    flags            bit 0: output head tied to the embedding (no `lm_head.weight` tensor);
-                                  bit 1: QK-norm (per-head RMSNorm of q and k before RoPE)
+                                  bit 1: QK-norm (per-head RMSNorm of q and k before RoPE);
+                                  bit 2: fine-tuned for chat (SFT); the runner warns when chatting without it
       60  u32    dtype            dtype of the matrices: 0 fp32, 1 fp16, 2 bf16, 3 int8 (see below)
       64  u32    group_size       int8: values per scale (divides every matrix's row length); else 0
       68  u32    n_tensors
@@ -81,7 +82,7 @@ ALIGN = 64
 FIXED_HEADER = 128
 DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-FLAG_TIED, FLAG_QK_NORM = 1, 2
+FLAG_TIED, FLAG_QK_NORM, FLAG_CHAT = 1, 2, 4
 _FIXED = struct.Struct("<4sIQ8I2f4I3Q32x")
 assert _FIXED.size == FIXED_HEADER
 # The split patterns run.c implements: GPT-4's, in the spellings that regex engines split identically (ours, the
@@ -117,6 +118,7 @@ class ParamHeader:
     special_tokens: dict[str, int]
     tensors: list[TensorEntry] = field(default_factory=list)
     data_offset: int = 0
+    chat: bool = False  # fine-tuned for chat (flag bit 2)
 
 
 def tensor_nbytes(dtype: int, rows: int, cols: int, group_size: int) -> int:
@@ -201,8 +203,10 @@ def _check_export_flags(dtype: str, group_size: int) -> None:
         raise LmforgeError(f"--group-size must be a power of two from 8 to 65536, got {group_size}")
 
 
-def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
-    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes."""
+def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp32", group_size: int = 64,
+                  chat: bool = False) -> int:
+    """Write `model` (a GPT) and its tokenizer as one parameter file; returns the file size in bytes. `chat` records
+    that the model was fine-tuned for chat (the runner warns when chatting with a model that was not)."""
     _check_export_flags(dtype, group_size)
     cfg = model.config
     _check_config(cfg)
@@ -246,7 +250,7 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
         layout.append((name, dt, offset, nbytes))
         offset = -(-(offset + nbytes) // ALIGN) * ALIGN
     file_size = offset
-    flags = (FLAG_TIED if cfg.tie_embeddings else 0) | (FLAG_QK_NORM if cfg.qk_norm else 0)
+    flags = (FLAG_TIED if cfg.tie_embeddings else 0) | (FLAG_QK_NORM if cfg.qk_norm else 0) | (FLAG_CHAT if chat else 0)
     fixed = _FIXED.pack(MAGIC, VERSION, file_size, cfg.n_embd, cfg.intermediate_size, cfg.n_layer, cfg.n_head,
                         cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.block_size, cfg.rope_theta, cfg.norm_eps,
                         flags, code, gs, len(entries), FIXED_HEADER, tensors_offset, data_offset)
@@ -269,7 +273,7 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
 # check below is one of run.c's, in its order and words, so `lmforge inspect` accepts exactly the files it runs.
 HEADER_BOUNDS = {
     "dim": (2, 65536), "hidden_dim": (1, 262144), "n_layer": (1, 1024), "n_head": (1, 1024), "n_kv_head": (1, 1024),
-    "head_dim": (2, 1024), "vocab_size": (256, 16777216), "seq_len": (1, 65536), "flags": (0, 3), "dtype": (0, 3),
+    "head_dim": (2, 1024), "vocab_size": (256, 16777216), "seq_len": (1, 65536), "flags": (0, 7), "dtype": (0, 3),
     "group_size": (0, 65536), "n_tensors": (3, 65536),
 }
 MAX_SPECIAL = 1024
@@ -447,7 +451,7 @@ def _parse_header(buf: Any) -> ParamHeader:
                   qk_norm=bool(flags & FLAG_QK_NORM), tie_embeddings=bool(flags & FLAG_TIED),
                   rope_theta=_short(f["rope_theta"]), norm_eps=_short(f["norm_eps"]))
     return ParamHeader(Path(), f["version"], f["file_size"], config, DTYPE_NAMES[f["dtype"]], f["group_size"], pattern,
-                       token_bytes, specials, tensors, f["data_offset"])
+                       token_bytes, specials, tensors, f["data_offset"], bool(flags & FLAG_CHAT))
 
 
 @contextmanager
@@ -515,8 +519,23 @@ def load_params(path: str | Path) -> Any:
     return model.eval()
 
 
-def run_export(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", group_size: int = 64) -> int:
-    """Export a checkpoint (or a run folder's newest) to a parameter file; returns its size in bytes."""
+def trained_for_chat(ckpt: Path) -> bool:
+    """Whether a (verified) checkpoint was fine-tuned on conversations by `lmforge sft`: its training state records
+    where SFT's conversation batches stand (`n` conversations, `epoch`), where pretraining records token batches.
+    A checkpoint without a training state (imported, or saved by hand) counts as a base model; `--chat` overrides."""
+    from lmforge.checkpoint import TRAIN_STATE_FILE
+    from lmforge.utils import read_json
+
+    if not (ckpt / TRAIN_STATE_FILE).is_file():
+        return False
+    data = read_json(ckpt / TRAIN_STATE_FILE, "train state").get("data")
+    return bool(data) and all(isinstance(d, dict) and {"n", "epoch"} <= d.keys() for d in data)
+
+
+def run_export(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", group_size: int = 64,
+               chat: bool | None = None) -> int:
+    """Export a checkpoint (or a run folder's newest) to a parameter file; returns its size in bytes. `chat` None:
+    recorded as fine-tuned for chat when the checkpoint comes from SFT (`trained_for_chat`)."""
     from lmforge.checkpoint import checkpoint_tokenizer_dir, load_model
     from lmforge.tokenizer import Tokenizer
 
@@ -524,12 +543,14 @@ def run_export(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", gro
     _check_export_flags(dtype, group_size)
     model, ckpt = load_model(checkpoint)
     tokenizer = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
-    return export_params(model, tokenizer, out, dtype, group_size)
+    chat = trained_for_chat(ckpt) if chat is None else chat
+    return export_params(model, tokenizer, out, dtype, group_size, chat)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    size = run_export(args.checkpoint, args.out, args.dtype, args.group_size)
-    print(f"wrote {args.out}: {human_bytes(size)} ({size} bytes, {args.dtype})")
+    size = run_export(args.checkpoint, args.out, args.dtype, args.group_size, args.chat)
+    kind = "chat model" if read_header(args.out).chat else "base model"
+    print(f"wrote {args.out}: {human_bytes(size)} ({size} bytes, {args.dtype}, {kind})")
     return 0
 
 
@@ -546,4 +567,7 @@ def register(formats: argparse._SubParsersAction) -> None:
                    "symmetric per-group scales)")
     p.add_argument("--group-size", type=int, default=64, help="int8: values per scale (halved until it divides rows)")
     p.add_argument("--out", required=True, type=Path, help="parameter file to write, e.g. model.bin")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the model as fine-tuned for chat, or not (default: yes for an SFT checkpoint); the "
+                   "runner warns when chatting with a model that is not")
     p.set_defaults(func=_cmd)

@@ -5,8 +5,9 @@ whose artifact is complete (its `DONE.json` marker exists) is skipped, so an int
 stopped. Each stage calls the same public API that its CLI verb calls: nothing here is special to the demo.
 
 This package holds all of the speedrun's glue, so no stage package knows about the demo: `runner` (the stage table
-and its loop), `corpus` (crawl, data, tokenizer, tokenize), `base_model` (pretrain, sample, export), `assistant`
-(sft, chat), `settings` (every size, step count and seed, with the reason for each) and `cli` (the verb).
+and its loop), `corpus` (crawl, data, tokenizer, tokenize), `base_model` (pretrain, sample, export: the base
+model's files, named `base*`), `assistant` (sft, chat, export_assistant: the fine-tuned model as the files a user
+takes away), `settings` (every size, step count and seed, with the reason for each) and `cli` (the verb).
 """
 
 from lmforge.speedrun.context import SpeedrunContext

@@ -1,5 +1,7 @@
 """The speedrun's base-model stages: `pretrain` (token shards -> GPT), `sample` (what the base model says, and the
-model as Hugging Face and GGUF files) and `export` (the parameter file and the C runner).
+base model as Hugging Face and GGUF files) and `export` (the base model's parameter files and the C runner). Every
+file of the base model is named `base*`: the model a user takes away is the assistant, exported by the last stage
+(`lmforge.speedrun.assistant`) with the same helpers.
 
 "Deep Dive into LLMs" shows a base model as a token simulator: given a prefix it produces a distribution over the
 next token, and sampling from it continues the text in the style of the training data. The sample stage prints
@@ -73,6 +75,36 @@ def hf_logits_diff(checkpoint: str | Path, hf_dir: Path, ids: list[int]) -> floa
         return float((ours(x)[0] - hf(x).logits).abs().max())
 
 
+def export_hf_gguf(checkpoint: str | Path, hf_dir: Path, gguf_file: Path, check_ids: list[int]) -> dict[str, Any]:
+    """Export the Hugging Face folder and the GGUF file, and check that transformers gives lmforge's logits on
+    `check_ids`; returns their part of the stage summary."""
+    from lmforge.export.gguf import export_gguf
+    from lmforge.export.hf import export_hf
+
+    export_hf(checkpoint, hf_dir)
+    export_gguf(checkpoint, gguf_file)
+    diff = hf_logits_diff(checkpoint, hf_dir, check_ids)
+    if not diff < HF_LOGITS_TOLERANCE:
+        raise LmforgeError(f"the Hugging Face export of {checkpoint} disagrees with lmforge: max logit diff {diff:.2e}")
+    print(f"exported {hf_dir} (transformers logits match, max diff {diff:.1e}) and {gguf_file}")
+    return {"hf_dir": str(hf_dir), "gguf_file": str(gguf_file), "gguf_mb": round(gguf_file.stat().st_size / 1e6, 2),
+            "hf_logits_max_abs_diff": diff}
+
+
+def export_params_files(checkpoint: str | Path, out: Path, prefix: str) -> tuple[dict[str, Path], dict[str, int], Path]:
+    """The parameter files `PREFIX_fp32.bin` and `PREFIX_int8.bin` (a quarter of the size), and runner/run.c built
+    with the system C compiler: (files by dtype, their sizes, the runner)."""
+    from lmforge.export.crunner import build_runner
+    from lmforge.export.params import run_export
+    from lmforge.utils import human_bytes
+
+    files = {dtype: out / f"{prefix}_{dtype}.bin" for dtype in EXPORT_DTYPES}
+    sizes = {dtype: run_export(checkpoint, path, dtype) for dtype, path in files.items()}
+    for dtype, size in sizes.items():
+        print(f"[export] {files[dtype]}: {human_bytes(size)}")
+    return files, sizes, build_runner(out)
+
+
 def sample_continuations(engine: Any, params: Any) -> tuple[list[dict[str, Any]], list[str], float]:
     """`params.n` continuations of every sample prompt: their records, their text for `samples.txt`, and the
     sampling speed in tokens per second (prefill included)."""
@@ -94,9 +126,8 @@ def sample_continuations(engine: Any, params: Any) -> tuple[list[dict[str, Any]]
 def stage_sample(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Sample from the base model: the next-token probabilities of the first steps of one prompt, then a few
     continuations of several prompts (saved in `samples.txt`/`samples.json`); export the Hugging Face folder and
-    the GGUF file into the stage folder and check that transformers gives the same logits."""
-    from lmforge.export.gguf import export_gguf
-    from lmforge.export.hf import export_hf
+    the GGUF file of the base model into the stage folder (`base_hf/`, `base.gguf`) and check that transformers
+    gives the same logits."""
     from lmforge.inference.engine import Engine
     from lmforge.inference.sampling import SamplingParams
 
@@ -114,41 +145,26 @@ def stage_sample(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
         f.write("\n".join([table, "", *sample_lines]) + "\n")
     write_json(out / "samples.json", {"params": asdict(params), "first_steps": steps, "samples": samples})
 
-    hf_dir = export_hf(checkpoint, out / "hf")
-    gguf_file = export_gguf(checkpoint, out / "model.gguf")
     check_ids = engine.encode_prompt(SAMPLE_PROMPTS[0] + samples[0]["text"])[: engine.model.config.block_size]
-    diff = hf_logits_diff(checkpoint, hf_dir, check_ids)
-    if not diff < HF_LOGITS_TOLERANCE:
-        raise LmforgeError(f"the Hugging Face export of {checkpoint} disagrees with lmforge: max logit diff {diff:.2e}")
-    print(f"exported {hf_dir} (transformers logits match, max diff {diff:.1e}) and {gguf_file}")
+    exported = export_hf_gguf(checkpoint, out / "base_hf", out / "base.gguf", check_ids)
     return {
         "samples_file": str(out / "samples.json"),
         "samples": samples,
         "first_steps": steps,
         "sampled_tokens_per_second": round(tokens_per_second, 1),  # prefill included
-        "hf_dir": str(hf_dir),
-        "gguf_file": str(gguf_file),
-        "gguf_mb": round(gguf_file.stat().st_size / 1e6, 2),
-        "hf_logits_max_abs_diff": diff,
+        **exported,
     }
 
 
 def stage_export(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
-    """The model as two files: export the parameter file (fp32, and int8 at a quarter of the size), build
-    runner/run.c with the system C compiler, and let it continue a prompt from each file."""
-    from lmforge.export.crunner import build_runner, run_runner
-    from lmforge.export.params import run_export
-    from lmforge.utils import human_bytes
+    """The base model as two files: export the parameter file (`base_fp32.bin`, and `base_int8.bin` at a quarter
+    of the size), build runner/run.c with the system C compiler, and let it continue a prompt from each file."""
+    from lmforge.export.crunner import run_runner
 
-    ckpt = ctx.need("pretrain", "checkpoint")
-    files = {dtype: out / f"model_{dtype}.bin" for dtype in EXPORT_DTYPES}
-    sizes = {dtype: run_export(ckpt, path, dtype) for dtype, path in files.items()}
-    for dtype, size in sizes.items():
-        print(f"[export] {files[dtype]}: {human_bytes(size)}")
-    binary = build_runner(out)
+    files, sizes, binary = export_params_files(ctx.need("pretrain", "checkpoint"), out, "base")
     prompt, steps = EXPORT_PROMPT, ctx.settings.export_steps
     runs = {dtype: run_runner(binary, path, prompt, steps=steps, seed=ctx.seed) for dtype, path in files.items()}
-    lines = [f"$ ./{binary.name} model_fp32.bin -i {prompt!r} -n {steps} -t 0.8 -p 0.9 -s {ctx.seed}"]
+    lines = [f"$ ./{binary.name} {files['fp32'].name} -i {prompt!r} -n {steps} -t 0.8 -p 0.9 -s {ctx.seed}"]
     for dtype, r in runs.items():
         lines += [f"--- {dtype}: prefill {r.prefill_tok_s:.0f} tok/s, decode {r.decode_tok_s:.0f} tok/s", r.text]
     (out / "continuation.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -54,22 +54,17 @@ def stage_data(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
 
 def stage_tokenizer(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Train the BPE tokenizer on the data stage's kept documents, then show the explorer on a sample sentence."""
-    from rich.console import Console
-
     from lmforge.data.readers import read_documents
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.bpe_train import TrainStats
-    from lmforge.tokenizer.show import render
+    from lmforge.tokenizer.show import save_explorer
 
     documents = ctx.need("data", "documents")
     stats = TrainStats()
     texts = (doc.text for doc in read_documents(documents))
     tok = Tokenizer.train(texts, ctx.settings.vocab_size, num_workers=ctx.threads, progress=True, stats=stats)
     tok.save(out / "tokenizer")
-    console = Console(record=True, width=100)
-    shown = render(tok, EXPLORER_SAMPLE, console)
-    (out / "explorer.txt").write_text(console.export_text(), encoding="utf-8")
-    console.save_html(str(out / "explorer.html"))
+    shown = save_explorer(tok, EXPLORER_SAMPLE, out)
     return {
         "tokenizer_dir": str(out / "tokenizer"),
         "vocab_size": tok.vocab_size,

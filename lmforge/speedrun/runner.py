@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lmforge.speedrun.assistant import stage_chat, stage_sft
+from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage_sft
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
 from lmforge.speedrun.context import SpeedrunContext
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
@@ -36,6 +36,8 @@ STAGES: list[Stage] = [
     Stage("export", stage_export),
     Stage("sft", stage_sft),
     Stage("chat", stage_chat),
+    # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
+    Stage("export_assistant", stage_export_assistant),
 ]
 
 

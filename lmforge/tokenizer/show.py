@@ -8,6 +8,7 @@ token holds only part of a character), rare words break into many pieces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -85,4 +86,24 @@ def render(tok: Tokenizer, text: str, console: Console, allowed_special: str | t
     stats["cut"] = cut
     if any(v.partial for v in views):
         console.print("⟨e2 82⟩: a token holding only part of a character's UTF-8 bytes (shown in hex)", style="dim")
+    return stats
+
+
+def save_explorer(tok: Tokenizer, text: str, folder: Path, name: str = "explorer") -> dict:
+    """Render `text` once, print it, and save the same recording as `folder/NAME.txt` and `folder/NAME.html` (the
+    page a browser shows with the tokens coloured); return the statistics.
+
+    A recording console clears its record on every export unless told not to, so both files come from one record
+    exported with `clear=False`: exporting the text first used to leave the HTML page an empty `<code>`.
+    """
+    from rich.console import Console
+
+    from lmforge.utils import atomic_write
+
+    console = Console(record=True, width=100)
+    stats = render(tok, text, console)
+    with atomic_write(folder / f"{name}.txt") as f:
+        f.write(console.export_text(clear=False))
+    with atomic_write(folder / f"{name}.html") as f:
+        f.write(console.export_html(clear=False))
     return stats
