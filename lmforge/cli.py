@@ -30,6 +30,12 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error: `lmforge VERB: error: ...` naming the flag, exit code 2 (argparse's own
     code), without the usage block that would bury the culprit. Subcommand parsers inherit the class."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        # No abbreviated flags: with generated flags a prefix like --n matches several (--num-samples, --no-*), and
+        # a flag added later would silently change what an abbreviation in someone's script means.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
