@@ -1,22 +1,30 @@
 """The GPT: a decoder-only Transformer that predicts the next token, in one file.
 
-Read top to bottom: config and presets, normalisation, rotary positions, attention (with its KV cache), the MLP,
-the block, and the model. The default architecture is the Llama family's (RMSNorm, RoPE, SwiGLU, no biases, with
-grouped-query attention as an option), and with QK-norm on it is Qwen3's: staying inside a family the ecosystem
-runs is what makes the Hugging Face and GGUF exports exact and gives the C runner one architecture to implement.
-nanoGPT's original choices (LayerNorm, learned positions, GELU) remain as options so the benchmark can show what
-the modern ones buy.
+Read top to bottom: config and presets, normalisation, rotary positions, the attention mask and KV cache,
+attention, the MLP, the block, and the model. The default architecture is the Llama family's (RMSNorm, RoPE,
+SwiGLU, no biases, with grouped-query attention as an option), and with QK-norm on it is Qwen3's: staying inside a
+family the ecosystem runs is what makes the Hugging Face and GGUF exports exact and gives the C runner one
+architecture to implement. nanoGPT's original choices (LayerNorm, learned positions, GELU) remain as options so the
+benchmark can show what the modern ones buy.
+
+There is one forward: the layer loop `GPT.blocks` and `Block.forward`. Training and the plain forward run it over
+the blocks' own modules (`GPT.forward`); the inference engine runs it over `InferenceWeights`, the same parameters
+laid out for fast decoding (`GPT.infer`), for prefill, decode and the static (CUDA-graph) decode step alike. The
+CPU kernels it calls live in `kernels.py`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from functools import partial
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmforge.kernels import ChunkedLinearCrossEntropy, LinearRoute, RMSNormFunction
 
 
 @dataclass
@@ -127,32 +135,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
-class RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a hand-written backward, for training on CPU.
-
-    There F.rms_norm is not a fused kernel: it decomposes into about six operations forward and a dozen backward,
-    each a pass over the activations. This one takes the mean square in one reduction and saves the normalised x
-    for a backward of eight passes: forward + backward 2.75 -> 1.60 ms per norm on the tiny preset's activations
-    (16 x 256 x 128), 0.41 -> 0.31 ms at nanoGPT's CPU shape (1 thread).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1)).add_(eps).rsqrt_()
-        xhat = x * rstd
-        ctx.save_for_backward(xhat, rstd, weight)
-        return xhat * weight
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        xhat, rstd, weight = ctx.saved_tensors
-        gw = grad * weight
-        dweight = (grad * xhat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
-        # d/dx of w * x * rstd(x): rstd * (gw - xhat * mean(gw * xhat))
-        dot = (gw * xhat).mean(-1, keepdim=True)
-        return gw.sub_(xhat * dot).mul_(rstd), dweight, None
-
-
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(dim, config.norm_eps)
@@ -177,47 +159,33 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, -1), sin)
 
 
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `h @ w.T` against targets (-1 ignored), without ever holding all the logits.
+Rope = Optional[tuple[torch.Tensor, torch.Tensor]]  # RoPE's (cos, signed sin), each (B or 1, 1, T, head_dim)
 
-    Rows are processed in chunks whose logits stay in the CPU's cache; each chunk's gradients (softmax minus
-    one-hot, through the head) are computed right away and kept for the backward pass, which only scales them.
-    On the tiny preset (vocabulary 4096, 4096 tokens a step) the output head and its loss were nearly half of a
-    training step's CPU time, and this cut that part by about a quarter. Only used for training on CPU.
+
+def attention_mask(valid: torch.Tensor, start: int | torch.Tensor, T: int, width: int | None = None) -> torch.Tensor:
+    """Which key slots each of T new queries may attend, as (B, 1, T, width) booleans for SDPA: the one mask
+    builder, for ragged (left-padded) prefill, appends after a cache, and decode with padding holes.
+
+    The queries sit at slots start..start+T-1 of a cache whose `valid` (B, >= width) marks real tokens (False:
+    padding). A query sees the real slots up to its own, and always its own slot, so a padding query never has an
+    empty row (which would put NaNs into the cache). width defaults to the filled slots (start + T); the static
+    decode step passes the whole cache and its slot as a tensor, so the mask is built inside its compiled graph.
     """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        dh, dw = torch.empty_like(h), torch.zeros_like(w)
-        rows = torch.arange(chunk, device=h.device)
-        for s in range(0, h.size(0), chunk):
-            hs, ys = h[s:s + chunk], targets[s:s + chunk]
-            valid = (ys >= 0).float()[:, None]
-            yc = ys.clamp_min(0)
-            # log-probabilities give the loss, and exp of them in place the softmax: one exponential pass per
-            # logit instead of two (logsumexp, then softmax), 211 -> 189 ms per step for the tiny preset's head.
-            grad = torch.log_softmax(hs @ w.T, dim=-1)
-            total -= grad.gather(1, yc[:, None]).mul_(valid).sum()
-            grad.exp_()
-            grad[rows[:len(ys)], yc] -= 1
-            # Ignored rows are masked on the narrow sides (rows x width), not on the wide logits (rows x vocab).
-            torch.mm(grad, w, out=dh[s:s + chunk]).mul_(valid)
-            dw.addmm_(grad.T, hs * valid)
-        ctx.save_for_backward(dh, dw)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        dh, dw = ctx.saved_tensors
-        return dh * grad_out, dw * grad_out, None, None
+    keys = valid[:, None, None, :start + T if width is None else width]
+    if T == 1 and width is None:
+        # One query over the filled slots: only padding is masked. Its row has a real token at or before its slot
+        # (every prompt has one, and left padding puts it last), so its row is never empty.
+        return keys
+    slots = torch.arange(keys.size(-1), device=valid.device)
+    query = start + torch.arange(T, device=valid.device)[:, None]
+    return (keys & (slots <= query)) | (slots == query)
 
 
 class KVCache:
     """Keys and values of every layer for positions already seen, so each new token costs one position's work.
 
-    Rows of a batch may hold prompts of different lengths: the engine left-pads them and marks the padding in
-    `valid` (B, max_len), which attention uses as a key mask; positions come from `pos_ids` in the forward.
+    Rows of a batch may hold prompts of different lengths: the engine left-pads them and marks the padding slots
+    (`mark_padding`), which attention then masks out; positions come from `pos_ids` in the forward.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device: torch.device | str = "cpu",
@@ -228,10 +196,47 @@ class KVCache:
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.length = 0  # positions filled so far (the same for every row)
         self.max_len = max_len
+        self.holes = False  # whether any slot so far is padding (then attention needs a mask)
 
-    def reset(self) -> None:
-        self.length = 0
-        self.valid.fill_(True)
+    def mark_padding(self, real: torch.Tensor) -> None:
+        """Record which of the next real.size(1) slots of each row hold real tokens (False: padding)."""
+        self.valid[:, self.length:self.length + real.size(1)] = real
+        self.holes = True
+
+    def repeat_rows(self, n: int) -> None:
+        """Each row becomes n consecutive copies of itself (n samples continuing one prefilled prompt)."""
+        self.k = [k.repeat_interleave(n, 0) for k in self.k]
+        self.v = [v.repeat_interleave(n, 0) for v in self.v]
+        self.valid = self.valid.repeat_interleave(n, 0)
+
+    def mask(self, T: int) -> torch.Tensor | None:
+        """The mask for T new slots after the filled ones; None where plain attention is right: no padding anywhere
+        and either one new query (it sees every slot) or an empty cache (then attention is causal)."""
+        if not self.holes and (T == 1 or self.length == 0):
+            return None
+        return attention_mask(self.valid, self.length, T)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor,
+              T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's T new keys/values from slot `at` on and return the keys/values attention reads: the
+        filled slots, or, with `at` a tensor (the static decode step), the whole cache, so shapes never change."""
+        kc, vc = self.k[layer], self.v[layer]
+        if type(at) is int:
+            kc[:, :, at:at + T] = k
+            vc[:, :, at:at + T] = v
+            return kc[:, :, :at + T], vc[:, :, :at + T]
+        kc.index_copy_(2, at, k)
+        vc.index_copy_(2, at, v)
+        return kc, vc
+
+
+def qk_norm_and_rope(q: torch.Tensor, k: torch.Tensor, q_norm: Any, k_norm: Any,
+                     rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+    if q_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    return q, k
 
 
 class Attention(nn.Module):
@@ -245,36 +250,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        mask = None
-        is_causal = True
-        if cache is not None:
-            start = cache.length
-            if start + T > cache.max_len:
-                raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
-            cache.k[layer][:, :, start:start + T] = k
-            cache.v[layer][:, :, start:start + T] = v
-            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
-            if start > 0 or not bool(cache.valid[:, :T].all()):
-                # Query i (at absolute slot start+i) sees slots <= start+i that are not padding, and always its own
-                # slot, so a padding query never has an empty row (which would put NaNs into the cache).
-                causal = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                own = torch.zeros_like(causal)
-                own[torch.arange(T), start + torch.arange(T)] = True
-                mask = (causal[None, None] & cache.valid[:, None, None, :start + T]) | own
-                is_causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+    def qkv(self, h: torch.Tensor, rope: Rope, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, heads, T, head_dim) of h (B*T, C), QK-normed and rotated."""
+        q = F.linear(h, self.wq.weight).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = F.linear(h, self.wk.weight).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = F.linear(h, self.wv.weight).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        return (*qk_norm_and_rope(q, k, self.q_norm, self.k_norm, rope), v)
 
 
 class MLP(nn.Module):
@@ -296,17 +277,49 @@ class MLP(nn.Module):
         return self.w_down(h)
 
 
+class LayerOps(NamedTuple):
+    """One block's computation as callables over hidden states (B*T, C): the block's own modules (`Block.ops`),
+    or their prepared form for inference (`InferenceWeights`). Both compute the same function of the same
+    parameters."""
+
+    attn_norm: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor, Rope, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    attn_out: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (y, residual, decode) -> residual + Wo y
+    mlp_norm: Callable[[torch.Tensor], torch.Tensor]
+    mlp_out: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (h, residual, decode) -> residual + MLP(h)
+
+
 class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.attn_norm = make_norm(config, config.n_embd)
         self.attn = Attention(config)
         self.mlp_norm = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        self.gqa = config.n_kv_head != config.n_head  # a constant, also for torch.compile
 
-    def forward(self, x: torch.Tensor, rope, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, cache, layer)
-        return x + self.mlp(self.mlp_norm(x))
+    def ops(self) -> LayerOps:
+        return LayerOps(self.attn_norm, self.attn.qkv, self._attn_out, self.mlp_norm, self._mlp_out)
+
+    def _attn_out(self, y: torch.Tensor, residual: torch.Tensor, decode: bool) -> torch.Tensor:
+        return residual + self.attn.wo(y)
+
+    def _mlp_out(self, h: torch.Tensor, residual: torch.Tensor, decode: bool) -> torch.Tensor:
+        return residual + self.mlp(h)
+
+    def forward(self, x: torch.Tensor, rope: Rope, ops: LayerOps, cache: KVCache | None, layer: int,
+                at: int | torch.Tensor, mask: torch.Tensor | None, causal: bool, B: int, T: int) -> torch.Tensor:
+        """x (B*T, C) -> the same after the block. With a cache, the new keys/values are written from slot `at`
+        (see `KVCache.write`) and attention reads the cache under `mask`; `causal` when there is no mask and T > 1."""
+        q, k, v = ops.qkv(ops.attn_norm(x), rope, B, T)
+        if cache is not None:
+            k, v = cache.write(layer, k, v, at, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
+        decode = T == 1
+        x = ops.attn_out(y.transpose(1, 2).reshape(B * T, -1), x, decode)
+        return ops.mlp_out(ops.mlp_norm(x), x, decode)
 
 
 class GPT(nn.Module):
@@ -374,23 +387,60 @@ class GPT(nn.Module):
             x = x + self.pos_emb(pos_ids)
         else:
             rope = (self.rope_cos[pos_ids][:, None], self.rope_sin[pos_ids][:, None])
-        for i, block in enumerate(self.layers):
-            x = block(x, rope, cache, i)
+        mask = None
+        if cache is not None:
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
+            mask = cache.mask(T)
+        # Blocks are called as modules here: FSDP's hooks gather each block's shards in __call__.
+        x = self.blocks(x.flatten(0, 1), rope, [b.ops() for b in self.layers], cache, start, mask, B, T,
+                        Block.__call__)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
         if targets is None:
-            return self.lm_head(x), None
+            return self.lm_head(x).view(B, T, -1), None
         if not return_logits and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
-            loss = ChunkedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight,
-                                                   targets.reshape(-1), 256)
+            loss = ChunkedLinearCrossEntropy.apply(x, self.lm_head.weight, targets.reshape(-1), 256)
             if reduction == "mean":
                 loss = loss / (targets >= 0).sum().clamp_min(1)
             return None, loss
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction=reduction)
-        return (logits if return_logits else None), loss
+        loss = F.cross_entropy(logits.float(), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return (logits.view(B, T, -1) if return_logits else None), loss
+
+    def infer(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, weights: "InferenceWeights",
+              slot: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, V) of the last of T new tokens (B, T) at positions pos_ids (B, T), through the same blocks
+        as `forward` with the prepared weights (see `InferenceWeights`); only the last position meets the head.
+
+        The tokens are written after the cache's filled slots, under `cache.mask(T)`. With `slot` (a one-element
+        tensor) this is the static decode step instead: one token per row written at that slot, attention over the
+        whole cache with the mask built in the graph, so its shapes never change and torch.compile can capture it
+        in a CUDA graph. The caller advances `cache.length` (a compiled step must not depend on it).
+        """
+        B, T = tokens.shape
+        x = F.embedding(tokens, weights.tok_emb)
+        rope = None
+        if weights.rope is None:
+            x = x + F.embedding(pos_ids, weights.pos_emb)
+        else:
+            rope = F.embedding(pos_ids, weights.rope)[:, None].to(x.dtype).chunk(2, dim=-1)
+        if slot is None:
+            at, mask = cache.length, cache.mask(T)
+        else:
+            at, mask = slot, attention_mask(cache.valid, slot, T, cache.max_len)
+        # Blocks' forward is called directly: nn.Module.__call__ costs microseconds, which a small decode step feels.
+        x = self.blocks(x.flatten(0, 1), rope, weights.layers, cache, at, mask, B, T, Block.forward)
+        return weights.head(weights.norm(x.view(B, T, -1)[:, -1]), None, T == 1)
+
+    def blocks(self, x: torch.Tensor, rope: Rope, layer_ops: list[LayerOps], cache: KVCache | None,
+               at: int | torch.Tensor, mask: torch.Tensor | None, B: int, T: int, call: Callable) -> torch.Tensor:
+        """The layer loop of every forward. Attention is causal where there is no mask and more than one query."""
+        causal = mask is None and T > 1
+        for i, (block, ops) in enumerate(zip(self.layers, layer_ops)):
+            x = call(block, x, rope, ops, cache, i, at, mask, causal, B, T)
+        return x
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's scores and weighted sum
@@ -399,3 +449,84 @@ class GPT(nn.Module):
         t = seq_len or cfg.block_size
         n = self.num_params(non_embedding=True)
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * t
+
+
+FUSE_MAX_BYTES = 512 << 20  # models whose layers hold at most this much get fused and re-laid-out weight copies
+
+
+class InferenceWeights:
+    """The model's parameters prepared for inference: a view of the same modules that `GPT.infer` runs through the
+    same blocks, not a second model. A CPU decode step of a small model is bound by per-operation overhead, not
+    FLOPs, so: norms and SwiGLU are direct functional calls rather than module calls; for small models (layer
+    weights up to FUSE_MAX_BYTES, about 128M fp32 parameters) Q/K/V and gate/up run as one matmul each over
+    concatenated copies, and RoPE turns Q and K in one call; every matmul takes its fastest route (`LinearRoute`,
+    with its own weight layouts) and the residual adds ride in the output projections' matmuls; RoPE is one lookup
+    in a [cos | signed sin] table. Larger models skip the copies, whose memory would then matter more than their
+    speed. Build it again when parameters change (`weights_key` tells), so inference runs current weights.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        self.key = weights_key(model)
+        small = sum(p.numel() * p.element_size() for p in model.layers.parameters()) <= FUSE_MAX_BYTES
+        self.layers = [_prepared_ops(block, small) for block in model.layers]
+        self.tok_emb = model.tok_emb.weight.detach()
+        self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
+        self.rope = None if model.pos_emb is not None else torch.cat([model.rope_cos, model.rope_sin], -1).float()
+        self.norm = _norm_fn(model.norm)
+        self.head = LinearRoute(model.lm_head.weight, small)
+
+
+def weights_key(model: nn.Module) -> tuple:
+    """Identity and in-place version of every parameter and buffer: it changes when any of them does (a new
+    tensor, an optimiser step, a changed RoPE table), which is when prepared weights are stale."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def _norm_fn(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(norm, RMSNorm):
+        return partial(F.rms_norm, normalized_shape=(norm.weight.numel(),), weight=norm.weight, eps=norm.eps)
+    return norm
+
+
+def _prepared_ops(block: Block, small: bool) -> LayerOps:
+    attn, mlp = block.attn, block.mlp
+    qkv = _FusedQKV(attn, small) if small else attn.qkv
+    mlp_out = _SwiGLU(mlp, small) if mlp.kind == "swiglu" else block._mlp_out
+    return LayerOps(_norm_fn(block.attn_norm), qkv, LinearRoute(attn.wo.weight, small), _norm_fn(block.mlp_norm),
+                    mlp_out)
+
+
+class _FusedQKV:
+    """`Attention.qkv` as one matmul over a concatenated copy of Wq, Wk and Wv; without QK-norm between, RoPE
+    turns the queries and keys in one call."""
+
+    def __init__(self, attn: Attention, small: bool) -> None:
+        self.w = LinearRoute(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]), small)
+        self.nh, self.nkv, self.hd = attn.n_head, attn.n_kv_head, attn.head_dim
+        self.q_norm = None if attn.q_norm is None else _norm_fn(attn.q_norm)
+        self.k_norm = None if attn.k_norm is None else _norm_fn(attn.k_norm)
+
+    def __call__(self, h: torch.Tensor, rope: Rope, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nh, nkv = self.nh, self.nkv
+        qkv = self.w(h, None, T == 1).view(B, T, nh + 2 * nkv, self.hd).transpose(1, 2)
+        v = qkv[:, nh + nkv:]
+        if self.q_norm is None:
+            qk = qkv[:, :nh + nkv] if rope is None else apply_rope(qkv[:, :nh + nkv], *rope)
+            return qk[:, :nh], qk[:, nh:], v
+        return (*qk_norm_and_rope(qkv[:, :nh], qkv[:, nh:nh + nkv], self.q_norm, self.k_norm, rope), v)
+
+
+class _SwiGLU:
+    """residual + W_down(silu(W_gate h) * W_up h), gate and up as one matmul for small models, the residual add
+    inside the down projection's matmul."""
+
+    def __init__(self, mlp: MLP, small: bool) -> None:
+        self.w_gate, self.w_up = mlp.w_gate.weight, mlp.w_up.weight
+        self.gate_up = LinearRoute(torch.cat([self.w_gate, self.w_up]), small) if small else None
+        self.down = LinearRoute(mlp.w_down.weight, small)
+
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor, decode: bool) -> torch.Tensor:
+        if self.gate_up is None:
+            return self.down(F.silu(F.linear(h, self.w_gate)) * F.linear(h, self.w_up), residual, decode)
+        gate, up = self.gate_up(h, None, decode).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up, residual, decode)

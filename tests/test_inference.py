@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams, draw, process_logits, sample
-from lmforge.model import GPT, GPTConfig
+from lmforge.model import GPT, Attention, GPTConfig
 from lmforge.tokenizer import Tokenizer
 
 
@@ -64,14 +65,14 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one():
                                        dict(n_embd=384, n_head=6, n_kv_head=6)])  # 1.5 MB down projections
 def test_batch_of_four_with_prepacked_weights_equals_plain_forward(overrides):
     """On CPU, decode batches of 4+ run weights of 1 MB or more through oneDNN's prepacked matmul (the residual add
-    fused in for output projections), and one-row decodes use transposed weight copies (engine `_Linear`)."""
+    fused in for output projections), and one-row decodes use transposed weight copies (`kernels.LinearRoute`)."""
     model = tiny(**overrides)
     engine = Engine(model)
     prompts = [[3, 17, 99], [5, 6, 7, 8, 9], [100], [200, 2]]
     params = SamplingParams(max_tokens=10, **GREEDY)
     out = engine.generate(prompts, params)
-    plan = engine.layer_plan()
-    packed = plan.head.packed if "vocab_size" in overrides else plan.layers[0][5].packed
+    weights = engine.inference_weights()
+    packed = weights.head.packed if "vocab_size" in overrides else weights.layers[0].mlp_out.down.packed
     assert (packed is not None) == torch.backends.mkldnn.is_available()
     for p, outs in zip(prompts, out):
         assert outs[0].token_ids == greedy_reference(model, p, 10)
@@ -79,6 +80,82 @@ def test_batch_of_four_with_prepacked_weights_equals_plain_forward(overrides):
             logits = model(torch.tensor([p + outs[0].token_ids]))[0][0, len(p) - 1:-1]
         ref = logits.log_softmax(-1).gather(-1, torch.tensor(outs[0].token_ids)[:, None])[:, 0]
         assert torch.allclose(torch.tensor(outs[0].raw_logprobs), ref, atol=1e-4)
+
+
+ARCHS = {"gqa": {}, "qknorm-tied": {"qk_norm": True, "tie_embeddings": True},
+         "learned-gelu-layernorm": {"norm": "layernorm", "pos": "learned", "mlp": "gelu", "n_kv_head": 4},
+         "relu2-mqa": {"mlp": "relu2", "n_kv_head": 1}}
+
+
+def assert_next_token_distributions(session, seqs: list[list[int]], model: GPT) -> None:
+    """Every running row's next-token distribution (temperature 1, no filters: the model's softmax) equals the
+    plain forward's over that row's whole sequence."""
+    vocab = model.config.vocab_size
+    for r, seq in enumerate(seqs):
+        ours = torch.zeros(vocab)
+        for token, prob in session.top_candidates(vocab, row=r):
+            ours[token] = prob
+        with torch.no_grad():
+            ref = model(torch.tensor([seq]))[0][0, -1].softmax(-1)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["fused", "unfused", "static"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_engine_forward_equals_plain_forward(monkeypatch, arch, path):
+    """The contract of the engine's prepared weights: over left-padded prompts, n > 1 samples, decode steps and a
+    ragged append, each row's logits are the plain `model(idx)` logits of its sequence."""
+    if path == "unfused":
+        import lmforge.model
+
+        monkeypatch.setattr(lmforge.model, "FUSE_MAX_BYTES", 0)
+    model = tiny(**ARCHS[arch])
+    engine = Engine(model, compile=path == "static")
+    plain_qkv = getattr(engine.inference_weights().layers[0].qkv, "__func__", None) is Attention.qkv
+    assert plain_qkv == (path == "unfused")
+    prompts = [[3, 17, 99, 5, 200], [7], [40, 41]]
+    session = engine.session(prompts, SamplingParams(temperature=1.0, seed=0, max_tokens=20, n=2,
+                                                     stop_token_ids=[]))
+    seqs = [list(prompts[r // 2]) for r in range(6)]
+    assert_next_token_distributions(session, seqs, model)
+    for _ in range(3):
+        for r, event in enumerate(session.step()):
+            seqs[r].append(event.token_id)
+        assert_next_token_distributions(session, seqs, model)
+    forced = [[8, 8, 1], [], [3], [9, 10], [], [11]]
+    session.append(forced)
+    seqs = [seq + extra for seq, extra in zip(seqs, forced)]  # each row's last sampled token is already in seqs
+    assert_next_token_distributions(session, seqs, model)
+    session.step()
+    seqs = [seq + [c.token_ids[-1]] for seq, c in zip(seqs, session.completions())]
+    assert_next_token_distributions(session, seqs, model)
+
+
+def test_compiled_static_decode_of_two_models_in_one_process():
+    """Compiling the static decode step for a second model config once failed with `enable_gqa must be bool, not
+    SymBool` (a recompile made the head counts symbolic). Each model compiles its own graph, equal to the
+    uncompiled step, and a new max_tokens value compiles nothing."""
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    prompts = [[5, 6, 7, 8], [1, 2]]
+    for arch in ({"n_kv_head": 2}, {"n_head": 2, "n_kv_head": 2, "n_embd": 32, "qk_norm": True}):
+        model = tiny(**arch)
+        params = SamplingParams(temperature=1.0, seed=3, max_tokens=8, stop_token_ids=[])
+        plain = Engine(model, compile=True).generate(prompts, params)
+        before = len(graphs)
+        compiled = Engine(model, compile=True, backend=backend).generate(prompts, params)
+        assert len(graphs) == before + 1
+        for a, b in zip(plain, compiled):
+            assert a[0].token_ids == b[0].token_ids
+            assert a[0].raw_logprobs == pytest.approx(b[0].raw_logprobs, abs=1e-5)
+        Engine(model, compile=True, backend=backend).generate(prompts, SamplingParams(**{**params.__dict__,
+                                                                                          "max_tokens": 5}))
+        assert len(graphs) == before + 1
 
 
 def test_static_decode_step_equals_dynamic():
