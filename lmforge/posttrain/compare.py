@@ -24,6 +24,7 @@ import hashlib
 import json
 import random
 import shutil
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from typing import Any
 from lmforge.config import check_fields, require
 from lmforge.posttrain.datasets import LoadReport, _rows as read_rows
 from lmforge.posttrain.preferences import check_prompt
-from lmforge.tokenizer.chat_format import ChatTokens, parse_assistant, parse_tool_call, render_for_completion
+from lmforge.tokenizer.chat_format import (ChatTokens, parse_assistant, parse_tool_call, prompt_of,
+                                           render_for_completion, validate_messages)
 from lmforge.utils import LmforgeError, atomic_write, read_json, remove_stale_temporaries, write_json
 
 Messages = list[dict[str, Any]]
@@ -95,12 +97,12 @@ def default_prompts(n: int, seed: int = HELDOUT_PROMPT_SEED) -> list[dict[str, A
 def _prompt_record(row: Any) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise LmforgeError(f"row must be a JSON object, got {type(row).__name__}")
-    prompt = row.get("prompt", row.get("messages"))
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and "messages" in row and "prompt" not in row:
-        prompt = [m for m in prompt if isinstance(m, dict) and m.get("role") != "assistant"][:2] or prompt
-    if prompt is None:
+    if "prompt" in row:
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    elif "messages" in row:  # a whole conversation: its opening, up to the first assistant turn
+        prompt = prompt_of(validate_messages(row["messages"]))
+    else:
         raise LmforgeError("row needs a prompt (text or messages) or messages")
     record: dict[str, Any] = {"prompt": check_prompt(prompt), "kind": row.get("kind", "other")}
     if not isinstance(record["kind"], str):
@@ -130,7 +132,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
                 error = str(e)
         report.add_bad(line, error)
     if report.n_bad:
-        print(report.summary())
+        print(report.summary(), file=sys.stderr)
     if not out:
         raise LmforgeError(f"--prompts {path}: no usable prompt in {report.rows} rows")
     return out
