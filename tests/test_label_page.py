@@ -149,3 +149,14 @@ def test_label_three_items_with_the_keyboard_in_a_real_browser(tmp_path):
     rows = judgements(folder / "labels.sqlite")
     assert [(r[0], r[3]) for r in rows] == [("kbd-user", "a"), ("kbd-user", "b"), ("kbd-user", "tie")]
     assert len({r[1] for r in rows}) == 3 and all(s.strip() for s in shown)
+
+
+def test_a_port_in_use_is_refused_in_one_line(tmp_path):
+    from hostile import assert_refused, run_cli
+
+    folder = write_sample_folder(tmp_path / "s")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert_refused(run_cli(["label", "--pairs", folder, "--port", busy.getsockname()[1]]), "--port")
+    assert_refused(run_cli(["label", "--pairs", folder, "--port", "70000"]), "--port")

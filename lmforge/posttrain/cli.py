@@ -69,11 +69,14 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 def _cmd_rlhf_sample(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
     from lmforge.posttrain.compare import SampleConfig, run_sample
-    from lmforge.utils import configure_threads
+    from lmforge.utils import LmforgeError, configure_threads, resolve_device
 
     cfg = config_from_args(SampleConfig, args)
-    configure_threads(None)
-    manifest = run_sample(cfg, args.checkpoint, args.out, prompts_path=args.prompts)
+    device = resolve_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    manifest = run_sample(cfg, args.checkpoint, args.out, prompts_path=args.prompts, device=device)
     print(json.dumps({"out": str(args.out), "items": manifest.get("n_items"), "k": cfg.k}))
     return 0
 
@@ -97,6 +100,8 @@ def register_rlhf_sample(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="sample folder (resumes a killed run)")
     p.add_argument("--prompts", type=Path, default=None,
                    help="prompts JSONL ({prompt, kind?, expression?} or messages); default: generated held-out ones")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     add_config_arguments(p, SampleConfig, title="sampling (SampleConfig)")
     p.set_defaults(func=_cmd_rlhf_sample)
 

@@ -241,8 +241,10 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
 
 
 def run_sample(cfg: SampleConfig, checkpoint: str | Path, out: str | Path, prompts_path: str | Path | None = None,
-               engine: Any = None, log: Any = print) -> dict[str, Any]:
-    """Sample every prompt K times into `out` (resuming a killed run); returns the manifest."""
+               engine: Any = None, device: str = "cpu", log: Any = print) -> dict[str, Any]:
+    """Sample every prompt K times into `out` (resuming a killed run); returns the manifest. The device is not a
+    setting of the folder: a run resumed on another device continues it (its batches are then not bit-identical
+    to what the first device would have sampled, which `replay_batch` on that device shows)."""
     from lmforge.checkpoint import resolve_checkpoint
     from lmforge.inference.engine import Engine
     from lmforge.inference.tools import default_tools
@@ -250,7 +252,7 @@ def run_sample(cfg: SampleConfig, checkpoint: str | Path, out: str | Path, promp
     out = Path(out)
     ckpt = resolve_checkpoint(checkpoint)
     prompts = read_prompts(prompts_path) if prompts_path is not None else default_prompts(cfg.n_prompts)
-    engine = engine or Engine.from_checkpoint(str(ckpt))
+    engine = engine or Engine.from_checkpoint(str(ckpt), device=device)
     settings = _settings(cfg, engine, ckpt, prompts, str(prompts_path) if prompts_path else "default")
     _check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)

@@ -141,8 +141,7 @@ def simulate_labeling(store: LabelStore, labeler: SimulatedLabeler, annotator: s
         item = store.next_item(annotator)
         if item is None:
             break
-        prompt_item = store.db.execute("SELECT prompt_item FROM items WHERE id = ?", (item["item"],)).fetchone()[0]
-        record = store.samples[prompt_item]
+        record = store.samples[store.prompt_item(item["item"])]
         shown = item["shown"]
         if item["mode"] == "rank":  # order by wins against the others (the rules are not always transitive)
             wins = {s: sum(labeler.verdict(record, *sorted((s, o))) == (FIRST if s < o else SECOND)

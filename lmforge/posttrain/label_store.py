@@ -2,7 +2,7 @@
 
 Items are made from the sample folder when the store is opened: in `pair` mode one item per pair of responses of
 a prompt (C(K,2) per prompt), in `rank` mode one item per prompt (all K responses, ordered by the annotator; a
-ranking yields C(K,2) pairs). An item a verifiable check decides (`simulate.gold_verdict`) is gold.
+ranking yields C(K,2) pairs). A pair item that a verifiable check decides (`simulate.gold_verdict`) is gold.
 
 Assignment (`next_item`): an annotator keeps their open item until they judge or skip it (a reload shows it
 again); else, with probability `repeat_rate`, an item they judged before comes back (self-agreement); else, with
@@ -103,10 +103,12 @@ class LabelStore:
 
     # -------------------------------------------------------------------------------------------------------
     def progress(self, annotator: str) -> dict[str, int]:
-        total = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        done = self.db.execute("SELECT COUNT(DISTINCT item) FROM judgements WHERE annotator = ? AND kind != 'repeat'",
-                               (annotator,)).fetchone()[0]
-        judged = self.db.execute("SELECT COUNT(*) FROM judgements WHERE annotator = ?", (annotator,)).fetchone()[0]
+        """Items this annotator has done (repeats aside) of all items, and their judgements in all."""
+        with self.lock:
+            total = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            done = self.db.execute("SELECT COUNT(DISTINCT item) FROM judgements WHERE annotator = ? AND "
+                                   "kind != 'repeat'", (annotator,)).fetchone()[0]
+            judged = self.db.execute("SELECT COUNT(*) FROM judgements WHERE annotator = ?", (annotator,)).fetchone()[0]
         return {"done": done, "total": total, "judgements": judged}
 
     def _pick(self, annotator: str, rng: random.Random, now: float) -> tuple[int, str] | None:
@@ -157,9 +159,13 @@ class LabelStore:
                 raise
         return self._payload(lease["item"], json.loads(lease["shown"]), lease["kind"])
 
+    def prompt_item(self, item: int) -> int:
+        """The sample record (prompt) an item compares responses of."""
+        with self.lock:
+            return self.db.execute("SELECT prompt_item FROM items WHERE id = ?", (item,)).fetchone()[0]
+
     def _payload(self, item: int, shown: list[int], kind: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT prompt_item FROM items WHERE id = ?", (item,)).fetchone()
-        record = self.samples[row["prompt_item"]]
+        record = self.samples[self.prompt_item(item)]
         return {"item": item, "shown": shown, "kind": kind, "mode": self.config.mode, "prompt": record["prompt"],
                 "responses": [{"messages": record["responses"][s]["messages"],
                                "text": record["responses"][s]["text"]} for s in shown]}

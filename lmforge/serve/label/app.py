@@ -14,6 +14,7 @@ nothing: 400 bad JSON, wrong types or values, 404 an unknown item, 409 an item n
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,18 @@ def create_app(store: LabelStore) -> FastAPI:
     return app
 
 
-def serve(store: LabelStore, port: int, log: Any = print) -> None:
-    """Serve the page on 127.0.0.1:port until interrupted (only this machine can reach it)."""
+def serve(store: LabelStore, port: int, annotator: str | None = None) -> None:
+    """Serve the page on 127.0.0.1:port until interrupted (only this machine can reach it). Each browser names
+    its annotator; `annotator` only pre-fills the name through the link printed."""
+    import urllib.parse
+
     import uvicorn
 
-    log(f"labeling page on http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    query = f"?annotator={urllib.parse.quote(annotator)}" if annotator else ""
+    with socket.socket() as probe:  # a port in use is one line naming it, not uvicorn's log and exit 1
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise LmforgeError(f"--port {port} cannot be used on 127.0.0.1: {e.strerror}") from e
+    print(f"labeling page on http://127.0.0.1:{port}/{query} (Ctrl-C to stop)", flush=True)
     uvicorn.run(create_app(store), host="127.0.0.1", port=port, log_level="warning")

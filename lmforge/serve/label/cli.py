@@ -42,7 +42,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.simulate is None:
         from lmforge.serve.label.app import serve
 
-        serve(store, args.port)
+        serve(store, args.port, annotator=args.annotator)
         return 0
     from lmforge.posttrain.label_report import simulate_labeling
     from lmforge.posttrain.simulate import SimulatedLabeler
@@ -87,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="label comparisons: a page for people, simulated labelers, report, export",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _store_flags(p, required=False)  # `label report --pairs DIR` gives it after the sub-verb
-    p.add_argument("--annotator", default=None, help="name recorded with a simulated labeler's judgements")
+    p.add_argument("--annotator", default=None,
+                   help="the page: fills in this name (the link printed carries it); --simulate: the name recorded")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765)")
     p.add_argument("--simulate", default=None, metavar="NAME",
                    help="label offline with a simulated labeler: default, refusal, arithmetic, stop, topic")
