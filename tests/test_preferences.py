@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hostile import assert_refused, run_cli, tree_digest
+from hostile import run_cli, tree_digest
 from preference_helpers import response, synthetic_records, write_sample_folder
 
 from lmforge.checkpoint import save_model
@@ -164,7 +164,7 @@ def test_sample_resumes_after_a_kill_and_refuses_other_settings(tiny, tmp_path, 
     assert tree_digest(tmp_path / "cut") == before
 
 
-def test_sample_cli_reads_a_prompts_file_and_refuses_bad_flags(tiny, tmp_path):
+def test_sample_cli_reads_a_prompts_file(tiny, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "What is 3*4?", "kind": "arithmetic", "expression": "3*4"}) + "\n"
                        + "{broken\n" + json.dumps({"messages": [{"role": "user", "content": "hi"},
@@ -176,9 +176,6 @@ def test_sample_cli_reads_a_prompts_file_and_refuses_bad_flags(tiny, tmp_path):
     records = load_samples(tmp_path / "s")
     assert [r["prompt"] for r in records] == [[{"role": "user", "content": "What is 3*4?"}], [{"role": "user", "content": "hi"}]]
     assert records[0]["expression"] == "3*4"
-    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", tiny, "--out", tmp_path / "x", "--k", "1"]), "--k")
-    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", tiny, "--out", tmp_path / "x", "--top-p", "2"]), "top_p")
-    assert not (tmp_path / "x").exists()
 
 
 class _ScriptedSession:
@@ -338,8 +335,3 @@ def test_label_cli_simulates_reports_and_exports(tmp_path):
     assert set(rep["annotators"]) == {"sim-default-1", "sim-default-2"} and rep["kappa"][0]["pairs"] == 12
     out = run_cli(["label", "export", "--pairs", folder, "--out", tmp_path / "p.jsonl"])
     assert out.code == 0 and "pairs to" in out.stdout and "ties" in out.stdout and "both bad" in out.stdout
-    assert_refused(run_cli(["label", "--pairs", folder, "--simulate", "psychic"]), "--simulate")
-    assert_refused(run_cli(["label", "--pairs", folder, "--simulate", "default", "--noise", "-1"]), "--noise")
-    assert_refused(run_cli(["label", "--pairs", tmp_path / "nowhere", "--simulate", "default"]), "samples.jsonl")
-    assert_refused(run_cli(["label", "--pairs", folder, "--repeat-rate", "1.5", "--simulate", "default"]),
-                   "--repeat-rate")

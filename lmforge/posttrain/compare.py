@@ -131,10 +131,11 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
             except LmforgeError as e:
                 error = str(e)
         report.add_bad(line, error)
+    if not out:
+        first = f" (first problem: line {report.bad[0][0]}: {report.bad[0][1]})" if report.bad else ""
+        raise LmforgeError(f"--prompts {path}: no usable prompt in {report.rows} rows{first}")
     if report.n_bad:
         print(report.summary(), file=sys.stderr)
-    if not out:
-        raise LmforgeError(f"--prompts {path}: no usable prompt in {report.rows} rows")
     return out
 
 
@@ -283,19 +284,44 @@ def run_sample(cfg: SampleConfig, checkpoint: str | Path, out: str | Path, promp
     return manifest
 
 
+_RESPONSE_FIELDS = {"sample": int, "token_ids": list, "text": str, "messages": list, "finish_reason": str}
+
+
+def _check_record(record: Any) -> None:
+    """The fields later stages read from a sample record, with their types (a damaged file is refused up front,
+    not halfway through labeling)."""
+    if not isinstance(record, dict):
+        raise LmforgeError("a record must be a JSON object")
+    for key, kind in (("item", int), ("batch", int), ("seed", int), ("responses", list)):
+        if not isinstance(record.get(key), kind):
+            raise LmforgeError(f"{key} must be {kind.__name__}")
+    check_prompt(record.get("prompt"))
+    if len(record["responses"]) < 2:
+        raise LmforgeError("a record needs at least two responses")
+    for j, resp in enumerate(record["responses"]):
+        for key, kind in _RESPONSE_FIELDS.items():
+            if not isinstance(resp, dict) or not isinstance(resp.get(key), kind):
+                raise LmforgeError(f"responses[{j}].{key} must be {kind.__name__}")
+
+
 def load_samples(folder: str | Path) -> list[dict[str, Any]]:
-    """The records of a complete sample folder (refusing an unfinished or foreign one, naming it)."""
+    """The records of a complete sample folder (refusing an unfinished or damaged one, naming the line)."""
     folder = Path(folder)
-    if not (folder / SAMPLES_FILE).is_file():
+    path = folder / SAMPLES_FILE
+    if not path.is_file():
         raise LmforgeError(f"{folder} holds no {SAMPLES_FILE}: run `lmforge rlhf sample --out {folder}` "
                            "(again, if it was interrupted)")
     records = []
-    with open(folder / SAMPLES_FILE, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{folder / SAMPLES_FILE}:{line_no}: invalid JSON ({e.msg})") from e
+                record = json.loads(line)
+                _check_record(record)
+            except (json.JSONDecodeError, LmforgeError) as e:
+                raise LmforgeError(f"{path}:{line_no}: {getattr(e, 'msg', e)}") from e
+            records.append(record)
+    if len({r["item"] for r in records}) != len(records):
+        raise LmforgeError(f"{path}: an item number appears twice")
     return records
 
 

@@ -80,9 +80,12 @@ class LabelStore:
                 raise LmforgeError(f"{flag} must be in [0, 1) (got {rate!r})")
         self.samples = {r["item"]: r for r in samples}
         self.config, self.lock = config, threading.Lock()
-        self.db = open_db(db_path)
-        self.db.executescript(_SCHEMA)
-        self._init_items(source)
+        try:
+            self.db = open_db(db_path)
+            self.db.executescript(_SCHEMA)
+            self._init_items(source)
+        except sqlite3.DatabaseError as e:  # not a database, unwritable, a folder: one line naming the file
+            raise LmforgeError(f"label store {db_path}: {e}") from e
 
     def _init_items(self, source: str) -> None:
         old = {r["key"]: r["value"] for r in self.db.execute("SELECT key, value FROM info")}

@@ -90,6 +90,18 @@ def create_app(store: LabelStore) -> FastAPI:
     return app
 
 
+def check_port(port: int) -> None:
+    """Refuse a port out of range or in use in one line naming it (not uvicorn's log and exit 1), before the
+    store is opened."""
+    if not 1 <= port <= 65535:
+        raise LmforgeError(f"--port must be in 1..65535 (got {port})")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise LmforgeError(f"--port {port} cannot be used on 127.0.0.1: {e.strerror}") from e
+
+
 def serve(store: LabelStore, port: int, annotator: str | None = None) -> None:
     """Serve the page on 127.0.0.1:port until interrupted (only this machine can reach it). Each browser names
     its annotator; `annotator` only pre-fills the name through the link printed."""
@@ -98,10 +110,5 @@ def serve(store: LabelStore, port: int, annotator: str | None = None) -> None:
     import uvicorn
 
     query = f"?annotator={urllib.parse.quote(annotator)}" if annotator else ""
-    with socket.socket() as probe:  # a port in use is one line naming it, not uvicorn's log and exit 1
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as e:
-            raise LmforgeError(f"--port {port} cannot be used on 127.0.0.1: {e.strerror}") from e
     print(f"labeling page on http://127.0.0.1:{port}/{query} (Ctrl-C to stop)", flush=True)
     uvicorn.run(create_app(store), host="127.0.0.1", port=port, log_level="warning")

@@ -19,14 +19,19 @@ from pathlib import Path
 DB_FILE = "labels.sqlite"
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, must_exist: bool = False):
+    """The store of --pairs (report and export only read one: they refuse to create it)."""
     from lmforge.posttrain.compare import load_samples
     from lmforge.posttrain.label_store import LabelStore, StoreConfig
+    from lmforge.utils import LmforgeError
 
     samples = load_samples(args.pairs)
+    db = args.db or Path(args.pairs) / DB_FILE
+    if must_exist and not Path(db).is_file():
+        raise LmforgeError(f"no judgements yet: {db} does not exist (label with `lmforge label --pairs {args.pairs}`)")
     cfg = StoreConfig(mode=args.mode, votes=args.votes, repeat_rate=args.repeat_rate, gold_rate=args.gold_rate,
                       seed=args.store_seed)
-    return LabelStore(samples, args.db or Path(args.pairs) / DB_FILE, cfg, source=str(args.pairs))
+    return LabelStore(samples, db, cfg, source=str(args.pairs))
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -36,18 +41,17 @@ def _cmd_label(args: argparse.Namespace) -> int:
         raise LmforgeError("lmforge label needs --pairs DIR (a sample folder from `lmforge rlhf sample`)")
     if args.limit is not None and args.limit < 1:
         raise LmforgeError(f"--limit must be >= 1 (got {args.limit})")
-    if not 1 <= args.port <= 65535:
-        raise LmforgeError(f"--port must be in 1..65535 (got {args.port})")
-    store = _store(args)
     if args.simulate is None:
-        from lmforge.serve.label.app import serve
+        from lmforge.serve.label.app import check_port, serve
 
-        serve(store, args.port, annotator=args.annotator)
+        check_port(args.port)
+        serve(_store(args), args.port, annotator=args.annotator)
         return 0
     from lmforge.posttrain.label_report import simulate_labeling
     from lmforge.posttrain.simulate import SimulatedLabeler
 
-    labeler = SimulatedLabeler(args.simulate, args.noise, args.seed)
+    labeler = SimulatedLabeler(args.simulate, args.noise, args.seed)  # checked before the store is touched
+    store = _store(args)
     name = args.annotator or f"sim-{args.simulate}-{args.seed}"
     n = simulate_labeling(store, labeler, name, limit=args.limit)
     print(f"{name}: {n} judgements; progress {store.progress(name)}")
@@ -57,7 +61,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from lmforge.posttrain.label_report import format_report, report
 
-    rep = report(_store(args))
+    rep = report(_store(args, must_exist=True))
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
 
@@ -65,7 +69,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.posttrain.label_report import export_pairs
 
-    counts = export_pairs(_store(args), str(args.out), source=str(args.pairs))
+    counts = export_pairs(_store(args, must_exist=True), str(args.out), source=str(args.pairs))
     print(f"wrote {counts['pairs']} pairs to {args.out}; left out: {counts['tie']} ties, {counts['both_bad']} "
           f"both bad, {counts['split']} split votes")
     return 0
