@@ -91,8 +91,9 @@ def format_report(rep: dict[str, Any]) -> str:
 
     lines = [f"{'annotator':<20} {'pairs':>6} {'repeat agr':>15} {'gold agr':>15} {'left share':>15}"]
     for name, p in rep["annotators"].items():
-        lines.append(f"{name[:20]:<20} {p['pairs']:>6} {pct(p['repeat_agreement']):>9} ({p['repeats']:>3})"
-                     f" {pct(p['gold_agreement']):>9} ({p['gold']:>3}) {pct(p['left_share']):>9} ({p['ab_choices']:>3})")
+        cells = [f"{pct(p[share]):>9} ({p[count]:>3})" for share, count in
+                 (("repeat_agreement", "repeats"), ("gold_agreement", "gold"), ("left_share", "ab_choices"))]
+        lines.append(f"{name[:20]:<20} {p['pairs']:>6} " + " ".join(cells))
     for k in rep["kappa"]:
         value = "undefined" if k["kappa"] is None else f"{k['kappa']:.3f}"
         lines.append(f"kappa {k['annotators'][0]} vs {k['annotators'][1]}: {value} on {k['pairs']} pairs")

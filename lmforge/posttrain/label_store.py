@@ -6,9 +6,10 @@ ranking yields C(K,2) pairs). A pair item that a verifiable check decides (`simu
 
 Assignment (`next_item`): an annotator keeps their open item until they judge or skip it (a reload shows it
 again); else, with probability `repeat_rate`, an item they judged before comes back (self-agreement); else, with
-probability `gold_rate`, a gold item they have not seen (every annotator meets each gold item once); else the next item nobody has judged `votes` times that no other annotator holds right
-now. Gold and repeat items may be out with several people at once; nothing else is. The response order shown is
-drawn at random per assignment and stored with the judgement.
+probability `gold_rate`, a gold item they have not seen (every annotator meets each gold item once); else the next
+item nobody has judged `votes` times that no other annotator holds right now. Gold and repeat items may be out
+with several people at once; nothing else is. The response order shown is drawn at random per assignment and
+stored with the judgement.
 
 Every judgement is validated against the annotator's open assignment and written in one transaction with
 `synchronous=FULL` before the server answers 200: a `kill -9` after the answer loses nothing.
@@ -16,6 +17,7 @@ Every judgement is validated against the annotator's open assignment and written
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -24,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lmforge.posttrain.simulate import BOTH_BAD, FIRST, SECOND, TIE, gold_verdict
 from lmforge.utils import LmforgeError
@@ -94,14 +96,27 @@ class LabelStore:
         rows = []
         for item, record in sorted(self.samples.items()):
             k = len(record["responses"])
-            groups = [list(range(k))] if self.config.mode == "rank" else [list(p) for p in itertools.combinations(range(k), 2)]
-            for g in groups:
-                gold = gold_verdict(record, record["responses"][g[0]], record["responses"][g[1]]) if len(g) == 2 else None
-                rows.append((item, json.dumps(g), gold))
+            if self.config.mode == "rank":
+                rows.append((item, json.dumps(list(range(k))), None))
+                continue
+            for i, j in itertools.combinations(range(k), 2):
+                rows.append((item, json.dumps([i, j]), gold_verdict(record, record["responses"][i],
+                                                                    record["responses"][j])))
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO items (prompt_item, responses, gold) VALUES (?, ?, ?)", rows)
+            self.db.executemany("INSERT OR IGNORE INTO info VALUES (?, ?)",
+                                [("mode", self.config.mode), ("source", source)])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction under the store's lock: committed whole (durably) or rolled back whole."""
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR IGNORE INTO items (prompt_item, responses, gold) VALUES (?, ?, ?)", rows)
-            self.db.executemany("INSERT OR IGNORE INTO info VALUES (?, ?)", [("mode", self.config.mode), ("source", source)])
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
             self.db.execute("COMMIT")
 
     # -------------------------------------------------------------------------------------------------------
@@ -138,29 +153,26 @@ class LabelStore:
         """The annotator's open item (or a new assignment): {"item", "shown", "kind", "mode", prompt and responses
         in shown order}; None when nothing is left for them."""
         annotator = check_annotator(annotator)
+        with self.transaction():
+            lease = self.db.execute("SELECT item, shown, kind FROM leases WHERE annotator = ?",
+                                    (annotator,)).fetchone()
+            lease = dict(lease) if lease is not None else self._assign(annotator)
+        return None if lease is None else self._payload(lease["item"], json.loads(lease["shown"]), lease["kind"])
+
+    def _assign(self, annotator: str) -> dict[str, Any] | None:
+        """Pick the annotator's next item and lease it to them, in a random shown order (inside a transaction)."""
         now = time.time()
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                lease = self.db.execute("SELECT item, shown, kind FROM leases WHERE annotator = ?", (annotator,)).fetchone()
-                if lease is None:
-                    n = self.db.execute("SELECT COUNT(*) FROM judgements WHERE annotator = ?", (annotator,)).fetchone()[0]
-                    rng = random.Random(f"{self.config.seed}:{annotator}:{n}")
-                    picked = self._pick(annotator, rng, now)
-                    if picked is None:
-                        self.db.execute("COMMIT")
-                        return None
-                    responses = json.loads(self.db.execute("SELECT responses FROM items WHERE id = ?",
-                                                           (picked[0],)).fetchone()[0])
-                    rng.shuffle(responses)
-                    self.db.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
-                                    (annotator, picked[0], json.dumps(responses), picked[1], now + LEASE_SECONDS))
-                    lease = {"item": picked[0], "shown": json.dumps(responses), "kind": picked[1]}
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return self._payload(lease["item"], json.loads(lease["shown"]), lease["kind"])
+        n = self.db.execute("SELECT COUNT(*) FROM judgements WHERE annotator = ?", (annotator,)).fetchone()[0]
+        rng = random.Random(f"{self.config.seed}:{annotator}:{n}")
+        picked = self._pick(annotator, rng, now)
+        if picked is None:
+            return None
+        shown = json.loads(self.db.execute("SELECT responses FROM items WHERE id = ?", (picked[0],)).fetchone()[0])
+        rng.shuffle(shown)
+        lease = {"item": picked[0], "shown": json.dumps(shown), "kind": picked[1]}
+        self.db.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+                        (annotator, lease["item"], lease["shown"], lease["kind"], now + LEASE_SECONDS))
+        return lease
 
     def prompt_item(self, item: int) -> int:
         """The sample record (prompt) an item compares responses of."""
@@ -179,15 +191,8 @@ class LabelStore:
         LmforgeError (nothing written) when anything is off. Returns the judgement's id."""
         annotator = check_annotator(annotator)
         _check_judgement(item, shown, choice, reason, ranking, self.config.mode)
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                jid = self._insert(annotator, item, shown, choice, reason, ranking)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return jid
+        with self.transaction():
+            return self._insert(annotator, item, shown, choice, reason, ranking)
 
     def _insert(self, annotator: str, item: int, shown: list[int], choice: str, reason: str,
                 ranking: list[int] | None) -> int:
