@@ -125,11 +125,11 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine")
-def test_label_three_items_with_the_keyboard_in_a_real_browser(tmp_path):
+@contextmanager
+def browser_page(url: str):
+    """A Chromium page (Debian's, never a downloaded one) at the labeling page, with the annotator filled in."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    folder = write_sample_folder(tmp_path / "s")
-    with label_server(folder, "--gold-rate", "0", "--repeat-rate", "0") as (url, _), sync_api.sync_playwright() as pw:
+    with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
         try:
             page = browser.new_page()
@@ -137,18 +137,44 @@ def test_label_three_items_with_the_keyboard_in_a_real_browser(tmp_path):
             page.fill("#annotator", "kbd-user")
             page.press("#annotator", "Enter")
             page.wait_for_selector("#task:not([hidden])")
-            assert "Progress: 0 / 12" in page.inner_text("#progress")
-            shown = []
-            for n, key in enumerate(["1", "2", "3"], 1):
-                shown.append(page.inner_text("#responses"))
-                page.keyboard.press(key)
-                page.wait_for_function(f"document.getElementById('progress').textContent.includes('({n} judgements)')")
-            assert "Progress: 3 / 12" in page.inner_text("#progress")
+            yield page
         finally:
             browser.close()
+
+
+def wait_for_judgements(page, n: int) -> None:
+    """The progress line changes only once the next item is on screen, so keys pressed after it reach that item."""
+    page.wait_for_function(f"document.getElementById('progress').textContent.includes('({n} judgements)')")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine")
+def test_label_three_items_with_the_keyboard_in_a_real_browser(tmp_path):
+    folder = write_sample_folder(tmp_path / "s")
+    with label_server(folder, "--gold-rate", "0", "--repeat-rate", "0") as (url, _), browser_page(url) as page:
+        assert "Progress: 0 / 12" in page.inner_text("#progress")
+        shown = []
+        for n, key in enumerate(["1", "2", "3"], 1):
+            shown.append(page.inner_text("#responses"))
+            page.keyboard.press(key)
+            wait_for_judgements(page, n)
+        assert "Progress: 3 / 12" in page.inner_text("#progress")
     rows = judgements(folder / "labels.sqlite")
     assert [(r[0], r[3]) for r in rows] == [("kbd-user", "a"), ("kbd-user", "b"), ("kbd-user", "tie")]
     assert len({r[1] for r in rows}) == 3 and all(s.strip() for s in shown)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine")
+def test_rank_all_responses_with_the_keyboard(tmp_path):
+    folder = write_sample_folder(tmp_path / "s")
+    with label_server(folder, "--mode", "rank", "--repeat-rate", "0") as (url, _), browser_page(url) as page:
+        assert page.locator(".resp").count() == 3  # all K responses of the prompt
+        for key in ["3", "1", "2", "Enter"]:
+            page.keyboard.press(key)
+        wait_for_judgements(page, 1)
+    with sqlite3.connect(folder / "labels.sqlite") as conn:
+        ((shown, ranking, choice),) = conn.execute("SELECT shown, ranking, choice FROM judgements").fetchall()
+    shown = json.loads(shown)
+    assert choice == "rank" and json.loads(ranking) == [shown[2], shown[0], shown[1]]
 
 
 def test_a_port_in_use_is_refused_in_one_line(tmp_path):
