@@ -135,8 +135,8 @@ def test_sample_records_every_generation_and_replays_it(tiny, tmp_path):
         assert r["seed"] == 7 + r["batch"] and r["prompt_ids"] == render_for_completion(engine.tokenizer, r["prompt"])
         assert [x["sample"] for x in r["responses"]] == [0, 1, 2]
         for x in r["responses"]:
-            assert x["finish_reason"] in ("stop", "length", "tool_limit", "context")
-            assert (x["finish_reason"] == "stop") == (x["token_ids"][-1] in (t.end, t.bos))
+            assert x["finish_reason"] in ("stop", "bos", "length", "tool_limit", "context")
+            assert (x["finish_reason"] == "stop") == (x["token_ids"][-1] == t.end)
             assert x["text"] == parse_assistant(engine.tokenizer, x["token_ids"])["content"]
     assert replay_batch(engine, tmp_path / "s", 1) == [r for r in records if r["batch"] == 1]
 
@@ -330,8 +330,14 @@ def test_label_cli_simulates_reports_and_exports(tmp_path):
         out = run_cli(["label", "--pairs", folder, "--simulate", "default", "--noise", "0.2", "--seed", seed,
                        "--votes", "2"])
         assert out.code == 0 and f"sim-default-{seed}:" in out.stdout, out.stderr
-    out = run_cli(["label", "report", "--pairs", folder, "--votes", "2", "--json"])
+    out = run_cli(["label", "report", "--pairs", folder, "--json"])
     rep = json.loads(out.stdout)
     assert set(rep["annotators"]) == {"sim-default-1", "sim-default-2"} and rep["kappa"][0]["pairs"] == 12
+    before = tree_digest(folder)
     out = run_cli(["label", "export", "--pairs", folder, "--out", tmp_path / "p.jsonl"])
     assert out.code == 0 and "pairs to" in out.stdout and "ties" in out.stdout and "both bad" in out.stdout
+    assert tree_digest(folder) == before  # report and export only read the store
+    ranked = write_sample_folder(tmp_path / "r")
+    assert run_cli(["label", "--pairs", ranked, "--mode", "rank", "--simulate", "default"]).code == 0
+    out = run_cli(["label", "export", "--pairs", ranked, "--out", tmp_path / "r.jsonl"])  # the store's mode
+    assert out.code == 0 and out.stdout.startswith("wrote 12 pairs"), out.stderr

@@ -5,7 +5,7 @@ and `samples.jsonl`, one line per prompt::
 
     {"item": 7, "prompt": [messages], "prompt_ids": [..], "kind": "arithmetic", "expression": "12*7",
      "batch": 1, "seed": 1338, "responses": [{"sample": 0, "token_ids": [..], "text": "...", "messages": [..],
-     "finish_reason": "stop" | "length" | "context" | "tool_limit"}, ...]}
+     "finish_reason": "stop" | "bos" | "length" | "context" | "tool_limit"}, ...]}
 
 Prompts run `batch_prompts` at a time through one engine session with `params.n = K` (one prefill per prompt, its
 cache copied for the K samples). Each batch has its own seed (`seed + batch`), so a batch, and with it any
@@ -144,8 +144,12 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _finish_of(ids: list[int], engine_reason: str | None, t: ChatTokens) -> str:
-    if ids and ids[-1] in (t.end, t.bos):
+    """"stop" only for a turn closed by `<|end|>`; "bos" for one that broke off into a new document (no proper
+    end of turn either), else the engine's reason ("length", "context")."""
+    if ids and ids[-1] == t.end:
         return "stop"
+    if ids and ids[-1] == t.bos:
+        return "bos"
     return engine_reason or "length"
 
 

@@ -68,6 +68,18 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     return db
 
 
+def stored_mode(db_path: str | Path) -> str:
+    """The mode an existing store was made in (read-only: reading a store never changes it)."""
+    try:
+        with contextlib.closing(sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM info WHERE key = 'mode'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise LmforgeError(f"label store {db_path}: {e}") from e
+    if row is None:
+        raise LmforgeError(f"label store {db_path} has no mode recorded: not a store `lmforge label` made")
+    return row[0]
+
+
 class LabelStore:
     """Items, assignments and judgements of one sample folder (thread-safe: one lock around the connection)."""
 

@@ -20,17 +20,20 @@ DB_FILE = "labels.sqlite"
 
 
 def _store(args: argparse.Namespace, must_exist: bool = False):
-    """The store of --pairs (report and export only read one: they refuse to create it)."""
+    """The store of --pairs. Report and export only read one: they refuse to create it and take its mode."""
     from lmforge.posttrain.compare import load_samples
-    from lmforge.posttrain.label_store import LabelStore, StoreConfig
+    from lmforge.posttrain.label_store import LabelStore, StoreConfig, stored_mode
     from lmforge.utils import LmforgeError
 
     samples = load_samples(args.pairs)
     db = args.db or Path(args.pairs) / DB_FILE
-    if must_exist and not Path(db).is_file():
+    if not must_exist:
+        cfg = StoreConfig(mode=args.mode, votes=args.votes, repeat_rate=args.repeat_rate, gold_rate=args.gold_rate,
+                          seed=args.store_seed)
+    elif not Path(db).is_file():
         raise LmforgeError(f"no judgements yet: {db} does not exist (label with `lmforge label --pairs {args.pairs}`)")
-    cfg = StoreConfig(mode=args.mode, votes=args.votes, repeat_rate=args.repeat_rate, gold_rate=args.gold_rate,
-                      seed=args.store_seed)
+    else:
+        cfg = StoreConfig(mode=stored_mode(db))
     return LabelStore(samples, db, cfg, source=str(args.pairs))
 
 
@@ -75,10 +78,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--pairs", type=Path, required=required, metavar="DIR",
+def _store_flags(p: argparse.ArgumentParser, assignment: bool) -> None:
+    """--pairs and --db; with `assignment`, the flags that decide what each annotator is shown."""
+    p.add_argument("--pairs", type=Path, required=not assignment, metavar="DIR",
                    help="sample folder (lmforge rlhf sample)")
     p.add_argument("--db", type=Path, default=None, help=f"judgement store (default: DIR/{DB_FILE})")
+    if not assignment:
+        return
     p.add_argument("--mode", choices=["pair", "rank"], default="pair",
                    help="pair: A/B/tie/both bad on two responses; rank: order all K (default: pair)")
     p.add_argument("--votes", type=int, default=1, help="annotators wanted per item (default: 1)")
@@ -90,7 +96,7 @@ def _store_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="label comparisons: a page for people, simulated labelers, report, export",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _store_flags(p, required=False)  # `label report --pairs DIR` gives it after the sub-verb
+    _store_flags(p, assignment=True)  # --pairs not required here: `label report --pairs DIR` gives it after the verb
     p.add_argument("--annotator", default=None,
                    help="the page: fills in this name (the link printed carries it); --simulate: the name recorded")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765)")
@@ -102,10 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_label)
     verbs = p.add_subparsers(dest="label_verb", metavar="report|export", required=False)
     r = verbs.add_parser("report", help="per-annotator agreement (repeats, gold), kappa, position bias")
-    _store_flags(r)
+    _store_flags(r, assignment=False)
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(func=_cmd_report)
     e = verbs.add_parser("export", help="write {prompt, chosen, rejected} JSONL (ties and both-bad left out)")
-    _store_flags(e)
+    _store_flags(e, assignment=False)
     e.add_argument("--out", type=Path, required=True, help="preference pairs JSONL to write")
     e.set_defaults(func=_cmd_export)
