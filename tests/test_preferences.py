@@ -341,3 +341,30 @@ def test_label_cli_simulates_reports_and_exports(tmp_path):
     assert run_cli(["label", "--pairs", ranked, "--mode", "rank", "--simulate", "default"]).code == 0
     out = run_cli(["label", "export", "--pairs", ranked, "--out", tmp_path / "r.jsonl"])  # the store's mode
     assert out.code == 0 and out.stdout.startswith("wrote 12 pairs"), out.stderr
+
+
+def test_annotators_labeling_at_once_each_get_distinct_items(tmp_path):
+    import threading
+
+    folder = write_sample_folder(tmp_path / "s")
+    store = LabelStore(load_samples(folder), folder / "labels.sqlite", StoreConfig(repeat_rate=0.0, gold_rate=0.0))
+    errors = []
+
+    def annotator(name):
+        try:
+            _judge_all(store, name, lambda item: "tie")
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=annotator, args=(f"ann{i}",)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors
+    from collections import Counter
+
+    counts = Counter(r[0] for r in store.db.execute("SELECT item FROM judgements"))
+    gold = {r[0] for r in store.db.execute("SELECT id FROM items WHERE gold IS NOT NULL")}
+    assert 0 < len(gold) < 12 and set(counts) == set(range(1, 13))
+    assert all(n == (4 if item in gold else 1) for item, n in counts.items())  # gold: once per annotator
