@@ -530,3 +530,10 @@ def test_flags_preferences_label_inputs(tmp_path):
     write_sample_folder(tmp_path / "bad", damaged)
     assert_refused(run_cli(["label", "--pairs", tmp_path / "bad", "--simulate", "default"]), "samples.jsonl:3")
     assert not (tmp_path / "bad" / "labels.sqlite").exists()
+
+
+def test_flags_preferences_rlhf_sample_prompt_too_long(tmp_path, checkpoint):
+    (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "x" * 500}) + "\n")
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "o",
+                            "--prompts", tmp_path / "long.jsonl"]), "prompt 1 is")
+    assert not (tmp_path / "o").exists()

@@ -245,6 +245,17 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
                                "use another --out folder")
 
 
+def _check_prompt_lengths(engine: Any, prompts: list[dict[str, Any]]) -> None:
+    """Refuse, before anything is sampled, a prompt that leaves no room for an answer in the model's context
+    (rather than dying at its batch, halfway through the run)."""
+    block = engine.model.config.block_size
+    for i, p in enumerate(prompts):
+        n = len(render_for_completion(engine.tokenizer, p["prompt"]))
+        if n >= block - 1:
+            raise LmforgeError(f"prompt {i} is {n} tokens, which leaves no room for an answer in the model's "
+                               f"context of {block}; shorten it or leave it out")
+
+
 def run_sample(cfg: SampleConfig, checkpoint: str | Path, out: str | Path, prompts_path: str | Path | None = None,
                engine: Any = None, device: str = "cpu", log: Any = print) -> dict[str, Any]:
     """Sample every prompt K times into `out` (resuming a killed run); returns the manifest. The device is not a
@@ -260,6 +271,7 @@ def run_sample(cfg: SampleConfig, checkpoint: str | Path, out: str | Path, promp
     engine = engine or Engine.from_checkpoint(str(ckpt), device=device)
     settings = _settings(cfg, engine, ckpt, prompts, str(prompts_path) if prompts_path else "default")
     _check_resume(out, settings)
+    _check_prompt_lengths(engine, prompts)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     if (out / SAMPLES_FILE).is_file():
