@@ -459,3 +459,81 @@ def test_flags_export(tmp_path, export_checkpoint):
         outcome = run_cli(["export", args[0], "--checkpoint", export_checkpoint, *args[1:]])
         assert_refused(outcome, flag)
         assert tree_digest(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preference data: rlhf sample and label (flags are checked before any checkpoint, store or folder is touched)
+# ---------------------------------------------------------------------------------------------------------------
+
+RLHF_SAMPLE_ROWS = [
+    (["--k", "1"], "--k"), (["--k", "0"], "--k"), (["--top-p", "2"], "top_p"), (["--temperature", "-1"], "temperature"),
+    (["--max-tokens", "0"], "--max-tokens"), (["--batch-prompts", "0"], "--batch-prompts"),
+    (["--n-prompts", "0"], "--n-prompts"), (["--max-tool-calls", "-1"], "--max-tool-calls"),
+    (["--threads", "0"], "--threads"), (["--device", "tpu"], "--device"), (["--k", "many"], "--k"),
+]
+
+
+@pytest.mark.parametrize("extra, culprit", RLHF_SAMPLE_ROWS, ids=[" ".join(r[0]) for r in RLHF_SAMPLE_ROWS])
+def test_flags_preferences_rlhf_sample(tmp_path, extra, culprit):
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "out", *extra]),
+                   culprit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_preferences_rlhf_sample_inputs(tmp_path, checkpoint):
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o"]), "nowhere")
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "o",
+                            "--prompts", tmp_path / "none.jsonl"]), "--prompts")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": [{"role": "assistant", "content": "hi"}]}\n')
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "o",
+                            "--prompts", tmp_path / "bad.jsonl"]), "no usable prompt")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine\n")
+    before = tree_digest(tmp_path / "full")
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "full"]),
+                   "not a sample folder")
+    assert tree_digest(tmp_path / "full") == before
+
+
+LABEL_ROWS = [
+    (["--simulate", "psychic"], "--simulate"), (["--simulate", "default", "--noise", "-1"], "--noise"),
+    (["--simulate", "default", "--noise", "nan"], "--noise"), (["--simulate", "default", "--votes", "0"], "--votes"),
+    (["--simulate", "default", "--repeat-rate", "1.5"], "--repeat-rate"),
+    (["--simulate", "default", "--gold-rate", "-0.1"], "--gold-rate"), (["--simulate", "default", "--limit", "0"], "--limit"),
+    (["--port", "70000"], "--port"), (["--port", "0"], "--port"), (["--mode", "elo"], "--mode"),
+]
+
+
+@pytest.mark.parametrize("extra, culprit", LABEL_ROWS, ids=[" ".join(r[0]) for r in LABEL_ROWS])
+def test_flags_preferences_label(tmp_path, extra, culprit):
+    from preference_helpers import write_sample_folder
+
+    folder = write_sample_folder(tmp_path / "s")
+    before = tree_digest(folder)
+    assert_refused(run_cli(["label", "--pairs", folder, *extra]), culprit)
+    assert tree_digest(folder) == before
+
+
+def test_flags_preferences_label_inputs(tmp_path):
+    from preference_helpers import synthetic_records, write_sample_folder
+
+    folder = write_sample_folder(tmp_path / "s")
+    assert_refused(run_cli(["label", "--simulate", "default"]), "--pairs")
+    assert_refused(run_cli(["label", "--pairs", tmp_path / "nowhere", "--simulate", "default"]), "samples.jsonl")
+    assert_refused(run_cli(["label", "report", "--pairs", folder]), "labels.sqlite")
+    assert_refused(run_cli(["label", "export", "--pairs", folder, "--out", tmp_path / "p.jsonl"]), "labels.sqlite")
+    assert_refused(run_cli(["label", "--pairs", folder, "--simulate", "default", "--db", folder / "samples.jsonl"]),
+                   "samples.jsonl")
+    damaged = synthetic_records()
+    del damaged[2]["responses"][1]["finish_reason"]
+    write_sample_folder(tmp_path / "bad", damaged)
+    assert_refused(run_cli(["label", "--pairs", tmp_path / "bad", "--simulate", "default"]), "samples.jsonl:3")
+    assert not (tmp_path / "bad" / "labels.sqlite").exists()
+
+
+def test_flags_preferences_rlhf_sample_prompt_too_long(tmp_path, checkpoint):
+    (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "x" * 500}) + "\n")
+    assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "o",
+                            "--prompts", tmp_path / "long.jsonl"]), "prompt 1 is")
+    assert not (tmp_path / "o").exists()

@@ -66,7 +66,52 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rlhf_sample(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.posttrain.compare import SampleConfig, run_sample
+    from lmforge.utils import LmforgeError, configure_threads, resolve_device
+
+    cfg = config_from_args(SampleConfig, args)
+    device = resolve_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    manifest = run_sample(cfg, args.checkpoint, args.out, prompts_path=args.prompts, device=device)
+    print(json.dumps({"out": str(args.out), "items": manifest.get("n_items"), "k": cfg.k}))
+    return 0
+
+
+def rlhf_verbs(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The `lmforge rlhf` verb group (sample, train): created once here, each stage adds its own verb to it."""
+    p = sub.add_parser("rlhf", help="learning from preferences: sample K responses per prompt (`rlhf sample`)",
+                       description="Reinforcement learning from human (or simulated) preferences.")
+    return p.add_subparsers(dest="rlhf_verb", metavar="VERB", required=True)
+
+
+def register_rlhf_sample(verbs: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.posttrain import compare
+    from lmforge.posttrain.compare import SampleConfig
+
+    p = verbs.add_parser("sample", help="K responses per prompt from a checkpoint, to compare and label",
+                         description=compare.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="sample folder (resumes a killed run)")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="prompts JSONL ({prompt, kind?, expression?} or messages); default: generated held-out ones")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    add_config_arguments(p, SampleConfig, title="sampling (SampleConfig)")
+    p.set_defaults(func=_cmd_rlhf_sample)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    register_sft(sub)
+    register_rlhf_sample(rlhf_verbs(sub))
+
+
+def register_sft(sub: argparse._SubParsersAction) -> None:
     from lmforge.config import add_config_arguments
     from lmforge.posttrain.sft import SFTConfig, sft_train_defaults
     from lmforge.train.config import TrainConfig

@@ -1,0 +1,1 @@
+"""The labeling page: `lmforge label` serves it, `app.create_app` builds it over a `LabelStore`."""
