@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import check_fields, require
-from lmforge.posttrain.datasets import LoadReport, _rows as read_rows
+from lmforge.posttrain.datasets import LoadReport, read_rows
 from lmforge.posttrain.preferences import check_prompt
 from lmforge.tokenizer.chat_format import (ChatTokens, parse_assistant, parse_tool_call, prompt_of,
                                            render_for_completion, validate_messages)

@@ -146,7 +146,7 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", errors="replace")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+def read_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line number, parsed row or None, error or None); a `.json` array counts its elements as lines."""
     name = path.name.removesuffix(".gz")
     with _open_text(path) as f:
@@ -175,7 +175,7 @@ def read_conversations(path: str | Path, report: LoadReport | None = None) -> It
     if not path.is_file():
         raise LmforgeError(f"SFT data file not found: {path}")
     report = report if report is not None else LoadReport(str(path))
-    for line, row, error in _rows(path):
+    for line, row, error in read_rows(path):
         report.rows += 1
         if error is None:
             try:

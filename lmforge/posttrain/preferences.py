@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmforge.posttrain.datasets import LoadReport, _rows as read_rows, parse_hh_dialogue
+from lmforge.posttrain.datasets import LoadReport, read_rows, parse_hh_dialogue
 from lmforge.tokenizer.chat_format import validate_messages
 from lmforge.utils import LmforgeError, atomic_write
 
