@@ -1,0 +1,78 @@
+"""Scaling-law fit (approach 3 with bootstrap, approach 2) and the resumable sweep."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lmforge.evaluation.scaling import LawFit, bootstrap, fit_law, fit_report, format_report, isoflop_profiles
+from lmforge.utils import LmforgeError
+
+TRUE = LawFit(E=1.8, A=300.0, B=900.0, alpha=0.40, beta=0.35, objective=0.0)
+
+
+def isoflop_grid(law: LawFit, noise: float, seed: int = 0):
+    """6 sizes x 5 compute budgets, D = C / 6N, losses from `law` times lognormal noise of relative size `noise`."""
+    sizes = np.array([2e4, 5e4, 1e5, 2e5, 5e5, 1e6])
+    flops = np.array([1e11, 3e11, 1e12, 3e12, 1e13])
+    n = np.repeat(sizes, len(flops))
+    d = np.tile(flops, len(sizes)) / (6 * n)
+    loss = law.predict(n, d) * np.exp(np.random.default_rng(seed).normal(0, noise, len(n)))
+    return n, d, loss
+
+
+def test_fit_recovers_exact_constants():
+    fit = fit_law(*isoflop_grid(TRUE, noise=0.0))
+    for k in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(fit, k) == pytest.approx(getattr(TRUE, k), rel=1e-3), k
+
+
+def test_fit_with_noise_and_bootstrap_interval_covers_the_truth():
+    n, d, loss = isoflop_grid(TRUE, noise=0.003, seed=0)
+    fit = fit_law(n, d, loss)
+    assert fit.alpha == pytest.approx(TRUE.alpha, abs=0.03)
+    assert fit.beta == pytest.approx(TRUE.beta, abs=0.03)
+    assert fit.E == pytest.approx(TRUE.E, rel=0.05)
+    ci = bootstrap(n, d, loss, fit, samples=60, seed=1, target_flops=1e15)
+    for k in ("E", "A", "B", "alpha", "beta"):
+        lo, hi = ci[k]
+        assert lo <= getattr(TRUE, k) <= hi, (k, ci[k])
+    true_n, true_d = TRUE.optimum(1e15)
+    assert ci["tokens_per_param"][0] <= true_d / true_n <= ci["tokens_per_param"][1]
+
+
+def test_compute_optimum_minimises_the_law_along_the_budget():
+    n_opt, d_opt = TRUE.optimum(1e15)
+    assert 6 * n_opt * d_opt == pytest.approx(1e15)
+    best = TRUE.predict(n_opt, d_opt)
+    for f in (0.8, 1.25):
+        assert TRUE.predict(n_opt * f, d_opt / f) > best
+
+
+def test_isoflop_parabola_finds_the_vertex_of_each_profile():
+    n, d, loss = isoflop_grid(TRUE, noise=0.0)
+    profiles = isoflop_profiles(n, d, loss)
+    assert len(profiles) == 5
+    for p in profiles:
+        if p["extrapolated"]:
+            continue
+        n_true, _ = TRUE.optimum(p["flops"])
+        assert math.log(p["n_opt"]) == pytest.approx(math.log(n_true), abs=0.35)
+
+
+def test_report_prints_anchors_and_is_json(tmp_path):
+    report = fit_report(*isoflop_grid(TRUE, noise=0.002), target_flops=1e15, samples=20)
+    text = format_report(report)
+    assert "406.4" in text and "2085" in text and "0.076" in text
+    json.dumps(report)
+
+
+@pytest.mark.parametrize("n,d,loss,culprit", [
+    ([1, 2, 3, 4], [1, 2, 3, 4], [3, 2, 2, 1], "at least 5 points"),
+    ([1e5] * 6, [1, 2, 3, 4, 5, 6], [3, 2, 2, 1, 1, 1], "2 model sizes"),
+    ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [3, 2, -2, 1, 1], "positive"),
+])
+def test_unidentifiable_points_are_refused(n, d, loss, culprit):
+    with pytest.raises(LmforgeError, match=culprit):
+        fit_law(n, d, loss)
