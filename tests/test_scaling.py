@@ -76,3 +76,70 @@ def test_report_prints_anchors_and_is_json(tmp_path):
 def test_unidentifiable_points_are_refused(n, d, loss, culprit):
     with pytest.raises(LmforgeError, match=culprit):
         fit_law(n, d, loss)
+
+
+# --- the sweep, with a fast fake point runner (no training): resume, LR check, held-out check, CLI fit ---
+
+from lmforge.evaluation.scaling_sweep import Point, SweepConfig, run_sweep  # noqa: E402
+
+SMALL = dict(widths=[32, 48, 64, 96], flops=[1e11, 3e11, 1e12], holdout_width=80, holdout_flops=6e11,
+             bootstrap=20, lr_multipliers=[0.5, 1.0, 2.0])
+
+
+class FakeRunner:
+    """Losses from TRUE at N = 24 width^2 (plus an LR penalty around multiplier 1); counts the points it trains
+    and can fail on a chosen call, as a killed run would."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+
+    def __call__(self, cfg, point: Point, data, run_dir):
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt
+        self.calls.append(point.name)
+        n = 24 * point.width ** 2
+        d = point.flops / (6 * n)
+        loss = float(TRUE.predict(n, d)) * (1 + 0.05 * math.log(point.lr_mult) ** 2)
+        return {"n": n, "d": d, "loss": loss, "seconds": 0.0, "tokens_per_s": 1.0}
+
+
+def test_sweep_resumes_point_by_point(tmp_path):
+    cfg = SweepConfig(**SMALL)
+    killed = FakeRunner(fail_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=killed, log=lambda s: None)
+    assert len(list((tmp_path / "points" / "grid").glob("*.json"))) == 5
+    rest = FakeRunner()
+    report = run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=rest, log=lambda s: None)
+    assert len(rest.calls) == 12 - 5 + 1 + 2 * 2 and not set(rest.calls) & set(killed.calls)
+    assert report["holdout"]["within_goal"] and report["holdout"]["relative_error"] < 1e-3
+    assert report["lr_check"]["transfers"] and report["lr_check"]["steps_moved"] == 0
+    assert (tmp_path / "scaling_fit.png").stat().st_size > 0
+    again = FakeRunner()
+    run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=again, log=lambda s: None)
+    assert again.calls == []
+
+
+def test_sweep_refuses_to_resume_with_other_settings(tmp_path):
+    run_sweep(SweepConfig(**SMALL), tmp_path, tmp_path, holdout=False, runner=FakeRunner(), log=lambda s: None)
+    with pytest.raises(LmforgeError, match="other settings"):
+        run_sweep(SweepConfig(**{**SMALL, "depth": 3}), tmp_path, tmp_path, runner=FakeRunner(), log=lambda s: None)
+
+
+def test_cli_fit_rewrites_constants_and_plot(tmp_path):
+    from hostile import run_cli
+
+    run_sweep(SweepConfig(**SMALL), tmp_path, tmp_path, runner=FakeRunner(), log=lambda s: None)
+    (tmp_path / "scaling_fit.json").unlink()
+    out = run_cli(["scaling", "fit", str(tmp_path), "--bootstrap", "10", "--target-flops", "1e16"])
+    assert out.code == 0, out.stderr
+    assert "Besiroglu" in out.stdout and "held-out point" in out.stdout
+    report = json.loads((tmp_path / "scaling_fit.json").read_text())
+    assert report["target_flops"] == 1e16 and report["fit"]["alpha"] == pytest.approx(TRUE.alpha, abs=1e-3)
+
+
+def test_cli_fit_of_an_empty_folder_is_one_line(tmp_path):
+    from hostile import assert_refused, run_cli
+
+    assert_refused(run_cli(["scaling", "fit", str(tmp_path)]), "sweep_config.json")

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.utils import LmforgeError
 
 EVALUATIONS = [
     "lmforge.evaluation.cli_sft",
@@ -16,4 +21,118 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
     for name in EVALUATIONS:
         importlib.import_module(name).register(kinds)
+    register_scaling(sub)
 
+
+def register_scaling(sub: argparse._SubParsersAction) -> None:
+    """`lmforge scaling sweep|fit`: the scaling-law sweep over model sizes and compute budgets, and its fit."""
+    from lmforge.evaluation.scaling_sweep import BUDGET_S, SweepConfig
+
+    d = SweepConfig()
+    p = sub.add_parser("scaling", help="scaling laws: train a grid of sizes x budgets (sweep), fit L(N, D) (fit)",
+                       description="Chinchilla's approach 3 (Huber fit of L(N, D) = E + A/N^alpha + B/D^beta with "
+                       "bootstrap intervals) and approach 2 (IsoFLOP parabolas) on a sweep of small pretraining runs.")
+    verbs = p.add_subparsers(dest="scaling_command", metavar="ACTION", required=True)
+    sweep = verbs.add_parser("sweep", help=f"train the grid (default about {BUDGET_S // 60} minutes or less on 2 "
+                             "cores), fit, then check the fit on a held-out point; resumable point by point")
+    sweep.add_argument("--data", type=Path, required=True, help="token shards (lmforge data tokenize's output)")
+    sweep.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
+    sweep.add_argument("--estimate", action="store_true", help="only time a few steps of each width and print "
+                       "the expected duration of the grid, the LR check and the held-out point")
+    sweep.add_argument("--lr-check", action="store_true", help="also sweep the learning-rate multiplier at the "
+                       "smallest and largest width and report whether the optimum moves by more than one step")
+    sweep.add_argument("--no-holdout", action="store_true", help="skip the held-out point")
+    _sweep_flags(sweep, d)
+    sweep.set_defaults(func=_cmd_scaling_sweep)
+    fit = verbs.add_parser("fit", help="fit (again) the points of a sweep folder; writes scaling_fit.json/.png")
+    fit.add_argument("run", type=Path, help="the sweep's run folder")
+    fit.add_argument("--target-flops", type=float, default=None, help="budget of the compute-optimal N and D "
+                     "(default: the sweep's)")
+    fit.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the sweep's)")
+    fit.set_defaults(func=_cmd_scaling_fit)
+
+
+def _sweep_flags(p: argparse.ArgumentParser, d: Any) -> None:
+    def floats(text: str) -> list[float]:
+        return [float(v) for v in text.split(",") if v.strip()]
+
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",") if v.strip()]
+
+    p.add_argument("--widths", type=ints, default=d.widths, help="model widths (comma-separated)")
+    p.add_argument("--flops", type=floats, default=d.flops, help="compute budgets C = 6 N D (comma-separated)")
+    p.add_argument("--depth", type=int, default=d.depth, help="layers of every model")
+    p.add_argument("--head-dim", type=int, default=d.head_dim)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW rate at --base-width (scaled by "
+                   "sqrt(base_width / width))")
+    p.add_argument("--muon-lr", type=float, default=d.muon_lr, help="Muon rate (the same at every width)")
+    p.add_argument("--base-width", type=int, default=d.base_width)
+    p.add_argument("--lr-multipliers", type=floats, default=d.lr_multipliers)
+    p.add_argument("--holdout-width", type=int, default=d.holdout_width)
+    p.add_argument("--holdout-flops", type=float, default=d.holdout_flops)
+    p.add_argument("--target-flops", type=float, default=d.target_flops)
+    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples of the fit")
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _cmd_scaling_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from lmforge.evaluation.scaling import format_report
+    from lmforge.evaluation.scaling_sweep import SweepConfig, estimate_seconds, run_sweep
+    from lmforge.utils import configure_threads, resolve_device
+
+    cfg = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
+    cfg.device = resolve_device(cfg.device)
+    configure_threads(args.threads)
+    if args.estimate:
+        est = estimate_seconds(cfg, args.data, args.out / "estimate")
+        print(json.dumps(est, indent=2))
+        print(f"grid {est['grid_s'] / 60:.1f} min (budget {est['budget_s'] / 60:.0f} min), LR check "
+              f"{est['lr_check_s'] / 60:.1f} min, held-out point {est['holdout_s'] / 60:.1f} min")
+        return 0
+    report = run_sweep(cfg, args.data, args.out, lr_check=args.lr_check, holdout=not args.no_holdout)
+    _print_scaling(report, args.out, format_report)
+    return 0
+
+
+def _print_scaling(report: dict, out: Path, format_report: Any) -> None:
+    print(format_report(report))
+    if "holdout" in report:
+        h = report["holdout"]
+        print(f"held-out point N={h['n']:,} D={h['d']:,}: predicted {h['predicted']:.4f}, measured "
+              f"{h['measured']:.4f}, error {100 * h['relative_error']:.2f}% "
+              f"({'within' if h['within_goal'] else 'outside'} the 2% goal)")
+    if "lr_check" in report:
+        lr = report["lr_check"]
+        best = ", ".join(f"width {w}: x{v['best_mult']:g}" for w, v in lr["widths"].items())
+        print(f"LR check: best multiplier {best}; moved {lr['steps_moved']} grid step(s) "
+              f"({'transfers' if lr['transfers'] else 'does NOT transfer'} across width)")
+    print(f"(constants in {out / 'scaling_fit.json'}, plot in {out / 'scaling_fit.png'})")
+
+
+def _cmd_scaling_fit(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lmforge.evaluation.scaling import format_report
+    from lmforge.evaluation.scaling_sweep import SweepConfig, fit_run
+    from lmforge.utils import read_json
+
+    saved = read_json(args.run / "sweep_config.json", "sweep config")
+    try:
+        cfg = SweepConfig(**saved)
+    except TypeError as e:
+        raise LmforgeError(f"sweep config {args.run / 'sweep_config.json'} has unknown fields: {e}") from e
+    overrides = {k: v for k, v in (("target_flops", args.target_flops), ("bootstrap", args.bootstrap))
+                 if v is not None}
+    cfg = replace(cfg, **overrides)
+    report = fit_run(args.run, cfg)
+    if (args.run / "lr_check.json").is_file():
+        report["lr_check"] = read_json(args.run / "lr_check.json", "LR check")
+    _print_scaling(report, args.run, format_report)
+    return 0
