@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
     for name in EVALUATIONS:
         importlib.import_module(name).register(kinds)
+    register_mc(kinds)
     register_scaling(sub)
 
 
@@ -135,4 +136,57 @@ def _cmd_scaling_fit(args: argparse.Namespace) -> int:
     if (args.run / "lr_check.json").is_file():
         report["lr_check"] = read_json(args.run / "lr_check.json", "LR check")
     _print_scaling(report, args.run, format_report)
+    return 0
+
+
+def register_mc(kinds: argparse._SubParsersAction) -> None:
+    """`lmforge eval mc`: multiple choice by log-likelihood, on JSONL benchmark files and the stdlib tasks."""
+    from lmforge.evaluation import multiple_choice
+
+    p = kinds.add_parser("mc", help="multiple choice by log-likelihood (HellaSwag/ARC/MMLU/PIQA JSONL, stdlib "
+                         "tasks) with a CORE-like aggregate", description=multiple_choice.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    p.add_argument("--tasks", type=Path, action="append", default=[], help="a JSONL file of items (repeatable)")
+    p.add_argument("--format", default="auto", help="format of the --tasks files: auto, "
+                   + ", ".join(multiple_choice.FORMATS))
+    p.add_argument("--limit", type=int, default=None, help="at most this many items of each --tasks file")
+    p.add_argument("--builtin", default=None, help="comma-separated generated tasks (stdlib_signature, "
+                   "stdlib_module); default both when no --tasks is given, '' for none")
+    p.add_argument("--count", type=int, default=200, help="items of each generated task")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated tasks and of the bootstrap")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences (item options) per forward")
+    p.add_argument("--normalisation", default="byte", help="score of the aggregate: sum, token or byte")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the aggregate's interval")
+    p.add_argument("--json", type=Path, default=None, help="also write every item's scores and the summary here")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_mc)
+
+
+def _cmd_mc(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.multiple_choice import NORMALISATIONS, evaluate_checkpoint, format_summary, read_items
+    from lmforge.evaluation.stdlib_tasks import stdlib_items
+    from lmforge.utils import configure_threads, resolve_device, write_json
+
+    for flag, value in (("--batch-size", args.batch_size), ("--count", args.count), ("--bootstrap", args.bootstrap),
+                        ("--limit", args.limit if args.limit is not None else 1)):
+        if value < 1:
+            raise LmforgeError(f"{flag} must be at least 1 (got {value})")
+    if args.normalisation not in NORMALISATIONS:
+        raise LmforgeError(f"--normalisation {args.normalisation!r}: choose {', '.join(NORMALISATIONS)}")
+    device = resolve_device(args.device)
+    builtin = args.builtin if args.builtin is not None else ("" if args.tasks else "stdlib_signature,stdlib_module")
+    items = [i for path in args.tasks for i in read_items(path, args.format, limit=args.limit)]
+    names = [t for t in builtin.split(",") if t.strip()]
+    items += stdlib_items(names, args.count, args.seed) if names else []
+    if not items:
+        raise LmforgeError("no items to evaluate: give --tasks FILE or --builtin TASKS")
+    configure_threads(args.threads)
+    result = evaluate_checkpoint(args.checkpoint, items, args.batch_size, device, args.normalisation,
+                                 args.bootstrap, args.seed)
+    print(format_summary(result["summary"]))
+    if args.json is not None:
+        write_json(args.json, result)
+        print(f"(JSON written to {args.json})")
     return 0
