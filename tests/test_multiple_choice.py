@@ -138,7 +138,8 @@ def test_cli_scores_a_checkpoint(tmp_path):
                tmp_path / "tok")
     (tmp_path / "p.jsonl").write_text(json.dumps({"goal": "dry", "sol1": "hang", "sol2": "soak", "label": 0}) + "\n")
     out = run_cli(["eval", "mc", "--checkpoint", str(tmp_path / "ckpt"), "--tasks", str(tmp_path / "p.jsonl"),
-                   "--builtin", "stdlib_module", "--count", "6", "--bootstrap", "50", "--json", str(tmp_path / "r.json")])
+                   "--builtin", "stdlib_module", "--count", "6", "--bootstrap", "50",
+                   "--json", str(tmp_path / "r.json")])
     assert out.code == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["summary"]["tasks"]) == {"p", "stdlib_module"} and len(report["items"]) == 7

@@ -77,6 +77,7 @@ def _sweep_flags(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples of the fit")
     p.add_argument("--eval-batches", type=int, default=d.eval_batches)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--params", default=d.params, help="N of the law: total (Chinchilla) or non-embedding (Kaplan)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None)
 
@@ -88,8 +89,11 @@ def _cmd_scaling_sweep(args: argparse.Namespace) -> int:
     from lmforge.evaluation.scaling_sweep import SweepConfig, estimate_seconds, run_sweep
     from lmforge.utils import configure_threads, resolve_device
 
+    from lmforge.data.shards import TokenShards
+
     cfg = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
     cfg.device = resolve_device(cfg.device)
+    TokenShards(args.data, "train")  # refused here, before the run folder is touched
     configure_threads(args.threads)
     if args.estimate:
         est = estimate_seconds(cfg, args.data, args.out / "estimate")

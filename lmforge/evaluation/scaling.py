@@ -7,14 +7,15 @@ and the optimiser works on comparable scales), minimised from every one of the 4
 grid. The minimiser is Levenberg-Marquardt on the Huber loss's reweighted least squares, vectorised over the
 starts, rather than the paper's L-BFGS: the objective is the same, and all starts run at once in about a second
 where torch's L-BFGS took half a second per start (see `_minimise`). The replication showed that Chinchilla's
-published intervals were far too narrow because too few points were fitted, so every constant here carries a bootstrap interval: the points are resampled with
-replacement and refitted, and the 2.5th/97.5th percentiles are reported.
+published intervals were far too narrow because too few points were fitted, so every constant here carries a
+bootstrap interval: the points are resampled with replacement and refitted, and the 2.5th/97.5th percentiles
+are reported.
 
 Approach 2 (the IsoFLOP view) uses the same points: points of (nearly) equal compute C = 6 N D form a profile,
 a parabola in log N fitted to each profile gives its N_opt, and N_opt ~ C^a across profiles.
 
-N is the non-embedding parameter count (Kaplan et al. 2020: with it the small models' losses fall on one law; the
-embeddings of a 1,024-token vocabulary would otherwise be most of our smallest models) and C = 6 N D uses the same N.
+N is whatever parameter count the points carry and C = 6 N D uses the same N (the sweep counts every parameter,
+Chinchilla's convention, by default; see `scaling_sweep.SweepConfig.params`).
 """
 
 from __future__ import annotations
@@ -330,7 +331,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax2.plot(np.exp(x), np.polyval(p["parabola"], x), color=line.get_facecolor()[0], lw=1)
         if p["n_opt"] is not None:
             ax2.scatter([p["n_opt"]], [p["loss_opt"]], marker="*", s=120, color=line.get_facecolor()[0])
-    ax2.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss",
+    ax2.set(xscale="log", xlabel="parameters N", ylabel="validation loss",
             title="approach 2: IsoFLOP profiles (star = vertex)")
     if report["approach2"]["profiles"]:
         ax2.legend(fontsize=7)

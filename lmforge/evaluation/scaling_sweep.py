@@ -2,8 +2,9 @@
 
 Each point is a small pretraining run through the public entry (`lmforge.train.pretrain.run_pretrain`) on the
 shards given. The grid is IsoFLOP-shaped: for every compute budget C and width, the run sees D = C / (6 N) tokens
-(N: non-embedding parameters, embeddings tied as in GPT-2), so the same points serve approach 3 (every point has
-its own N and D: 4 sizes x 3 budgets are 12 token counts) and approach 2 (each budget is a profile over sizes).
+(N: parameters, embeddings tied as in GPT-2; see `SweepConfig.params`), so the same points serve approach 3
+(every point has its own N and D: 4 sizes x 3 budgets are 12 token counts) and approach 2 (each budget is a
+profile over sizes).
 
 Hyperparameters transfer across width by one rule, the one nanochat uses with the same optimiser pair: the AdamW
 rates (embeddings, norms) scale as 1/sqrt(width), lr(width) = lr * sqrt(base_width / width), and Muon's rate stays
@@ -49,6 +50,9 @@ class SweepConfig:
     eval_batches: int = 50  # validation batches per point (0 = the whole split): the same windows for every point
     seed: int = 1337
     device: str = "cpu"
+    # N of the law. "total" (Chinchilla's count): at our sizes the embedding is a third to a half of the model,
+    # and Pearce & Song (2024) traced Kaplan's smaller data exponent to counting without it at small scale.
+    params: str = "total"
 
     def __post_init__(self) -> None:
         if len(set(self.widths)) < 2 or len(set(self.flops)) < 2:
@@ -61,6 +65,8 @@ class SweepConfig:
         for name in ("depth", "seq_len", "batch_size", "base_width", "bootstrap"):
             if getattr(self, name) < 1:
                 raise LmforgeError(f"scaling sweep: --{name.replace('_', '-')} must be at least 1")
+        if self.params not in ("total", "non-embedding"):
+            raise LmforgeError(f"scaling sweep: --params {self.params!r}: choose total or non-embedding")
         if self.lr <= 0 or self.muon_lr <= 0 or min(self.lr_multipliers) <= 0:
             raise LmforgeError("scaling sweep: learning rates and --lr-multipliers must be positive")
 
@@ -84,15 +90,16 @@ def model_overrides(cfg: SweepConfig, width: int) -> dict[str, Any]:
                 tie_embeddings=True)
 
 
-def non_embedding_params(cfg: SweepConfig, width: int, vocab_size: int) -> int:
-    """N of the law for a width: every parameter but the (tied) embedding, counted on the meta device."""
+def model_params(cfg: SweepConfig, width: int, vocab_size: int) -> int:
+    """N of the law for a width (counted on the meta device): every parameter, the tied embedding once, with
+    `params="total"`; all but the embedding with `params="non-embedding"`."""
     import torch
 
     from lmforge.model import GPT, GPTConfig
 
     with torch.device("meta"):
         model = GPT(GPTConfig.from_preset("tiny", vocab_size=vocab_size, **model_overrides(cfg, width)))
-    return model.num_params(non_embedding=True)
+    return model.num_params(non_embedding=cfg.params == "non-embedding")
 
 
 def point_steps(cfg: SweepConfig, point: Point, n: int) -> int:
@@ -123,13 +130,13 @@ def train_point(cfg: SweepConfig, point: Point, data: Path, run_dir: Path) -> di
     from lmforge.train.pretrain import run_pretrain
 
     vocab = TokenShards(data, "train").vocab_size
-    n = non_embedding_params(cfg, point.width, vocab)
+    n = model_params(cfg, point.width, vocab)
     steps = point_steps(cfg, point, n)
     summary = run_pretrain(data, run_dir, train_config(cfg, point, steps))
     if summary.get("val_loss") is None:
         raise LmforgeError(f"scaling sweep: {data} has no validation split long enough for --seq-len "
                            f"{cfg.seq_len}; the fit needs a held-out loss")
-    return {"n": n, "d": steps * cfg.batch_size * cfg.seq_len, "loss": summary["val_loss"],
+    return {"n": n, "params": cfg.params, "d": steps * cfg.batch_size * cfg.seq_len, "loss": summary["val_loss"],
             "seconds": summary["seconds"], "steps": steps, "tokens_per_s": summary["tokens_per_s"]}
 
 
@@ -188,7 +195,7 @@ def estimate_seconds(cfg: SweepConfig, data: Path, scratch: Path, probe_steps: i
     vocab = TokenShards(data, "train").vocab_size
     speed, overhead = {}, []
     for width in sorted({*cfg.widths, cfg.holdout_width}):
-        n = non_embedding_params(cfg, width, vocab)
+        n = model_params(cfg, width, vocab)
         probe = Point("probe", width, 6.0 * n * probe_steps * cfg.batch_size * cfg.seq_len)
         t0 = time.perf_counter()
         result = runner(cfg, probe, data, scratch / probe.name)
@@ -200,11 +207,12 @@ def estimate_seconds(cfg: SweepConfig, data: Path, scratch: Path, probe_steps: i
     def seconds(points: list[Point]) -> float:
         total = 0.0
         for p in points:
-            n = non_embedding_params(cfg, p.width, vocab)
+            n = model_params(cfg, p.width, vocab)
             total += point_steps(cfg, p, n) * cfg.batch_size * cfg.seq_len / speed[p.width] + per_point
         return total
 
-    return {"tokens_per_s": speed, "overhead_per_point_s": round(per_point, 2), "grid_s": round(seconds(grid_points(cfg)), 1),
+    return {"tokens_per_s": speed, "overhead_per_point_s": round(per_point, 2),
+            "grid_s": round(seconds(grid_points(cfg)), 1),
             "lr_check_s": round(seconds([p for p in lr_check_points(cfg) if p.kind == "lr"]), 1),
             "holdout_s": round(seconds([Point("holdout", cfg.holdout_width, cfg.holdout_flops)]), 1),
             "budget_s": BUDGET_S}
