@@ -34,7 +34,7 @@ BUDGET_S = 25 * 60
 @dataclass
 class SweepConfig:
     widths: list[int] = field(default_factory=lambda: [32, 48, 64, 96])
-    flops: list[float] = field(default_factory=lambda: [1e11, 3e11, 1e12])  # budgets C = 6 N D
+    flops: list[float] = field(default_factory=lambda: [3e11, 1e12, 3e12])  # budgets C = 6 N D
     depth: int = 2
     head_dim: int = 16
     seq_len: int = 128
@@ -44,7 +44,7 @@ class SweepConfig:
     muon_lr: float = 0.04
     lr_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     holdout_width: int = 80  # trained after the fit, its loss predicted by it
-    holdout_flops: float = 6e11
+    holdout_flops: float = 2e12
     target_flops: float = 1e18  # the larger budget whose compute-optimal N and D the fit predicts
     bootstrap: int = 200
     eval_batches: int = 50  # validation batches per point (0 = the whole split): the same windows for every point
