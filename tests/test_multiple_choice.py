@@ -45,8 +45,17 @@ def test_batched_scores_equal_the_hand_computation(model):
     pairs = [([1, 5, 6, 7], [8, 9]), ([1, 3], [4, 4, 4, 4, 4]), ([1, 2, 3, 4, 5, 6, 7, 8, 9], [10]),
              ([1, 11], [12, 13, 14])]
     batched = score_sequences(model, pairs, batch_size=3)  # rows of different lengths share a padded batch
-    for got, (ctx, opt) in zip(batched, pairs):
+    for (got, greedy), (ctx, opt) in zip(batched, pairs):
         assert got == pytest.approx(by_hand(model, ctx, opt), abs=1e-4)
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([(ctx + opt)[:-1]]))
+        assert greedy == (logits[0, len(ctx) - 1:].argmax(-1).tolist() == opt)
+    # a continuation made of the model's own argmax tokens is greedy
+    ctx, opt = [1, 5, 6], []
+    for _ in range(3):
+        with torch.no_grad():
+            opt.append(int(model(torch.tensor([ctx + opt]))[0][0, -1].argmax()))
+    assert score_sequences(model, [(ctx, opt)])[0][1] is True
 
 
 def test_normalisations_and_predictions(model):

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in EVALUATIONS:
         importlib.import_module(name).register(kinds)
     register_mc(kinds)
+    register_harness(kinds)
     register_scaling(sub)
 
 
@@ -192,5 +193,45 @@ def _cmd_mc(args: argparse.Namespace) -> int:
     print(format_summary(result["summary"]))
     if args.json is not None:
         write_json(args.json, result)
+        print(f"(JSON written to {args.json})")
+    return 0
+
+
+def register_harness(kinds: argparse._SubParsersAction) -> None:
+    """`lmforge eval harness`: EleutherAI's lm-evaluation-harness on a checkpoint (optional dependency lm-eval)."""
+    p = kinds.add_parser("harness", help="run lm-evaluation-harness tasks on a checkpoint (pip install lm-eval)",
+                         description="Evaluate a checkpoint with lm-evaluation-harness through lmforge's adapter "
+                         "(lmforge/evaluation/harness.py). Stock tasks download their data; a YAML task in "
+                         "--include-path with local data_files runs offline.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    p.add_argument("--tasks", required=True, help="comma-separated harness task names")
+    p.add_argument("--include-path", type=Path, default=None, help="folder of YAML task definitions (then only "
+                   "those tasks are indexed, not the harness's stock ones)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_harness)
+
+
+def _cmd_harness(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.harness import require_lm_eval, run_harness
+    from lmforge.utils import configure_threads, resolve_device, write_json
+
+    require_lm_eval()
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise LmforgeError("--batch-size and --limit must be at least 1")
+    if args.include_path is not None and not args.include_path.is_dir():
+        raise LmforgeError(f"--include-path {args.include_path} is not a folder")
+    device = resolve_device(args.device)
+    configure_threads(args.threads)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results = run_harness(args.checkpoint, tasks, args.include_path, args.limit, args.batch_size, device)
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"{task}: {shown}")
+    if args.json is not None:
+        write_json(args.json, results)
         print(f"(JSON written to {args.json})")
     return 0

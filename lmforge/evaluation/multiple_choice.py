@@ -155,15 +155,16 @@ def encode_pair(tokenizer: Any, context: str, option: str, block_size: int) -> t
 
 
 def score_sequences(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
-                    device: str = "cpu") -> list[float]:
-    """Summed log-probability of each option given its context; one forward per batch of right-padded rows.
+                    device: str = "cpu") -> list[tuple[float, bool]]:
+    """(summed log-probability of each option given its context, whether every option token was the argmax);
+    one forward per batch of right-padded rows.
 
     Rows are sorted by length before batching (so a batch pads little) and the scores returned in input order.
     """
     import torch
 
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    scores = [0.0] * len(pairs)
+    scores: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         rows = [pairs[i][0] + pairs[i][1] for i in chunk]
@@ -173,12 +174,12 @@ def score_sequences(model: Any, pairs: list[tuple[list[int], list[int]]], batch_
             idx[j, :len(r) - 1] = torch.tensor(r[:-1])
         with torch.no_grad():
             logits, _ = model(idx.to(device))
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for j, i in enumerate(chunk):
             ctx, opt = pairs[i]
-            positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(opt))
+            at = logprobs[j, len(ctx) - 1:len(ctx) - 1 + len(opt)]
             targets = torch.tensor(opt)
-            scores[i] = float(logprobs[j, positions, targets].sum())
+            scores[i] = (float(at[torch.arange(len(opt)), targets].sum()), bool((at.argmax(-1) == targets).all()))
     return scores
 
 
@@ -188,7 +189,7 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCItem], batch_size: 
     right."""
     block = model.config.block_size
     pairs = [encode_pair(tokenizer, item.context, option, block) for item in items for option in item.choices]
-    sums = score_sequences(model, pairs, batch_size, device)
+    sums = [total for total, _ in score_sequences(model, pairs, batch_size, device)]
     results = []
     at = 0
     for item in items:
