@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         importlib.import_module(name).register(kinds)
     register_mc(kinds)
     register_harness(kinds)
+    register_reversal(kinds)
     register_scaling(sub)
 
 
@@ -234,4 +235,37 @@ def _cmd_harness(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, results)
         print(f"(JSON written to {args.json})")
+    return 0
+
+
+def register_reversal(kinds: argparse._SubParsersAction) -> None:
+    """`lmforge eval reversal`: the reversal curse probe (fine-tune on one direction, test both)."""
+    from lmforge.evaluation.reversal import ReversalConfig
+
+    d = ReversalConfig()
+    p = kinds.add_parser("reversal", help="reversal curse probe: fine-tune on 'A's teacher is B', ask both ways",
+                         description="Fine-tunes a copy of the checkpoint on invented facts stated in one direction "
+                         "and reports forward and reverse multiple-choice accuracy, before and after.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="folder for the fine-tune and reversal.json")
+    p.add_argument("--facts", type=int, default=d.facts)
+    p.add_argument("--steps", type=int, default=d.steps, help="fine-tuning steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--muon-lr", type=float, default=d.muon_lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_reversal)
+
+
+def _cmd_reversal(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.reversal import ReversalConfig, format_reversal, run_reversal
+    from lmforge.utils import configure_threads
+
+    cfg = ReversalConfig(facts=args.facts, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, muon_lr=args.muon_lr)
+    configure_threads(args.threads)
+    report = run_reversal(args.checkpoint, args.out, cfg)
+    print(format_reversal(report))
+    print(f"(JSON written to {args.out / 'reversal.json'})")
     return 0
