@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lmforge.evaluation.scaling import LawFit, bootstrap, fit_law, fit_report, format_report, isoflop_profiles
+from lmforge.evaluation.scaling import (LawFit, bootstrap, fit_law, fit_report, format_report, isoflop_exponent,
+                                        isoflop_profiles)
 from lmforge.utils import LmforgeError
 
 TRUE = LawFit(E=1.8, A=300.0, B=900.0, alpha=0.40, beta=0.35, objective=0.0)
@@ -59,6 +60,12 @@ def test_isoflop_parabola_finds_the_vertex_of_each_profile():
             continue
         n_true, _ = TRUE.optimum(p["flops"])
         assert math.log(p["n_opt"]) == pytest.approx(math.log(n_true), abs=0.35)
+    # N_opt ~ C^a with a = beta / (alpha + beta); parabolas on a coarse grid of sizes bias it a little
+    expo = isoflop_exponent(profiles)
+    assert expo["a"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.06)
+    # a vertex extrapolated outside its sizes does not enter the exponent
+    profiles[0] = {**profiles[0], "n_opt": 1e-2, "extrapolated": True}
+    assert isoflop_exponent(profiles)["profiles_used"] == expo["profiles_used"] - 1
 
 
 def test_report_prints_anchors_and_is_json(tmp_path):

@@ -234,9 +234,10 @@ def isoflop_profiles(n: Sequence[float], d: Sequence[float], loss: Sequence[floa
 
 
 def isoflop_exponent(profiles: list[dict[str, Any]]) -> dict[str, float] | None:
-    """N_opt = k C^a fitted (least squares in log-log) through the profiles that found a minimum; None with
-    fewer than 2 of them. Chinchilla's approach 2 found a = 0.49 (so D_opt ~ C^0.51)."""
-    found = [p for p in profiles if p["n_opt"] is not None]
+    """N_opt = k C^a fitted (least squares in log-log) through the profiles whose minimum lies among their sizes
+    (a vertex extrapolated from a parabola says little); None with fewer than 2 of them. Chinchilla's approach 2
+    found a = 0.49 (so D_opt ~ C^0.51)."""
+    found = [p for p in profiles if not p["extrapolated"]]
     if len(found) < 2:
         return None
     slope, intercept = np.polyfit(np.log([p["flops"] for p in found]), np.log([p["n_opt"] for p in found]), 1)
@@ -293,7 +294,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"IsoFLOP: N_opt ~ C^{a2['exponent']['a']:.3f} (Chinchilla approach 2: 0.49); at the target "
                      f"N_opt {a2['n_opt_at_target']:.4g}")
     else:
-        lines.append("IsoFLOP: fewer than 2 profiles with a minimum; no exponent")
+        lines.append("IsoFLOP: fewer than 2 profiles with a minimum among their sizes; no exponent")
     return "\n".join(lines)
 
 
@@ -329,10 +330,10 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         line = ax2.scatter(p["n"], p["loss"], label=f"C={p['flops']:.2g}")
         x = np.linspace(np.log(min(p["n"])) - 0.3, np.log(max(p["n"])) + 0.3, 100)
         ax2.plot(np.exp(x), np.polyval(p["parabola"], x), color=line.get_facecolor()[0], lw=1)
-        if p["n_opt"] is not None:
+        if not p["extrapolated"]:  # a vertex outside the sizes is no measurement, and would stretch the axis
             ax2.scatter([p["n_opt"]], [p["loss_opt"]], marker="*", s=120, color=line.get_facecolor()[0])
     ax2.set(xscale="log", xlabel="parameters N", ylabel="validation loss",
-            title="approach 2: IsoFLOP profiles (star = vertex)")
+            title="approach 2: IsoFLOP profiles (star = vertex among the sizes)")
     if report["approach2"]["profiles"]:
         ax2.legend(fontsize=7)
     fig.tight_layout()
