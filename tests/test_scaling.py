@@ -117,12 +117,14 @@ def test_sweep_resumes_point_by_point(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=killed, log=lambda s: None)
     assert len(list((tmp_path / "points" / "grid").glob("*.json"))) == 5
+    (tmp_path / "points" / "grid" / ".w32_c1.00e12_lr1.json.abc.tmp").mkdir()  # a write killed midway
     rest = FakeRunner()
     report = run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=rest, log=lambda s: None)
     assert len(rest.calls) == 12 - 5 + 1 + 2 * 2 and not set(rest.calls) & set(killed.calls)
     assert report["holdout"]["within_goal"] and report["holdout"]["relative_error"] < 1e-3
     assert report["lr_check"]["transfers"] and report["lr_check"]["steps_moved"] == 0
     assert (tmp_path / "scaling_fit.png").stat().st_size > 0
+    assert not list((tmp_path / "points" / "grid").glob(".*.tmp"))
     again = FakeRunner()
     run_sweep(cfg, tmp_path / "data", tmp_path, lr_check=True, runner=again, log=lambda s: None)
     assert again.calls == []

@@ -249,7 +249,8 @@ def run_sweep(cfg: SweepConfig, data: Path, out: Path, lr_check: bool = False, h
               runner: PointRunner = train_point, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The grid, the fit, the held-out point and its check, and optionally the LR check; resumable."""
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    for folder in (out, *(out / "points" / kind for kind in ("grid", "holdout", "lr"))):
+        remove_stale_temporaries(folder)  # what a kill left of an atomic write
     saved = out / "sweep_config.json"
     if saved.is_file() and read_json(saved, "sweep config") != asdict(cfg):
         raise LmforgeError(f"scaling sweep: {saved} was written with other settings; resume with the same flags "
