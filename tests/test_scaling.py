@@ -152,3 +152,21 @@ def test_cli_fit_of_an_empty_folder_is_one_line(tmp_path):
     from hostile import assert_refused, run_cli
 
     assert_refused(run_cli(["scaling", "fit", str(tmp_path)]), "sweep_config.json")
+
+
+def test_estimate_extrapolates_each_widths_measured_throughput(tmp_path):
+    from test_train import write_synthetic_shards
+
+    from lmforge.evaluation.scaling_sweep import estimate_seconds, grid_points, model_params, point_steps
+
+    cfg = SweepConfig(**SMALL)
+    data = write_synthetic_shards(tmp_path / "shards")
+    runner = FakeRunner()
+    speeds = {w: 1000.0 * w for w in (*cfg.widths, cfg.holdout_width)}
+    est = estimate_seconds(cfg, data, tmp_path / "scratch", runner=lambda c, p, d, o: {
+        **runner(c, p, d, o), "tokens_per_s": speeds[p.width]})
+    assert len(runner.calls) == 5  # one probe per width (4 grid widths and the held-out one)
+    expected = sum(point_steps(cfg, p, model_params(cfg, p.width, 64)) * cfg.batch_size * cfg.seq_len
+                   / speeds[p.width] for p in grid_points(cfg))
+    assert expected <= est["grid_s"] <= expected + 12 * est["overhead_per_point_s"] + 0.1
+    assert not (tmp_path / "scratch").exists()

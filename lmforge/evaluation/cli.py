@@ -100,8 +100,9 @@ def _cmd_scaling_sweep(args: argparse.Namespace) -> int:
     if args.estimate:
         est = estimate_seconds(cfg, args.data, args.out / "estimate")
         print(json.dumps(est, indent=2))
-        print(f"grid {est['grid_s'] / 60:.1f} min (budget {est['budget_s'] / 60:.0f} min), LR check "
-              f"{est['lr_check_s'] / 60:.1f} min, held-out point {est['holdout_s'] / 60:.1f} min")
+        verdict = "within" if est["grid_s"] <= est["budget_s"] else "OVER"
+        print(f"grid {est['grid_s'] / 60:.1f} min ({verdict} the budget of {est['budget_s'] / 60:.0f} min), LR "
+              f"check {est['lr_check_s'] / 60:.1f} min, held-out point {est['holdout_s'] / 60:.1f} min")
         return 0
     report = run_sweep(cfg, args.data, args.out, lr_check=args.lr_check, holdout=not args.no_holdout)
     _print_scaling(report, args.out, format_report)

@@ -196,7 +196,7 @@ def estimate_seconds(cfg: SweepConfig, data: Path, scratch: Path, probe_steps: i
     the held-out point: tokens of each point divided by its width's measured throughput."""
     from lmforge.data.shards import TokenShards
 
-    vocab = TokenShards(data, "train").vocab_size
+    vocab = TokenShards(data, "train", check_tokenizer=False).vocab_size  # the runner checks the shards
     speed, overhead = {}, []
     for width in sorted({*cfg.widths, cfg.holdout_width}):
         n = model_params(cfg, width, vocab)
