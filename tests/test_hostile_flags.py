@@ -537,3 +537,47 @@ def test_flags_preferences_rlhf_sample_prompt_too_long(tmp_path, checkpoint):
     assert_refused(run_cli(["rlhf", "sample", "--checkpoint", checkpoint, "--out", tmp_path / "o",
                             "--prompts", tmp_path / "long.jsonl"]), "prompt 1 is")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def evaluation_inputs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny checkpoint, a multiple-choice file, and a sweep folder whose config is damaged."""
+    import torch
+
+    from lmforge.checkpoint import save_model
+    from lmforge.model import GPT, GPTConfig
+    from lmforge.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("flags_evaluation")
+    Tokenizer.train(["a few words of text"] * 20, vocab_size=270).save(root / "tok")
+    torch.manual_seed(0)
+    save_model(root / "ckpt", GPT(GPTConfig(vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=32)),
+               root / "tok")
+    (root / "mc.jsonl").write_text(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 0}) + "\n")
+    (root / "sweep").mkdir()
+    (root / "sweep" / "sweep_config.json").write_text(json.dumps({"widths": [32], "flops": [1e11, 1e12]}))
+    return {"root": root}
+
+
+@pytest.mark.parametrize("argv,culprit", [
+    (["scaling", "sweep", "--data", "{root}/nowhere", "--out", "{root}/out"], "nowhere"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--widths", "32"], "--widths"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--widths", "30,64"], "--head-dim"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--flops", "1e11,abc"], "--flops"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--params", "all"], "--params"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--batch-size", "0"], "--batch-size"),
+    (["scaling", "fit", "{root}/out"], "sweep_config.json"),
+    (["scaling", "fit", "{root}/sweep"], "--widths"),
+    (["eval", "mc", "--checkpoint", "{root}/nowhere"], "nowhere"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--normalisation", "bytes"], "--normalisation"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--tasks", "{root}/mc.jsonl", "--format", "mmlu2"], "--format"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--tasks", "{root}/mc.jsonl", "--format", "piqa"], "line 1"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--builtin", "trivia"], "--builtin"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--count", "0"], "--count"),
+    (["eval", "mc", "--checkpoint", "{root}/ckpt", "--tasks", "{root}/tok"], "tok"),
+])
+def test_flags_evaluation(evaluation_inputs, argv, culprit):
+    root = evaluation_inputs["root"]
+    before = tree_digest(root)
+    assert_refused(run_cli([a.format(root=root) for a in argv]), culprit)
+    assert tree_digest(root) == before
