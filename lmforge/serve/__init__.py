@@ -1,0 +1,1 @@
+"""The model as a service: a continuous-batching scheduler, an OpenAI-compatible HTTP API and pages (`lmforge serve`)."""
