@@ -14,18 +14,17 @@ engine's own (`GenerationSession._accept` and its helpers), applied to the sched
 
 Events reach the caller through `sink(kind, payload)`, called on the loop's thread: `("token", RowEvent)` for each
 sampled token, `("done", Usage)` when every row finished, `("error", message)` when the request could not run.
-`AsyncRequest` wraps a sink in an asyncio queue for the HTTP server.
+The HTTP server (`api.py`) turns a sink into an asyncio queue.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import torch
 
@@ -36,6 +35,10 @@ from lmforge.serve.slots import PrefixCache, SlotPool
 from lmforge.utils import LmforgeError
 
 Sink = Callable[[str, Any], None]
+
+
+class QueueFull(LmforgeError):
+    """The request is fine but the server has too many waiting (HTTP 429: retry later)."""
 
 
 @dataclass
@@ -150,7 +153,7 @@ class Scheduler:
         if params.n > self.pool.slots:
             raise LmforgeError(f"n must be at most {self.pool.slots} (the server's slots)")
         if self._inbox.qsize() + len(self._waiting) >= self.max_waiting:
-            raise LmforgeError("the server's queue is full; retry later")
+            raise QueueFull(f"the server's queue is full ({self.max_waiting} requests wait); retry later")
         stops = frozenset(self.engine.default_stop_ids() if stop_ids is None else stop_ids)
         if params.stop_token_ids is not None:
             stops = frozenset(params.stop_token_ids)
@@ -323,33 +326,3 @@ class Scheduler:
     def _fail(self, request: Request, message: str) -> None:
         request.sink("error", message)
         self.metrics.finished("error")
-
-
-class AsyncRequest:
-    """A scheduler request seen from asyncio: `events()` yields (kind, payload) until "done" or "error"."""
-
-    def __init__(self, scheduler: Scheduler, prompt: list[int], params: SamplingParams, **options: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def sink(kind: str, payload: Any) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, (kind, payload))
-
-        self.request = scheduler.submit(prompt, params, sink, **options)
-
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        while True:
-            kind, payload = await self._queue.get()
-            yield kind, payload
-            if kind in ("done", "error"):
-                return
-
-    async def next(self, timeout: float) -> tuple[str, Any] | None:
-        """The next event, or None after `timeout` seconds (so a caller can check on its client meanwhile)."""
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    def cancel(self) -> None:
-        self.request.cancel()
