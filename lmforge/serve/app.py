@@ -63,54 +63,11 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=500)
 
 
-def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = None,
-               api_key: str | None = None) -> FastAPI:
-    """The server's application over a started scheduler."""
-    limits = limits or Limits()
+def _utility_routes(app: FastAPI, scheduler: Scheduler, model_name: str, limits: Limits, checked: Any,
+                    api_key: str | None) -> None:
+    """The routes around generation: the model list, tokenizer, health and metrics."""
     tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
-    gate = Gate(limits.max_concurrent)
-    app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
-    _error_handlers(app)
     started = int(time.time())
-
-    async def checked(request: Request) -> dict[str, Any]:
-        check_key(request.headers.get("authorization"), api_key)
-        return await read_body(request, limits.max_body_bytes)
-
-    async def generate(request: Request, chat: bool) -> Any:
-        body = await checked(request)
-        check_model(body, model_name)
-        spec = (chat_spec if chat else completion_spec)(body, tok, limits, block)
-        gate.enter()
-        try:
-            call = Call(scheduler, spec)
-        except ApiError:
-            gate.leave()
-            raise
-        shape = Shape(chat, model_name, tok)
-        if spec.stream:
-            async def body_stream() -> Any:
-                try:
-                    async for piece in stream_events(call, spec, shape):
-                        yield piece
-                finally:
-                    gate.leave()
-
-            return StreamingResponse(body_stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            answer = await collect(call, spec, shape, request.is_disconnected)
-        finally:
-            gate.leave()
-        return JSONResponse(answer if answer is not None else {}, status_code=200 if answer is not None else 499)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        return await generate(request, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        return await generate(request, chat=True)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -152,6 +109,56 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
         check_key(request.headers.get("authorization"), api_key)
         return PlainTextResponse(scheduler.metrics.render(), media_type="text/plain; version=0.0.4")
 
+
+def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = None,
+               api_key: str | None = None) -> FastAPI:
+    """The server's application over a started scheduler."""
+    limits = limits or Limits()
+    tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
+    gate = Gate(limits.max_concurrent)
+    app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
+    _error_handlers(app)
+
+    async def checked(request: Request) -> dict[str, Any]:
+        check_key(request.headers.get("authorization"), api_key)
+        return await read_body(request, limits.max_body_bytes)
+
+    async def generate(request: Request, chat: bool) -> Any:
+        body = await checked(request)
+        check_model(body, model_name)
+        spec = (chat_spec if chat else completion_spec)(body, tok, limits, block)
+        gate.enter()
+        try:
+            call = Call(scheduler, spec)
+        except ApiError:
+            gate.leave()
+            raise
+        shape = Shape(chat, model_name, tok)
+        if spec.stream:
+            async def body_stream() -> Any:
+                try:
+                    async for piece in stream_events(call, spec, shape):
+                        yield piece
+                finally:
+                    gate.leave()
+
+            return StreamingResponse(body_stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            answer = await collect(call, spec, shape, request.is_disconnected)
+        finally:
+            gate.leave()
+        return JSONResponse(answer if answer is not None else {}, status_code=200 if answer is not None else 499)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await generate(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await generate(request, chat=True)
+
+    _utility_routes(app, scheduler, model_name, limits, checked, api_key)
     if STATIC.is_dir():
         from fastapi.staticfiles import StaticFiles
 

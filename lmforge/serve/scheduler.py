@@ -170,17 +170,32 @@ class Scheduler:
     def _loop(self) -> None:
         with torch.inference_mode():
             while not self._stop.is_set():
-                self._take_new(block=not self._running and not self._waiting)
-                self._drop_cancelled()
-                try:
-                    self._admit()
-                    if self._running:
-                        self._decode()
-                except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
-                    for r in self._running:
-                        self._fail(r, f"generation failed: {type(e).__name__}: {e}")
-                    self._running.clear()
-                self.metrics.gauges(len(self._waiting) + self._inbox.qsize(), self.busy_slots, self.pool.slots)
+                self._turn()
+
+    def _turn(self) -> None:
+        """One turn of the loop: new requests in, cancelled ones out, admissions, one decode step."""
+        self._take_new(block=not self._running and not self._waiting)
+        self._drop_cancelled()
+        try:
+            self._admit()
+            if self._running:
+                self._decode()
+        except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
+            for r in self._running:
+                self._fail(r, f"generation failed: {type(e).__name__}: {e}")
+            self._running.clear()
+        self.metrics.gauges(len(self._waiting) + self._inbox.qsize(), self.busy_slots, self.pool.slots)
+
+    def warm_up(self) -> None:
+        """Run one short request through prefill and decode on this thread before `start()`, so the first client
+        does not pay for first-call allocations; the metrics start afresh after it."""
+        done = threading.Event()
+        self.submit([self.engine.tokenizer.bos_id], SamplingParams(temperature=0, max_tokens=2),
+                    lambda kind, payload: done.set() if kind in ("done", "error") else None)
+        with torch.inference_mode():
+            while not done.is_set():
+                self._turn()
+        self.metrics = Metrics()
 
     def _take_new(self, block: bool) -> None:
         try:
