@@ -229,7 +229,14 @@ def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) -> Gen
 # ---------------------------------------------------------------------------------------------------------------
 
 def token_text(tok: Any, token_id: int) -> str:
-    return tok.token_bytes(token_id).decode("utf-8", "replace")
+    """A token as text; one that is not whole UTF-8 characters (byte-level BPE cuts characters) is spelled
+    `bytes:\\xe6\\x97` as OpenAI's API does, so different tokens never share a spelling (the legacy
+    `top_logprobs` is a map keyed by it)."""
+    data = tok.token_bytes(token_id)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
 
 
 def chat_logprob(tok: Any, token_id: int, logprob: float, top: list[tuple[int, float]]) -> dict[str, Any]:
