@@ -99,8 +99,8 @@ class Choices:
 class Shape:
     """How one endpoint dresses its output: `text_completion` or `chat.completion` objects."""
 
-    def __init__(self, chat: bool, model: str, tok: Any) -> None:
-        self.chat, self.model, self.tok = chat, model, tok
+    def __init__(self, chat: bool, model: str, tok: Any, as_ids: bool = False) -> None:
+        self.chat, self.model, self.tok, self.as_ids = chat, model, tok, as_ids
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
 
@@ -113,7 +113,7 @@ class Shape:
             return None
         if self.chat:
             return {"content": [chat_logprob(self.tok, t, lp, top) for t, lp, top in entries]}
-        return completion_logprobs(self.tok, entries, offset)
+        return completion_logprobs(self.tok, entries, offset, self.as_ids)
 
     def opening(self, count: int) -> list[dict[str, Any]]:
         """The first chunk's choices: chat announces the assistant's role."""

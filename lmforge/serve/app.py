@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from lmforge.serve.api import STATIC, Call, Shape, check_key, collect, read_body, stream_events
-from lmforge.serve.protocol import ApiError, Limits, chat_spec, check_model, completion_spec, token_text
+from lmforge.serve.protocol import ApiError, Limits, chat_spec, check_model, completion_spec, token_piece
 from lmforge.serve.scheduler import Scheduler
 
 log = logging.getLogger("lmforge.serve")
@@ -83,10 +83,9 @@ def _utility_routes(app: FastAPI, scheduler: Scheduler, model_name: str, limits:
             raise ApiError(400, "content must be a string", param="content", code="invalid_type")
         if len(content) > limits.max_body_bytes:
             raise ApiError(400, "content is too long", param="content")
-        ids = tok.encode(content)
+        ids = ([tok.bos_id] if body.get("add_special") is True else []) + tok.encode(content)
         if body.get("with_pieces") is True:
-            return {"tokens": [{"id": t, "piece": token_text(tok, t), "bytes": list(tok.token_bytes(t))}
-                               for t in ids]}
+            return {"tokens": [token_piece(tok, t) for t in ids]}
         return {"tokens": ids}
 
     @app.post("/detokenize")
@@ -97,7 +96,10 @@ def _utility_routes(app: FastAPI, scheduler: Scheduler, model_name: str, limits:
             raise ApiError(400, "tokens must be a list of token ids", param="tokens", code="invalid_type")
         if any(not 0 <= t < tok.vocab_size for t in ids):
             raise ApiError(400, f"token ids must be from 0 to {tok.vocab_size - 1}", param="tokens")
-        return {"content": tok.decode(ids)}
+        answer: dict[str, Any] = {"content": tok.decode(ids)}
+        if body.get("with_pieces") is True:
+            answer["pieces"] = [token_piece(tok, t) for t in ids]
+        return answer
 
     @app.get("/health")
     async def health() -> Any:
@@ -133,7 +135,7 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
         except ApiError:
             gate.leave()
             raise
-        shape = Shape(chat, model_name, tok)
+        shape = Shape(chat, model_name, tok, spec.token_ids_as_text)
         if spec.stream:
             async def body_stream() -> Any:
                 try:

@@ -11,7 +11,7 @@ parallel lists; chat: a list of token objects with `top_logprobs`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lmforge.inference.sampling import SamplingParams
@@ -55,7 +55,7 @@ class GenerationSpec:
     top_logprobs: int | None = None  # None: no log-probs; k: the token's log-prob and the k most likely
     prefix_len: int = 0  # tokens at the start of the prompt that other requests share (a system prompt)
     stop_ids: list[int] | None = None  # None: the engine's default end tokens
-    extra: dict[str, Any] = field(default_factory=dict)
+    token_ids_as_text: bool = False  # vLLM's `return_tokens_as_token_ids`: log-prob tokens spelled "token_id:N"
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -173,7 +173,8 @@ def completion_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) 
     room = _check_lengths(prompts, limits, block)
     stream, include = _stream_flags(body)
     params = sampling_params(body, limits, room, default_max_tokens=16)  # OpenAI's default for completions
-    return GenerationSpec(prompts, params, stream, include, _logprob_count(body, chat=False))
+    as_ids = _typed(body, "return_tokens_as_token_ids", (bool,), "true or false", False)
+    return GenerationSpec(prompts, params, stream, include, _logprob_count(body, chat=False), token_ids_as_text=as_ids)
 
 
 def _message_text(content: Any) -> Any:
@@ -239,6 +240,11 @@ def token_text(tok: Any, token_id: int) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
 
 
+def token_piece(tok: Any, token_id: int) -> dict[str, Any]:
+    """A token for the pages: its id, text and bytes."""
+    return {"id": token_id, "piece": token_text(tok, token_id), "bytes": list(tok.token_bytes(token_id))}
+
+
 def chat_logprob(tok: Any, token_id: int, logprob: float, top: list[tuple[int, float]]) -> dict[str, Any]:
     """One entry of a chat choice's `logprobs.content`."""
     def entry(t: int, lp: float) -> dict[str, Any]:
@@ -247,17 +253,20 @@ def chat_logprob(tok: Any, token_id: int, logprob: float, top: list[tuple[int, f
     return {**entry(token_id, logprob), "top_logprobs": [entry(t, lp) for t, lp in top]}
 
 
-def completion_logprobs(tok: Any, entries: list[tuple[int, float, list[tuple[int, float]]]],
-                        offset: int) -> dict[str, Any]:
-    """The legacy completions layout for a run of tokens: parallel lists, `top_logprobs` as {token: log-prob}."""
+def completion_logprobs(tok: Any, entries: list[tuple[int, float, list[tuple[int, float]]]], offset: int,
+                        as_ids: bool = False) -> dict[str, Any]:
+    """The legacy completions layout for a run of tokens: parallel lists, `top_logprobs` as {token: log-prob};
+    as_ids spells each token "token_id:N" (vLLM's extension; the next-token page steps by id)."""
+    def spell(t: int) -> str:
+        return f"token_id:{t}" if as_ids else token_text(tok, t)
+
     tokens, offsets, position = [], [], offset
     for t, _, _ in entries:
-        tokens.append(token_text(tok, t))
+        tokens.append(spell(t))
         offsets.append(position)
-        position += len(tokens[-1])
+        position += len(tok.token_bytes(t).decode("utf-8", "replace"))
     return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{token_text(tok, t): lp for t, lp in top} for _, _, top in entries],
-            "text_offset": offsets}
+            "top_logprobs": [{spell(t): lp for t, lp in top} for _, _, top in entries], "text_offset": offsets}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
