@@ -39,7 +39,7 @@ def browser():
 
 def open_page(browser, served, name: str):
     page = browser.new_page()
-    page.goto(f"{served.server.url}/{name}")
+    page.goto(f"{served.server.url}/{name}")  # "" is / (it leads to the chat page)
     page.fill("#api-key", KEY)
     page.dispatch_event("#api-key", "change")
     return page
@@ -74,7 +74,7 @@ def test_chat_page_streams_an_answer_and_keeps_the_conversation(browser, served)
 
 
 def test_tokenizer_page_shows_each_token_with_its_id(browser, served):
-    page = open_page(browser, served, "tokenizer.html")
+    page = open_page(browser, served, "pages/tokenizer.html")
     text = "héllo 日本 wörld"
     ids = served.engine.tokenizer.encode(text)
     page.fill("#text", text)
@@ -85,7 +85,7 @@ def test_tokenizer_page_shows_each_token_with_its_id(browser, served):
 
 
 def test_next_token_page_steps_through_the_candidates(browser, served):
-    page = open_page(browser, served, "next.html")
+    page = open_page(browser, served, "pages/next.html")
     page.fill("#prompt", "abc")
     page.fill("#temperature", "0")
     page.click("#start")

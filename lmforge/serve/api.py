@@ -3,7 +3,7 @@
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (`stream: true` answers with
 server-sent events, `data: {chunk}` lines and a final `data: [DONE]`, the shape the official `openai` client
 parses), `POST /tokenize` and `/detokenize` (llama.cpp's server names), `GET /health`, `GET /metrics` (Prometheus
-text), and the static pages under `/` (`lmforge/serve/static/`).
+text), and the static pages under `/pages/` (`lmforge/serve/static/`).
 
 Robustness is by construction rather than by care at each route: a body is read with a size cap before parsing;
 every field is checked in `protocol.py`; every refusal is an `ApiError` rendered in OpenAI's error shape; anything

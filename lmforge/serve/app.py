@@ -12,7 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from lmforge.serve.api import STATIC, Call, Shape, check_key, collect, read_body, stream_events
@@ -161,10 +162,13 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
         return await generate(request, chat=True)
 
     _utility_routes(app, scheduler, model_name, limits, checked, api_key)
-    if STATIC.is_dir():
-        from fastapi.staticfiles import StaticFiles
+    # The pages live under /pages/ (a mount at / would answer 404 instead of 405 for a wrong method on an API
+    # route); / leads there.
+    app.mount("/pages", StaticFiles(directory=STATIC, html=True), name="pages")
 
-        app.mount("/", StaticFiles(directory=STATIC, html=True), name="pages")
+    @app.get("/")
+    async def home() -> Any:
+        return RedirectResponse("/pages/")
     return app
 
 

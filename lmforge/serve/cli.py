@@ -3,7 +3,8 @@
     lmforge serve --checkpoint runs/sft [--device cuda] [--host 0.0.0.0] [--port 8000] [--api-key KEY]
 
 Then any OpenAI client works against it (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)`), and the
-pages are at http://127.0.0.1:8000/. It binds 127.0.0.1 unless `--host` says otherwise; with `--api-key` (or the
+pages (chat, tokenizer explorer, next-token view) are at http://127.0.0.1:8000/pages/. It binds 127.0.0.1 unless
+`--host` says otherwise; with `--api-key` (or the
 environment variable LMFORGE_API_KEY, which keeps the key out of the process list) every API route wants
 `Authorization: Bearer KEY`. Only checkpoints are served: `export/params.py` loads a parameter file's GPT
 (`load_params`) but nothing yet rebuilds a `Tokenizer` from the file's token table, and the API needs one.
@@ -77,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n,
                     max_concurrent=cfg.max_concurrent)
     app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
-    print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/)",
+    print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
