@@ -208,6 +208,22 @@ def test_scheduler_admits_at_any_step_and_a_cancelled_request_frees_its_slot_at_
     assert scheduler.metrics.requests["cancelled"] == 1
 
 
+def test_requests_beyond_the_limit_are_refused_until_one_leaves():
+    from lmforge.serve.scheduler import QueueFull
+
+    engine = Engine(tiny_model(block_size=64), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=1, max_requests=2)  # not started: the test turns the loop by hand
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    finished = []
+    for _ in range(2):
+        scheduler.submit([1, 2], params, lambda k, p: finished.append(k) if k == "done" else None)
+    with pytest.raises(QueueFull):
+        scheduler.submit([1, 2], params, lambda k, p: None)
+    while len(finished) < 1:
+        scheduler._turn()
+    scheduler.submit([1, 2], params, lambda k, p: None)  # one left, so one more fits
+
+
 def test_a_dropped_streaming_client_frees_its_slot(served):
     before = served.scheduler.metrics.requests["cancelled"]
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
@@ -370,3 +386,40 @@ def test_tokenize_detokenize_health_and_metrics(served):
 ])
 def test_serve_flags_are_refused_in_one_line(argv, culprit):
     assert_refused(run_cli(argv), culprit)
+
+
+@pytest.mark.slow  # a child process imports torch and FastAPI: seconds on a quiet machine
+def test_the_serve_verb_serves_a_checkpoint(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from lmforge.checkpoint import save_model
+
+    tok_dir = tmp_path / "tok"
+    Tokenizer([]).save(tok_dir)
+    ckpt = save_model(tmp_path / "run" / "step_1", tiny_model(block_size=64), tokenizer_dir=tok_dir)
+    with socket.socket() as s:  # a free port for the child to bind
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "LMFORGE_API_KEY": KEY}
+    child = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", "--checkpoint", str(ckpt), "--port", str(port),
+                              "--device", "cpu", "--threads", "1", "--model-name", MODEL],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [child.stdout.readline() for _ in range(2)]
+        assert "warming up" in lines[0] and f"127.0.0.1:{port}/v1" in lines[1], lines
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # uvicorn binds right after that line
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=30)
+        got = client.completions.create(model=MODEL, prompt="serve me", max_tokens=8, temperature=0)
+        assert got.choices[0].text == reference(Engine.from_checkpoint(str(ckpt)), "serve me", 8)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)

@@ -23,25 +23,6 @@ from lmforge.serve.scheduler import Scheduler
 log = logging.getLogger("lmforge.serve")
 
 
-class Gate:
-    """At most `limit` generation calls at once; the next one gets 429 (try again) instead of waiting unbounded."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.active = limit, 0
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self._lock:
-            if self.active >= self.limit:
-                raise ApiError(429, f"the server is at its limit of {self.limit} concurrent requests; retry later",
-                               code="too_many_requests", kind="rate_limit_error")
-            self.active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self.active -= 1
-
-
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Any, e: ApiError) -> Any:
@@ -118,7 +99,6 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
     """The server's application over a started scheduler."""
     limits = limits or Limits()
     tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
-    gate = Gate(limits.max_concurrent)
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
     _error_handlers(app)
 
@@ -130,27 +110,12 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
         body = await checked(request)
         check_model(body, model_name)
         spec = (chat_spec if chat else completion_spec)(body, tok, limits, block)
-        gate.enter()
-        try:
-            call = Call(scheduler, spec)
-        except ApiError:
-            gate.leave()
-            raise
+        call = Call(scheduler, spec)
         shape = Shape(chat, model_name, tok, spec.token_ids_as_text)
         if spec.stream:
-            async def body_stream() -> Any:
-                try:
-                    async for piece in stream_events(call, spec, shape):
-                        yield piece
-                finally:
-                    gate.leave()
-
-            return StreamingResponse(body_stream(), media_type="text/event-stream",
+            return StreamingResponse(stream_events(call, spec, shape), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            answer = await collect(call, spec, shape, request.is_disconnected)
-        finally:
-            gate.leave()
+        answer = await collect(call, spec, shape, request.is_disconnected)
         return JSONResponse(answer if answer is not None else {}, status_code=200 if answer is not None else 499)
 
     @app.post("/v1/completions")

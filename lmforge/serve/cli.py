@@ -4,9 +4,8 @@
 
 Then any OpenAI client works against it (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)`), and the
 pages (chat, tokenizer explorer, next-token view) are at http://127.0.0.1:8000/pages/. It binds 127.0.0.1 unless
-`--host` says otherwise; with `--api-key` (or the
-environment variable LMFORGE_API_KEY, which keeps the key out of the process list) every API route wants
-`Authorization: Bearer KEY`. Only checkpoints are served: `export/params.py` loads a parameter file's GPT
+`--host` says otherwise; with `--api-key` (or the environment variable LMFORGE_API_KEY, which keeps the key out of
+the process list) every API route wants `Authorization: Bearer KEY`. Only checkpoints are served: `export/params.py` loads a parameter file's GPT
 (`load_params`) but nothing yet rebuilds a `Tokenizer` from the file's token table, and the API needs one.
 """
 
@@ -32,8 +31,7 @@ class ServeConfig:
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # weights (default bf16 on CUDA, fp32 on CPU)
     slots: int = 16  # KV cache rows: samples decoding at once (each holds the model's whole context)
     prefix_cache: int = 8  # shared prompt prefixes (system prompts) whose keys/values are kept
-    max_waiting: int = 256  # requests queued for a slot before new ones get 429
-    max_concurrent: int = 64  # requests in flight (queued or running) before new ones get 429
+    max_concurrent: int = 64  # prompts in flight (queued or running) before new requests get 429
     max_body_bytes: int = 1 << 20  # largest request body
     max_tokens: int = 4096  # largest max_tokens a request may ask for (the context bounds it too)
     max_n: int = 8  # most samples per request (at most --slots)
@@ -44,7 +42,7 @@ class ServeConfig:
         require(self, "checkpoint", bool(self.checkpoint), "is required: a run or checkpoint folder")
         require(self, "port", 0 <= self.port <= 65535, "must be from 0 to 65535")
         require(self, "api_key", self.api_key is None or len(self.api_key) >= 8, "must have at least 8 characters")
-        for name in ("slots", "max_waiting", "max_concurrent", "max_body_bytes", "max_tokens", "max_n"):
+        for name in ("slots", "max_concurrent", "max_body_bytes", "max_tokens", "max_n"):
             require(self, name, getattr(self, name) >= 1, "must be at least 1")
         require(self, "slots", self.slots <= 4096, "must be at most 4096")
         require(self, "prefix_cache", self.prefix_cache >= 0, "must be 0 or more")
@@ -71,12 +69,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     engine = Engine.from_checkpoint(cfg.checkpoint, device=device, dtype=cfg.dtype, compile=False)
     name = cfg.model_name or Path(cfg.checkpoint).resolve().name
-    scheduler = Scheduler(engine, slots=cfg.slots, prefix_entries=cfg.prefix_cache, max_waiting=cfg.max_waiting)
+    scheduler = Scheduler(engine, slots=cfg.slots, prefix_entries=cfg.prefix_cache, max_requests=cfg.max_concurrent)
     print(f"lmforge serve: warming up {name} on {device} ...", flush=True)
     scheduler.warm_up()
     scheduler.start()
-    limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n,
-                    max_concurrent=cfg.max_concurrent)
+    limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n)
     app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
     print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)

@@ -41,7 +41,6 @@ class Limits:
     max_prompt_tokens: int = 1 << 20  # further bounded by the model's context
     max_tokens: int = 4096  # further bounded by the model's context
     max_n: int = 8
-    max_concurrent: int = 64
 
 
 @dataclass

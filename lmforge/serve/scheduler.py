@@ -102,18 +102,19 @@ class Request:
 class Scheduler:
     """The continuous-batching loop over one engine. `start()` runs it on a daemon thread; `stop()` ends it.
 
-    slots: rows of KV cache (running samples at once); prefix_entries: shared prefixes kept; max_waiting: requests
-    queued beyond the running ones before `submit` refuses more.
+    slots: rows of KV cache (running samples at once); prefix_entries: shared prefixes kept; max_requests: requests
+    in flight (queued or running) before `submit` refuses more. The count is the scheduler's own lists, so a
+    client that vanished without a trace still leaves once its request ends: the limit can never leak.
     """
 
-    def __init__(self, engine: Engine, slots: int = 16, prefix_entries: int = 8, max_waiting: int = 256) -> None:
+    def __init__(self, engine: Engine, slots: int = 16, prefix_entries: int = 8, max_requests: int = 64) -> None:
         if engine.tokenizer is None:
             raise LmforgeError("the server needs an engine with a tokenizer")
         self.engine, self.model = engine, engine.model
         self.device = next(engine.model.parameters()).device
         self.pool = SlotPool(engine.model.config, slots, self.device, engine.dtype)
         self.prefixes = PrefixCache(prefix_entries)
-        self.max_waiting = max_waiting
+        self.max_requests = max_requests
         self.metrics = Metrics()
         self._inbox: queue.Queue[Request] = queue.Queue()
         self._waiting: list[Request] = []
@@ -152,8 +153,8 @@ class Scheduler:
                                "which leaves no room for an answer")
         if params.n > self.pool.slots:
             raise LmforgeError(f"n must be at most {self.pool.slots} (the server's slots)")
-        if self._inbox.qsize() + len(self._waiting) >= self.max_waiting:
-            raise QueueFull(f"the server's queue is full ({self.max_waiting} requests wait); retry later")
+        if self._inbox.qsize() + len(self._waiting) + len(self._running) >= self.max_requests:
+            raise QueueFull(f"the server is at its limit of {self.max_requests} requests in flight; retry later")
         stops = frozenset(self.engine.default_stop_ids() if stop_ids is None else stop_ids)
         if params.stop_token_ids is not None:
             stops = frozenset(params.stop_token_ids)
