@@ -173,7 +173,10 @@ def completion_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) 
     stream, include = _stream_flags(body)
     params = sampling_params(body, limits, room, default_max_tokens=16)  # OpenAI's default for completions
     as_ids = _typed(body, "return_tokens_as_token_ids", (bool,), "true or false", False)
-    return GenerationSpec(prompts, params, stream, include, _logprob_count(body, chat=False), token_ids_as_text=as_ids)
+    # vLLM's ignore_eos: decode max_tokens whatever the model says (benchmarks); no end token stops it.
+    stop_ids = [] if _typed(body, "ignore_eos", (bool,), "true or false", False) else None
+    return GenerationSpec(prompts, params, stream, include, _logprob_count(body, chat=False), stop_ids=stop_ids,
+                          token_ids_as_text=as_ids)
 
 
 def _message_text(content: Any) -> Any:

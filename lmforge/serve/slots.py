@@ -41,6 +41,9 @@ class SlotView(KVCache):
         self.max_len = pool.width
         self.starts = torch.tensor(lengths, device=pool.valid.device)
         self.first_start = lengths[0]
+        _, heads, _, head_dim = pool.k[0].shape
+        # Where each row's one new key/value goes, as a scatter index along the slot axis (one kernel per layer).
+        self.index = self.starts.view(-1, 1, 1, 1).expand(count, heads, 1, head_dim) if T == 1 else None
         self.width = max(lengths) + T  # columns any query of this forward can see
         self.length = 0  # the batch-wide fill level of the engine's cache; unused here (rows have their own)
         self.holes = True
@@ -52,9 +55,8 @@ class SlotView(KVCache):
               T: int) -> tuple[torch.Tensor, torch.Tensor]:
         kc, vc = self.k[layer], self.v[layer]
         if T == 1:
-            rows = torch.arange(kc.size(0), device=kc.device)
-            kc[rows, :, self.starts] = k[:, :, 0]
-            vc[rows, :, self.starts] = v[:, :, 0]
+            kc.scatter_(2, self.index, k)
+            vc.scatter_(2, self.index, v)
         else:
             s = self.first_start
             kc[:, :, s:s + T] = k
