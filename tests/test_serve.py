@@ -227,7 +227,8 @@ def test_requests_beyond_the_limit_are_refused_until_one_leaves():
 def test_a_dropped_streaming_client_frees_its_slot(served):
     before = served.scheduler.metrics.requests["cancelled"]
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
-    body = json.dumps({"model": MODEL, "prompt": "go on", "max_tokens": 1000, "temperature": 0, "stream": True})
+    body = json.dumps({"model": MODEL, "prompt": "go on", "max_tokens": 1000, "temperature": 0, "stream": True,
+                       "ignore_eos": True})  # long enough to be running when the client leaves
     conn.request("POST", "/v1/completions", body=body,
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = conn.getresponse()
