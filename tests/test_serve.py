@@ -424,3 +424,38 @@ def test_the_serve_verb_serves_a_checkpoint(tmp_path):
     finally:
         child.terminate()
         child.wait(timeout=30)
+
+
+def test_tools_in_openai_shape_map_to_lmforge_tool_call_tokens():
+    """The model (scripted) answers with text and a calculator call: the API returns OpenAI's `tool_calls`, and the
+    client's follow-up with the tool's result renders into the same turn."""
+    tok = Tokenizer([])
+    t = ChatTokens.of(tok)
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    prompt = render_for_completion(tok, messages)
+    answer = tok.encode("Let me compute.") + [t.tool_call] + tok.encode("calculator\n2+3") + [t.tool_call_end]
+    full = prompt + answer
+    model = scripted_model(tok, full[1:], block_size=128)  # position p predicts token p + 1 of the conversation
+    s = Served(Engine(model, tok), slots=2, limits=Limits(), api_key=None)
+    tools = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
+    try:
+        args = dict(model=MODEL, messages=messages, tools=tools, temperature=0, max_tokens=40)
+        whole = s.client.chat.completions.create(**args).choices[0]
+        assert whole.finish_reason == "tool_calls" and whole.message.content == "Let me compute."
+        call = whole.message.tool_calls[0]
+        assert (call.type, call.function.name, call.function.arguments) == ("function", "calculator", "2+3")
+        chunks = list(s.client.chat.completions.create(stream=True, **args))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me compute."
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        assert chunks[-1].choices[0].delta.tool_calls[0].function.arguments == "2+3"
+        without = s.client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40)
+        assert without.choices[0].message.content == "Let me compute." and not without.choices[0].message.tool_calls
+        follow_up = messages + [{"role": "assistant", "content": "Let me compute.", "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "calculator", "arguments": "2+3"}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "5"}]
+        assert s.client.chat.completions.create(model=MODEL, messages=follow_up, tools=tools, temperature=0,
+                                                max_tokens=2).choices[0].finish_reason is not None
+        with pytest.raises(openai.BadRequestError):
+            s.client.chat.completions.create(model=MODEL, messages=messages, tools=[{"type": "function"}])
+    finally:
+        s.close()

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from lmforge.serve.protocol import ApiError, GenerationSpec, chat_logprob, completion_logprobs, parse_body, usage
+from lmforge.serve.protocol import (ApiError, GenerationSpec, chat_logprob, completion_logprobs, parse_body,
+                                    tool_call_delta, usage)
+from lmforge.tokenizer.chat_format import ChatTokens
 from lmforge.serve.scheduler import QueueFull, Scheduler
 from lmforge.utils import LmforgeError
 
@@ -73,12 +75,19 @@ class Call:
 
 
 class Choices:
-    """What a call produced so far, per choice: text, token log-prob entries, finish reason; and its usage."""
+    """What a call produced so far, per choice: text, token ids, log-prob entries, finish reason; and its usage.
 
-    def __init__(self, count: int) -> None:
+    call_tokens: (`<|tool_call|>`, `<|tool_call_end|>`) ids when the request has tools: from a call's first token
+    on, a choice's text is the call's, not the answer's, and is not shown; its end makes the finish "tool_calls".
+    """
+
+    def __init__(self, count: int, call_tokens: tuple[int, int] | None = None) -> None:
         self.text = [""] * count
+        self.ids: list[list[int]] = [[] for _ in range(count)]
         self.logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in range(count)]
         self.finish: list[str | None] = [None] * count
+        self.in_call = [False] * count
+        self.call_tokens = call_tokens
         self.prompt_tokens = self.completion_tokens = 0
 
     def add(self, base: int, kind: str, payload: Any, want_logprobs: bool) -> tuple[int, str, list, str | None]:
@@ -89,11 +98,18 @@ class Choices:
             return -1, "", [], None
         index, event = base + payload.index, payload.event
         entries = [(event.token_id, payload.logprob, payload.top)] if want_logprobs and event.token_id >= 0 else []
-        self.text[index] += event.text
+        if event.token_id >= 0:
+            self.ids[index].append(event.token_id)
+        if self.call_tokens is not None and event.token_id == self.call_tokens[0]:
+            self.in_call[index] = True
+        text = "" if self.in_call[index] else event.text
+        self.text[index] += text
         self.logprobs[index] += entries
         finish = None if event.finish_reason is None else ("length" if event.finish_reason != "stop" else "stop")
+        if finish == "stop" and self.in_call[index] and event.token_id == self.call_tokens[1]:
+            finish = "tool_calls"
         self.finish[index] = finish
-        return index, event.text, entries, finish
+        return index, text, entries, finish
 
 
 class Shape:
@@ -122,10 +138,13 @@ class Shape:
         return [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                 for i in range(count)]
 
-    def piece(self, index: int, text: str, entries: list, offset: int, finish: str | None) -> dict[str, Any]:
+    def piece(self, index: int, text: str, entries: list, offset: int, finish: str | None,
+              got: Choices) -> dict[str, Any]:
         lp = self.logprobs(entries, offset)
         if self.chat:
-            delta = {"content": text} if text or finish is None else {}
+            delta: dict[str, Any] = {"content": text} if text or finish is None else {}
+            if finish == "tool_calls":
+                delta["tool_calls"] = tool_call_delta(self.tok, got.ids[index])
             return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
 
@@ -133,12 +152,23 @@ class Shape:
         choices = []
         for i, (text, entries, finish) in enumerate(zip(got.text, got.logprobs, got.finish)):
             if self.chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "logprobs": self.logprobs(entries, 0), "finish_reason": finish})
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if finish == "tool_calls":
+                    calls = [{k: v for k, v in c.items() if k != "index"} for c in tool_call_delta(self.tok, got.ids[i])]
+                    message = {"role": "assistant", "content": text or None, "tool_calls": calls}
+                choices.append({"index": i, "message": message, "logprobs": self.logprobs(entries, 0),
+                                "finish_reason": finish})
             else:
                 choices.append({"index": i, "text": text, "logprobs": self.logprobs(entries, 0),
                                 "finish_reason": finish})
         return {**self.envelope(choices, False), "usage": usage(got.prompt_tokens, got.completion_tokens)}
+
+
+def call_tokens(tok: Any, spec: GenerationSpec) -> tuple[int, int] | None:
+    if not spec.tools:
+        return None
+    t = ChatTokens.of(tok)
+    return t.tool_call, t.tool_call_end
 
 
 def sse(data: Any) -> str:
@@ -148,7 +178,7 @@ def sse(data: Any) -> str:
 async def stream_events(call: Call, spec: GenerationSpec, shape: Shape) -> AsyncIterator[str]:
     """The SSE body of a streaming call; cancels the call when the client goes away (the task is cancelled)."""
     count = len(spec.prompts) * spec.params.n
-    got = Choices(count)
+    got = Choices(count, call_tokens(shape.tok, spec))
     try:
         if shape.chat:
             yield sse(shape.envelope(shape.opening(count), True))
@@ -162,7 +192,7 @@ async def stream_events(call: Call, spec: GenerationSpec, shape: Shape) -> Async
             offset = len(got.text[base + payload.index]) if kind == "token" else 0
             index, text, entries, finish = got.add(base, kind, payload, spec.top_logprobs is not None)
             if index >= 0 and (text or entries or finish):
-                yield sse(shape.envelope([shape.piece(index, text, entries, offset, finish)], True))
+                yield sse(shape.envelope([shape.piece(index, text, entries, offset, finish, got)], True))
         if spec.include_usage:
             yield sse({**shape.envelope([], True), "usage": usage(got.prompt_tokens, got.completion_tokens)})
         yield "data: [DONE]\n\n"
@@ -172,7 +202,7 @@ async def stream_events(call: Call, spec: GenerationSpec, shape: Shape) -> Async
 
 async def collect(call: Call, spec: GenerationSpec, shape: Shape, is_disconnected: Any) -> dict[str, Any] | None:
     """The whole answer of a non-streaming call; None if the client left first (its requests are cancelled)."""
-    got = Choices(len(spec.prompts) * spec.params.n)
+    got = Choices(len(spec.prompts) * spec.params.n, call_tokens(shape.tok, spec))
     try:
         while (item := await call.next(DISCONNECT_POLL_S)) is not None:
             base, kind, payload = item

@@ -11,11 +11,12 @@ parallel lists; chat: a list of token objects with `top_logprobs`).
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from lmforge.inference.sampling import SamplingParams
-from lmforge.tokenizer.chat_format import ChatTokens, render_conversation, render_for_completion
+from lmforge.tokenizer.chat_format import ChatTokens, parse_assistant, render_conversation, render_for_completion
 from lmforge.utils import LmforgeError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
@@ -55,6 +56,7 @@ class GenerationSpec:
     prefix_len: int = 0  # tokens at the start of the prompt that other requests share (a system prompt)
     stop_ids: list[int] | None = None  # None: the engine's default end tokens
     token_ids_as_text: bool = False  # vLLM's `return_tokens_as_token_ids`: log-prob tokens spelled "token_id:N"
+    tools: list[str] | None = None  # chat with `tools`: the function names the model may call
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -222,9 +224,38 @@ def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) -> Gen
     stream, include = _stream_flags(body)
     params = sampling_params(body, limits, room, default_max_tokens=room)
     t = ChatTokens.of(tok)
-    # A turn ends at <|end|>; without tool support in this API a tool call ends the answer too.
-    stop_ids = [t.end, t.bos, t.tool_call]
-    return GenerationSpec([prompt], params, stream, include, _logprob_count(body, chat=True), prefix, stop_ids)
+    tools = tool_names(body)
+    # A turn ends at <|end|>. With tools, a call ends the answer at <|tool_call_end|>: the client runs it and sends
+    # the result back as a "tool" message. Without tools, a call the model starts ends the answer there.
+    stop_ids = [t.end, t.bos, t.tool_call_end if tools else t.tool_call]
+    return GenerationSpec([prompt], params, stream, include, _logprob_count(body, chat=True), prefix, stop_ids,
+                          tools=tools)
+
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    """The function names of OpenAI's `tools` (empty without tools or with tool_choice "none"). lmforge's chat
+    format has no tool list in the prompt (a fine-tuned model knows its tools), so the names only decide whether
+    the model may call at all; which function it calls is the model's choice."""
+    tools = _typed(body, "tools", (list,), "a list of tools", [])
+    names = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type", "function") != "function" \
+                or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ApiError(400, f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
+                           param="tools")
+        names.append(function["name"])
+    choice = body.get("tool_choice", "auto")
+    if choice not in ("auto", "none", None):
+        raise ApiError(400, "tool_choice must be 'auto' or 'none' on this server", param="tool_choice")
+    return [] if choice == "none" else names
+
+
+def tool_call_delta(tok: Any, ids: list[int]) -> list[dict[str, Any]]:
+    """The calls in an assistant turn's ids, in OpenAI's `tool_calls` shape (each with a fresh id)."""
+    calls = parse_assistant(tok, ids)["tool_calls"]
+    return [{"index": i, "id": "call_" + secrets.token_hex(8), "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}} for i, c in enumerate(calls)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
