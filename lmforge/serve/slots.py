@@ -45,10 +45,16 @@ class SlotView(KVCache):
         # Where each row's one new key/value goes, as a scatter index along the slot axis (one kernel per layer).
         self.index = self.starts.view(-1, 1, 1, 1).expand(count, heads, 1, head_dim) if T == 1 else None
         self.width = max(lengths) + T  # columns any query of this forward can see
+        self.uniform = min(lengths) == max(lengths)
         self.length = 0  # the batch-wide fill level of the engine's cache; unused here (rows have their own)
         self.holes = True
 
-    def mask(self, T: int) -> torch.Tensor:
+    def mask(self, T: int) -> torch.Tensor | None:
+        """None where plain attention over the `width` columns is already right (SDPA's fastest path): one query
+        per row and every row filled to the same length (one stream, or the n samples of one prompt), or a
+        prefill from column 0 (causal)."""
+        if (T == 1 and self.uniform) or (T > 1 and self.first_start == 0):
+            return None
         return attention_mask(self.valid, self.starts.view(-1, 1, 1, 1), T, self.width)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor,
