@@ -224,6 +224,29 @@ def test_requests_beyond_the_limit_are_refused_until_one_leaves():
     scheduler.submit([1, 2], params, lambda k, p: None)  # one left, so one more fits
 
 
+def test_a_failing_forward_fails_its_requests_and_the_loop_goes_on(monkeypatch):
+    engine = Engine(tiny_model(block_size=64), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=2)  # not started: the test turns the loop by hand
+    params = SamplingParams(max_tokens=3, temperature=0.0, stop_token_ids=[])
+    events: list[tuple[str, str]] = []
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    for phase in ("prefill", "decode"):
+        scheduler.submit([1, 2], params, lambda k, p, phase=phase: events.append((phase, k)))
+        if phase == "decode":
+            scheduler._turn()  # prefilled; the next forward is a decode step
+        monkeypatch.setattr(engine.model, "infer", boom)
+        scheduler._turn()
+        monkeypatch.undo()
+    assert [k for _, k in events if k != "token"] == ["error", "error"] and scheduler.busy_slots == 0
+    done: list[str] = []
+    scheduler.submit([1, 2], params, lambda k, p: done.append(k))
+    while "done" not in done:
+        scheduler._turn()
+
+
 def test_a_dropped_streaming_client_frees_its_slot(served):
     before = served.scheduler.metrics.requests["cancelled"]
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)

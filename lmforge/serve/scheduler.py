@@ -248,8 +248,8 @@ class Scheduler:
                 continue
             try:
                 logits = self._prefill(request, self.busy_slots)
-            except LmforgeError as e:
-                self._fail(request, str(e))
+            except Exception as e:  # this request failed (out of memory...): tell its client, serve the others
+                self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
                 continue
             self._running.append(request)
             self._sample(request, logits)
