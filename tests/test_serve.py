@@ -282,6 +282,12 @@ def _completion(**fields) -> bytes:
 BAD_REQUESTS = [
     ("malformed JSON", "POST", "/v1/completions", b'{"model": "tiny", "prompt": ', {}, 400, None),
     ("not an object", "POST", "/v1/completions", b"[1, 2]", {}, 400, None),
+    ("nested too deep", "POST", "/v1/completions", b"[" * 20000 + b"]" * 20000, {}, 400, None),
+    ("not UTF-8", "POST", "/v1/completions", b'{"model": "\xff\xfe"}', {}, 400, None),
+    ("temperature NaN", "POST", "/v1/completions", _completion().replace(b'"hi"', b'"hi", "temperature": NaN'), {},
+     400, "temperature"),
+    ("message content a number", "POST", "/v1/chat/completions",
+     json.dumps({"model": MODEL, "messages": [{"role": "user", "content": 5}]}).encode(), {}, 400, "messages"),
     ("wrong type", "POST", "/v1/completions", _completion(temperature="hot"), {}, 400, "temperature"),
     ("temperature -1", "POST", "/v1/completions", _completion(temperature=-1), {}, 400, "temperature"),
     ("top_p 2", "POST", "/v1/completions", _completion(top_p=2), {}, 400, "top_p"),
