@@ -135,8 +135,10 @@ class Scheduler:
     # ------------------------------------------------------------------------------------------------------------
 
     def start(self) -> "Scheduler":
-        """Run the loop on a daemon thread (and shorten the process's GIL switch interval, see GIL_SWITCH_S)."""
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+        """Run the loop on a daemon thread (and shorten the process's GIL switch interval until `stop()`, see
+        GIL_SWITCH_S)."""
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_S))
         self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
         self._thread.start()
         return self
@@ -145,6 +147,7 @@ class Scheduler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            sys.setswitchinterval(self._switch_interval)
 
     @property
     def busy_slots(self) -> int:
