@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-# Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> speedrun.
+# Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> serve -> speedrun.
 # Every module listed has a `register(subparsers)` function that adds its verb(s).
 STAGE_CLIS = [
     "lmforge.data.cli",
@@ -22,6 +22,7 @@ STAGE_CLIS = [
     "lmforge.posttrain.cli",
     "lmforge.evaluation.cli",
     "lmforge.export.cli",
+    "lmforge.serve.cli",
     "lmforge.serve.label.cli",
     "lmforge.speedrun.cli",
 ]

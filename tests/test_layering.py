@@ -28,7 +28,7 @@ STAGE_RANK = {
     "posttrain": 5,
     "evaluation": 6,
     "export": 7,
-    "serve": 8,  # HTTP front ends (the labeling page) over everything below
+    "serve": 8,  # HTTP front ends over everything below: the API and pages (the engine, the chat format, the tools), the labeling page
     "speedrun": 9,
 }
 MAX_MODULE_LINES = 600  # issue 12's limits (the C runner, runner/run.c, is not Python and not counted)

@@ -1,1 +1,2 @@
-"""Serving: HTTP front ends over the pipeline's artifacts (the labeling page lives in `label/`)."""
+"""The model as a service: a continuous-batching scheduler, an OpenAI-compatible HTTP API and pages (`lmforge
+serve`), and the preference labeling page (`label/`, `lmforge label`)."""

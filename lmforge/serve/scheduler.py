@@ -1,0 +1,360 @@
+"""Continuous batching: many requests decoding together, joining and leaving the batch at any step.
+
+A background thread runs the loop. Each turn it (1) takes new requests from a thread-safe queue, (2) drops the rows of
+requests whose client went away (`cancel`), freeing their slots at once, (3) admits waiting requests while free
+slots last: prefill of the prompt into the request's slot row (a shared prefix such as a system prompt is copied
+from the `PrefixCache` instead of computed), its n samples copying that row, and their first tokens sampled right
+away (time to first token does not wait for anyone's decode), and (4) runs one decode step over every running row:
+`GPT.infer` over the engine's `InferenceWeights` and a `SlotView` of the pool, the model's one forward.
+
+Sampling is per request: each request samples its rows with its own `SamplingParams` and its own seeded generator,
+so a seeded request draws the same tokens whatever else is in the batch (grouping rows of identical settings would
+share a generator and lose that). Per-row text, stop strings, stop ids and whole-character streaming are the
+engine's own (`GenerationSession._accept` and its helpers), applied to the scheduler's rows.
+
+Events reach the caller through `sink(kind, payload)`, called on the loop's thread: `("token", RowEvent)` for each
+sampled token, `("done", Usage)` when every row finished, `("error", message)` when the request could not run.
+The HTTP server (`api.py`) turns a sink into an asyncio queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from lmforge.inference.engine import Engine, GenerationSession, TokenEvent, _Row
+from lmforge.inference.sampling import SamplingParams, next_token_logprobs, sample
+from lmforge.serve.metrics import Metrics
+from lmforge.serve.slots import PrefixCache, SlotPool
+from lmforge.utils import LmforgeError
+
+Sink = Callable[[str, Any], None]
+# The loop's thread and the HTTP event loop's thread share the GIL. At Python's default switch interval (5 ms) a
+# thread that wants the GIL waits up to 5 ms for the other to yield it, once per token each way: measured with
+# benchmarks/bench_serve.py (tiny shape, 1 thread, loaded 2-core machine), 0.5 ms took one stream from 107 to 448
+# tokens/s and 16 streams from 357 to 763.
+GIL_SWITCH_S = 0.0005
+
+
+class QueueFull(LmforgeError):
+    """The request is fine but the server has too many waiting (HTTP 429: retry later)."""
+
+
+@dataclass
+class RowEvent:
+    """One sampled token of one sample (`index`) of a request, with what the API reports about it."""
+
+    index: int
+    event: TokenEvent
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, log-prob) of the most likely tokens
+    logprob: float = 0.0  # the token's log-prob under the distribution `top` is taken from
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _SlotRow(_Row):
+    """One running sample: the engine's row bookkeeping plus the columns of its slot row filled so far."""
+
+    def __init__(self, decoder: Any, index: int, slot: int, length: int, budget: int) -> None:
+        super().__init__(decoder)
+        self.index, self.slot, self.length, self.budget = index, slot, length, budget
+
+
+class Request:
+    """A prompt, its sampling settings and where its events go. Built by `Scheduler.submit`."""
+
+    # The engine's per-row stop handling, run on this request's rows (it reads stop_ids and params from self).
+    _accept = GenerationSession._accept
+    _finish = GenerationSession._finish
+    _scan_stop = GenerationSession._scan_stop
+    _held_back = GenerationSession._held_back
+
+    def __init__(self, rid: int, prompt: list[int], params: SamplingParams, sink: Sink, stop_ids: frozenset[int],
+                 prefix_len: int, top_logprobs: int | None, device: torch.device) -> None:
+        self.rid, self.prompt, self.params, self.sink = rid, prompt, params, sink
+        self.stop_ids, self.prefix_len, self.top_logprobs = stop_ids, prefix_len, top_logprobs
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(params.seed)
+        self.rows: list[_SlotRow] = []
+        self.seen: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+        self.cancelled = False
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Ask the loop to drop this request; its slots are free at the loop's next turn. Safe from any thread."""
+        self.cancelled = True
+
+    @property
+    def finished(self) -> bool:
+        return all(r.out.finish_reason is not None for r in self.rows)
+
+
+class Scheduler:
+    """The continuous-batching loop over one engine. `start()` runs it on a daemon thread; `stop()` ends it.
+
+    slots: rows of KV cache (running samples at once); prefix_entries: shared prefixes kept; max_requests: requests
+    in flight (queued or running) before `submit` refuses more. The count is the scheduler's own lists, so a
+    client that vanished without a trace still leaves once its request ends: the limit can never leak.
+    """
+
+    def __init__(self, engine: Engine, slots: int = 16, prefix_entries: int = 8, max_requests: int = 64) -> None:
+        if engine.tokenizer is None:
+            raise LmforgeError("the server needs an engine with a tokenizer")
+        self.engine, self.model = engine, engine.model
+        self.device = next(engine.model.parameters()).device
+        self.pool = SlotPool(engine.model.config, slots, self.device, engine.dtype)
+        self.prefixes = PrefixCache(prefix_entries)
+        self.max_requests = max_requests
+        self.metrics = Metrics()
+        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._waiting: list[Request] = []
+        self._running: list[Request] = []  # in slot order: their rows fill the pool's first rows
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The prepared weights, checked against the model at each admission (as the engine checks per session):
+        # walking every parameter to check costs as much as a tiny model's decode step, so not per step.
+        self._weights = engine.inference_weights()
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def start(self) -> "Scheduler":
+        """Run the loop on a daemon thread (and shorten the process's GIL switch interval until `stop()`, see
+        GIL_SWITCH_S)."""
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_S))
+        self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            sys.setswitchinterval(self._switch_interval)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(len(r.rows) for r in self._running)
+
+    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink, prefix_len: int = 0,
+               top_logprobs: int | None = None, stop_ids: list[int] | None = None) -> Request:
+        """Queue a request (token ids); events go to `sink` from the loop's thread. Refuses, with `LmforgeError`,
+        what could never run: an empty or too long prompt, more samples than slots, a full queue."""
+        vocab, block = self.model.config.vocab_size, self.model.config.block_size
+        if not prompt:
+            raise LmforgeError("the prompt needs at least one token")
+        if any(not 0 <= t < vocab for t in prompt):
+            raise LmforgeError(f"prompt token ids must be from 0 to {vocab - 1}")
+        if len(prompt) >= block:
+            raise LmforgeError(f"the prompt has {len(prompt)} tokens; the model's context is {block}, "
+                               "which leaves no room for an answer")
+        if params.n > self.pool.slots:
+            raise LmforgeError(f"n must be at most {self.pool.slots} (the server's slots)")
+        if self._inbox.qsize() + len(self._waiting) + len(self._running) >= self.max_requests:
+            raise QueueFull(f"the server is at its limit of {self.max_requests} requests in flight; retry later")
+        stops = frozenset(self.engine.default_stop_ids() if stop_ids is None else stop_ids)
+        if params.stop_token_ids is not None:
+            stops = frozenset(params.stop_token_ids)
+        request = Request(next(self._ids), list(prompt), params, sink, stops, min(prefix_len, len(prompt) - 1),
+                          top_logprobs, self.device)
+        self.metrics.submitted()
+        self._inbox.put(request)
+        return request
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._turn()
+
+    def _turn(self) -> None:
+        """One turn of the loop: new requests in, cancelled ones out, admissions, one decode step."""
+        self._take_new(block=not self._running and not self._waiting)
+        self._drop_cancelled()
+        try:
+            self._admit()
+            if self._running:
+                self._decode()
+        except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
+            for r in self._running:
+                self._fail(r, f"generation failed: {type(e).__name__}: {e}")
+            self._running.clear()
+        self.metrics.gauges(len(self._waiting) + self._inbox.qsize(), self.busy_slots, self.pool.slots)
+
+    def warm_up(self) -> None:
+        """Run one short request through prefill and decode on this thread before `start()`, so the first client
+        does not pay for first-call allocations; the metrics start afresh after it."""
+        done = threading.Event()
+        self.submit([self.engine.tokenizer.bos_id], SamplingParams(temperature=0, max_tokens=2),
+                    lambda kind, payload: done.set() if kind in ("done", "error") else None)
+        with torch.inference_mode():
+            while not done.is_set():
+                self._turn()
+        self.metrics = Metrics()
+
+    def _take_new(self, block: bool) -> None:
+        try:
+            if block:
+                self._waiting.append(self._inbox.get(timeout=0.05))
+            while True:
+                self._waiting.append(self._inbox.get_nowait())
+        except queue.Empty:
+            return
+
+    def _drop_cancelled(self) -> None:
+        for r in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(r)
+            self.metrics.finished("cancelled")
+        if any(r.cancelled for r in self._running):
+            for r in self._running:
+                if r.cancelled:
+                    self.metrics.finished("cancelled")
+            self._running = [r for r in self._running if not r.cancelled]
+            self._compact()
+
+    def _compact(self) -> None:
+        """Move running rows down so they fill the pool's first rows, in order (each lands at or below its place)."""
+        slot = 0
+        for r in self._running:
+            for row in r.rows:
+                if row.slot != slot:
+                    self.pool.move(row.slot, slot, row.length)
+                    row.slot = slot
+                slot += 1
+
+    def _admit(self) -> None:
+        if self._waiting:
+            self._weights = self.engine.inference_weights()
+        while self._waiting and self.busy_slots + self._waiting[0].params.n <= self.pool.slots:
+            request = self._waiting.pop(0)
+            if request.cancelled:
+                continue
+            try:
+                logits = self._prefill(request, self.busy_slots)
+            except Exception as e:  # this request failed (out of memory...): tell its client, serve the others
+                self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
+                continue
+            self._running.append(request)
+            self._sample(request, logits)
+            self._retire()
+
+    def _prefill(self, request: Request, slot: int) -> torch.Tensor:
+        """Fill row `slot` with the prompt's keys/values (the prefix from the cache when kept), copy it for the other
+        samples, and return the logits of the last prompt token, one row per sample."""
+        prompt, P = request.prompt, request.prefix_len
+        if P > 0:
+            kept = self.prefixes.get(tuple(prompt[:P]))
+            if kept is None:
+                self._forward(slot, prompt[:P], 0)
+                self.prefixes.put(tuple(prompt[:P]), self.pool.read(slot, P))
+            else:
+                self.pool.load(slot, *kept)
+        logits = self._forward(slot, prompt[P:], P)
+        n, params = request.params.n, request.params
+        for i in range(n):
+            if i:
+                self.pool.move(slot, slot + i, len(prompt))
+            request.rows.append(_SlotRow(self.engine.new_decoder(), i, slot + i, len(prompt), params.max_tokens))
+        if params.uses_penalties:
+            vocab = self.model.config.vocab_size
+            request.seen = torch.zeros(n, vocab, dtype=torch.bool, device=self.device)
+            request.seen[:, torch.tensor(prompt, device=self.device)] = True
+            request.counts = torch.zeros(n, vocab, device=self.device)
+        self.metrics.prompt_tokens(len(prompt))
+        return logits.float().expand(n, -1)
+
+    def _forward(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+        """Run tokens through the model into row `slot` from column `start`; logits of the last one (1, V)."""
+        ids = torch.tensor([tokens], device=self.device)
+        pos = torch.arange(start, start + len(tokens), device=self.device)[None]
+        view = self.pool.view(slot, [start], len(tokens))
+        return self.model.infer(ids, pos, view, self._weights)
+
+    def _decode(self) -> None:
+        """One step: every running row's last token in, the next one sampled. A finished sample of a request whose
+        other samples still run keeps its row (the batch stays one contiguous view) but writes into a column past
+        its own tokens, which nothing reads, and does not advance."""
+        rows = [row for r in self._running for row in r.rows]
+        full = [row for row in rows if row.out.finish_reason is None and row.length >= self.pool.width]
+        if full:  # a row that filled the context cannot take its last token: it ends there (OpenAI's "length")
+            for r in self._running:
+                for row in r.rows:
+                    if row in full:
+                        r.sink("token", RowEvent(row.index, r._finish(row, "length")))
+            self._retire()
+            return
+        tokens = torch.tensor([[row.pending] for row in rows], device=self.device)
+        lengths = [min(row.length, self.pool.width - 1) for row in rows]
+        pos = torch.tensor(lengths, device=self.device)[:, None]
+        logits = self.model.infer(tokens, pos, self.pool.view(0, lengths, 1), self._weights)
+        logits = logits.float()
+        for row in rows:
+            if row.out.finish_reason is None:
+                row.length += 1
+        first = 0
+        for r in self._running:
+            self._sample(r, logits[first:first + len(r.rows)])
+            first += len(r.rows)
+        self._retire()
+
+    def _sample(self, request: Request, logits: torch.Tensor) -> None:
+        """Sample the next token of each of a request's rows and send the events."""
+        params = request.params
+        tokens, lps, raw = sample(logits, params, request.generator, request.seen, request.counts,
+                                  self.engine.vocab_limit)
+        shown = None
+        if request.top_logprobs is not None:
+            shown = next_token_logprobs(logits, params, request.seen, request.counts, self.engine.vocab_limit)
+        if request.counts is not None:
+            idx = torch.arange(len(request.rows), device=self.device)
+            request.seen[idx, tokens] = True
+            request.counts[idx, tokens] += 1
+        if request.first_token_at is None:
+            request.first_token_at = time.monotonic()
+            self.metrics.first_token(request.first_token_at - request.submitted)
+        for i, (row, t, lp, rl) in enumerate(zip(request.rows, tokens.tolist(), lps.tolist(), raw.tolist())):
+            if row.out.finish_reason is not None:
+                continue
+            event = RowEvent(row.index, request._accept(row, t, lp, rl))
+            if shown is not None:
+                values, ids = torch.topk(shown[i], min(max(request.top_logprobs, 1), shown.size(-1)))
+                event.top = [(int(k), float(v)) for v, k in zip(values, ids) if v > float("-inf")]
+                event.logprob = float(shown[i, t])
+            self.metrics.generated(1)
+            request.sink("token", event)
+
+    def _retire(self) -> None:
+        """Remove requests whose rows all finished, tell their callers, and close the gaps they leave."""
+        done = [r for r in self._running if r.finished]
+        if not done:
+            return
+        for r in done:
+            tokens = sum(len(row.out.token_ids) for row in r.rows)
+            r.sink("done", Usage(len(r.prompt), tokens))
+            self.metrics.finished("ok")
+        self._running = [r for r in self._running if not r.finished]
+        self._compact()
+
+    def _fail(self, request: Request, message: str) -> None:
+        request.sink("error", message)
+        self.metrics.finished("error")
