@@ -464,3 +464,39 @@ def test_adamw_matrix_rates_shrink_with_width_and_muon_keeps_its_rate():
     assert r[id(gpt.layers[0].attn.wq.weight)] == 0.04 and r[id(gpt.tok_emb.weight)] == pytest.approx(8e-3 / 4)
     r, gpt = rates("adamw")  # narrower than the base width: the tuned rate, not a higher one
     assert r[id(gpt.lm_head.weight)] == 8e-3
+
+
+@pytest.mark.timeout(60)
+def test_wandb_logs_offline_or_is_refused_clearly(synthetic, tmp_path, monkeypatch, real_shards):
+    """--wandb without the package: one line naming the flag, nothing written. With it (a stand-in module that
+    records the calls): an offline run in the run folder gets every metrics row."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from hostile import assert_refused, run_cli
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an install without wandb looks like to importlib
+    args = ["pretrain", "--data", str(real_shards), "--out", str(tmp_path / "refused"), "--wandb", "--no-progress",
+            "--max-steps", "1"]
+    assert_refused(run_cli(args), "--wandb")
+    assert not (tmp_path / "refused").exists()
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+
+    class Run:
+        def log(self, scalars, step):
+            calls.append(("log", step, scalars))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake.init = lambda **kw: calls.append(("init", kw)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = small_cfg(max_steps=3, eval_every=3, wandb=True)
+    data, val = sources(synthetic, cfg)
+    train(cfg, data, val, tmp_path / "run")
+    assert calls[0][1]["mode"] == "offline" and calls[0][1]["dir"] == str(tmp_path / "run")
+    assert [c[1] for c in calls if c[0] == "log"] == [1, 2, 3] and "val_loss" in calls[-2][2]
+    assert calls[-1] == ("finish",)

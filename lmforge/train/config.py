@@ -77,6 +77,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
     log_every: int = 1  # steps between rows of metrics.jsonl
     tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
+    # Also log to Weights & Biases in the run folder, offline (WANDB_MODE=offline unless set; `wandb sync` uploads
+    # later); needs the wandb package.
+    wandb: bool = False
     progress: bool = True  # tqdm bar (rank 0 only)
     # execution
     seed: int = 1337  # model initialisation and data order

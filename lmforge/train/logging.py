@@ -4,9 +4,11 @@ the throughput figures (tokens/s, MFU) the progress bar shows.
 MFU (model FLOPs utilisation) compares the FLOPs the model needs per token with what the hardware could do: on a
 GPU its datasheet peak (or one measured with `--peak-flops measure`), on a CPU a matmul peak measured here, because
 CPU datasheets say little about what torch reaches. Throughput and MFU are steady-state figures: the first steps
-(compilation) and evaluation, samples and checkpoints are timed apart (`Throughput`). On CPU both sides are per CPU-second (process time), so a machine shared with other programs, whose
-cores this process only gets part of the time, does not show up as a low (or, with a peak measured in a busy
-moment, an impossible > 100%) utilisation.
+(compilation) and evaluation, samples and checkpoints are timed apart (`Throughput`).
+
+On CPU both sides are per CPU-second (process time), so a machine shared with other programs, whose cores this
+process only gets part of the time, does not show up as a low (or, with a peak measured in a busy moment, an
+impossible > 100%) utilisation.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from lmforge.utils import atomic_write
+from lmforge.utils import LmforgeError, atomic_write
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, by a substring of the device name (SXM parts;
 # the first match wins, so the more specific names come first).
@@ -143,14 +145,24 @@ class Throughput:
         return out
 
 
-class RunLogger:
-    """Appends metrics rows (rank 0 only), mirrors them to TensorBoard, and draws the loss curve."""
+def require_wandb(wanted: bool) -> None:
+    """Refuse `--wandb` without the wandb package, before a run writes anything (it is an optional extra)."""
+    import importlib.util
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int = 0) -> None:
+    if wanted and importlib.util.find_spec("wandb") is None:
+        raise LmforgeError("--wandb needs the wandb package (pip install wandb), or leave --wandb out")
+
+
+class RunLogger:
+    """Appends metrics rows (rank 0 only), mirrors them to TensorBoard and (optionally) Weights & Biases, and
+    draws the loss curve."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int = 0,
+                 wandb_config: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
-        self.tb = None
+        self.tb = self.wandb = None
         if not enabled:
             return
         if self.path.exists():
@@ -167,6 +179,8 @@ class RunLogger:
                 SummaryWriter = None
             if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
+        if wandb_config is not None:
+            self.wandb = _wandb_run(Path(run_dir), wandb_config)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -174,10 +188,12 @@ class RunLogger:
         self.rows.append(row)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["step"])
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=row["step"])
 
     def plot(self) -> Path | None:
         """loss.png: training loss (and validation loss where measured) against step."""
@@ -212,3 +228,16 @@ class RunLogger:
         self._file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(run_dir: Path, config: dict[str, Any]) -> Any:
+    """A wandb run kept in `run_dir/wandb`, offline unless WANDB_MODE says otherwise (nothing leaves the machine
+    unasked); the run folder's name is the run's name."""
+    import os
+
+    import wandb
+
+    return wandb.init(project="lmforge", name=run_dir.name, dir=str(run_dir), config=config,
+                      mode=os.environ.get("WANDB_MODE", "offline"))

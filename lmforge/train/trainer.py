@@ -50,7 +50,7 @@ from lmforge.model import GPT, GPTConfig
 from lmforge.train.bpb import loss_and_bytes, token_byte_lengths
 from lmforge.train.config import TrainConfig
 from lmforge.train.dist import DistInfo, all_reduce_sum, barrier, checkpoint_activations, setup_distributed, wrap_model
-from lmforge.train.logging import RunLogger, Throughput, resolve_peak
+from lmforge.train.logging import RunLogger, Throughput, require_wandb, resolve_peak
 from lmforge.train.optim import build_optimizers
 from lmforge.train.schedule import lr_multiplier
 from lmforge.train.start import RunStart, decide_start
@@ -129,7 +129,8 @@ class TrainingRun:
         self.decoder = tokenizer if info.is_main else None
         self.token_bytes = token_byte_lengths(tokenizer, self.mcfg.vocab_size).to(self.device) \
             if tokenizer is not None else None
-        self.logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, resume_step=self.step)
+        wandb_config = {"train": cfg.to_dict(), "model": self.mcfg.to_dict()} if cfg.wandb else None
+        self.logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, self.step, wandb_config)
         if start.resume is not None:
             self.last.update({k: v for r in self.logger.rows for k, v in r.items()
                               if k in ("loss", "val_loss", "val_bpb")})
@@ -416,6 +417,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     `start` is `decide_start`'s answer when the caller already needed it (pretraining sizes its loader by it).
     """
     out_dir = Path(out_dir)
+    require_wandb(cfg.wandb)
     info = info or setup_distributed(cfg.device)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     start = start or decide_start(cfg, out_dir, init_checkpoint, model_config, tokenizer_dir)
