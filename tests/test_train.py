@@ -445,6 +445,22 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.timeout(60)
+def test_activation_checkpointing_flag_trains_the_same_run(synthetic, tmp_path, monkeypatch):
+    import torch.utils.checkpoint
+
+    recomputed, original = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: recomputed.append(1) or original(*a, **k))
+    runs = {}
+    for flag in (False, True):
+        cfg = small_cfg(max_steps=4, eval_every=0, activation_checkpointing=flag)
+        data, _ = sources(synthetic, cfg)
+        train(cfg, data, None, tmp_path / str(flag))
+        runs[flag] = losses(tmp_path / str(flag))
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert len(recomputed) == 4 * TINY["n_layer"]  # the flagged run's blocks, every step
+
+
 def test_adamw_matrix_rates_shrink_with_width_and_muon_keeps_its_rate():
     """The width rule: AdamW's rate on the head and hidden matrices is lr * base_width / n_embd above the base
     width; embeddings and norm gains keep lr; a tied embedding is the head and takes the head's rate."""
