@@ -516,3 +516,12 @@ def test_wandb_logs_offline_or_is_refused_clearly(synthetic, tmp_path, monkeypat
     assert calls[0][1]["mode"] == "offline" and calls[0][1]["dir"] == str(tmp_path / "run")
     assert [c[1] for c in calls if c[0] == "log"] == [1, 2, 3] and "val_loss" in calls[-2][2]
     assert calls[-1] == ("finish",)
+
+
+def test_mfu_counts_the_output_head_of_a_tied_model():
+    """A tied embedding is the head too: the same matmuls as an untied model, so the same FLOPs per token (the
+    count left the head out, and the MFU of tied presets such as gpt2 read about a quarter too low)."""
+    from lmforge.model import GPT, GPTConfig
+
+    tied, untied = (GPT(GPTConfig(**TINY, tie_embeddings=t)) for t in (True, False))
+    assert tied.flops_per_token() == untied.flops_per_token()
