@@ -48,7 +48,9 @@ class Muon(torch.optim.Optimizer):
 
     Distributed (as modded-nanogpt and nanochat do it): the Newton-Schulz iterations are the expensive part, so
     each process orthogonalizes only its share of each shape's matrices (a contiguous slice of ceil(n / K) of
-    them: equal work, since matrices of one shape cost the same) and the results are all-gathered. Under DDP every
+    them: equal work, since matrices of one shape cost the same; the slice a process gets rotates from shape to
+    shape, so the remainders of shapes whose count K does not divide land on different processes) and the
+    results are all-gathered. Under DDP every
     process already holds the averaged gradient. Under FSDP2 a parameter is a DTensor sharded by rows: the local
     row shards of a shape's momentum-applied gradients are all-gathered into whole matrices first (Newton-Schulz
     needs the whole matrix), and each process keeps its own rows of the update. Momentum buffers stay sharded like
@@ -80,9 +82,9 @@ class Muon(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 by_shape.setdefault(tuple(p.shape), []).append(i)
             updates: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
-            for (rows, cols), idx in by_shape.items():
-                shard = [params[i] for i in idx]
-                ortho = _orthogonalize_shared(shard, torch.stack([nesterov[i] for i in idx]), group["ns_steps"])
+            for turn, ((rows, cols), idx) in enumerate(by_shape.items()):
+                ortho = _orthogonalize_shared([params[i] for i in idx], torch.stack([nesterov[i] for i in idx]),
+                                              group["ns_steps"], turn)
                 ortho.mul_(max(1.0, rows / cols) ** 0.5)
                 for j, i in enumerate(idx):
                     updates[i] = ortho[j]
@@ -98,9 +100,10 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _row_shard(params: list[torch.Tensor], world: int, rank: int) -> tuple[int, int]:
-    """(first row, rows) of this process's shard of matrices sharded by rows the way FSDP2 shards them (torch.chunk:
-    ceil(rows / K) per process, the last ones shorter or empty); checked against the actual local shards."""
+def _row_shard(params: list[torch.Tensor], world: int, rank: int) -> tuple[int, int, int]:
+    """(first row, rows, rows per full shard) of this process's shard of matrices sharded by rows the way FSDP2
+    shards them (torch.chunk: ceil(rows / K) per process, the last ones shorter or empty); checked against the
+    actual local shards."""
     p = params[0]
     placements = getattr(p, "placements", None)
     if placements is None or len(placements) != 1 or not placements[0].is_shard(0):
@@ -110,12 +113,13 @@ def _row_shard(params: list[torch.Tensor], world: int, rank: int) -> tuple[int, 
     rows = min(per, p.shape[0] - first)
     if any(_local(q).shape[0] != rows for q in params):
         raise ValueError(f"Muon: a local shard's rows differ from torch.chunk's layout ({rows} expected)")
-    return first, rows
+    return first, rows, per
 
 
-def _orthogonalize_shared(params: list[torch.Tensor], local: torch.Tensor, steps: int) -> torch.Tensor:
+def _orthogonalize_shared(params: list[torch.Tensor], local: torch.Tensor, steps: int, turn: int) -> torch.Tensor:
     """`orthogonalize` of a stack of same-shaped matrices (`local`: their local parts), the work shared among
-    processes (see `Muon`); returns the local part of each update, in the parameters' dtype."""
+    processes (see `Muon`): process r takes slice (r + turn) % K. Returns the local part of each update, in the
+    parameters' dtype."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -124,8 +128,7 @@ def _orthogonalize_shared(params: list[torch.Tensor], local: torch.Tensor, steps
     wire = torch.bfloat16 if local.is_cuda else torch.float32  # what orthogonalize computes in anyway
     sharded = hasattr(params[0], "to_local")
     if sharded:  # gather the row shards into whole matrices, padding each shard to ceil(rows / K)
-        first, rows = _row_shard(params, world, rank)
-        per = -(-params[0].shape[0] // world)
+        first, rows, per = _row_shard(params, world, rank)
         padded = torch.zeros((local.shape[0], per, local.shape[2]), dtype=wire, device=local.device)
         padded[:, :rows] = local
         parts = [torch.empty_like(padded) for _ in range(world)]
@@ -136,12 +139,14 @@ def _orthogonalize_shared(params: list[torch.Tensor], local: torch.Tensor, steps
     n = whole.shape[0]
     share = -(-n // world)
     mine = torch.zeros((share, *whole.shape[1:]), dtype=wire, device=whole.device)
-    own = whole[rank * share:(rank + 1) * share]
+    slice_of = [(r + turn) % world for r in range(world)]  # process r's slice
+    own = whole[slice_of[rank] * share:(slice_of[rank] + 1) * share]
     if len(own):
         mine[:len(own)] = orthogonalize(own, steps)
     results = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(results, mine)
-    ortho = torch.cat(results)[:n].to(local.dtype)
+    by_slice = [results[slice_of.index(s)] for s in range(world)]
+    ortho = torch.cat(by_slice)[:n].to(local.dtype)
     return ortho[:, first:first + rows] if sharded else ortho
 
 
