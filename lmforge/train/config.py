@@ -17,7 +17,7 @@ trained so far must not change: the model (compared as the resolved model config
 `batch_size`, `grad_accum`), `optimizer`, `fsdp` (their saved optimizer state has that layout) and `seed` (it
 fixes the data order). Everything else may change on resume: the run's length (`max_steps`, `time_budget_s`), the
 rates and schedule (they apply from the next step), evaluation, samples, checkpoints, logs and the execution
-(`device`, `dtype`, `compile`, `peak_flops`). `RESUME_FIXED` lists the first group.
+(`device`, `dtype`, `compile`, `activation_checkpointing`, `peak_flops`). `RESUME_FIXED` lists the first group.
 """
 
 from __future__ import annotations
