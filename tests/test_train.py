@@ -360,7 +360,7 @@ def test_time_budget_stops_with_a_checkpoint(synthetic, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_throughput_excludes_a_slow_first_step_and_time_between_steps(synthetic, tmp_path, monkeypatch):
-    """A first step that takes a second (as compilation does) is reported as warm-up and compile time, and the
+    """A first step that takes two seconds more (as compilation does) is reported as warm-up and compile time, and the
     steady-state tokens/s is that of the other steps, not the whole run's average."""
     import time
 
@@ -369,7 +369,7 @@ def test_throughput_excludes_a_slow_first_step_and_time_between_steps(synthetic,
 
         def forward(*args, **kwargs):
             if not calls:
-                time.sleep(1.0)
+                time.sleep(2.0)
             calls.append(1)
             return model(*args, **kwargs)
         return forward
@@ -379,7 +379,7 @@ def test_throughput_excludes_a_slow_first_step_and_time_between_steps(synthetic,
     data, val = sources(synthetic, cfg)
     summary = train(cfg, data, val, tmp_path / "run")
     assert summary["warmup_steps"] == 3 and summary["steady_steps"] == 9
-    assert summary["warmup_s"] >= 1.0 and summary["compile_s"] >= 0.9
+    assert summary["warmup_s"] >= 2.0 and summary["compile_s"] >= 1.5  # the excess over steady steps (noisy)
     whole_run = summary["tokens"] / summary["seconds"]
     assert summary["tokens_per_s"] > 3 * whole_run
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
