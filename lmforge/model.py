@@ -444,10 +444,11 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's scores and weighted sum
-        (PaLM's estimate, which ignores the causal mask's savings)."""
+        (PaLM's estimate, which ignores the causal mask's savings). A tied embedding is also the output head, a
+        matmul every token, so it counts as a parameter here."""
         cfg = self.config
         t = seq_len or cfg.block_size
-        n = self.num_params(non_embedding=True)
+        n = self.num_params(non_embedding=True) + (self.lm_head.weight.numel() if cfg.tie_embeddings else 0)
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * t
 
 

@@ -94,7 +94,7 @@ def _other_value(name: str, hint: Any, value: Any) -> Any:
     if hint is float:
         return value / 2 if value else 0.25
     if hint is str:
-        return {"preset": "small", "device": "cpu"}[name]
+        return {"preset": "small", "device": "cpu", "peak_flops": "measure"}[name]
     if typing.get_origin(hint) is dict:
         return {"n_layer": 3}
     raise AssertionError(hint)
@@ -161,7 +161,8 @@ def test_sft_flags_cover_its_config_with_one_set_of_defaults():
     ("beta2", 1.0, "--beta2 must be in [0, 1)"),
     ("seed", 2**64, "--seed must be in [0, 2**63)"),
     ("batch_size", True, "--batch-size must be an integer"),
-    ("fsdp", True, "--fsdp needs --optimizer adamw"),
+    ("peak_flops", "fast", "--peak-flops must be auto, measure or a number"),
+    ("peak_flops", "-1e12", "--peak-flops must be auto, measure or a number"),
 ])
 def test_bad_values_are_refused_naming_the_flag(field_name, value, message):
     with pytest.raises(LmforgeError) as e:

@@ -353,3 +353,175 @@ def test_time_budget_stops_with_a_checkpoint(synthetic, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr_mult"] < 0.5  # the schedule followed the clock and was decaying when time ran out
     assert summary["val_loss"] is not None and Path(summary["checkpoint"]).name == f"step_{summary['step']:07d}"
+
+
+# ------------------------------------------------------------------------------ throughput, peaks, output, defaults
+
+
+@pytest.mark.timeout(60)
+def test_throughput_excludes_a_slow_first_step_and_time_between_steps(synthetic, tmp_path, monkeypatch):
+    """A first step that takes two seconds more (as compilation does) is reported as warm-up and compile time, and the
+    steady-state tokens/s is that of the other steps, not the whole run's average."""
+    import time
+
+    def fake_compile(model):
+        calls = []
+
+        def forward(*args, **kwargs):
+            if not calls:
+                time.sleep(2.0)
+            calls.append(1)
+            return model(*args, **kwargs)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = small_cfg(max_steps=12, compile=True, eval_every=4, peak_flops="1e12")
+    data, val = sources(synthetic, cfg)
+    summary = train(cfg, data, val, tmp_path / "run")
+    assert summary["warmup_steps"] == 3 and summary["steady_steps"] == 9
+    assert summary["warmup_s"] >= 2.0 and summary["compile_s"] >= 1.5  # the excess over steady steps (noisy)
+    whole_run = summary["tokens"] / summary["seconds"]
+    assert summary["tokens_per_s"] > 3 * whole_run
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steady = sum(r["tokens"] - p["tokens"] for p, r in zip(rows[2:], rows[3:])) / \
+        sum((r["tokens"] - p["tokens"]) / r["tokens_per_s"] for p, r in zip(rows[2:], rows[3:]))
+    assert summary["tokens_per_s"] == pytest.approx(steady, rel=0.02)
+    assert summary["eval_s"] > 0 and summary["checkpoint_s"] > 0
+    assert summary["peak_flops"] == 1e12 and summary["peak_source"] == "given by --peak-flops"
+    assert 0 < summary["mfu"] < 1
+
+
+def test_peak_flops_measured_on_cpu_and_stated():
+    from lmforge.train.logging import resolve_peak
+
+    peak = resolve_peak("measure", torch.device("cpu"), torch.float32)
+    assert peak.flops > 1e8 and peak.source.startswith("measured, cpu, float32")
+    assert resolve_peak("2.5e14", torch.device("cpu"), torch.float32).flops == 2.5e14
+
+
+@pytest.mark.timeout(60)
+def test_banner_and_evaluation_lines_are_printed(synthetic, tmp_path, capsys):
+    cfg = small_cfg(max_steps=6, eval_every=3, progress=True)
+    data, val = sources(synthetic, cfg)
+    train(cfg, data, val, tmp_path / "run")
+    out = capsys.readouterr().out
+    from lmforge.model import GPT, GPTConfig
+
+    params = GPT(GPTConfig(**TINY)).num_params()
+    assert f"new model: {params / 1e6:,.2f}M parameters" in out and "128 tokens per step = 4 rows x 32 tokens" in out
+    assert f"device cpu, {torch.get_num_threads()} thread(s), float32" in out
+    assert "MFU against" in out and "measured, cpu" in out
+    assert "[eval @ 3] val_loss" in out and "[eval @ 6] val_loss" in out
+
+
+def test_samples_are_cut_at_a_character_boundary():
+    """Byte-level tokens that split a character between prompt and continuation (or end mid-character) never
+    print U+FFFD: the character goes whole to the continuation, an unfinished last one is left out."""
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.trainer import sample_texts
+
+    tok = Tokenizer.train(["plain ascii words only"], 266)  # no merges: token i is byte i
+    euro = "€".encode()  # 3 bytes: raw byte tokens 226, 130, 172
+    prompt = list(b"price ") + [euro[0], euro[1]]
+    text, cont = sample_texts(tok, prompt, [euro[2]] + list(b" ok") + [0xE2])
+    assert (text, cont) == ("price ", "€ ok")
+    assert "\ufffd" not in text + cont
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from lmforge.model import GPT, GPTConfig
+    from lmforge.train.dist import checkpoint_activations
+
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**TINY))
+    recomputed = GPT(GPTConfig(**TINY))
+    recomputed.load_state_dict(plain.state_dict())
+    checkpoint_activations(recomputed)
+    x = torch.randint(0, 64, (3, 16))
+    for model in (plain, recomputed):
+        model(x, x.roll(-1, 1), reduction="sum", return_logits=False)[1].backward()
+    assert recomputed.state_dict().keys() == plain.state_dict().keys()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.timeout(60)
+def test_activation_checkpointing_flag_trains_the_same_run(synthetic, tmp_path, monkeypatch):
+    import torch.utils.checkpoint
+
+    recomputed, original = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: recomputed.append(1) or original(*a, **k))
+    runs = {}
+    for flag in (False, True):
+        cfg = small_cfg(max_steps=4, eval_every=0, activation_checkpointing=flag)
+        data, _ = sources(synthetic, cfg)
+        train(cfg, data, None, tmp_path / str(flag))
+        runs[flag] = losses(tmp_path / str(flag))
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert len(recomputed) == 4 * TINY["n_layer"]  # the flagged run's blocks, every step
+
+
+def test_adamw_matrix_rates_shrink_with_width_and_muon_keeps_its_rate():
+    """The width rule: AdamW's rate on the head and hidden matrices is lr * base_width / n_embd above the base
+    width; embeddings and norm gains keep lr; a tied embedding is the head and takes the head's rate."""
+    from lmforge.model import GPT, GPTConfig
+    from lmforge.train.optim import build_optimizers
+
+    def rates(optimizer, **model):
+        with torch.device("meta"):
+            gpt = GPT(GPTConfig(**{**TINY, **model}))
+        opts = build_optimizers(gpt, TrainConfig(optimizer=optimizer, lr=8e-3, muon_lr=0.04))
+        return {id(p): g["base_lr"] for o in opts for g in o.param_groups for p in g["params"]}, gpt
+
+    r, gpt = rates("adamw", n_embd=512, n_head=4)
+    assert r[id(gpt.layers[0].mlp.w_up.weight)] == r[id(gpt.lm_head.weight)] == pytest.approx(8e-3 / 4)
+    assert r[id(gpt.tok_emb.weight)] == r[id(gpt.norm.weight)] == 8e-3
+    r, gpt = rates("muon", n_embd=512, n_head=4, tie_embeddings=True)
+    assert r[id(gpt.layers[0].attn.wq.weight)] == 0.04 and r[id(gpt.tok_emb.weight)] == pytest.approx(8e-3 / 4)
+    r, gpt = rates("adamw")  # narrower than the base width: the tuned rate, not a higher one
+    assert r[id(gpt.lm_head.weight)] == 8e-3
+
+
+@pytest.mark.timeout(60)
+def test_wandb_logs_offline_or_is_refused_clearly(synthetic, tmp_path, monkeypatch, real_shards):
+    """--wandb without the package: one line naming the flag, nothing written. With it (a stand-in module that
+    records the calls): an offline run in the run folder gets every metrics row."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from hostile import assert_refused, run_cli
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an install without wandb looks like to importlib
+    args = ["pretrain", "--data", str(real_shards), "--out", str(tmp_path / "refused"), "--wandb", "--no-progress",
+            "--max-steps", "1"]
+    assert_refused(run_cli(args), "--wandb")
+    assert not (tmp_path / "refused").exists()
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+
+    class Run:
+        def log(self, scalars, step):
+            calls.append(("log", step, scalars))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake.init = lambda **kw: calls.append(("init", kw)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = small_cfg(max_steps=3, eval_every=3, wandb=True)
+    data, val = sources(synthetic, cfg)
+    train(cfg, data, val, tmp_path / "run")
+    assert calls[0][1]["mode"] == "offline" and calls[0][1]["dir"] == str(tmp_path / "run")
+    assert [c[1] for c in calls if c[0] == "log"] == [1, 2, 3] and "val_loss" in calls[-2][2]
+    assert calls[-1] == ("finish",)
+
+
+def test_mfu_counts_the_output_head_of_a_tied_model():
+    """A tied embedding is the head too: the same matmuls as an untied model, so the same FLOPs per token (the
+    count left the head out, and the MFU of tied presets such as gpt2 read about a quarter too low)."""
+    from lmforge.model import GPT, GPTConfig
+
+    tied, untied = (GPT(GPTConfig(**TINY, tie_embeddings=t)) for t in (True, False))
+    assert tied.flops_per_token() == untied.flops_per_token()

@@ -2,8 +2,13 @@
 `lmforge model info`: what a model of a given size costs to store and to train.
 
 Distributed: `torchrun --nproc_per_node K -m lmforge pretrain ...` (DDP; gloo on CPU, NCCL on GPUs; --fsdp shards
-the model when it does not fit one device). --batch-size is per process, so the global batch is
+the model when it does not fit one device, --activation-checkpointing trades compute for activation memory). Muon
+shares its Newton-Schulz work among the processes under both. --batch-size is per process, so the global batch is
 batch_size * seq_len * grad_accum * K tokens.
+
+The start-up banner states the model's size, the tokens per step, the device, threads and dtype, and the peak the
+MFU is measured against; the summary's tokens_per_s and mfu are the steady state (the first steps, which compile,
+and evaluation, samples and checkpoints are timed apart: warmup_s, compile_s, eval_s, sample_s, checkpoint_s).
 
 Threads (CPU): torch uses --threads (default: LMFORGE_THREADS or every core this process may use) and OpenMP
 workers wait passively (OMP_WAIT_POLICY=PASSIVE), because spinning workers collapse when other programs share the

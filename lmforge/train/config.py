@@ -6,18 +6,23 @@ naming its flag, whether it came from the command line, the speedrun or a test.
 
 Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun): a short warmup, a high learning rate with
 Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero at the end, which
-reached a given loss in fewer steps than cosine in our short runs.
+reached a given loss in fewer steps than cosine in our short runs. They carry to wider presets by one width rule
+(`lr_base_width`, applied in `lmforge.train.optim`): AdamW's rate on matrices that map the width (the hidden
+matrices under `--optimizer adamw` and the output head, tied or not) is scaled by lr_base_width / n_embd, as
+muP prescribes for Adam, while embeddings and norm gains keep theirs; Muon's rate needs no scaling, because its
+update is already normalised per matrix (spectral norm sqrt(max(1, fan_out / fan_in)), Keller Jordan's rule).
 
 Resuming (the same `--out` again) continues the run the checkpoint describes, so the settings that shape what was
 trained so far must not change: the model (compared as the resolved model config), the batch geometry (`seq_len`,
 `batch_size`, `grad_accum`), `optimizer`, `fsdp` (their saved optimizer state has that layout) and `seed` (it
 fixes the data order). Everything else may change on resume: the run's length (`max_steps`, `time_budget_s`), the
 rates and schedule (they apply from the next step), evaluation, samples, checkpoints, logs and the execution
-(`device`, `dtype`, `compile`, `peak_flops`). `RESUME_FIXED` lists the first group.
+(`device`, `dtype`, `compile`, `activation_checkpointing`, `peak_flops`). `RESUME_FIXED` lists the first group.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -46,6 +51,9 @@ class TrainConfig:
     # optimizer
     optimizer: Literal["muon", "adamw"] = "muon"  # muon: Muon for hidden matrices + AdamW for the rest; adamw: all
     lr: float = 6e-3  # AdamW learning rate (embeddings, head, norms; every parameter with optimizer="adamw")
+    # Width at which the rates were tuned (the tiny preset's): AdamW's rate on the head and hidden matrices is
+    # multiplied by lr_base_width / n_embd for wider models (muP); 0 turns the rule off.
+    lr_base_width: int = 128
     embed_lr: float | None = None  # AdamW rate of the embeddings (default: lr); they tolerate a higher rate
     muon_lr: float = 0.04  # Muon learning rate of the hidden matrices
     muon_momentum: float = 0.95  # Muon's Nesterov momentum
@@ -69,6 +77,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
     log_every: int = 1  # steps between rows of metrics.jsonl
     tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
+    # Also log to Weights & Biases in the run folder, offline (WANDB_MODE=offline unless set; `wandb sync` uploads
+    # later); needs the wandb package.
+    wandb: bool = False
     progress: bool = True  # tqdm bar (rank 0 only)
     # execution
     seed: int = 1337  # model initialisation and data order
@@ -78,7 +89,12 @@ class TrainConfig:
     # few hundred steps, so short runs (tests, the speedrun) leave it off (figures: benchmarks/bench_train.py).
     compile: bool | None = None  # torch.compile the model (default: on CUDA only; on CPU ~15% faster after 20-40 s)
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of replicating (DDP)
-    peak_flops: float | None = None  # per-device peak FLOP/s for MFU (default: measured on CPU, looked up on CUDA)
+    # Recompute each block's activations in the backward pass instead of keeping them: about a third more compute
+    # for a model (or batch) whose activations do not fit the device.
+    activation_checkpointing: bool = False
+    # Per-device peak FLOP/s, the MFU's denominator: a number (e.g. 989e12), "measure" (a matmul benchmark on the
+    # device in the training dtype), or "auto" (the datasheet's dense bf16 peak of a known GPU, else measured).
+    peak_flops: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -89,16 +105,16 @@ class TrainConfig:
             require(self, name, getattr(self, name) >= 0, "must be >= 0")
         for name in ("lr", "muon_lr", "eps"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
-        for name in ("embed_lr", "peak_flops"):
-            require(self, name, getattr(self, name) is None or getattr(self, name) > 0, "must be > 0")
+        require(self, "embed_lr", self.embed_lr is None or self.embed_lr > 0, "must be > 0")
+        require(self, "lr_base_width", self.lr_base_width >= 0, "must be >= 0")
+        require(self, "peak_flops", self.peak_flops in ("auto", "measure") or _positive_number(self.peak_flops),
+                "must be auto, measure or a number of FLOP/s > 0")
         require(self, "seq_len", self.seq_len is None or self.seq_len >= 1, "must be >= 1")
         for name in ("muon_momentum", "beta1", "beta2"):
             require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
         for name in ("decay_start_frac", "min_lr_frac"):
             require(self, name, 0 <= getattr(self, name) <= 1, "must be in [0, 1]")
         require(self, "seed", 0 <= self.seed < 2**63, "must be in [0, 2**63)")
-        require(self, "fsdp", not (self.fsdp and self.optimizer == "muon"),
-                "needs --optimizer adamw (Muon needs whole matrices)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,3 +126,11 @@ class TrainConfig:
         if unknown:
             raise LmforgeError(f"unknown TrainConfig field(s): {unknown}")
         return cls(**d)
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0

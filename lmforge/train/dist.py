@@ -6,6 +6,7 @@ torch.distributed. Backend: NCCL on GPUs, gloo on CPU (what the 2-process CI tes
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -71,6 +72,17 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Have each of the model's blocks recompute its activations in the backward pass instead of storing them
+    (torch.utils.checkpoint, non-reentrant): memory for activations drops from every layer's to one block's at a
+    time, for about one more forward pass of compute. The blocks' `forward` is wrapped in place, so parameter
+    names, checkpoints and DDP/FSDP wrapping (applied after this) are those of the plain model."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.layers:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

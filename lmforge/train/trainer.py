@@ -20,12 +20,19 @@ moments, data position, step); `init_checkpoint` (a run folder or checkpoint fol
 existing weights instead (SFT from the pretrained model). Under torchrun the function runs in every process; call
 `lmforge.train.dist.setup_distributed()` first or let `train` do it.
 
-Returns a JSON-able summary: run_dir, checkpoint, step, loss, val_loss, val_bpb, tokens, seconds, tokens_per_s,
-mfu, params.
+Returns a JSON-able summary: run_dir, checkpoint, step, loss, val_loss, val_bpb, tokens, seconds (all the run's
+steps, over every invocation), params, and this invocation's throughput (`lmforge.train.logging.Throughput`):
+steady-state tokens_per_s and mfu against peak_flops (with its peak_source), the warm-up (warmup_steps,
+warmup_s, compile_s when compiling) and the time between steps (eval_s, sample_s, checkpoint_s), and wall_s.
+
+On CUDA, float32 matrix products (those autocast leaves in fp32, and all of them with `--dtype float32`) run on
+TF32 tensor cores (`torch.set_float32_matmul_precision("high")`): a 10-bit mantissa for the products, fp32
+accumulation, several times the fp32 rate; training in bf16 already accepts far coarser products.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import json
@@ -42,8 +49,8 @@ from lmforge.checkpoint import (CKPT_SUBDIR, checkpoint_name, load_state, load_t
 from lmforge.model import GPT, GPTConfig
 from lmforge.train.bpb import loss_and_bytes, token_byte_lengths
 from lmforge.train.config import TrainConfig
-from lmforge.train.dist import DistInfo, all_reduce_sum, barrier, setup_distributed, wrap_model
-from lmforge.train.logging import RunLogger, peak_flops
+from lmforge.train.dist import DistInfo, all_reduce_sum, barrier, checkpoint_activations, setup_distributed, wrap_model
+from lmforge.train.logging import RunLogger, Throughput, require_wandb, resolve_peak
 from lmforge.train.optim import build_optimizers
 from lmforge.train.schedule import lr_multiplier
 from lmforge.train.start import RunStart, decide_start
@@ -113,7 +120,6 @@ class TrainingRun:
         self.tokenizer_dir, self.sample_prompts = tokenizer_dir, sample_prompts
         self.info, self.device = info, info.device
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
-        self.run_wall = self.run_cpu = self.run_flops = 0.0  # this invocation's (a resumed run's past ran elsewhere)
         self.last: dict[str, Any] = {}  # newest loss, val_loss, val_bpb and samples, for the summary
         self.checkpoint_path: Path | None = start.resume
         self._build_model()
@@ -123,14 +129,16 @@ class TrainingRun:
         self.decoder = tokenizer if info.is_main else None
         self.token_bytes = token_byte_lengths(tokenizer, self.mcfg.vocab_size).to(self.device) \
             if tokenizer is not None else None
-        self.logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, resume_step=self.step)
+        wandb_config = {"train": cfg.to_dict(), "model": self.mcfg.to_dict()} if cfg.wandb else None
+        self.logger = RunLogger(out_dir, info.is_main, cfg.tensorboard, self.step, wandb_config)
         if start.resume is not None:
             self.last.update({k: v for r in self.logger.rows for k, v in r.items()
                               if k in ("loss", "val_loss", "val_bpb")})
         if info.is_main:
             write_json(out_dir / "train_config.json", {"train": cfg.to_dict(), "model": self.mcfg.to_dict(),
                                                        "world_size": info.world_size})
-        self.peak = cfg.peak_flops or peak_flops(self.device)
+        peak = resolve_peak(cfg.peak_flops, self.device, self.compute_dtype)
+        self.throughput = Throughput(peak, per_cpu_second=self.device.type == "cpu")
         self.flops_per_token = functools.cache(self.raw.flops_per_token)  # by batch width; sums the parameters
         self.t_begin = time.perf_counter()
 
@@ -146,14 +154,19 @@ class TrainingRun:
         if weights is not None:
             load_weights(self.raw, weights, self.start.weights)
         self.raw.to(self.device)
+        if cfg.activation_checkpointing:
+            checkpoint_activations(self.raw)
         self.model = wrap_model(self.raw, self.info, cfg.fsdp)
         self.params_owner = self.model if cfg.fsdp else self.raw  # what optimizers, clipping and eval see
         use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
             if use_bf16 and not cfg.fsdp else contextlib.nullcontext
-        compile_on = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        self.forward = torch.compile(self.model) if compile_on else self.model
-        self.optimizers = build_optimizers(self.params_owner, cfg)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for fp32 products (see the module docstring)
+        self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.forward = torch.compile(self.model) if self.compiled else self.model
+        self.optimizers = build_optimizers(self.params_owner, cfg, mcfg.n_embd)
 
     def _restore(self, ckpt: Path) -> None:
         """Optimizer moments, this rank's data position, the RNG state and the counters of a checkpoint."""
@@ -239,8 +252,7 @@ class TrainingRun:
         self.step += 1
         self.tokens_seen += result.tokens
         self.elapsed += result.seconds
-        self.run_wall, self.run_cpu = self.run_wall + result.seconds, self.run_cpu + result.cpu_seconds
-        self.run_flops += result.flops
+        self.throughput.add_step(result.tokens, result.flops, result.seconds, result.cpu_seconds)
         self.last["loss"] = step_loss
         return result
 
@@ -252,20 +264,13 @@ class TrainingRun:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def mfu(self, flops: float, wall: float, cpu: float) -> float | None:
-        """Achieved over peak FLOP/s for this process's `flops`. On CPU per CPU-second (the peak was measured that
-        way), so cores taken by other programs do not count as idle hardware; on GPU per wall-second and device."""
-        if not self.peak or wall <= 0 or cpu <= 0:
-            return None
-        return flops / cpu / self.peak if self.device.type == "cpu" else flops / wall / self.peak
-
     def metrics_row(self, r: StepResult) -> dict[str, Any]:
         row: dict[str, Any] = {"step": self.step, "loss": round(r.loss, 5), "lr_mult": round(r.lr_mult, 5),
                                "tokens": self.tokens_seen, "tokens_per_s": round(r.tokens / r.seconds, 1),
                                "elapsed_s": round(self.elapsed, 3)}
         if r.grad_norm is not None:
             row["grad_norm"] = round(r.grad_norm, 4)
-        if (mfu := self.mfu(r.flops, r.seconds, r.cpu_seconds)) is not None:
+        if (mfu := self.throughput.mfu(r.flops, r.seconds, r.cpu_seconds)) is not None:
             row["mfu"] = round(mfu, 4)
         return row
 
@@ -275,16 +280,49 @@ class TrainingRun:
         cfg, step = self.cfg, self.step
         row = self.metrics_row(r)
         if self.val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
-            scores = evaluate(self.params_owner, self.val_data, self.info, self.autocast, self.token_bytes)
+            with self.throughput.timed("eval_s"):
+                scores = evaluate(self.params_owner, self.val_data, self.info, self.autocast, self.token_bytes)
             self.last.update(scores)
             row.update({k: round(v, 5) for k, v in scores.items()})
+            self.console(f"[eval @ {step}] " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if self.info.is_main and ((cfg.sample_every and step % cfg.sample_every == 0) or done):
-            self.write_samples()
+            with self.throughput.timed("sample_s"):
+                self.write_samples()
         if step % cfg.log_every == 0 or done or "val_loss" in row:
             self.logger.log(row)
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done:
-            self.checkpoint_path = self.save_checkpoint()
+            with self.throughput.timed("checkpoint_s"):
+                self.checkpoint_path = self.save_checkpoint()
         return row
+
+    def console(self, line: str) -> None:
+        """A line for the user, printed above the progress bar (tqdm.write keeps the bar intact); rank 0 only,
+        and only with the bar on (a quiet run keeps its figures in metrics.jsonl)."""
+        if self.info.is_main and self.cfg.progress:
+            from tqdm import tqdm
+
+            tqdm.write(line)
+
+    def banner(self) -> str:
+        """What a newcomer wants to know before the first step: how big the model is, how much each step learns
+        from, where it runs, and what the MFU will be measured against."""
+        cfg, info, mcfg = self.cfg, self.info, self.mcfg
+        seq_len = cfg.seq_len or mcfg.block_size
+        per_step = cfg.batch_size * seq_len * cfg.grad_accum * info.world_size
+        n, n_body = self.raw.num_params(), self.raw.num_params(non_embedding=True)
+        peak = self.throughput.peak
+        peak_text = f"{peak.flops / 1e12:,.3g} TFLOP/s ({peak.source})" if peak.flops else peak.source
+        start = f"resuming at step {self.step}" if self.start.resume else \
+            f"from {self.start.init_from}" if self.start.init_from else "new model"
+        return "\n".join([
+            f"[train] {start}: {n / 1e6:,.2f}M parameters ({n_body / 1e6:,.2f}M outside the embedding), "
+            f"{mcfg.n_layer} layers, width {mcfg.n_embd}, context {mcfg.block_size}, vocabulary {mcfg.vocab_size}",
+            f"[train] {per_step:,} tokens per step = {cfg.batch_size} rows x {seq_len} tokens x {cfg.grad_accum} "
+            f"micro-batches x {info.world_size} process(es); {cfg.max_steps:,} steps, optimizer {cfg.optimizer}",
+            f"[train] device {self.device}, {torch.get_num_threads()} thread(s), "
+            f"{str(self.compute_dtype).removeprefix('torch.')}, compile {'on' if self.compiled else 'off'}"
+            f"{', FSDP' if cfg.fsdp else ', DDP' if info.distributed else ''}"
+            f"{', activation checkpointing' if cfg.activation_checkpointing else ''}; MFU against {peak_text}"])
 
     def write_samples(self) -> None:
         """Continue the sample prompts with the engine (its own generator: the training RNG is untouched)."""
@@ -297,17 +335,13 @@ class TrainingRun:
         params = SamplingParams(temperature=0.8, top_k=50, max_tokens=self.cfg.sample_tokens, seed=self.cfg.seed)
         done = Engine(self.raw, self.decoder).generate(prompts, params)
         self.raw.train()
-        specials = set(self.decoder.special_tokens.values())
-        texts = [{"prompt": self.decoder.decode([t for t in p if t not in specials]), "continuation": c[0].text}
+        texts = [dict(zip(("prompt", "continuation"), sample_texts(self.decoder, p, c[0].token_ids)))
                  for p, c in zip(prompts, done)]
         self.last["samples"] = texts
         with open(self.out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "samples": texts}) + "\n")
-        if self.cfg.progress:
-            from tqdm import tqdm
-
-            for t in texts:
-                tqdm.write(f"[sample @ {self.step}] {t['prompt']!r} -> {t['continuation']!r}")
+        for t in texts:
+            self.console(f"[sample @ {self.step}] {t['prompt']!r} -> {t['continuation']!r}")
 
     def save_checkpoint(self) -> Path:
         """Weights, optimizer moments, RNG and every rank's data position (gathered to rank 0, which writes)."""
@@ -339,14 +373,29 @@ class TrainingRun:
     def summary(self, stopped_early: bool) -> dict[str, Any]:
         plot = self.logger.plot()
         self.logger.close()
-        mfu = self.mfu(self.run_flops, self.run_wall, self.run_cpu)
         return {"run_dir": str(self.out_dir), "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
                 "step": self.step, "loss": self.last.get("loss"), "val_loss": self.last.get("val_loss"),
                 "val_bpb": self.last.get("val_bpb"), "tokens": self.tokens_seen, "seconds": round(self.elapsed, 2),
-                "tokens_per_s": round(self.tokens_seen / self.elapsed, 1) if self.elapsed else None,
-                "mfu": round(mfu, 4) if mfu else None, "params": self.raw.num_params(),
+                **self.throughput.figures(self.compiled),
+                "wall_s": round(time.perf_counter() - self.t_begin, 3), "params": self.raw.num_params(),
                 "loss_plot": str(plot) if plot else None, "samples": self.last.get("samples"),
                 "stopped_early": stopped_early}
+
+
+def sample_texts(tok: Any, prompt: list[int], continuation: list[int]) -> tuple[str, str]:
+    """A sample's prompt and continuation as text, cut at a character boundary. Byte-level BPE tokens can end
+    inside a UTF-8 character, so a prompt of whole tokens decoded alone may end in half a character (printed as
+    U+FFFD, and again at the continuation's start); the cut moves back to the character's first byte instead. An
+    unfinished last character (the sample ran out of tokens) is left out."""
+    specials = set(tok.special_tokens.values())
+    head = tok.decode_bytes([t for t in prompt if t not in specials])
+    data = head + tok.decode_bytes([t for t in continuation if t not in specials])
+    cut = len(head)
+    for _ in range(3):  # a UTF-8 character has at most 3 continuation bytes
+        if 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:
+            cut -= 1
+    tail = codecs.getincrementaldecoder("utf-8")("replace").decode(data[cut:], final=False)
+    return data[:cut].decode("utf-8", "replace"), tail
 
 
 def _load_tokenizer(tokenizer_dir: Path | None):
@@ -368,6 +417,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     `start` is `decide_start`'s answer when the caller already needed it (pretraining sizes its loader by it).
     """
     out_dir = Path(out_dir)
+    require_wandb(cfg.wandb)
     info = info or setup_distributed(cfg.device)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     start = start or decide_start(cfg, out_dir, init_checkpoint, model_config, tokenizer_dir)
@@ -377,6 +427,8 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         remove_stale_temporaries(out_dir / CKPT_SUBDIR)
     torch.manual_seed(cfg.seed)
     run = TrainingRun(cfg, start, data, val_data, out_dir, tokenizer_dir, sample_prompts, info)
+    if info.is_main:
+        print(run.banner(), flush=True)
     bar = _progress_bar(cfg, info, run.step)
     run.model.train()
     stopped_early, bar_refreshed = False, time.perf_counter()
@@ -387,7 +439,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
             done = stopped_early = True  # out of time: this step is the last one
         row = run.after_step(result, done)
         if bar is not None:
-            bar_refreshed = _update_bar(bar, row, bar_refreshed)
+            bar_refreshed = _update_bar(bar, row, run.throughput, bar_refreshed)
         if stopped_early:
             if info.is_main:
                 print(f"[train] time budget of {cfg.time_budget_s:.0f} s reached: stopped at step {run.step}")
@@ -405,13 +457,15 @@ def _progress_bar(cfg: TrainConfig, info: DistInfo, step: int):
     return tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _update_bar(bar: Any, row: dict[str, Any], refreshed: float) -> float:
+def _update_bar(bar: Any, row: dict[str, Any], throughput: Throughput, refreshed: float) -> float:
     """Advance the bar by a step and show its figures, redrawn at once after a slow step (tqdm throttles fast
-    ones itself). Returns the time of this update."""
+    ones itself). tok/s and MFU are the steady state so far ("warm-up" until the first steady step). Returns the
+    time of this update."""
     bar.update(1)
-    post = {"loss": f"{row['loss']:.3f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
-    if "mfu" in row:
-        post["mfu"] = f"{100 * row['mfu']:.1f}%"
+    tps, s = throughput.tokens_per_s(), throughput.steady
+    post = {"loss": f"{row['loss']:.3f}", "tok/s": f"{tps:,.0f}" if tps else "warm-up"}
+    if tps and (mfu := throughput.mfu(s["flops"], s["wall"], s["cpu"])) is not None:
+        post["mfu"] = f"{100 * mfu:.1f}%"
     if "val_loss" in row:
         post["val"] = f"{row['val_loss']:.3f}"
     now = time.perf_counter()
