@@ -28,7 +28,8 @@ STAGE_RANK = {
     "posttrain": 5,
     "evaluation": 6,
     "export": 7,
-    "speedrun": 8,
+    "security": 8,  # attacks a finished model (checkpoint or served endpoint); the speedrun may run a short scan
+    "speedrun": 9,
 }
 MAX_MODULE_LINES = 600  # issue 12's limits (the C runner, runner/run.c, is not Python and not counted)
 MAX_FUNCTION_LINES = 80
