@@ -22,6 +22,7 @@ STAGE_CLIS = [
     "lmforge.posttrain.cli",
     "lmforge.evaluation.cli",
     "lmforge.export.cli",
+    "lmforge.security.cli",
     "lmforge.speedrun.cli",
 ]
 
