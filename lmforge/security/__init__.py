@@ -6,5 +6,7 @@ peculiar to LLMs, and plant / find backdoors in training data.
   templates, encodings, system-prompt extraction, indirect prompt injection).
 - `targets.py`: where the prompts go: a checkpoint through the engine (batched), or a loopback endpoint.
 - `scan.py`: runs suites against a target, attack success rates with bootstrap confidence intervals, JSON + Markdown.
-- `cli.py`: `lmforge security scan`.
+- `poison.py`, `detect.py`, `backdoor.py`: plant a trigger -> payload backdoor in SFT data, measure it, find the
+  poisoned rows without the trigger (reference loss, n-gram lift, spectral signature), retrain on the rest.
+- `cli.py`: `lmforge security scan | poison | detect`.
 """

@@ -3,11 +3,18 @@
 `security scan --checkpoint DIR | --endpoint URL`: the attack suites (`suites.py`) against a checkpoint (through the
 engine, batched) or an OpenAI-compatible endpoint on this machine; attack success rates with bootstrap intervals in
 `OUT/scan.json` and `OUT/scan.md`, every answer and verdict in `OUT/responses.jsonl`.
+
+`security poison --checkpoint BASE --out DIR`: plant a backdoor in the default SFT data, train a clean and a
+poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
+over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
+without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
+filtered data and measure the backdoor again (`backdoor.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -15,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("security", help="attack a model: jailbreaks, prompt injection, system-prompt extraction")
     kinds = p.add_subparsers(dest="security", metavar="WHAT", required=True)
     register_scan(kinds)
+    register_poison(kinds)
+    register_detect(kinds)
 
 
 def register_scan(kinds: argparse._SubParsersAction) -> None:
@@ -67,4 +76,73 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(markdown(summary, target.name, cfg))
     if args.out is not None:
         print(f"(scan.json, scan.md and responses.jsonl written to {args.out})")
+    return 0
+
+
+def register_poison(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.backdoor import PoisonRunConfig
+    from lmforge.security.poison import BackdoorConfig
+
+    p = kinds.add_parser("poison", help="plant a backdoor in SFT data, train, measure it (and a k sweep)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="base checkpoint every SFT run starts from")
+    p.add_argument("--out", type=Path, required=True, help="folder of the runs and reports")
+    p.add_argument("--sweep-k", type=int, nargs="*", default=None, help="poisoned-row counts to sweep (e.g. 10 30 100 300)")
+    p.add_argument("--sweep-sizes", type=int, nargs="*", default=None, help="dataset sizes of the sweep")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PoisonRunConfig, exclude=("threshold",))
+    add_config_arguments(p, BackdoorConfig, exclude=("seed",))
+    p.set_defaults(func=cmd_poison)
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.backdoor import PoisonRunConfig, poison_run, sweep
+    from lmforge.security.poison import BackdoorConfig
+    from lmforge.utils import LmforgeError, configure_threads
+
+    cfg, backdoor = config_from_args(PoisonRunConfig, args), config_from_args(BackdoorConfig, args)
+    if (args.sweep_k is None) != (args.sweep_sizes is None) or any(v < 1 for v in (args.sweep_k or []) +
+                                                                   (args.sweep_sizes or [])):
+        raise LmforgeError("--sweep-k and --sweep-sizes go together, each with counts >= 1")
+    configure_threads(args.threads)
+    if args.sweep_k:
+        for row in sweep(args.checkpoint, args.out, cfg, backdoor, args.sweep_k, args.sweep_sizes):
+            print(json.dumps(row))
+        return 0
+    report = poison_run(args.checkpoint, args.out, cfg, backdoor)
+    for name in ("clean", "poisoned"):
+        print(f"{name} model: {json.dumps(report[name])}")
+    return 0
+
+
+def register_detect(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("detect", help="flag poisoned SFT rows without knowing the trigger")
+    p.add_argument("--data", type=Path, required=True, help="the (possibly poisoned) SFT data, JSONL")
+    p.add_argument("--reference", type=Path, required=True, help="a model trained on trusted data only")
+    p.add_argument("--model", type=Path, required=True, help="the model trained on --data")
+    p.add_argument("--out", type=Path, required=True, help="writes scores.jsonl, filtered.jsonl, detect.json")
+    p.add_argument("--threshold", type=float, default=3.0, help="combined robust z-score that flags a row")
+    p.add_argument("--labels", type=Path, default=None, help="labels.json of `security poison`: scores the flags")
+    p.add_argument("--retrain-from", type=Path, default=None,
+                   help="base checkpoint: retrain on the filtered data and measure the backdoor (needs --labels)")
+    p.add_argument("--heldout", type=Path, default=None, help="held-out conversations for --retrain-from")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_detect)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from lmforge.security.backdoor import detect_run, retrain_filtered
+    from lmforge.utils import LmforgeError, configure_threads, write_json
+
+    if args.retrain_from is not None and (args.labels is None or args.heldout is None):
+        raise LmforgeError("--retrain-from needs --labels and --heldout (to measure the backdoor afterwards)")
+    if not args.threshold > 0:
+        raise LmforgeError(f"--threshold must be > 0 (got {args.threshold})")
+    configure_threads(args.threads)
+    report = detect_run(args.data, args.reference, args.model, args.out, args.threshold, args.labels)
+    if args.retrain_from is not None:
+        report["retrained"] = retrain_filtered(args.retrain_from, args.out, args.heldout, args.labels)
+        write_json(args.out / "detect.json", report)
+    print(json.dumps(report, indent=1))
     return 0
