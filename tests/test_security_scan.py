@@ -162,3 +162,26 @@ def test_tool_messages_become_openai_tool_calls():
     assert out[1]["tool_calls"][0] == {"id": "call_0", "type": "function",
                                        "function": {"name": "search", "arguments": "q"}}
     assert out[2] == {"role": "tool", "tool_call_id": "call_0", "content": "result"}
+
+
+def test_endpoint_time_budget_and_errors_are_not_counted(alignment):
+    """Requests not started within the time budget are reported as not sent, and a server error is an error:
+    neither counts as a refusal or a success."""
+    fake = FakeModel("refuse")
+    server, thread, url = serve(fake)
+    try:
+        cases = build_cases(["harmful"], alignment, 10, 0, "val")
+        slow = EndpointTarget(url, "fake", 8, concurrency=1, request_timeout=10.0, time_budget=0.2)  # 30 requests of >= 0.02 s
+        answers = slow.answer([c.messages for c in cases])
+        broken = EndpointTarget(url + "/nowhere", "fake", 8, concurrency=2, request_timeout=10.0, time_budget=60.0)
+        errors = broken.answer([c.messages for c in cases[:3]])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    sent = [a for a in answers if not a.error]
+    assert 0 < len(sent) < len(cases)
+    assert all(a.error == "not sent: the scan's time budget was spent" for a in answers if a.error)
+    assert all(a.error.startswith("HTTP 404") for a in errors)
+    summary = run_scan(type("T", (), {"name": "x", "answer": lambda self, m: answers})(), cases,
+                       ScanConfig(suites=["harmful"], bootstrap=200), None)
+    assert summary[0]["answered"] == len(sent) and summary[0]["rate"] == 0.0

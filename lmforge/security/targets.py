@@ -128,8 +128,8 @@ class EndpointTarget:
     def answer(self, conversations: list[list[dict[str, Any]]]) -> list[Answer]:
         import httpx
 
-        deadline = time.monotonic() + self.time_budget
         limits = httpx.Limits(max_connections=self.concurrency)
         with httpx.Client(timeout=self.request_timeout, limits=limits, trust_env=False) as client, \
                 ThreadPoolExecutor(self.concurrency) as pool:
+            deadline = time.monotonic() + self.time_budget  # the budget is for requests, not for setting up
             return list(pool.map(lambda msgs: self._one(client, msgs, deadline), conversations))
