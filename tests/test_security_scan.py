@@ -148,7 +148,11 @@ def test_endpoint_only_on_loopback(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
-def test_scan_flags_refused():
+def test_scan_flags_refused(tmp_path):
+    assert_refused(run_cli(["security", "scan", "--endpoint", "http://127.0.0.1:9", "--data", str(tmp_path)]),
+                   "--data")
+    assert_refused(run_cli(["security", "scan", "--endpoint", "http://127.0.0.1:9", "--suites", "harmful", "nope"]),
+                   "--suites")
     assert_refused(run_cli(["security", "scan", "--endpoint", "http://127.0.0.1:9", "--limit", "0"]), "--limit")
     assert_refused(run_cli(["security", "scan", "--endpoint", "http://127.0.0.1:9", "--concurrency", "1000"]),
                    "--concurrency")
