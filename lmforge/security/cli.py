@@ -19,7 +19,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("security", help="attack a model: jailbreaks, prompt injection, system-prompt extraction")
+    p = sub.add_parser("security", help="attack a model (jailbreaks, prompt injection, prompt extraction); "
+                       "plant and detect backdoors")
     kinds = p.add_subparsers(dest="security", metavar="WHAT", required=True)
     register_scan(kinds)
     register_poison(kinds)

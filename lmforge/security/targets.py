@@ -27,7 +27,9 @@ class Answer:
 
 class EngineTarget:
     """Greedy answers from a model, `batch_size` conversations per engine batch; a conversation longer than the
-    context (minus the answer's room) is reported as skipped rather than cut, since a cut prompt is another attack."""
+    context (minus the answer's room) is reported as skipped rather than cut, since a cut prompt is another attack.
+    No tool runs during a scan: an answer ends at a tool call the model makes (`<|tool_call_end|>`), and the call's
+    text counts as part of the answer (the injection suites put the untrusted text in the conversation instead)."""
 
     def __init__(self, engine: Any, max_tokens: int, batch_size: int) -> None:
         from lmforge.tokenizer.chat_format import ChatTokens
