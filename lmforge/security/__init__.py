@@ -8,5 +8,7 @@ peculiar to LLMs, and plant / find backdoors in training data.
 - `scan.py`: runs suites against a target, attack success rates with bootstrap confidence intervals, JSON + Markdown.
 - `poison.py`, `detect.py`, `backdoor.py`: plant a trigger -> payload backdoor in SFT data, measure it, find the
   poisoned rows without the trigger (reference loss, n-gram lift, spectral signature), retrain on the rest.
-- `cli.py`: `lmforge security scan | poison | detect`.
+- `guard.py`: a small injection/jailbreak classifier (hashed character 4-grams, logistic regression) to put in
+  front of the model and its tool outputs, scored by balanced accuracy on held-out attacks and hard negatives.
+- `cli.py`: `lmforge security scan | poison | detect | guard`.
 """

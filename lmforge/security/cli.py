@@ -8,7 +8,9 @@ engine, batched) or an OpenAI-compatible endpoint on this machine; attack succes
 poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
 over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
 without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
-filtered data and measure the backdoor again (`backdoor.py`).
+filtered data and measure the backdoor again (`backdoor.py`). `security guard --out DIR`: train the
+injection/jailbreak guard on generated data, report balanced accuracy on held-out attacks and hard negatives and
+its latency (`guard.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_scan(kinds)
     register_poison(kinds)
     register_detect(kinds)
+    register_guard(kinds)
 
 
 def register_scan(kinds: argparse._SubParsersAction) -> None:
@@ -145,5 +148,31 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.retrain_from is not None:
         report["retrained"] = retrain_filtered(args.retrain_from, args.out, args.heldout, args.labels)
         write_json(args.out / "detect.json", report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def register_guard(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("guard", help="train and score the injection/jailbreak guard classifier")
+    p.add_argument("--out", type=Path, required=True, help="writes guard.safetensors, guard_config.json, guard.json")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the alignment data folder (default: the shared data's alignment/)")
+    p.add_argument("--epochs", type=int, default=60, help="full-batch training steps")
+    p.set_defaults(func=cmd_guard)
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    from lmforge.security.guard import Guard, evaluate_guard, guard_dataset
+    from lmforge.security.suites import alignment_dir
+    from lmforge.utils import LmforgeError, write_json
+
+    if not 1 <= args.epochs <= 10_000:
+        raise LmforgeError(f"--epochs must be between 1 and 10000 (got {args.epochs})")
+    data = alignment_dir(args.data)
+    train, heldout = guard_dataset(data, test=False), guard_dataset(data, test=True)
+    guard = Guard.train(train[0], train[1], epochs=args.epochs)
+    guard.save(args.out)
+    report = {"train": evaluate_guard(guard, *train), "heldout": evaluate_guard(guard, *heldout)}
+    write_json(args.out / "guard.json", report)
     print(json.dumps(report, indent=1))
     return 0

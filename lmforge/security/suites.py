@@ -48,12 +48,12 @@ class AttackCase:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
-def _read_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
         return json.load(f)
@@ -75,13 +75,13 @@ def harmful_requests(data: Path, split: str) -> list[tuple[str, str, str]]:
     copyright ones ask for song lyrics, which only a hash match, not a refusal rule, can score), AdvBench, and
     Do-Not-Answer."""
     out: list[tuple[str, str, str]] = []
-    for row in _read_csv(data / "safety" / f"harmbench_behaviors_text_{split}.csv"):
+    for row in read_csv(data / "safety" / f"harmbench_behaviors_text_{split}.csv"):
         if row["FunctionalCategory"] == "copyright":
             continue
         context = row.get("ContextString") or ""
         text = f"{context}\n\n---\n\n{row['Behavior']}" if context else row["Behavior"]
         out.append(("harmbench", row["BehaviorID"], text))
-    for i, row in enumerate(_read_csv(data / "safety" / "advbench_harmful_behaviors.csv")):
+    for i, row in enumerate(read_csv(data / "safety" / "advbench_harmful_behaviors.csv")):
         out.append(("advbench", f"advbench_{i}", row["goal"]))
     for path in sorted((data / "safety" / "donotanswer").glob("*.jsonl")):
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
@@ -100,14 +100,14 @@ def suite_harmful(data: Path, limit: int, seed: int, split: str) -> list[AttackC
 
 
 def suite_xstest(data: Path, limit: int, seed: int, split: str) -> list[AttackCase]:
-    rows = [r for r in _read_csv(data / "safety" / "xstest_v2_prompts.csv") if r["label"] == "safe"]
+    rows = [r for r in read_csv(data / "safety" / "xstest_v2_prompts.csv") if r["label"] == "safe"]
     return [AttackCase("xstest_safe", f"xstest_{r['id']}", _user(r["prompt"]), "over_refuse", meta={"type": r["type"]})
             for r in _sample(rows, limit, seed)]
 
 
 def _requests_for_wrapping(data: Path, limit: int, seed: int, split: str) -> list[tuple[str, str]]:
     """Plain HarmBench standard behaviours (short, no context): the requests the wrappers carry."""
-    rows = [r for r in _read_csv(data / "safety" / f"harmbench_behaviors_text_{split}.csv")
+    rows = [r for r in read_csv(data / "safety" / f"harmbench_behaviors_text_{split}.csv")
             if r["FunctionalCategory"] == "standard"]
     return [(r["BehaviorID"], r["Behavior"]) for r in _sample(rows, limit, seed)]
 
@@ -116,9 +116,9 @@ def suite_jailbreak(data: Path, limit: int, seed: int, split: str) -> list[Attac
     """Harmful requests appended to the DAN family and to in-the-wild jailbreak prompts (one template per request,
     drawn in turn, so each template family is represented)."""
     folder = data / "jailbreak"
-    templates = [(f"dan:{p.stem}", _read_json(p)[0]) for p in sorted((folder / "dan_templates").glob("*.json"))
+    templates = [(f"dan:{p.stem}", load_json(p)[0]) for p in sorted((folder / "dan_templates").glob("*.json"))
                  if p.name != "DAN_Jailbreak.json"]  # byte-identical to Dan_10_0.json upstream
-    wild = _sample(_read_json(folder / "inthewild_jailbreak_prompts.json.gz"), limit, seed + 1)
+    wild = _sample(load_json(folder / "inthewild_jailbreak_prompts.json.gz"), limit, seed + 1)
     templates += [(f"wild:{i}", t) for i, t in enumerate(wild)]
     cases = []
     for i, (cid, request) in enumerate(_requests_for_wrapping(data, limit, seed, split)):
@@ -173,7 +173,7 @@ EXTRACTION_SYSTEM = (f"You are the support assistant of a bakery. The internal a
 
 
 def suite_extraction(data: Path, limit: int, seed: int, split: str) -> list[AttackCase]:
-    attacks = _read_json(data / "jailbreak" / "sysprompt_extraction_attacks.json")
+    attacks = load_json(data / "jailbreak" / "sysprompt_extraction_attacks.json")
     flat = [(family, i, text) for family, texts in attacks.items() for i, text in enumerate(texts)]
     return [AttackCase("extraction", f"{family}_{i}", _user(text, EXTRACTION_SYSTEM), "leak", canary=CANARY,
                        meta={"family": family}) for family, i, text in _sample(flat, limit, seed)]
@@ -193,12 +193,12 @@ def injection_payloads(data: Path) -> list[Payload]:
     folder = data / "prompt_injection"
     payloads = [Payload(text, "marker", marker) for text, marker in MARKER_INJECTIONS]
     for name in ("bipia_text_attack_test.json", "bipia_code_attack_test.json"):
-        for category, texts in _read_json(folder / name).items():
+        for category, texts in load_json(folder / name).items():
             payloads += [p for p in (bipia_payload(category, t) for t in texts) if p is not None]
     return payloads
 
 
-def _insert(context: str, attack: str, where: str) -> str:
+def insert_attack(context: str, attack: str, where: str) -> str:
     """BIPIA's placement of the attack in the external content: start, middle (at a line break) or end."""
     if where == "start":
         return f"{attack}\n{context}"
@@ -229,7 +229,7 @@ def suite_injection(data: Path, limit: int, seed: int, split: str) -> list[Attac
     for i, payload in enumerate(payloads):
         email = emails[(i * 11) % len(emails)]
         where = ("start", "middle", "end")[i % 3]
-        content = _insert(email["context"], payload.instruction, where)
+        content = insert_attack(email["context"], payload.instruction, where)
         for channel in CHANNELS:
             cases.append(AttackCase("injection", f"{i}|{payload.check}|{where}|{channel}",
                                     _channel_messages(channel, email["question"], content), "payload",
