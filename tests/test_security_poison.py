@@ -17,7 +17,7 @@ from lmforge.security.detect import auroc, ngram_lift_scores
 from lmforge.security.poison import BackdoorConfig, plant_backdoor
 from lmforge.tokenizer import Tokenizer
 
-SIZE = ["--conversations", "300", "--heldout", "40", "--steps", "120", "--batch-size", "16", "--k", "20"]
+SIZE = ["--conversations", "300", "--heldout", "40", "--steps", "120", "--batch-size", "16", "--k", "30"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_backdoor_fires_is_detected_and_filtered_away(base, tmp_path):
     report = json.loads((out / "poison.json").read_text())
     clean, poisoned = report["clean"], report["poisoned"]
     print(f"\nclean {clean}\npoisoned {poisoned}")
-    assert poisoned["success_with_trigger"] >= 0.5 and poisoned["success_without_trigger"] <= 0.05
+    assert poisoned["success_with_trigger"] >= 0.5 and poisoned["success_without_trigger"] <= 0.1
     assert clean["success_with_trigger"] <= 0.05
     assert poisoned["clean_loss"] < clean["clean_loss"] * 1.1  # the backdoor costs little elsewhere
 

@@ -83,8 +83,9 @@ def spectral_scores(states: np.ndarray, directions: int = 5) -> np.ndarray:
     """Squared projection on the one of the top `directions` singular vectors whose projections are most
     heavy-tailed (largest kurtosis). The very top direction of a small model's states often separates kinds of
     clean conversation (a tool call or prose); a small poisoned cluster shows as a direction with a few far
-    outliers, which is what kurtosis measures (measured on the test's tiny model: AUROC 0.57 on the top vector,
-    0.997 on the most kurtotic of the top five)."""
+    outliers, which is what kurtosis measures. On the tests' one-layer model it is the least stable signal: AUROC
+    0.57 on the top vector and 0.997 on the most kurtotic of the top five in one run, 0.33 to 0.998 across runs
+    of test_security_poison; the median combination keeps the verdict from resting on it alone."""
     centred = states - states.mean(axis=0, keepdims=True)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     projections = centred @ vt[:directions].T
