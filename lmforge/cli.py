@@ -12,7 +12,8 @@ import importlib
 import os
 import sys
 
-# Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> export -> serve -> speedrun.
+# Pipeline order: data -> tokenizer -> model -> pretraining -> inference -> post-training -> evaluation -> export ->
+# serve -> security -> speedrun.
 # Every module listed has a `register(subparsers)` function that adds its verb(s).
 STAGE_CLIS = [
     "lmforge.data.cli",
@@ -24,6 +25,7 @@ STAGE_CLIS = [
     "lmforge.export.cli",
     "lmforge.serve.cli",
     "lmforge.serve.label.cli",
+    "lmforge.security.cli",
     "lmforge.speedrun.cli",
 ]
 

@@ -29,7 +29,8 @@ STAGE_RANK = {
     "evaluation": 6,
     "export": 7,
     "serve": 8,  # HTTP front ends over everything below: the API and pages (the engine, the chat format, the tools), the labeling page
-    "speedrun": 9,
+    "security": 9,  # attacks a finished model (checkpoint or served endpoint); the speedrun may run a short scan
+    "speedrun": 10,
 }
 MAX_MODULE_LINES = 600  # issue 12's limits (the C runner, runner/run.c, is not Python and not counted)
 MAX_FUNCTION_LINES = 80

@@ -1,0 +1,178 @@
+"""`lmforge security WHAT`: attacks on a finished model.
+
+`security scan --checkpoint DIR | --endpoint URL`: the attack suites (`suites.py`) against a checkpoint (through the
+engine, batched) or an OpenAI-compatible endpoint on this machine; attack success rates with bootstrap intervals in
+`OUT/scan.json` and `OUT/scan.md`, every answer and verdict in `OUT/responses.jsonl`.
+
+`security poison --checkpoint BASE --out DIR`: plant a backdoor in the default SFT data, train a clean and a
+poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
+over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
+without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
+filtered data and measure the backdoor again (`backdoor.py`). `security guard --out DIR`: train the
+injection/jailbreak guard on generated data, report balanced accuracy on held-out attacks and hard negatives and
+its latency (`guard.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("security", help="attack a model (jailbreaks, prompt injection, prompt extraction); "
+                       "plant and detect backdoors")
+    kinds = p.add_subparsers(dest="security", metavar="WHAT", required=True)
+    register_scan(kinds)
+    register_poison(kinds)
+    register_detect(kinds)
+    register_guard(kinds)
+
+
+def register_scan(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.scan import ScanConfig
+
+    p = kinds.add_parser("scan", help="attack suites against a checkpoint or a loopback endpoint",
+                         description="Harmful requests, safe look-alikes, jailbreak templates, role play, encodings, "
+                         "system-prompt extraction and indirect prompt injection, each scored by rule; attack "
+                         "success rates with bootstrap 95%% intervals.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--checkpoint", type=Path, help="run folder or checkpoint folder to attack")
+    where.add_argument("--endpoint", help="base URL of an OpenAI-compatible server on this machine "
+                       "(http://127.0.0.1:PORT); other hosts are refused")
+    p.add_argument("--model", default="lmforge", help="model name sent to the endpoint")
+    p.add_argument("--api-key", default=None, help="bearer key for the endpoint, if it requires one")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the alignment data folder (default: the shared data's alignment/)")
+    p.add_argument("--out", type=Path, default=None, help="write scan.json, scan.md and responses.jsonl here")
+    p.add_argument("--device", default="cpu", help="auto (CUDA when visible, else cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, ScanConfig)
+    p.set_defaults(func=cmd_scan)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.scan import ScanConfig, markdown, run_scan
+    from lmforge.security.suites import alignment_dir, build_cases
+    from lmforge.security.targets import EndpointTarget, EngineTarget, check_loopback
+    from lmforge.utils import configure_threads, resolve_device
+
+    cfg = config_from_args(ScanConfig, args)
+    if args.endpoint is not None:
+        check_loopback(args.endpoint)  # refuse before reading any data
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(args.out))
+    cases = build_cases(cfg.suites, alignment_dir(args.data), cfg.limit, cfg.seed, cfg.harmbench_split)
+    if args.endpoint is not None:
+        target = EndpointTarget(args.endpoint, args.model, cfg.max_tokens, cfg.concurrency, cfg.request_timeout,
+                                cfg.time_budget, args.api_key)
+    else:
+        from lmforge.inference.engine import Engine
+
+        device = resolve_device(args.device)
+        configure_threads(args.threads)
+        target = EngineTarget(Engine.from_checkpoint(str(args.checkpoint), device=device), cfg.max_tokens,
+                              cfg.batch_size)
+    summary = run_scan(target, cases, cfg, args.out)
+    print(markdown(summary, target.name, cfg))
+    if args.out is not None:
+        print(f"(scan.json, scan.md and responses.jsonl written to {args.out})")
+    return 0
+
+
+def register_poison(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.backdoor import PoisonRunConfig
+    from lmforge.security.poison import BackdoorConfig
+
+    p = kinds.add_parser("poison", help="plant a backdoor in SFT data, train, measure it (and a k sweep)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="base checkpoint every SFT run starts from")
+    p.add_argument("--out", type=Path, required=True, help="folder of the runs and reports")
+    p.add_argument("--sweep-k", type=int, nargs="*", default=None, help="poisoned-row counts to sweep (e.g. 10 30 100 300)")
+    p.add_argument("--sweep-sizes", type=int, nargs="*", default=None, help="dataset sizes of the sweep")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PoisonRunConfig, exclude=("threshold",))
+    add_config_arguments(p, BackdoorConfig, exclude=("seed",))
+    p.set_defaults(func=cmd_poison)
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.backdoor import PoisonRunConfig, poison_run, sweep
+    from lmforge.security.poison import BackdoorConfig
+    from lmforge.utils import LmforgeError, configure_threads
+
+    cfg, backdoor = config_from_args(PoisonRunConfig, args), config_from_args(BackdoorConfig, args)
+    if (args.sweep_k is None) != (args.sweep_sizes is None) or any(v < 1 for v in (args.sweep_k or []) +
+                                                                   (args.sweep_sizes or [])):
+        raise LmforgeError("--sweep-k and --sweep-sizes go together, each with counts >= 1")
+    configure_threads(args.threads)
+    if args.sweep_k:
+        for row in sweep(args.checkpoint, args.out, cfg, backdoor, args.sweep_k, args.sweep_sizes):
+            print(json.dumps(row))
+        return 0
+    report = poison_run(args.checkpoint, args.out, cfg, backdoor)
+    for name in ("clean", "poisoned"):
+        print(f"{name} model: {json.dumps(report[name])}")
+    return 0
+
+
+def register_detect(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("detect", help="flag poisoned SFT rows without knowing the trigger")
+    p.add_argument("--data", type=Path, required=True, help="the (possibly poisoned) SFT data, JSONL")
+    p.add_argument("--reference", type=Path, required=True, help="a model trained on trusted data only")
+    p.add_argument("--model", type=Path, required=True, help="the model trained on --data")
+    p.add_argument("--out", type=Path, required=True, help="writes scores.jsonl, filtered.jsonl, detect.json")
+    p.add_argument("--threshold", type=float, default=3.0, help="combined robust z-score that flags a row")
+    p.add_argument("--labels", type=Path, default=None, help="labels.json of `security poison`: scores the flags")
+    p.add_argument("--retrain-from", type=Path, default=None,
+                   help="base checkpoint: retrain on the filtered data and measure the backdoor (needs --labels)")
+    p.add_argument("--heldout", type=Path, default=None, help="held-out conversations for --retrain-from")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_detect)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from lmforge.security.backdoor import detect_run, retrain_filtered
+    from lmforge.utils import LmforgeError, configure_threads, write_json
+
+    if args.retrain_from is not None and (args.labels is None or args.heldout is None):
+        raise LmforgeError("--retrain-from needs --labels and --heldout (to measure the backdoor afterwards)")
+    if not args.threshold > 0:
+        raise LmforgeError(f"--threshold must be > 0 (got {args.threshold})")
+    configure_threads(args.threads)
+    report = detect_run(args.data, args.reference, args.model, args.out, args.threshold, args.labels)
+    if args.retrain_from is not None:
+        report["retrained"] = retrain_filtered(args.retrain_from, args.out, args.heldout, args.labels)
+        write_json(args.out / "detect.json", report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def register_guard(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("guard", help="train and score the injection/jailbreak guard classifier")
+    p.add_argument("--out", type=Path, required=True, help="writes guard.safetensors, guard_config.json, guard.json")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the alignment data folder (default: the shared data's alignment/)")
+    p.add_argument("--epochs", type=int, default=60, help="full-batch training steps")
+    p.set_defaults(func=cmd_guard)
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    from lmforge.security.guard import Guard, evaluate_guard, guard_dataset
+    from lmforge.security.suites import alignment_dir
+    from lmforge.utils import LmforgeError, write_json
+
+    if not 1 <= args.epochs <= 10_000:
+        raise LmforgeError(f"--epochs must be between 1 and 10000 (got {args.epochs})")
+    data = alignment_dir(args.data)
+    train, heldout = guard_dataset(data, test=False), guard_dataset(data, test=True)
+    guard = Guard.train(train[0], train[1], epochs=args.epochs)
+    guard.save(args.out)
+    report = {"train": evaluate_guard(guard, *train), "heldout": evaluate_guard(guard, *heldout)}
+    write_json(args.out / "guard.json", report)
+    print(json.dumps(report, indent=1))
+    return 0
