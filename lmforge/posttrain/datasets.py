@@ -21,10 +21,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from lmforge.tokenizer.chat_format import validate_messages
 from lmforge.utils import LmforgeError
+
+T = TypeVar("T")
 
 Messages = list[dict[str, Any]]
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -169,23 +171,31 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield i, None, f"invalid JSON: {e.msg} at column {e.colno}"
 
 
-def read_conversations(path: str | Path, report: LoadReport | None = None) -> Iterator[Messages]:
-    """Yield the conversations of one file; bad rows go to `report` (with line numbers) and are skipped."""
+def parsed_rows(path: str | Path, what: str, parse: Callable[[Any], T],
+                report: LoadReport | None = None) -> Iterator[tuple[int, Any, T]]:
+    """(line, row, parse(row)) for every good row of one file; a row that is not JSON or that `parse` refuses goes
+    to `report` with its line number and is skipped, so one bad row never costs a whole data set."""
     path = Path(path)
     if not path.is_file():
-        raise LmforgeError(f"SFT data file not found: {path}")
+        raise LmforgeError(f"{what} not found: {path}")
     report = report if report is not None else LoadReport(str(path))
     for line, row, error in read_rows(path):
         report.rows += 1
         if error is None:
             try:
-                msgs = row_to_messages(row)
+                value = parse(row)
             except LmforgeError as e:
                 error = str(e)
         if error is not None:
             report.add_bad(line, error)
             continue
         report.kept += 1
+        yield line, row, value
+
+
+def read_conversations(path: str | Path, report: LoadReport | None = None) -> Iterator[Messages]:
+    """Yield the conversations of one file; bad rows go to `report` (with line numbers) and are skipped."""
+    for _, _, msgs in parsed_rows(path, "SFT data file", row_to_messages, report):
         yield msgs
 
 

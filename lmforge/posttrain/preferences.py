@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmforge.posttrain.datasets import LoadReport, read_rows, parse_hh_dialogue
+from lmforge.posttrain.datasets import LoadReport, parsed_rows, parse_hh_dialogue
 from lmforge.tokenizer.chat_format import validate_messages
 from lmforge.utils import LmforgeError, atomic_write
 
@@ -175,21 +175,7 @@ def pairs_from_row(row: Any) -> list[PreferencePair]:
 def read_pairs(path: str | Path, report: LoadReport | None = None) -> Iterator[PreferencePair]:
     """Yield the pairs of one file (.jsonl, .jsonl.gz, .json array); bad rows go to `report` and are skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"preference file not found: {path}")
-    report = report if report is not None else LoadReport(str(path))
-    for line, row, error in read_rows(path):
-        report.rows += 1
-        pairs: list[PreferencePair] = []
-        if error is None:
-            try:
-                pairs = pairs_from_row(row)
-            except LmforgeError as e:
-                error = str(e)
-        if error is not None:
-            report.add_bad(line, error)
-            continue
-        report.kept += 1
+    for line, row, pairs in parsed_rows(path, "preference file", pairs_from_row, report):
         if "prompt" not in row:  # foreign formats: say where each pair came from (held-out splits go by line)
             pairs = [replace(p, meta={**p.meta, "source": path.name, "line": line}) for p in pairs]
         yield from pairs
