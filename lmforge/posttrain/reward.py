@@ -136,7 +136,7 @@ class RewardObjective:
                       "reward_mean": ((chosen + rejected) / 2).sum()}
 
     def evaluate(self, model: GPT, val_data: Any, info: Any, autocast: Any, token_bytes: Any) -> dict[str, float]:
-        scores = pair_scores(model, val_data(), info.device)
+        scores = pair_scores(model, val_data(), model.tok_emb.weight.device)
         report = accuracy_report(scores)
         val_loss = float(bradley_terry_loss(scores[:, 0], scores[:, 1], self.center_coef).mean())
         return {"val_loss": val_loss, "val_accuracy": report["accuracy"], "val_margin": report["mean_margin"]}
