@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import PairBatch, PairBatches, PairExample, final_hidden, fixed_pair_batches, \
-    response_logps
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, check_single_process, final_hidden,
+                                             fixed_pair_batches, response_logps)
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, atomic_path, file_sha256, write_json
 
@@ -177,6 +177,7 @@ class DPOConfig:
             if unknown:
                 raise LmforgeError(f"unknown training setting(s): {sorted(unknown)}")
             self.train = replace(self.train, **train_overrides)
+        check_single_process(self.train)
 
 
 def run_dpo(cfg: DPOConfig, checkpoint: str | Path, out_dir: str | Path, data: list[str],

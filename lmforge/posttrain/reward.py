@@ -35,8 +35,8 @@ from torch import nn
 
 from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, Rendered, encode_pairs, final_hidden,
-                                             fixed_pair_batches, pad_rows)
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, Rendered, check_single_process, encode_pairs,
+                                             final_hidden, fixed_pair_batches, pad_rows)
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, write_json
 
@@ -191,6 +191,27 @@ class RewardModel(nn.Module):
         return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
+def score_pairs_file(checkpoint: str | Path, pairs_file: str | Path, out: str | Path | None = None,
+                     batch_size: int = 32) -> dict[str, Any]:
+    """`lmforge reward score`: the accuracy report of a reward model on a pairs file, and optionally each pair's
+    rewards as JSONL (in the order of the pairs that fit the model's context)."""
+    import json
+
+    from lmforge.posttrain.preferences import load_pairs
+    from lmforge.utils import atomic_write
+
+    if batch_size < 1:
+        raise LmforgeError(f"--batch-size must be >= 1 (got {batch_size})")
+    rm = RewardModel.from_checkpoint(checkpoint)
+    examples, stats = encode_pairs(rm.tokenizer, load_pairs(pairs_file), rm.model.config.block_size)
+    scores = pair_scores(rm.model, fixed_pair_batches(examples, batch_size, rm.pad_id))
+    if out is not None:
+        with atomic_write(out) as f:
+            for c, r in scores.tolist():
+                f.write(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}) + "\n")
+    return {**accuracy_report(scores), "data": stats}
+
+
 def reward_train_defaults() -> TrainConfig:
     """A reward model's training settings where they differ from pretraining's: a short run on pairs with lower
     rates than SFT (the body is already trained; the head starts random), evaluation every 50 steps."""
@@ -224,6 +245,7 @@ class RewardConfig:
             if unknown:
                 raise LmforgeError(f"unknown training setting(s): {sorted(unknown)}")
             self.train = replace(self.train, **train_overrides)
+        check_single_process(self.train)
 
 
 def split_pairs(pairs: list[Any], val_pairs: list[Any] | None, val_last: int, val_frac: float,
