@@ -146,3 +146,19 @@ def test_long_prompts_lose_their_oldest_turns_and_unfittable_pairs_are_counted(b
     assert len(examples) == 1 and stats["prompt_shortened"] == 1 and stats["dropped_too_long"] == 1
     chosen = examples[0][0]
     assert len(chosen.ids) <= 128 and "last one?" in tok.decode(list(chosen.ids))
+
+
+def test_reward_score_cli_reports_accuracy_and_writes_rewards(trained, tmp_path):
+    import json
+
+    from hostile import run_cli
+
+    summary, out = trained
+    held_out = write_pairs_file(tmp_path / "held.jsonl", planted_pairs(500, 1)[-30:])
+    result = run_cli(["reward", "score", "--checkpoint", out / "run", "--pairs", held_out, "--out",
+                      tmp_path / "rewards.jsonl"])
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["pairs"] == 30 and report["accuracy"] >= 0.9 and len(report["accuracy_ci95"]) == 2
+    rows = [json.loads(line) for line in (tmp_path / "rewards.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and all(set(r) == {"chosen_reward", "rejected_reward"} for r in rows)
