@@ -77,7 +77,8 @@ def reference_key(pair_files: list[str], reference: Path, block_size: int, split
     return h.hexdigest()
 
 
-def cached_reference(out_dir: Path, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def cached_reference(out_dir: Path, key: str,
+                     compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The run's cached reference log-probs when their key matches, else computed now and written atomically."""
     from safetensors import safe_open
     from safetensors.torch import save_file

@@ -81,7 +81,7 @@ def render_response(tok: Any, prompt: list[dict[str, Any]], response: str | None
     return Rendered(tuple(ids), len(prefix))
 
 
-def _fit(tok: Any, pair: Any, max_tokens: int) -> tuple[PairExample | None, bool]:
+def _fit(tok: Any, pair: Pair, max_tokens: int) -> tuple[PairExample | None, bool]:
     """The pair rendered within max_tokens, dropping the prompt's oldest messages as needed (None: cannot fit),
     and whether the prompt was shortened."""
     prompt = list(pair.prompt)
@@ -96,7 +96,7 @@ def _fit(tok: Any, pair: Any, max_tokens: int) -> tuple[PairExample | None, bool
     return None, True
 
 
-def encode_pairs(tok: Any, pairs: Iterable[Any], max_tokens: int) -> tuple[list[PairExample], dict[str, int]]:
+def encode_pairs(tok: Any, pairs: Iterable[Pair], max_tokens: int) -> tuple[list[PairExample], dict[str, int]]:
     """Render every pair; returns the examples and counts of those shortened, dropped as too long or unrenderable."""
     out: list[PairExample] = []
     stats = {"pairs": 0, "prompt_shortened": 0, "dropped_too_long": 0, "dropped_unrenderable": 0}

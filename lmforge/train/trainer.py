@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining and SFT.
+"""The training loop shared by pretraining, SFT and the post-training objectives (reward model, DPO).
 
     from lmforge.train import TrainConfig, train
     summary = train(cfg, data, val_data, out_dir, init_checkpoint=None, tokenizer_dir=None)
@@ -8,7 +8,9 @@ this process; `y` holds the next tokens, -1 where no loss is wanted, e.g. SFT's 
 `state_dict() -> dict` (JSON-able) and `load_state_dict(dict)`; the loader's position is saved with every
 checkpoint, which is what makes a resumed run continue exactly. `val_data` is None or a callable returning a fresh
 iterable of (x, y) validation batches (the same ones every call). Pretraining uses `ShardBatches` and
-`ValidationWindows` from `lmforge.train.loader`; SFT brings its own sources.
+`ValidationWindows` from `lmforge.train.loader`; SFT brings its own sources. With `objective` (see `Objective`)
+the batches are whatever that objective reads (preference pairs) and it supplies the loss, its metrics and the
+evaluation; the rest of the loop (schedule, clipping, checkpoints, resume, logs) is unchanged.
 
 The loss of a step is the mean cross-entropy over every target that is not -1 in the step's global batch (all
 micro-batches of all processes): each micro-batch's summed loss is divided by the global count of targets. With
