@@ -9,7 +9,8 @@ import torch
 from preference_helpers import MARKER, fast_train, make_base, planted_pairs, write_pairs_file
 
 from lmforge.checkpoint import load_model, load_state
-from lmforge.posttrain.pairs_batches import collate_pairs, encode_pairs, final_hidden, pad_rows, render_response
+from lmforge.posttrain.pairs_batches import (collate_pairs, encode_pairs, end_hidden, final_hidden, pad_rows,
+                                             render_response)
 from lmforge.posttrain.preferences import PreferencePair
 from lmforge.posttrain.reward import (RewardConfig, RewardModel, attach_head, bradley_terry_loss, run_reward_train,
                                       wilson_interval)
@@ -79,6 +80,13 @@ def test_reward_is_read_at_each_rows_end_token_with_left_or_right_padding(base):
     with torch.no_grad():
         at_last_column = rm.model.reward_head(final_hidden(rm.model, idx, valid)[:, -1])
     assert not valid[0, -1] and abs(at_last_column[0].item() - alone[0].item()) > 1e-3
+    # The reward's shortcut (the last layer at the read slot only) equals the full forward read there.
+    for side in ("right", "left"):
+        idx, valid, end, _ = pad_rows([render_response(tok, prompt, t) for t in ("ok", "a longer answer " * 4)],
+                                      ChatTokens.of(tok).pad, side)
+        with torch.no_grad():
+            full = final_hidden(rm.model, idx, valid)[torch.arange(2), end]
+            assert torch.allclose(end_hidden(rm.model, idx, valid, end), full, atol=1e-5)
     # An unfinished answer is scored as if its turn closed where it stops.
     assert torch.allclose(rm.score([seqs[0][:-1]]), alone[:1], atol=1e-6)
 

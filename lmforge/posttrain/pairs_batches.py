@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from lmforge.model import GPT, Block, attention_mask
 from lmforge.tokenizer.chat_format import ChatTokens, render_conversation, render_for_completion
@@ -160,13 +161,13 @@ def collate_pairs(examples: list[PairExample], pad_id: int, pad_multiple: int = 
     return PairBatch(*pad_rows(rows, pad_id, "right", pad_multiple))
 
 
-def final_hidden(model: GPT, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The last layer's normalised hidden states (B, T, C) of padded rows, through the model's own blocks.
+def _embedded(model: GPT, idx: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """Token (and position) embeddings (B*T, C) of padded rows, RoPE tables and the attention mask.
 
     Each row's positions count from its first real token and padding keys are masked, so a row's states do not
     depend on how much padding surrounds it or on which side. When every row is right-padded (the training
-    batches), plain causal attention is already exact and the mask is skipped."""
-    B, T = idx.shape
+    batches), plain causal attention is already exact and the mask is None."""
+    T = idx.size(1)
     pos_ids = (valid.long().cumsum(1) - 1).clamp_min(0)
     right_padded = bool(valid[:, 0].all()) and bool((valid[:, :-1] >= valid[:, 1:]).all())
     x = model.tok_emb(idx)
@@ -175,9 +176,34 @@ def final_hidden(model: GPT, idx: torch.Tensor, valid: torch.Tensor) -> torch.Te
         x = x + model.pos_emb(pos_ids)
     else:
         rope = (model.rope_cos[pos_ids][:, None], model.rope_sin[pos_ids][:, None])
-    mask = None if right_padded else attention_mask(valid, 0, T)
-    x = model.blocks(x.flatten(0, 1), rope, [b.ops() for b in model.layers], None, 0, mask, B, T, Block.__call__)
+    return x.flatten(0, 1), rope, None if right_padded else attention_mask(valid, 0, T)
+
+
+def final_hidden(model: GPT, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The last layer's normalised hidden states (B, T, C) of padded rows, through the model's own blocks."""
+    B, T = idx.shape
+    x, rope, mask = _embedded(model, idx, valid)
+    x = model.blocks(x, rope, [b.ops() for b in model.layers], None, 0, mask, B, T, Block.__call__)
     return model.norm(x).view(B, T, -1)
+
+
+def end_hidden(model: GPT, idx: torch.Tensor, valid: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """`final_hidden` at one slot per row (B, C), computing only what that slot needs: every layer but the last
+    runs over all positions, the last one's keys and values too, but its query, output projection and MLP run at
+    the read slot alone. The reward model reads one position per row, so this skips most of a layer's work."""
+    B, T = idx.shape
+    x, rope, mask = _embedded(model, idx, valid)
+    *body, last = model.layers
+    for i, block in enumerate(body):
+        x = block(x, rope, block.ops(), None, i, 0, mask, mask is None and T > 1, B, T)
+    ops = last.ops()
+    q, k, v = ops.qkv(ops.attn_norm(x), rope, B, T)
+    rows = torch.arange(B, device=idx.device)
+    keys = valid & (torch.arange(T, device=idx.device) <= end[:, None])
+    y = F.scaled_dot_product_attention(q[rows, :, end][:, :, None], k, v, attn_mask=keys[:, None, None, :],
+                                       enable_gqa=last.gqa)
+    x_end = ops.attn_out(y.reshape(B, -1), x.view(B, T, -1)[rows, end], False)
+    return model.norm(ops.mlp_out(ops.mlp_norm(x_end), x_end, False))
 
 
 def response_logps(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch import nn
 from lmforge.config import check_fields, require
 from lmforge.model import GPT
 from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, Rendered, check_single_process, encode_pairs,
-                                             final_hidden, fixed_pair_batches, pad_rows)
+                                             end_hidden, fixed_pair_batches, pad_rows)
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, write_json
 
@@ -62,8 +62,7 @@ def attach_head(model: GPT) -> GPT:
 def end_rewards(model: GPT, batch: PairBatch | tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Each row's reward, read at its end slot."""
     idx, valid, end = (batch.idx, batch.valid, batch.end) if isinstance(batch, PairBatch) else batch
-    hidden = final_hidden(model, idx, valid)
-    return model.reward_head(hidden[torch.arange(idx.size(0), device=idx.device), end]).float()
+    return model.reward_head(end_hidden(model, idx, valid, end)).float()
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
