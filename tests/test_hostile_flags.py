@@ -322,6 +322,35 @@ def test_flags_sft_needs_checkpoint_and_out(tmp_path):
     assert_refused(run_cli(["sft", "--out", tmp_path / "sft"]), "--checkpoint")
 
 
+PREFERENCE_ROWS = [
+    (["reward", "train"], ["--center-coef", "-1"], "--center-coef"),
+    (["reward", "train"], ["--val-frac", "1"], "--val-frac"),
+    (["reward", "train"], ["--val-last", "-3"], "--val-last"),
+    (["reward", "train"], ["--fsdp", "--optimizer", "adamw"], "--fsdp"),
+    (["reward", "train"], ["--threads", "0"], "--threads"),
+    (["dpo"], ["--beta", "0"], "--beta"),
+    (["dpo"], ["--beta", "nan"], "--beta"),
+    (["dpo"], ["--ref-batch-size", "0"], "--ref-batch-size"),
+    (["dpo"], ["--lr", "-1"], "--lr"),
+]
+
+
+@pytest.mark.parametrize("verb, extra, culprit", PREFERENCE_ROWS,
+                         ids=[" ".join(r[0] + r[1]) for r in PREFERENCE_ROWS])
+def test_flags_preference_training(tmp_path, verb, extra, culprit):
+    out = tmp_path / "run"
+    argv = [*verb, "--checkpoint", tmp_path / "base", "--data", tmp_path / "pairs.jsonl", "--out", out, *extra]
+    assert_refused(run_cli(argv), culprit)
+    assert not out.exists()
+
+
+def test_flags_preference_reward_score(tmp_path):
+    assert_refused(run_cli(["reward", "score", "--checkpoint", tmp_path / "rm", "--pairs", tmp_path / "p.jsonl",
+                            "--batch-size", "0"]), "--batch-size")
+    assert_refused(run_cli(["reward", "score", "--checkpoint", tmp_path / "rm", "--pairs", tmp_path / "p.jsonl"]),
+                   str(tmp_path / "rm"))
+
+
 MODEL_INFO_ROWS = [
     (["--gpus", "0"], "--gpus"),
     (["--gpus", "-3"], "--gpus"),

@@ -6,6 +6,8 @@ SFT data.
     lmforge sft data --preview 5                                               # print generated conversations
     lmforge sft data --out sft.jsonl --n 10000                                 # write them as messages JSONL
 
+`lmforge reward train|score` (the reward model) and `lmforge dpo` are registered here too, in their own functions.
+
 Data files may be OpenAI `messages` JSONL, Alpaca, ShareGPT or hh-rlhf (`chosen`), mixed freely; bad rows are
 reported with their line numbers and skipped. Running the same command again with the same --out resumes exactly.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -142,4 +145,101 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
     d.set_defaults(func=_cmd_data)
+    _register_reward(sub)
+    _register_dpo(sub)
 
+
+
+def _training_run_args(p: argparse.ArgumentParser, stage_cls: type, train_defaults: Any, what: str) -> None:
+    """The flags every preference-training verb shares: the start checkpoint, the pairs, the run folder, threads,
+    the stage's own config and the training run's (the model is the checkpoint's: no preset or overrides)."""
+    from lmforge.config import add_config_arguments
+    from lmforge.train.config import TrainConfig
+
+    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder to start from")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                   help="preference pairs: {prompt, chosen, rejected} JSONL, hh-rlhf or GSM8K solutions (.gz too)")
+    p.add_argument("--val-data", nargs="+", default=None, metavar="FILE",
+                   help="held-out pairs (default: --val-last N or --val-frac of --data)")
+    p.add_argument("--out", type=Path, required=True, help=f"{what} run folder (resumes if it holds checkpoints)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    add_config_arguments(p, stage_cls, title=f"{what} ({stage_cls.__name__})")
+    add_config_arguments(p, TrainConfig, defaults=train_defaults, title="training (TrainConfig)",
+                         exclude=("preset", "model_overrides"))
+
+
+def _stage_config(stage_cls: type, train_defaults: Any, args: argparse.Namespace) -> Any:
+    """The stage's config from the flags, after the thread count and device are checked (nothing written yet)."""
+    from lmforge.config import config_from_args
+    from lmforge.train.config import TrainConfig
+    from lmforge.train.dist import pick_device
+    from lmforge.utils import LmforgeError, configure_threads
+
+    train = config_from_args(TrainConfig, args, defaults=train_defaults)
+    cfg = config_from_args(stage_cls, args, train=train)
+    pick_device(train.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    return cfg
+
+
+def _cmd_reward_train(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults, run_reward_train
+
+    cfg = _stage_config(RewardConfig, reward_train_defaults(), args)
+    summary = run_reward_train(cfg, args.checkpoint, args.out, args.data, args.val_data)
+    print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss", "eval",
+                                                   "seconds")}, indent=2))
+    return 0
+
+
+def _cmd_reward_score(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.reward import score_pairs_file
+
+    report = score_pairs_file(args.checkpoint, args.pairs, args.out, args.batch_size)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _register_reward(sub: argparse._SubParsersAction) -> None:
+    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults
+
+    p = sub.add_parser("reward", help="train a reward model on preference pairs (`reward train`), score pairs "
+                       "(`reward score`)", description="The reward model: the SFT model with a scalar head read at "
+                       "each response's end-of-turn token, trained with the Bradley-Terry loss.")
+    verbs = p.add_subparsers(dest="reward_verb", metavar="{train,score}", required=True)
+    t = verbs.add_parser("train", help="train a reward model from an SFT checkpoint",
+                         description="Train a reward model; held-out pairwise accuracy (95%% Wilson interval) and "
+                         "mean margin are printed and kept in reward_summary.json. The same --out resumes exactly.")
+    _training_run_args(t, RewardConfig, reward_train_defaults(), "reward model")
+    t.set_defaults(func=_cmd_reward_train)
+    s = verbs.add_parser("score", help="score preference pairs with a reward model: accuracy, margin, rewards",
+                         description="Reward of each pair's chosen and rejected response; prints the pairwise "
+                         "accuracy with its 95%% Wilson interval and the mean margin.")
+    s.add_argument("--checkpoint", type=Path, required=True, help="reward-model run folder or checkpoint folder")
+    s.add_argument("--pairs", type=Path, required=True, help="preference pairs file")
+    s.add_argument("--out", type=Path, default=None, help="write {chosen_reward, rejected_reward} per pair (JSONL)")
+    s.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass")
+    s.set_defaults(func=_cmd_reward_score)
+
+
+def _cmd_dpo(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.dpo import DPOConfig, dpo_train_defaults, run_dpo
+
+    cfg = _stage_config(DPOConfig, dpo_train_defaults(), args)
+    summary = run_dpo(cfg, args.checkpoint, args.out, args.data, args.val_data)
+    print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss", "eval",
+                                                   "seconds")}, indent=2))
+    return 0
+
+
+def _register_dpo(sub: argparse._SubParsersAction) -> None:
+    from lmforge.posttrain.dpo import DPOConfig, dpo_train_defaults
+
+    p = sub.add_parser("dpo", help="direct preference optimisation of an SFT model on preference pairs",
+                       description="DPO: the SFT model (also the frozen reference, whose log-probs are computed "
+                       "once and cached in --out) trained on preference pairs. Logs chosen and rejected log-probs, "
+                       "their shift from the reference, the margin and the accuracy every step.")
+    _training_run_args(p, DPOConfig, dpo_train_defaults(), "DPO")
+    p.set_defaults(func=_cmd_dpo)

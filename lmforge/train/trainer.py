@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining and SFT.
+"""The training loop shared by pretraining, SFT and the post-training objectives (reward model, DPO).
 
     from lmforge.train import TrainConfig, train
     summary = train(cfg, data, val_data, out_dir, init_checkpoint=None, tokenizer_dir=None)
@@ -8,7 +8,9 @@ this process; `y` holds the next tokens, -1 where no loss is wanted, e.g. SFT's 
 `state_dict() -> dict` (JSON-able) and `load_state_dict(dict)`; the loader's position is saved with every
 checkpoint, which is what makes a resumed run continue exactly. `val_data` is None or a callable returning a fresh
 iterable of (x, y) validation batches (the same ones every call). Pretraining uses `ShardBatches` and
-`ValidationWindows` from `lmforge.train.loader`; SFT brings its own sources.
+`ValidationWindows` from `lmforge.train.loader`; SFT brings its own sources. With `objective` (see `Objective`)
+the batches are whatever that objective reads (preference pairs) and it supplies the loss, its metrics and the
+evaluation; the rest of the loop (schedule, clipping, checkpoints, resume, logs) is unchanged.
 
 The loss of a step is the mean cross-entropy over every target that is not -1 in the step's global batch (all
 micro-batches of all processes): each micro-batch's summed loss is divided by the global count of targets. With
@@ -68,6 +70,54 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Objective(Protocol):
+    """What a step minimises over the batch source's batches. `NextTokenLoss` (pretraining, SFT) is the default;
+    post-training stages (the reward model, DPO) bring their own batches and loss through this, and get the same
+    checkpoints, exact resume, metrics.jsonl and plots. A step's loss is the sum of `loss` over its micro-batches
+    divided by the sum of `count` (targets, pairs), so every unit weighs the same however batches fall."""
+
+    def prepare_model(self, model: GPT, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """Add the objective's own modules to `model` (before its weights are loaded); return the weights to load
+        (a start from a plain model gets the new modules' fresh values added)."""
+        ...
+
+    def count(self, batch: Any) -> int: ...
+
+    def rows_and_width(self, batch: Any) -> tuple[int, int]: ...
+
+    def to(self, batch: Any, device: torch.device) -> Any: ...
+
+    def loss(self, forward: Callable, model: GPT, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(summed loss, summed metrics) of a batch on the device: the metrics are logged as sums over `count`."""
+        ...
+
+    def evaluate(self, model: GPT, val_data: Any, info: DistInfo, autocast: Any,
+                 token_bytes: torch.Tensor | None) -> dict[str, float]: ...
+
+
+class NextTokenLoss:
+    """Pretraining's and SFT's objective: cross-entropy of the next token wherever the target is not -1."""
+
+    def prepare_model(self, model: GPT, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        return weights
+
+    def count(self, batch: Batch) -> int:
+        return int((batch[1] >= 0).sum())
+
+    def rows_and_width(self, batch: Batch) -> tuple[int, int]:
+        return batch[0].shape[0], batch[0].shape[1]
+
+    def to(self, batch: Batch, device: torch.device) -> Batch:
+        return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+
+    def loss(self, forward: Callable, model: GPT, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return forward(batch[0], batch[1], reduction="sum", return_logits=False)[1], {}
+
+    def evaluate(self, model: GPT, val_data: Any, info: DistInfo, autocast: Any,
+                 token_bytes: torch.Tensor | None) -> dict[str, float]:
+        return evaluate(model, val_data, info, autocast, token_bytes)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val_data: ValSource, info: DistInfo, autocast: Any,
              token_bytes: torch.Tensor | None = None) -> dict[str, float]:
@@ -106,6 +156,7 @@ class StepResult:
     seconds: float
     cpu_seconds: float
     grad_norm: float | None
+    metrics: dict[str, float]  # the objective's own per-step means (a reward model's accuracy, DPO's margin)
 
 
 class TrainingRun:
@@ -115,8 +166,9 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, start: RunStart, data: BatchSource, val_data: ValSource | None,
                  out_dir: Path, tokenizer_dir: Path | None, sample_prompts: list[list[int]] | None,
-                 info: DistInfo) -> None:
+                 info: DistInfo, objective: Objective | None = None) -> None:
         self.cfg, self.start, self.data, self.val_data, self.out_dir = cfg, start, data, val_data, out_dir
+        self.objective = objective or NextTokenLoss()
         self.tokenizer_dir, self.sample_prompts = tokenizer_dir, sample_prompts
         self.info, self.device = info, info.device
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
@@ -151,6 +203,7 @@ class TrainingRun:
             raise LmforgeError(f"--seq-len {seq_len} is longer than the model's block_size {mcfg.block_size}")
         weights = load_state(self.start.weights)[1] if self.start.weights is not None else None
         self.mcfg, self.raw = mcfg, GPT(mcfg)
+        weights = self.objective.prepare_model(self.raw, weights)
         if weights is not None:
             load_weights(self.raw, weights, self.start.weights)
         self.raw.to(self.device)
@@ -220,24 +273,30 @@ class TrainingRun:
         cfg, info, device = self.cfg, self.info, self.device
         t0, c0 = time.perf_counter(), time.process_time()
         mult = self._set_learning_rates()
+        objective = self.objective
         micro = [self.data.next_batch() for _ in range(cfg.grad_accum)]
         # Counted from the batches themselves: SFT batches are padded to their longest conversation, not seq_len.
-        step_tokens = sum(x.numel() for x, _ in micro) * info.world_size
-        step_flops = sum(self.flops_per_token(x.shape[1]) * x.numel() for x, _ in micro)
-        n_targets = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in micro)), dtype=torch.float64, device=device)
+        shapes = [objective.rows_and_width(b) for b in micro]
+        step_tokens = sum(rows * width for rows, width in shapes) * info.world_size
+        step_flops = sum(self.flops_per_token(width) * rows * width for rows, width in shapes)
+        n_targets = torch.tensor(float(sum(objective.count(b) for b in micro)), dtype=torch.float64, device=device)
         n_targets = all_reduce_sum(n_targets, info).item()
         if n_targets == 0:
             raise LmforgeError(f"step {self.step + 1}: the batch has no target to learn (every target is -1)")
         scale = info.world_size / n_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, (x, y) in enumerate(micro):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro):
+            batch = objective.to(batch, device)
             with self._gradient_sync(last=i == cfg.grad_accum - 1):
                 with self.autocast():
-                    loss = self.forward(x, y, reduction="sum", return_logits=False)[1]
+                    loss, metrics = objective.loss(self.forward, self.raw, batch)
                 (loss * scale).backward()
             loss_sum += loss.detach().double()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0) + v.detach().double()
         step_loss = all_reduce_sum(loss_sum, info).item() / n_targets
+        step_metrics = {k: all_reduce_sum(v, info).item() / n_targets for k, v in metric_sums.items()}
         if not math.isfinite(step_loss):
             raise LmforgeError(f"step {self.step + 1}: loss is {step_loss}; lower the learning rate (--lr/--muon-lr)")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params_owner.parameters(), cfg.grad_clip)) \
@@ -248,7 +307,7 @@ class TrainingRun:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result = StepResult(step_loss, mult, step_tokens, step_flops, time.perf_counter() - t0,
-                            time.process_time() - c0, grad_norm)
+                            time.process_time() - c0, grad_norm, step_metrics)
         self.step += 1
         self.tokens_seen += result.tokens
         self.elapsed += result.seconds
@@ -270,6 +329,7 @@ class TrainingRun:
                                "elapsed_s": round(self.elapsed, 3)}
         if r.grad_norm is not None:
             row["grad_norm"] = round(r.grad_norm, 4)
+        row.update({k: round(v, 5) for k, v in r.metrics.items()})
         if (mfu := self.throughput.mfu(r.flops, r.seconds, r.cpu_seconds)) is not None:
             row["mfu"] = round(mfu, 4)
         return row
@@ -281,7 +341,8 @@ class TrainingRun:
         row = self.metrics_row(r)
         if self.val_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
             with self.throughput.timed("eval_s"):
-                scores = evaluate(self.params_owner, self.val_data, self.info, self.autocast, self.token_bytes)
+                scores = self.objective.evaluate(self.params_owner, self.val_data, self.info, self.autocast,
+                                                 self.token_bytes)
             self.last.update(scores)
             row.update({k: round(v, 5) for k, v in scores.items()})
             self.console(f"[eval @ {step}] " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
@@ -409,12 +470,14 @@ def _load_tokenizer(tokenizer_dir: Path | None):
 def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_dir: str | Path,
           init_checkpoint: str | Path | None = None, tokenizer_dir: str | Path | None = None,
           model_config: GPTConfig | None = None, sample_prompts: list[list[int]] | None = None,
-          info: DistInfo | None = None, start: RunStart | None = None) -> dict[str, Any]:
+          info: DistInfo | None = None, start: RunStart | None = None,
+          objective: Objective | None = None) -> dict[str, Any]:
     """Train (or resume training) a GPT; see the module docstring for the contract of every argument.
 
     `tokenizer_dir` is copied into every checkpoint and, when given, turns on bits per byte and decoded samples
     (of `sample_prompts`, token-id lists, at each sampling interval). `model_config` overrides the config's preset.
     `start` is `decide_start`'s answer when the caller already needed it (pretraining sizes its loader by it).
+    `objective` replaces next-token cross-entropy (see `Objective`); `data` then yields that objective's batches.
     """
     out_dir = Path(out_dir)
     require_wandb(cfg.wandb)
@@ -426,7 +489,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
         remove_stale_temporaries(out_dir)
         remove_stale_temporaries(out_dir / CKPT_SUBDIR)
     torch.manual_seed(cfg.seed)
-    run = TrainingRun(cfg, start, data, val_data, out_dir, tokenizer_dir, sample_prompts, info)
+    run = TrainingRun(cfg, start, data, val_data, out_dir, tokenizer_dir, sample_prompts, info, objective)
     if info.is_main:
         print(run.banner(), flush=True)
     bar = _progress_bar(cfg, info, run.step)
