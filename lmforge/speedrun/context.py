@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.speedrun.settings import FULL, QUICK, SEED, Settings
+from lmforge.speedrun.settings import PRESETS, SEED, Settings
 from lmforge.utils import LmforgeError
 
 
@@ -16,12 +16,12 @@ class SpeedrunContext:
     out: Path
     threads: int
     seed: int = SEED
-    quick: bool = False  # a smaller run for tests: same stages, less data and fewer steps
+    preset: str = "default"  # a name in `settings.PRESETS`: same stages, different sizes
     results: dict[str, Any] = field(default_factory=dict)  # each stage's summary, by stage name
 
     @property
     def settings(self) -> Settings:
-        return QUICK if self.quick else FULL
+        return PRESETS[self.preset]
 
     def need(self, stage: str, key: str) -> Any:
         """An earlier stage's output (e.g. the crawl's `warc_dir`), or a clear error naming what is missing."""

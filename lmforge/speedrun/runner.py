@@ -1,6 +1,8 @@
 """The stage table and the loop that runs it: one folder per stage, in pipeline order, each finished by a
 `DONE.json` marker that holds the stage's summary. A stage whose marker exists is skipped and its summary read
-back, so an interrupted speedrun resumes where it stopped and `--only` can redo one stage on the others' artifacts.
+back, so an interrupted speedrun resumes where it stopped and `--only` (or `--from`/`--until`) can redo stages on the
+others' artifacts. A stage writes its artifacts atomically or resumes them itself (the trainer from its last
+checkpoint), and its marker is written last, so a kill at any point loses at most the unfinished stage's progress.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Callable
 from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage_sft
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
 from lmforge.speedrun.context import SpeedrunContext
+from lmforge.speedrun.settings import PRESETS
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
 from lmforge.utils import LmforgeError, configure_threads, read_json, write_json
 
@@ -55,29 +58,44 @@ def read_marker(marker: Path) -> dict[str, Any]:
     return result
 
 
-def check_request(threads: int | None, only: list[str] | None) -> None:
-    """Refuse a thread count below 1 and an `--only` stage that does not exist, before anything runs."""
+def selected_stages(threads: int | None, preset: str, only: list[str] | None, first: str | None,
+                    last: str | None) -> set[str]:
+    """The stages to run: `--only`'s, or those from `--from` to `--until` (inclusive). Every flag is checked
+    before anything runs, each error naming its flag."""
     if threads is not None and threads < 1:
         raise LmforgeError(f"--threads {threads}: must be at least 1")
+    if preset not in PRESETS:
+        raise LmforgeError(f"--preset {preset}: no such preset; the presets are {', '.join(PRESETS)}")
     names = [stage.name for stage in STAGES]
     unknown = [name for name in only or [] if name not in names]
     if unknown:
         raise LmforgeError(f"--only {' '.join(unknown)}: no such stage; the stages are {', '.join(names)}")
+    for flag, name in (("--from", first), ("--until", last)):
+        if name is not None and name not in names:
+            raise LmforgeError(f"{flag} {name}: no such stage; the stages are {', '.join(names)}")
+    start, stop = names.index(first) if first else 0, names.index(last) if last else len(names) - 1
+    if start > stop:
+        raise LmforgeError(f"--until {last}: comes before --from {first} in the stage order")
+    span = set(names[start:stop + 1])
+    return span & set(only) if only else span
 
 
-def run_speedrun(out: Path, threads: int | None = None, quick: bool = False,
-                 only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage (or those in `only`) whose marker is missing; return the summaries of the stages run or
-    skipped, also written to `out/speedrun.json`."""
-    check_request(threads, only)
-    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), quick=quick)
+def run_speedrun(out: Path, threads: int | None = None, preset: str = "default", only: list[str] | None = None,
+                 first: str | None = None, last: str | None = None) -> dict[str, Any]:
+    """Run the selected stages (all by default) whose marker is missing; return the summaries of the stages run or
+    skipped, also written to `out/speedrun.json`, and write the report card (`report.md`, `report.html`)."""
+    from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report  # the report reads this table
+
+    selected = selected_stages(threads, preset, only, first, last)
+    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), preset=preset)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    write_json(ctx.out / MACHINE_FILE, {**machine_record(), "preset": preset, "threads": ctx.threads})
     summary: dict[str, Any] = {}
     t_start = time.perf_counter()
     for i, stage in enumerate(STAGES, 1):
         stage_dir = ctx.out / f"{i:02d}_{stage.name}"
         marker = stage_dir / MARKER
-        if only and stage.name not in only:
+        if stage.name not in selected:
             if marker.is_file():  # later stages read what this one produced
                 ctx.results[stage.name] = read_marker(marker)
             continue
@@ -96,5 +114,7 @@ def run_speedrun(out: Path, threads: int | None = None, quick: bool = False,
         summary[stage.name] = result
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(ctx.out / "speedrun.json", summary)
-    print(f"[speedrun] all stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
+    print(f"[speedrun] stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
+    md_path, html_path = write_report(ctx.out)
+    print(f"[speedrun] report card: {md_path} and {html_path}")
     return summary
