@@ -10,7 +10,10 @@ import pytest
 
 from hostile import assert_refused, run_cli
 from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
+from lmforge.speedrun.runner import STAGES
 from lmforge.utils import write_json
+
+NAMES = [stage.name for stage in STAGES]
 
 
 def write_stage(run: Path, number: int, name: str, summary: dict) -> Path:
@@ -52,7 +55,7 @@ def synthetic_run(run: Path) -> Path:
 
 def test_report_sections_follow_the_artifacts(tmp_path):
     run = synthetic_run(tmp_path / "run")
-    md_path, html_path = write_report(run)
+    md_path, html_path = write_report(run, NAMES)
     md = md_path.read_text()
     assert "| language | 40 | 34 | 6 | language_low_score 4, language_unwanted 2 |" in md  # the funnel, with reasons
     assert "| validation bits per byte | 2.344 |" in md and "| bytes per token (sample) | 1.71 |" in md
@@ -69,7 +72,7 @@ def test_report_sections_follow_the_artifacts(tmp_path):
 def test_report_of_a_crawl_only_run_has_no_empty_sections(tmp_path):
     run = tmp_path / "run"
     write_stage(run, 1, "crawl", {"pages": 3})
-    md = write_report(run)[0].read_text()
+    md = write_report(run, NAMES)[0].read_text()
     titles = [line for line in md.splitlines() if line.startswith("## ")]
     assert titles == ["## Stages", "## Stage crawl"]
 
@@ -108,7 +111,7 @@ def test_report_html_renders_offline_in_a_browser(tmp_path):
     run = synthetic_run(tmp_path / "run")
     write_stage(run, 8, "sft", {"run_dir": str(run / "08_sft/run")})
     write_metrics(run / "08_sft/run", 10)
-    html_path = write_report(run)[1]
+    html_path = write_report(run, NAMES)[1]
     errors, requests = [], []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])

@@ -7,7 +7,9 @@ stopped. Each stage calls the same public API that its CLI verb calls: nothing h
 This package holds all of the speedrun's glue, so no stage package knows about the demo: `runner` (the stage table
 and its loop), `corpus` (crawl, data, tokenizer, tokenize), `base_model` (pretrain, sample, export: the base
 model's files, named `base*`), `assistant` (sft, chat, export_assistant: the fine-tuned model as the files a user
-takes away), `settings` (every size, step count and seed, with the reason for each) and `cli` (the verb).
+takes away), `settings` (the presets: every size, step count and seed, with the reason for each), `plan` (`--plan`: a preset's
+stages, tokens and expected time and cost), `report` and `report_html` (the report card every run ends with,
+rebuilt by `lmforge report RUN_DIR`) and `cli` (the verbs).
 """
 
 from lmforge.speedrun.context import SpeedrunContext

@@ -49,9 +49,11 @@ def _cmd_speedrun(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from lmforge.speedrun.report import build_report, write_report
+    from lmforge.speedrun.runner import STAGES
 
-    _, missing = build_report(args.run_dir)
-    md_path, html_path = write_report(args.run_dir)
+    names = [stage.name for stage in STAGES]
+    _, missing = build_report(args.run_dir, names)
+    md_path, html_path = write_report(args.run_dir, names)
     if missing:
         print(f"stages not run in {args.run_dir}: {', '.join(missing)}")
     print(f"wrote {md_path} and {html_path}")

@@ -13,32 +13,14 @@ import json
 import math
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.speedrun.runner import MARKER, STAGES, read_marker
+from lmforge.speedrun.context import MARKER, read_marker
+from lmforge.speedrun.report_html import Image, Section, Table, render_html, render_markdown
 from lmforge.utils import LmforgeError, atomic_write, read_json
 
 MACHINE_FILE = "machine.json"
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[Any]]
-
-
-@dataclass
-class Image:
-    caption: str
-    png: bytes
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Any] = field(default_factory=list)  # str (a paragraph), Table or Image
 
 
 def machine_record() -> dict[str, Any]:
@@ -74,12 +56,14 @@ def stage_folders(run_dir: Path) -> dict[str, Path]:
     return folders
 
 
-def read_summaries(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Path], list[str]]:
-    """The finished stages' summaries (checked by `read_marker`), their folders, and the table's stages not done."""
+def read_summaries(run_dir: Path, stage_names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Path],
+                                                                  list[str]]:
+    """The finished stages' summaries (checked by `read_marker`), their folders, and the stages of `stage_names`
+    (the runner's table) not done."""
     folders = stage_folders(run_dir)
     summaries = {name: read_marker(folder / MARKER) for name, folder in folders.items()
                  if (folder / MARKER).is_file()}
-    missing = [stage.name for stage in STAGES if stage.name not in summaries]
+    missing = [name for name in stage_names if name not in summaries]
     return summaries, folders, missing
 
 
@@ -261,12 +245,12 @@ def chat_sections(summaries: dict[str, dict[str, Any]], folders: dict[str, Path]
     return sections
 
 
-def build_report(run_dir: Path) -> tuple[list[Section], list[str]]:
+def build_report(run_dir: Path, stage_names: list[str]) -> tuple[list[Section], list[str]]:
     """Every section the run folder's artifacts support, and the stages of the table that have not run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LmforgeError(f"run folder not found: {run_dir}")
-    summaries, folders, missing = read_summaries(run_dir)
+    summaries, folders, missing = read_summaries(run_dir, stage_names)
     if not summaries:
         raise LmforgeError(f"{run_dir} holds no finished speedrun stage (no NN_stage/{MARKER})")
     sections: list[Section | None] = [overview_section(summaries, missing, run_dir), machine_section(run_dir),
@@ -280,12 +264,11 @@ def build_report(run_dir: Path) -> tuple[list[Section], list[str]]:
     return [s for s in sections if s is not None], missing
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write `report.md` (plots beside it as `report_*.png`) and the self-contained `report.html`."""
-    from lmforge.speedrun.report_html import render_html, render_markdown
-
+def write_report(run_dir: Path, stage_names: list[str]) -> tuple[Path, Path]:
+    """Write `report.md` (plots beside it as `report_*.png`) and the self-contained `report.html`; `stage_names`
+    (the runner's table, which imports this module) says which stages a partial run lacks."""
     run_dir = Path(run_dir)
-    sections, missing = build_report(run_dir)
+    sections, missing = build_report(run_dir, stage_names)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     with atomic_write(md_path) as f:
         f.write(render_markdown(sections, run_dir))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.speedrun.report import Image, Section, Table
 from lmforge.utils import atomic_write
 
 CSS = """
@@ -22,6 +22,30 @@ table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; white-space: pre-wrap; }
 th { background: #f3f3f3; } figure { margin: 1em 0; } img { max-width: 100%; }
 """
+
+
+@dataclass
+class Table:
+    """A table of the report: one header row, then rows of cells (shown with `str`)."""
+
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Image:
+    """A plot, kept as PNG bytes: a data URL in the HTML page, a file beside the Markdown."""
+
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    """One heading of the report and what goes under it."""
+
+    title: str
+    blocks: list[Any] = field(default_factory=list)  # str (a paragraph), Table or Image
 
 
 def slug(text: str) -> str:

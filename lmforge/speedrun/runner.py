@@ -14,13 +14,11 @@ from typing import Any, Callable
 
 from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage_sft
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
-from lmforge.speedrun.context import SpeedrunContext
-from lmforge.speedrun.settings import PRESETS
+from lmforge.speedrun.context import MARKER, SpeedrunContext, read_marker
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
-from lmforge.utils import LmforgeError, configure_threads, read_json, write_json
-
-MARKER = "DONE.json"
-
+from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
+from lmforge.speedrun.settings import PRESETS
+from lmforge.utils import LmforgeError, configure_threads, write_json
 
 @dataclass
 class Stage:
@@ -44,18 +42,9 @@ STAGES: list[Stage] = [
 ]
 
 
-def read_marker(marker: Path) -> dict[str, Any]:
-    """A finished stage's summary. A marker that is not a JSON object with numeric `seconds` (edited, or damaged on
-    disk: the run writes it atomically) is an error naming the file rather than a guess: deleting it redoes the
-    stage, which resumes from whatever that stage left."""
-    hint = "delete it to run the stage again"
-    try:
-        result = read_json(marker, "speedrun stage marker")
-    except LmforgeError as e:
-        raise LmforgeError(f"{e}; {hint}") from e
-    if not isinstance(result, dict) or not isinstance(result.get("seconds", 0), (int, float)):
-        raise LmforgeError(f"speedrun stage marker {marker} is corrupt: not a stage summary; {hint}")
-    return result
+def stage_markers(out: Path) -> list[Path]:
+    """Each stage's marker path, in table order: the stage's folder is `NN_name`, numbered from 01."""
+    return [out / f"{i:02d}_{stage.name}" / MARKER for i, stage in enumerate(STAGES, 1)]
 
 
 def selected_stages(threads: int | None, preset: str, only: list[str] | None, first: str | None,
@@ -84,23 +73,23 @@ def run_speedrun(out: Path, threads: int | None = None, preset: str = "default",
                  first: str | None = None, last: str | None = None) -> dict[str, Any]:
     """Run the selected stages (all by default) whose marker is missing; return the summaries of the stages run or
     skipped, also written to `out/speedrun.json`, and write the report card (`report.md`, `report.html`)."""
-    from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report  # the report reads this table
-
     selected = selected_stages(threads, preset, only, first, last)
     ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), preset=preset)
+    # Every existing marker is read (and checked) before anything is written, so a damaged one changes nothing.
+    finished = {stage.name: read_marker(marker) for stage, marker in zip(STAGES, stage_markers(ctx.out))
+                if marker.is_file()}
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_json(ctx.out / MACHINE_FILE, {**machine_record(), "preset": preset, "threads": ctx.threads})
     summary: dict[str, Any] = {}
     t_start = time.perf_counter()
-    for i, stage in enumerate(STAGES, 1):
-        stage_dir = ctx.out / f"{i:02d}_{stage.name}"
-        marker = stage_dir / MARKER
+    for i, (stage, marker) in enumerate(zip(STAGES, stage_markers(ctx.out)), 1):
+        stage_dir = marker.parent
         if stage.name not in selected:
-            if marker.is_file():  # later stages read what this one produced
-                ctx.results[stage.name] = read_marker(marker)
+            if stage.name in finished:  # later stages read what this one produced
+                ctx.results[stage.name] = finished[stage.name]
             continue
-        if marker.is_file():
-            result = read_marker(marker)
+        if stage.name in finished:
+            result = finished[stage.name]
             print(f"[speedrun] {i:02d} {stage.name}: done already ({result.get('seconds', 0):.1f} s), skipping")
         else:
             print(f"[speedrun] {i:02d} {stage.name}: running")
@@ -115,6 +104,6 @@ def run_speedrun(out: Path, threads: int | None = None, preset: str = "default",
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(ctx.out / "speedrun.json", summary)
     print(f"[speedrun] stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
-    md_path, html_path = write_report(ctx.out)
+    md_path, html_path = write_report(ctx.out, [stage.name for stage in STAGES])
     print(f"[speedrun] report card: {md_path} and {html_path}")
     return summary
