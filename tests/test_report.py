@@ -49,7 +49,10 @@ def synthetic_run(run: Path) -> Path:
     write_json(chat / "chat.json", {"messages": [{"role": "user", "content": "Who are you?"},
                                                  {"role": "assistant", "content": "The lmforge assistant."}]})
     write_json(chat / "eval.json", {"samples": [{"user": "what's 3*4", "assistant": "[calculator: 3*4] 12"}]})
-    write_stage(run, 11, "reward_model", {"pairwise_accuracy": 0.71, "margin": {"mean": 0.8}})
+    task = {"items": 40, "baseline": 0.25, "accuracy": {"sum": 0.45, "token": 0.35, "byte": 0.3}, "centred": 0.0667}
+    write_stage(run, 11, "evaluate", {"items_per_task": 40, "models": {"base": {
+        "normalisation": "byte", "tasks": {"stdlib_signature": task}, "core": 0.0667, "core_interval": [0.01, 0.12]}}})
+    write_stage(run, 12, "reward_model", {"pairwise_accuracy": 0.71, "margin": {"mean": 0.8}})
     return run
 
 
@@ -61,6 +64,8 @@ def test_report_sections_follow_the_artifacts(tmp_path):
     assert "| validation bits per byte | 2.344 |" in md and "| bytes per token (sample) | 1.71 |" in md
     assert "![pretrain loss](report_pretrain_loss.png)" in md and (run / "report_pretrain_loss.png").stat().st_size
     assert "The lmforge assistant." in md and "[calculator: 3*4] 12" in md
+    assert "| base | stdlib_signature | 40 | 0.25 | 0.45 | 0.35 | 0.3 | 0.0667 |" in md
+    assert "base: CORE-like score 0.0667 (95% interval 0.01 to 0.12" in md and "## Stage evaluate" not in md
     assert "## Stage reward_model" in md and "| margin.mean | 0.8 |" in md  # any stage's summary becomes a table
     assert f"| cores | {machine_record()['cores']} |" in md and "| preset | smoke |" in md
     assert "Stages not run (no `DONE.json`): tokenize, sample, export, sft, export_assistant." in md

@@ -73,9 +73,10 @@ def test_smoke_speedrun_killed_midway_resumes_and_runs_every_stage(tmp_path: Pat
     report = json.loads(Path(out / "speedrun.json").read_text())
     assert set(names) <= set(report)
     check_exported_assistant(summary)
+    assert set(summary["evaluate"]["models"]) == {"base", "assistant"}
     report_md = (out / "report.md").read_text()
     for title in ("## Stages", "## Machine", "## Data funnel", "## Tokenizer and model", "## Loss curves",
-                  "## Sample conversation", "## Stage export_assistant"):
+                  "## Sample conversation", "## Evaluation: multiple choice", "## Stage export_assistant"):
         assert title in report_md
     assert "Stages not run" not in report_md and (out / "report.html").stat().st_size > 0
 

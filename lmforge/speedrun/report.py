@@ -245,6 +245,33 @@ def chat_sections(summaries: dict[str, dict[str, Any]], folders: dict[str, Path]
     return sections
 
 
+def evaluation_section(summary: dict[str, Any]) -> Section | None:
+    """The multiple-choice scores of each evaluated model, per task and aggregated (the `evaluate` stage)."""
+    models = summary.get("models")
+    if not isinstance(models, dict) or not models:
+        return None
+    rows, blocks = [], []
+    for model, result in models.items():
+        tasks = result.get("tasks") if isinstance(result, dict) else None
+        if not isinstance(tasks, dict):
+            raise LmforgeError(f"the evaluate stage's summary of {model!r} has no tasks")
+        for task, t in tasks.items():
+            accuracy = t.get("accuracy", {}) if isinstance(t, dict) else {}
+            rows.append([model, task, t.get("items", ""), fmt_number(t.get("baseline", 0)),
+                         *(fmt_number(accuracy.get(k, 0)) for k in ("sum", "token", "byte")),
+                         fmt_number(t.get("centred", 0))])
+        low, high = (result.get("core_interval") or [math.nan, math.nan])[:2]
+        blocks.append(f"{model}: CORE-like score {fmt_number(result.get('core', math.nan))} "
+                      f"(95% interval {fmt_number(low)} to {fmt_number(high)}, {result.get('normalisation')}-"
+                      f"normalised accuracy centred on chance, averaged over tasks).")
+    table = Table(["model", "task", "items", "chance", "acc sum", "acc token", "acc byte", "centred"], rows)
+    return Section("Evaluation: multiple choice", [table, *blocks])
+
+
+# Stages whose summary has a section of its own, so no generic table repeats it.
+DEDICATED_SECTIONS = {"evaluate": evaluation_section}
+
+
 def build_report(run_dir: Path, stage_names: list[str]) -> tuple[list[Section], list[str]]:
     """Every section the run folder's artifacts support, and the stages of the table that have not run."""
     run_dir = Path(run_dir)
@@ -258,6 +285,9 @@ def build_report(run_dir: Path, stage_names: list[str]) -> tuple[list[Section], 
                                       curves_section(summaries)]
     sections += chat_sections(summaries, folders)
     for name, summary in summaries.items():
+        if name in DEDICATED_SECTIONS:
+            sections.append(DEDICATED_SECTIONS[name](summary))
+            continue
         rows = scalar_rows({k: v for k, v in summary.items() if k != "seconds"})
         if rows:
             sections.append(Section(f"Stage {name}", [Table(["measure", "value"], rows)]))

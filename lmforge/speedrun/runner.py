@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage_sft
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
+from lmforge.speedrun.benchmarks import stage_evaluate
 from lmforge.speedrun.context import MARKER, SpeedrunContext, read_marker
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
 from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
@@ -39,6 +40,7 @@ STAGES: list[Stage] = [
     Stage("chat", stage_chat),
     # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
     Stage("export_assistant", stage_export_assistant),
+    Stage("evaluate", stage_evaluate),  # after the stages above, for the same reason
 ]
 
 

@@ -92,6 +92,7 @@ class Settings:
     sft_max_val: int  # held-out conversations for SFT's validation loss
     sft: dict[str, Any]  # TrainConfig fields for SFT over SFT's own defaults (the seed is the run's)
     eval_sft: dict[str, Any] = field(default_factory=dict)  # SFTEvalConfig fields; {} = `lmforge eval sft`'s
+    mc_items: int = 200  # items of each generated multiple-choice task (stdlib_signature, stdlib_module)
     gpus: int = 0  # GPUs the preset is sized for (0: CPU); `--plan` prices GPU presets with the cost model
     cpu_minutes: float = 0.0  # measured wall time of a CPU preset on 2 cores (GPU presets: from the cost model)
 
@@ -125,6 +126,7 @@ SMOKE = Settings(
     sft_max_val=64,
     sft=dict(max_steps=40, eval_every=20, checkpoint_every=0, eval_batches=0),
     eval_sft=dict(prompts=8, arithmetic=6, val_conversations=32),
+    mc_items=40,  # 2 models x 2 tasks x 40 items x 4 options: a few seconds (200 items: 18 s a model)
     cpu_minutes=2.5,
 )
 
