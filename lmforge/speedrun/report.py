@@ -142,8 +142,8 @@ def overview_section(summaries: dict[str, dict[str, Any]], missing: list[str], r
     """Time and tokens per stage, and which stages of the table have not run."""
     rows = []
     for name, summary in summaries.items():
-        tokens = [f"{k}: {fmt_number(v)}" for k, v in summary.items()
-                  if "tokens" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and "per" not in k]
+        tokens = [f"{key}: {value}" for key, value in scalar_rows(summary)
+                  if "tokens" in key.rsplit(".", 1)[-1] and "per" not in key and value[:1].isdigit()]
         rows.append([name, fmt_number(summary.get("seconds", 0)), ", ".join(tokens)])
     total = sum(s.get("seconds", 0) for s in summaries.values())
     section = Section("Stages", [f"Run folder `{run_dir}`: {len(summaries)} stages finished in "

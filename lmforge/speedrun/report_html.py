@@ -93,6 +93,6 @@ def render_html(sections: list[Section], title: str) -> str:
                 parts.append(f"<figure><img alt=\"{html.escape(block.caption)}\" src=\"data:image/png;base64,{data}\">"
                              f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
             else:
-                parts.append(f"<p>{html.escape(str(block))}</p>")
+                parts.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(block))) + "</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
