@@ -56,7 +56,7 @@ def synthetic_run(run: Path) -> Path:
     return run
 
 
-def test_report_sections_follow_the_artifacts(tmp_path):
+def test_speedrun_report_sections_follow_the_artifacts(tmp_path):
     run = synthetic_run(tmp_path / "run")
     md_path, html_path = write_report(run, NAMES)
     md = md_path.read_text()
@@ -74,7 +74,7 @@ def test_report_sections_follow_the_artifacts(tmp_path):
     assert html.count("data:image/png;base64,") == 1 and "http://" not in html and "https://" not in html
 
 
-def test_report_of_a_crawl_only_run_has_no_empty_sections(tmp_path):
+def test_speedrun_report_of_a_crawl_only_run_has_no_empty_sections(tmp_path):
     run = tmp_path / "run"
     write_stage(run, 1, "crawl", {"pages": 3})
     md = write_report(run, NAMES)[0].read_text()
@@ -82,7 +82,7 @@ def test_report_of_a_crawl_only_run_has_no_empty_sections(tmp_path):
     assert titles == ["## Stages", "## Stage crawl"]
 
 
-def test_report_cli_rebuilds_and_names_missing_stages(tmp_path):
+def test_speedrun_report_cli_rebuilds_and_names_missing_stages(tmp_path):
     run = synthetic_run(tmp_path / "run")
     outcome = run_cli(["report", str(run)])
     assert outcome.code == 0, outcome.stderr
@@ -91,7 +91,7 @@ def test_report_cli_rebuilds_and_names_missing_stages(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["marker", "metrics", "data_report", "chat"])
-def test_report_refuses_damaged_artifacts_naming_the_file(tmp_path, damage):
+def test_speedrun_report_refuses_damaged_artifacts_naming_the_file(tmp_path, damage):
     run = synthetic_run(tmp_path / "run")
     culprit = {"marker": run / "03_tokenizer/DONE.json", "metrics": run / "05_pretrain/run/metrics.jsonl",
                "data_report": run / "02_data/report.json", "chat": run / "09_chat/chat.json"}[damage]
@@ -101,7 +101,7 @@ def test_report_refuses_damaged_artifacts_naming_the_file(tmp_path, damage):
     assert not (run / "report.md").exists() and not (run / "report.html").exists()
 
 
-def test_report_refuses_a_folder_without_a_run(tmp_path):
+def test_speedrun_report_refuses_a_folder_without_a_run(tmp_path):
     assert_refused(run_cli(["report", str(tmp_path)]), str(tmp_path))
     assert_refused(run_cli(["report", str(tmp_path / "nowhere")]), "nowhere")
 
@@ -111,7 +111,7 @@ def chromium() -> str | None:
 
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium on this machine")
-def test_report_html_renders_offline_in_a_browser(tmp_path):
+def test_speedrun_report_html_renders_offline_in_a_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     run = synthetic_run(tmp_path / "run")
     write_stage(run, 8, "sft", {"run_dir": str(run / "08_sft/run")})

@@ -15,8 +15,12 @@ import pytest
 
 from lmforge.export.params import read_header
 from lmforge.inference.tools import default_tools, run_tool
+from hostile import run_cli
 from lmforge.speedrun import STAGES, run_speedrun
-from lmforge.speedrun.settings import CHAT_SCRIPT
+from lmforge.speedrun.plan import plan
+from lmforge.speedrun.runner import selected_stages
+from lmforge.speedrun.settings import CHAT_SCRIPT, PRESETS
+from lmforge.train.cli import model_info
 
 # What each stage must hand to the next (the contract in DEVELOPERS.md); paths must exist.
 REQUIRED = {
@@ -114,3 +118,27 @@ def check_exported_assistant(summary: dict) -> None:
     r = subprocess.run([exported["runner"], str(params_file), "-m", "chat", "-i", CHAT_SCRIPT[1], "-n", "32", "-t", "0"],
                        capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() and b"never fine-tuned" not in r.stderr
+
+
+def test_stage_selection_from_until_and_only():
+    names = [s.name for s in STAGES]
+    assert selected_stages(None, "smoke", None, "sft", "chat") == {"sft", "chat"}
+    assert selected_stages(None, "smoke", None, None, "data") == {"crawl", "data"}
+    assert selected_stages(None, "smoke", None, names[-2], None) == set(names[-2:])
+    assert selected_stages(None, "smoke", ["sample", "sft"], "pretrain", "export") == {"sample"}
+
+
+def test_plan_prices_gpu_presets_with_the_cost_model(tmp_path):
+    """`--plan` runs nothing; its time and cost are `lmforge model info`'s for the preset's training tokens."""
+    outcome = run_cli(["speedrun", "--preset", "gpu", "--plan", "--out", str(tmp_path / "run")])
+    assert outcome.code == 0 and not (tmp_path / "run").exists()
+    gpu, node = plan("gpu"), plan("node")
+    costs = [model_info(PRESETS["gpu"].pretrain["preset"], gpu["tokens"][stage], gpus=1,
+                        overrides={"vocab_size": PRESETS["gpu"].vocab_size}) for stage in ("pretrain", "sft")]
+    assert gpu["usd"] == pytest.approx(sum(c["usd"] for c in costs)) and gpu["usd"] > 0
+    assert f"about ${gpu['usd']:.2f}" in outcome.stdout and f"{sum(gpu['tokens'].values()):,} tokens" in outcome.stdout
+    # 8 GPUs share the same token budget (to within the rounding of the steps): an eighth of the time
+    assert node["tokens"]["pretrain"] == pytest.approx(gpu["tokens"]["pretrain"], rel=0.01)
+    assert node["train_seconds"] == pytest.approx(gpu["train_seconds"] / 8, rel=0.01)
+    smoke = run_cli(["speedrun", "--preset", "smoke", "--plan"])
+    assert smoke.code == 0 and f"about {PRESETS['smoke'].cpu_minutes:g} minutes on 2 cores" in smoke.stdout
