@@ -7,6 +7,7 @@ checkpoint), and its marker is written last, so a kill at any point loses at mos
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,15 @@ from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
 from lmforge.speedrun.settings import PRESETS
 from lmforge.utils import LmforgeError, configure_threads, write_json
 
+
 @dataclass
 class Stage:
     name: str
     run: Callable[[SpeedrunContext, Path], dict[str, Any]]
     """Does the work into the stage folder and returns a JSON-able summary (what it measured)."""
+    distributed: bool = False
+    """Under torchrun every process runs it (the trainer shares the work); otherwise rank 0 alone does, while the
+    others wait and then read its marker."""
 
 
 STAGES: list[Stage] = [
@@ -33,10 +38,10 @@ STAGES: list[Stage] = [
     Stage("data", stage_data),
     Stage("tokenizer", stage_tokenizer),
     Stage("tokenize", stage_tokenize),
-    Stage("pretrain", stage_pretrain),
+    Stage("pretrain", stage_pretrain, distributed=True),
     Stage("sample", stage_sample),
     Stage("export", stage_export),
-    Stage("sft", stage_sft),
+    Stage("sft", stage_sft, distributed=True),
     Stage("chat", stage_chat),
     # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
     Stage("export_assistant", stage_export_assistant),
@@ -71,6 +76,35 @@ def selected_stages(threads: int | None, preset: str, only: list[str] | None, fi
     return span & set(only) if only else span
 
 
+def join_torchrun(ctx: SpeedrunContext) -> Any:
+    """This process's place under torchrun (`DistInfo`; a single process outside it): the training stages share
+    their work over every process, the others run on rank 0 alone."""
+    from lmforge.train.dist import DistInfo, setup_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    return setup_distributed(ctx.settings.pretrain.get("device", "auto"))
+
+
+def run_stage(ctx: SpeedrunContext, label: str, stage: Stage, marker: Path, world: Any) -> dict[str, Any]:
+    """Run one stage into its folder and write its marker last (rank 0 only); under torchrun the other processes
+    join the distributed stages and read every marker once rank 0 has written it."""
+    from lmforge.train.dist import barrier
+
+    result: dict[str, Any] = {}
+    if world.is_main or stage.distributed:
+        print(f"[speedrun] {label}: running")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        result = stage.run(ctx, marker.parent)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        if world.is_main:
+            write_json(marker, result)
+            print(f"[speedrun] {label}: finished in {result['seconds']:.1f} s")
+    barrier(world)
+    return result if world.is_main else read_marker(marker)
+
+
 def run_speedrun(out: Path, threads: int | None = None, preset: str = "default", only: list[str] | None = None,
                  first: str | None = None, last: str | None = None) -> dict[str, Any]:
     """Run the selected stages (all by default) whose marker is missing; return the summaries of the stages run or
@@ -80,12 +114,14 @@ def run_speedrun(out: Path, threads: int | None = None, preset: str = "default",
     # Every existing marker is read (and checked) before anything is written, so a damaged one changes nothing.
     finished = {stage.name: read_marker(marker) for stage, marker in zip(STAGES, stage_markers(ctx.out))
                 if marker.is_file()}
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    write_json(ctx.out / MACHINE_FILE, {**machine_record(), "preset": preset, "threads": ctx.threads})
+    world = join_torchrun(ctx)
+    if world.is_main:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        write_json(ctx.out / MACHINE_FILE, {**machine_record(), "preset": preset, "threads": ctx.threads,
+                                            "processes": world.world_size})
     summary: dict[str, Any] = {}
     t_start = time.perf_counter()
     for i, (stage, marker) in enumerate(zip(STAGES, stage_markers(ctx.out)), 1):
-        stage_dir = marker.parent
         if stage.name not in selected:
             if stage.name in finished:  # later stages read what this one produced
                 ctx.results[stage.name] = finished[stage.name]
@@ -94,15 +130,11 @@ def run_speedrun(out: Path, threads: int | None = None, preset: str = "default",
             result = finished[stage.name]
             print(f"[speedrun] {i:02d} {stage.name}: done already ({result.get('seconds', 0):.1f} s), skipping")
         else:
-            print(f"[speedrun] {i:02d} {stage.name}: running")
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            result = stage.run(ctx, stage_dir)
-            result["seconds"] = round(time.perf_counter() - t0, 2)
-            write_json(marker, result)
-            print(f"[speedrun] {i:02d} {stage.name}: finished in {result['seconds']:.1f} s")
+            result = run_stage(ctx, f"{i:02d} {stage.name}", stage, marker, world)
         ctx.results[stage.name] = result
         summary[stage.name] = result
+    if not world.is_main:
+        return summary
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(ctx.out / "speedrun.json", summary)
     print(f"[speedrun] stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
