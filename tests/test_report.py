@@ -90,12 +90,13 @@ def test_speedrun_report_cli_rebuilds_and_names_missing_stages(tmp_path):
     assert (run / "report.md").is_file() and (run / "report.html").is_file()
 
 
-@pytest.mark.parametrize("damage", ["marker", "metrics", "data_report", "chat"])
+@pytest.mark.parametrize("damage", ["marker", "metrics", "data_report", "chat", "chat_eval"])
 def test_speedrun_report_refuses_damaged_artifacts_naming_the_file(tmp_path, damage):
     run = synthetic_run(tmp_path / "run")
     culprit = {"marker": run / "03_tokenizer/DONE.json", "metrics": run / "05_pretrain/run/metrics.jsonl",
-               "data_report": run / "02_data/report.json", "chat": run / "09_chat/chat.json"}[damage]
-    culprit.write_text('{"messages": 3}\n' if damage == "chat" else "{not json\n{}\n")
+               "data_report": run / "02_data/report.json", "chat": run / "09_chat/chat.json",
+               "chat_eval": run / "09_chat/eval.json"}[damage]
+    culprit.write_text({"chat": '{"messages": 3}\n', "chat_eval": "[1]\n"}.get(damage, "{not json\n{}\n"))
     outcome = run_cli(["report", str(run)])
     assert_refused(outcome, str(culprit))
     assert not (run / "report.md").exists() and not (run / "report.html").exists()

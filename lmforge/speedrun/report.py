@@ -230,7 +230,9 @@ def chat_sections(summaries: dict[str, dict[str, Any]], folders: dict[str, Path]
     eval_file = folder / "eval.json" if folder else None
     if "chat" in summaries and eval_file and eval_file.is_file():
         evaluation = read_json(eval_file, "SFT evaluation")
-        samples = evaluation.get("samples") if isinstance(evaluation, dict) else None
+        if not isinstance(evaluation, dict):
+            raise LmforgeError(f"SFT evaluation {eval_file} is corrupt: not a JSON object")
+        samples = evaluation.get("samples")
         if isinstance(samples, list) and samples:
             rows = [[s.get("user", ""), s.get("assistant", "")] for s in samples if isinstance(s, dict)]
             sections.append(Section("SFT evaluation samples", [Table(["user", "assistant"], rows)]))
