@@ -38,7 +38,8 @@ def synthetic_run(run: Path) -> Path:
     data = write_stage(run, 2, "data", {"report": str(run / "02_data/report.md"), "kept_documents": 22})
     write_json(data / "report.json", {"steps": [
         {"name": "read", "docs_in": 40, "docs_out": 40, "dropped": {}},
-        {"name": "language", "docs_in": 40, "docs_out": 34, "dropped": {"language_low_score": 4, "language_unwanted": 2}},
+        {"name": "language", "docs_in": 40, "docs_out": 34,
+         "dropped": {"language_low_score": 4, "language_unwanted": 2}},
     ], "kept": {"documents": 34, "bytes": 197584}})
     write_stage(run, 3, "tokenizer", {"vocab_size": 1024, "sample_bytes_per_token": 1.71})
     write_stage(run, 5, "pretrain", {"run_dir": str(run / "05_pretrain/run"), "params": 1066112, "tokens": 81920,
