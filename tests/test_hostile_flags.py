@@ -235,6 +235,24 @@ def test_flags_speedrun_damaged_marker_of_a_later_stage(tmp_path):
     assert not (out / "03_tokenizer").exists()
 
 
+SPEEDRUN_STAGE_FLAGS = [
+    (["--preset", "huge"], "--preset"),
+    (["--from", "nowhere"], "--from"),
+    (["--until", "nowhere"], "--until"),
+    (["--from", "sft", "--until", "data"], "--until"),
+    (["--only", "nowhere"], "--only"),
+]
+
+
+@pytest.mark.parametrize("plan", [[], ["--plan"]], ids=["run", "plan"])
+@pytest.mark.parametrize("argv,culprit", SPEEDRUN_STAGE_FLAGS)
+def test_flags_speedrun_stage_selection(argv, culprit, plan, tmp_path):
+    """A preset or stage name that does not exist, or a --from after --until, is refused before anything runs."""
+    outcome = run_cli(["speedrun", "--out", str(tmp_path / "run"), *argv, *plan])
+    assert_refused(outcome, culprit)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("threads", ["0", "-2"])
 def test_flags_speedrun_threads(threads, tmp_path):
     outcome = run_cli(["speedrun", "--out", str(tmp_path / "run"), "--threads", threads])

@@ -244,7 +244,7 @@ def test_speedrun_export_stage(tmp_path, tok, model):
     from lmforge.speedrun.base_model import stage_export
 
     ckpt = save_model(tmp_path / "pretrain" / "ckpt" / "step_0000001", model, tok.save(tmp_path / "tok"))
-    ctx = SpeedrunContext(out=tmp_path, threads=1, quick=True, results={"pretrain": {"checkpoint": str(ckpt)}})
+    ctx = SpeedrunContext(out=tmp_path, threads=1, preset="smoke", results={"pretrain": {"checkpoint": str(ckpt)}})
     out = tmp_path / "07_export"
     result = stage_export(ctx, out)
     assert Path(result["params_file"]).stat().st_size == result["bytes"]["fp32"] > 3 * result["bytes"]["int8"]

@@ -1,16 +1,26 @@
-"""The whole chain, end to end, in its quick form: every stage runs, hands its artifact on, and resumes."""
+"""The whole chain, end to end, in its smoke preset: killed midway, it resumes without redoing finished stages;
+every stage runs, hands its artifact on, and the run ends with both report cards."""
 
+import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lmforge.export.params import read_header
 from lmforge.inference.tools import default_tools, run_tool
+from hostile import run_cli
 from lmforge.speedrun import STAGES, run_speedrun
-from lmforge.speedrun.settings import CHAT_SCRIPT
+from lmforge.speedrun.plan import plan
+from lmforge.speedrun.runner import selected_stages
+from lmforge.speedrun.settings import CHAT_SCRIPT, PRESETS
+from lmforge.train.cli import model_info
 
 # What each stage must hand to the next (the contract in DEVELOPERS.md); paths must exist.
 REQUIRED = {
@@ -25,10 +35,36 @@ REQUIRED = {
 }
 
 
-@pytest.mark.timeout(900)
-def test_quick_speedrun_runs_every_stage_and_resumes(tmp_path: Path, capsys):
+def kill_during_pretraining(out: Path) -> dict[str, str]:
+    """Start `lmforge speedrun --preset smoke` in its own process group, SIGKILL the group once pretraining has
+    logged a few steps, and return the digests of the markers of the stages finished by then."""
+    metrics = out / "05_pretrain" / "run" / "metrics.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "speedrun", "--preset", "smoke", "--threads", "1",
+                             "--out", str(out)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
+            assert proc.poll() is None, f"the speedrun exited ({proc.returncode}) before pretraining"
+            assert time.monotonic() < deadline, "pretraining did not start within 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "05_pretrain" / "DONE.json").exists()
+    return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*/DONE.json")}
+
+
+@pytest.mark.timeout(1500)
+def test_smoke_speedrun_killed_midway_resumes_and_runs_every_stage(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    summary = run_speedrun(out, threads=1, quick=True)
+    finished = kill_during_pretraining(out)
+    assert sorted(finished) == ["01_crawl", "02_data", "03_tokenizer", "04_tokenize"]
+    capsys.readouterr()
+    summary = run_speedrun(out, threads=1, preset="smoke")
+    assert capsys.readouterr().out.count("done already") == len(finished)
+    assert {name: hashlib.sha256((out / name / "DONE.json").read_bytes()).hexdigest() for name in finished} == finished
     names = [s.name for s in STAGES]
     assert names[:2] == ["crawl", "data"] and len(names) >= 7
     for name in names:
@@ -41,10 +77,16 @@ def test_quick_speedrun_runs_every_stage_and_resumes(tmp_path: Path, capsys):
     report = json.loads(Path(out / "speedrun.json").read_text())
     assert set(names) <= set(report)
     check_exported_assistant(summary)
+    assert set(summary["evaluate"]["models"]) == {"base", "assistant"}
+    report_md = (out / "report.md").read_text()
+    for title in ("## Stages", "## Machine", "## Data funnel", "## Tokenizer and model", "## Loss curves",
+                  "## Sample conversation", "## Evaluation: multiple choice", "## Stage export_assistant"):
+        assert title in report_md
+    assert "Stages not run" not in report_md and (out / "report.html").stat().st_size > 0
 
     # A second run finds every artifact complete and redoes nothing.
     capsys.readouterr()
-    again = run_speedrun(out, threads=1, quick=True)
+    again = run_speedrun(out, threads=1, preset="smoke")
     printed = capsys.readouterr().out
     assert printed.count("done already") == len(names)
     assert again["pretrain"]["checkpoint"] == summary["pretrain"]["checkpoint"]
@@ -53,7 +95,7 @@ def test_quick_speedrun_runs_every_stage_and_resumes(tmp_path: Path, capsys):
     sample_dir = next(out.glob("*_sample"))
     (sample_dir / "DONE.json").unlink()
     capsys.readouterr()
-    alone = run_speedrun(out, threads=1, quick=True, only=["sample"])
+    alone = run_speedrun(out, threads=1, preset="smoke", only=["sample"])
     assert "sample: running" in capsys.readouterr().out
     assert (sample_dir / "DONE.json").is_file() and set(alone) == {"sample", "total_seconds"}
 
@@ -76,3 +118,27 @@ def check_exported_assistant(summary: dict) -> None:
     r = subprocess.run([exported["runner"], str(params_file), "-m", "chat", "-i", CHAT_SCRIPT[1], "-n", "32", "-t", "0"],
                        capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() and b"never fine-tuned" not in r.stderr
+
+
+def test_stage_selection_from_until_and_only():
+    names = [s.name for s in STAGES]
+    assert selected_stages(None, "smoke", None, "sft", "chat") == {"sft", "chat"}
+    assert selected_stages(None, "smoke", None, None, "data") == {"crawl", "data"}
+    assert selected_stages(None, "smoke", None, names[-2], None) == set(names[-2:])
+    assert selected_stages(None, "smoke", ["sample", "sft"], "pretrain", "export") == {"sample"}
+
+
+def test_plan_prices_gpu_presets_with_the_cost_model(tmp_path):
+    """`--plan` runs nothing; its time and cost are `lmforge model info`'s for the preset's training tokens."""
+    outcome = run_cli(["speedrun", "--preset", "gpu", "--plan", "--out", str(tmp_path / "run")])
+    assert outcome.code == 0 and not (tmp_path / "run").exists()
+    gpu, node = plan("gpu"), plan("node")
+    costs = [model_info(PRESETS["gpu"].pretrain["preset"], gpu["tokens"][stage], gpus=1,
+                        overrides={"vocab_size": PRESETS["gpu"].vocab_size}) for stage in ("pretrain", "sft")]
+    assert gpu["usd"] == pytest.approx(sum(c["usd"] for c in costs)) and gpu["usd"] > 0
+    assert f"about ${gpu['usd']:.2f}" in outcome.stdout and f"{sum(gpu['tokens'].values()):,} tokens" in outcome.stdout
+    # 8 GPUs share the same token budget (to within the rounding of the steps): an eighth of the time
+    assert node["tokens"]["pretrain"] == pytest.approx(gpu["tokens"]["pretrain"], rel=0.01)
+    assert node["train_seconds"] == pytest.approx(gpu["train_seconds"] / 8, rel=0.01)
+    smoke = run_cli(["speedrun", "--preset", "smoke", "--plan"])
+    assert smoke.code == 0 and f"about {PRESETS['smoke'].cpu_minutes:g} minutes on 2 cores" in smoke.stdout

@@ -513,7 +513,7 @@ def test_speedrun_stage_trains_on_data_documents(tmp_path):
     with gzip.open(docs, "wt", encoding="utf-8") as f:
         for t in SMALL_CORPUS * 3:
             f.write(json.dumps({"text": t, "id": "x"}) + "\n")
-    ctx = SpeedrunContext(out=tmp_path, threads=1, quick=True, results={"data": {"documents": [str(docs)]}})
+    ctx = SpeedrunContext(out=tmp_path, threads=1, preset="smoke", results={"data": {"documents": [str(docs)]}})
     (tmp_path / "stage").mkdir()
     result = stage_tokenizer(ctx, tmp_path / "stage")
     tok = Tokenizer.load(result["tokenizer_dir"])

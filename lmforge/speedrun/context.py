@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.speedrun.settings import FULL, QUICK, SEED, Settings
-from lmforge.utils import LmforgeError
+from lmforge.speedrun.settings import PRESETS, SEED, Settings
+from lmforge.utils import LmforgeError, read_json
+
+MARKER = "DONE.json"  # a finished stage's summary, written last in its folder
 
 
 @dataclass
@@ -16,12 +18,12 @@ class SpeedrunContext:
     out: Path
     threads: int
     seed: int = SEED
-    quick: bool = False  # a smaller run for tests: same stages, less data and fewer steps
+    preset: str = "default"  # a name in `settings.PRESETS`: same stages, different sizes
     results: dict[str, Any] = field(default_factory=dict)  # each stage's summary, by stage name
 
     @property
     def settings(self) -> Settings:
-        return QUICK if self.quick else FULL
+        return PRESETS[self.preset]
 
     def need(self, stage: str, key: str) -> Any:
         """An earlier stage's output (e.g. the crawl's `warc_dir`), or a clear error naming what is missing."""
@@ -30,3 +32,17 @@ class SpeedrunContext:
             raise LmforgeError(f"this stage needs the {stage} stage's {key!r}: run that stage first "
                                f"(its folder in {self.out} has no DONE.json)")
         return value
+
+
+def read_marker(marker: Path) -> dict[str, Any]:
+    """A finished stage's summary. A marker that is not a JSON object with numeric `seconds` (edited, or damaged on
+    disk: the run writes it atomically) is an error naming the file rather than a guess: deleting it redoes the
+    stage, which resumes from whatever that stage left."""
+    hint = "delete it to run the stage again"
+    try:
+        result = read_json(marker, "speedrun stage marker")
+    except LmforgeError as e:
+        raise LmforgeError(f"{e}; {hint}") from e
+    if not isinstance(result, dict) or not isinstance(result.get("seconds", 0), (int, float)):
+        raise LmforgeError(f"speedrun stage marker {marker} is corrupt: not a stage summary; {hint}")
+    return result

@@ -1,10 +1,13 @@
 """The stage table and the loop that runs it: one folder per stage, in pipeline order, each finished by a
 `DONE.json` marker that holds the stage's summary. A stage whose marker exists is skipped and its summary read
-back, so an interrupted speedrun resumes where it stopped and `--only` can redo one stage on the others' artifacts.
+back, so an interrupted speedrun resumes where it stopped and `--only` (or `--from`/`--until`) can redo stages on the
+others' artifacts. A stage writes its artifacts atomically or resumes them itself (the trainer from its last
+checkpoint), and its marker is written last, so a kill at any point loses at most the unfinished stage's progress.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +15,12 @@ from typing import Any, Callable
 
 from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage_sft
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
-from lmforge.speedrun.context import SpeedrunContext
+from lmforge.speedrun.benchmarks import stage_evaluate
+from lmforge.speedrun.context import MARKER, SpeedrunContext, read_marker
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
-from lmforge.utils import LmforgeError, configure_threads, read_json, write_json
-
-MARKER = "DONE.json"
+from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
+from lmforge.speedrun.settings import PRESETS
+from lmforge.utils import LmforgeError, configure_threads, write_json
 
 
 @dataclass
@@ -24,6 +28,9 @@ class Stage:
     name: str
     run: Callable[[SpeedrunContext, Path], dict[str, Any]]
     """Does the work into the stage folder and returns a JSON-able summary (what it measured)."""
+    distributed: bool = False
+    """Under torchrun every process runs it (the trainer shares the work); otherwise rank 0 alone does, while the
+    others wait and then read its marker."""
 
 
 STAGES: list[Stage] = [
@@ -31,70 +38,106 @@ STAGES: list[Stage] = [
     Stage("data", stage_data),
     Stage("tokenizer", stage_tokenizer),
     Stage("tokenize", stage_tokenize),
-    Stage("pretrain", stage_pretrain),
+    Stage("pretrain", stage_pretrain, distributed=True),
     Stage("sample", stage_sample),
     Stage("export", stage_export),
-    Stage("sft", stage_sft),
+    Stage("sft", stage_sft, distributed=True),
     Stage("chat", stage_chat),
     # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
     Stage("export_assistant", stage_export_assistant),
+    Stage("evaluate", stage_evaluate),  # after the stages above, for the same reason
 ]
 
 
-def read_marker(marker: Path) -> dict[str, Any]:
-    """A finished stage's summary. A marker that is not a JSON object with numeric `seconds` (edited, or damaged on
-    disk: the run writes it atomically) is an error naming the file rather than a guess: deleting it redoes the
-    stage, which resumes from whatever that stage left."""
-    hint = "delete it to run the stage again"
-    try:
-        result = read_json(marker, "speedrun stage marker")
-    except LmforgeError as e:
-        raise LmforgeError(f"{e}; {hint}") from e
-    if not isinstance(result, dict) or not isinstance(result.get("seconds", 0), (int, float)):
-        raise LmforgeError(f"speedrun stage marker {marker} is corrupt: not a stage summary; {hint}")
-    return result
+def stage_markers(out: Path) -> list[Path]:
+    """Each stage's marker path, in table order: the stage's folder is `NN_name`, numbered from 01."""
+    return [out / f"{i:02d}_{stage.name}" / MARKER for i, stage in enumerate(STAGES, 1)]
 
 
-def check_request(threads: int | None, only: list[str] | None) -> None:
-    """Refuse a thread count below 1 and an `--only` stage that does not exist, before anything runs."""
+def selected_stages(threads: int | None, preset: str, only: list[str] | None, first: str | None,
+                    last: str | None) -> set[str]:
+    """The stages to run: `--only`'s, or those from `--from` to `--until` (inclusive). Every flag is checked
+    before anything runs, each error naming its flag."""
     if threads is not None and threads < 1:
         raise LmforgeError(f"--threads {threads}: must be at least 1")
+    if preset not in PRESETS:
+        raise LmforgeError(f"--preset {preset}: no such preset; the presets are {', '.join(PRESETS)}")
     names = [stage.name for stage in STAGES]
     unknown = [name for name in only or [] if name not in names]
     if unknown:
         raise LmforgeError(f"--only {' '.join(unknown)}: no such stage; the stages are {', '.join(names)}")
+    for flag, name in (("--from", first), ("--until", last)):
+        if name is not None and name not in names:
+            raise LmforgeError(f"{flag} {name}: no such stage; the stages are {', '.join(names)}")
+    start, stop = names.index(first) if first else 0, names.index(last) if last else len(names) - 1
+    if start > stop:
+        raise LmforgeError(f"--until {last}: comes before --from {first} in the stage order")
+    span = set(names[start:stop + 1])
+    return span & set(only) if only else span
 
 
-def run_speedrun(out: Path, threads: int | None = None, quick: bool = False,
-                 only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage (or those in `only`) whose marker is missing; return the summaries of the stages run or
-    skipped, also written to `out/speedrun.json`."""
-    check_request(threads, only)
-    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), quick=quick)
-    ctx.out.mkdir(parents=True, exist_ok=True)
+def join_torchrun(ctx: SpeedrunContext) -> Any:
+    """This process's place under torchrun (`DistInfo`; a single process outside it): the training stages share
+    their work over every process, the others run on rank 0 alone."""
+    from lmforge.train.dist import DistInfo, setup_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    return setup_distributed(ctx.settings.pretrain.get("device", "auto"))
+
+
+def run_stage(ctx: SpeedrunContext, label: str, stage: Stage, marker: Path, world: Any) -> dict[str, Any]:
+    """Run one stage into its folder and write its marker last (rank 0 only); under torchrun the other processes
+    join the distributed stages and read every marker once rank 0 has written it."""
+    from lmforge.train.dist import barrier
+
+    result: dict[str, Any] = {}
+    if world.is_main or stage.distributed:
+        print(f"[speedrun] {label}: running")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        result = stage.run(ctx, marker.parent)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        if world.is_main:
+            write_json(marker, result)
+            print(f"[speedrun] {label}: finished in {result['seconds']:.1f} s")
+    barrier(world)
+    return result if world.is_main else read_marker(marker)
+
+
+def run_speedrun(out: Path, threads: int | None = None, preset: str = "default", only: list[str] | None = None,
+                 first: str | None = None, last: str | None = None) -> dict[str, Any]:
+    """Run the selected stages (all by default) whose marker is missing; return the summaries of the stages run or
+    skipped, also written to `out/speedrun.json`, and write the report card (`report.md`, `report.html`)."""
+    selected = selected_stages(threads, preset, only, first, last)
+    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), preset=preset)
+    # Every existing marker is read (and checked) before anything is written, so a damaged one changes nothing.
+    finished = {stage.name: read_marker(marker) for stage, marker in zip(STAGES, stage_markers(ctx.out))
+                if marker.is_file()}
+    world = join_torchrun(ctx)
+    if world.is_main:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        write_json(ctx.out / MACHINE_FILE, {**machine_record(), "preset": preset, "threads": ctx.threads,
+                                            "processes": world.world_size})
     summary: dict[str, Any] = {}
     t_start = time.perf_counter()
-    for i, stage in enumerate(STAGES, 1):
-        stage_dir = ctx.out / f"{i:02d}_{stage.name}"
-        marker = stage_dir / MARKER
-        if only and stage.name not in only:
-            if marker.is_file():  # later stages read what this one produced
-                ctx.results[stage.name] = read_marker(marker)
+    for i, (stage, marker) in enumerate(zip(STAGES, stage_markers(ctx.out)), 1):
+        if stage.name not in selected:
+            if stage.name in finished:  # later stages read what this one produced
+                ctx.results[stage.name] = finished[stage.name]
             continue
-        if marker.is_file():
-            result = read_marker(marker)
+        if stage.name in finished:
+            result = finished[stage.name]
             print(f"[speedrun] {i:02d} {stage.name}: done already ({result.get('seconds', 0):.1f} s), skipping")
         else:
-            print(f"[speedrun] {i:02d} {stage.name}: running")
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            result = stage.run(ctx, stage_dir)
-            result["seconds"] = round(time.perf_counter() - t0, 2)
-            write_json(marker, result)
-            print(f"[speedrun] {i:02d} {stage.name}: finished in {result['seconds']:.1f} s")
+            result = run_stage(ctx, f"{i:02d} {stage.name}", stage, marker, world)
         ctx.results[stage.name] = result
         summary[stage.name] = result
+    if not world.is_main:
+        return summary
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(ctx.out / "speedrun.json", summary)
-    print(f"[speedrun] all stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
+    print(f"[speedrun] stages done in {summary['total_seconds']:.1f} s; summary in {ctx.out / 'speedrun.json'}")
+    md_path, html_path = write_report(ctx.out, [stage.name for stage in STAGES])
+    print(f"[speedrun] report card: {md_path} and {html_path}")
     return summary

@@ -1,14 +1,17 @@
 """Every size, step count and seed of the speedrun, in one place, with the reason for each.
 
-`FULL` is the speedrun itself: the whole chain in about 30 minutes on 2 cores (crawl 1.5, data 2, tokenizer 1,
-pretrain 10, sample and export 1, SFT 6, chat and evaluation 1). `QUICK` is the same chain small enough for the
-test suite: every stage runs and hands its artifact on, at sizes chosen only to finish in seconds each, so its
-figures mean nothing. A stage reads its sizes from `ctx.settings`, never from a literal of its own.
+The presets (`lmforge speedrun --preset NAME`, table `PRESETS`): `default` is the speedrun itself, the whole chain
+in about 30 minutes on 2 cores (crawl 1.5, data 2, tokenizer 1, pretrain 10, sample and export 1, SFT 6, chat and
+evaluation 1). `smoke` is the same chain small enough for the test suite and CI: every stage runs and hands its
+artifact on, at sizes chosen only to finish in seconds each, so its figures mean nothing. `gpu` (one H100/H200) and
+`node` (8 of them under torchrun) train a larger model on the same crawl; their expected time and cost come from
+`lmforge model info`'s cost model (`lmforge speedrun --preset gpu --plan`). A stage reads its sizes from
+`ctx.settings`, never from a literal of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # One seed for the whole run (pretraining, sampling, SFT data and training, the runner's sampler), so two speedruns
@@ -78,7 +81,7 @@ SFT_CONVERSATIONS = 8000
 
 @dataclass(frozen=True)
 class Settings:
-    """The sizes that differ between the full speedrun and the quick one the tests run."""
+    """The sizes that differ between the presets."""
 
     crawl_pages: int  # the stdlib docs site has 863 pages with Python 3.11: 1000 takes all of them
     vocab_size: int  # 4096 is the tiny preset's vocabulary
@@ -89,9 +92,12 @@ class Settings:
     sft_max_val: int  # held-out conversations for SFT's validation loss
     sft: dict[str, Any]  # TrainConfig fields for SFT over SFT's own defaults (the seed is the run's)
     eval_sft: dict[str, Any] = field(default_factory=dict)  # SFTEvalConfig fields; {} = `lmforge eval sft`'s
+    mc_items: int = 200  # items of each generated multiple-choice task (stdlib_signature, stdlib_module)
+    gpus: int = 0  # GPUs the preset is sized for (0: CPU); `--plan` prices GPU presets with the cost model
+    cpu_minutes: float = 0.0  # measured wall time of a CPU preset on 2 cores (GPU presets: from the cost model)
 
 
-FULL = Settings(
+DEFAULT = Settings(
     crawl_pages=1000,
     vocab_size=4096,
     pretrain=dict(preset="tiny", max_steps=PRETRAIN_STEPS, embed_lr=0.02, eval_every=100, eval_batches=16,
@@ -103,11 +109,13 @@ FULL = Settings(
     # validation every 200 steps draws the curve; a checkpoint every 500 bounds what a kill loses; the validation
     # loss SFT reports is the masked one over `sft_max_val` conversations, so the pretraining-style eval is off.
     sft=dict(max_steps=SFT_STEPS, eval_every=200, checkpoint_every=500, eval_batches=0),
+    cpu_minutes=30.0,
 )
 
-# Sizes for the tests: 40 pages crawl in about 4 s; a 1024 vocabulary still learns merges from 40 pages; 80 steps
-# of 8 x 128 tokens pretrain in under a minute; no checkpoints but the last (checkpoint_every=0).
-QUICK = Settings(
+# Sizes for the tests and CI: 40 pages crawl in about 4 s; a 1024 vocabulary still learns merges from 40 pages; 80
+# steps of 8 x 128 tokens pretrain in under a minute; no checkpoints but the last (checkpoint_every=0). The whole
+# chain: about 2 minutes on 2 idle cores (one test run: 2.1 minutes of stage time).
+SMOKE = Settings(
     crawl_pages=40,
     vocab_size=1024,
     pretrain=dict(preset="tiny", seq_len=128, batch_size=8, max_steps=80, warmup_steps=10, embed_lr=0.02,
@@ -118,4 +126,36 @@ QUICK = Settings(
     sft_max_val=64,
     sft=dict(max_steps=40, eval_every=20, checkpoint_every=0, eval_batches=0),
     eval_sft=dict(prompts=8, arithmetic=6, val_conversations=32),
+    mc_items=40,  # 2 models x 2 tasks x 40 items x 4 options: a few seconds (200 items: 18 s a model)
+    cpu_minutes=2.5,
 )
+
+# One H100/H200: the `small` model (6 x 384, 8192 tokens, 16.9M parameters with its embeddings) on the whole crawl.
+# The crawl holds about 1M tokens, so data, not compute, bounds the run: 1,500 steps x 32 x 512 = 25M tokens is ~25
+# passes, already past the point where more passes only memorise the docs, though far below Chinchilla's 20 tokens
+# per parameter (340M), which this corpus cannot supply. bf16 autocast and
+# torch.compile are the trainer's CUDA defaults. SFT: the default run's steps at 4x the batch.
+GPU = Settings(
+    crawl_pages=1000,
+    vocab_size=8192,
+    pretrain=dict(preset="small", batch_size=32, max_steps=1500, warmup_steps=50, embed_lr=0.02, eval_every=100,
+                  eval_batches=16, sample_every=500, checkpoint_every=250),
+    sample_tokens=64,
+    export_steps=200,
+    sft_conversations=SFT_CONVERSATIONS,
+    sft_max_val=256,
+    sft=dict(max_steps=SFT_STEPS, batch_size=64, eval_every=200, checkpoint_every=500, eval_batches=0),
+    gpus=1,
+)
+
+# 8 GPUs under torchrun (`torchrun --nproc-per-node 8 -m lmforge speedrun --preset node`): the trainer's batch is
+# per process, so the same per-GPU batch sees 8x the tokens a step; an eighth of the steps keeps the token budget.
+NODE = replace(GPU, pretrain={**GPU.pretrain, "max_steps": 1500 // 8, "warmup_steps": 10, "eval_every": 25,
+                              "sample_every": 100, "checkpoint_every": 50},
+               sft={**GPU.sft, "max_steps": SFT_STEPS // 8, "eval_every": 50, "checkpoint_every": 100}, gpus=8)
+
+PRESETS: dict[str, Settings] = {"smoke": SMOKE, "default": DEFAULT, "gpu": GPU, "node": NODE}
+
+# SFT tokens a step per conversation in the batch, padding included: the smoke run's 37,578 tokens over 380
+# conversations (the generated default conversations are short), used to price SFT in `--plan`.
+SFT_TOKENS_PER_CONVERSATION = 100
