@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="lmforge",
         description="Build a ChatGPT-like assistant end to end: crawl -> data -> tokenizer -> pretrain -> "
-        "generate -> sft -> export. Run `lmforge speedrun --out DIR` for the whole chain on the embedded default.",
+        "generate -> sft -> preferences (reward model, RL, DPO) -> eval -> export -> serve -> security. Run "
+        "`lmforge speedrun --out DIR` for the whole chain on the embedded default.",
     )
     sub = parser.add_subparsers(dest="command", metavar="VERB", required=True)
     for name in STAGE_CLIS:
