@@ -13,6 +13,7 @@ reported with their line numbers and skipped. Running the same command again wit
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
@@ -97,4 +98,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
     d.set_defaults(func=_cmd_data)
+    rlhf = sub.add_parser("rlhf", help="learning from feedback: `rlhf train` (reinforcement learning)",
+                          description="Learning from feedback after SFT.")
+    register_rlhf_train(rlhf.add_subparsers(dest="rlhf_verb", metavar="train", required=True))
+
+
+def _cmd_rlhf_train(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.posttrain.rl import RLConfig, run_rl
+    from lmforge.utils import LmforgeError, configure_threads, resolve_device
+
+    cfg = config_from_args(RLConfig, args)
+    cfg.device = resolve_device(cfg.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    summary = run_rl(cfg, args.checkpoint, args.out)
+    print(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "step", "reward_vs_kl_plot", "seconds")},
+                     indent=2))
+    return 0
+
+
+def register_rlhf_train(verbs: argparse._SubParsersAction) -> None:
+    """`lmforge rlhf train`: GRPO/RLOO or PPO from an SFT checkpoint (see `lmforge.posttrain.rl`)."""
+    from lmforge.config import add_config_arguments
+    from lmforge.posttrain.rl import RLConfig
+
+    doc = importlib.import_module("lmforge.posttrain.rl").__doc__
+    p = verbs.add_parser("train", help="reinforcement learning (GRPO/RLOO or PPO) with verifiable rewards",
+                         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder to start from")
+    p.add_argument("--out", type=Path, required=True, help="RL run folder (resumes if it holds checkpoints)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    add_config_arguments(p, RLConfig, title="reinforcement learning (RLConfig)")
+    p.set_defaults(func=_cmd_rlhf_train)
 
