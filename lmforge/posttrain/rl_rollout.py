@@ -79,28 +79,29 @@ def rollout_group(engine: Any, prompts: list[list[int]], examples: list[dict[str
     n = params.n
     rows = [Rollout(list(p), example=examples[i]) for i, p in enumerate(prompts) for _ in range(n)]
     session = engine.session(prompts, params)
-    live = list(range(len(rows)))
-    while live:
-        done = session.run()
+    while not session.done:
+        events = session.step()
         feeds: list[list[int]] = [[] for _ in rows]
-        for i in live:
-            seg = done[i]
+        for i, event in enumerate(events):
+            if event is None or event.finish_reason is None:
+                continue
+            seg = session.completions()[i]
             rows[i].add(seg.token_ids, seg.logprobs)
-            rows[i].finish_reason = seg.finish_reason or "length"
-            if _wants_tool(rows[i], tokens, rows[i].finish_reason) and rows[i].tool_calls <= max_tool_calls:
+            rows[i].finish_reason = event.finish_reason
+            if _wants_tool(rows[i], tokens, event.finish_reason) and rows[i].tool_calls <= max_tool_calls:
                 feeds[i] = _tool_feed(tok, tokens, tools, rows[i], max_tool_calls, max_tool_output_tokens)
-        wanted = [i for i in live if feeds[i]]
-        if not wanted:
-            break
-        try:
-            session.append(feeds)
-        except LmforgeError:  # the cache is full: these responses end here, as in ChatSession
-            for i in wanted:
-                rows[i].finish_reason = "context"
-            break
-        for i in wanted:
-            rows[i].add(feeds[i], None)
-        live = wanted
+        # Calls are answered the step they are made, so the other rows decode on meanwhile: one session, no phases.
+        if any(feeds):
+            try:
+                session.append(feeds)
+            except LmforgeError:  # the cache is full: these responses end here, as in ChatSession
+                for i, feed in enumerate(feeds):
+                    if feed:
+                        rows[i].finish_reason = "context"
+                continue
+            for i, feed in enumerate(feeds):
+                if feed:
+                    rows[i].add(feed, None)
     for r in rows:
         turn = parse_assistant(tok, r.response_ids)
         r.completion, r.ended = turn["content"], turn["ended"]
