@@ -130,3 +130,24 @@ def test_planted_preference_raises_reward_and_marker_rate(base, tmp_path):
     assert rows[-1]["kl_k3"] > 0
     assert (tmp_path / "rl" / "reward_vs_kl.png").stat().st_size > 0
     assert summary["step"] == 10
+
+
+def test_reward_model_adapter_scores_the_sampled_ids_to_the_end_token(monkeypatch):
+    """The reward model plugs in as one reward function; it sees prompt + response ids, cut after `<|end|>`."""
+    reward = pytest.importorskip("lmforge.posttrain.reward")
+    from lmforge.posttrain.rl_rewards import build_rewards
+
+    seen = []
+
+    class Scorer:
+        def score(self, sequences):
+            seen.extend(sequences)
+            return torch.tensor([float(len(s)) for s in sequences])
+
+    monkeypatch.setattr(reward.RewardModel, "from_checkpoint", classmethod(lambda cls, path, device="cpu": Scorer()))
+    end = 9
+    fns = dict(build_rewards(["arithmetic", "reward_model"], end, 0.5, reward_model="rm"))
+    assert fns["reward_model"]([1, 2], [3, end, 4], "", {}) == 4.0
+    assert fns["reward_model"]([1, 2], [3, 4], "", {}) == 4.0
+    assert seen == [[1, 2, 3, end], [1, 2, 3, 4]]
+    assert fns["unfinished"]([1, 2], [3, 4], "", {}) == -0.5 and fns["unfinished"]([1], [end], "", {}) == 0.0

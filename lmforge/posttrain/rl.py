@@ -71,7 +71,8 @@ class RLConfig:
     value_clip: float = 0.2  # PPO: the value may move at most this far from its rollout estimate
     vf_coef: float = 0.5  # PPO: weight of the value loss
     grad_clip: float = 1.0  # gradient norm clip (0 = off)
-    rewards: list[str] = field(default_factory=lambda: ["arithmetic"])  # reward functions summed (arithmetic)
+    rewards: list[str] = field(default_factory=lambda: ["arithmetic"])  # summed: arithmetic, reward_model
+    reward_model: str | None = None  # reward checkpoint (`lmforge reward train`) for the reward_model reward
     unfinished_penalty: float = 0.5  # subtracted from a response that never reaches <|end|> (0 = off)
     max_tool_calls: int = 2  # calculator calls per response; more get an error output
     checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
@@ -223,7 +224,8 @@ class RLRun:
         self.engine = Engine(self.policy, self.tok)
         self.params = cfg.sampling_params()
         self.tools = {"calculator": default_tools()["calculator"]}
-        self.rewards = build_rewards(cfg.rewards, self.tokens.end, cfg.unfinished_penalty) + (extra_rewards or [])
+        self.rewards = build_rewards(cfg.rewards, self.tokens.end, cfg.unfinished_penalty, cfg.reward_model,
+                                     cfg.device) + (extra_rewards or [])
         self.value_head = None
         trained = list(self.policy.parameters())
         if cfg.algo == "ppo":

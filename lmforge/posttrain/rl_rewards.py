@@ -53,14 +53,36 @@ def unfinished_penalty(value: float, end_id: int) -> RewardFn:
     return penalty
 
 
-def build_rewards(names: list[str], end_id: int, unfinished_value: float) -> list[tuple[str, RewardFn]]:
-    """The named reward functions (`arithmetic`), plus the unfinished penalty when its value is not 0."""
+def reward_model_reward(checkpoint: str, end_id: int, device: str = "cpu") -> RewardFn:
+    """The trained reward model (`lmforge reward train`) as a reward function: its scalar read at the end-of-turn
+    token of prompt + response, over the exact sampled ids. A response is cut after its first `<|end|>`; one that
+    never reached it is scored as it stands (the reward model reads it at an `<|end|>` it appends), and pays the
+    unfinished penalty besides."""
+    from lmforge.posttrain.reward import RewardModel
+
+    model = RewardModel.from_checkpoint(checkpoint, device=device)
+
+    def score(prompt_ids: list[int], response_ids: list[int], completion: str, example: dict[str, Any]) -> float:
+        cut = response_ids[:response_ids.index(end_id) + 1] if end_id in response_ids else response_ids
+        return float(model.score([list(prompt_ids) + list(cut)])[0])
+
+    return score
+
+
+def build_rewards(names: list[str], end_id: int, unfinished_value: float, reward_model: str | None = None,
+                  device: str = "cpu") -> list[tuple[str, RewardFn]]:
+    """The named reward functions (`arithmetic`, `reward_model`), plus the unfinished penalty when its value is
+    not 0."""
     out: list[tuple[str, RewardFn]] = []
     for name in names:
         if name == "arithmetic":
             out.append((name, arithmetic_reward))
+        elif name == "reward_model":
+            if reward_model is None:
+                raise LmforgeError("--rewards reward_model needs --reward-model CHECKPOINT")
+            out.append((name, reward_model_reward(reward_model, end_id, device)))
         else:
-            raise LmforgeError(f"--rewards: unknown reward {name!r} (known: arithmetic)")
+            raise LmforgeError(f"--rewards: unknown reward {name!r} (known: arithmetic, reward_model)")
     if unfinished_value:
         out.append(("unfinished", unfinished_penalty(unfinished_value, end_id)))
     return out
