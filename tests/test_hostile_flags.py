@@ -459,3 +459,31 @@ def test_flags_export(tmp_path, export_checkpoint):
         outcome = run_cli(["export", args[0], "--checkpoint", export_checkpoint, *args[1:]])
         assert_refused(outcome, flag)
         assert tree_digest(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder"]
+
+
+RLHF_ROWS = [
+    (["--group-size", "1"], "--group-size"),
+    (["--temperature", "0"], "--temperature"),
+    (["--top-p", "2"], "--top-p"),
+    (["--lr", "nan"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lam", "1.5"], "--lam"),
+    (["--rewards", "vibes"], "--rewards"),
+    (["--rewards", "reward_model"], "--reward-model"),
+    (["--algo", "dqn"], "--algo"),
+    (["--device", "tpu"], "--device"),
+    (["--threads", "0"], "--threads"),
+]
+
+
+@pytest.mark.parametrize("extra, culprit", RLHF_ROWS, ids=[" ".join(r[0]) for r in RLHF_ROWS])
+def test_flags_rlhf_train(checkpoint, tmp_path, extra, culprit):
+    out = tmp_path / "rl"
+    assert_refused(run_cli(["rlhf", "train", "--checkpoint", checkpoint, "--out", out, *extra]), culprit)
+    assert not out.exists()
+
+
+def test_flags_rlhf_train_missing_checkpoint(tmp_path):
+    out = tmp_path / "rl"
+    assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")
+    assert not out.exists()

@@ -42,7 +42,7 @@ import torch
 from lmforge.config import check_fields, require
 from lmforge.inference.sampling import SamplingParams
 from lmforge.posttrain import rl_losses as L
-from lmforge.posttrain.rl_rewards import RewardFn, build_rewards
+from lmforge.posttrain.rl_rewards import REWARD_NAMES, RewardFn, build_rewards
 from lmforge.posttrain.rl_rollout import Rollout, rollout_group
 from lmforge.utils import LmforgeError, atomic_write, write_json
 
@@ -94,6 +94,9 @@ class RLConfig:
         require(self, "gamma", 0 < self.gamma <= 1, "must be in (0, 1]")
         require(self, "lam", 0 <= self.lam <= 1, "must be in [0, 1]")
         require(self, "rewards", len(self.rewards) > 0, "must name at least one reward")
+        require(self, "rewards", set(self.rewards) <= set(REWARD_NAMES), f"must be among {', '.join(REWARD_NAMES)}")
+        require(self, "reward_model", self.reward_model is not None or "reward_model" not in self.rewards,
+                "must be set (a reward checkpoint) when --rewards names reward_model")
         self.sampling_params()
 
     def sampling_params(self) -> SamplingParams:
@@ -207,7 +210,6 @@ class RLRun:
         from lmforge.tokenizer.chat_format import ChatTokens
 
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         saved = train_checkpoints(self.out_dir)
         state, opt_state = load_train_state(saved[-1]) if saved else ({}, {})
         if saved and state.get("algo") != cfg.algo:
@@ -239,6 +241,7 @@ class RLRun:
             if self.value_head is not None:
                 self.value_head.load_state_dict(opt_state["value_head"])
         self.step_done = int(state.get("step", 0))
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # only once everything it needs has loaded
 
     # -- one step ------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from lmforge.inference.tools import CalculatorError, calculate
 from lmforge.utils import LmforgeError
 
+REWARD_NAMES = ("arithmetic", "reward_model")
 RewardFn = Callable[[list[int], list[int], str, dict[str, Any]], float]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
