@@ -7,7 +7,11 @@
    rollouts are real ones (the assistant calls the calculator, the output is appended, the answer goes on); the
    default random tiny-preset model makes spurious calls whose error outputs (appended for the whole batch, with
    every other row padded) and extra segments are pure cost, a worst case.
-2. GRPO step (rollouts, rewards, scoring, updates): seconds per `lmforge.posttrain.rl.RLRun.step`.
+2. GRPO step (rollouts, rewards, scoring, updates): seconds per `lmforge.posttrain.rl.RLRun.step`, against TRL's
+   `GRPOTrainer` when `trl` is installed, at the same tiny model (weights copied into a `LlamaForCausalLM` with the
+   mapping `lmforge export hf` uses), byte-level vocabulary, prompts, G, completion length, inner epochs
+   (`num_iterations`), minibatch and a reward of the same cost. One of our steps (one rollout batch, `epochs`
+   optimiser steps) is `num_iterations` of TRL's trainer steps; the first round of each side is a warm-up.
 
     .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1]
 """
@@ -88,6 +92,47 @@ def ours_grpo_steps(ckpt: Path, cfg_kw: dict[str, Any], steps: int) -> float:
         return (time.perf_counter() - t0) / steps
 
 
+def trl_seconds_per_round(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> float | None:
+    """Seconds per generation round (rollouts + `epochs` optimiser steps) of TRL's GRPOTrainer; None without trl."""
+    try:
+        import trl
+    except ImportError:
+        return None
+    import datasets
+    import tokenizers
+    import transformers
+
+    from lmforge.checkpoint import load_model
+    from lmforge.export.hf import hf_config, hf_state_dict
+    from lmforge.posttrain.default_data import heldout_arithmetic
+
+    ours, _ = load_model(ckpt)
+    vocab = {chr(b) if chr(b).isprintable() and b < 128 else f"<0x{b:02X}>": b for b in range(256)}
+    core = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<0x00>", eos_token="<0x01>")
+    theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(ours.config, {}, "float32")))
+    theirs.load_state_dict(hf_state_dict(ours), strict=not ours.config.tie_embeddings)
+    questions = [q["question"] for q in heldout_arithmetic(cfg_kw["prompts_per_step"] * (rounds + 1), seed=1)]
+    epochs, group = cfg_kw["epochs"], cfg_kw["group_size"]
+    args = trl.GRPOConfig(output_dir=str(root / "trl"), use_cpu=True, report_to="none", save_strategy="no",
+                          per_device_train_batch_size=cfg_kw["prompts_per_step"] * group, num_generations=group,
+                          steps_per_generation=1, num_iterations=epochs, max_completion_length=cfg_kw["max_tokens"],
+                          max_steps=epochs * (rounds + 1), learning_rate=2e-5, beta=0.0, logging_steps=10 ** 6,
+                          temperature=1.0, bf16=False, disable_tqdm=True)
+    marks: list[float] = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            marks.append(time.perf_counter())
+
+    trainer = trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
+                                                                                    completions],
+                              args=args, train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in questions]),
+                              processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    return (marks[-1] - marks[epochs - 1]) / rounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
@@ -109,6 +154,11 @@ def main() -> None:
                       unfinished_penalty=0.0)
         ours = ours_grpo_steps(ckpt, cfg_kw, steps)
         print(f"GRPO step (4 prompts x 4, 32 tokens, 2 epochs): ours {1 / ours:.3f} steps/s ({ours:.2f} s/step)")
+        theirs = trl_seconds_per_round(ckpt, cfg_kw, steps, root)
+        if theirs is None:
+            print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
+        else:
+            print(f"  trl GRPOTrainer {1 / theirs:.3f} steps/s ({theirs:.2f} s/step); ours/trl {theirs / ours:.2f}x")
 
 
 if __name__ == "__main__":
