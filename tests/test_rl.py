@@ -151,3 +151,21 @@ def test_reward_model_adapter_scores_the_sampled_ids_to_the_end_token(monkeypatc
     assert fns["reward_model"]([1, 2], [3, 4], "", {}) == 4.0
     assert seen == [[1, 2, 3, end], [1, 2, 3, 4]]
     assert fns["unfinished"]([1, 2], [3, 4], "", {}) == -0.5 and fns["unfinished"]([1], [end], "", {}) == 0.0
+
+
+def test_ppo_runs_checkpoints_and_resumes(base, tmp_path):
+    """PPO (value head, GAE) trains, saves its value head with the optimizer state, and a second call resumes."""
+    from lmforge.checkpoint import load_train_state, train_checkpoints
+
+    ckpt, _, _ = base
+    kw = dict(algo="ppo", prompts_per_step=2, group_size=2, max_tokens=8, kl_coef=0.05, checkpoint_every=1,
+              lr=1e-3)
+    run_rl(RLConfig(steps=2, **kw), ckpt, tmp_path / "rl", progress=False)
+    _, opt = load_train_state(train_checkpoints(tmp_path / "rl")[-1])
+    assert opt["value_head"]["weight"].abs().sum() > 0  # the value head learned and was saved
+    summary = run_rl(RLConfig(steps=3, **kw), ckpt, tmp_path / "rl", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and summary["step"] == 3
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    with pytest.raises(Exception, match="ppo run"):
+        RLRun(RLConfig(steps=4, prompts_per_step=2, group_size=2), ckpt, tmp_path / "rl")

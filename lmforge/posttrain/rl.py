@@ -55,11 +55,11 @@ class RLConfig:
     steps: int = 60  # optimisation rounds (each: rollouts, then `epochs` passes over them)
     prompts_per_step: int = 8  # questions per step
     group_size: int = 8  # responses per question (the engine's n); GRPO's group
-    max_tokens: int = 48  # sampled tokens per segment (a tool output starts a new one)
+    max_tokens: int = 64  # sampled tokens per segment (a tool output starts a new one), as in ChatSession
     temperature: float = 1.0  # sampling temperature of the rollouts (training scores under the same)
     top_k: int = 0  # top-k of the rollouts (0 = off)
     top_p: float = 1.0  # top-p of the rollouts (1 = off)
-    lr: float = 2e-5  # AdamW learning rate (constant)
+    lr: float = 1e-4  # AdamW learning rate (constant; on the tiny preset 1e-4 clips a few % of tokens per step)
     epochs: int = 2  # passes over each batch of rollouts
     minibatch_rows: int = 16  # responses per gradient step
     clip: float = 0.2  # PPO ratio clip: the ratio pi/pi_old is held in [1 - clip, 1 + clip]
