@@ -148,7 +148,8 @@ def main() -> None:
         root = Path(tmp)
         ckpt = args.checkpoint or tiny_checkpoint(root)
         r = rollout_bench(ckpt, prompts_n=8, group=8, max_tokens=48, repeats=repeats)
-        print(f"rollouts (8 prompts x 8, 48 tokens, {args.checkpoint or 'random tiny preset'}): {r['rollout']:,.0f} tokens/s; engine.generate "
+        model = args.checkpoint or "random tiny preset"
+        print(f"rollouts (8 prompts x 8, 48 tokens, {model}): {r['rollout']:,.0f} tokens/s; engine.generate "
               f"{r['generate']:,.0f} tokens/s; ratio {r['ratio']:.2f}x")
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
                       unfinished_penalty=0.0)
