@@ -178,17 +178,19 @@ def final_hidden(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: Batch, params: SamplingParams, vocab_limit: int | None,
-                      value_head: torch.nn.Module | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(log-probs (B, T) of the targets under the sampling distribution, entropies (B, T), values (B, T) or None)."""
+                      value_head: torch.nn.Module | None = None, with_entropy: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log-probs (B, T) of the targets under the sampling distribution, entropies (B, T) or None, values (B, T)
+    or None)."""
     B, T = batch.x.shape
     with final_hidden(model) as hidden:
         logits, _ = model(batch.x)
-    lp, ent = L.token_logprobs(logits.reshape(B * T, -1), batch.targets.reshape(-1), params, vocab_limit)
+    lp, ent = L.token_logprobs(logits.reshape(B * T, -1), batch.targets.reshape(-1), params, vocab_limit,
+                               with_entropy)
     values = None
     if value_head is not None:
         values = value_head(hidden[-1].reshape(B, T, -1)).squeeze(-1).float()
-    return lp.view(B, T), ent.view(B, T), values
+    return lp.view(B, T), None if ent is None else ent.view(B, T), values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ class RLRun:
         """Old log-probs, entropies and values of the policy, and the reference's log-probs, at every position."""
         old, ent, values = sequence_logprobs(self.policy, batch, self.params, self.engine.vocab_limit,
                                              self.value_head)
-        ref, _, _ = sequence_logprobs(self.reference, batch, self.params, self.engine.vocab_limit)
+        ref, _, _ = sequence_logprobs(self.reference, batch, self.params, self.engine.vocab_limit,
+                                      with_entropy=False)
         out = {"old": old.masked_fill(batch.mask == 0, 0.0), "ref": ref.masked_fill(batch.mask == 0, 0.0),
                "entropy": ent}
         if values is not None:
@@ -290,7 +293,7 @@ class RLRun:
                 mb = batch.rows(idx)
                 n_tokens = mb.mask.sum().clamp_min(1)
                 lp, _, values = sequence_logprobs(self.policy, mb, self.params, self.engine.vocab_limit,
-                                                  self.value_head)
+                                                  self.value_head, with_entropy=False)
                 lp = lp.masked_fill(mb.mask == 0, 0.0)
                 loss, n_clipped = L.clipped_policy_loss(lp, scored["old"][idx], adv[idx], mb.mask, cfg.clip,
                                                         n_tokens)

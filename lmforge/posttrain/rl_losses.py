@@ -20,13 +20,19 @@ from lmforge.inference.sampling import SamplingParams, next_token_logprobs
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, params: SamplingParams,
-                   vocab_limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each target, entropy of the distribution) under the distribution the engine sampled from.
+                   vocab_limit: int | None = None, with_entropy: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-prob of each target, entropy of the distribution or None) under the distribution the engine sampled
+    from.
 
     logits (N, V) are the raw model logits at the positions that predict targets (N,). Entropy counts only the
-    tokens the sampler could draw (outside them the probability is 0)."""
+    tokens the sampler could draw (outside them the probability is 0); it is a measurement, computed without
+    gradient."""
     logprobs = next_token_logprobs(logits, params, vocab_limit=vocab_limit)
     chosen = logprobs.gather(-1, targets[:, None])[:, 0]
+    if not with_entropy:
+        return chosen, None
+    logprobs = logprobs.detach()
     probs = logprobs.exp()
     entropy = -(probs * logprobs.masked_fill(probs == 0, 0.0)).sum(-1)
     return chosen, entropy
