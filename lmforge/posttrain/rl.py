@@ -365,7 +365,12 @@ def plot_reward_vs_kl(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     points = ax.scatter([r["kl_k3"] for r in rows], [r["reward"] for r in rows], c=[r["step"] for r in rows],
                         cmap="viridis", s=14)
-    ax.plot([r["kl_k3"] for r in rows], [r["reward"] for r in rows], lw=0.5, color="grey", alpha=0.6)
+    # A single step's mean reward depends on which questions it drew; the running mean over 5 steps shows the trend.
+    k = min(5, len(rows))
+    windows = [rows[i - k + 1:i + 1] for i in range(k - 1, len(rows))]
+    ax.plot([sum(r["kl_k3"] for r in w) / k for w in windows], [sum(r["reward"] for r in w) / k for w in windows],
+            lw=1.5, color="black", label=f"running mean over {k} steps")
+    ax.legend(loc="best")
     fig.colorbar(points, ax=ax, label="step")
     ax.set_xlabel("KL(policy || reference), k3 estimate (nats/token)")
     ax.set_ylabel("mean reward")
