@@ -155,8 +155,11 @@ def main() -> None:
                       unfinished_penalty=0.0)
         ours = ours_grpo_steps(ckpt, cfg_kw, steps)
         print(f"GRPO step (4 prompts x 4, 32 tokens, 2 epochs): ours {1 / ours:.3f} steps/s ({ours:.2f} s/step)")
-        theirs = trl_seconds_per_round(ckpt, cfg_kw, steps, root)
-        if theirs is None:
+        # TRL gets a byte-level tokenizer: the same model and work only for the random byte-vocabulary model
+        theirs = None if args.checkpoint else trl_seconds_per_round(ckpt, cfg_kw, steps, root)
+        if args.checkpoint:
+            print("--checkpoint: no GRPOTrainer comparison (its tokenizer would differ)", file=sys.stderr)
+        elif theirs is None:
             print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
         else:
             print(f"  trl GRPOTrainer {1 / theirs:.3f} steps/s ({theirs:.2f} s/step); ours/trl {theirs / ours:.2f}x")
