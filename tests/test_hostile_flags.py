@@ -628,3 +628,31 @@ def test_flags_evaluation(evaluation_inputs, argv, culprit):
     before = tree_digest(root)
     assert_refused(run_cli([a.format(root=root) for a in argv]), culprit)
     assert tree_digest(root) == before
+
+
+RLHF_ROWS = [
+    (["--group-size", "1"], "--group-size"),
+    (["--temperature", "0"], "--temperature"),
+    (["--top-p", "2"], "--top-p"),
+    (["--lr", "nan"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lam", "1.5"], "--lam"),
+    (["--rewards", "vibes"], "--rewards"),
+    (["--rewards", "reward_model"], "--reward-model"),
+    (["--algo", "dqn"], "--algo"),
+    (["--device", "tpu"], "--device"),
+    (["--threads", "0"], "--threads"),
+]
+
+
+@pytest.mark.parametrize("extra, culprit", RLHF_ROWS, ids=[" ".join(r[0]) for r in RLHF_ROWS])
+def test_flags_rlhf_train(checkpoint, tmp_path, extra, culprit):
+    out = tmp_path / "rl"
+    assert_refused(run_cli(["rlhf", "train", "--checkpoint", checkpoint, "--out", out, *extra]), culprit)
+    assert not out.exists()
+
+
+def test_flags_rlhf_train_missing_checkpoint(tmp_path):
+    out = tmp_path / "rl"
+    assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")
+    assert not out.exists()

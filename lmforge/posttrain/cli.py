@@ -15,6 +15,7 @@ reported with their line numbers and skipped. Running the same command again wit
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ def _cmd_rlhf_sample(args: argparse.Namespace) -> int:
 
 def rlhf_verbs(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The `lmforge rlhf` verb group (sample, train): created once here, each stage adds its own verb to it."""
-    p = sub.add_parser("rlhf", help="learning from preferences: sample K responses per prompt (`rlhf sample`)",
+    p = sub.add_parser("rlhf", help="learning from preferences: sample K responses per prompt (`rlhf sample`), reinforcement "
+                       "learning (`rlhf train`)",
                        description="Reinforcement learning from human (or simulated) preferences.")
     return p.add_subparsers(dest="rlhf_verb", metavar="VERB", required=True)
 
@@ -111,7 +113,9 @@ def register_rlhf_sample(verbs: argparse._SubParsersAction) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_sft(sub)
-    register_rlhf_sample(rlhf_verbs(sub))
+    verbs = rlhf_verbs(sub)
+    register_rlhf_sample(verbs)
+    register_rlhf_train(verbs)
 
 
 def register_sft(sub: argparse._SubParsersAction) -> None:
@@ -147,6 +151,37 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_data)
     _register_reward(sub)
     _register_dpo(sub)
+
+
+def _cmd_rlhf_train(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.posttrain.rl import RLConfig, run_rl
+    from lmforge.utils import LmforgeError, configure_threads, resolve_device
+
+    cfg = config_from_args(RLConfig, args)
+    cfg.device = resolve_device(cfg.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    summary = run_rl(cfg, args.checkpoint, args.out)
+    print(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "step", "reward_vs_kl_plot", "seconds")},
+                     indent=2))
+    return 0
+
+
+def register_rlhf_train(verbs: argparse._SubParsersAction) -> None:
+    """`lmforge rlhf train`: GRPO/RLOO or PPO from an SFT checkpoint (see `lmforge.posttrain.rl`)."""
+    from lmforge.config import add_config_arguments
+    from lmforge.posttrain.rl import RLConfig
+
+    doc = importlib.import_module("lmforge.posttrain.rl").__doc__
+    p = verbs.add_parser("train", help="reinforcement learning (GRPO/RLOO or PPO) with verifiable rewards",
+                         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder to start from")
+    p.add_argument("--out", type=Path, required=True, help="RL run folder (resumes if it holds checkpoints)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    add_config_arguments(p, RLConfig, title="reinforcement learning (RLConfig)")
+    p.set_defaults(func=_cmd_rlhf_train)
 
 
 

@@ -1,0 +1,418 @@
+"""Reinforcement learning on the assistant: GRPO/RLOO (a group baseline, no value model) and PPO (a value head,
+GAE), both with PPO's clipped ratio and several inner epochs per batch of rollouts.
+
+    from lmforge.posttrain.rl import RLConfig, run_rl
+    summary = run_rl(RLConfig(algo="grpo", steps=60), checkpoint="runs/sft", out_dir="runs/rl")
+
+One step:
+1. Rollouts (`rl_rollout.rollout_group`): `prompts_per_step` arithmetic questions (the default SFT data's
+   generator, seeds the evaluation never uses), `group_size` responses each, in one batched engine session; the
+   calculator runs as in `ChatSession` and its output is forced into the cache.
+2. Rewards (`rl_rewards`): the sum of the reward functions over each response's sampled ids and final text.
+3. Scoring: one no-grad forward of the policy and of the frozen reference (the starting checkpoint) over exactly
+   the sampled ids, scored under the distribution sampled from (`rl_losses.token_logprobs`). The largest gap
+   between these "old" log-probs and the engine's is logged (`logprob_mismatch`): it must stay at rounding level.
+4. Advantages. GRPO: reward minus the group mean (RLOO: leave-one-out mean; std-normalisation optional), the same
+   for every token of the response; the KL to the reference (k3) is a loss term weighted by `kl_coef`. PPO: the
+   per-token penalty -kl_coef * (log pi - log pi_ref) plus the reward at the last token, through GAE with a value
+   head (a linear layer on the policy's final hidden state at each position); advantages whitened.
+5. `epochs` passes over the batch in minibatches of `minibatch_rows` responses: clipped ratio loss, token-level
+   normalised (sum over all the minibatch's action tokens / their count), plus the value loss for PPO.
+
+Only sampled tokens are trained on; prompt, tool outputs and padding are masked out. Every step logs mean reward
+(and each reward function's mean), KL to the reference (k1 and k3), entropy, response length, clip fraction,
+finished share, to metrics.jsonl and TensorBoard (`RunLogger`, as pretraining); checkpoints in the run folder
+resume the run (weights, optimizer, value head, step; a step's prompts and sampling seed are functions of the step);
+at the end `reward_vs_kl.png` plots the mean reward against the KL paid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+
+from lmforge.config import check_fields, require
+from lmforge.inference.sampling import SamplingParams
+from lmforge.posttrain import rl_losses as L
+from lmforge.posttrain.rl_rewards import REWARD_NAMES, RewardFn, build_rewards
+from lmforge.posttrain.rl_rollout import Rollout, rollout_group
+from lmforge.utils import LmforgeError, atomic_write, write_json
+
+
+@dataclass
+class RLConfig:
+    """`lmforge rlhf train`'s settings; every field is a flag."""
+
+    algo: Literal["grpo", "ppo"] = "grpo"  # grpo: group baseline, no value model; ppo: value head and GAE
+    steps: int = 60  # optimisation rounds (each: rollouts, then `epochs` passes over them)
+    prompts_per_step: int = 8  # questions per step
+    group_size: int = 8  # responses per question (the engine's n); GRPO's group
+    max_tokens: int = 64  # sampled tokens per segment (a tool output starts a new one), as in ChatSession
+    temperature: float = 1.0  # sampling temperature of the rollouts (training scores under the same)
+    top_k: int = 0  # top-k of the rollouts (0 = off)
+    top_p: float = 1.0  # top-p of the rollouts (1 = off)
+    lr: float = 1e-4  # AdamW learning rate (constant; on the tiny preset 1e-4 clips a few % of tokens per step)
+    epochs: int = 2  # passes over each batch of rollouts
+    minibatch_rows: int = 16  # responses per gradient step
+    clip: float = 0.2  # PPO ratio clip: the ratio pi/pi_old is held in [1 - clip, 1 + clip]
+    kl_coef: float = 0.0  # weight of the KL to the reference: GRPO adds k3 to the loss; PPO folds k1 into the reward
+    leave_one_out: bool = False  # RLOO's baseline (mean of the other responses) instead of the group mean
+    std_normalize: bool = False  # divide group advantages by the group's std (GRPO's original form)
+    gamma: float = 1.0  # PPO discount
+    lam: float = 0.95  # PPO GAE lambda
+    value_clip: float = 0.2  # PPO: the value may move at most this far from its rollout estimate
+    vf_coef: float = 0.5  # PPO: weight of the value loss
+    grad_clip: float = 1.0  # gradient norm clip (0 = off)
+    rewards: list[str] = field(default_factory=lambda: ["arithmetic"])  # summed: arithmetic, reward_model
+    reward_model: str | None = None  # reward checkpoint (`lmforge reward train`) for the reward_model reward
+    unfinished_penalty: float = 0.5  # subtracted from a response that never reaches <|end|> (0 = off)
+    max_tool_calls: int = 2  # calculator calls per response; more get an error output
+    checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
+    seed: int = 1337  # sampling seed and the seed of each step's questions
+    device: str = "cpu"  # where the policy trains and samples
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "epochs", "minibatch_rows"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require(self, "group_size", self.group_size >= 2 or self.algo == "ppo",
+                "must be >= 2 for GRPO (a group baseline of one response is the response itself)")
+        require(self, "temperature", self.temperature > 0, "must be > 0 (RL samples; greedy has no ratio)")
+        for name in ("lr", "clip", "value_clip"):
+            require(self, name, getattr(self, name) > 0, "must be > 0")
+        for name in ("kl_coef", "vf_coef", "grad_clip", "unfinished_penalty", "max_tool_calls",
+                     "checkpoint_every", "seed", "top_k"):
+            require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        require(self, "gamma", 0 < self.gamma <= 1, "must be in (0, 1]")
+        require(self, "lam", 0 <= self.lam <= 1, "must be in [0, 1]")
+        require(self, "rewards", len(self.rewards) > 0, "must name at least one reward")
+        require(self, "rewards", set(self.rewards) <= set(REWARD_NAMES), f"must be among {', '.join(REWARD_NAMES)}")
+        require(self, "reward_model", self.reward_model is not None or "reward_model" not in self.rewards,
+                "must be set (a reward checkpoint) when --rewards names reward_model")
+        self.sampling_params()
+
+    def sampling_params(self) -> SamplingParams:
+        """The rollouts' sampling (validated by `SamplingParams`, naming the flag)."""
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_tokens=self.max_tokens, n=self.group_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts, rewards, batches
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def arithmetic_prompts(tok: Any, n: int, seed: int, step: int) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """Step `step`'s questions: the default data's arithmetic generator with a seed of its own per step (the
+    evaluation's held-out questions come from `SFTEvalConfig.seed + 1`, another stream)."""
+    from lmforge.posttrain.default_data import heldout_arithmetic
+    from lmforge.tokenizer.chat_format import render_for_completion
+
+    examples = heldout_arithmetic(n, seed=seed * 1_000_003 + 7919 * (step + 1))
+    return [render_for_completion(tok, [{"role": "user", "content": e["question"]}]) for e in examples], examples
+
+
+def score_rollouts(rollouts: list[Rollout], rewards: list[tuple[str, RewardFn]]) -> tuple[torch.Tensor, dict]:
+    """(total reward per response, mean of each reward function)."""
+    parts = {name: [fn(r.prompt_ids, r.response_ids, r.completion, r.example) for r in rollouts]
+             for name, fn in rewards}
+    total = torch.tensor([sum(vals) for vals in zip(*parts.values())], dtype=torch.float32)
+    return total, {f"reward_{name}": sum(v) / len(v) for name, v in parts.items()}
+
+
+@dataclass
+class Batch:
+    """Rollouts laid out for the training forward: x (B, T) inputs, targets (B, T) the token each position
+    predicts, mask (B, T) 1 where that token was sampled by the policy, engine (B, T) the engine's log-probs."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    engine: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> "Batch":
+        return Batch(self.x[idx], self.targets[idx], self.mask[idx], self.engine[idx])
+
+
+def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
+    """Prompt + response ids of every rollout, right-padded (causal attention never looks right, so padding at the
+    end changes no real position)."""
+    T = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts) - 1
+    B = len(rollouts)
+    x = torch.full((B, T), pad_id, dtype=torch.long)
+    targets = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T))
+    engine = torch.zeros((B, T))
+    for i, r in enumerate(rollouts):
+        seq = r.prompt_ids + r.response_ids
+        n, p = len(seq) - 1, len(r.prompt_ids) - 1
+        x[i, :n] = torch.tensor(seq[:-1])
+        targets[i, :n] = torch.tensor(seq[1:])
+        mask[i, p:n] = torch.tensor(r.sampled, dtype=torch.float32)
+        engine[i, p:n] = torch.tensor(r.engine_logprobs, dtype=torch.float32)
+    return Batch(x, targets, mask, engine)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def final_hidden(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Capture the final norm's output (the hidden state the head reads) during a forward: the value head's input."""
+    store: list[torch.Tensor] = []
+    handle = model.norm.register_forward_hook(lambda mod, inp, out: store.append(out))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: Batch, params: SamplingParams, vocab_limit: int | None,
+                      value_head: torch.nn.Module | None = None, with_entropy: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log-probs (B, T) of the targets under the sampling distribution, entropies (B, T) or None, values (B, T)
+    or None)."""
+    B, T = batch.x.shape
+    with final_hidden(model) as hidden:
+        logits, _ = model(batch.x)
+    lp, ent = L.token_logprobs(logits.reshape(B * T, -1), batch.targets.reshape(-1), params, vocab_limit,
+                               with_entropy)
+    values = None
+    if value_head is not None:
+        values = value_head(hidden[-1].reshape(B, T, -1)).squeeze(-1).float()
+    return lp.view(B, T), None if ent is None else ent.view(B, T), values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RLRun:
+    """The policy, its frozen reference, the optional value head, the optimizer and the step; one `step()` is one
+    round of rollouts and updates."""
+
+    def __init__(self, cfg: RLConfig, checkpoint: str | Path, out_dir: str | Path,
+                 extra_rewards: list[tuple[str, RewardFn]] | None = None) -> None:
+        from lmforge.checkpoint import (checkpoint_tokenizer_dir, load_model, load_train_state, resolve_checkpoint,
+                                        train_checkpoints)
+        from lmforge.inference.engine import Engine
+        from lmforge.inference.tools import default_tools
+        from lmforge.tokenizer import Tokenizer
+        from lmforge.tokenizer.chat_format import ChatTokens
+
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        saved = train_checkpoints(self.out_dir)
+        state, opt_state = load_train_state(saved[-1]) if saved else ({}, {})
+        if saved and state.get("algo") != cfg.algo:
+            raise LmforgeError(f"--out {self.out_dir} holds a {state.get('algo')} run; this is --algo {cfg.algo}")
+        self.base = Path(state["init_checkpoint"]) if saved else resolve_checkpoint(checkpoint)
+        self.tok_dir = checkpoint_tokenizer_dir(self.base)
+        self.tok = Tokenizer.load(self.tok_dir)
+        self.tokens = ChatTokens.of(self.tok)
+        self.policy, _ = load_model(saved[-1] if saved else self.base, device=cfg.device)
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if saved:
+            self.reference, _ = load_model(self.base, device=cfg.device)
+            self.reference.requires_grad_(False)
+        self.engine = Engine(self.policy, self.tok)
+        self.params = cfg.sampling_params()
+        self.tools = {"calculator": default_tools()["calculator"]}
+        self.rewards = build_rewards(cfg.rewards, self.tokens.end, cfg.unfinished_penalty, cfg.reward_model,
+                                     cfg.device) + (extra_rewards or [])
+        self.value_head = None
+        trained = list(self.policy.parameters())
+        if cfg.algo == "ppo":
+            self.value_head = torch.nn.Linear(self.policy.config.n_embd, 1).to(cfg.device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            trained += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        if saved:
+            self.optimizer.load_state_dict(opt_state["optimizer"])
+            if self.value_head is not None:
+                self.value_head.load_state_dict(opt_state["value_head"])
+        self.step_done = int(state.get("step", 0))
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # only once everything it needs has loaded
+
+    # -- one step ------------------------------------------------------------------------------------------
+
+    def rollouts(self, step: int) -> list[Rollout]:
+        prompts, examples = arithmetic_prompts(self.tok, self.cfg.prompts_per_step, self.cfg.seed, step)
+        params = SamplingParams(**{**vars(self.params), "seed": self.cfg.seed * 1_000_003 + step})
+        self.policy.eval()
+        return rollout_group(self.engine, prompts, examples, params, self.tools, self.cfg.max_tool_calls)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Old log-probs, entropies and values of the policy, and the reference's log-probs, at every position."""
+        old, ent, values = sequence_logprobs(self.policy, batch, self.params, self.engine.vocab_limit,
+                                             self.value_head)
+        ref, _, _ = sequence_logprobs(self.reference, batch, self.params, self.engine.vocab_limit,
+                                      with_entropy=False)
+        out = {"old": old.masked_fill(batch.mask == 0, 0.0), "ref": ref.masked_fill(batch.mask == 0, 0.0),
+               "entropy": ent}
+        if values is not None:
+            out["values"] = values * batch.mask
+        return out
+
+    def advantages(self, batch: Batch, scored: dict[str, torch.Tensor], rewards: torch.Tensor) -> torch.Tensor:
+        """Per-token advantages (B, T), 0 outside the policy's tokens."""
+        cfg, mask = self.cfg, batch.mask
+        if cfg.algo == "grpo":
+            adv = L.group_advantages(rewards, cfg.group_size, cfg.leave_one_out, cfg.std_normalize)
+            return adv[:, None] * mask
+        token_rewards = -cfg.kl_coef * (scored["old"] - scored["ref"]) * mask
+        last = (mask * torch.arange(mask.size(1))).argmax(1)  # each row's last action
+        token_rewards[torch.arange(mask.size(0)), last] += rewards
+        adv, returns = L.gae(token_rewards, scored["values"], mask, cfg.gamma, cfg.lam)
+        scored["returns"] = returns
+        n = mask.sum().clamp_min(1)
+        mean = (adv * mask).sum() / n
+        std = (((adv - mean) * mask) ** 2 / n).sum().sqrt()
+        return (adv - mean) / (std + 1e-8) * mask
+
+    def update(self, batch: Batch, scored: dict[str, torch.Tensor], adv: torch.Tensor) -> dict[str, float]:
+        """`epochs` passes of minibatch updates; returns the mean loss and the clipped share of tokens."""
+        cfg = self.cfg
+        self.policy.train()
+        gen = torch.Generator().manual_seed(cfg.seed + self.step_done)
+        losses, clipped, seen = [], 0.0, 0.0
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(batch.x.size(0), generator=gen).split(cfg.minibatch_rows):
+                mb = batch.rows(idx)
+                n_tokens = mb.mask.sum().clamp_min(1)
+                lp, _, values = sequence_logprobs(self.policy, mb, self.params, self.engine.vocab_limit,
+                                                  self.value_head, with_entropy=False)
+                lp = lp.masked_fill(mb.mask == 0, 0.0)
+                loss, n_clipped = L.clipped_policy_loss(lp, scored["old"][idx], adv[idx], mb.mask, cfg.clip,
+                                                        n_tokens)
+                if cfg.algo == "grpo" and cfg.kl_coef > 0:
+                    _, k3 = L.kl_estimates(lp, scored["ref"][idx])
+                    loss = loss + cfg.kl_coef * (k3 * mb.mask).sum() / n_tokens
+                if values is not None:
+                    loss = loss + cfg.vf_coef * L.clipped_value_loss(values, scored["values"][idx],
+                                                                     scored["returns"][idx], mb.mask,
+                                                                     cfg.value_clip, n_tokens)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
+                clipped += float(n_clipped)
+                seen += float(mb.mask.sum())
+        return {"loss": sum(losses) / len(losses), "clip_frac": clipped / max(seen, 1.0)}
+
+    def step(self) -> dict[str, Any]:
+        """One round: rollouts, rewards, scoring, advantages, updates; returns the step's metrics row."""
+        t0 = time.perf_counter()
+        rollouts = self.rollouts(self.step_done)
+        t_rollout = time.perf_counter() - t0
+        rewards, parts = score_rollouts(rollouts, self.rewards)
+        batch = build_batch(rollouts, self.tokens.pad)
+        scored = self.score(batch)
+        mask = batch.mask
+        n = mask.sum().clamp_min(1)
+        k1, k3 = L.kl_estimates(scored["old"], scored["ref"])
+        adv = self.advantages(batch, scored, rewards)
+        metrics = self.update(batch, scored, adv)
+        self.step_done += 1
+        sampled = int(mask.sum())
+        return {"step": self.step_done, "reward": float(rewards.mean()), **parts,
+                "kl_k1": float((k1 * mask).sum() / n), "kl_k3": float((k3 * mask).sum() / n),
+                "entropy": float((scored["entropy"] * mask).sum() / n),
+                "response_len": sampled / len(rollouts),
+                "finished": sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
+                "tool_calls": sum(r.tool_calls for r in rollouts) / len(rollouts),
+                "logprob_mismatch": float(((scored["old"] - batch.engine).abs() * mask).max()),
+                **metrics, "rollout_tokens_per_s": sampled / max(t_rollout, 1e-9),
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        from lmforge.checkpoint import save_train_checkpoint
+
+        opt_state = {"optimizer": self.optimizer.state_dict(),
+                     "value_head": self.value_head.state_dict() if self.value_head is not None else {}}
+        train_state = {"algo": self.cfg.algo, "init_checkpoint": str(self.base), "config": asdict(self.cfg)}
+        return save_train_checkpoint(self.out_dir, self.step_done, self.policy, opt_state, train_state,
+                                     tokenizer_dir=self.tok_dir, keep=2)
+
+
+def plot_reward_vs_kl(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """reward_vs_kl.png: each step's mean reward against its KL to the reference (k3), coloured by step."""
+    rows = [r for r in rows if "reward" in r and "kl_k3" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    points = ax.scatter([r["kl_k3"] for r in rows], [r["reward"] for r in rows], c=[r["step"] for r in rows],
+                        cmap="viridis", s=14)
+    # A single step's mean reward depends on which questions it drew; the running mean over 5 steps shows the trend.
+    k = min(5, len(rows))
+    windows = [rows[i - k + 1:i + 1] for i in range(k - 1, len(rows))]
+    ax.plot([sum(r["kl_k3"] for r in w) / k for w in windows], [sum(r["reward"] for r in w) / k for w in windows],
+            lw=1.5, color="black", label=f"running mean over {k} steps")
+    ax.legend(loc="best")
+    fig.colorbar(points, ax=ax, label="step")
+    ax.set_xlabel("KL(policy || reference), k3 estimate (nats/token)")
+    ax.set_ylabel("mean reward")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
+
+
+def run_rl(cfg: RLConfig, checkpoint: str | Path, out_dir: str | Path,
+           extra_rewards: list[tuple[str, RewardFn]] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train `checkpoint` with RL into `out_dir` (resuming from its newest checkpoint); returns a summary."""
+    from lmforge.train.logging import RunLogger
+    from lmforge.utils import remove_stale_temporaries
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    out = Path(out_dir)
+    if out.is_dir():
+        remove_stale_temporaries(out)
+    run = RLRun(cfg, checkpoint, out, extra_rewards)
+    logger = RunLogger(out, enabled=True, tensorboard=True, resume_step=run.step_done)
+    t0, last = time.perf_counter(), {}
+    try:
+        while run.step_done < cfg.steps:
+            last = run.step()
+            logger.log(last)
+            if progress:
+                print(f"rl step {last['step']}/{cfg.steps}: reward {last['reward']:.3f} kl_k3 {last['kl_k3']:.4f} "
+                      f"entropy {last['entropy']:.3f} len {last['response_len']:.1f} "
+                      f"clip {last['clip_frac']:.3f} ({last['seconds']:.1f} s)", file=sys.stderr)
+            if run.step_done == cfg.steps or (cfg.checkpoint_every and run.step_done % cfg.checkpoint_every == 0):
+                run.save()
+    finally:
+        logger.close()
+    plot = plot_reward_vs_kl(logger.rows, out / "reward_vs_kl.png")
+    from lmforge.checkpoint import train_checkpoints
+
+    summary = {"run_dir": str(out), "checkpoint": str(train_checkpoints(out)[-1]) if train_checkpoints(out) else None,
+               "step": run.step_done, "base_checkpoint": str(run.base), "last": last,
+               "reward_vs_kl_plot": str(plot) if plot else None, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(out / "rl_summary.json", summary)
+    return summary
