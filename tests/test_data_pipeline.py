@@ -312,7 +312,7 @@ def test_warnings_are_said_once_per_run_and_kept_in_the_report(tmp_path, capfd):
 def test_blocklist_flag_takes_ut1_lists(tmp_path, shared_data, capsys):
     from lmforge.cli import main
 
-    ut1 = shared_data / "pretrain" / "blocklists" / "ut1"
+    ut1 = (shared_data / "pretrain" / "blocklists" / "ut1").resolve()  # the report names lists by their real path
     malware = (ut1 / "malware" / "urls").read_text().split()[0]
     gambling = (ut1 / "gambling" / "domains").read_text().split()[0]
     src = tmp_path / "in.jsonl.gz"

@@ -55,7 +55,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from lmforge.train.dist import cleanup, setup_distributed
     from lmforge.train.pretrain import run_pretrain
 
-    info = setup_distributed(cfg.device)
+    info = setup_distributed(cfg.device, cfg.fsdp)
     try:
         summary = run_pretrain(args.data, args.out, cfg, init_from=args.init_from, align=args.align, info=info)
     finally:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from lmforge.utils import resolve_device
+from lmforge.utils import LmforgeError, resolve_device
 
 
 @dataclass
@@ -40,9 +40,13 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (if any) and pick this process's device."""
+def setup_distributed(device: str = "auto", fsdp: bool = False) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this process's device. FSDP2 shards over the
+    processes of a group, so `--fsdp` in a single process is refused here, before a run folder is touched."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if fsdp and world < 2:
+        raise LmforgeError("--fsdp shards the model over processes: run under torchrun with --nproc_per_node 2 or "
+                           "more (a single process trains without it)")
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():

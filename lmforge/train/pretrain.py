@@ -25,7 +25,7 @@ def run_pretrain(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, in
                  align: str = "random", info: DistInfo | None = None) -> dict[str, Any]:
     """Pretrain (or resume) on the shards in `data_dir`; returns `train`'s summary."""
     out_dir = Path(out_dir)
-    info = info or setup_distributed(cfg.device)
+    info = info or setup_distributed(cfg.device, cfg.fsdp)
     shards = TokenShards(data_dir, "train")
     # a new run's model takes the shards' vocabulary unless --model vocab_size=... says otherwise
     start = decide_start(cfg, out_dir, init_from, tokenizer_dir=shards.tokenizer_dir, vocab_size=shards.vocab_size)

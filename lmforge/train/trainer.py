@@ -481,7 +481,7 @@ def train(cfg: TrainConfig, data: BatchSource, val_data: ValSource | None, out_d
     """
     out_dir = Path(out_dir)
     require_wandb(cfg.wandb)
-    info = info or setup_distributed(cfg.device)
+    info = info or setup_distributed(cfg.device, cfg.fsdp)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     start = start or decide_start(cfg, out_dir, init_checkpoint, model_config, tokenizer_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
