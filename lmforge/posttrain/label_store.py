@@ -58,8 +58,14 @@ class StoreConfig:
     seed: int = 0  # order of items and of the responses shown
 
 
-def open_db(path: str | Path) -> sqlite3.Connection:
-    """A connection in WAL mode with full sync: a committed judgement is on disk when commit returns."""
+def open_db(path: str | Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode with full sync: a committed judgement is on disk when commit returns. Read-only
+    connections (report, export) never write, not even the checkpoint SQLite runs when the last writer closes."""
+    if read_only:
+        db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30,
+                             check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
     db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -84,7 +90,7 @@ class LabelStore:
     """Items, assignments and judgements of one sample folder (thread-safe: one lock around the connection)."""
 
     def __init__(self, samples: list[dict[str, Any]], db_path: str | Path, config: StoreConfig = StoreConfig(),
-                 source: str = "") -> None:
+                 source: str = "", read_only: bool = False) -> None:
         if config.mode not in ("pair", "rank"):
             raise LmforgeError(f"--mode must be pair or rank (got {config.mode!r})")
         if config.votes < 1:
@@ -95,9 +101,10 @@ class LabelStore:
         self.samples = {r["item"]: r for r in samples}
         self.config, self.lock = config, threading.Lock()
         try:
-            self.db = open_db(db_path)
-            self.db.executescript(_SCHEMA)
-            self._init_items(source)
+            self.db = open_db(db_path, read_only)
+            if not read_only:  # a reader takes the store as it is
+                self.db.executescript(_SCHEMA)
+                self._init_items(source)
         except sqlite3.DatabaseError as e:  # not a database, unwritable, a folder: one line naming the file
             raise LmforgeError(f"label store {db_path}: {e}") from e
 

@@ -34,7 +34,7 @@ def _store(args: argparse.Namespace, must_exist: bool = False):
         raise LmforgeError(f"no judgements yet: {db} does not exist (label with `lmforge label --pairs {args.pairs}`)")
     else:
         cfg = StoreConfig(mode=stored_mode(db))
-    return LabelStore(samples, db, cfg, source=str(args.pairs))
+    return LabelStore(samples, db, cfg, source=str(args.pairs), read_only=must_exist)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
