@@ -237,6 +237,14 @@ class LabelStore:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "LabelStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # Closed when the command is done, not whenever the garbage collector gets to it: the last close of a WAL
+        # store checkpoints it, and that must not land in the middle of a later reader.
+        self.close()
+
 
 class UnknownItem(LmforgeError):
     """A judgement names an item the store does not have (the server answers 404)."""

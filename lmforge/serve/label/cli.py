@@ -48,23 +48,25 @@ def _cmd_label(args: argparse.Namespace) -> int:
         from lmforge.serve.label.app import check_port, serve
 
         check_port(args.port)
-        serve(_store(args), args.port, annotator=args.annotator)
+        with _store(args) as store:
+            serve(store, args.port, annotator=args.annotator)
         return 0
     from lmforge.posttrain.label_report import simulate_labeling
     from lmforge.posttrain.simulate import SimulatedLabeler
 
     labeler = SimulatedLabeler(args.simulate, args.noise, args.seed)  # checked before the store is touched
-    store = _store(args)
     name = args.annotator or f"sim-{args.simulate}-{args.seed}"
-    n = simulate_labeling(store, labeler, name, limit=args.limit)
-    print(f"{name}: {n} judgements; progress {store.progress(name)}")
+    with _store(args) as store:
+        n = simulate_labeling(store, labeler, name, limit=args.limit)
+        print(f"{name}: {n} judgements; progress {store.progress(name)}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from lmforge.posttrain.label_report import format_report, report
 
-    rep = report(_store(args, must_exist=True))
+    with _store(args, must_exist=True) as store:
+        rep = report(store)
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
 
@@ -72,7 +74,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.posttrain.label_report import export_pairs
 
-    counts = export_pairs(_store(args, must_exist=True), str(args.out), source=str(args.pairs))
+    with _store(args, must_exist=True) as store:
+        counts = export_pairs(store, str(args.out), source=str(args.pairs))
     print(f"wrote {counts['pairs']} pairs to {args.out}; left out: {counts['tie']} ties, {counts['both_bad']} "
           f"both bad, {counts['split']} split votes")
     return 0
