@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, check_single_process, final_hidden,
-                                             fixed_pair_batches, response_logps)
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, PairObjective, check_single_process,
+                                             final_hidden, fixed_pair_batches, response_logps)
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, atomic_path, file_sha256, write_json
 
@@ -99,23 +99,11 @@ def cached_reference(out_dir: Path, key: str,
     return tensors
 
 
-class DPOObjective:
+class DPOObjective(PairObjective):
     """The trainer's `Objective` for DPO over `PairBatch`es that carry the reference log-probs."""
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
-
-    def prepare_model(self, model: GPT, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        return weights
-
-    def count(self, batch: PairBatch) -> int:
-        return batch.pairs
-
-    def rows_and_width(self, batch: PairBatch) -> tuple[int, int]:
-        return tuple(batch.idx.shape)
-
-    def to(self, batch: PairBatch, device: torch.device) -> PairBatch:
-        return batch.to(device)
 
     def terms(self, logps: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(summed loss, summed metrics) from the policy's row log-probs and the batch's reference ones."""

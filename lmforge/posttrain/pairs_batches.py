@@ -23,7 +23,6 @@ is exact and fastest); `pad_rows(..., side="left")` exists because the reward mu
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Protocol, Sequence
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from lmforge.model import GPT, Block, attention_mask
 from lmforge.tokenizer.chat_format import ChatTokens, render_conversation, render_for_completion
+from lmforge.train.loader import LengthGroupedBatches
 from lmforge.utils import LmforgeError
 
 
@@ -216,34 +216,20 @@ def response_logps(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> t
     return torch.zeros(targets.size(0), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
 
 
-class PairBatches:
+class PairBatches(LengthGroupedBatches):
     """Batches of pairs in an order fixed by (seed, epoch), grouped by length to waste little padding; a
     `BatchSource` whose position (epoch, batch) is saved with every checkpoint, so a resume is exact."""
+
+    what = "pairs"
 
     def __init__(self, examples: list[PairExample], batch_size: int, pad_id: int, seed: int = 0,
                  group_batches: int = 16, pad_multiple: int = 16,
                  ref_logps: torch.Tensor | None = None) -> None:
         if not examples:
             raise LmforgeError("no training pair (every pair was dropped or the file is empty)")
-        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
-        self.seed, self.group_batches, self.pad_multiple = seed, group_batches, pad_multiple
+        super().__init__([max(len(s.ids) for s in ex) for ex in examples], batch_size, seed, group_batches)
+        self.examples, self.pad_id, self.pad_multiple = examples, pad_id, pad_multiple
         self.ref_logps = ref_logps  # (n, 2): chosen, rejected of each example, for DPO
-        self.epoch, self.index = 0, 0
-        self._order: list[list[int]] | None = None
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        perm = list(range(len(self.examples)))
-        rng.shuffle(perm)
-        group = self.batch_size * self.group_batches
-        length = (lambda i: max(len(s.ids) for s in self.examples[i]))
-        batches: list[list[int]] = []
-        for g in range(0, len(perm), group):
-            chunk = sorted(perm[g:g + group], key=length)
-            part = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            rng.shuffle(part)
-            batches.extend(part)
-        return batches
 
     def batch_of(self, rows: list[int]) -> PairBatch:
         batch = collate_pairs([self.examples[i] for i in rows], self.pad_id, self.pad_multiple)
@@ -253,23 +239,24 @@ class PairBatches:
         return batch
 
     def next_batch(self) -> PairBatch:
-        if self._order is None:
-            self._order = self._epoch_batches(self.epoch)
-        if self.index >= len(self._order):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._epoch_batches(self.epoch)
-        rows = self._order[self.index]
-        self.index += 1
-        return self.batch_of(rows)
+        return self.batch_of(self.next_rows())
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.examples)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.examples) or state.get("seed") != self.seed:
-            raise LmforgeError(f"resuming on different pairs ({state.get('n')} pairs, seed {state.get('seed')} in "
-                               f"the checkpoint; now {len(self.examples)}, seed {self.seed})")
-        self.epoch, self.index, self._order = int(state["epoch"]), int(state["index"]), None
+class PairObjective:
+    """What the reward model's and DPO's trainer `Objective`s share: a batch is `PairBatch`es' rows of chosen then
+    rejected sequences, counted in pairs. Subclasses add the loss and the evaluation."""
+
+    def prepare_model(self, model: GPT, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        return weights
+
+    def count(self, batch: PairBatch) -> int:
+        return batch.pairs
+
+    def rows_and_width(self, batch: PairBatch) -> tuple[int, int]:
+        return tuple(batch.idx.shape)
+
+    def to(self, batch: PairBatch, device: torch.device) -> PairBatch:
+        return batch.to(device)
 
 
 def fixed_pair_batches(examples: list[PairExample], batch_size: int, pad_id: int, pad_multiple: int = 16,

@@ -35,8 +35,8 @@ from torch import nn
 
 from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, Rendered, check_single_process, encode_pairs,
-                                             end_hidden, fixed_pair_batches, pad_rows)
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairObjective, Rendered, check_single_process,
+                                             encode_pairs, end_hidden, fixed_pair_batches, pad_rows)
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, write_json
 
@@ -105,7 +105,7 @@ def accuracy_report(scores: torch.Tensor) -> dict[str, Any]:
             "mean_margin": margin, "mean_reward": float(scores.mean()) if n else 0.0}
 
 
-class RewardObjective:
+class RewardObjective(PairObjective):
     """The trainer's `Objective` for a reward model: Bradley-Terry (plus centring) over `PairBatch`es; logs the
     batch's pairwise accuracy, mean margin and mean reward, and the held-out ones at each evaluation."""
 
@@ -117,15 +117,6 @@ class RewardObjective:
         if weights is not None and "reward_head.weight" not in weights:  # starting from the SFT model
             weights = {**weights, **{f"reward_head.{k}": v for k, v in model.reward_head.state_dict().items()}}
         return weights
-
-    def count(self, batch: PairBatch) -> int:
-        return batch.pairs
-
-    def rows_and_width(self, batch: PairBatch) -> tuple[int, int]:
-        return tuple(batch.idx.shape)
-
-    def to(self, batch: PairBatch, device: torch.device) -> PairBatch:
-        return batch.to(device)
 
     def loss(self, forward: Callable, model: GPT, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r = end_rewards(model, batch)

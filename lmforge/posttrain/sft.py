@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 from lmforge.config import check_fields, require
 from lmforge.tokenizer.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
 from lmforge.train.config import TrainConfig
+from lmforge.train.loader import LengthGroupedBatches
 from lmforge.utils import LmforgeError, write_json
 
 Example = tuple[list[int], list[int]]  # (ids, loss mask) of one conversation
@@ -109,54 +110,26 @@ def collate(examples: list[Example], pad_id: int, pad_multiple: int = 16, max_le
     return x, y
 
 
-class SFTBatches:
+class SFTBatches(LengthGroupedBatches):
     """Length-grouped batches of whole conversations, in an order fixed by (seed, epoch); a `BatchSource`."""
+
+    what = "conversations"
 
     def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int = 0,
                  group_batches: int = 16, pad_multiple: int = 16, max_len: int | None = None) -> None:
         if not examples:
             raise LmforgeError("SFT has no training conversation")
-        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
-        self.seed, self.group_batches, self.pad_multiple, self.max_len = seed, group_batches, pad_multiple, max_len
-        self.epoch, self.index = 0, 0
-        self._order: list[list[int]] | None = None
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        perm = list(range(len(self.examples)))
-        rng.shuffle(perm)
-        group = self.batch_size * self.group_batches
-        batches: list[list[int]] = []
-        for g in range(0, len(perm), group):
-            chunk = sorted(perm[g:g + group], key=lambda i: len(self.examples[i][0]))
-            part = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            rng.shuffle(part)
-            batches.extend(part)
-        return batches
+        super().__init__([len(ids) for ids, _ in examples], batch_size, seed, group_batches)
+        self.examples, self.pad_id, self.pad_multiple, self.max_len = examples, pad_id, pad_multiple, max_len
 
     def next_batch(self):
-        if self._order is None:
-            self._order = self._epoch_batches(self.epoch)
-        if self.index >= len(self._order):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._epoch_batches(self.epoch)
-        rows = self._order[self.index]
-        self.index += 1
+        rows = self.next_rows()
         return collate([self.examples[i] for i in rows], self.pad_id, self.pad_multiple, self.max_len)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.examples)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.examples) or state.get("seed") != self.seed:
-            raise LmforgeError(f"resuming SFT on different data ({state.get('n')} conversations, seed "
-                               f"{state.get('seed')} in the checkpoint; now {len(self.examples)}, seed {self.seed})")
-        self.epoch, self.index, self._order = int(state["epoch"]), int(state["index"]), None
 
     def padding_frac(self) -> float:
         """Share of padded positions over one epoch (what one-conversation-per-row costs)."""
         total = real = 0
-        for rows in self._epoch_batches(0):
+        for rows in self.epoch_batches(0):
             lens = [len(self.examples[i][0]) - 1 for i in rows]
             T = -(-max(lens) // self.pad_multiple) * self.pad_multiple
             total += T * len(rows)

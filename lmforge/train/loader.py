@@ -12,8 +12,9 @@ packed conversations do); this is the one for pretraining.
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -139,3 +140,49 @@ class ValidationWindows:
             rows = np.stack([self.shards.tokens(i)[s:s + self.seq_len + 1] for i, s in chunk]).astype(np.int64)
             t = torch.from_numpy(rows).to(self.device)
             yield t[:, :-1], t[:, 1:]
+
+
+class LengthGroupedBatches:
+    """Rows of examples in an order fixed by (seed, epoch), batched by length so little is padding: each epoch
+    shuffles, sorts groups of `group_batches` batches by length, and shuffles the batches. Its position (epoch,
+    batch) is saved with every checkpoint, so a resume is exact. Subclasses turn the rows into a batch
+    (`next_batch`); SFT's conversations and the preference pairs share this order."""
+
+    what = "examples"  # named in the refusal to resume on other data
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_batches: int = 16) -> None:
+        self.lengths, self.batch_size, self.seed, self.group_batches = lengths, batch_size, seed, group_batches
+        self.epoch, self.index = 0, 0
+        self._order: list[list[int]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        perm = list(range(len(self.lengths)))
+        rng.shuffle(perm)
+        group = self.batch_size * self.group_batches
+        batches: list[list[int]] = []
+        for g in range(0, len(perm), group):
+            chunk = sorted(perm[g:g + group], key=lambda i: self.lengths[i])
+            part = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(part)
+            batches.extend(part)
+        return batches
+
+    def next_rows(self) -> list[int]:
+        if self._order is None:
+            self._order = self.epoch_batches(self.epoch)
+        if self.index >= len(self._order):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self.epoch_batches(self.epoch)
+        rows = self._order[self.index]
+        self.index += 1
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": len(self.lengths)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != len(self.lengths) or state.get("seed") != self.seed:
+            raise LmforgeError(f"resuming on different data ({state.get('n')} {self.what}, seed "
+                               f"{state.get('seed')} in the checkpoint; now {len(self.lengths)}, seed {self.seed})")
+        self.epoch, self.index, self._order = int(state["epoch"]), int(state["index"]), None
