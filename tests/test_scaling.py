@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lmforge.evaluation.scaling import (LawFit, bootstrap, fit_law, fit_report, format_report, isoflop_exponent,
-                                        isoflop_profiles)
+from lmforge.evaluation.scaling import (LawFit, bootstrap, fit_law, fit_report, format_report, isoflop_bootstrap,
+                                        isoflop_exponent, isoflop_profiles)
 from lmforge.utils import LmforgeError
 
 TRUE = LawFit(E=1.8, A=300.0, B=900.0, alpha=0.40, beta=0.35, objective=0.0)
@@ -68,10 +68,22 @@ def test_isoflop_parabola_finds_the_vertex_of_each_profile():
     assert isoflop_exponent(profiles)["profiles_used"] == expo["profiles_used"] - 1
 
 
+def test_isoflop_exponent_interval_covers_the_truth_and_widens_with_noise():
+    true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    quiet = isoflop_bootstrap(*isoflop_grid(TRUE, noise=0.001, seed=3), target_flops=1e15, samples=100, seed=1)
+    noisy = isoflop_bootstrap(*isoflop_grid(TRUE, noise=0.01, seed=3), target_flops=1e15, samples=100, seed=1)
+    assert quiet["with_exponent"] >= 90
+    lo, hi = quiet["a"]
+    assert lo - 0.06 <= true_a <= hi + 0.06  # the parabolas' own bias on a coarse grid, as in the test above
+    assert hi - lo < noisy["a"][1] - noisy["a"][0]
+    assert quiet["n_opt_at_target"][0] < quiet["n_opt_at_target"][1]
+
+
 def test_report_prints_anchors_and_is_json(tmp_path):
     report = fit_report(*isoflop_grid(TRUE, noise=0.002), target_flops=1e15, samples=20)
     text = format_report(report)
     assert "406.4" in text and "2085" in text and "0.076" in text
+    assert "resamples bracketed" in text and report["approach2"]["intervals"]["a"][0] < report["approach2"]["intervals"]["a"][1]
     json.dumps(report)
 
 

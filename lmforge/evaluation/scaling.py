@@ -201,6 +201,32 @@ def bootstrap(n: Sequence[float], d: Sequence[float], loss: Sequence[float], fit
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
 
 
+def flop_groups(n: np.ndarray, d: np.ndarray, rel_tol: float = 0.1) -> list[list[int]]:
+    """Indices of the points grouped by compute C = 6 N D, each group within `rel_tol` of its first (smallest)."""
+    flops = 6 * n * d
+    groups: list[list[int]] = []
+    for i in np.argsort(flops):
+        if groups and flops[i] <= flops[groups[-1][0]] * (1 + rel_tol):
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return groups
+
+
+def _profile(n: np.ndarray, d: np.ndarray, loss: np.ndarray, g: list[int]) -> dict[str, Any]:
+    """The parabola in log N through one group's points, and its vertex when it opens upwards."""
+    x = np.log(n[g])
+    c2, c1, c0 = np.polyfit(x, loss[g], 2)
+    vertex = -c1 / (2 * c2) if c2 > 0 else None
+    return {
+        "flops": float(np.exp(np.log(6 * n[g] * d[g]).mean())), "n": n[g].tolist(), "d": d[g].tolist(),
+        "loss": loss[g].tolist(), "parabola": [float(c2), float(c1), float(c0)],
+        "n_opt": float(np.exp(vertex)) if vertex is not None else None,
+        "loss_opt": float(c0 - c1 * c1 / (4 * c2)) if vertex is not None else None,
+        "extrapolated": vertex is None or not (x.min() <= vertex <= x.max()),
+    }
+
+
 def isoflop_profiles(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
                      rel_tol: float = 0.1) -> list[dict[str, Any]]:
     """Approach 2: points grouped by compute C = 6 N D (within `rel_tol` of the group's first), a parabola in
@@ -208,29 +234,35 @@ def isoflop_profiles(n: Sequence[float], d: Sequence[float], loss: Sequence[floa
     or whose vertex lies outside the sizes it saw, says so (`n_opt` None or `extrapolated` true): its minimum was
     not bracketed, and a wider grid of sizes is what fixes it."""
     n, d, loss = (np.asarray(v, dtype=np.float64) for v in (n, d, loss))
-    flops = 6 * n * d
-    order = np.argsort(flops)
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and flops[i] <= flops[groups[-1][0]] * (1 + rel_tol):
-            groups[-1].append(int(i))
-        else:
-            groups.append([int(i)])
-    profiles = []
-    for g in groups:
-        if len(np.unique(n[g])) < 3:
-            continue
-        x = np.log(n[g])
-        c2, c1, c0 = np.polyfit(x, loss[g], 2)
-        vertex = -c1 / (2 * c2) if c2 > 0 else None
-        profiles.append({
-            "flops": float(np.exp(np.log(flops[g]).mean())), "n": n[g].tolist(), "d": d[g].tolist(),
-            "loss": loss[g].tolist(), "parabola": [float(c2), float(c1), float(c0)],
-            "n_opt": float(np.exp(vertex)) if vertex is not None else None,
-            "loss_opt": float(c0 - c1 * c1 / (4 * c2)) if vertex is not None else None,
-            "extrapolated": vertex is None or not (x.min() <= vertex <= x.max()),
-        })
-    return profiles
+    return [_profile(n, d, loss, g) for g in flop_groups(n, d, rel_tol) if len(np.unique(n[g])) >= 3]
+
+
+def isoflop_bootstrap(n: Sequence[float], d: Sequence[float], loss: Sequence[float], target_flops: float,
+                      samples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """95% percentile intervals of approach 2's exponent a and of its N_opt at `target_flops`. Each resample
+    redraws the points of every IsoFLOP profile with replacement within that profile (a draw with fewer than 3
+    distinct sizes is drawn again: a parabola needs 3), refits the parabolas and the line through the vertices;
+    a resample whose profiles bracket fewer than 2 minima gives no exponent and is counted, not hidden."""
+    n, d, loss = (np.asarray(v, dtype=np.float64) for v in (n, d, loss))
+    groups = [g for g in flop_groups(n, d) if len(np.unique(n[g])) >= 3]
+    rng = np.random.default_rng(seed)
+    exponents, optima = [], []
+    for _ in range(samples):
+        profiles = []
+        for g in groups:
+            pick = rng.choice(g, len(g))
+            while len(np.unique(n[pick])) < 3:
+                pick = rng.choice(g, len(g))
+            profiles.append(_profile(n, d, loss, list(pick)))
+        expo = isoflop_exponent(profiles)
+        if expo is not None:
+            exponents.append(expo["a"])
+            optima.append(math.exp(expo["log_k"]) * target_flops ** expo["a"])
+    out: dict[str, Any] = {"samples": samples, "with_exponent": len(exponents)}
+    if exponents:
+        out["a"] = [float(np.percentile(exponents, 2.5)), float(np.percentile(exponents, 97.5))]
+        out["n_opt_at_target"] = [float(np.percentile(optima, 2.5)), float(np.percentile(optima, 97.5))]
+    return out
 
 
 def isoflop_exponent(profiles: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -255,6 +287,7 @@ def fit_report(n: Sequence[float], d: Sequence[float], loss: Sequence[float], ta
     approach2 = {"profiles": profiles, "exponent": expo}
     if expo is not None:
         approach2["n_opt_at_target"] = float(math.exp(expo["log_k"]) * target_flops ** expo["a"])
+        approach2["intervals"] = isoflop_bootstrap(n, d, loss, target_flops, samples, seed)
     return {
         "points": [{"n": float(a), "d": float(b), "loss": float(c)} for a, b, c in zip(n, d, loss)],
         "fit": asdict(fit), "intervals": bootstrap(n, d, loss, fit, samples, seed, target_flops),
@@ -291,8 +324,11 @@ def format_report(report: dict[str, Any]) -> str:
                                                                     if p["extrapolated"] else "")
         lines.append(f"IsoFLOP C = {p['flops']:.3g}: {len(p['n'])} sizes, {where}")
     if a2["exponent"] is not None:
-        lines.append(f"IsoFLOP: N_opt ~ C^{a2['exponent']['a']:.3f} (Chinchilla approach 2: 0.49); at the target "
-                     f"N_opt {a2['n_opt_at_target']:.4g}")
+        ci2 = a2.get("intervals", {})
+        lines.append(f"IsoFLOP: N_opt ~ C^{a2['exponent']['a']:.3f} {_interval(ci2.get('a'))} from "
+                     f"{a2['exponent']['profiles_used']} profiles (Chinchilla approach 2: 0.49; Kaplan: 0.73); at the "
+                     f"target N_opt {a2['n_opt_at_target']:.4g} {_interval(ci2.get('n_opt_at_target'))}; "
+                     f"{ci2.get('with_exponent', 0)} of {ci2.get('samples', 0)} resamples bracketed 2 or more minima")
     else:
         lines.append("IsoFLOP: fewer than 2 profiles with a minimum among their sizes; no exponent")
     return "\n".join(lines)
