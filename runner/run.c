@@ -6,7 +6,7 @@
    Chat runs the calculator calls the model makes (as `lmforge chat` does; see "the calculator tool" below) and
    warns when the file's model was never fine-tuned for chat; generate prints the prompt, then its continuation.
 
-   The parameter file (written by `lmforge export params`, documented field by field in lmforge/export/params.py),
+   The parameter file (written by `lmforge export params`, documented field by field in lmforge/inference/paramfile.py),
    all integers little-endian:
      fixed header, 128 bytes: u8[4] magic "LMFG" | u32 version (1) | u64 file_size (must equal the file's size) |
        u32 dim, hidden_dim, n_layer, n_head, n_kv_head, head_dim, vocab_size, seq_len | f32 rope_theta, norm_eps |
@@ -186,7 +186,7 @@ typedef struct {
 } Tokenizer;
 
 /* Every count, offset and length read from the file passes one of these checks before anything is sized or indexed
-   by it. lmforge/export/params.py (`lmforge inspect`) makes the same checks in the same order with the same words,
+   by it. lmforge/inference/paramfile.py (`lmforge inspect`) makes the same checks in the same order with the same words,
    and a test feeds both the same corruptions: a file one of them accepts, the other accepts too. */
 #define check(ok, ...) ((ok) ? (void)0 : die(__VA_ARGS__))
 /* The header's integer fields in file order and the range of each (params.py's HEADER_BOUNDS, compared by a test). */

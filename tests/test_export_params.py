@@ -10,6 +10,7 @@ import torch
 from lmforge.checkpoint import save_model
 from lmforge.cli import main
 from lmforge.export import params
+from lmforge.inference import paramfile
 from lmforge.export.params import export_params, load_params, read_header
 from lmforge.utils import LmforgeError
 from params_helpers import tiny_model, tokenizer
@@ -110,7 +111,7 @@ def test_cli_exports_a_checkpoint_and_inspect_reads_only_the_header(tmp_path, to
     def no_weights(*a, **k):
         raise AssertionError("inspect must not read weights")
 
-    monkeypatch.setattr(params, "_decode_tensor", no_weights)
+    monkeypatch.setattr(paramfile, "_decode_tensor", no_weights)  # the reader lives in inference/paramfile.py
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     for expected in ("LMFG version 1", "int8 (group size 64", "2 layers, dim 64, 4 heads (2 K/V)", "QK-norm yes",

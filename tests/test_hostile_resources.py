@@ -41,7 +41,7 @@ def test_resources_tokenizer_show_long_line(tmp_path: Path):
 
 
 
-# Byte offsets of the fixed header's fields (lmforge/export/params.py documents the layout).
+# Byte offsets of the fixed header's fields (lmforge/inference/paramfile.py documents the layout).
 FIELD = {"version": 4, "file_size": 8, "dim": 16, "hidden_dim": 20, "n_layer": 24, "n_head": 28, "n_kv_head": 32,
          "head_dim": 36, "vocab_size": 40, "seq_len": 44, "rope_theta": 48, "norm_eps": 52, "flags": 56, "dtype": 60,
          "group_size": 64, "n_tensors": 68, "tokenizer_offset": 72, "tensors_offset": 80, "data_offset": 88}

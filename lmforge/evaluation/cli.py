@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
     register_sft(kinds)
     register_mc(kinds)
+    register_bpb(kinds)
     register_harness(kinds)
     register_reversal(kinds)
     register_scaling(sub)
@@ -188,7 +189,7 @@ def register_mc(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("mc", help="multiple choice by log-likelihood (HellaSwag/ARC/MMLU/PIQA JSONL, stdlib "
                          "tasks) with a CORE-like aggregate", description=multiple_choice.__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    _model_flags(p)
     p.add_argument("--tasks", type=Path, action="append", default=[], help="a JSONL file of items (repeatable)")
     p.add_argument("--format", default="auto", help="format of the --tasks files: auto, "
                    + ", ".join(multiple_choice.FORMATS))
@@ -226,8 +227,50 @@ def _cmd_mc(args: argparse.Namespace) -> int:
         raise LmforgeError("no items to evaluate: give --tasks FILE or --builtin TASKS")
     configure_threads(args.threads)
     result = evaluate_checkpoint(args.checkpoint, items, args.batch_size, device, args.normalisation,
-                                 args.bootstrap, args.seed)
+                                 args.bootstrap, args.seed, params=args.params)
     print(format_summary(result["summary"]))
+    if args.json is not None:
+        write_json(args.json, result)
+        print(f"(JSON written to {args.json})")
+    return 0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """--checkpoint or --params: the measure reads the same model either way (`sources.load_source`)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, default=None, help="run folder or checkpoint folder")
+    source.add_argument("--params", type=Path, default=None, help="a parameter file (`lmforge export params`); "
+                        "fp16/bf16/int8 weights are dequantized to fp32")
+
+
+def register_bpb(kinds: argparse._SubParsersAction) -> None:
+    """`lmforge eval bpb`: validation loss and bits per byte on the val split of token shards."""
+    p = kinds.add_parser("bpb", help="bits per byte on held-out token shards (a checkpoint or a parameter file)",
+                         description="Validation loss and bits per byte of a model on the val split of token shards "
+                         "cut by its own tokenizer, over consecutive windows (the trainer's evaluation).")
+    _model_flags(p)
+    p.add_argument("--data", type=Path, required=True, help="token shards with a val split")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward")
+    p.add_argument("--batches", type=int, default=0, help="at most this many batches (0: the whole split)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_bpb)
+
+
+def _cmd_bpb(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.sources import bits_per_byte, load_source
+    from lmforge.utils import configure_threads, resolve_device, write_json
+
+    if args.batch_size < 1 or args.batches < 0:
+        raise LmforgeError("--batch-size must be at least 1 and --batches at least 0")
+    device = resolve_device(args.device)
+    configure_threads(args.threads)
+    result = bits_per_byte(load_source(args.checkpoint, args.params, device), args.data, args.batch_size,
+                           args.batches, args.seq_len, device)
+    print(f"{result['source']}: val loss {result['val_loss']:.4f} nats/token, "
+          f"{result.get('val_bpb', float('nan')):.4f} bits per byte ({args.data}, windows of {result['seq_len']})")
     if args.json is not None:
         write_json(args.json, result)
         print(f"(JSON written to {args.json})")

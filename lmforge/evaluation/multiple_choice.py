@@ -250,17 +250,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, items: Iterable[MCItem], batch_size: int = 16,
+def evaluate_checkpoint(checkpoint: str | Path | None, items: Iterable[MCItem], batch_size: int = 16,
                         device: str = "cpu", normalisation: str = "byte", samples: int = 1000,
-                        seed: int = 0) -> dict[str, Any]:
-    """Load a checkpoint and its tokenizer, score every item, and aggregate."""
-    from lmforge.checkpoint import checkpoint_tokenizer_dir, load_model
-    from lmforge.tokenizer import Tokenizer
+                        seed: int = 0, params: str | Path | None = None) -> dict[str, Any]:
+    """Load a checkpoint (or a parameter file, `params`) and its tokenizer, score every item, and aggregate."""
+    from lmforge.evaluation.sources import load_source
 
-    model, ckpt = load_model(checkpoint, device)
-    tokenizer = Tokenizer.load(checkpoint_tokenizer_dir(ckpt))
-    results = evaluate_items(model, tokenizer, list(items), batch_size, device)
+    source = load_source(Path(checkpoint) if checkpoint is not None else None,
+                         Path(params) if params is not None else None, device)
+    results = evaluate_items(source.model, source.tokenizer, list(items), batch_size, device)
     summary = aggregate(results, normalisation, samples, seed)
-    summary["checkpoint"] = str(ckpt)
+    summary["checkpoint" if checkpoint is not None else "params"] = source.label
     return {"summary": summary, "items": results}
-
