@@ -26,7 +26,7 @@ LINES = ["Once upon a time, a small dog met a cat in the garden.", "The cat said
 TEXTS = ["Once upon a time, the dog", "def add(a, b): return 2 + 3", "héllo 世界, the cat said 12345"]
 
 
-def hf_tokenizer_json(path, split: str) -> None:
+def hf_tokenizer_json(path, split: str, extra_specials: tuple[str, ...] = ()) -> None:
     """A byte-level BPE trained by `tokenizers` on a few lines (ids: specials, the byte alphabet, then merges,
     unlike lmforge's order), with Llama 3's layout (Split then ByteLevel) or GPT-2's (ByteLevel's own regex)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -36,7 +36,7 @@ def hf_tokenizer_json(path, split: str) -> None:
     tok.pre_tokenizer = byte_level if split == "gpt2" else pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"), byte_level])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "</s>", "<pad>"],
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "</s>", "<pad>", *extra_specials],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(LINES, trainer)
     tok.save(str(path / "tokenizer.json"))
@@ -60,10 +60,10 @@ def hf_model(arch: str, vocab: int, tied: bool):
     return model.eval()
 
 
-def hf_folder(folder, arch: str = "llama", tied: bool = False):
+def hf_folder(folder, arch: str = "llama", tied: bool = False, extra_specials: tuple[str, ...] = ()):
     """A complete Hugging Face folder: a tiny random model of `arch` and a `tokenizers`-trained tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
-    hf_tokenizer_json(folder, "llama3")
+    hf_tokenizer_json(folder, "llama3", extra_specials)
     vocab = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
     model = hf_model(arch, vocab, tied)
     model.save_pretrained(folder)
@@ -140,3 +140,17 @@ def test_export_import_export_round_trip(tmp_path, overrides):
     first, second = load_file(tmp_path / "hf1" / "model.safetensors"), load_file(tmp_path / "hf2" / "model.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert (tmp_path / "hf1" / "tokenizer.json").read_bytes() == (tmp_path / "hf2" / "tokenizer.json").read_bytes()
+
+
+def test_the_cli_imports_and_says_which_tokens_are_new_and_dropped(tmp_path):
+    from hostile import run_cli
+
+    hf_folder(tmp_path / "hf", extra_specials=("<|im_start|>", "<think>"))
+    outcome = run_cli(["import", "hf", tmp_path / "hf", "--out", tmp_path / "ckpt", "--block-size", "32"])
+    assert outcome.code == 0, outcome.stderr
+    assert "new special tokens" in outcome.stdout and "<|user|>" in outcome.stdout
+    assert "dropped added tokens (now ordinary text): <think>, <|im_start|>" in outcome.stdout
+    model, ckpt = load_model(tmp_path / "ckpt")
+    assert model.config.block_size == 32
+    meta = json.loads((ckpt / "config.json").read_text())["imported_from"]
+    assert meta["dropped_added_tokens"] == ["<think>", "<|im_start|>"]
