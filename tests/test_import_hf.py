@@ -154,3 +154,10 @@ def test_the_cli_imports_and_says_which_tokens_are_new_and_dropped(tmp_path):
     assert model.config.block_size == 32
     meta = json.loads((ckpt / "config.json").read_text())["imported_from"]
     assert meta["dropped_added_tokens"] == ["<think>", "<|im_start|>"]
+    # and it fine-tunes like any checkpoint (here with LoRA), which is what importing is for
+    from lmforge.posttrain.sft import SFTConfig, run_sft
+
+    fast = dict(batch_size=4, eval_every=0, checkpoint_every=0, progress=False, tensorboard=False, num_samples=0,
+                warmup_steps=1, max_steps=2)
+    summary = run_sft(SFTConfig(default_conversations=40, lora_rank=2, train_overrides=fast), ckpt, tmp_path / "sft")
+    assert summary["step"] == 2 and summary["lora"]["adapter_params"] > 0
