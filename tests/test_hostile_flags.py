@@ -701,3 +701,23 @@ def test_flags_import_hf_arguments(tmp_path):
     (tmp_path / "hf").mkdir()
     assert_refused(run_cli(["import", "hf", tmp_path / "hf", "--out", tmp_path / "ckpt", "--block-size", "0"]),
                    "--block-size")
+
+
+LORA_ROWS = [
+    (["sft"], ["--lora-rank", "-1"], "--lora-rank"),
+    (["sft"], ["--lora-rank", "4", "--lora-alpha", "0"], "--lora-alpha"),
+    (["sft"], ["--lora-rank", "4", "--lora-alpha", "nan"], "--lora-alpha"),
+    (["sft"], ["--lora-rank", "4", "--lora-targets", "q_proj"], "--lora-targets"),
+    (["sft"], ["--merge"], "--merge"),
+    (["sft"], ["--lora-rank", "4", "--fsdp"], "--lora-rank"),
+    (["dpo"], ["--lora-rank", "1e9"], "--lora-rank"),
+    (["dpo"], ["--merge"], "--merge"),
+]
+
+
+@pytest.mark.parametrize("verb, extra, culprit", LORA_ROWS, ids=[" ".join(r[0] + r[1]) for r in LORA_ROWS])
+def test_flags_lora(tmp_path, verb, extra, culprit):
+    out = tmp_path / "run"
+    data = ["--data", tmp_path / "pairs.jsonl"] if verb == ["dpo"] else []
+    assert_refused(run_cli([*verb, "--checkpoint", tmp_path / "base", *data, "--out", out, *extra]), culprit)
+    assert not out.exists()
