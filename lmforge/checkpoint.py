@@ -55,7 +55,8 @@ def save_model(ckpt_dir: str | Path, model: GPT, tokenizer_dir: str | Path | Non
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        meta = {"model": model.config.to_dict(), **(meta or {})}
+        # a LoRA model names its base here (lmforge.train.lora); its state_dict is its adapters
+        meta = {"model": model.config.to_dict(), **getattr(model, "checkpoint_meta", {}), **(meta or {})}
         checksums = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         checksums[CONFIG_FILE] = _config_digest(meta)
         write_json(tmp / CONFIG_FILE, {**meta, "checksums": checksums})
@@ -120,17 +121,49 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
-    """(model config, weights, folder) of a checkpoint, verified; tied weights appear under both names."""
+    """(model config, weights, folder) of a checkpoint, verified; tied weights appear under both names. A LoRA
+    checkpoint's weights are its base's with the adapters added (`_add_adapters`)."""
     ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt)
+    meta = verify_checkpoint(ckpt)
     config = load_config(ckpt)
     try:
         state = load_file(ckpt / "model.safetensors", device=str(device))
     except (SafetensorError, OSError) as e:
         raise LmforgeError(f"checkpoint weights {ckpt / 'model.safetensors'} are corrupt or truncated: {e}") from e
+    if "lora" in meta:
+        state = _add_adapters(ckpt, meta["lora"], state, config, device)
     if config.tie_embeddings and "tok_emb.weight" in state:
         state["lm_head.weight"] = state["tok_emb.weight"]
     return config, state, ckpt
+
+
+def _add_adapters(ckpt: Path, lora: Any, adapters: dict[str, torch.Tensor], config: GPTConfig,
+                  device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The weights of a LoRA checkpoint (see `lmforge.train.lora`): its base checkpoint's, each adapted matrix W
+    plus alpha / rank * B @ A, computed as the training forward computes it. The base must be the one the adapters
+    were trained on (its recorded sha256), or they would silently adapt another model."""
+    where = f"checkpoint config {ckpt / CONFIG_FILE}: field 'lora'"
+    if not isinstance(lora, dict) or not isinstance(lora.get("base"), str) or not lora.get("rank"):
+        raise LmforgeError(f"{where} is not a LoRA record (base, base_sha256, rank, alpha)")
+    base = Path(lora["base"])
+    if not (base / "model.safetensors").is_file():
+        raise LmforgeError(f"{where}: its base checkpoint {base} is missing (LoRA checkpoints hold only adapters; "
+                           "`--merge` writes a checkpoint that needs no base)")
+    if file_sha256(base / "model.safetensors") != lora.get("base_sha256"):
+        raise LmforgeError(f"{where}: its base checkpoint {base} changed since the adapters were trained")
+    base_config, state, _ = load_state(base, device)
+    if base_config != config:
+        raise LmforgeError(f"{where}: its base checkpoint {base} has another model config")
+    scale = float(lora.get("alpha", 0)) / int(lora["rank"])
+    for name in [n for n in adapters if n.endswith(".lora_a")]:
+        target = name[:-len(".lora_a")] + ".weight"
+        b = adapters.get(name[:-len(".lora_a")] + ".lora_b")
+        if target not in state or b is None or b.shape[0] != state[target].shape[0] \
+                or adapters[name].shape[1] != state[target].shape[1]:
+            raise LmforgeError(f"checkpoint weights {ckpt / 'model.safetensors'}: adapter {name} fits no matrix "
+                               "of the base")
+        state[target] = state[target] + scale * (b @ adapters[name])
+    return state
 
 
 def load_config(path: str | Path) -> GPTConfig:

@@ -656,3 +656,68 @@ def test_flags_rlhf_train_missing_checkpoint(tmp_path):
     out = tmp_path / "rl"
     assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")
     assert not out.exists()
+
+
+def _edit_json(path, **fields):
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+
+
+IMPORT_HF_DAMAGE = [  # (what is done to a good folder, culprit the one-line refusal names)
+    (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json"),
+    (lambda f: (f / "model.safetensors").unlink(), "model.safetensors"),
+    (lambda f: (f / "config.json").unlink(), "config.json"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+     "model.safetensors"),
+    (lambda f: _edit_json(f / "config.json", model_type="gpt2"), "model_type"),
+    (lambda f: _edit_json(f / "config.json", rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
+    (lambda f: _edit_json(f / "config.json", attention_bias=True), "attention_bias"),
+    (lambda f: _edit_json(f / "config.json", head_dim=32), "head_dim"),
+    (lambda f: _edit_json(f / "config.json", intermediate_size=128), "mlp.up_proj.weight has shape"),
+    (lambda f: _edit_json(f / "config.json", num_hidden_layers=3), "model.layers.2"),
+    (lambda f: _edit_json(f / "config.json", hidden_act="gelu"), "hidden_act"),
+    (lambda f: _edit_json(f / "tokenizer.json", model={"type": "WordPiece", "vocab": {}}), "'model'"),
+    (lambda f: _edit_json(f / "tokenizer.json", normalizer={"type": "Lowercase"}), "normalizer"),
+]
+
+
+@pytest.mark.parametrize("damage,culprit", IMPORT_HF_DAMAGE)
+def test_flags_import_hf_bad_folders(tmp_path, damage, culprit):
+    """A folder that is incomplete, damaged or outside what lmforge's model computes is refused in one line
+    naming the file or field, and nothing is written."""
+    from test_import_hf import hf_folder
+
+    folder = tmp_path / "hf"
+    hf_folder(folder)
+    damage(folder)
+    before = tree_digest(tmp_path)
+    assert_refused(run_cli(["import", "hf", folder, "--out", tmp_path / "ckpt"]), culprit)
+    assert tree_digest(tmp_path) == before and not (tmp_path / "ckpt").exists()
+
+
+def test_flags_import_hf_arguments(tmp_path):
+    assert_refused(run_cli(["import", "hf", tmp_path / "nothing", "--out", tmp_path / "ckpt"]), "nothing")
+    (tmp_path / "hf").mkdir()
+    assert_refused(run_cli(["import", "hf", tmp_path / "hf", "--out", tmp_path / "ckpt", "--block-size", "0"]),
+                   "--block-size")
+
+
+LORA_ROWS = [
+    (["sft"], ["--lora-rank", "-1"], "--lora-rank"),
+    (["sft"], ["--lora-rank", "4", "--lora-alpha", "0"], "--lora-alpha"),
+    (["sft"], ["--lora-rank", "4", "--lora-alpha", "nan"], "--lora-alpha"),
+    (["sft"], ["--lora-rank", "4", "--lora-targets", "q_proj"], "--lora-targets"),
+    (["sft"], ["--merge"], "--merge"),
+    (["sft"], ["--lora-rank", "4", "--fsdp"], "--lora-rank"),
+    (["dpo"], ["--lora-rank", "1e9"], "--lora-rank"),
+    (["dpo"], ["--merge"], "--merge"),
+]
+
+
+@pytest.mark.parametrize("verb, extra, culprit", LORA_ROWS, ids=[" ".join(r[0] + r[1]) for r in LORA_ROWS])
+def test_flags_lora(tmp_path, verb, extra, culprit):
+    out = tmp_path / "run"
+    data = ["--data", tmp_path / "pairs.jsonl"] if verb == ["dpo"] else []
+    assert_refused(run_cli([*verb, "--checkpoint", tmp_path / "base", *data, "--out", out, *extra]), culprit)
+    assert not out.exists()

@@ -185,3 +185,42 @@ def test_chat_loop_runs_the_tool_and_continues(chat_tok):
     render_conversation(tok, chat.messages)
     chat.reset()
     assert chat.messages == [{"role": "system", "content": "sys"}]
+
+
+def test_chat_says_when_its_history_was_trimmed(chat_tok, capsys):
+    """Turns that no longer fit the context are dropped with a visible note, once per further cut, and the
+    terminal chat prints it."""
+    from lmforge.inference.chat import ChatConfig, ChatSession
+    from lmforge.inference.cli import _print_event
+    from lmforge.tokenizer.chat_format import ChatTokens
+
+    tok, t = chat_tok, ChatTokens.of(chat_tok)
+    engine = _ScriptedEngine(tok, [])
+    engine.model.config.block_size = 96
+    chat = ChatSession(engine, {}, system="sys", config=ChatConfig(max_tokens=16))
+    notices = []
+
+    def turn(text):
+        engine.segments.append([*tok.encode("It is 5."), t.end])
+        events = []
+        result = chat.respond(text, on_event=events.append)
+        notices.append([e.text for e in events if e.kind == "notice"])
+        return result, events
+
+    first, _ = turn("What is 2+3? " * 3)
+    assert notices[-1] == [] and first["trimmed"] == 0
+    for _ in range(4):
+        last, events = turn("What is 2+3? " * 3)
+        if last["trimmed"]:
+            break
+    assert last["trimmed"] > 0, "the history never outgrew the context"
+    assert len(notices[-1]) == 1 and f"{last['trimmed']} oldest message(s)" in notices[-1][0]
+    assert "96-token context" in notices[-1][0]
+    assert len(engine.prompts[-1]) + 16 <= 96  # what the model saw fits
+    assert len(chat.messages) == 1 + 2 * len(notices)  # the history itself keeps every turn
+    _print_event(next(e for e in events if e.kind == "notice"))
+    assert capsys.readouterr().out.startswith("[history trimmed: the model no longer sees")
+    same, _ = turn("What?")  # a shorter turn that needs no further cut is not announced again
+    assert notices[-1] == [] or same["trimmed"] > last["trimmed"]
+    chat.reset()
+    assert chat.trimmed == 0

@@ -69,3 +69,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help="a parameter file written by `lmforge export params`")
     p.add_argument("--all", action="store_true", help="list every tensor (default: the first 40)")
     p.set_defaults(func=_cmd_inspect)
+    importlib.import_module("lmforge.export.hf_import").register(sub)

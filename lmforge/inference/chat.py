@@ -8,7 +8,10 @@ parsed (`name\\narguments`), the tool runs (`lmforge.inference.tools.run_tool`, 
 then continues where it stopped, until `<|end|>`, the token budget or the context runs out. The turn's tokens are
 parsed back into schema messages (assistant / tool / assistant ...) and added to the history.
 
-History longer than the context is cut from the oldest turns (the system prompt stays).
+History longer than the context is cut from the oldest turns (the system prompt stays while anything else can
+go). The model then answers without those turns, which a user would otherwise not know: each time the cut reaches
+further, the turn starts with a "notice" event saying how many messages the model no longer sees (the terminal
+chat prints it), and the turn's result carries `trimmed`, the count of history messages left out.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ Messages = list[dict[str, Any]]
 class TurnEvent:
     """What the chat loop reports while a turn runs: text to show, a tool call, or a tool's output."""
 
-    kind: str  # "text" | "tool_call" | "tool_output"
+    kind: str  # "text" | "tool_call" | "tool_output" | "notice" (history trimmed to fit the context)
     text: str
     name: str = ""
 
@@ -78,28 +81,43 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.trimmed = 0  # history messages the last prompt left out (the notice is shown when this grows)
 
     def save(self, path: str | Path) -> None:
         with atomic_write(path) as f:
             json.dump({"messages": self.messages}, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
-    def _prompt(self, messages: Messages, room: int) -> list[int]:
-        """Rendered history that leaves `room` tokens of context, dropping the oldest turns if needed."""
+    def _prompt(self, messages: Messages, room: int) -> tuple[list[int], int, bool]:
+        """Rendered history that leaves `room` tokens of context, dropping the oldest turns if needed; returns the
+        ids, how many messages after the system prompt were dropped, and whether the system prompt was."""
         block = self.engine.model.config.block_size
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         body = messages[len(head):]
+        dropped = 0
         while True:
             ids = render_for_completion(self.tok, head + body)
             if len(ids) + room <= block:
-                return ids
+                return ids, dropped, bool(messages[:1] and messages[0]["role"] == "system" and not head)
             starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
             if not starts:
                 if head:  # even the system prompt must go
                     head = []
                     continue
                 raise LmforgeError(f"the message is too long for the model's context ({len(ids)} of {block} tokens)")
+            dropped += starts[0]
             body = body[starts[0]:]
+
+    def _trim_notice(self, dropped: int, system_dropped: bool) -> str | None:
+        """The note for a prompt that left out `dropped` older messages, when the cut reaches further than the
+        last turn's (None otherwise: the user has already been told)."""
+        total = dropped + system_dropped
+        grew, self.trimmed = total > self.trimmed, total
+        if not grew:
+            return None
+        system = " and the system prompt" if system_dropped else ""
+        return (f"history trimmed: the model no longer sees the {dropped} oldest message(s){system}, which do not fit "
+                f"its {self.engine.model.config.block_size}-token context (/reset starts over)")
 
     def respond(self, user_text: str | None, on_event: Callable[[TurnEvent], None] | None = None,
                 prefill: str = "") -> dict[str, Any]:
@@ -115,7 +133,11 @@ class ChatSession:
         history = self.messages + ([{"role": "user", "content": user_text}] if user_text is not None else [])
         if prefill:
             history = history + [{"role": "assistant", "content": prefill}]
-        prompt = self._prompt(history, room=min(cfg.max_tokens, self.engine.model.config.block_size // 4))
+        prompt, dropped, system_dropped = self._prompt(
+            history, room=min(cfg.max_tokens, self.engine.model.config.block_size // 4))
+        notice = self._trim_notice(dropped, system_dropped)
+        if notice is not None:
+            emit(TurnEvent("notice", notice))
         turn_ids: list[int] = self.tok.encode(prefill) if prefill else []
         session = self.engine.session(prompt, cfg.sampling_params(stop_token_ids=[t.end, t.bos, t.tool_call_end]))
         calls, finish = 0, "length"
@@ -163,5 +185,5 @@ class ChatSession:
             turn_ids.extend(forced)
         turn = parse_assistant(self.tok, turn_ids)  # a prefill is part of the answer's first message
         self.messages = (history[:-1] if prefill else history) + turn["messages"]
-        turn.update({"finish_reason": finish, "ids": turn_ids})
+        turn.update({"finish_reason": finish, "ids": turn_ids, "trimmed": self.trimmed})
         return turn

@@ -138,6 +138,8 @@ def _print_event(e: Any) -> None:
         print(e.text, end="", flush=True)
     elif e.kind == "tool_call":
         print(f"\n  [{e.name}] {e.text}", flush=True)
+    elif e.kind == "notice":
+        print(f"[{e.text}]", flush=True)
     else:
         print(f"  [{e.name} output] {e.text}", flush=True)
 

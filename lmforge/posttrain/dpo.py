@@ -37,6 +37,7 @@ from lmforge.model import GPT
 from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, PairObjective, check_single_process,
                                              final_hidden, fixed_pair_batches, response_logps)
 from lmforge.train.config import TrainConfig
+from lmforge.train.lora import LoRAFields
 from lmforge.utils import LmforgeError, atomic_path, file_sha256, write_json
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -140,8 +141,9 @@ def dpo_train_defaults() -> TrainConfig:
 
 
 @dataclass
-class DPOConfig:
-    """`lmforge dpo`'s settings: data and loss here, the run in `train` (a TrainConfig)."""
+class DPOConfig(LoRAFields):
+    """`lmforge dpo`'s settings: data and loss here, the run in `train` (a TrainConfig), LoRA in `LoRAFields`
+    (`--lora-rank`: the reference stays the full starting checkpoint; see `lmforge.train.lora`)."""
 
     beta: float = 0.1  # strength of the implicit KL to the reference: larger keeps the policy closer to it
     val_last: int = 0  # hold out the data's last N pairs for evaluation (0: --val-frac of them, or --val-data)
@@ -166,6 +168,8 @@ class DPOConfig:
             if unknown:
                 raise LmforgeError(f"unknown training setting(s): {sorted(unknown)}")
             self.train = replace(self.train, **train_overrides)
+        self.check_lora()
+        self.train = self.lora_train_config(self.train)
         check_single_process(self.train)
 
 
@@ -197,9 +201,10 @@ def run_dpo(cfg: DPOConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     batches = PairBatches(train_ex, tcfg.batch_size, pad, tcfg.seed, cfg.group_batches, cfg.pad_multiple,
                           refs["train"])
     val_batches = fixed_pair_batches(val_ex, tcfg.batch_size, pad, cfg.pad_multiple, refs["val"])
-    objective = DPOObjective(cfg.beta)
+    objective = cfg.lora_objective(DPOObjective(cfg.beta), base, out_dir)
     summary = train(tcfg, batches, (lambda: val_batches) if val_batches else None, out_dir, init_checkpoint=base,
                     tokenizer_dir=tok_dir, objective=objective)
+    cfg.finish_lora(summary, objective, out_dir, tok_dir, "dpo")
     if val_batches:
         policy, _ = load_model(summary["checkpoint"])
         summary["eval"] = objective.evaluate(policy, lambda: val_batches, None, None, None)

@@ -1,0 +1,182 @@
+"""LoRA (Hu et al. 2021): fine-tune a low-rank change of chosen matrices while the model itself stays frozen.
+
+Each adapted matrix W (out x in) becomes W + (alpha / rank) * B @ A, with A (rank x in) random and B (out x rank)
+zero, so an adapter at initialisation changes nothing. Only A and B are trained, optimised (AdamW: the stages
+that offer `--lora-rank` switch to it) and saved: a checkpoint of a LoRA run holds the adapters and names its base
+checkpoint (path and sha256) in config.json's "lora" entry, a small fraction of a full checkpoint's size.
+`lmforge.checkpoint.load_state` adds the adapters to the base's weights when it reads such a checkpoint, so
+generate, chat, evaluation and every export see the adapted model with nothing more to do; `--merge` also writes
+the merged weights as an ordinary checkpoint (`merged/` in the run folder) that no longer needs the base.
+
+The change rides in a parametrization (`torch.nn.utils.parametrize`): reading `module.weight` returns the adapted
+matrix, so every code path that uses the weights (the training forward, the inference engine's fused copies)
+computes the adapted model without knowing about LoRA. The model's `state_dict()` is then its adapters only
+(renamed `layers.N.attn.wq.lora_a`, ...), which is what the trainer's checkpoints write.
+
+Use: a stage's config inherits `LoRAFields` (the flags) and wraps its trainer objective in `LoRAObjective`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from lmforge.config import require
+from lmforge.utils import LmforgeError, file_sha256
+
+# Names a user gives to --lora-targets -> the matrix inside each block.
+TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
+           "w_gate": "mlp.w_gate", "w_up": "mlp.w_up", "w_down": "mlp.w_down"}
+_PARAM = ".parametrizations.weight.0."  # where a parametrized weight's adapter tensors sit in the module tree
+
+
+@dataclass
+class LoRAFields:
+    """The LoRA flags a fine-tuning stage's config inherits (`lmforge sft`, `lmforge dpo`)."""
+
+    lora_rank: int = field(default=0, metadata={"help": "train rank-R LoRA adapters instead of every weight (0: "
+                                                        "full fine-tuning); the adapters train with AdamW at --lr"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale: the change is alpha / rank * B @ A"})
+    lora_targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
+        "help": f"matrices of every block that get adapters, among {' '.join(TARGETS)}", "metavar": "NAME"})
+    merge: bool = field(default=False, metadata={"help": "after LoRA training, also write the merged weights as "
+                                                         "an ordinary checkpoint in OUT/merged"})
+
+    def check_lora(self) -> None:
+        """Refuse bad LoRA values, naming the flag; call from the stage config's __post_init__."""
+        require(self, "lora_rank", 0 <= self.lora_rank <= 4096, "must be in [0, 4096]")
+        require(self, "lora_alpha", self.lora_alpha > 0, "must be > 0")
+        unknown = sorted(set(self.lora_targets) - set(TARGETS))
+        require(self, "lora_targets", bool(self.lora_targets) and not unknown,
+                f"must name matrices among {', '.join(TARGETS)} (unknown: {unknown})")
+        require(self, "merge", not self.merge or self.lora_rank > 0,
+                "needs --lora-rank (a full fine-tune's checkpoint is already an ordinary one)")
+
+    def lora_train_config(self, train: Any) -> Any:
+        """The stage's TrainConfig for this run: with adapters, AdamW for all of them (Muon's orthogonalised
+        steps are meant for full hidden matrices, not rank-R factors); a single process (adapters are not
+        sharded)."""
+        if not self.lora_rank:
+            return train
+        require(self, "lora_rank", not train.fsdp, "cannot be combined with --fsdp")
+        return replace(train, optimizer="adamw")
+
+    def lora_objective(self, inner: Any, base: Path, out_dir: Path) -> Any:
+        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank."""
+        return LoRAObjective(inner, self, base, out_dir) if self.lora_rank else inner
+
+    def finish_lora(self, summary: dict[str, Any], objective: Any, out_dir: Path, tokenizer_dir: Path,
+                    stage: str) -> None:
+        """Report the adapters' size and, with --merge, write the merged checkpoint; both go into the summary."""
+        if not self.lora_rank:
+            return
+        total = summary.get("params") or 1
+        summary["lora"] = {"rank": self.lora_rank, "alpha": self.lora_alpha, "targets": list(self.lora_targets),
+                           "adapter_params": objective.adapter_params}
+        print(f"{stage}: LoRA rank {self.lora_rank} on {' '.join(self.lora_targets)}: {objective.adapter_params:,} "
+              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the model)", file=sys.stderr)
+        if self.merge and summary.get("checkpoint"):
+            merged = merge_into_checkpoint(summary["checkpoint"], out_dir / "merged", tokenizer_dir)
+            summary["merged_checkpoint"] = str(merged)
+            print(f"{stage}: merged weights written to {merged} (an ordinary checkpoint)", file=sys.stderr)
+
+
+class LoRADelta(nn.Module):
+    """The parametrization W -> W + scale * B @ A of one matrix."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, scale: float, like: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = scale
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features, device=like.device, dtype=like.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=like.device, dtype=like.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # PEFT's initialisation of A
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scale * (self.lora_b @ self.lora_a)
+
+
+def _adapters_only(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook of a LoRA model: keep the adapters, under short names (`layers.0.attn.wq.lora_a`)."""
+    for key in list(state):
+        value = state.pop(key)
+        if _PARAM + "lora_" in key:
+            state[key.replace(_PARAM, ".")] = value
+
+
+def add_adapters(model: nn.Module, fields: LoRAFields, base: Path) -> int:
+    """Freeze `model` (a GPT holding the base weights) and give the target matrices of every block adapters;
+    returns the number of adapter parameters. `base` is the checkpoint the adapters will belong to."""
+    scale = fields.lora_alpha / fields.lora_rank
+    for p in model.parameters():
+        p.requires_grad_(False)
+    added = 0
+    for block in model.layers:
+        for target in fields.lora_targets:
+            try:
+                linear = block.get_submodule(TARGETS[target])
+            except AttributeError:
+                raise LmforgeError(f"--lora-targets {target}: this model has no such matrix "
+                                   f"(mlp={model.config.mlp!r})") from None
+            delta = LoRADelta(linear.out_features, linear.in_features, fields.lora_rank, scale, linear.weight)
+            parametrize.register_parametrization(linear, "weight", delta)
+            added += delta.lora_a.numel() + delta.lora_b.numel()
+    base = Path(base).resolve()
+    model.checkpoint_meta = {"lora": {"base": str(base), "base_sha256": file_sha256(base / "model.safetensors"),
+                                      "rank": fields.lora_rank, "alpha": fields.lora_alpha,
+                                      "targets": list(fields.lora_targets)}}
+    model.register_state_dict_post_hook(_adapters_only)
+    return added
+
+
+def load_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy saved adapters (short names, as `state_dict` gives them) into a model with the same adapters."""
+    params = {name.replace(_PARAM, "."): p for name, p in model.named_parameters() if _PARAM + "lora_" in name}
+    if set(params) != set(tensors):
+        raise LmforgeError(f"LoRA adapters in {where} do not match the run's --lora-rank/--lora-targets")
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != tensors[name].shape:
+                raise LmforgeError(f"LoRA adapter {name} in {where} has shape {tuple(tensors[name].shape)}, the "
+                                   f"run's is {tuple(p.shape)}")
+            p.copy_(tensors[name])
+
+
+class LoRAObjective:
+    """A trainer `Objective` that trains adapters on top of another objective (next-token loss, DPO): it builds
+    the model from the base checkpoint's weights, adds the adapters (those of the run's newest checkpoint on a
+    resume), and otherwise defers to the wrapped objective."""
+
+    def __init__(self, inner: Any, fields: LoRAFields, base: Path, out_dir: Path) -> None:
+        self.inner, self.fields, self.base, self.out_dir = inner, fields, Path(base), Path(out_dir)
+        self.adapter_params = 0
+
+    def prepare_model(self, model: nn.Module, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The trainer passes the start's weights; a LoRA run always starts from the base's and adds adapters."""
+        from lmforge.checkpoint import load_state, load_weights, train_checkpoints
+        from safetensors.torch import load_file
+
+        base_weights = self.inner.prepare_model(model, load_state(self.base)[1])
+        load_weights(model, base_weights, self.base)
+        self.adapter_params = add_adapters(model, self.fields, self.base)
+        resume = train_checkpoints(self.out_dir)
+        if resume:  # the trainer verified this checkpoint when it read it
+            load_adapters(model, load_file(resume[-1] / "model.safetensors"), resume[-1])
+        return {name: p.detach() for name, p in model.named_parameters(remove_duplicate=False)}
+
+    def __getattr__(self, name: str) -> Callable:
+        return getattr(self.inner, name)  # count, rows_and_width, to, loss, evaluate
+
+
+def merge_into_checkpoint(checkpoint: str | Path, out: Path, tokenizer_dir: Path) -> Path:
+    """Write the adapted model of a LoRA checkpoint as an ordinary checkpoint (weights merged; no base needed)."""
+    from lmforge.checkpoint import load_model, save_model
+
+    model, ckpt = load_model(checkpoint)
+    return save_model(out, model, tokenizer_dir, meta={"merged_from": str(Path(ckpt).resolve())})
