@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lmforge.config import add_config_arguments, check_fields, config_from_args, require
 
@@ -52,14 +52,9 @@ class ServeConfig:
         require(self, "threads", self.threads is None or self.threads >= 1, "must be at least 1")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from lmforge.utils import configure_threads, resolve_device
-
-    cfg = config_from_args(ServeConfig, args)
-    device = resolve_device(cfg.device)
-    configure_threads(cfg.threads)
-    import uvicorn
-
+def start_service(cfg: ServeConfig, device: str) -> tuple[Any, Any, str]:
+    """(scheduler, app, model name) of `cfg`: the engine loaded, the scheduler warmed up and running, the app over it.
+    `lmforge serve` runs the app under uvicorn; the speedrun's serve stage on a background server."""
     from lmforge.serve.app import create_app
     from lmforge.serve.loading import load_served_engine
     from lmforge.serve.protocol import Limits
@@ -73,6 +68,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheduler.start()
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n)
     app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
+    return scheduler, app, name
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmforge.utils import configure_threads, resolve_device
+
+    cfg = config_from_args(ServeConfig, args)
+    device = resolve_device(cfg.device)
+    configure_threads(cfg.threads)
+    import uvicorn
+
+    scheduler, app, name = start_service(cfg, device)
     print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)
     try:
