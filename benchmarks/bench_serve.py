@@ -1,5 +1,5 @@
 """Serving throughput and time to first token: `lmforge serve`'s scheduler against a plain FastAPI loop over
-Hugging Face transformers' `generate`, on the same random weights, at 1, 4 and 16 concurrent streams (CPU).
+Hugging Face transformers' `generate`, on the same random weights, at 1, 4, 16 and 64 concurrent streams (CPU).
 
 Each server runs in its own process (this script with `--serve NAME`), so neither competes with the clients for the
 GIL. The peer is what a first server usually is: one FastAPI route that runs `model.generate` (fp32, KV cache,
@@ -7,9 +7,12 @@ SDPA) for one request at a time under a lock, streaming each token as a server-s
 Both decode exactly `--tokens` tokens per request (`ignore_eos`; the peer has no end token), greedy, from the same
 16-token prompts (token ids). Each of C clients sends `--requests` requests one after another over streaming HTTP;
 throughput is all tokens received / wall time, TTFT is the mean time from sending to the first token.
-llama.cpp's server (llama-cpp-python) is not compared: it builds from source here.
+Servers run side by side and are measured interleaved (each streams count: lmforge, each peer, lmforge, ... for
+`--rounds` rounds), so a change in the machine's load hits all alike; ratios are per round, reported as the median
+and range. `--peers old --old-src DIR` compares with another copy of lmforge (before/after a change).
 
-    .venv/bin/python benchmarks/bench_serve.py [--streams 1 4 16] [--tokens 32] [--threads 1]
+    .venv/bin/python benchmarks/bench_serve.py [--streams 1 4 16 64] [--tokens 32] [--threads 1] [--rounds 3]
+        [--peers transformers old] [--old-src /tmp/old]
 """
 
 from __future__ import annotations
@@ -147,12 +150,16 @@ def measure(port: int, streams: int, requests: int, tokens: int) -> tuple[float,
     return sum(r[1] for r in results) / wall, sum(r[0] for r in results) / len(results)
 
 
-def start_server(name: str, threads: int, slots: int) -> tuple[subprocess.Popen, int]:
+def start_server(name: str, threads: int, slots: int, pythonpath: str | None = None) -> tuple[subprocess.Popen, int]:
+    """A server in its own process on a free port; `pythonpath` serves another copy of lmforge (an older commit)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "LMFORGE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    child = subprocess.Popen([sys.executable, __file__, "--serve", name, "--port", str(port), "--slots", str(slots)],
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    kind = "lmforge" if name == "old" else name
+    child = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), "--slots", str(slots)],
                              env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -165,13 +172,42 @@ def start_server(name: str, threads: int, slots: int) -> tuple[subprocess.Popen,
     raise RuntimeError(f"the {name} server did not start")
 
 
+def spread(values: list[float]) -> str:
+    """Median and range of per-round figures, e.g. '1.52x (1.31-1.70)'."""
+    values = sorted(values)
+    return f"{values[len(values) // 2]:.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
+
+
+def report(rows: dict, names: list[str], streams: list[int], args: argparse.Namespace) -> None:
+    """Per streams: each server's median tok/s and TTFT, and lmforge's ratio to each peer round by round."""
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"\n{args.tokens} tokens/request, {args.requests} requests/stream, {args.threads} thread(s) per server, "
+          f"{args.rounds} interleaved rounds; ratios: median (min-max) over rounds")
+    for n in streams:
+        cells = [f"{name} {med([r[0] for r in rows[name, n]]):.1f} tok/s TTFT "
+                 f"{1000 * med([r[1] for r in rows[name, n]]):.1f} ms" for name in names]
+        print(f"{n:3d} streams: " + " | ".join(cells))
+        for peer in names[1:]:
+            pairs = list(zip(rows["lmforge", n], rows[peer, n]))
+            print(f"      lmforge/{peer}: throughput {spread([a[0] / b[0] for a, b in pairs])}, "
+                  f"TTFT {spread([a[1] / b[1] for a, b in pairs])}")
+    for name in names:
+        first, last = streams[0], streams[-1]
+        ratios = [b[1] / a[1] for a, b in zip(rows[name, first], rows[name, last])]
+        print(f"{name} TTFT at {last} streams / at {first}: {spread(ratios)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--tokens", type=int, default=32, help="tokens decoded per request")
     ap.add_argument("--requests", type=int, default=2, help="requests each stream sends, one after another")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     ap.add_argument("--slots", type=int, default=16, help="lmforge's KV cache slots")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (lmforge, peers, lmforge, peers, ...)")
+    ap.add_argument("--peers", nargs="+", default=["transformers"], choices=["transformers", "old"],
+                    help="servers to compare with; old: lmforge from --old-src")
+    ap.add_argument("--old-src", help="a folder holding another lmforge package (e.g. `git archive` of a commit)")
     ap.add_argument("--serve", choices=["lmforge", "transformers"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -181,26 +217,26 @@ def main() -> None:
         configure_threads(int(os.environ.get("LMFORGE_THREADS", "1")))
         serve_lmforge(args.port, args.slots) if args.serve == "lmforge" else serve_transformers(args.port)
         return
-    rows = {}
-    for name in ("lmforge", "transformers"):
-        child, port = start_server(name, args.threads, args.slots)
-        try:
-            one_request(port, list(range(3, 3 + PROMPT_LEN)), 4)  # warm up
-            for streams in args.streams:
-                rows[name, streams] = measure(port, streams, args.requests, args.tokens)
-                rate, ttft = rows[name, streams]
-                print(f"{name:12s} {streams:3d} streams: {rate:8.1f} tok/s   TTFT {1000 * ttft:8.1f} ms", flush=True)
-        finally:
+    if "old" in args.peers and not args.old_src:
+        ap.error("--peers old needs --old-src")
+    names = ["lmforge", *args.peers]
+    servers = {name: start_server(name, args.threads, args.slots, args.old_src if name == "old" else None)
+               for name in names}
+    rows: dict = {(name, n): [] for name in names for n in args.streams}
+    try:
+        for name in names:
+            one_request(servers[name][1], list(range(3, 3 + PROMPT_LEN)), 4)  # warm up
+        for n in args.streams:
+            for _ in range(args.rounds):
+                for name in names:  # interleaved, so a change in the machine's load hits every server alike
+                    rows[name, n].append(measure(servers[name][1], n, args.requests, args.tokens))
+                    rate, ttft = rows[name, n][-1]
+                    print(f"{name:12s} {n:3d} streams: {rate:8.1f} tok/s   TTFT {1000 * ttft:8.1f} ms", flush=True)
+    finally:
+        for child, _ in servers.values():
             child.terminate()
             child.wait(timeout=30)
-    print(f"\n{'streams':>7s} {'lmforge tok/s':>14s} {'hf tok/s':>9s} {'ratio':>6s} {'lmforge TTFT':>13s} "
-          f"{'hf TTFT':>9s}  ({args.tokens} tokens/request, {args.threads} thread(s) per server)")
-    for streams in args.streams:
-        (a, ta), (b, tb) = rows["lmforge", streams], rows["transformers", streams]
-        print(f"{streams:7d} {a:14.1f} {b:9.1f} {a / b:5.2f}x {1000 * ta:11.1f}ms {1000 * tb:7.1f}ms")
-    first = args.streams[0]
-    print(f"lmforge TTFT at {args.streams[-1]} streams / at {first}: "
-          f"{rows['lmforge', args.streams[-1]][1] / rows['lmforge', first][1]:.2f}x")
+    report(rows, names, args.streams, args)
 
 
 if __name__ == "__main__":

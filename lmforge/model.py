@@ -410,9 +410,11 @@ class GPT(nn.Module):
         return (logits.view(B, T, -1) if return_logits else None), loss
 
     def infer(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, weights: "InferenceWeights",
-              slot: torch.Tensor | None = None) -> torch.Tensor:
+              slot: torch.Tensor | None = None, last: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, V) of the last of T new tokens (B, T) at positions pos_ids (B, T), through the same blocks
         as `forward` with the prepared weights (see `InferenceWeights`); only the last position meets the head.
+        `last` (B,) picks another position per row instead: a right-padded batch of prompts of several lengths
+        (the server's batched prefill) wants each row's last real token.
 
         The tokens are written after the cache's filled slots, under `cache.mask(T)`. With `slot` (a one-element
         tensor) this is the static decode step instead: one token per row written at that slot, attention over the
@@ -432,7 +434,9 @@ class GPT(nn.Module):
             at, mask = slot, attention_mask(cache.valid, slot, T, cache.max_len)
         # Blocks' forward is called directly: nn.Module.__call__ costs microseconds, which a small decode step feels.
         x = self.blocks(x.flatten(0, 1), rope, weights.layers, cache, at, mask, B, T, Block.forward)
-        return weights.head(weights.norm(x.view(B, T, -1)[:, -1]), None, T == 1)
+        x = x.view(B, T, -1)
+        x = x[:, -1] if last is None else x[torch.arange(B, device=x.device), last]
+        return weights.head(weights.norm(x), None, T == 1)
 
     def blocks(self, x: torch.Tensor, rope: Rope, layer_ops: list[LayerOps], cache: KVCache | None,
                at: int | torch.Tensor, mask: torch.Tensor | None, B: int, T: int, call: Callable) -> torch.Tensor:

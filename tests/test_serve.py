@@ -208,6 +208,41 @@ def test_scheduler_admits_at_any_step_and_a_cancelled_request_frees_its_slot_at_
     assert scheduler.metrics.requests["cancelled"] == 1
 
 
+def test_joiners_are_prefilled_together_each_exactly_as_alone(monkeypatch):
+    engine = Engine(tiny_model(block_size=64), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=8)  # not started: the test turns the loop by hand
+    forwards: list[tuple[int, int]] = []
+    infer = engine.model.infer
+
+    def counted(tokens, *args, **kwargs):
+        forwards.append(tuple(tokens.shape))
+        return infer(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "infer", counted)
+    system = [engine.tokenizer.bos_id, 40, 41, 42]
+    # Lengths 5, 9, 12, 3; two share a system prompt (computed once, in its own forward), one asks for 2 samples.
+    prompts = [[1, 50, 51, 52, 53], system + [60, 61, 62, 63, 64], system + list(range(70, 78)), [1, 90, 91]]
+    prefixes, ns = [0, 4, 4, 0], [1, 1, 2, 1]
+    events: dict[int, list] = {i: [] for i in range(4)}
+    for i, prompt in enumerate(prompts):
+        params = SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[], n=ns[i])
+        scheduler.submit(prompt, params, lambda k, p, i=i: events[i].append((k, p)), prefix_len=prefixes[i])
+    scheduler._turn()
+    assert forwards == [(1, 4), (4, 8), (5, 1)]  # the prefix, four prompts past it padded to 8, one decode step
+    while scheduler._running or scheduler._waiting:
+        scheduler._turn()
+    for i, prompt in enumerate(prompts):
+        want = engine.generate(prompt, SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[]))[0][0]
+        for sample in range(ns[i]):
+            got = [p.event.token_id for k, p in events[i] if k == "token" and p.index == sample]
+            assert got == want.token_ids, (i, sample)
+    # A forward stays under twice its real tokens (40 + 3 padded to 80 <= 86, + 4 to 120 > 94); a padded end past
+    # the context splits too.
+    pieces = [([1] * 40, 0), ([1] * 3, 0), ([1] * 4, 0), ([1] * 5, 0)]
+    assert scheduler._prefill_groups(pieces) == [(0, 2), (2, 4)]
+    assert scheduler._prefill_groups([([1] * 10, 50), ([1] * 20, 0)]) == [(0, 1), (1, 2)]
+
+
 def test_requests_beyond_the_limit_are_refused_until_one_leaves():
     from lmforge.serve.scheduler import QueueFull
 

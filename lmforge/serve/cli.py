@@ -1,12 +1,13 @@
 """`lmforge serve`: a checkpoint behind an OpenAI-compatible HTTP API with continuous batching, and its pages.
 
     lmforge serve --checkpoint runs/sft [--device cuda] [--host 0.0.0.0] [--port 8000] [--api-key KEY]
+    lmforge serve --params model.bin ...      (a file from `lmforge export params`, fp32 or int8)
 
 Then any OpenAI client works against it (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)`), and the
 pages (chat, tokenizer explorer, next-token view) are at http://127.0.0.1:8000/pages/. It binds 127.0.0.1 unless
 `--host` says otherwise; with `--api-key` (or the environment variable LMFORGE_API_KEY, which keeps the key out of
-the process list) every API route wants `Authorization: Bearer KEY`. Only checkpoints are served: `export/params.py` loads a parameter file's GPT
-(`load_params`) but nothing yet rebuilds a `Tokenizer` from the file's token table, and the API needs one.
+the process list) every API route wants `Authorization: Bearer KEY`. A parameter file's tokenizer is rebuilt from its
+token table (`loading.py`); its int8 weights are served as the fp32 values they stand for.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lmforge.config import add_config_arguments, check_fields, config_from_args, require
 
@@ -23,6 +23,7 @@ from lmforge.config import add_config_arguments, check_fields, config_from_args,
 @dataclass
 class ServeConfig:
     checkpoint: str = ""  # run folder (its newest checkpoint) or checkpoint folder to serve
+    params: str = ""  # or a parameter file from `lmforge export params` (fp32, fp16/bf16 or int8)
     host: str = "127.0.0.1"  # address to bind; 0.0.0.0 exposes the server to the network
     port: int = 8000  # TCP port (0 picks a free one)
     api_key: str | None = None  # require 'Authorization: Bearer KEY' (default: $LMFORGE_API_KEY, else none)
@@ -39,7 +40,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(self, "checkpoint", bool(self.checkpoint), "is required: a run or checkpoint folder")
+        require(self, "checkpoint", bool(self.checkpoint) != bool(self.params),
+                "or --params is required, not both: a run or checkpoint folder, or a parameter file")
         require(self, "port", 0 <= self.port <= 65535, "must be from 0 to 65535")
         require(self, "api_key", self.api_key is None or len(self.api_key) >= 8, "must have at least 8 characters")
         for name in ("slots", "max_concurrent", "max_body_bytes", "max_tokens", "max_n"):
@@ -50,31 +52,34 @@ class ServeConfig:
         require(self, "threads", self.threads is None or self.threads >= 1, "must be at least 1")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from lmforge.utils import configure_threads, resolve_device
-
-    cfg = config_from_args(ServeConfig, args)
-    device = resolve_device(cfg.device)
-    if not Path(cfg.checkpoint).is_dir():
-        from lmforge.utils import LmforgeError
-
-        raise LmforgeError(f"--checkpoint {cfg.checkpoint}: no such folder")
-    configure_threads(cfg.threads)
-    import uvicorn
-
-    from lmforge.inference.engine import Engine
+def start_service(cfg: ServeConfig, device: str) -> tuple[Any, Any, str]:
+    """(scheduler, app, model name) of `cfg`: the engine loaded, the scheduler warmed up and running, the app over it.
+    `lmforge serve` runs the app under uvicorn; the speedrun's serve stage on a background server."""
     from lmforge.serve.app import create_app
+    from lmforge.serve.loading import load_served_engine
     from lmforge.serve.protocol import Limits
     from lmforge.serve.scheduler import Scheduler
 
-    engine = Engine.from_checkpoint(cfg.checkpoint, device=device, dtype=cfg.dtype, compile=False)
-    name = cfg.model_name or Path(cfg.checkpoint).resolve().name
+    engine, default_name = load_served_engine(cfg.checkpoint, cfg.params, device, cfg.dtype)
+    name = cfg.model_name or default_name
     scheduler = Scheduler(engine, slots=cfg.slots, prefix_entries=cfg.prefix_cache, max_requests=cfg.max_concurrent)
     print(f"lmforge serve: warming up {name} on {device} ...", flush=True)
     scheduler.warm_up()
     scheduler.start()
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n)
     app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
+    return scheduler, app, name
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmforge.utils import configure_threads, resolve_device
+
+    cfg = config_from_args(ServeConfig, args)
+    device = resolve_device(cfg.device)
+    configure_threads(cfg.threads)
+    import uvicorn
+
+    scheduler, app, name = start_service(cfg, device)
     print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)
     try:
@@ -85,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a checkpoint: OpenAI-compatible API, continuous batching, web pages",
+    p = sub.add_parser("serve", help="serve a checkpoint or parameter file: OpenAI-compatible API, continuous batching, web pages",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, ServeConfig)
     p.set_defaults(func=cmd_serve)

@@ -2,9 +2,10 @@
 
 A background thread runs the loop. Each turn it (1) takes new requests from a thread-safe queue, (2) drops the rows of
 requests whose client went away (`cancel`), freeing their slots at once, (3) admits waiting requests while free
-slots last: prefill of the prompt into the request's slot row (a shared prefix such as a system prompt is copied
-from the `PrefixCache` instead of computed), its n samples copying that row, and their first tokens sampled right
-away (time to first token does not wait for anyone's decode), and (4) runs one decode step over every running row:
+slots last, all of them prefilled together: one forward over their prompts right-padded to the longest (a shared
+prefix such as a system prompt is copied from the `PrefixCache` instead of computed), each request's n samples
+copying its row, and their first tokens sampled right away (time to first token waits neither for anyone's decode
+nor for the other joiners' prefills one by one), and (4) runs one decode step over every running row:
 `GPT.infer` over the engine's `InferenceWeights` and a `SlotView` of the pool, the model's one forward.
 
 Sampling is per request: each request samples its rows with its own `SamplingParams` and its own seeded generator,
@@ -41,6 +42,9 @@ Sink = Callable[[str, Any], None]
 # benchmarks/bench_serve.py (tiny shape, 1 thread, loaded 2-core machine), 0.5 ms took one stream from 107 to 448
 # tokens/s and 16 streams from 357 to 763.
 GIL_SWITCH_S = 0.0005
+# The most tokens (padding included) one batched prefill forward computes: bounds its activations and attention
+# scores when many long prompts join at once (vLLM's max_num_batched_tokens); a longer prompt runs alone.
+PREFILL_TOKENS = 4096
 
 
 class QueueFull(LmforgeError):
@@ -243,52 +247,100 @@ class Scheduler:
                 slot += 1
 
     def _admit(self) -> None:
-        if self._waiting:
-            self._weights = self.engine.inference_weights()
-        while self._waiting and self.busy_slots + self._waiting[0].params.n <= self.pool.slots:
+        """Admit the waiting requests that fit in the free slots, all of them prefilled by one batched forward (two
+        when some prompt's shared prefix is not cached yet), so a burst of clients all get their first token after
+        one prefill rather than one after another."""
+        if not self._waiting:
+            return
+        self._weights = self.engine.inference_weights()
+        admitted, free = [], self.pool.slots - self.busy_slots
+        while self._waiting and self._waiting[0].params.n <= free:
             request = self._waiting.pop(0)
-            if request.cancelled:
-                continue
-            try:
-                logits = self._prefill(request, self.busy_slots)
-            except Exception as e:  # this request failed (out of memory...): tell its client, serve the others
+            if not request.cancelled:
+                admitted.append(request)
+                free -= request.params.n
+        if not admitted:
+            return
+        try:
+            logits = self._prefill(admitted, self.busy_slots)
+        except Exception as e:  # out of memory...: tell these clients, serve the others
+            for request in admitted:
                 self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
-                continue
+            return
+        for request, row_logits in zip(admitted, logits):
             self._running.append(request)
-            self._sample(request, logits)
-            self._retire()
+            self._sample(request, row_logits.float().expand(request.params.n, -1))
+        self._retire()
 
-    def _prefill(self, request: Request, slot: int) -> torch.Tensor:
-        """Fill row `slot` with the prompt's keys/values (the prefix from the cache when kept), copy it for the other
-        samples, and return the logits of the last prompt token, one row per sample."""
-        prompt, P = request.prompt, request.prefix_len
-        if P > 0:
-            kept = self.prefixes.get(tuple(prompt[:P]))
-            if kept is None:
-                self._forward(slot, prompt[:P], 0)
-                self.prefixes.put(tuple(prompt[:P]), self.pool.read(slot, P))
-            else:
-                self.pool.load(slot, *kept)
-        logits = self._forward(slot, prompt[P:], P)
-        n, params = request.params.n, request.params
-        for i in range(n):
-            if i:
-                self.pool.move(slot, slot + i, len(prompt))
-            request.rows.append(_SlotRow(self.engine.new_decoder(), i, slot + i, len(prompt), params.max_tokens))
-        if params.uses_penalties:
-            vocab = self.model.config.vocab_size
+    def _prefill(self, requests: list[Request], base: int) -> list[torch.Tensor]:
+        """Prefill request i's prompt into row base+i (its kept prefix copied from the cache, a new prefix computed
+        and kept first), then spread the rows out so each request's n samples get consecutive rows, copies of its
+        prefilled row. Returns each request's logits of its last prompt token (1, V)."""
+        kept: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
+        for request in requests:
+            prefix = tuple(request.prompt[:request.prefix_len])
+            if prefix and prefix not in kept:
+                kept[prefix] = self.prefixes.get(prefix)
+        missing = [prefix for prefix, kv in kept.items() if kv is None]
+        if missing:  # computed alone from column 0 (in scratch rows), as a cached prefix once was
+            self._forward_rows(base, [(list(prefix), 0) for prefix in missing])
+            for row, prefix in enumerate(missing, start=base):
+                kept[prefix] = self.pool.read(row, len(prefix))
+                self.prefixes.put(prefix, kept[prefix])
+        for row, request in enumerate(requests, start=base):
+            if request.prefix_len:
+                self.pool.load(row, *kept[tuple(request.prompt[:request.prefix_len])])
+        logits = self._forward_rows(base, [(r.prompt[r.prefix_len:], r.prefix_len) for r in requests])
+        slot = base + sum(r.params.n for r in requests)
+        for i in reversed(range(len(requests))):  # each request's rows lie at or after its prefill row
+            request = requests[i]
+            slot -= request.params.n
+            for j in range(request.params.n):
+                if slot + j != base + i:
+                    self.pool.move(base + i, slot + j, len(request.prompt))
+                request.rows.append(_SlotRow(self.engine.new_decoder(), j, slot + j, len(request.prompt),
+                                             request.params.max_tokens))
+            self._track_penalties(request)
+            self.metrics.prompt_tokens(len(request.prompt))
+        return list(logits.split(1))
+
+    def _track_penalties(self, request: Request) -> None:
+        """The seen-token sets and counts that presence/frequency/repetition penalties read, from the prompt on."""
+        if request.params.uses_penalties:
+            n, vocab = request.params.n, self.model.config.vocab_size
             request.seen = torch.zeros(n, vocab, dtype=torch.bool, device=self.device)
-            request.seen[:, torch.tensor(prompt, device=self.device)] = True
+            request.seen[:, torch.tensor(request.prompt, device=self.device)] = True
             request.counts = torch.zeros(n, vocab, device=self.device)
-        self.metrics.prompt_tokens(len(prompt))
-        return logits.float().expand(n, -1)
 
-    def _forward(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
-        """Run tokens through the model into row `slot` from column `start`; logits of the last one (1, V)."""
-        ids = torch.tensor([tokens], device=self.device)
-        pos = torch.arange(start, start + len(tokens), device=self.device)[None]
-        view = self.pool.view(slot, [start], len(tokens))
-        return self.model.infer(ids, pos, view, self._weights)
+    def _forward_rows(self, first: int, pieces: list[tuple[list[int], int]]) -> torch.Tensor:
+        """Run piece r's tokens into row first+r from its start column, in as few forwards as PREFILL_TOKENS and
+        the padding rule allow (see `_prefill_groups`). Logits of each piece's last token (rows, V)."""
+        out = []
+        for lo, hi in self._prefill_groups(pieces):
+            group = pieces[lo:hi]
+            T = max(len(tokens) for tokens, _ in group)
+            ids = torch.tensor([tokens + tokens[-1:] * (T - len(tokens)) for tokens, _ in group], device=self.device)
+            starts = [start for _, start in group]
+            pos = torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)
+            last = torch.tensor([len(tokens) - 1 for tokens, _ in group], device=self.device)
+            out.append(self.model.infer(ids, pos, self.pool.view(first + lo, starts, T), self._weights, last=last))
+        return torch.cat(out)
+
+    def _prefill_groups(self, pieces: list[tuple[list[int], int]]) -> list[tuple[int, int]]:
+        """Split consecutive rows into forwards: a row joins the current one while the padded batch stays within
+        PREFILL_TOKENS (a long prompt alone may pass it) and at most twice the real tokens (prompts of very
+        different lengths would mostly compute padding), and every row's padded end fits in the context."""
+        groups, lo = [], 0
+        for hi in range(1, len(pieces) + 1):
+            group = pieces[lo:hi]
+            T = max(len(tokens) for tokens, _ in group)
+            real = sum(len(tokens) for tokens, _ in group)
+            fits = max(start for _, start in group) + T <= self.pool.width
+            if hi - lo > 1 and not (fits and T * (hi - lo) <= min(PREFILL_TOKENS, 2 * real)):
+                groups.append((lo, hi - 1))
+                lo = hi - 1
+        groups.append((lo, len(pieces)))
+        return groups
 
     def _decode(self) -> None:
         """One step: every running row's last token in, the next one sampled. A finished sample of a request whose

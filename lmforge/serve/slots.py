@@ -27,40 +27,46 @@ class SlotView(KVCache):
 
     A forward over T new tokens per row writes them at columns lengths[r]..lengths[r]+T-1 of row r and attends over
     the columns up to each query (older columns of a row are always its own tokens; columns beyond belong to a
-    previous occupant and are masked). T > 1 (prefill) takes one row at a time, as the scheduler prefills.
+    previous occupant, or to the padding of a batched prefill, and are masked). T > 1 is a batched prefill: rows of
+    several prompt lengths, right-padded to T; a padding token's key lands past its row's prompt, where the row's
+    decode steps overwrite it before any query can see it.
     """
 
     def __init__(self, pool: "SlotPool", first: int, lengths: list[int], T: int) -> None:  # noqa: D107
         count = len(lengths)
         rows = slice(first, first + count)
-        if T > 1 and count != 1:
-            raise ValueError("a multi-token forward over a slot view takes one row")
+        if max(lengths) + T > pool.width:
+            raise ValueError(f"a forward of {T} tokens from column {max(lengths)} passes the slots' {pool.width}")
         self.k = [k[rows] for k in pool.k]
         self.v = [v[rows] for v in pool.v]
         self.valid = pool.valid[rows]
         self.max_len = pool.width
         self.starts = torch.tensor(lengths, device=pool.valid.device)
         self.first_start = lengths[0]
-        _, heads, _, head_dim = pool.k[0].shape
-        # Where each row's one new key/value goes, as a scatter index along the slot axis (one kernel per layer).
-        self.index = self.starts.view(-1, 1, 1, 1).expand(count, heads, 1, head_dim) if T == 1 else None
-        self.width = max(lengths) + T  # columns any query of this forward can see
         self.uniform = min(lengths) == max(lengths)
+        _, heads, _, head_dim = pool.k[0].shape
+        # Where each row's new keys/values go, as a scatter index along the slot axis (one kernel per layer); rows
+        # that all start at one column take a plain slice instead.
+        self.index = None
+        if T == 1 or not self.uniform:
+            columns = self.starts.view(-1, 1) + torch.arange(T, device=self.starts.device)
+            self.index = columns.view(count, 1, T, 1).expand(count, heads, T, head_dim)
+        self.width = max(lengths) + T  # columns any query of this forward can see
         self.length = 0  # the batch-wide fill level of the engine's cache; unused here (rows have their own)
         self.holes = True
 
     def mask(self, T: int) -> torch.Tensor | None:
         """None where plain attention over the `width` columns is already right (SDPA's fastest path): one query
         per row and every row filled to the same length (one stream, or the n samples of one prompt), or a
-        prefill from column 0 (causal)."""
-        if (T == 1 and self.uniform) or (T > 1 and self.first_start == 0):
+        prefill from column 0 in every row (causal: a row's padding comes after its prompt, which never sees it)."""
+        if self.uniform and (T == 1 or self.first_start == 0):
             return None
         return attention_mask(self.valid, self.starts.view(-1, 1, 1, 1), T, self.width)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor,
               T: int) -> tuple[torch.Tensor, torch.Tensor]:
         kc, vc = self.k[layer], self.v[layer]
-        if T == 1:
+        if self.index is not None:
             kc.scatter_(2, self.index, k)
             vc.scatter_(2, self.index, v)
         else:

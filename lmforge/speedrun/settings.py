@@ -59,6 +59,15 @@ CHAT_SCRIPT = [
 ]
 CHAT_MAX_TOKENS = 96
 
+# The serve stage: the assistant the user takes away (export_assistant's fp32 parameter file) behind `lmforge serve`
+# on 127.0.0.1, checked with the official openai client. SERVE_PROMPT's greedy continuation through the API must
+# equal `lmforge generate`'s; the chat question is the script's calculator one, its tool call (when the model makes
+# one) run and answered. 48 tokens hold the default assistant's answers and take about a second on the tiny shape, so
+# every preset, smoke included, runs the same check; 4 concurrent streams give a batched throughput figure.
+SERVE_PROMPT = "The json module"
+SERVE_MAX_TOKENS = 48
+SERVE_STREAMS = 4
+
 # The full speedrun's pretraining: 600 x 16 x 256 = 2.5M tokens, about 2.5 passes over the crawled docs (~1M tokens;
 # more passes only overfit them). Measured on the 2 shared cores while other programs ran: ~1 s a step, 574 steps
 # in the 600 s budget, validation loss 3.35 (1.25 bits per byte). The budget stops a run on a busier machine early,
