@@ -656,3 +656,9 @@ def test_flags_rlhf_train_missing_checkpoint(tmp_path):
     out = tmp_path / "rl"
     assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("host", ["http://example.com", "example.com:8080", "example.com/docs", ""])
+def test_flags_llmos_browse_allow(host, tmp_path):
+    """`chat --browse-allow` takes a host only; anything else is refused naming the flag, before a model loads."""
+    _refused_without_output(["chat", "--browse-allow", host], "--browse-allow", tmp_path / "no_checkpoint", tmp_path)
