@@ -53,7 +53,10 @@ class ServeConfig:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmforge.utils import configure_threads, resolve_device
 
+    from lmforge.serve.tool_loop import ServerToolsConfig
+
     cfg = config_from_args(ServeConfig, args)
+    tools_cfg = config_from_args(ServerToolsConfig, args)
     device = resolve_device(cfg.device)
     if not Path(cfg.checkpoint).is_dir():
         from lmforge.utils import LmforgeError
@@ -74,7 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheduler.warm_up()
     scheduler.start()
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n)
-    app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
+    app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None,
+                     server_tools=tools_cfg.build(), spotlight=tools_cfg.spotlight)
     print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)
     try:
@@ -88,4 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a checkpoint: OpenAI-compatible API, continuous batching, web pages",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, ServeConfig)
+    from lmforge.serve.tool_loop import ServerToolsConfig
+
+    add_config_arguments(p, ServerToolsConfig, title="server-side tools (the server runs the model's tool calls)")
     p.set_defaults(func=cmd_serve)
