@@ -99,7 +99,7 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
                api_key: str | None = None, server_tools: ServerTools | None = None,
                spotlight: bool = False) -> FastAPI:
     """The server's application over a started scheduler. `server_tools`: the server runs the model's tool calls
-    in chat answers (`tool_loop.py`); `spotlight`: tool outputs are datamarked (`protocol.spotlit`)."""
+    in chat answers (`tool_loop.py`); `spotlight`: tool outputs are datamarked (`tools.spotlight_messages`)."""
     limits = limits or Limits()
     tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)

@@ -217,7 +217,9 @@ def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int, server
     included, are datamarked and the system prompt starts with the spotlighting instruction (`serve --spotlight`)."""
     messages = chat_messages(body)
     if spotlight:
-        messages = spotlit(messages)
+        from lmforge.inference.tools import spotlight_messages
+
+        messages = spotlight_messages(messages)
     try:
         prompt = render_for_completion(tok, messages)
         system = render_conversation(tok, messages[:1])[0] if messages[0]["role"] == "system" else []
@@ -240,17 +242,6 @@ def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int, server
     stop_ids = [t.end, t.bos, t.tool_call_end if tools or run_here else t.tool_call]
     return GenerationSpec([prompt], params, stream, include, _logprob_count(body, chat=True), prefix, stop_ids,
                           tools=tools, server_tools=run_here)
-
-
-def spotlit(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with every tool output datamarked and the spotlighting instruction first in the system prompt."""
-    from lmforge.inference.tools import datamark, spotlight_system
-
-    out = [{**m, "content": datamark(m["content"])} if m.get("role") == "tool" and isinstance(m.get("content"), str)
-           else m for m in messages]
-    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-        return [{**out[0], "content": spotlight_system(out[0]["content"])}] + out[1:]
-    return [{"role": "system", "content": spotlight_system(None)}] + out
 
 
 def tool_names(body: dict[str, Any]) -> list[str]:
