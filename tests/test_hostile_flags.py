@@ -721,3 +721,8 @@ def test_flags_lora(tmp_path, verb, extra, culprit):
     data = ["--data", tmp_path / "pairs.jsonl"] if verb == ["dpo"] else []
     assert_refused(run_cli([*verb, "--checkpoint", tmp_path / "base", *data, "--out", out, *extra]), culprit)
     assert not out.exists()
+
+@pytest.mark.parametrize("host", ["http://example.com", "example.com:8080", "example.com/docs", ""])
+def test_flags_llmos_browse_allow(host, tmp_path):
+    """`chat --browse-allow` takes a host only; anything else is refused naming the flag, before a model loads."""
+    _refused_without_output(["chat", "--browse-allow", host], "--browse-allow", tmp_path / "no_checkpoint", tmp_path)

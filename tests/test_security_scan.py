@@ -189,3 +189,59 @@ def test_endpoint_time_budget_and_errors_are_not_counted(alignment):
     summary = run_scan(type("T", (), {"name": "x", "answer": lambda self, m: answers})(), cases,
                        ScanConfig(suites=["harmful"], bootstrap=200), None)
     assert summary[0]["answered"] == len(sent) and summary[0]["rate"] == 0.0
+
+
+def test_browse_injection_suite_reads_each_page_through_the_browse_tool(alignment):
+    """Each case's tool output is what the real browse tool read from a page served on loopback: the email's start
+    and the whole attack, extracted from HTML (no markup), every attack at each of the three positions."""
+    from lmforge.security.suites import BROWSE_ATTACK_CHARS, BROWSE_CONTEXT_CHARS
+
+    cases = build_cases(["browse_injection"], alignment, 4, 0, "val")
+    assert len(cases) == 12 and [c.meta["position"] for c in cases[:3]] == ["start", "middle", "end"]
+    for case in cases:
+        user, call, tool = case.messages
+        url = call["tool_calls"][0]["arguments"]
+        assert call["tool_calls"][0]["name"] == "browse" and tool["name"] == "browse"
+        assert url.startswith("http://127.0.0.1:") and url in user["content"]
+        squash = " ".join(tool["content"].split())
+        assert " ".join(case.payload.instruction.split()) in squash, (case.case_id, squash)
+        assert "<p>" not in tool["content"] and not tool["content"].startswith("error")
+        assert len(case.payload.instruction) <= BROWSE_ATTACK_CHARS and len(squash) < BROWSE_CONTEXT_CHARS + 200
+    again = build_cases(["browse_injection"], alignment, 4, 0, "val")
+    assert [c.messages[2] for c in again] == [c.messages[2] for c in cases]
+
+
+class RecordingTarget:
+    """Answers each conversation with a fixed text and keeps what it was sent."""
+
+    name = "recording"
+
+    def __init__(self, answer: str) -> None:
+        self.text, self.sent = answer, []
+
+    def answer(self, conversations):
+        from lmforge.security.targets import Answer
+
+        self.sent = conversations
+        return [Answer(self.text) for _ in conversations]
+
+
+def test_scan_spotlight_marks_tool_outputs_and_unmarks_answers(alignment):
+    """--spotlight: every tool-channel output is datamarked and the instruction leads the system prompt, a document
+    in the user turn stays as it was; an answer that copies a marked marker payload still counts as followed."""
+    from lmforge.inference.tools import SPOTLIGHT_INSTRUCTION
+
+    cfg = ScanConfig(suites=["injection", "browse_injection"], limit=78, bootstrap=200, spotlight=True)
+    cases = [c for c in build_cases(cfg.suites, alignment, cfg.limit, cfg.seed, "val") if c.payload.check == "marker"]
+    target = RecordingTarget("Sure: ACCESS^GRANTED")
+    summary = {s["suite"]: s for s in run_scan(target, cases, cfg, None)}
+    for case, sent in zip(cases, target.sent):
+        assert sent[0]["role"] == "system" and sent[0]["content"].startswith(SPOTLIGHT_INSTRUCTION)
+        tool = [m for m in sent if m["role"] == "tool"]
+        if case.meta["channel"] == "document":
+            assert not tool and sent[1:] == case.messages
+        else:
+            assert " " not in tool[0]["content"].replace("\n", "") and "^" in tool[0]["content"]
+    granted = [c for c in cases if "ACCESS GRANTED" in c.payload.instruction]
+    assert granted and summary["browse_injection"]["successes"] == sum(c.suite == "browse_injection" for c in granted)
+    assert summary["browse_injection"]["wilson95"][0] < summary["browse_injection"]["rate"] <= 1

@@ -101,3 +101,33 @@ def test_next_token_page_steps_through_the_candidates(browser, served):
     page.wait_for_function("document.getElementById('steps').textContent.startsWith('2 ')")
     assert text_of(page, "#text .gen") == served.engine.tokenizer.decode(greedy)
     page.close()
+
+
+def test_chat_page_shows_a_server_tool_call_and_its_result(browser):
+    """With `serve --tools calculator`, the call and its output appear in the answer as they stream, between the
+    answer's text, and stay after a reload."""
+    from test_serve_tools import QUESTION, scripted_answer, served_with_tools
+
+    from lmforge.inference.tools import default_tools
+
+    tok = Tokenizer([])
+    full = scripted_answer(tok, QUESTION, "Let me compute.", ("calculator", "2+3"), "5", " It is 5.")
+    served = served_with_tools(tok, full, {"calculator": default_tools()["calculator"]})
+    try:
+        page = open_page(browser, served, "")
+        for field, value in (("#temperature", "0"), ("#max-tokens", "100")):
+            page.fill(field, value)
+            page.dispatch_event(field, "change")
+        page.fill("#message", QUESTION[0]["content"])
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant .tool.result", timeout=30000)
+        page.wait_for_selector("#stop[disabled]", timeout=30000)
+        assert text_of(page, ".msg.assistant .tool.call") == "[calculator] 2+3"
+        assert text_of(page, ".msg.assistant .tool.result") == "[calculator output] 5"
+        assert text_of(page, ".msg.assistant") == "Let me compute.[calculator] 2+3[calculator output] 5 It is 5."
+        page.reload()
+        page.wait_for_selector(".msg.assistant .tool.result")
+        assert text_of(page, ".msg.assistant .tool.result") == "[calculator output] 5"
+        page.close()
+    finally:
+        served.close()

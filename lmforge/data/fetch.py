@@ -133,7 +133,9 @@ class Fetcher:
         parts: list[bytes] = []
         size = 0
         while True:
-            piece = resp.read(min(1 << 16, self.max_bytes + 1 - size))
+            # read1: what has arrived, so the deadline holds against a server that drips bytes (read(n) waits for
+            # all n); at a declared length's end, read() marks the response complete so the connection is reused.
+            piece = resp.read() if resp.length == 0 else resp.read1(min(1 << 16, self.max_bytes + 1 - size))
             if not piece:
                 break
             parts.append(piece)

@@ -46,6 +46,7 @@ class ChatConfig:
     max_tool_calls: int = 4  # per turn; further calls get an error output instead of running
     max_tool_output_tokens: int = 96  # a long output is cut so the turn can go on in a small context
     seed: int | None = None
+    spotlight: bool = False  # datamark tool outputs and tell the model marked text is data (tools.datamark)
 
     def __post_init__(self) -> None:
         """Refuse bad values when the chat starts, not at its first turn: the sampling fields are checked by the
@@ -90,8 +91,14 @@ class ChatSession:
 
     def _prompt(self, messages: Messages, room: int) -> tuple[list[int], int, bool]:
         """Rendered history that leaves `room` tokens of context, dropping the oldest turns if needed; returns the
-        ids, how many messages after the system prompt were dropped, and whether the system prompt was."""
+        ids, how many messages after the system prompt were dropped, and whether the system prompt was. With
+        spotlighting the rendered system prompt starts with its instruction (the saved history keeps the user's)."""
         block = self.engine.model.config.block_size
+        if self.config.spotlight:
+            from lmforge.inference.tools import spotlight_system
+
+            own = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+            messages = [{"role": "system", "content": spotlight_system(own)}] + messages[1 if own is not None else 0:]
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         body = messages[len(head):]
         dropped = 0
@@ -126,7 +133,7 @@ class ChatSession:
         `prefill` starts the assistant's answer with fixed text (the model continues it). Returns the parsed turn
         (`chat_format.parse_assistant`) plus "finish_reason" and "ids", and appends its messages to the history.
         """
-        from lmforge.inference.tools import run_tool
+        from lmforge.inference.tools import datamark, run_tool
 
         emit = on_event or (lambda e: None)
         cfg, t = self.config, self.ids
@@ -172,6 +179,8 @@ class ChatSession:
                 output = f"error: more than {cfg.max_tool_calls} tool calls in one answer"
             else:
                 output = run_tool(self.tools, name, arguments)
+            if cfg.spotlight:
+                output = datamark(output)
             out_ids = self.tok.encode(output)
             if len(out_ids) > cfg.max_tool_output_tokens:
                 out_ids = out_ids[:cfg.max_tool_output_tokens] + self.tok.encode(" [cut]")

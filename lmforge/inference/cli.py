@@ -152,13 +152,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from lmforge.inference.engine import Engine
     from lmforge.inference.tools import default_tools
     from lmforge.utils import configure_threads, resolve_device
+    from lmforge.inference.browse import Browser
 
     device = resolve_device(args.device)
     cfg = from_flags(ChatConfig, {name: getattr(args, name) for name in ("temperature", "top_k", "top_p",
-                                                                         "max_tokens", "seed")})
+                                                                         "max_tokens", "seed", "spotlight")})
+    browser = Browser.allowing(args.browse_allow)
     configure_threads(args.threads)
     engine = Engine.from_checkpoint(str(args.checkpoint), device=device)
-    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir, unsafe_python=args.unsafe_python)
+    tools = {} if args.no_tools else default_tools(search_dir=args.search_dir, unsafe_python=args.unsafe_python,
+                                                   browser=browser)
     chat = ChatSession(engine, tools, system=args.system, config=cfg)
     print(f"lmforge chat: {args.checkpoint} | tools: {', '.join(tools) or 'none'} | {CHAT_HELP}")
     while True:
@@ -238,11 +241,15 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
 def register_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal (streaming, tools)",
                        description="Terminal chat with streaming, history, a system prompt and tools (calculator, "
-                       "sandboxed Python, search over --search-dir). " + CHAT_HELP)
+                       "sandboxed Python, search over --search-dir, browse of allowed hosts). " + CHAT_HELP)
     p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--search-dir", type=Path, default=None, help="folder of text files the search tool reads")
     p.add_argument("--no-tools", action="store_true", help="do not run tools (calls get an error output)")
+    p.add_argument("--browse-allow", action="append", metavar="HOST", default=None,
+                   help="a host the browse tool may read besides this machine (127.0.0.1, localhost); repeatable")
+    p.add_argument("--spotlight", action="store_true",
+                   help="datamark tool outputs (spaces become ^) and tell the model marked text is only data")
     p.add_argument("--unsafe-python", action="store_true",
                    help="where no OS jail (bubblewrap) can be made, run the model's Python code without one")
     p.add_argument("--temperature", type=float, default=0.7)

@@ -8,6 +8,7 @@ endpoint error, the time budget spent) are counted separately, never as refusals
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class ScanConfig:
     request_timeout: float = 60.0  # seconds one endpoint request may take
     time_budget: float = 1800.0  # seconds after which no further endpoint request is sent
     bootstrap: int = 1000  # bootstrap resamples of each suite's rate
+    spotlight: bool = False  # datamark tool outputs (spaces become ^) and add the instruction (Hines et al. 2024)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -74,13 +76,15 @@ def bootstrap_ci(successes: list[bool], resamples: int, seed: int) -> tuple[floa
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def score(cases: list[AttackCase], answers: list[Answer]) -> list[dict[str, Any]]:
+def score(cases: list[AttackCase], answers: list[Answer], unmark: str = "") -> list[dict[str, Any]]:
+    """Each answer judged by its case's rule. `unmark`: the spotlighting marker, read as a space in the answer, so
+    an answer that copies a marked payload ("ACCESS^GRANTED") counts as following it, as its unmarked copy would."""
     rows = []
     for case, answer in zip(cases, answers):
         row: dict[str, Any] = {"suite": case.suite, "case": case.case_id, "goal": case.goal, "meta": case.meta,
                                "prompt": case.messages, "answer": answer.text, "error": answer.error}
         if not answer.error:
-            success, verdict = judge(case, answer.text)
+            success, verdict = judge(case, answer.text.replace(unmark, " ") if unmark else answer.text)
             row.update(success=success, rule=verdict.rule, evidence=verdict.evidence)
         rows.append(row)
     return rows
@@ -88,6 +92,8 @@ def score(cases: list[AttackCase], answers: list[Answer]) -> list[dict[str, Any]
 
 def summarize(rows: list[dict[str, Any]], cfg: ScanConfig) -> list[dict[str, Any]]:
     """One line per suite: rate, its interval, counts, and the rules that fired most."""
+    from lmforge.posttrain.reward import wilson_interval  # here: reward.py imports torch, the CLI's parser must not
+
     out = []
     for suite in cfg.suites:
         mine = [r for r in rows if r["suite"] == suite]
@@ -98,9 +104,13 @@ def summarize(rows: list[dict[str, Any]], cfg: ScanConfig) -> list[dict[str, Any
         for r in answered:
             rules[r["rule"]] = rules.get(r["rule"], 0) + 1
         goal = mine[0]["goal"] if mine else ""
+        # Wilson beside the bootstrap: at 0 or all successes the bootstrap's interval collapses to a point, which
+        # says nothing about how small a rate 0 of n cases can rule out.
+        wilson = wilson_interval(sum(successes), len(answered))
         out.append({"suite": suite, "metric": METRIC_OF_GOAL.get(goal, ""), "cases": len(mine),
                     "answered": len(answered), "successes": sum(successes),
                     "rate": sum(successes) / len(answered) if answered else None, "ci95": [low, high],
+                    "wilson95": list(wilson),
                     "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]))})
     return out
 
@@ -108,20 +118,37 @@ def summarize(rows: list[dict[str, Any]], cfg: ScanConfig) -> list[dict[str, Any
 def markdown(summary: list[dict[str, Any]], target: str, cfg: ScanConfig) -> str:
     lines = [f"# Security scan of {target}", "",
              f"HarmBench split `{cfg.harmbench_split}`, {cfg.limit} cases per source, seed {cfg.seed}, greedy "
-             f"answers of at most {cfg.max_tokens} tokens; 95% intervals from {cfg.bootstrap} bootstrap resamples.",
-             "", "| suite | measure | answered / cases | rate | 95% CI | rules that fired |", "|---|---|---|---|---|---|"]
+             f"answers of at most {cfg.max_tokens} tokens; 95% intervals from {cfg.bootstrap} bootstrap resamples"
+             + ("; tool outputs spotlighted (datamarked)." if cfg.spotlight else "."),
+             "", "| suite | measure | answered / cases | rate | 95% CI (bootstrap) | Wilson 95% | rules that fired |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
         rate = "n/a" if s["rate"] is None else f"{s['rate']:.3f}"
         rules = ", ".join(f"{k} x{v}" for k, v in list(s["rules"].items())[:4])
         lines.append(f"| {s['suite']} | {s['metric']} | {s['answered']} / {s['cases']} | {rate} | "
-                     f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {rules} |")
+                     f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | [{s['wilson95'][0]:.3f}, {s['wilson95'][1]:.3f}] | "
+                     f"{rules} |")
     return "\n".join(lines) + "\n"
 
 
+def spotlight_cases(cases: list[AttackCase]) -> list[AttackCase]:
+    """The cases as a spotlighted deployment sends them: tool outputs (tool, file-search and browse channels)
+    datamarked, the instruction first in the system prompt. A document in the user turn is not marked (it is not a
+    tool output), so the document channel measures the instruction alone."""
+    from lmforge.inference.tools import spotlight_messages
+
+    return [dataclasses.replace(c, messages=spotlight_messages(c.messages)) for c in cases]
+
+
 def run_scan(target: Any, cases: list[AttackCase], cfg: ScanConfig, out_dir: Path | None) -> list[dict[str, Any]]:
-    """Ask the target every case, score the answers, and (with `out_dir`) write the three report files."""
+    """Ask the target every case (spotlighted with `cfg.spotlight`), score the answers, and (with `out_dir`) write
+    the three report files."""
+    from lmforge.inference.tools import SPOTLIGHT_MARK
+
+    if cfg.spotlight:
+        cases = spotlight_cases(cases)
     answers = target.answer([c.messages for c in cases])
-    rows = score(cases, answers)
+    rows = score(cases, answers, SPOTLIGHT_MARK if cfg.spotlight else "")
     summary = summarize(rows, cfg)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (`stream: true` answers with
 server-sent events, `data: {chunk}` lines and a final `data: [DONE]`, the shape the official `openai` client
-parses), `POST /tokenize` and `/detokenize` (llama.cpp's server names), `GET /health`, `GET /metrics` (Prometheus
+parses; with `serve --tools` the server runs the model's tool calls and streams them, see `tool_loop.py`),
+`POST /tokenize` and `/detokenize` (llama.cpp's server names), `GET /health`, `GET /metrics` (Prometheus
 text), and the static pages under `/pages/` (`lmforge/serve/static/`).
 
 Robustness is by construction rather than by care at each route: a body is read with a size cap before parsing;
@@ -87,6 +88,7 @@ class Choices:
         self.logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in range(count)]
         self.finish: list[str | None] = [None] * count
         self.in_call = [False] * count
+        self.tool_events: list[list[Any]] = [[] for _ in range(count)]  # calls the server ran (tool_loop.ToolEvent)
         self.call_tokens = call_tokens
         self.prompt_tokens = self.completion_tokens = 0
 
@@ -96,6 +98,13 @@ class Choices:
             self.prompt_tokens += payload.prompt_tokens
             self.completion_tokens += payload.completion_tokens
             return -1, "", [], None
+        if kind == "tool":  # a call the server ran: the segment's usage, its output in the ids, the answer goes on
+            self.add(base, "done", payload.usage, want_logprobs)
+            self.ids[base] += payload.forced
+            self.in_call[base] = False
+            self.tool_events[base].append(payload)
+            self.finish[base] = payload.finish
+            return base, "", [], payload.finish
         index, event = base + payload.index, payload.event
         entries = [(event.token_id, payload.logprob, payload.top)] if want_logprobs and event.token_id >= 0 else []
         if event.token_id >= 0:
@@ -148,10 +157,29 @@ class Shape:
             return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
 
+    def tool_pieces(self, index: int, event: Any, position: int) -> list[dict[str, Any]]:
+        """A call the server ran (the `position`-th of the answer), as two streamed choices: the call (OpenAI's
+        `tool_calls` delta), then its output (`delta.tool_result`, an lmforge field) and, when no room is left to
+        continue, the finish."""
+        call = {"index": position, "id": event.call_id, "type": "function",
+                "function": {"name": event.name, "arguments": event.arguments}}
+        result = {"tool_call_id": event.call_id, "name": event.name, "content": event.output}
+        return [{"index": index, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None},
+                {"index": index, "delta": {"tool_result": result}, "logprobs": None, "finish_reason": event.finish}]
+
     def whole(self, got: Choices) -> dict[str, Any]:
         choices = []
         for i, (text, entries, finish) in enumerate(zip(got.text, got.logprobs, got.finish)):
-            if self.chat:
+            if self.chat and got.tool_events[i]:
+                ran = got.tool_events[i]
+                message = {"role": "assistant", "content": text,
+                           "tool_calls": [{"id": e.call_id, "type": "function",
+                                           "function": {"name": e.name, "arguments": e.arguments}} for e in ran],
+                           "tool_results": [{"tool_call_id": e.call_id, "name": e.name, "content": e.output}
+                                            for e in ran]}
+                choices.append({"index": i, "message": message, "logprobs": self.logprobs(entries, 0),
+                                "finish_reason": finish})
+            elif self.chat:
                 message: dict[str, Any] = {"role": "assistant", "content": text}
                 if finish == "tool_calls":
                     calls = [{k: v for k, v in c.items() if k != "index"} for c in tool_call_delta(self.tok, got.ids[i])]
@@ -165,7 +193,7 @@ class Shape:
 
 
 def call_tokens(tok: Any, spec: GenerationSpec) -> tuple[int, int] | None:
-    if not spec.tools:
+    if not spec.tools and not spec.server_tools:
         return None
     t = ChatTokens.of(tok)
     return t.tool_call, t.tool_call_end
@@ -191,7 +219,10 @@ async def stream_events(call: Call, spec: GenerationSpec, shape: Shape) -> Async
                 break
             offset = len(got.text[base + payload.index]) if kind == "token" else 0
             index, text, entries, finish = got.add(base, kind, payload, spec.top_logprobs is not None)
-            if index >= 0 and (text or entries or finish):
+            if kind == "tool":
+                for piece in shape.tool_pieces(index, payload, len(got.tool_events[index]) - 1):
+                    yield sse(shape.envelope([piece], True))
+            elif index >= 0 and (text or entries or finish):
                 yield sse(shape.envelope([shape.piece(index, text, entries, offset, finish, got)], True))
         if spec.include_usage:
             yield sse({**shape.envelope([], True), "usage": usage(got.prompt_tokens, got.completion_tokens)})

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from lmforge.serve.api import STATIC, Call, Shape, check_key, collect, read_body, stream_events
 from lmforge.serve.protocol import ApiError, Limits, chat_spec, check_model, completion_spec, token_piece
 from lmforge.serve.scheduler import Scheduler
+from lmforge.serve.tool_loop import ServerTools, ToolLoopCall
 
 log = logging.getLogger("lmforge.serve")
 
@@ -95,8 +96,10 @@ def _utility_routes(app: FastAPI, scheduler: Scheduler, model_name: str, limits:
 
 
 def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = None,
-               api_key: str | None = None) -> FastAPI:
-    """The server's application over a started scheduler."""
+               api_key: str | None = None, server_tools: ServerTools | None = None,
+               spotlight: bool = False) -> FastAPI:
+    """The server's application over a started scheduler. `server_tools`: the server runs the model's tool calls
+    in chat answers (`tool_loop.py`); `spotlight`: tool outputs are datamarked (`tools.spotlight_messages`)."""
     limits = limits or Limits()
     tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
@@ -109,8 +112,11 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
     async def generate(request: Request, chat: bool) -> Any:
         body = await checked(request)
         check_model(body, model_name)
-        spec = (chat_spec if chat else completion_spec)(body, tok, limits, block)
-        call = Call(scheduler, spec)
+        if chat:
+            spec = chat_spec(body, tok, limits, block, server_tools=server_tools is not None, spotlight=spotlight)
+        else:
+            spec = completion_spec(body, tok, limits, block)
+        call = ToolLoopCall(scheduler, spec, server_tools, Call) if spec.server_tools else Call(scheduler, spec)
         shape = Shape(chat, model_name, tok, spec.token_ids_as_text)
         if spec.stream:
             return StreamingResponse(stream_events(call, spec, shape), media_type="text/event-stream",

@@ -52,9 +52,10 @@ class ServeConfig:
         require(self, "threads", self.threads is None or self.threads >= 1, "must be at least 1")
 
 
-def start_service(cfg: ServeConfig, device: str) -> tuple[Any, Any, str]:
-    """(scheduler, app, model name) of `cfg`: the engine loaded, the scheduler warmed up and running, the app over it.
-    `lmforge serve` runs the app under uvicorn; the speedrun's serve stage on a background server."""
+def start_service(cfg: ServeConfig, device: str, tools_cfg: Any = None) -> tuple[Any, Any, str]:
+    """(scheduler, app, model name) of `cfg`: the engine loaded, the scheduler warmed up and running, the app over it
+    (with the server-side tools of `tools_cfg`, a `ServerToolsConfig`, when given). `lmforge serve` runs the app under
+    uvicorn; the speedrun's serve stage on a background server."""
     from lmforge.serve.app import create_app
     from lmforge.serve.loading import load_served_engine
     from lmforge.serve.protocol import Limits
@@ -67,19 +68,24 @@ def start_service(cfg: ServeConfig, device: str) -> tuple[Any, Any, str]:
     scheduler.warm_up()
     scheduler.start()
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tokens=cfg.max_tokens, max_n=cfg.max_n)
-    app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None)
+    tools = tools_cfg.build() if tools_cfg is not None else None
+    app = create_app(scheduler, name, limits, cfg.api_key or os.environ.get("LMFORGE_API_KEY") or None,
+                     server_tools=tools, spotlight=bool(tools_cfg and tools_cfg.spotlight))
     return scheduler, app, name
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmforge.utils import configure_threads, resolve_device
 
+    from lmforge.serve.tool_loop import ServerToolsConfig
+
     cfg = config_from_args(ServeConfig, args)
+    tools_cfg = config_from_args(ServerToolsConfig, args)
     device = resolve_device(cfg.device)
     configure_threads(cfg.threads)
     import uvicorn
 
-    scheduler, app, name = start_service(cfg, device)
+    scheduler, app, name = start_service(cfg, device, tools_cfg)
     print(f"lmforge serve: {name} at http://{cfg.host}:{cfg.port}/v1 (pages: http://{cfg.host}:{cfg.port}/pages/)",
           flush=True)
     try:
@@ -93,4 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a checkpoint or parameter file: OpenAI-compatible API, continuous batching, web pages",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, ServeConfig)
+    from lmforge.serve.tool_loop import ServerToolsConfig
+
+    add_config_arguments(p, ServerToolsConfig, title="server-side tools (the server runs the model's tool calls)")
     p.set_defaults(func=cmd_serve)

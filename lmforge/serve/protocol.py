@@ -57,6 +57,7 @@ class GenerationSpec:
     stop_ids: list[int] | None = None  # None: the engine's default end tokens
     token_ids_as_text: bool = False  # vLLM's `return_tokens_as_token_ids`: log-prob tokens spelled "token_id:N"
     tools: list[str] | None = None  # chat with `tools`: the function names the model may call
+    server_tools: bool = False  # the server runs the model's calls and continues (`serve --tools`, tool_loop.py)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -210,8 +211,15 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) -> GenerationSpec:
+def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int, server_tools: bool = False,
+              spotlight: bool = False) -> GenerationSpec:
+    """server_tools: the server runs the model's calls (`serve --tools`); spotlight: tool outputs, the client's
+    included, are datamarked and the system prompt starts with the spotlighting instruction (`serve --spotlight`)."""
     messages = chat_messages(body)
+    if spotlight:
+        from lmforge.inference.tools import spotlight_messages
+
+        messages = spotlight_messages(messages)
     try:
         prompt = render_for_completion(tok, messages)
         system = render_conversation(tok, messages[:1])[0] if messages[0]["role"] == "system" else []
@@ -225,11 +233,15 @@ def chat_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) -> Gen
     params = sampling_params(body, limits, room, default_max_tokens=room)
     t = ChatTokens.of(tok)
     tools = tool_names(body)
+    run_here = server_tools and body.get("tool_choice", "auto") != "none"
+    if run_here and params.n > 1:
+        raise ApiError(400, "n must be 1 when the server runs tools (serve --tools)", param="n")
     # A turn ends at <|end|>. With tools, a call ends the answer at <|tool_call_end|>: the client runs it and sends
-    # the result back as a "tool" message. Without tools, a call the model starts ends the answer there.
-    stop_ids = [t.end, t.bos, t.tool_call_end if tools else t.tool_call]
+    # the result back as a "tool" message (or, with server tools, the server runs it and the answer goes on).
+    # Without tools, a call the model starts ends the answer there.
+    stop_ids = [t.end, t.bos, t.tool_call_end if tools or run_here else t.tool_call]
     return GenerationSpec([prompt], params, stream, include, _logprob_count(body, chat=True), prefix, stop_ids,
-                          tools=tools)
+                          tools=tools, server_tools=run_here)
 
 
 def tool_names(body: dict[str, Any]) -> list[str]:

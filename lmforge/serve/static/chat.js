@@ -1,4 +1,7 @@
-// The chat page: conversations in localStorage, answers streamed from /v1/chat/completions.
+// The chat page: conversations in localStorage, answers streamed from /v1/chat/completions. When the server runs
+// tools (`lmforge serve --tools`), an answer streams its calls (`delta.tool_calls`) and their outputs
+// (`delta.tool_result`) between its text; they are shown in place as they arrive, kept as the message's `parts`.
+// Only the answer's text goes back to the server as history (its calls were run there already).
 "use strict";
 const STORE = "lmforge.conversations";
 const SETTINGS = "lmforge.chatSettings";
@@ -33,10 +36,38 @@ function render() {
   for (const m of (conversation() || { messages: [] }).messages) {
     const div = document.createElement("div");
     div.className = "msg " + m.role + (m.error ? " error" : "");
-    div.textContent = m.error || m.content;
+    fill(div, m);
     box.appendChild(div);
   }
   box.scrollTop = box.scrollHeight;
+}
+
+// A message's bubble: its text, or its parts in order (text, tool calls, tool outputs).
+function fill(div, m) {
+  div.textContent = "";
+  if (m.error || !m.parts) { div.textContent = m.error || m.content; return; }
+  for (const p of m.parts) {
+    const el = document.createElement(p.kind === "text" ? "span" : "div");
+    if (p.kind === "text") el.textContent = p.text;
+    else {
+      el.className = "tool " + p.kind;
+      el.textContent = p.kind === "call" ? `[${p.name}] ${p.arguments}` : `[${p.name} output] ${p.content}`;
+    }
+    div.appendChild(el);
+  }
+}
+
+// One streamed delta into the reply: text extends the last text part; a call or a result is a part of its own.
+function addDelta(reply, delta) {
+  if (delta.content) {
+    reply.content += delta.content;
+    const last = reply.parts[reply.parts.length - 1];
+    if (last && last.kind === "text") last.text += delta.content; else reply.parts.push({ kind: "text", text: delta.content });
+  }
+  for (const c of delta.tool_calls || []) {
+    reply.parts.push({ kind: "call", name: c.function.name, arguments: c.function.arguments });
+  }
+  if (delta.tool_result) reply.parts.push({ kind: "result", name: delta.tool_result.name, content: delta.tool_result.content });
 }
 
 function settings() {
@@ -67,7 +98,7 @@ async function answer() {
   const history = c.messages.filter((m) => !m.error).map((m) => ({ role: m.role, content: m.content }));
   const system = $("system").value.trim();
   const messages = system ? [{ role: "system", content: system }, ...history] : history;
-  const reply = { role: "assistant", content: "" };
+  const reply = { role: "assistant", content: "", parts: [] };
   c.messages.push(reply);
   render();
   const bubble = $("messages").lastChild;
@@ -76,8 +107,9 @@ async function answer() {
   try {
     await streamEvents("/v1/chat/completions", { model: await model(), messages, stream: true, ...settings() },
       (chunk) => {
-        const delta = chunk.choices.length ? chunk.choices[0].delta.content : null;
-        if (delta) { reply.content += delta; bubble.textContent = reply.content; }
+        if (!chunk.choices.length) return;
+        addDelta(reply, chunk.choices[0].delta);
+        fill(bubble, reply);
       }, controller.signal);
   } catch (e) {
     if (e.name !== "AbortError") { reply.error = e.message; bubble.className = "msg assistant error"; bubble.textContent = e.message; }
