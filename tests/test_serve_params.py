@@ -20,7 +20,8 @@ from lmforge.export.params import export_params, load_params  # noqa: E402
 from lmforge.inference.engine import Engine  # noqa: E402
 from lmforge.inference.sampling import SamplingParams  # noqa: E402
 from lmforge.serve.app import BackgroundServer, create_app  # noqa: E402
-from lmforge.serve.loading import load_served_engine, tokenizer_from_table  # noqa: E402
+from lmforge.inference.paramfile import tokenizer_from_table  # noqa: E402
+from lmforge.serve.loading import load_served_engine  # noqa: E402
 from lmforge.serve.protocol import Limits  # noqa: E402
 from lmforge.serve.scheduler import Scheduler  # noqa: E402
 

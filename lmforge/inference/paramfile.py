@@ -393,30 +393,38 @@ def load_params(path: str | Path) -> Any:
     return model.eval()
 
 
-def tokenizer_from_header(header: ParamHeader) -> Any:
-    """The `Tokenizer` stored in a parameter file's token table, equal to the one exported (same ids, same
-    encoding): ids are merge ranks, so token i >= 256 is rebuilt as a merge of two earlier tokens whose bytes
-    join to its own (any such split gives the same vocabulary, and encoding depends on the vocabulary alone)."""
+def tokenizer_from_table(token_bytes: list[bytes], special_tokens: dict[str, int], pattern: str,
+                         source: str) -> Any:
+    """The `Tokenizer` whose ids spell `token_bytes`, equal to the one exported (same ids, same encoding): ids are
+    merge ranks (lmforge encodes by tiktoken's rule, merging the adjacent pair whose bytes have the lowest id), so
+    token i >= 256 is rebuilt as a merge of two earlier tokens whose bytes join to its own (any such split gives the
+    same vocabulary, and encoding depends on the vocabulary alone). Refused with `LmforgeError` naming `source` when
+    the table is not one lmforge's tokenizer can be."""
     from lmforge.tokenizer.tokenizer import SPECIAL_TOKENS, Tokenizer
 
-    ids: dict[bytes, int] = {}
-    merges = []
-    for i, data in enumerate(header.token_bytes):
-        if i < 256 and data != bytes([i]):
-            raise LmforgeError(f"{header.path}: tokenizer token {i} is not the byte 0x{i:02x}, as lmforge's ids are")
-        if i >= 256:
-            split = next((k for k in range(1, len(data)) if ids.get(data[:k], i) < i and ids.get(data[k:], i) < i),
-                         None)
-            if split is None:
-                raise LmforgeError(f"{header.path}: tokenizer token {i} is no join of two earlier tokens; it cannot "
-                                   "be an lmforge BPE tokenizer")
-            merges.append((ids[data[:split]], ids[data[split:]], i))
-        ids[data] = i
-    tokenizer = Tokenizer(merges, header.pattern)
-    if header.special_tokens != tokenizer.special_tokens:
-        raise LmforgeError(f"{header.path}: special tokens {sorted(header.special_tokens)} are not lmforge's "
-                           f"{list(SPECIAL_TOKENS)} at ids {len(header.token_bytes)}..")
+    ranks: dict[bytes, int] = {}
+    merges: list[tuple[int, int, int]] = []
+    for token_id, data in enumerate(token_bytes):
+        if token_id < 256:
+            if data != bytes([token_id]):
+                raise LmforgeError(f"{source}: token {token_id} is not the byte {token_id} (not an lmforge tokenizer)")
+        else:
+            split = next((k for k in range(1, len(data)) if data[:k] in ranks and data[k:] in ranks), None)
+            if split is None or data in ranks:
+                raise LmforgeError(f"{source}: token {token_id} is not two earlier tokens joined (not a BPE table)")
+            merges.append((ranks[data[:split]], ranks[data[split:]], token_id))
+        ranks[data] = token_id
+    tokenizer = Tokenizer(merges, pattern)
+    if tokenizer.special_tokens != special_tokens:
+        raise LmforgeError(f"{source}: special tokens {sorted(special_tokens)} are not lmforge's "
+                           f"{list(SPECIAL_TOKENS)} at ids {len(token_bytes)}..")
     return tokenizer
+
+
+def tokenizer_from_header(header: ParamHeader) -> Any:
+    """The `Tokenizer` stored in a parameter file's token table."""
+    return tokenizer_from_table(header.token_bytes, header.special_tokens, header.pattern,
+                                f"parameter file {header.path}")
 
 
 def load_param_file(path: str | Path) -> tuple[Any, Any]:
