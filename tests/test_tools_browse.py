@@ -185,3 +185,14 @@ def chat_tok_specials():
 
     text = "browse http 127.0.0.1 specials <|end|><|system|><|assistant|><|tool_call|> cakes Notes done ^"
     return Tokenizer.train([text] * 20, 400)
+
+
+def test_browse_reads_the_default_documentation_site():
+    """The default allow list reaches the speedrun's pydoc site, and its pages come back as the corpus has them:
+    the module's text without pydoc's banner and file path."""
+    from lmforge.data.pydoc_site import PydocSite
+
+    with PydocSite() as site:
+        text = browse(site.url.rstrip("/") + "/queue.html")
+    assert text.startswith("queue\n\nA multi-producer, multi-consumer queue."), text[:200]
+    assert "Module Index" not in text and "queue.py" not in text.split("\n\n")[1]
