@@ -63,6 +63,11 @@ def test_server_runs_the_call_and_streams_call_result_and_continuation():
         assert order.index("call") < order.index("result") < len(order) - 1 and order[-1] == "text"
         assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
 
+        with s.client.chat.completions.stream(**args) as stream:  # the client's own stream accumulator parses it
+            final = stream.get_final_completion().choices[0]
+        assert final.finish_reason == "stop" and final.message.content == "Let me compute. It is 5."
+        assert final.message.tool_calls[0].function.name == "calculator"
+
         whole = s.client.chat.completions.create(**args)
         message = whole.choices[0].message
         assert whole.choices[0].finish_reason == "stop" and message.content == "Let me compute. It is 5."
