@@ -114,6 +114,8 @@ def test_browse_reads_an_allowed_page(site):
     ("/etc/passwd", "only http:// and https://"),
     ("http://127.0.0.1:99999/", "not a valid URL"),
     ("http:///nohost", "has no host"),
+    ("http://example.com@127.0.0.1/", "user name or password"),
+    ("http://127.0.0.1@example.com/", "not on the browse allow list"),
     ("", "only http:// and https://"),
 ])
 def test_browse_refuses_urls(target, why):

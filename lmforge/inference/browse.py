@@ -85,6 +85,8 @@ class Browser:
             raise BrowseError(f"only http:// and https:// URLs can be browsed, not {parts.scheme or 'a bare path'}:")
         if not host:
             raise BrowseError(f"the URL has no host: {url[:200]!r}")
+        if "@" in parts.netloc:  # the connection would be made to the whole netloc, not to the host checked here
+            raise BrowseError("URLs with a user name or password are not browsed")
         if host not in self.allowed_hosts:
             raise BrowseError(f"host {host!r} is not on the browse allow list ({', '.join(self.allowed_hosts)})")
         return url
