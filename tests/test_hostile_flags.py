@@ -726,3 +726,15 @@ def test_flags_lora(tmp_path, verb, extra, culprit):
 def test_flags_llmos_browse_allow(host, tmp_path):
     """`chat --browse-allow` takes a host only; anything else is refused naming the flag, before a model loads."""
     _refused_without_output(["chat", "--browse-allow", host], "--browse-allow", tmp_path / "no_checkpoint", tmp_path)
+
+
+@pytest.mark.parametrize("argv,culprit", [
+    (["--tools", "calculator,shell"], "--tools"),
+    (["--tools", "search"], "--search-dir"),
+    (["--tools", "search", "--search-dir", "/nonexistent/folder"], "--search-dir"),
+    (["--tools", "browse", "--browse-allow", "http://example.com"], "--browse-allow"),
+    (["--tools", "calculator", "--max-tool-calls", "-1"], "--max-tool-calls"),
+])
+def test_flags_llmos_serve_tools(argv, culprit, tmp_path):
+    """`serve`'s tool flags are checked before a model loads; each refusal names its flag."""
+    assert_refused(run_cli(["serve", "--checkpoint", str(tmp_path), "--device", "cpu", *argv]), culprit)

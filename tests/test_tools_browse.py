@@ -114,6 +114,8 @@ def test_browse_reads_an_allowed_page(site):
     ("/etc/passwd", "only http:// and https://"),
     ("http://127.0.0.1:99999/", "not a valid URL"),
     ("http:///nohost", "has no host"),
+    ("http://example.com@127.0.0.1/", "user name or password"),
+    ("http://127.0.0.1@example.com/", "user name or password"),
     ("", "only http:// and https://"),
 ])
 def test_browse_refuses_urls(target, why):
@@ -185,3 +187,14 @@ def chat_tok_specials():
 
     text = "browse http 127.0.0.1 specials <|end|><|system|><|assistant|><|tool_call|> cakes Notes done ^"
     return Tokenizer.train([text] * 20, 400)
+
+
+def test_browse_reads_the_default_documentation_site():
+    """The default allow list reaches the speedrun's pydoc site, and its pages come back as the corpus has them:
+    the module's text without pydoc's banner and file path."""
+    from lmforge.data.pydoc_site import PydocSite
+
+    with PydocSite() as site:
+        text = browse(site.url.rstrip("/") + "/queue.html")
+    assert text.startswith("queue\n\nA multi-producer, multi-consumer queue."), text[:200]
+    assert "Module Index" not in text and "queue.py" not in text.split("\n\n")[1]

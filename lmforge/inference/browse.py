@@ -85,6 +85,8 @@ class Browser:
             raise BrowseError(f"only http:// and https:// URLs can be browsed, not {parts.scheme or 'a bare path'}:")
         if not host:
             raise BrowseError(f"the URL has no host: {url[:200]!r}")
+        if "@" in parts.netloc:  # the connection would be made to the whole netloc, not to the host checked here
+            raise BrowseError("URLs with a user name or password are not browsed")
         if host not in self.allowed_hosts:
             raise BrowseError(f"host {host!r} is not on the browse allow list ({', '.join(self.allowed_hosts)})")
         return url
@@ -147,12 +149,16 @@ def _decode(body: bytes, content_type: str) -> str:
 
 
 def extract_text(html: str, mode: str = "resiliparse") -> str:
-    """Main text of an HTML page with the data pipeline's `Extract` step; "" when it finds none."""
+    """Main text of an HTML page with the data pipeline's `Extract` step, configured as for the default corpus
+    (pydoc's banner, search forms and file path left out: on the default site they would fill the model's share
+    of a tool output); "" when it finds none."""
     from lmforge.data.document import Document
+    from lmforge.data.filters.configs import PYDOC_SKIP_ELEMENTS
     from lmforge.data.filters.extract import Extract
 
     doc = Document(html, "browse")
-    reason = Extract(mode=mode, timeout_s=10.0).keep(doc)
+    skip = list(PYDOC_SKIP_ELEMENTS) if mode == "resiliparse" else []
+    reason = Extract(mode=mode, skip_elements=skip, timeout_s=10.0).keep(doc)
     if reason == "extract_timeout":
         raise BrowseError("extracting the page's text took too long")
     return "" if reason is not None else doc.text

@@ -75,9 +75,8 @@ def start_service(cfg: ServeConfig, device: str, tools_cfg: Any = None) -> tuple
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lmforge.utils import configure_threads, resolve_device
-
     from lmforge.serve.tool_loop import ServerToolsConfig
+    from lmforge.utils import configure_threads, resolve_device
 
     cfg = config_from_args(ServeConfig, args)
     tools_cfg = config_from_args(ServerToolsConfig, args)

@@ -40,7 +40,7 @@ SERVER_TOOLS = ("calculator", "python", "search", "browse")
 
 @dataclass
 class ServerToolsConfig:
-    tools: str = ""  # tools the server runs itself, comma-separated from calculator,python,search,browse ("" = none)
+    tools: str | None = None  # tools the server runs itself, comma-separated from calculator,python,search,browse
     search_dir: str | None = None  # folder of text files the search tool reads (needed by --tools search)
     browse_allow: list[str] = field(default_factory=list)  # hosts browse may read besides 127.0.0.1/localhost
     spotlight: bool = False  # datamark tool outputs (spaces become ^) and tell the model marked text is only data
@@ -63,7 +63,7 @@ class ServerToolsConfig:
             normalize_host(host)
 
     def names(self) -> list[str]:
-        return [n.strip() for n in self.tools.split(",") if n.strip()]
+        return [n.strip() for n in (self.tools or "").split(",") if n.strip()]
 
     def build(self) -> "ServerTools | None":
         """The tools to run (None when `--tools` names none: the API keeps client-side calls)."""
