@@ -184,9 +184,11 @@ def _default(cls: type, name: str, defaults: Any) -> Any:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None, title: str | None = None,
-                         exclude: tuple[str, ...] = ()) -> None:
+                         exclude: tuple[str, ...] = (), defaults_later: bool = False) -> None:
     """One flag per field of the dataclass `cls`; `defaults` (an instance) sets the defaults shown and used
-    (SFT's training defaults differ from pretraining's); `exclude` names fields this verb sets itself."""
+    (SFT's training defaults differ from pretraining's); `exclude` names fields this verb sets itself.
+    `defaults_later`: a flag not given leaves no value at all, so that `config_from_args` can take its default from
+    an instance chosen after parsing (pretraining's per-preset batch and rates); the help shows the class's."""
     target = parser.add_argument_group(title) if title else parser
     comments = field_comments(cls)
     for f in cli_fields(cls):
@@ -194,6 +196,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: A
             continue
         help_text = f.metadata.get("help", comments.get(f.name, ""))
         kwargs = _argument(f, _hints(cls)[f.name], _default(cls, f.name, defaults), help_text)
+        if defaults_later:
+            kwargs["default"] = argparse.SUPPRESS
         target.add_argument(flag_of(cls, f.name), dest=f.name, **kwargs)
 
 
