@@ -213,3 +213,14 @@ def test_a_separated_list_is_one_word():
     assert "(default: 1e+11,3e+11)" in " ".join(parser.format_help().split())
     with pytest.raises(SystemExit):
         parser.parse_args(["--flops", "1e11,abc"])
+
+
+@dataclass
+class Files:
+    tasks: list[str] = field(default_factory=lambda: ["a.jsonl"], metadata={"repeat": True})  # item files
+
+
+def test_a_repeated_list_flag_appends_and_keeps_its_default_when_absent():
+    parser = verb_parser(Files)
+    assert config_from_args(Files, parser.parse_args(["--tasks", "x", "--tasks", "y"])).tasks == ["x", "y"]
+    assert config_from_args(Files, parser.parse_args([])).tasks == ["a.jsonl"]
