@@ -17,7 +17,7 @@ import numpy as np
 
 from lmforge.export.files import check_out, make_readable
 # The reader's names stay importable from here (`lmforge.export.params.read_header`, as before the move).
-from lmforge.inference.paramfile import (ALIGN, C_PATTERNS, DTYPE_NAMES, DTYPES, FIXED_HEADER, FLAG_CHAT,  # noqa: F401
+from lmforge.inference.paramfile import (ALIGN, C_PATTERNS, DTYPES, FIXED_HEADER, FLAG_CHAT,  # noqa: F401
                                          FLAG_QK_NORM, FLAG_TIED, HEADER_BOUNDS, MAGIC, VERSION, _FIXED,
                                          _printable, load_params, read_header, tensor_nbytes)
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
