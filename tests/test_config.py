@@ -71,7 +71,8 @@ class ToyChild(Toy):
 def test_help_comes_from_base_classes_too():
     comments = field_comments(ToyChild)
     assert comments["rate"] == "a trailing comment is the help" and comments["verbose"] == "say more"
-    assert comments["count"] == "the subclass's own comment wins" and comments["extra"] == "a field of the subclass only"
+    assert comments["count"] == "the subclass's own comment wins"
+    assert comments["extra"] == "a field of the subclass only"
     text = " ".join(verb_parser(ToyChild).format_help().split())
     assert "--rate RATE a trailing comment is the help" in text and "--extra EXTRA a field of the subclass only" in text
     # the reward model and DPO share their pair-data fields through one base class: one comment, both verbs

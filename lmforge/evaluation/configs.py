@@ -35,7 +35,8 @@ class MCConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self, "format", self.format in ("auto", *FORMATS), f"must be auto or one of {', '.join(FORMATS)}")
-        require(self, "normalisation", self.normalisation in NORMALISATIONS, f"must be one of {', '.join(NORMALISATIONS)}")
+        require(self, "normalisation", self.normalisation in NORMALISATIONS,
+                f"must be one of {', '.join(NORMALISATIONS)}")
         for name in ("count", "batch_size", "bootstrap"):
             require(self, name, getattr(self, name) >= 1, "must be at least 1")
         require(self, "limit", self.limit is None or self.limit >= 1, "must be at least 1")

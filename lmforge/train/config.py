@@ -4,12 +4,12 @@ Each field is written once: its flag (`lmforge pretrain --lr`, and `lmforge sft`
 (the trailing comment) and type come from here through `lmforge.config`, and `__post_init__` refuses a bad value
 naming its flag, whether it came from the command line, the speedrun or a test.
 
-Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun; the batch and rates of larger presets are
-in PRESET_TRAINING, which `lmforge pretrain --preset P` applies where no flag is given): a short warmup, a high learning rate with
-Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero at the end, which
-reached a given loss in fewer steps than cosine in our short runs. They carry to wider presets by one width rule
-(`lr_base_width`, applied in `lmforge.train.optim`): AdamW's rate on matrices that map the width (the hidden
-matrices under `--optimizer adamw` and the output head, tied or not) is scaled by lr_base_width / n_embd, as
+Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun; the batch and rates of larger presets are in
+PRESET_TRAINING, which `lmforge pretrain --preset P` applies where no flag is given): a short warmup, a high
+learning rate with Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero
+at the end, which reached a given loss in fewer steps than cosine in our short runs. They carry to wider presets by
+one width rule (`lr_base_width`, applied in `lmforge.train.optim`): AdamW's rate on matrices that map the width (the
+hidden matrices under `--optimizer adamw` and the output head, tied or not) is scaled by lr_base_width / n_embd, as
 muP prescribes for Adam, while embeddings and norm gains keep theirs; Muon's rate needs no scaling, because its
 update is already normalised per matrix (spectral norm sqrt(max(1, fan_out / fan_in)), Keller Jordan's rule).
 
