@@ -21,7 +21,8 @@ Per field, `field(metadata=...)` may set: "flag" (another spelling than `--field
 comment), "metavar", or "cli": False with "why" (a field that deliberately has no flag, e.g. one set by the stage).
 Types: bool (`--x/--no-x`), int, float, str, `Literal[...]` (choices), `X | None` (the word `none` gives None),
 `dict[str, X]` (a repeated `--flag KEY=VALUE`, each value read as JSON when it parses, else as text), `list[X]`
-(`--flag A B C`). A nested dataclass field gets no flags of its own: its stage adds its class's flags beside.
+(`--flag A B C`; with metadata "sep" one word `--flag A,B,C`; with "repeat" `--flag A --flag B`). A nested
+dataclass field gets no flags of its own: its stage adds its class's flags beside.
 """
 
 from __future__ import annotations
@@ -46,7 +47,19 @@ from lmforge.utils import LmforgeError
 @functools.cache
 def field_comments(cls: type) -> dict[str, str]:
     """Each field's help text from the class source: its trailing `# comment`, else the comment lines right above
-    it. Parsed once per class, so the comment a reader sees in the code is the help a user sees on the CLI."""
+    it. Parsed once per class, so the comment a reader sees in the code is the help a user sees on the CLI. Fields
+    a dataclass inherits take their comments from the base class that declares them (a subclass that declares a
+    field again, with its own comment, wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_field_comments(klass))
+    return out
+
+
+@functools.cache
+def _own_field_comments(cls: type) -> dict[str, str]:
+    """The comments of the fields declared in `cls`'s own body."""
     source = textwrap.dedent(inspect.getsource(cls))
     comments: dict[int, tuple[int, str]] = {}  # line -> (column, text)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -119,12 +132,25 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _separated(item: type, sep: str) -> Callable[[str], list[Any]]:
+    """argparse `type=` for a list in one word, its items joined by `sep`."""
+    def parse(text: str) -> list[Any]:
+        return [item(v) for v in text.split(sep) if v.strip()]
+
+    parse.__name__ = f"{sep!r}-separated {item.__name__}"  # argparse's error: "invalid ','-separated float value"
+    return parse
+
+
 def _argument(f: dataclasses.Field, hint: Any, default: Any, help_text: str) -> dict[str, Any]:
     """argparse keyword arguments of one field."""
     kind, optional = _unwrap_optional(hint)
     origin = typing.get_origin(kind)
     meta = {k: f.metadata[k] for k in ("metavar",) if k in f.metadata}
-    shown = "" if default is None or default == {} or default == [] else f" (default: {default})"
+    if "sep" in f.metadata and isinstance(default, list):  # shown as it is typed: 5e+10,1e+11
+        default_text = f.metadata["sep"].join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+    else:
+        default_text = str(default)
+    shown = "" if default is None or default == {} or default == [] else f" (default: {default_text})"
     text = (help_text + shown).replace("%", "%%")
     if kind is bool:
         return dict(action=argparse.BooleanOptionalAction, default=default, help=text)
@@ -137,6 +163,11 @@ def _argument(f: dataclasses.Field, hint: Any, default: Any, help_text: str) -> 
                     metavar=f.metadata.get("metavar", "KEY=VALUE"))
     if origin is list:
         (item,) = typing.get_args(kind)
+        if f.metadata.get("repeat"):  # `--flag A --flag B`, as argparse's append
+            return dict(type=item, action="append", default=None, help=text, **meta)
+        if "sep" in f.metadata:  # one word, e.g. `--flops 1e11,3e11`
+            return dict(type=_separated(item, f.metadata["sep"]), default=default, help=text,
+                        metavar=f.metadata.get("metavar", f"{item.__name__.upper()}{f.metadata['sep']}..."))
         return dict(type=item, nargs="*", default=default, help=text, **meta)
     if kind in (int, float, str):
         return dict(type=_parser_of(kind, optional), default=default, help=text, **meta)
@@ -153,9 +184,11 @@ def _default(cls: type, name: str, defaults: Any) -> Any:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = None, title: str | None = None,
-                         exclude: tuple[str, ...] = ()) -> None:
+                         exclude: tuple[str, ...] = (), defaults_later: bool = False) -> None:
     """One flag per field of the dataclass `cls`; `defaults` (an instance) sets the defaults shown and used
-    (SFT's training defaults differ from pretraining's); `exclude` names fields this verb sets itself."""
+    (SFT's training defaults differ from pretraining's); `exclude` names fields this verb sets itself.
+    `defaults_later`: a flag not given leaves no value at all, so that `config_from_args` can take its default from
+    an instance chosen after parsing (pretraining's per-preset batch and rates); the help shows the class's."""
     target = parser.add_argument_group(title) if title else parser
     comments = field_comments(cls)
     for f in cli_fields(cls):
@@ -163,6 +196,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: A
             continue
         help_text = f.metadata.get("help", comments.get(f.name, ""))
         kwargs = _argument(f, _hints(cls)[f.name], _default(cls, f.name, defaults), help_text)
+        if defaults_later:
+            kwargs["default"] = argparse.SUPPRESS
         target.add_argument(flag_of(cls, f.name), dest=f.name, **kwargs)
 
 
@@ -176,6 +211,8 @@ def config_from_args(cls: type, args: argparse.Namespace, defaults: Any = None, 
         value = getattr(args, f.name)
         if typing.get_origin(_unwrap_optional(_hints(cls)[f.name])[0]) is dict:
             value = {**values[f.name], **dict(value or [])}
+        elif f.metadata.get("repeat") and value is None:  # never given: the default list
+            value = values[f.name]
         values[f.name] = value
     return cls(**{**values, **fixed})
 

@@ -60,6 +60,36 @@ def test_help_text_comes_from_the_comment_or_metadata():
     assert "AdamW learning rate" in pretrain and "newest checkpoints kept on disk (0 = all) (default: 2)" in pretrain
 
 
+@dataclass
+class ToyChild(Toy):
+    """Inherits Toy's fields and their comments; declares one field again with a comment of its own."""
+
+    count: int = 4  # the subclass's own comment wins
+    extra: float = 1.0  # a field of the subclass only
+
+
+def test_help_comes_from_base_classes_too():
+    comments = field_comments(ToyChild)
+    assert comments["rate"] == "a trailing comment is the help" and comments["verbose"] == "say more"
+    assert comments["count"] == "the subclass's own comment wins"
+    assert comments["extra"] == "a field of the subclass only"
+    text = " ".join(verb_parser(ToyChild).format_help().split())
+    assert "--rate RATE a trailing comment is the help" in text and "--extra EXTRA a field of the subclass only" in text
+    # the reward model and DPO share their pair-data fields through one base class: one comment, both verbs
+    for verb in (["reward", "train"], ["dpo"]):
+        help_text = " ".join(_verb(verb).format_help().split())
+        assert "--val-frac VAL_FRAC share of the pairs held out" in help_text, verb
+        assert "--pad-multiple PAD_MULTIPLE batch widths are rounded up" in help_text, verb
+
+
+def _verb(path: list[str]) -> argparse.ArgumentParser:
+    parser = subparser(path[0])
+    for name in path[1:]:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = actions[0].choices[name]
+    return parser
+
+
 def test_every_field_of_every_kind_round_trips():
     args = verb_parser(Toy).parse_args(["--count", "5", "--rate", "0.5", "--mode", "slow", "--verbose",
                                         "--tag", "a=1", "--tag", "b=text", "--names", "x", "y"])
@@ -170,3 +200,28 @@ def test_bad_values_are_refused_naming_the_flag(field_name, value, message):
     assert str(e.value).startswith(message)
     with pytest.raises(LmforgeError, match="--val-frac must be in"):
         SFTConfig(val_frac=2.0)
+
+
+@dataclass
+class Budgets:
+    flops: list[float] = field(default_factory=lambda: [1e11, 3e11], metadata={"sep": ","})  # compute budgets
+
+
+def test_a_separated_list_is_one_word():
+    parser = verb_parser(Budgets)
+    assert config_from_args(Budgets, parser.parse_args(["--flops", "5e10,1e11,"])).flops == [5e10, 1e11]
+    assert config_from_args(Budgets, parser.parse_args([])).flops == [1e11, 3e11]
+    assert "(default: 1e+11,3e+11)" in " ".join(parser.format_help().split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--flops", "1e11,abc"])
+
+
+@dataclass
+class Files:
+    tasks: list[str] = field(default_factory=lambda: ["a.jsonl"], metadata={"repeat": True})  # item files
+
+
+def test_a_repeated_list_flag_appends_and_keeps_its_default_when_absent():
+    parser = verb_parser(Files)
+    assert config_from_args(Files, parser.parse_args(["--tasks", "x", "--tasks", "y"])).tasks == ["x", "y"]
+    assert config_from_args(Files, parser.parse_args([])).tasks == ["a.jsonl"]

@@ -613,6 +613,8 @@ def evaluation_inputs(tmp_path_factory) -> dict[str, Path]:
     (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--flops", "1e11,abc"], "--flops"),
     (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--params", "all"], "--params"),
     (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--batch-size", "0"], "--batch-size"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--lr-multipliers", ","], "--lr-multipliers"),
+    (["scaling", "sweep", "--data", "{root}", "--out", "{root}/out", "--eval-batches", "-1"], "--eval-batches"),
     (["scaling", "fit", "{root}/out"], "sweep_config.json"),
     (["scaling", "fit", "{root}/sweep"], "--widths"),
     (["eval", "mc", "--checkpoint", "{root}/nowhere"], "nowhere"),
@@ -622,6 +624,10 @@ def evaluation_inputs(tmp_path_factory) -> dict[str, Path]:
     (["eval", "mc", "--checkpoint", "{root}/ckpt", "--builtin", "trivia"], "--builtin"),
     (["eval", "mc", "--checkpoint", "{root}/ckpt", "--count", "0"], "--count"),
     (["eval", "mc", "--checkpoint", "{root}/ckpt", "--tasks", "{root}/tok"], "tok"),
+    (["eval", "mc", "--params", "{root}/nowhere.bin"], "nowhere.bin"),
+    (["eval", "mc", "--params", "{root}/mc.jsonl"], "mc.jsonl"),
+    (["eval", "bpb", "--checkpoint", "{root}/ckpt", "--data", "{root}", "--batch-size", "0"], "--batch-size"),
+    (["eval", "bpb", "--checkpoint", "{root}/ckpt", "--data", "{root}/nowhere"], "nowhere"),
 ])
 def test_flags_evaluation(evaluation_inputs, argv, culprit):
     root = evaluation_inputs["root"]

@@ -65,9 +65,9 @@ def register_sft(kinds: argparse._SubParsersAction) -> None:
 
 def register_scaling(sub: argparse._SubParsersAction) -> None:
     """`lmforge scaling sweep|fit`: the scaling-law sweep over model sizes and compute budgets, and its fit."""
+    from lmforge.config import add_config_arguments
     from lmforge.evaluation.scaling_sweep import BUDGET_S, SweepConfig
 
-    d = SweepConfig()
     p = sub.add_parser("scaling", help="scaling laws: train a grid of sizes x budgets (sweep), fit L(N, D) (fit)",
                        description="Chinchilla's approach 3 (Huber fit of L(N, D) = E + A/N^alpha + B/D^beta with "
                        "bootstrap intervals) and approach 2 (IsoFLOP parabolas) on a sweep of small pretraining runs.")
@@ -81,7 +81,8 @@ def register_scaling(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--lr-check", action="store_true", help="also sweep the learning-rate multiplier at the "
                        "smallest and largest width and report whether the optimum moves by more than one step")
     sweep.add_argument("--no-holdout", action="store_true", help="skip the held-out point")
-    _sweep_flags(sweep, d)
+    add_config_arguments(sweep, SweepConfig)
+    sweep.add_argument("--threads", type=int, default=None, help="CPU threads (default: LMFORGE_THREADS or all)")
     sweep.set_defaults(func=_cmd_scaling_sweep)
     fit = verbs.add_parser("fit", help="fit (again) the points of a sweep folder; writes scaling_fit.json/.png")
     fit.add_argument("run", type=Path, help="the sweep's run folder")
@@ -91,45 +92,15 @@ def register_scaling(sub: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=_cmd_scaling_fit)
 
 
-def _sweep_flags(p: argparse.ArgumentParser, d: Any) -> None:
-    def floats(text: str) -> list[float]:
-        return [float(v) for v in text.split(",") if v.strip()]
-
-    def ints(text: str) -> list[int]:
-        return [int(v) for v in text.split(",") if v.strip()]
-
-    p.add_argument("--widths", type=ints, default=d.widths, help="model widths (comma-separated)")
-    p.add_argument("--flops", type=floats, default=d.flops, help="compute budgets C = 6 N D (comma-separated)")
-    p.add_argument("--depth", type=int, default=d.depth, help="layers of every model")
-    p.add_argument("--head-dim", type=int, default=d.head_dim)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW rate at --base-width (scaled by "
-                   "sqrt(base_width / width))")
-    p.add_argument("--muon-lr", type=float, default=d.muon_lr, help="Muon rate (the same at every width)")
-    p.add_argument("--base-width", type=int, default=d.base_width)
-    p.add_argument("--lr-multipliers", type=floats, default=d.lr_multipliers)
-    p.add_argument("--holdout-width", type=int, default=d.holdout_width)
-    p.add_argument("--holdout-flops", type=float, default=d.holdout_flops)
-    p.add_argument("--target-flops", type=float, default=d.target_flops)
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples of the fit")
-    p.add_argument("--eval-batches", type=int, default=d.eval_batches)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--params", default=d.params, help="N of the law: total (Chinchilla) or non-embedding (Kaplan)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=None)
-
-
 def _cmd_scaling_sweep(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
+    from lmforge.config import config_from_args
     from lmforge.evaluation.scaling import format_report
     from lmforge.evaluation.scaling_sweep import SweepConfig, estimate_seconds, run_sweep
     from lmforge.utils import configure_threads, resolve_device
 
     from lmforge.tokenizer.shards import TokenShards
 
-    cfg = SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)})
+    cfg = config_from_args(SweepConfig, args)
     cfg.device = resolve_device(cfg.device)
     TokenShards(args.data, "train")  # refused here, before the run folder is touched
     configure_threads(args.threads)
@@ -184,50 +155,43 @@ def _cmd_scaling_fit(args: argparse.Namespace) -> int:
 
 def register_mc(kinds: argparse._SubParsersAction) -> None:
     """`lmforge eval mc`: multiple choice by log-likelihood, on JSONL benchmark files and the stdlib tasks."""
+    from lmforge.config import add_config_arguments
     from lmforge.evaluation import multiple_choice
+    from lmforge.evaluation.configs import MCConfig
 
     p = kinds.add_parser("mc", help="multiple choice by log-likelihood (HellaSwag/ARC/MMLU/PIQA JSONL, stdlib "
                          "tasks) with a CORE-like aggregate", description=multiple_choice.__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_flags(p)
-    p.add_argument("--tasks", type=Path, action="append", default=[], help="a JSONL file of items (repeatable)")
-    p.add_argument("--format", default="auto", help="format of the --tasks files: auto, "
-                   + ", ".join(multiple_choice.FORMATS))
-    p.add_argument("--limit", type=int, default=None, help="at most this many items of each --tasks file")
-    p.add_argument("--builtin", default=None, help="comma-separated generated tasks (stdlib_signature, "
-                   "stdlib_module); default both when no --tasks is given, '' for none")
-    p.add_argument("--count", type=int, default=200, help="items of each generated task")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated tasks and of the bootstrap")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences (item options) per forward")
-    p.add_argument("--normalisation", default="byte", help="score of the aggregate: sum, token or byte")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the aggregate's interval")
-    p.add_argument("--json", type=Path, default=None, help="also write every item's scores and the summary here")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, MCConfig)
+    _run_flags(p)
     p.set_defaults(func=_cmd_mc)
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Where the result goes and what runs it: not settings of the measure."""
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None)
+
+
 def _cmd_mc(args: argparse.Namespace) -> int:
-    from lmforge.evaluation.multiple_choice import NORMALISATIONS, evaluate_checkpoint, format_summary, read_items
+    from lmforge.config import config_from_args
+    from lmforge.evaluation.configs import MCConfig
+    from lmforge.evaluation.multiple_choice import evaluate_checkpoint, format_summary, read_items
     from lmforge.evaluation.stdlib_tasks import stdlib_items
     from lmforge.utils import configure_threads, resolve_device, write_json
 
-    for flag, value in (("--batch-size", args.batch_size), ("--count", args.count), ("--bootstrap", args.bootstrap),
-                        ("--limit", args.limit if args.limit is not None else 1)):
-        if value < 1:
-            raise LmforgeError(f"{flag} must be at least 1 (got {value})")
-    if args.normalisation not in NORMALISATIONS:
-        raise LmforgeError(f"--normalisation {args.normalisation!r}: choose {', '.join(NORMALISATIONS)}")
+    cfg = config_from_args(MCConfig, args)
     device = resolve_device(args.device)
-    builtin = args.builtin if args.builtin is not None else ("" if args.tasks else "stdlib_signature,stdlib_module")
-    items = [i for path in args.tasks for i in read_items(path, args.format, limit=args.limit)]
-    names = [t for t in builtin.split(",") if t.strip()]
-    items += stdlib_items(names, args.count, args.seed) if names else []
+    items = [i for path in cfg.tasks for i in read_items(path, cfg.format, limit=cfg.limit)]
+    names = cfg.builtin_names()
+    items += stdlib_items(names, cfg.count, cfg.seed) if names else []
     if not items:
         raise LmforgeError("no items to evaluate: give --tasks FILE or --builtin TASKS")
     configure_threads(args.threads)
-    result = evaluate_checkpoint(args.checkpoint, items, args.batch_size, device, args.normalisation,
-                                 args.bootstrap, args.seed, params=args.params)
+    result = evaluate_checkpoint(args.checkpoint, items, cfg.batch_size, device, cfg.normalisation,
+                                 cfg.bootstrap, cfg.seed, params=args.params)
     print(format_summary(result["summary"]))
     if args.json is not None:
         write_json(args.json, result)
@@ -253,9 +217,7 @@ def register_bpb(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")
     p.add_argument("--batches", type=int, default=0, help="at most this many batches (0: the whole split)")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result here")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None)
+    _run_flags(p)
     p.set_defaults(func=_cmd_bpb)
 
 
@@ -279,35 +241,30 @@ def _cmd_bpb(args: argparse.Namespace) -> int:
 
 def register_harness(kinds: argparse._SubParsersAction) -> None:
     """`lmforge eval harness`: EleutherAI's lm-evaluation-harness on a checkpoint (optional dependency lm-eval)."""
+    from lmforge.config import add_config_arguments
+    from lmforge.evaluation.configs import HarnessConfig
+
     p = kinds.add_parser("harness", help="run lm-evaluation-harness tasks on a checkpoint (pip install lm-eval)",
                          description="Evaluate a checkpoint with lm-evaluation-harness through lmforge's adapter "
                          "(lmforge/evaluation/harness.py). Stock tasks download their data; a YAML task in "
                          "--include-path with local data_files runs offline.")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
-    p.add_argument("--tasks", required=True, help="comma-separated harness task names")
-    p.add_argument("--include-path", type=Path, default=None, help="folder of YAML task definitions (then only "
-                   "those tasks are indexed, not the harness's stock ones)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", type=Path, default=None, help="also write the metrics here")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, HarnessConfig)
+    _run_flags(p)
     p.set_defaults(func=_cmd_harness)
 
 
 def _cmd_harness(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.evaluation.configs import HarnessConfig
     from lmforge.evaluation.harness import require_lm_eval, run_harness
     from lmforge.utils import configure_threads, resolve_device, write_json
 
     require_lm_eval()
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise LmforgeError("--batch-size and --limit must be at least 1")
-    if args.include_path is not None and not args.include_path.is_dir():
-        raise LmforgeError(f"--include-path {args.include_path} is not a folder")
+    cfg = config_from_args(HarnessConfig, args)
     device = resolve_device(args.device)
     configure_threads(args.threads)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results = run_harness(args.checkpoint, tasks, args.include_path, args.limit, args.batch_size, device)
+    results = run_harness(args.checkpoint, cfg.task_names(), cfg.include_path, cfg.limit, cfg.batch_size, device)
     for task, metrics in results.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"{task}: {shown}")

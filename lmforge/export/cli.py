@@ -23,7 +23,7 @@ EXPORTERS = [
 
 def describe(path: str | Path, max_tensors: int | None = None) -> str:
     """The text `lmforge inspect` prints."""
-    from lmforge.export.params import DTYPE_NAMES, read_header
+    from lmforge.inference.paramfile import DTYPE_NAMES, read_header
 
     h = read_header(path)
     cfg = h.config

@@ -17,9 +17,9 @@ import numpy as np
 
 from lmforge.export.files import check_out, make_readable
 # The reader's names stay importable from here (`lmforge.export.params.read_header`, as before the move).
-from lmforge.inference.paramfile import (ALIGN, C_PATTERNS, DTYPE_NAMES, DTYPES, FIXED_HEADER, FLAG_CHAT,  # noqa: F401
-                                         FLAG_QK_NORM, FLAG_TIED, HEADER_BOUNDS, MAGIC, VERSION, _FIXED,
-                                         _printable, load_params, read_header, tensor_nbytes)
+from lmforge.inference.paramfile import (ALIGN, C_PATTERNS, DTYPES, FIXED_HEADER, FIXED_STRUCT,  # noqa: F401
+                                         FLAG_CHAT, FLAG_QK_NORM, FLAG_TIED, HEADER_BOUNDS, MAGIC, VERSION, load_params,
+                                         printable_name, read_header, tensor_nbytes)
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
 def quantize_int8(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +90,7 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
     token_bytes, specials, pattern = _tokenizer_tables(tokenizer)
     if pattern not in C_PATTERNS:
         raise LmforgeError(f"tokenizer split pattern {pattern!r} is not one the C runner implements (GPT-4's)")
-    if not all(_printable(name.encode("utf-8")) for name in specials):
+    if not all(printable_name(name.encode("utf-8")) for name in specials):
         raise LmforgeError(f"special token names must be 1 to 64 printable ASCII characters: {sorted(specials)!r}")
     if len(token_bytes) + len(specials) > cfg.vocab_size or any(i >= cfg.vocab_size for i in specials.values()):
         raise LmforgeError(f"tokenizer ids exceed the model's vocab_size {cfg.vocab_size}")
@@ -128,9 +128,9 @@ def export_params(model: Any, tokenizer: Any, out: str | Path, dtype: str = "fp3
         offset = -(-(offset + nbytes) // ALIGN) * ALIGN
     file_size = offset
     flags = (FLAG_TIED if cfg.tie_embeddings else 0) | (FLAG_QK_NORM if cfg.qk_norm else 0) | (FLAG_CHAT if chat else 0)
-    fixed = _FIXED.pack(MAGIC, VERSION, file_size, cfg.n_embd, cfg.intermediate_size, cfg.n_layer, cfg.n_head,
-                        cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.block_size, cfg.rope_theta, cfg.norm_eps,
-                        flags, code, gs, len(entries), FIXED_HEADER, tensors_offset, data_offset)
+    fixed = FIXED_STRUCT.pack(MAGIC, VERSION, file_size, cfg.n_embd, cfg.intermediate_size, cfg.n_layer,
+                              cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.block_size, cfg.rope_theta,
+                              cfg.norm_eps, flags, code, gs, len(entries), FIXED_HEADER, tensors_offset, data_offset)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(fixed + bytes(tok_sec) + bytes(table))

@@ -81,8 +81,8 @@ FIXED_HEADER = 128
 DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 FLAG_TIED, FLAG_QK_NORM, FLAG_CHAT = 1, 2, 4
-_FIXED = struct.Struct("<4sIQ8I2f4I3Q32x")
-assert _FIXED.size == FIXED_HEADER
+FIXED_STRUCT = struct.Struct("<4sIQ8I2f4I3Q32x")
+assert FIXED_STRUCT.size == FIXED_HEADER
 # The split patterns run.c implements: GPT-4's, in the spellings that regex engines split identically (ours, the
 # "classic" one in lmforge.tokenizer.patterns, and tiktoken's current cl100k spelling with possessive quantifiers).
 C_PATTERNS = (
@@ -216,7 +216,7 @@ def _check_fields(f: dict[str, Any], size: int) -> None:
         _check(ok, f"header field {field_name} {rule}")
 
 
-def _printable(raw: bytes) -> bool:
+def printable_name(raw: bytes) -> bool:
     """A name safe to compare and to print in a one-line message: 1 to 64 bytes of printable ASCII, no space."""
     return 0 < len(raw) <= 64 and all(0x21 <= b <= 0x7E for b in raw)
 
@@ -242,7 +242,7 @@ def _read_tokenizer(r: _Reader, vocab: int) -> tuple[str, list[bytes], dict[str,
     for i in range(n_special):
         sid, raw = r.u32(), r.string()
         _check(n_tokens <= sid < vocab, f"tokenizer special token {i} has id {sid} outside [n_tokens, vocab_size)")
-        _check(_printable(raw), f"tokenizer special token {i} has a name that is not 1 to 64 printable ASCII bytes")
+        _check(printable_name(raw), f"tokenizer special token {i} has a name that is not 1 to 64 printable ASCII bytes")
         name = raw.decode("ascii")
         earlier = [j for j, (n, k) in enumerate(specials.items()) if k == sid or n == name]
         _check(not earlier, f"tokenizer special token {i} repeats the id or name of special token "
@@ -311,7 +311,7 @@ _FIELD_NAMES = ["magic", "version", "file_size", "dim", "hidden_dim", "n_layer",
 
 def _parse_header(buf: Any) -> ParamHeader:
     """Validate the whole header of a mapped file (its first 128 bytes hold the magic, checked on opening)."""
-    f = dict(zip(_FIELD_NAMES, _FIXED.unpack_from(buf, 0)))
+    f = dict(zip(_FIELD_NAMES, FIXED_STRUCT.unpack_from(buf, 0)))
     _check(f["version"] == VERSION, f"format version {f['version']}; this runner reads version {VERSION}")
     _check(f["file_size"] == len(buf), f"truncated or damaged: {len(buf)} bytes, the header says {f['file_size']}")
     _check_fields(f, len(buf))

@@ -36,6 +36,7 @@ from lmforge.config import check_fields, require
 from lmforge.model import GPT
 from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, PairObjective, check_single_process,
                                              final_hidden, fixed_pair_batches, response_logps)
+from lmforge.posttrain.reward import PairDataConfig
 from lmforge.train.config import TrainConfig
 from lmforge.train.lora import LoRAFields
 from lmforge.utils import LmforgeError, atomic_path, file_sha256, write_json
@@ -141,28 +142,20 @@ def dpo_train_defaults() -> TrainConfig:
 
 
 @dataclass
-class DPOConfig(LoRAFields):
-    """`lmforge dpo`'s settings: data and loss here, the run in `train` (a TrainConfig), LoRA in `LoRAFields`
-    (`--lora-rank`: the reference stays the full starting checkpoint; see `lmforge.train.lora`)."""
+class DPOConfig(PairDataConfig, LoRAFields):
+    """`lmforge dpo`'s settings: data (`PairDataConfig`) and loss here, the run in `train` (a TrainConfig), LoRA in
+    `LoRAFields` (`--lora-rank`: the reference stays the full starting checkpoint; see `lmforge.train.lora`)."""
 
     beta: float = 0.1  # strength of the implicit KL to the reference: larger keeps the policy closer to it
-    val_last: int = 0  # hold out the data's last N pairs for evaluation (0: --val-frac of them, or --val-data)
-    val_frac: float = 0.1  # share of the pairs held out when neither --val-last nor --val-data is given
-    max_train: int = 0  # use only the first N training pairs (0 = all)
     ref_batch_size: int = 32  # pairs per batch while computing the reference log-probs
-    group_batches: int = 16  # batches per length-sorting group: larger = less padding, less randomness
-    pad_multiple: int = 16  # batch widths are rounded up to a multiple of this
     train: TrainConfig = field(default_factory=dpo_train_defaults)
     train_overrides: InitVar[dict[str, Any] | None] = None
 
     def __post_init__(self, train_overrides: dict[str, Any] | None) -> None:
         check_fields(self)
+        self.check_pair_data()
         require(self, "beta", self.beta > 0, "must be > 0")
-        for name in ("val_last", "max_train"):
-            require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        require(self, "val_frac", 0 <= self.val_frac < 1, "must be in [0, 1)")
-        for name in ("ref_batch_size", "group_batches", "pad_multiple"):
-            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require(self, "ref_batch_size", self.ref_batch_size >= 1, "must be >= 1")
         if train_overrides:
             unknown = set(train_overrides) - {f.name for f in fields(TrainConfig)}
             if unknown:

@@ -210,26 +210,37 @@ def reward_train_defaults() -> TrainConfig:
 
 
 @dataclass
-class RewardConfig:
-    """`lmforge reward train`'s settings: data and loss here, the run in `train` (a TrainConfig)."""
+class PairDataConfig:
+    """The preference-pair data settings that the reward model and DPO share (each stage's config derives from
+    this, so each field, its flag and its help are written once)."""
 
     val_last: int = 0  # hold out the data's last N pairs for evaluation (0: --val-frac of them, or --val-data)
     val_frac: float = 0.1  # share of the pairs held out when neither --val-last nor --val-data is given
     max_train: int = 0  # use only the first N training pairs (0 = all)
-    center_coef: float = 0.0  # reward centring: coef * (r_chosen + r_rejected)^2 per pair (0 = off; 0.01 typical)
     group_batches: int = 16  # batches per length-sorting group: larger = less padding, less randomness
     pad_multiple: int = 16  # batch widths are rounded up to a multiple of this
+
+    def check_pair_data(self) -> None:
+        """Refuse a bad data field, naming its flag (called by each stage's `__post_init__`)."""
+        for name in ("val_last", "max_train"):
+            require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        require(self, "val_frac", 0 <= self.val_frac < 1, "must be in [0, 1)")
+        for name in ("group_batches", "pad_multiple"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+
+
+@dataclass
+class RewardConfig(PairDataConfig):
+    """`lmforge reward train`'s settings: data (`PairDataConfig`) and loss here, the run in `train` (a TrainConfig)."""
+
+    center_coef: float = 0.0  # reward centring: coef * (r_chosen + r_rejected)^2 per pair (0 = off; 0.01 typical)
     train: TrainConfig = field(default_factory=reward_train_defaults)
     train_overrides: InitVar[dict[str, Any] | None] = None
 
     def __post_init__(self, train_overrides: dict[str, Any] | None) -> None:
         check_fields(self)
-        for name in ("val_last", "max_train"):
-            require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        require(self, "val_frac", 0 <= self.val_frac < 1, "must be in [0, 1)")
+        self.check_pair_data()
         require(self, "center_coef", self.center_coef >= 0, "must be >= 0")
-        for name in ("group_batches", "pad_multiple"):
-            require(self, name, getattr(self, name) >= 1, "must be >= 1")
         if train_overrides:
             unknown = set(train_overrides) - {f.name for f in fields(TrainConfig)}
             if unknown:

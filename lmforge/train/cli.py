@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import add_config_arguments, check_fields, config_from_args, require
-from lmforge.train.config import TrainConfig
+from lmforge.train.config import TrainConfig, preset_training
 from lmforge.utils import LmforgeError, human_bytes
 
 MODEL_INFO_DOC = """Parameters N come from building the model on PyTorch's meta device (no memory), so even the 70B
@@ -50,7 +50,8 @@ def configure_process_threads(threads: int | None) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    cfg = config_from_args(TrainConfig, args)  # validated before anything is written
+    # flags not given take the preset's batch and rates (PRESET_TRAINING); validated before anything is written
+    cfg = config_from_args(TrainConfig, args, defaults=preset_training(getattr(args, "preset", TrainConfig.preset)))
     configure_process_threads(args.threads)
     from lmforge.train.dist import cleanup, setup_distributed
     from lmforge.train.pretrain import run_pretrain
@@ -169,5 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", choices=["random", "bos"], default="random",
                    help="training windows start anywhere (random) or at a document's <|bos|>")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (CPU)")
-    add_config_arguments(p, TrainConfig, title="training (TrainConfig)")
+    add_config_arguments(p, TrainConfig, title="training (TrainConfig; --preset gpt2 and larger set their own batch "
+                         "and rates where no flag is given: lmforge/train/config.py PRESET_TRAINING)",
+                         defaults_later=True)
     p.set_defaults(func=cmd_pretrain)

@@ -4,11 +4,12 @@ Each field is written once: its flag (`lmforge pretrain --lr`, and `lmforge sft`
 (the trailing comment) and type come from here through `lmforge.config`, and `__post_init__` refuses a bad value
 naming its flag, whether it came from the command line, the speedrun or a test.
 
-Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun): a short warmup, a high learning rate with
-Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero at the end, which
-reached a given loss in fewer steps than cosine in our short runs. They carry to wider presets by one width rule
-(`lr_base_width`, applied in `lmforge.train.optim`): AdamW's rate on matrices that map the width (the hidden
-matrices under `--optimizer adamw` and the output head, tied or not) is scaled by lr_base_width / n_embd, as
+Defaults are tuned for the `tiny` preset on 2 CPU cores (the speedrun; the batch and rates of larger presets are in
+PRESET_TRAINING, which `lmforge pretrain --preset P` applies where no flag is given): a short warmup, a high
+learning rate with Muon for the hidden matrices and AdamW for embeddings, head and norms, and a linear decay to zero
+at the end, which reached a given loss in fewer steps than cosine in our short runs. They carry to wider presets by
+one width rule (`lr_base_width`, applied in `lmforge.train.optim`): AdamW's rate on matrices that map the width (the
+hidden matrices under `--optimizer adamw` and the output head, tied or not) is scaled by lr_base_width / n_embd, as
 muP prescribes for Adam, while embeddings and norm gains keep theirs; Muon's rate needs no scaling, because its
 update is already normalised per matrix (spectral norm sqrt(max(1, fan_out / fan_in)), Keller Jordan's rule).
 
@@ -31,6 +32,36 @@ from lmforge.utils import LmforgeError
 
 # Settings a resumed run must share with its checkpoint (see the module docstring); the model is compared apart.
 RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "optimizer", "fsdp", "seed")
+
+# What `lmforge pretrain --preset P` uses where no flag says otherwise: the batch per step and the rates, by preset.
+# - tiny, small: TrainConfig's own defaults, tuned on tiny on 2 CPU cores (16 x 256 = 4k tokens a step; small's
+#   16 x 512 = 8k): at this batch the high rates (AdamW 6e-3, Muon 0.04) fell fastest in our short CPU runs, and
+#   the width rule (lr_base_width) already scales small's AdamW matrix rate by 128 / 384.
+# - gpt2 and larger: GPT-2's, nanoGPT's and modded-nanogpt's batch of 2^19 = 524,288 tokens a step, reached by
+#   gradient accumulation on one GPU (under torchrun, divide grad_accum by the processes: the step is the same).
+#   At a 64x larger batch than the CPU presets' the gradient noise is far smaller, so the rates are those proven
+#   there rather than tiny's: Muon 0.02 (nanochat's matrix rate from 560M to 1.9B parameters at this batch; the
+#   issue saw Muon at 0.04 with 8k tokens a step diverge at 1B), and AdamW 3e-3 before the width rule, i.e. 5e-4
+#   on gpt2's tied head (768 wide: GPT-2's and nanoGPT's 6e-4), 3.75e-4 on gpt2-medium's and 1.9e-4 on llama-1b's
+#   (the tied embedding takes the head's rate); warmup over the first 1% of a GPT-2-budget run (~200 of 19k steps
+#   of 0.5M tokens), as nanoGPT's 700 of 600k do at a smaller rate.
+# Larger presets (llama-7b, llama-70b) take llama-1b's and add activation checkpointing (their activations at
+# batch 4 x 4096 do not fit one GPU).
+_LARGE_BATCH = dict(lr=3e-3, muon_lr=0.02, warmup_steps=200)
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": {},
+    "gpt2": dict(batch_size=16, grad_accum=32, **_LARGE_BATCH),  # 16 x 1024 x 32 = 524,288 tokens
+    "gpt2-medium": dict(batch_size=8, grad_accum=64, **_LARGE_BATCH),  # 8 x 1024 x 64
+    "llama-1b": dict(batch_size=4, grad_accum=64, **_LARGE_BATCH),  # 4 x 2048 x 64
+    "llama-7b": dict(batch_size=2, grad_accum=64, activation_checkpointing=True, **_LARGE_BATCH),  # 2 x 4096 x 64
+    "llama-70b": dict(batch_size=1, grad_accum=128, activation_checkpointing=True, **_LARGE_BATCH),  # 1 x 4096 x 128
+}
+
+
+def preset_training(preset: str) -> "TrainConfig":
+    """TrainConfig's defaults for `preset` (PRESET_TRAINING's entries over the class defaults)."""
+    return TrainConfig(preset=preset, **PRESET_TRAINING.get(preset, {}))
 
 
 @dataclass
