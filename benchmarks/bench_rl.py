@@ -48,7 +48,8 @@ def tiny_checkpoint(root: Path) -> Path:
 
 
 def rollout_bench(ckpt: Path, prompts_n: int, group: int, max_tokens: int, repeats: int) -> dict[str, Any]:
-    """Tokens/s of RL rollouts and of plain generation, alternating, median of `repeats`."""
+    """Tokens/s of RL rollouts and of plain generation, alternating (rollout, generate, generate, rollout, ...);
+    medians of `repeats` each and of the ratio of each adjacent pair, with the pairs' lowest and highest ratio."""
     from lmforge.inference.engine import Engine
     from lmforge.inference.sampling import SamplingParams
     from lmforge.inference.tools import default_tools
@@ -59,24 +60,33 @@ def rollout_bench(ckpt: Path, prompts_n: int, group: int, max_tokens: int, repea
     prompts, examples = arithmetic_prompts(engine.tokenizer, prompts_n, 1, 0)
     params = SamplingParams(temperature=1.0, max_tokens=max_tokens, n=group, seed=0)
     tools = {"calculator": default_tools()["calculator"]}
-    rates: dict[str, list[float]] = {"rollout": [], "generate": []}
 
-    def gen() -> int:
-        return sum(len(c.token_ids) for row in engine.generate(prompts, params) for c in row)
+    def gen() -> tuple[int, int]:
+        return sum(len(c.token_ids) for row in engine.generate(prompts, params) for c in row), 0
 
-    def roll() -> int:
-        return sum(sum(r.sampled) for r in rollout_group(engine, prompts, examples, params, tools))
+    def roll() -> tuple[int, int]:
+        rows = rollout_group(engine, prompts, examples, params, tools)
+        sampled = sum(sum(r.sampled) for r in rows)
+        return sampled, sum(len(r.sampled) for r in rows) - sampled
+
+    def timed(fn: Any) -> tuple[float, float]:
+        """(tokens through the decode forward per second, sampled tokens per second)"""
+        t0 = time.perf_counter()
+        sampled, forced = fn()
+        seconds = time.perf_counter() - t0
+        return (sampled + forced) / seconds, sampled / seconds
 
     gen(), roll()  # warm the kernels and prepared weights
+    pairs = []
     for i in range(repeats):
-        for name, fn in (("rollout", roll), ("generate", gen)) if i % 2 == 0 else (("generate", gen),
-                                                                                   ("rollout", roll)):
-            t0 = time.perf_counter()
-            tokens = fn()
-            rates[name].append(tokens / (time.perf_counter() - t0))
-    out = {k: statistics.median(v) for k, v in rates.items()}
-    out["ratio"] = out["rollout"] / out["generate"]
-    return out
+        r, g = (timed(roll), timed(gen)) if i % 2 == 0 else tuple(reversed((timed(gen), timed(roll))))
+        pairs.append((r, g))
+    ratios = [r[0] / g[0] for r, g in pairs]
+    return {"rollout": statistics.median(r[0] for r, _ in pairs),
+            "rollout_sampled": statistics.median(r[1] for r, _ in pairs),
+            "generate": statistics.median(g[0] for _, g in pairs), "ratio": statistics.median(ratios),
+            "ratio_lo": min(ratios), "ratio_hi": max(ratios),
+            "ratio_sampled": statistics.median(r[1] / g[0] for r, g in pairs)}
 
 
 def ours_grpo_steps(ckpt: Path, cfg_kw: dict[str, Any], steps: int) -> float:
@@ -149,8 +159,10 @@ def main() -> None:
         ckpt = args.checkpoint or tiny_checkpoint(root)
         r = rollout_bench(ckpt, prompts_n=8, group=8, max_tokens=48, repeats=repeats)
         model = args.checkpoint or "random tiny preset"
-        print(f"rollouts (8 prompts x 8, 48 tokens, {model}): {r['rollout']:,.0f} tokens/s; engine.generate "
-              f"{r['generate']:,.0f} tokens/s; ratio {r['ratio']:.2f}x")
+        print(f"rollouts (8 prompts x 8, 48 tokens, {model}): {r['rollout']:,.0f} tokens/s (sampled + tool "
+              f"output), {r['rollout_sampled']:,.0f} sampled/s; engine.generate {r['generate']:,.0f} tokens/s\n"
+              f"  rollout/generate {r['ratio']:.2f}x (pairs {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}); "
+              f"sampled only {r['ratio_sampled']:.2f}x")
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
                       unfinished_penalty=0.0)
         ours = ours_grpo_steps(ckpt, cfg_kw, steps)
