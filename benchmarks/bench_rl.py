@@ -89,21 +89,51 @@ def rollout_bench(ckpt: Path, prompts_n: int, group: int, max_tokens: int, repea
             "ratio_sampled": statistics.median(r[1] / g[0] for r, g in pairs)}
 
 
-def ours_grpo_steps(ckpt: Path, cfg_kw: dict[str, Any], steps: int) -> float:
-    """Seconds per GRPO step of `RLRun` (after one warm-up step)."""
+def _clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds: on a shared machine CPU time is the steadier measure of a 1-thread run."""
+    return time.perf_counter(), time.process_time()
+
+
+def grpo_interleaved(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> dict[str, Any]:
+    """Seconds per round of our `RLRun.step` and of TRL's GRPOTrainer, interleaved: after each TRL round (rollouts
+    + `epochs` optimiser steps, timed between its step-end callbacks) one of our steps runs, timed apart and kept
+    out of TRL's clock; the first round of each side is a warm-up. Without trl: ours alone."""
     from lmforge.posttrain.rl import RLConfig, RLRun
 
-    with tempfile.TemporaryDirectory() as out:
-        run = RLRun(RLConfig(**cfg_kw), ckpt, out)
-        run.step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            run.step()
-        return (time.perf_counter() - t0) / steps
+    ours_run = RLRun(RLConfig(**cfg_kw), ckpt, root / "ours")
+    ours: list[tuple[float, float]] = []
+    theirs: list[tuple[float, float]] = []
+
+    def ours_step() -> None:
+        t0 = _clock()
+        ours_run.step()
+        ours.append(tuple(b - a for a, b in zip(t0, _clock())))  # type: ignore[arg-type]
+
+    trainer = trl_trainer(ckpt, cfg_kw, rounds, root)
+    if trainer is None:
+        for _ in range(rounds + 1):
+            ours_step()
+        return {"ours": ours[1:], "theirs": []}
+    import transformers
+
+    epochs = cfg_kw["epochs"]
+    mark = [_clock()]
+
+    class Interleave(transformers.TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, *a: Any, **k: Any) -> None:
+            if state.global_step % epochs:
+                return
+            theirs.append(tuple(b - a for a, b in zip(mark[0], _clock())))  # type: ignore[arg-type]
+            ours_step()
+            mark[0] = _clock()
+
+    trainer.add_callback(Interleave())
+    trainer.train()
+    return {"ours": ours[1:], "theirs": theirs[1:]}
 
 
-def trl_seconds_per_round(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> float | None:
-    """Seconds per generation round (rollouts + `epochs` optimiser steps) of TRL's GRPOTrainer; None without trl."""
+def trl_trainer(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> Any:
+    """TRL's GRPOTrainer for `rounds + 1` rounds at our settings on the same weights; None without trl."""
     try:
         import trl
     except ImportError:
@@ -129,18 +159,10 @@ def trl_seconds_per_round(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root:
                           steps_per_generation=1, num_iterations=epochs, max_completion_length=cfg_kw["max_tokens"],
                           max_steps=epochs * (rounds + 1), learning_rate=2e-5, beta=0.0, logging_steps=10 ** 6,
                           temperature=1.0, bf16=False, disable_tqdm=True)
-    marks: list[float] = []
-
-    class Clock(transformers.TrainerCallback):
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            marks.append(time.perf_counter())
-
-    trainer = trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
-                                                                                    completions],
-                              args=args, train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in questions]),
-                              processing_class=tok, callbacks=[Clock()])
-    trainer.train()
-    return (marks[-1] - marks[epochs - 1]) / rounds
+    return trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
+                                                                                 completions],
+                           args=args, train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in questions]),
+                           processing_class=tok)
 
 
 def main() -> None:
@@ -153,7 +175,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    repeats, steps = (2, 1) if args.quick else (5, 4)
+    repeats, steps = (2, 3) if args.quick else (6, 8)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = args.checkpoint or tiny_checkpoint(root)
@@ -163,19 +185,27 @@ def main() -> None:
               f"output), {r['rollout_sampled']:,.0f} sampled/s; engine.generate {r['generate']:,.0f} tokens/s\n"
               f"  rollout/generate {r['ratio']:.2f}x (pairs {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}); "
               f"sampled only {r['ratio_sampled']:.2f}x")
+        if args.checkpoint:  # TRL gets a byte-level tokenizer: the same model and work only for the random model
+            print("--checkpoint: no GRPO comparison (GRPOTrainer's tokenizer would differ)", file=sys.stderr)
+            return
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
                       unfinished_penalty=0.0)
-        ours = ours_grpo_steps(ckpt, cfg_kw, steps)
-        print(f"GRPO step (4 prompts x 4, 32 tokens, 2 epochs): ours {1 / ours:.3f} steps/s ({ours:.2f} s/step)")
-        # TRL gets a byte-level tokenizer: the same model and work only for the random byte-vocabulary model
-        theirs = None if args.checkpoint else trl_seconds_per_round(ckpt, cfg_kw, steps, root)
-        if args.checkpoint:
-            print("--checkpoint: no GRPOTrainer comparison (its tokenizer would differ)", file=sys.stderr)
-        elif theirs is None:
-            print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
-        else:
-            print(f"  trl GRPOTrainer {1 / theirs:.3f} steps/s ({theirs:.2f} s/step); ours/trl {theirs / ours:.2f}x")
+        report_grpo(grpo_interleaved(ckpt, cfg_kw, steps, root))
 
+
+def report_grpo(g: dict[str, Any]) -> None:
+    """Print seconds per round of both sides and the speed ratio of each interleaved pair, wall and CPU time."""
+    for i, clock in enumerate(("wall", "CPU")):
+        ours = statistics.median(o[i] for o in g["ours"])
+        line = f"GRPO round (4 prompts x 4, 32 tokens, 2 epochs), {clock} time: ours {ours:.3f} s"
+        if g["theirs"]:
+            theirs = statistics.median(t[i] for t in g["theirs"])
+            ratios = [t[i] / o[i] for o, t in zip(g["ours"], g["theirs"])]
+            line += (f", trl GRPOTrainer {theirs:.3f} s; ours/trl speed {statistics.median(ratios):.2f}x "
+                     f"(interleaved pairs {min(ratios):.2f}-{max(ratios):.2f})")
+        print(line)
+    if not g["theirs"]:
+        print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))

@@ -21,7 +21,7 @@ def engine():
 
 
 def _greedy(**kw) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=10, **{"stop_token_ids": [], **kw})
+    return SamplingParams(**{"temperature": 0.0, "max_tokens": 10, "stop_token_ids": [], **kw})
 
 
 def test_queued_forced_tokens_continue_like_append(engine):
@@ -71,3 +71,18 @@ def test_releasing_finished_rows_changes_nothing(engine):
     gone = next(i for i in range(len(PROMPTS)) if i not in session.held)
     with pytest.raises(LmforgeError, match=f"row {gone} has finished and was released"):
         session.append([[7] if i == gone else [] for i in range(len(PROMPTS))])
+
+
+def test_queued_tokens_of_the_only_running_rows_go_in_one_forward(engine):
+    """With no other row sampling there is no decode step to share: the whole queue is fed at once."""
+    outs = []
+    for how in ("append", "queue_forced"):
+        session = engine.session(PROMPTS[:1], _greedy(max_tokens=4))
+        session.step()
+        before = session.cache.length
+        getattr(session, how)([[40, 41, 42]])
+        event = session.step()[0]
+        assert event is not None and session.cache.length == before + 4  # its first token and the three
+        outs.append(session.run()[0])
+    assert outs[0].token_ids == outs[1].token_ids
+    assert outs[0].raw_logprobs == pytest.approx(outs[1].raw_logprobs, abs=1e-5)

@@ -290,16 +290,20 @@ class GenerationSession:
     def _advance(self, active: list[bool]) -> bool:
         """Feed the pending sampled token (or the next queued forced token) of every active row, so `self.logits`
         is current; False if the cache is full and a token is waiting."""
-        feeds = [([r.forced[0]] if r.forced else [r.pending] if r.pending is not None else []) if a else []
+        running = [r for r, a in zip(self.rows, active) if a]
+        # Queued tokens go one a step beside rows that sample; once every running row is feeding queued tokens
+        # (say one row's tool output in the batch's tail) there is no decode to share: all of them in one forward.
+        take = max(len(r.forced) for r in running) if all(r.forced for r in running) else 1
+        feeds = [(r.forced[:take] if r.forced else [r.pending] if r.pending is not None else []) if a else []
                  for r, a in zip(self.rows, active)]
         if not any(feeds):
             return True
-        if self.cache.length >= self.max_len:
+        if self.cache.length + max(len(f) for f in feeds) > self.max_len:
             return False
         self._feed(feeds)
         for r, f in zip(self.rows, feeds):
             if f and r.forced:
-                del r.forced[0]
+                del r.forced[:take]
             elif f:
                 r.pending = None
         return True
