@@ -1,19 +1,24 @@
-"""RL speed: rollout tokens/s against the engine's own generation, and GRPO steps/s.
+"""RL speed: rollout tokens/s against the engine's own generation, and GRPO steps/s against TRL's GRPOTrainer.
 
-1. Rollouts: `rl_rollout.rollout_group` (one engine session for prompts x G rows, tool calls appended into the
-   live cache, ids and log-probs recorded) against `Engine.generate` with the same prompts, `n = G`, sampling
-   settings and seed. Tokens/s compares what RL adds (tool calls answered in the live cache, bookkeeping) to plain
-   generation; the ratio must not fall below 1 by more than the run-to-run noise. With `--checkpoint SFT` the
-   rollouts are real ones (the assistant calls the calculator, the output is appended, the answer goes on); the
-   default random tiny-preset model makes spurious calls whose error outputs (appended for the whole batch, with
-   every other row padded) and extra segments are pure cost, a worst case.
-2. GRPO step (rollouts, rewards, scoring, updates): seconds per `lmforge.posttrain.rl.RLRun.step`, against TRL's
-   `GRPOTrainer` when `trl` is installed, at the same tiny model (weights copied into a `LlamaForCausalLM` with the
-   mapping `lmforge export hf` uses), byte-level vocabulary, prompts, G, completion length, inner epochs
+1. Rollouts: `rl_rollout.rollout_group` (one engine session for prompts x G rows, tool outputs queued into the
+   live cache one token a step, ids and log-probs recorded) against `Engine.generate` with the same prompts,
+   `n = G`, sampling settings and seed, alternating (rollout, generate, generate, rollout, ...). Rollout tokens/s
+   counts every token its decode forwards carry (sampled and tool output: a tool output costs one row of a decode
+   step per token, as a sampled token does); the sampled-only rate is printed too. With `--checkpoint SFT` the
+   rollouts are real ones (the assistant calls the calculator, the output is queued, the answer goes on); the
+   default random tiny-preset model makes a few spurious calls whose ~40-token error outputs and fresh 48-token
+   segments run after the other rows have finished, at one or two rows a step: a worst case for the ratio.
+2. GRPO round (rollouts, rewards, scoring, updates): `lmforge.posttrain.rl.RLRun.step` against TRL's
+   `GRPOTrainer` at the same tiny model (weights copied into a `LlamaForCausalLM` with the mapping
+   `lmforge export hf` uses), byte-level vocabulary, prompts, G, completion length, inner epochs
    (`num_iterations`), minibatch and a reward of the same cost. One of our steps (one rollout batch, `epochs`
-   optimiser steps) is `num_iterations` of TRL's trainer steps; the first round of each side is a warm-up.
+   optimiser steps) is `num_iterations` of TRL's trainer steps. The two run interleaved in one process, round by
+   round (a TRL round, then one of ours, ...); wall and CPU time are both reported (CPU time is the steadier one
+   on a shared machine); the first round of each side is a warm-up. What differs: TRL with `beta=0` runs no
+   reference model, we run one no-grad reference pass a step (the KL to the reference is logged every step); TRL
+   recomputes old log-probs in a separate pass, we take the first minibatch's from its first training forward.
 
-    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1]
+    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT]
 """
 
 from __future__ import annotations

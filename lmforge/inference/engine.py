@@ -10,8 +10,11 @@ it, and repeats until a stop condition. This file is that loop, made fast and us
   `stream()` yields text pieces of one row; `append(ids)` pushes forced tokens (a tool's output, the next user
   turn) into the cache without sampling them, after which decoding continues. That is how the chat engine runs
   tools: stop at `<|tool_call_end|>`, run the tool, append `<|tool_output|>...<|tool_output_end|>`, continue.
+  `queue_forced(ids)` does the same lazily for a batch where only some rows get tokens (RL rollouts' tool calls):
+  one queued token a step per row, inside the decode forward the other rows run anyway.
 - `Engine.generate(prompts, params)` runs sessions to completion: token ids, text, and for every sampled token its
-  log-prob under the sampling distribution actually used and its raw model log-prob (RL needs both).
+  log-prob under the sampling distribution actually used and its raw model log-prob (RL needs both). Its finished
+  rows leave the batch (`release_finished`), so a tail of a few long completions runs at a few rows' cost.
 - `Engine.stream(prompt, params)` yields the text of one completion as it is produced; text only ever leaves in
   whole UTF-8 characters (the tokenizer's incremental decoder holds back partial bytes).
 
