@@ -179,10 +179,9 @@ def draw(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
     The exponential race: argmax of p_i / E_i with E_i ~ Exp(1) picks token i with probability p_i (the Gumbel-max
     trick in another form). One vectorised pass, no cumulative sums, reproducible with a seeded generator; tokens at
-    -inf have p = 0 and can never win. E = -log U with U ~ Uniform[0, 1) (so E > 0): on CPU `torch.rand` and a log
-    take 1.0 ms for a (64, 4096) batch where `Tensor.exponential_` took 13 ms, more than the tiny model's forward.
+    -inf have p = 0 and can never win.
     """
-    noise = torch.rand(logprobs.shape, generator=generator, device=logprobs.device).log_().neg_()
+    noise = torch.empty_like(logprobs).exponential_(1.0, generator=generator)
     return (logprobs.exp() / noise).argmax(dim=-1)
 
 
