@@ -1,19 +1,24 @@
-"""RL speed: rollout tokens/s against the engine's own generation, and GRPO steps/s.
+"""RL speed: rollout tokens/s against the engine's own generation, and GRPO steps/s against TRL's GRPOTrainer.
 
-1. Rollouts: `rl_rollout.rollout_group` (one engine session for prompts x G rows, tool calls appended into the
-   live cache, ids and log-probs recorded) against `Engine.generate` with the same prompts, `n = G`, sampling
-   settings and seed. Tokens/s compares what RL adds (tool calls answered in the live cache, bookkeeping) to plain
-   generation; the ratio must not fall below 1 by more than the run-to-run noise. With `--checkpoint SFT` the
-   rollouts are real ones (the assistant calls the calculator, the output is appended, the answer goes on); the
-   default random tiny-preset model makes spurious calls whose error outputs (appended for the whole batch, with
-   every other row padded) and extra segments are pure cost, a worst case.
-2. GRPO step (rollouts, rewards, scoring, updates): seconds per `lmforge.posttrain.rl.RLRun.step`, against TRL's
-   `GRPOTrainer` when `trl` is installed, at the same tiny model (weights copied into a `LlamaForCausalLM` with the
-   mapping `lmforge export hf` uses), byte-level vocabulary, prompts, G, completion length, inner epochs
+1. Rollouts: `rl_rollout.rollout_group` (one engine session for prompts x G rows, tool outputs queued into the
+   live cache one token a step, ids and log-probs recorded) against `Engine.generate` with the same prompts,
+   `n = G`, sampling settings and seed, alternating (rollout, generate, generate, rollout, ...). Rollout tokens/s
+   counts every token its decode forwards carry (sampled and tool output: a tool output costs one row of a decode
+   step per token, as a sampled token does); the sampled-only rate is printed too. With `--checkpoint SFT` the
+   rollouts are real ones (the assistant calls the calculator, the output is queued, the answer goes on); the
+   default random tiny-preset model makes a few spurious calls whose ~40-token error outputs and fresh 48-token
+   segments run after the other rows have finished, at one or two rows a step: a worst case for the ratio.
+2. GRPO round (rollouts, rewards, scoring, updates): `lmforge.posttrain.rl.RLRun.step` against TRL's
+   `GRPOTrainer` at the same tiny model (weights copied into a `LlamaForCausalLM` with the mapping
+   `lmforge export hf` uses), byte-level vocabulary, prompts, G, completion length, inner epochs
    (`num_iterations`), minibatch and a reward of the same cost. One of our steps (one rollout batch, `epochs`
-   optimiser steps) is `num_iterations` of TRL's trainer steps; the first round of each side is a warm-up.
+   optimiser steps) is `num_iterations` of TRL's trainer steps. The two run interleaved in one process, round by
+   round (a TRL round, then one of ours, ...); wall and CPU time are both reported (CPU time is the steadier one
+   on a shared machine); the first round of each side is a warm-up. What differs: TRL with `beta=0` runs no
+   reference model, we run one no-grad reference pass a step (the KL to the reference is logged every step); TRL
+   recomputes old log-probs in a separate pass, we take the first minibatch's from its first training forward.
 
-    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1]
+    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT]
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ def tiny_checkpoint(root: Path) -> Path:
 
 
 def rollout_bench(ckpt: Path, prompts_n: int, group: int, max_tokens: int, repeats: int) -> dict[str, Any]:
-    """Tokens/s of RL rollouts and of plain generation, alternating, median of `repeats`."""
+    """Tokens per CPU second (1 thread: steadier than wall time on a shared machine) of RL rollouts and of plain
+    generation, alternating (rollout, generate, generate, rollout, ...); medians of `repeats` each and of the ratio
+    of each adjacent pair, with the pairs' lowest and highest ratio."""
     from lmforge.inference.engine import Engine
     from lmforge.inference.sampling import SamplingParams
     from lmforge.inference.tools import default_tools
@@ -59,41 +66,80 @@ def rollout_bench(ckpt: Path, prompts_n: int, group: int, max_tokens: int, repea
     prompts, examples = arithmetic_prompts(engine.tokenizer, prompts_n, 1, 0)
     params = SamplingParams(temperature=1.0, max_tokens=max_tokens, n=group, seed=0)
     tools = {"calculator": default_tools()["calculator"]}
-    rates: dict[str, list[float]] = {"rollout": [], "generate": []}
 
-    def gen() -> int:
-        return sum(len(c.token_ids) for row in engine.generate(prompts, params) for c in row)
+    def gen() -> tuple[int, int]:
+        return sum(len(c.token_ids) for row in engine.generate(prompts, params) for c in row), 0
 
-    def roll() -> int:
-        return sum(sum(r.sampled) for r in rollout_group(engine, prompts, examples, params, tools))
+    def roll() -> tuple[int, int]:
+        rows = rollout_group(engine, prompts, examples, params, tools)
+        sampled = sum(sum(r.sampled) for r in rows)
+        return sampled, sum(len(r.sampled) for r in rows) - sampled
+
+    def timed(fn: Any) -> tuple[float, float]:
+        """(tokens through the decode forward per CPU second, sampled tokens per CPU second)"""
+        t0 = time.process_time()
+        sampled, forced = fn()
+        seconds = time.process_time() - t0
+        return (sampled + forced) / seconds, sampled / seconds
 
     gen(), roll()  # warm the kernels and prepared weights
+    pairs = []
     for i in range(repeats):
-        for name, fn in (("rollout", roll), ("generate", gen)) if i % 2 == 0 else (("generate", gen),
-                                                                                   ("rollout", roll)):
-            t0 = time.perf_counter()
-            tokens = fn()
-            rates[name].append(tokens / (time.perf_counter() - t0))
-    out = {k: statistics.median(v) for k, v in rates.items()}
-    out["ratio"] = out["rollout"] / out["generate"]
-    return out
+        r, g = (timed(roll), timed(gen)) if i % 2 == 0 else tuple(reversed((timed(gen), timed(roll))))
+        pairs.append((r, g))
+    ratios = [r[0] / g[0] for r, g in pairs]
+    return {"rollout": statistics.median(r[0] for r, _ in pairs),
+            "rollout_sampled": statistics.median(r[1] for r, _ in pairs),
+            "generate": statistics.median(g[0] for _, g in pairs), "ratio": statistics.median(ratios),
+            "ratio_lo": min(ratios), "ratio_hi": max(ratios),
+            "ratio_sampled": statistics.median(r[1] / g[0] for r, g in pairs)}
 
 
-def ours_grpo_steps(ckpt: Path, cfg_kw: dict[str, Any], steps: int) -> float:
-    """Seconds per GRPO step of `RLRun` (after one warm-up step)."""
+def _clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds: on a shared machine CPU time is the steadier measure of a 1-thread run."""
+    return time.perf_counter(), time.process_time()
+
+
+def grpo_interleaved(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> dict[str, Any]:
+    """Seconds per round of our `RLRun.step` and of TRL's GRPOTrainer, interleaved: after each TRL round (rollouts
+    + `epochs` optimiser steps, timed between its step-end callbacks) one of our steps runs, timed apart and kept
+    out of TRL's clock; the first round of each side is a warm-up. Without trl: ours alone."""
     from lmforge.posttrain.rl import RLConfig, RLRun
 
-    with tempfile.TemporaryDirectory() as out:
-        run = RLRun(RLConfig(**cfg_kw), ckpt, out)
-        run.step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            run.step()
-        return (time.perf_counter() - t0) / steps
+    ours_run = RLRun(RLConfig(**cfg_kw), ckpt, root / "ours")
+    ours: list[tuple[float, float]] = []
+    theirs: list[tuple[float, float]] = []
+
+    def ours_step() -> None:
+        t0 = _clock()
+        ours_run.step()
+        ours.append(tuple(b - a for a, b in zip(t0, _clock())))  # type: ignore[arg-type]
+
+    trainer = trl_trainer(ckpt, cfg_kw, rounds, root)
+    if trainer is None:
+        for _ in range(rounds + 1):
+            ours_step()
+        return {"ours": ours[1:], "theirs": []}
+    import transformers
+
+    epochs = cfg_kw["epochs"]
+    mark = [_clock()]
+
+    class Interleave(transformers.TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, *a: Any, **k: Any) -> None:
+            if state.global_step % epochs:
+                return
+            theirs.append(tuple(b - a for a, b in zip(mark[0], _clock())))  # type: ignore[arg-type]
+            ours_step()
+            mark[0] = _clock()
+
+    trainer.add_callback(Interleave())
+    trainer.train()
+    return {"ours": ours[1:], "theirs": theirs[1:]}
 
 
-def trl_seconds_per_round(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> float | None:
-    """Seconds per generation round (rollouts + `epochs` optimiser steps) of TRL's GRPOTrainer; None without trl."""
+def trl_trainer(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> Any:
+    """TRL's GRPOTrainer for `rounds + 1` rounds at our settings on the same weights; None without trl."""
     try:
         import trl
     except ImportError:
@@ -119,18 +165,10 @@ def trl_seconds_per_round(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root:
                           steps_per_generation=1, num_iterations=epochs, max_completion_length=cfg_kw["max_tokens"],
                           max_steps=epochs * (rounds + 1), learning_rate=2e-5, beta=0.0, logging_steps=10 ** 6,
                           temperature=1.0, bf16=False, disable_tqdm=True)
-    marks: list[float] = []
-
-    class Clock(transformers.TrainerCallback):
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            marks.append(time.perf_counter())
-
-    trainer = trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
-                                                                                    completions],
-                              args=args, train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in questions]),
-                              processing_class=tok, callbacks=[Clock()])
-    trainer.train()
-    return (marks[-1] - marks[epochs - 1]) / rounds
+    return trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
+                                                                                 completions],
+                           args=args, train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in questions]),
+                           processing_class=tok)
 
 
 def main() -> None:
@@ -143,27 +181,38 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    repeats, steps = (2, 1) if args.quick else (5, 4)
+    repeats, steps = (2, 3) if args.quick else (6, 8)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = args.checkpoint or tiny_checkpoint(root)
         r = rollout_bench(ckpt, prompts_n=8, group=8, max_tokens=48, repeats=repeats)
         model = args.checkpoint or "random tiny preset"
-        print(f"rollouts (8 prompts x 8, 48 tokens, {model}): {r['rollout']:,.0f} tokens/s; engine.generate "
-              f"{r['generate']:,.0f} tokens/s; ratio {r['ratio']:.2f}x")
+        print(f"rollouts (8 prompts x 8, 48 tokens, {model}), per CPU second: {r['rollout']:,.0f} tokens "
+              f"(sampled + tool output), {r['rollout_sampled']:,.0f} sampled; engine.generate "
+              f"{r['generate']:,.0f}\n"
+              f"  rollout/generate {r['ratio']:.2f}x (pairs {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}); "
+              f"sampled only {r['ratio_sampled']:.2f}x")
+        if args.checkpoint:  # TRL gets a byte-level tokenizer: the same model and work only for the random model
+            print("--checkpoint: no GRPO comparison (GRPOTrainer's tokenizer would differ)", file=sys.stderr)
+            return
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
                       unfinished_penalty=0.0)
-        ours = ours_grpo_steps(ckpt, cfg_kw, steps)
-        print(f"GRPO step (4 prompts x 4, 32 tokens, 2 epochs): ours {1 / ours:.3f} steps/s ({ours:.2f} s/step)")
-        # TRL gets a byte-level tokenizer: the same model and work only for the random byte-vocabulary model
-        theirs = None if args.checkpoint else trl_seconds_per_round(ckpt, cfg_kw, steps, root)
-        if args.checkpoint:
-            print("--checkpoint: no GRPOTrainer comparison (its tokenizer would differ)", file=sys.stderr)
-        elif theirs is None:
-            print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
-        else:
-            print(f"  trl GRPOTrainer {1 / theirs:.3f} steps/s ({theirs:.2f} s/step); ours/trl {theirs / ours:.2f}x")
+        report_grpo(grpo_interleaved(ckpt, cfg_kw, steps, root))
 
+
+def report_grpo(g: dict[str, Any]) -> None:
+    """Print seconds per round of both sides and the speed ratio of each interleaved pair, wall and CPU time."""
+    for i, clock in enumerate(("wall", "CPU")):
+        ours = statistics.median(o[i] for o in g["ours"])
+        line = f"GRPO round (4 prompts x 4, 32 tokens, 2 epochs), {clock} time: ours {ours:.3f} s"
+        if g["theirs"]:
+            theirs = statistics.median(t[i] for t in g["theirs"])
+            ratios = [t[i] / o[i] for o, t in zip(g["ours"], g["theirs"])]
+            line += (f", trl GRPOTrainer {theirs:.3f} s; ours/trl speed {statistics.median(ratios):.2f}x "
+                     f"(interleaved pairs {min(ratios):.2f}-{max(ratios):.2f})")
+        print(line)
+    if not g["theirs"]:
+        print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))

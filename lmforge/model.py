@@ -205,9 +205,22 @@ class KVCache:
 
     def repeat_rows(self, n: int) -> None:
         """Each row becomes n consecutive copies of itself (n samples continuing one prefilled prompt)."""
-        self.k = [k.repeat_interleave(n, 0) for k in self.k]
-        self.v = [v.repeat_interleave(n, 0) for v in self.v]
-        self.valid = self.valid.repeat_interleave(n, 0)
+        self.keep_rows(torch.arange(self.valid.size(0), device=self.valid.device).repeat_interleave(n), True)
+
+    def keep_rows(self, rows: torch.Tensor, zero_rest: bool = False) -> None:
+        """The cache of these rows, in this order (repeats allowed): a session's n samples of one prompt, or its
+        running rows once finished ones leave. Only the filled slots are copied. The slots after them are zeroed
+        with zero_rest (the static decode step attends over the whole cache: masked garbage could be NaN, and
+        0 * NaN is NaN); the dynamic forward never reads a slot before writing it, so may skip that memset."""
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty((len(rows), *t.shape[1:]))
+            torch.index_select(t[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
+            if zero_rest:
+                out[:, :, self.length:].zero_()
+            return out
+
+        self.k, self.v = [pick(k) for k in self.k], [pick(v) for v in self.v]
+        self.valid = self.valid.index_select(0, rows)
 
     def mask(self, T: int) -> torch.Tensor | None:
         """The mask for T new slots after the filled ones; None where plain attention is right: no padding anywhere

@@ -10,8 +10,10 @@ One step:
    calculator runs as in `ChatSession` and its output is forced into the cache.
 2. Rewards (`rl_rewards`): the sum of the reward functions over each response's sampled ids and final text.
 3. Scoring: one no-grad forward of the policy and of the frozen reference (the starting checkpoint) over exactly
-   the sampled ids, scored under the distribution sampled from (`rl_losses.token_logprobs`). The largest gap
-   between these "old" log-probs and the engine's is logged (`logprob_mismatch`): it must stay at rounding level.
+   the sampled ids, scored under the distribution sampled from (`rl_losses.token_logprobs`), the head only at
+   the sampled positions. The largest gap between these "old" log-probs and the engine's is logged
+   (`logprob_mismatch`): it must stay at rounding level. GRPO skips the policy pass for its first minibatch,
+   whose first training forward (before any update) is the same forward and supplies them.
 4. Advantages. GRPO: reward minus the group mean (RLOO: leave-one-out mean; std-normalisation optional), the same
    for every token of the response; the KL to the reference (k3) is a loss term weighted by `kl_coef`. PPO: the
    per-token penalty -kl_coef * (log pi - log pi_ref) plus the reward at the last token, through GAE with a value
@@ -41,7 +43,9 @@ import torch
 
 from lmforge.config import check_fields, require
 from lmforge.inference.sampling import SamplingParams
+from lmforge.model import GPT
 from lmforge.posttrain import rl_losses as L
+from lmforge.posttrain.pairs_batches import final_hidden
 from lmforge.posttrain.rl_rewards import REWARD_NAMES, RewardFn, build_rewards
 from lmforge.posttrain.rl_rollout import Rollout, rollout_group
 from lmforge.utils import LmforgeError, atomic_write, write_json
@@ -131,15 +135,19 @@ def score_rollouts(rollouts: list[Rollout], rewards: list[tuple[str, RewardFn]])
 @dataclass
 class Batch:
     """Rollouts laid out for the training forward: x (B, T) inputs, targets (B, T) the token each position
-    predicts, mask (B, T) 1 where that token was sampled by the policy, engine (B, T) the engine's log-probs."""
+    predicts, mask (B, T) 1 where that token was sampled by the policy, engine (B, T) the engine's log-probs,
+    valid (B, T) True on real (not padding) inputs."""
 
     x: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
     engine: torch.Tensor
+    valid: torch.Tensor
 
     def rows(self, idx: torch.Tensor) -> "Batch":
-        return Batch(self.x[idx], self.targets[idx], self.mask[idx], self.engine[idx])
+        """These rows, cut to the longest of them (right padding past every row's end is wasted work)."""
+        width = int(self.valid[idx].sum(1).max())
+        return Batch(*(t[idx, :width] for t in (self.x, self.targets, self.mask, self.engine, self.valid)))
 
 
 def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
@@ -151,6 +159,7 @@ def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
     targets = torch.zeros((B, T), dtype=torch.long)
     mask = torch.zeros((B, T))
     engine = torch.zeros((B, T))
+    valid = torch.zeros((B, T), dtype=torch.bool)
     for i, r in enumerate(rollouts):
         seq = r.prompt_ids + r.response_ids
         n, p = len(seq) - 1, len(r.prompt_ids) - 1
@@ -158,7 +167,8 @@ def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
         targets[i, :n] = torch.tensor(seq[1:])
         mask[i, p:n] = torch.tensor(r.sampled, dtype=torch.float32)
         engine[i, p:n] = torch.tensor(r.engine_logprobs, dtype=torch.float32)
-    return Batch(x, targets, mask, engine)
+        valid[i, :n] = True
+    return Batch(x, targets, mask, engine, valid)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,30 +177,39 @@ def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
 
 
 @contextlib.contextmanager
-def final_hidden(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Capture the final norm's output (the hidden state the head reads) during a forward: the value head's input."""
-    store: list[torch.Tensor] = []
-    handle = model.norm.register_forward_hook(lambda mod, inp, out: store.append(out))
+def frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Scoring passes that record nothing yet run the training forward's kernels: grad mode picks them (on CPU
+    the hand-written RMSNorm, whose rounding differs from F.rms_norm's), but no parameter requires grad, so no
+    graph is built. The old, reference and training log-probs then agree bit for bit where the weights do, and
+    the KL of the policy to itself at step 0 is exactly 0."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
     try:
-        yield store
+        with torch.enable_grad():
+            yield
     finally:
-        handle.remove()
+        for p in params:
+            p.requires_grad_(True)
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: Batch, params: SamplingParams, vocab_limit: int | None,
+def sequence_logprobs(model: GPT, batch: Batch, params: SamplingParams, vocab_limit: int | None,
                       value_head: torch.nn.Module | None = None, with_entropy: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(log-probs (B, T) of the targets under the sampling distribution, entropies (B, T) or None, values (B, T)
-    or None)."""
-    B, T = batch.x.shape
-    with final_hidden(model) as hidden:
-        logits, _ = model(batch.x)
-    lp, ent = L.token_logprobs(logits.reshape(B * T, -1), batch.targets.reshape(-1), params, vocab_limit,
-                               with_entropy)
-    values = None
-    if value_head is not None:
-        values = value_head(hidden[-1].reshape(B, T, -1)).squeeze(-1).float()
-    return lp.view(B, T), None if ent is None else ent.view(B, T), values
+    or None); log-probs and entropies are 0 outside the policy's sampled tokens.
+
+    Only the sampled positions meet the vocabulary-wide head and the sampling transform: prompt, tool output and
+    padding positions, half or more of a row, are needed as context but never scored."""
+    hidden = final_hidden(model, batch.x, batch.valid)
+    where = batch.mask > 0
+    lp_at, ent_at = L.token_logprobs(model.lm_head(hidden[where]), batch.targets[where], params, vocab_limit,
+                                     with_entropy)
+    zeros = torch.zeros(batch.mask.shape, dtype=lp_at.dtype, device=lp_at.device)
+    lp = zeros.masked_scatter(where, lp_at)
+    ent = None if ent_at is None else zeros.masked_scatter(where, ent_at)
+    values = None if value_head is None else value_head(hidden).squeeze(-1).float()
+    return lp, ent, values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,17 +272,32 @@ class RLRun:
         self.policy.eval()
         return rollout_group(self.engine, prompts, examples, params, self.tools, self.cfg.max_tool_calls)
 
-    @torch.no_grad()
-    def score(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Old log-probs, entropies and values of the policy, and the reference's log-probs, at every position."""
-        old, ent, values = sequence_logprobs(self.policy, batch, self.params, self.engine.vocab_limit,
-                                             self.value_head)
-        ref, _, _ = sequence_logprobs(self.reference, batch, self.params, self.engine.vocab_limit,
-                                      with_entropy=False)
-        out = {"old": old.masked_fill(batch.mask == 0, 0.0), "ref": ref.masked_fill(batch.mask == 0, 0.0),
-               "entropy": ent}
-        if values is not None:
-            out["values"] = values * batch.mask
+    def minibatches(self, rows: int) -> list[list[torch.Tensor]]:
+        """Each epoch's minibatches (row indices), fixed by the seed and the step."""
+        gen = torch.Generator().manual_seed(self.cfg.seed + self.step_done)
+        return [list(torch.randperm(rows, generator=gen).split(self.cfg.minibatch_rows))
+                for _ in range(self.cfg.epochs)]
+
+    def score(self, batch: Batch, deferred: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The reference's log-probs at every row; the policy's old log-probs, entropies (and values) at every row
+        but `deferred`, whose first training forward, before any update, is this very forward and fills them in
+        (`update`): with one minibatch per epoch GRPO then runs no separate policy pass at all."""
+        vocab_limit, (B, T) = self.engine.vocab_limit, batch.mask.shape
+        with frozen(self.reference):
+            ref, _, _ = sequence_logprobs(self.reference, batch, self.params, vocab_limit, with_entropy=False)
+        out = {"ref": ref, "old": torch.zeros(B, T), "entropy": torch.zeros(B, T)}
+        rest = torch.arange(B)
+        if deferred is not None:
+            rest = rest[~torch.isin(rest, deferred)]
+        if len(rest):
+            part = batch.rows(rest)
+            with frozen(self.policy, self.value_head):
+                old, ent, values = sequence_logprobs(self.policy, part, self.params, vocab_limit, self.value_head)
+            width = part.x.size(1)
+            out["old"][rest, :width], out["entropy"][rest, :width] = old, ent
+            if values is not None:
+                out["values"] = torch.zeros(B, T)
+                out["values"][rest, :width] = values * part.mask
         return out
 
     def advantages(self, batch: Batch, scored: dict[str, torch.Tensor], rewards: torch.Tensor) -> torch.Tensor:
@@ -282,27 +316,31 @@ class RLRun:
         std = (((adv - mean) * mask) ** 2 / n).sum().sqrt()
         return (adv - mean) / (std + 1e-8) * mask
 
-    def update(self, batch: Batch, scored: dict[str, torch.Tensor], adv: torch.Tensor) -> dict[str, float]:
-        """`epochs` passes of minibatch updates; returns the mean loss and the clipped share of tokens."""
+    def update(self, batch: Batch, scored: dict[str, torch.Tensor], adv: torch.Tensor,
+               order: list[list[torch.Tensor]], deferred: bool = False) -> dict[str, float]:
+        """`epochs` passes of minibatch updates in `order`; returns the mean loss and the clipped share of tokens.
+        deferred: the first minibatch's old log-probs and entropies are still to be filled in (`score`)."""
         cfg = self.cfg
         self.policy.train()
-        gen = torch.Generator().manual_seed(cfg.seed + self.step_done)
         losses, clipped, seen = [], 0.0, 0.0
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(batch.x.size(0), generator=gen).split(cfg.minibatch_rows):
+        for epoch, minibatches in enumerate(order):
+            for i, idx in enumerate(minibatches):
                 mb = batch.rows(idx)
+                width = mb.x.size(1)
+                fill = deferred and epoch == 0 and i == 0
                 n_tokens = mb.mask.sum().clamp_min(1)
-                lp, _, values = sequence_logprobs(self.policy, mb, self.params, self.engine.vocab_limit,
-                                                  self.value_head, with_entropy=False)
-                lp = lp.masked_fill(mb.mask == 0, 0.0)
-                loss, n_clipped = L.clipped_policy_loss(lp, scored["old"][idx], adv[idx], mb.mask, cfg.clip,
-                                                        n_tokens)
+                lp, ent, values = sequence_logprobs(self.policy, mb, self.params, self.engine.vocab_limit,
+                                                    self.value_head, with_entropy=fill)
+                if fill:  # no update yet: this forward is the old policy's
+                    scored["old"][idx, :width], scored["entropy"][idx, :width] = lp.detach(), ent
+                loss, n_clipped = L.clipped_policy_loss(lp, scored["old"][idx, :width], adv[idx, :width], mb.mask,
+                                                        cfg.clip, n_tokens)
                 if cfg.algo == "grpo" and cfg.kl_coef > 0:
-                    _, k3 = L.kl_estimates(lp, scored["ref"][idx])
+                    _, k3 = L.kl_estimates(lp, scored["ref"][idx, :width])
                     loss = loss + cfg.kl_coef * (k3 * mb.mask).sum() / n_tokens
                 if values is not None:
-                    loss = loss + cfg.vf_coef * L.clipped_value_loss(values, scored["values"][idx],
-                                                                     scored["returns"][idx], mb.mask,
+                    loss = loss + cfg.vf_coef * L.clipped_value_loss(values, scored["values"][idx, :width],
+                                                                     scored["returns"][idx, :width], mb.mask,
                                                                      cfg.value_clip, n_tokens)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -322,12 +360,16 @@ class RLRun:
         t_rollout = time.perf_counter() - t0
         rewards, parts = score_rollouts(rollouts, self.rewards)
         batch = build_batch(rollouts, self.tokens.pad)
-        scored = self.score(batch)
+        order = self.minibatches(len(rollouts))
+        # GRPO's advantages need no old log-probs, so its first minibatch's come from its first training forward;
+        # PPO's token rewards and values need every row scored before the updates.
+        deferred = order[0][0] if self.cfg.algo == "grpo" else None
+        scored = self.score(batch, deferred)
+        adv = self.advantages(batch, scored, rewards)
+        metrics = self.update(batch, scored, adv, order, deferred is not None)
         mask = batch.mask
         n = mask.sum().clamp_min(1)
         k1, k3 = L.kl_estimates(scored["old"], scored["ref"])
-        adv = self.advantages(batch, scored, rewards)
-        metrics = self.update(batch, scored, adv)
         self.step_done += 1
         sampled = int(mask.sum())
         return {"step": self.step_done, "reward": float(rewards.mean()), **parts,

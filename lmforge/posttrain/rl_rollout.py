@@ -3,8 +3,10 @@
 One `GenerationSession` holds the whole batch (prompts x G rows, `params.n = G`), so every decode step is one
 batched forward over the cache, never a Python loop over the full sequence. The assistant may call tools exactly
 as in `ChatSession`: a row stops at `<|tool_call_end|>`, the tool runs, and `<|tool_output|>OUTPUT
-<|tool_output_end|>` is appended into the same cache (`session.append`, only to the rows that called), after which
-those rows decode on. Tool outputs are forced tokens: they are recorded with `sampled = 0` and never enter the loss.
+<|tool_output_end|>` is queued into the same cache (`session.queue_forced`: one token a step for the rows that
+called, inside the decode forward the other rows run anyway, so a call costs no extra forward and no padding slots
+in the other rows), after which those rows sample on. Tool outputs are forced tokens: they are recorded with
+`sampled = 0` and never enter the loss.
 
 What is kept is the sampled token ids themselves (never text to re-tokenise), the engine's log-prob of each sampled
 token under the distribution it was drawn from (temperature, top-k, top-p applied), and how each response ended.
@@ -18,7 +20,6 @@ from typing import Any
 from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.tools import Tool, run_tool
 from lmforge.tokenizer.chat_format import ChatTokens, parse_assistant, parse_tool_call
-from lmforge.utils import LmforgeError
 
 
 @dataclass
@@ -78,27 +79,23 @@ def rollout_group(engine: Any, prompts: list[list[int]], examples: list[dict[str
     params = SamplingParams(**{**vars(params), "stop_token_ids": [tokens.end, tokens.bos, tokens.tool_call_end]})
     n = params.n
     rows = [Rollout(list(p), example=examples[i]) for i, p in enumerate(prompts) for _ in range(n)]
-    session = engine.session(prompts, params)
+    session = engine.session(prompts, params, release_finished=True)  # a finished row with no call is final
     while not session.done:
         events = session.step()
         feeds: list[list[int]] = [[] for _ in rows]
+        segments = session.completions()
         for i, event in enumerate(events):
             if event is None or event.finish_reason is None:
                 continue
-            seg = session.completions()[i]
+            seg = segments[i]
             rows[i].add(seg.token_ids, seg.logprobs)
             rows[i].finish_reason = event.finish_reason
             if _wants_tool(rows[i], tokens, event.finish_reason) and rows[i].tool_calls <= max_tool_calls:
                 feeds[i] = _tool_feed(tok, tokens, tools, rows[i], max_tool_calls, max_tool_output_tokens)
-        # Calls are answered the step they are made, so the other rows decode on meanwhile: one session, no phases.
+        # Calls are answered the step they are made, and the outputs are queued: each enters the cache one token a
+        # step, in the decode forward the other rows run anyway (a row out of context ends with "context").
         if any(feeds):
-            try:
-                session.append(feeds)
-            except LmforgeError:  # the cache is full: these responses end here, as in ChatSession
-                for i, feed in enumerate(feeds):
-                    if feed:
-                        rows[i].finish_reason = "context"
-                continue
+            session.queue_forced(feeds)
             for i, feed in enumerate(feeds):
                 if feed:
                     rows[i].add(feed, None)
