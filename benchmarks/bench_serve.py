@@ -12,9 +12,13 @@ Servers run side by side and are measured interleaved (each streams count: lmfor
 and range. `--peers old --old-src DIR` compares with another copy of lmforge (before/after a change);
 `--scheduler-only` runs the same closed loop on the scheduler in-process (no HTTP, so the scheduler's own share of
 time to first token shows), alternating child processes of lmforge and --old-src.
+llama.cpp's server (llama-cpp-python[server], built from source in a venv of its own: a benchmark dependency only)
+needs a real tokenizer: `--params model_fp32.bin --gguf model.gguf --peers llamacpp --llama-python VENV/bin/python`
+serves the parameter file from lmforge and its GGUF export (the same weights) from llama.cpp, prompts are 16 random
+common words, and llama.cpp, which has no ignore_eos, gets every special token banned by logit_bias.
 
     .venv/bin/python benchmarks/bench_serve.py [--streams 1 4 16 64] [--tokens 32] [--threads 1] [--rounds 3]
-        [--peers transformers old] [--old-src /tmp/old]
+        [--peers transformers old llamacpp] [--old-src /tmp/old] [--params F --gguf F --llama-python PY]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from fastapi import Request  # noqa: E402 - at module level: FastAPI resolves a route's annotations in its globals
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=4096)  # bench_inference's tiny shape
 PROMPT_LEN = 16
+WORDS = ["the", "module", "function", "returns", "a", "new", "list", "of", "string", "file", "object", "value",
+         "json", "data", "time", "path", "class", "method", "error", "number"]
 
 
 def build_model():
@@ -44,15 +50,18 @@ def build_model():
     return GPT(GPTConfig(**SHAPE)).eval()
 
 
-def serve_lmforge(port: int, slots: int) -> None:
+def serve_lmforge(port: int, slots: int, params: str | None = None) -> None:
+    """The random tiny model, or with `params` a parameter file (the llama.cpp comparison: the same weights)."""
     from lmforge.inference.engine import Engine
+    from lmforge.serve.loading import engine_from_params
     from lmforge.serve.app import BackgroundServer, create_app
     from lmforge.serve.protocol import Limits
     from lmforge.serve.scheduler import Scheduler
     from lmforge.tokenizer import Tokenizer
 
     # No in-flight limit in reach: the benchmark measures serving, not the 429 a client gets past the limit.
-    scheduler = Scheduler(Engine(build_model(), Tokenizer([])), slots=slots, max_requests=1024)
+    engine = engine_from_params(params) if params else Engine(build_model(), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=slots, max_requests=1024)
     scheduler.warm_up()
     scheduler.start()
     BackgroundServer(create_app(scheduler, "bench", Limits()), port=port).start()
@@ -115,10 +124,11 @@ def serve_transformers(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def one_request(port: int, prompt: list[int], tokens: int) -> tuple[float, int, float]:
-    """(time to first token, tokens received, total time) of one streaming request."""
+def one_request(port: int, prompt: list[int] | str, tokens: int, extra: dict | None = None) -> tuple[float, int, float]:
+    """(time to first token, tokens received, total time) of one streaming request; `extra` replaces the
+    end-of-text switch (`ignore_eos`, lmforge's and vLLM's) for a server that spells it otherwise."""
     body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-                       "ignore_eos": True})
+                       **(extra if extra is not None else {"ignore_eos": True})})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
@@ -134,7 +144,15 @@ def one_request(port: int, prompt: list[int], tokens: int) -> tuple[float, int, 
     return first or float("nan"), received, time.perf_counter() - t0
 
 
-def measure(port: int, streams: int, requests: int, tokens: int) -> tuple[float, float]:
+def make_prompt(rng, text: bool) -> list[int] | str:
+    """PROMPT_LEN random byte-token ids, or (a real tokenizer's server) PROMPT_LEN random common words."""
+    if text:
+        return " ".join(rng.choice(WORDS) for _ in range(PROMPT_LEN))
+    return [rng.randrange(3, 266) for _ in range(PROMPT_LEN)]
+
+
+def measure(port: int, streams: int, requests: int, tokens: int, text: bool = False,
+            extra: dict | None = None) -> tuple[float, float]:
     """(tokens/s over all streams, mean time to first token) with `streams` clients in parallel."""
     import random
 
@@ -143,7 +161,7 @@ def measure(port: int, streams: int, requests: int, tokens: int) -> tuple[float,
 
     def client() -> None:
         for _ in range(requests):
-            results.append(one_request(port, [rng.randrange(3, 266) for _ in range(PROMPT_LEN)], tokens))
+            results.append(one_request(port, make_prompt(rng, text), tokens, extra))
 
     threads = [threading.Thread(target=client) for _ in range(streams)]
     t0 = time.perf_counter()
@@ -216,17 +234,21 @@ def run_scheduler_only(names: list[str], args: argparse.Namespace) -> dict:
     return rows
 
 
-def start_server(name: str, threads: int, slots: int, pythonpath: str | None = None) -> tuple[subprocess.Popen, int]:
-    """A server in its own process on a free port; `pythonpath` serves another copy of lmforge (an older commit)."""
+def start_server(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
+    """A server in its own process on a free port: lmforge (old: the copy in --old-src), transformers, or
+    llama-cpp-python's server (--llama-python) on --gguf with as many threads."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "LMFORGE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    kind = "lmforge" if name == "old" else name
-    child = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), "--slots", str(slots)],
-                             env=env)
+    env = {**os.environ, "LMFORGE_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
+    if name == "old":
+        env["PYTHONPATH"] = args.old_src
+    argv = [sys.executable, __file__, "--serve", "lmforge" if name == "old" else name, "--port", str(port),
+            "--slots", str(args.slots), *(["--params", args.params] if args.params else [])]
+    if name == "llamacpp":
+        argv = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1", "--port",
+                str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "256"]
+    child = subprocess.Popen(argv, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -271,9 +293,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     ap.add_argument("--slots", type=int, default=16, help="lmforge's KV cache slots")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (lmforge, peers, lmforge, peers, ...)")
-    ap.add_argument("--peers", nargs="+", default=["transformers"], choices=["transformers", "old"],
-                    help="servers to compare with; old: lmforge from --old-src")
+    ap.add_argument("--peers", nargs="+", default=["transformers"], choices=["transformers", "old", "llamacpp"],
+                    help="servers to compare with; old: lmforge from --old-src; llamacpp: --llama-python on --gguf")
     ap.add_argument("--old-src", help="a folder holding another lmforge package (e.g. `git archive` of a commit)")
+    ap.add_argument("--params", help="lmforge serves this parameter file (text prompts) instead of random weights")
+    ap.add_argument("--gguf", help="llama.cpp's model: the GGUF export of the same weights as --params")
+    ap.add_argument("--llama-python", help="the python of a venv with llama-cpp-python[server]")
     ap.add_argument("--scheduler-only", action="store_true",
                     help="measure the scheduler in-process without HTTP (peers: old only)")
     ap.add_argument("--serve", choices=["lmforge", "transformers", "scheduler"], help=argparse.SUPPRESS)
@@ -286,25 +311,33 @@ def main() -> None:
         if args.serve == "scheduler":
             scheduler_only(args.streams, args.requests, args.tokens, args.slots)
         else:
-            serve_lmforge(args.port, args.slots) if args.serve == "lmforge" else serve_transformers(args.port)
+            serve_lmforge(args.port, args.slots, args.params) if args.serve == "lmforge" else serve_transformers(args.port)
         return
     if "old" in args.peers and not args.old_src:
         ap.error("--peers old needs --old-src")
+    if "llamacpp" in args.peers and not (args.params and args.gguf and args.llama_python):
+        ap.error("--peers llamacpp needs --params, --gguf (the same weights) and --llama-python")
     names = ["lmforge", *args.peers]
     if args.scheduler_only:
         names = ["lmforge", "old"] if args.old_src else ["lmforge"]
         report(run_scheduler_only(names, args), names, args.streams, args)
         return
-    servers = {name: start_server(name, args.threads, args.slots, args.old_src if name == "old" else None)
-               for name in names}
+    servers = {name: start_server(name, args) for name in names}
+    extras = {name: None for name in names}
+    if "llamacpp" in names:  # llama.cpp has no ignore_eos: every special token (end of text) is banned instead
+        from lmforge.export.params import read_header
+
+        extras["llamacpp"] = {"logit_bias": {str(i): -100 for i in read_header(args.params).special_tokens.values()}}
     rows: dict = {(name, n): [] for name in names for n in args.streams}
     try:
         for name in names:
-            one_request(servers[name][1], list(range(3, 3 + PROMPT_LEN)), 4)  # warm up
+            warm = "the json module" if args.params else list(range(3, 3 + PROMPT_LEN))
+            one_request(servers[name][1], warm, 4, extras[name])
         for n in args.streams:
             for _ in range(args.rounds):
                 for name in names:  # interleaved, so a change in the machine's load hits every server alike
-                    rows[name, n].append(measure(servers[name][1], n, args.requests, args.tokens))
+                    rows[name, n].append(measure(servers[name][1], n, args.requests, args.tokens,
+                                                 bool(args.params), extras[name]))
                     rate, ttft = rows[name, n][-1]
                     print(f"{name:12s} {n:3d} streams: {rate:8.1f} tok/s   TTFT {1000 * ttft:8.1f} ms", flush=True)
     finally:
