@@ -656,3 +656,16 @@ def test_flags_rlhf_train_missing_checkpoint(tmp_path):
     out = tmp_path / "rl"
     assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")
     assert not out.exists()
+
+
+def test_flags_serve_params(tmp_path):
+    """`lmforge serve --params`: with --checkpoint, absent, or damaged (a header that cannot be a parameter file);
+    refused before anything is served or written."""
+    pytest.importorskip("fastapi")
+    damaged = tmp_path / "damaged.bin"
+    damaged.write_bytes(b"LMFG" + b"\0" * 60)
+    before = tree_digest(tmp_path)
+    assert_refused(run_cli(["serve", "--checkpoint", str(tmp_path), "--params", str(damaged)]), "--checkpoint")
+    assert_refused(run_cli(["serve", "--params", str(tmp_path / "absent.bin"), "--device", "cpu"]), "absent.bin")
+    assert_refused(run_cli(["serve", "--params", str(damaged), "--device", "cpu"]), "damaged.bin")
+    assert tree_digest(tmp_path) == before
