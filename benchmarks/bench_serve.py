@@ -53,14 +53,18 @@ def build_model():
 def serve_lmforge(port: int, slots: int, params: str | None = None) -> None:
     """The random tiny model, or with `params` a parameter file (the llama.cpp comparison: the same weights)."""
     from lmforge.inference.engine import Engine
-    from lmforge.serve.loading import engine_from_params
     from lmforge.serve.app import BackgroundServer, create_app
     from lmforge.serve.protocol import Limits
     from lmforge.serve.scheduler import Scheduler
     from lmforge.tokenizer import Tokenizer
 
     # No in-flight limit in reach: the benchmark measures serving, not the 429 a client gets past the limit.
-    engine = engine_from_params(params) if params else Engine(build_model(), Tokenizer([]))
+    if params:
+        from lmforge.serve.loading import engine_from_params  # not in an --old-src from before `serve --params`
+
+        engine = engine_from_params(params)
+    else:
+        engine = Engine(build_model(), Tokenizer([]))
     scheduler = Scheduler(engine, slots=slots, max_requests=1024)
     scheduler.warm_up()
     scheduler.start()
@@ -247,7 +251,8 @@ def start_server(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen,
             "--slots", str(args.slots), *(["--params", args.params] if args.params else [])]
     if name == "llamacpp":
         argv = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1", "--port",
-                str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "256"]
+                str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "256",
+                "--interrupt_requests", "False"]  # its default ends a running stream when another request comes
     child = subprocess.Popen(argv, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
