@@ -255,7 +255,7 @@ def start_server(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen,
                 "--interrupt_requests", "False"]  # its default ends a running stream when another request comes
     child = subprocess.Popen(argv, env=env)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and child.poll() is None:  # a server that crashed is not waited for
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return child, port
@@ -327,7 +327,7 @@ def main() -> None:
         names = ["lmforge", "old"] if args.old_src else ["lmforge"]
         report(run_scheduler_only(names, args), names, args.streams, args)
         return
-    servers = {name: start_server(name, args) for name in names}
+    servers: dict = {}
     extras = {name: None for name in names}
     if "llamacpp" in names:  # llama.cpp has no ignore_eos: every special token (end of text) is banned instead
         from lmforge.export.params import read_header
@@ -335,6 +335,8 @@ def main() -> None:
         extras["llamacpp"] = {"logit_bias": {str(i): -100 for i in read_header(args.params).special_tokens.values()}}
     rows: dict = {(name, n): [] for name in names for n in args.streams}
     try:
+        for name in names:  # inside the try: a server that fails to start must not leave the others running
+            servers[name] = start_server(name, args)
         for name in names:
             warm = "the json module" if args.params else list(range(3, 3 + PROMPT_LEN))
             one_request(servers[name][1], warm, 4, extras[name])
