@@ -744,3 +744,15 @@ def test_flags_llmos_browse_allow(host, tmp_path):
 def test_flags_llmos_serve_tools(argv, culprit, tmp_path):
     """`serve`'s tool flags are checked before a model loads; each refusal names its flag."""
     assert_refused(run_cli(["serve", "--checkpoint", str(tmp_path), "--device", "cpu", *argv]), culprit)
+
+def test_flags_serve_params(tmp_path):
+    """`lmforge serve --params`: with --checkpoint, absent, or damaged (a header that cannot be a parameter file);
+    refused before anything is served or written."""
+    pytest.importorskip("fastapi")
+    damaged = tmp_path / "damaged.bin"
+    damaged.write_bytes(b"LMFG" + b"\0" * 60)
+    before = tree_digest(tmp_path)
+    assert_refused(run_cli(["serve", "--checkpoint", str(tmp_path), "--params", str(damaged)]), "--checkpoint")
+    assert_refused(run_cli(["serve", "--params", str(tmp_path / "absent.bin"), "--device", "cpu"]), "absent.bin")
+    assert_refused(run_cli(["serve", "--params", str(damaged), "--device", "cpu"]), "damaged.bin")
+    assert tree_digest(tmp_path) == before

@@ -259,6 +259,22 @@ def test_requests_beyond_the_limit_are_refused_until_one_leaves():
     scheduler.submit([1, 2], params, lambda k, p: None)  # one left, so one more fits
 
 
+def test_a_client_may_send_its_next_request_the_moment_one_ends_at_the_limit():
+    engine = Engine(tiny_model(block_size=64), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=1, max_requests=1)  # not started: the test turns the loop by hand
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    follow_ups = []
+
+    def sink(kind, payload):  # runs on the loop's thread, as the HTTP layer's does
+        if kind == "done" and not follow_ups:
+            follow_ups.append(scheduler.submit([1, 2], params, lambda k, p: None))
+
+    scheduler.submit([1, 2], params, sink)
+    for _ in range(10):  # two tokens: done within three turns
+        scheduler._turn()
+    assert follow_ups and follow_ups[0].rows and follow_ups[0].finished  # accepted, and served in its turn
+
+
 def test_a_failing_forward_fails_its_requests_and_the_loop_goes_on(monkeypatch):
     engine = Engine(tiny_model(block_size=64), Tokenizer([]))
     scheduler = Scheduler(engine, slots=2)  # not started: the test turns the loop by hand

@@ -13,7 +13,6 @@ import torch
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from hostile import assert_refused, run_cli  # noqa: E402
 from params_helpers import MULTILINGUAL, tiny_model, tokenizer  # noqa: E402
 
 from lmforge.export.params import export_params, load_params  # noqa: E402
@@ -88,10 +87,3 @@ def test_a_table_that_is_not_lmforge_bpe_is_refused():
         tokenizer_from_table([*table[:256], b"\xff\xfe\xfd\xfc" * 99, *table[257:]], tok.special_tokens,
                              tok.pattern, "src")
 
-
-def test_serve_params_flags_are_refused_in_one_line(tmp_path):
-    damaged = tmp_path / "damaged.bin"
-    damaged.write_bytes(b"LMFG" + b"\0" * 60)
-    assert_refused(run_cli(["serve", "--checkpoint", str(tmp_path), "--params", "m.bin"]), "--checkpoint")
-    assert_refused(run_cli(["serve", "--params", str(tmp_path / "absent.bin"), "--device", "cpu"]), "absent.bin")
-    assert_refused(run_cli(["serve", "--params", str(damaged), "--device", "cpu"]), "damaged.bin")

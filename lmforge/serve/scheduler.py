@@ -400,12 +400,14 @@ class Scheduler:
         done = [r for r in self._running if r.finished]
         if not done:
             return
+        # Out of the in-flight count before their clients hear of it: a client that sends its next request the
+        # moment one ends must not find the server still counting the old one (a spurious 429 at the limit).
+        self._running = [r for r in self._running if not r.finished]
+        self._compact()
         for r in done:
             tokens = sum(len(row.out.token_ids) for row in r.rows)
             r.sink("done", Usage(len(r.prompt), tokens))
             self.metrics.finished("ok")
-        self._running = [r for r in self._running if not r.finished]
-        self._compact()
 
     def _fail(self, request: Request, message: str) -> None:
         request.sink("error", message)

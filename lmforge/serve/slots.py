@@ -48,7 +48,9 @@ class SlotView(KVCache):
         # Where each row's new keys/values go, as a scatter index along the slot axis (one kernel per layer); rows
         # that all start at one column take a plain slice instead.
         self.index = None
-        if T == 1 or not self.uniform:
+        if T == 1:  # a decode step, the hot path: no arange
+            self.index = self.starts.view(-1, 1, 1, 1).expand(count, heads, 1, head_dim)
+        elif not self.uniform:
             columns = self.starts.view(-1, 1) + torch.arange(T, device=self.starts.device)
             self.index = columns.view(count, 1, T, 1).expand(count, heads, T, head_dim)
         self.width = max(lengths) + T  # columns any query of this forward can see
