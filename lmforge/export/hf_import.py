@@ -32,15 +32,21 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # old Llama checkpoints stored the RoPE frequencies; we compute them
 
 
+def _rope_type(rope: Any) -> str:
+    """The RoPE variant a config's rope_scaling / rope_parameters names (older configs say "type")."""
+    if not rope:
+        return "default"
+    return str(rope.get("rope_type", rope.get("type", "default"))) if isinstance(rope, dict) else repr(rope)
+
+
 def _unsupported(cfg: dict[str, Any], where: str) -> None:
     """Refuse a config with a feature our model lacks, naming the field."""
     problems = {
         "hidden_act": cfg.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(cfg.get("attention_bias")),
         "mlp_bias": bool(cfg.get("mlp_bias")),
-        "rope_scaling": cfg.get("rope_scaling") not in (None, {}) and
-        (cfg.get("rope_scaling") or {}).get("rope_type", "default") != "default",
-        "rope_parameters": (cfg.get("rope_parameters") or {}).get("rope_type", "default") != "default",
+        "rope_scaling": _rope_type(cfg.get("rope_scaling")) != "default",
+        "rope_parameters": _rope_type(cfg.get("rope_parameters")) != "default",
         "use_sliding_window": bool(cfg.get("use_sliding_window")),
         "layer_types": any(t != "full_attention" for t in cfg.get("layer_types") or []),
     }
