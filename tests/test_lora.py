@@ -78,6 +78,7 @@ def _model_with_saved_adapters(root, ckpt):
 @pytest.mark.timeout(180)
 def test_lora_sft_resume_is_exact(base, tmp_path):
     root, _ = base
+    run_sft(SFTConfig(default_conversations=120, train_overrides=_fast(max_steps=1)), root, tmp_path / "full")
     cfg = _cfg(max_steps=6, checkpoint_every=3, keep_checkpoints=0)
     full = run_sft(cfg, root, tmp_path / "a")
     run_sft(cfg, root, tmp_path / "b")
@@ -87,6 +88,11 @@ def test_lora_sft_resume_is_exact(base, tmp_path):
     a = load_file(tmp_path / "a" / "ckpt" / "step_0000006" / "model.safetensors")
     b = load_file(tmp_path / "b" / "ckpt" / "step_0000006" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for other in ({"lora_rank": 8}, {"lora_alpha": 4.0}, {"lora_rank": 0}):  # other adapters cannot continue
+        with pytest.raises(LmforgeError, match="--lora-rank: .* holds a run of rank 4"):
+            run_sft(_cfg(max_steps=8, checkpoint_every=3, lora=other), root, tmp_path / "b")
+    with pytest.raises(LmforgeError, match="holds a run of full fine-tuning"):
+        run_sft(_cfg(max_steps=2), root, tmp_path / "full")  # a LoRA run in a full run's folder
 
 
 @pytest.mark.timeout(180)

@@ -28,7 +28,7 @@ from lmforge.export.hf_tokenizer_import import TokenizerImport, import_tokenizer
 from lmforge.model import GPT, GPTConfig
 from lmforge.utils import LmforgeError, read_json
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = ("llama", "qwen3")  # config.json model_type values: the families our model computes exactly
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # old Llama checkpoints stored the RoPE frequencies; we compute them
 
 

@@ -69,7 +69,20 @@ class LoRAFields:
         return replace(train, optimizer="adamw")
 
     def lora_objective(self, inner: Any, base: Path, out_dir: Path) -> Any:
-        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank."""
+        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank. A run
+        folder whose checkpoints were written with other LoRA settings (or none) is refused: its optimizer state
+        and weights would not fit."""
+        from lmforge.checkpoint import read_checkpoint_config, train_checkpoints
+
+        existing = train_checkpoints(out_dir)
+        saved = read_checkpoint_config(existing[-1]).get("lora") if existing else None
+        now = (self.lora_rank, self.lora_alpha, list(self.lora_targets))
+        if saved is not None and (saved.get("rank"), saved.get("alpha"), saved.get("targets")) != now \
+                or saved is None and existing and self.lora_rank:
+            was = f"rank {saved.get('rank')}, alpha {saved.get('alpha')}, targets {saved.get('targets')}" \
+                if saved is not None else "full fine-tuning"
+            raise LmforgeError(f"--lora-rank: {out_dir} holds a run of {was}; resume it with the same --lora-rank, "
+                               "--lora-alpha and --lora-targets, or give another --out")
         return LoRAObjective(inner, self, base, out_dir) if self.lora_rank else inner
 
     def finish_lora(self, summary: dict[str, Any], objective: Any, out_dir: Path, tokenizer_dir: Path,
