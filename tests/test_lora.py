@@ -53,9 +53,14 @@ def test_sft_with_lora_learns_saves_adapters_only_and_merges_exactly(base, tmp_p
     assert summary["lora"]["adapter_params"] == sum(t.numel() for t in saved.values())
 
     adapted, _ = load_model(tmp_path / "run")  # the base with the adapters added
+    specials = len(tok.special_tokens)
     for name, p in base_model.state_dict().items():
+        now = adapted.state_dict()[name]
+        if name in ("tok_emb.weight", "lm_head.weight"):  # only the special tokens' rows were trained
+            assert torch.equal(now[:-specials], p[:-specials]) and not torch.equal(now[-specials:], p[-specials:])
+            continue
         targeted = any(f".{t}.weight" in name for t in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
-        assert torch.equal(adapted.state_dict()[name], p) != targeted, name  # only the adapted matrices moved
+        assert torch.equal(now, p) != targeted, name  # only the adapted matrices moved
     merged, merged_ckpt = load_model(summary["merged_checkpoint"])
     assert "lora" not in json.loads((merged_ckpt / "config.json").read_text())  # an ordinary checkpoint
     ids = torch.tensor([tok.encode("Hello, who are you?")])
@@ -145,3 +150,31 @@ def test_dpo_with_lora_raises_the_margin_training_adapters_only(tmp_path):
 def test_bad_lora_settings_are_refused_naming_the_flag(fields, flag):
     with pytest.raises(LmforgeError, match=flag):
         SFTConfig(**fields)
+
+
+def test_tied_embeddings_share_their_trained_rows(base, tmp_path):
+    """With a tied head, the special tokens' rows are one set of parameters, saved once, merged into both."""
+    from lmforge.checkpoint import checkpoint_tokenizer_dir, save_model
+    from lmforge.model import GPT, GPTConfig
+
+    root, tok = base
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=64, block_size=64,
+                          tie_embeddings=True)).eval()
+    tok_dir = checkpoint_tokenizer_dir(load_model(root)[1])
+    save_model(tmp_path / "base", model, tok_dir)
+    add_adapters(model, LoRAFields(**LORA), tmp_path / "base")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_b" in name or "lora_rows" in name:
+                p.normal_(0, 0.1)
+    assert model.lm_head.weight.data_ptr() != model.tok_emb.weight.data_ptr()  # computed, not stored
+    assert torch.equal(model.lm_head.weight, model.tok_emb.weight)  # but the same rows
+    save_model(tmp_path / "adapted", model, tok_dir)
+    saved = load_file(tmp_path / "adapted" / "model.safetensors")
+    assert "tok_emb.lora_rows" in saved and not any(k.startswith("lm_head") for k in saved)
+    merged, _ = load_model(tmp_path / "adapted")
+    ids = torch.tensor([[tok.bos_id, *tok.encode("Hello"), tok.special_tokens["<|user|>"]]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids)[0], model(ids)[0], atol=1e-6, rtol=1e-6)
+    assert merged.lm_head.weight is merged.tok_emb.weight
