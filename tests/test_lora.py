@@ -134,7 +134,8 @@ def test_dpo_with_lora_raises_the_margin_training_adapters_only(tmp_path):
     data = write_pairs_file(tmp_path / "pairs.jsonl", planted_pairs(200, 1))
     cfg = DPOConfig(val_last=40, lora_rank=4, lora_alpha=8.0, merge=True,
                     train_overrides=fast_train(max_steps=20, batch_size=8, lr=1e-2))
-    summary = run_dpo(cfg, root, tmp_path / "run", [str(data)])
+    run_sft(_cfg(max_steps=2), root, tmp_path / "sft")  # adapters on adapters: DPO's base is a LoRA checkpoint
+    summary = run_dpo(cfg, tmp_path / "sft", tmp_path / "run", [str(data)])
     assert summary["eval"]["val_margin"] > 0  # evaluated on the adapted model (base + adapters)
     saved = load_file(train_checkpoints(tmp_path / "run")[-1] / "model.safetensors")
     assert saved and all(".lora_" in k for k in saved)

@@ -95,11 +95,11 @@ class LoRAFields:
         """Report the adapters' size and, with --merge, write the merged checkpoint; both go into the summary."""
         if not self.lora_rank:
             return
-        total = summary.get("params") or 1
+        total = max(1, (summary.get("params") or 0) - objective.adapter_params)  # the base model's own
         summary["lora"] = {"rank": self.lora_rank, "alpha": self.lora_alpha, "targets": list(self.lora_targets),
                            "adapter_params": objective.adapter_params}
         print(f"{stage}: LoRA rank {self.lora_rank} on {' '.join(self.lora_targets)}: {objective.adapter_params:,} "
-              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the model)", file=sys.stderr)
+              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the base model's)", file=sys.stderr)
         if self.merge and summary.get("checkpoint"):
             merged = merge_into_checkpoint(summary["checkpoint"], out_dir / "merged", tokenizer_dir)
             summary["merged_checkpoint"] = str(merged)
