@@ -117,6 +117,14 @@ def test_a_lora_checkpoint_exports_and_refuses_a_changed_base(base, tmp_path):
     ids = torch.tensor([tok.encode("Hello there")])
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, adapted(ids)[0], atol=1e-5, rtol=1e-5)
+    from hostile import run_cli
+
+    from lmforge.export.params import load_params
+
+    outcome = run_cli(["export", "params", "--checkpoint", tmp_path / "run", "--out", tmp_path / "model.bin"])
+    assert outcome.code == 0, outcome.stderr
+    exported = load_params(tmp_path / "model.bin")
+    assert all(torch.equal(p, adapted.state_dict()[k]) for k, p in exported.state_dict().items())
     with torch.no_grad():  # the base checkpoint rewritten at the same path with other weights
         model.tok_emb.weight.add_(1.0)
     save_model(own_base, model, ckpt / "tokenizer")
