@@ -155,6 +155,13 @@ def _add_adapters(ckpt: Path, lora: Any, adapters: dict[str, torch.Tensor], conf
     if base_config != config:
         raise LmforgeError(f"{where}: its base checkpoint {base} has another model config")
     scale = float(lora.get("alpha", 0)) / int(lora["rank"])
+    for name in [n for n in adapters if n.endswith(".lora_rows")]:  # trained rows of chosen tokens
+        target = name[:-len(".lora_rows")] + ".weight"
+        ids = torch.tensor(lora.get("token_ids") or [], dtype=torch.long, device=device)
+        if target not in state or adapters[name].shape != (len(ids), state[target].shape[1]):
+            raise LmforgeError(f"checkpoint weights {ckpt / 'model.safetensors'}: adapter {name} fits no rows of "
+                               "the base")
+        state[target] = state[target].index_add(0, ids, adapters[name])
     for name in [n for n in adapters if n.endswith(".lora_a")]:
         target = name[:-len(".lora_a")] + ".weight"
         b = adapters.get(name[:-len(".lora_a")] + ".lora_b")

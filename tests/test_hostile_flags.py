@@ -678,6 +678,7 @@ IMPORT_HF_DAMAGE = [  # (what is done to a good folder, culprit the one-line ref
      "model.safetensors"),
     (lambda f: _edit_json(f / "config.json", model_type="gpt2"), "model_type"),
     (lambda f: _edit_json(f / "config.json", rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
+    (lambda f: _edit_json(f / "config.json", rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
     (lambda f: _edit_json(f / "config.json", attention_bias=True), "attention_bias"),
     (lambda f: _edit_json(f / "config.json", head_dim=32), "head_dim"),
     (lambda f: _edit_json(f / "config.json", intermediate_size=128), "mlp.up_proj.weight has shape"),

@@ -103,11 +103,17 @@ def test_imported_model_matches_transformers_logits_and_greedy(tmp_path, arch, t
     assert [back[i] for i in mine[0][0].token_ids] == gen
 
 
-def test_gpt2_style_byte_level_tokenizer_gives_the_same_ids(tmp_path):
+@pytest.mark.parametrize("nfc", [False, True])
+def test_gpt2_style_byte_level_tokenizer_gives_the_same_ids(tmp_path, nfc):
     hf_tokenizer_json(tmp_path, "gpt2")
     from lmforge.export.hf_tokenizer_import import import_tokenizer
 
+    if nfc:  # Qwen's tokenizers NFC-normalise: accepted, and the import says lmforge does not
+        spec = json.loads((tmp_path / "tokenizer.json").read_text())
+        spec["normalizer"] = {"type": "NFC"}
+        (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     converted = import_tokenizer(tmp_path)
+    assert any("NFC" in note for note in converted.notes) == nfc
     hf_tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     back = {lm: hf for hf, lm in converted.lmforge_ids.items()}
     for text in TEXTS + LINES[:5]:

@@ -53,9 +53,14 @@ def test_sft_with_lora_learns_saves_adapters_only_and_merges_exactly(base, tmp_p
     assert summary["lora"]["adapter_params"] == sum(t.numel() for t in saved.values())
 
     adapted, _ = load_model(tmp_path / "run")  # the base with the adapters added
+    specials = len(tok.special_tokens)
     for name, p in base_model.state_dict().items():
+        now = adapted.state_dict()[name]
+        if name in ("tok_emb.weight", "lm_head.weight"):  # only the special tokens' rows were trained
+            assert torch.equal(now[:-specials], p[:-specials]) and not torch.equal(now[-specials:], p[-specials:])
+            continue
         targeted = any(f".{t}.weight" in name for t in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
-        assert torch.equal(adapted.state_dict()[name], p) != targeted, name  # only the adapted matrices moved
+        assert torch.equal(now, p) != targeted, name  # only the adapted matrices moved
     merged, merged_ckpt = load_model(summary["merged_checkpoint"])
     assert "lora" not in json.loads((merged_ckpt / "config.json").read_text())  # an ordinary checkpoint
     ids = torch.tensor([tok.encode("Hello, who are you?")])
@@ -78,6 +83,7 @@ def _model_with_saved_adapters(root, ckpt):
 @pytest.mark.timeout(180)
 def test_lora_sft_resume_is_exact(base, tmp_path):
     root, _ = base
+    run_sft(SFTConfig(default_conversations=120, train_overrides=_fast(max_steps=1)), root, tmp_path / "full")
     cfg = _cfg(max_steps=6, checkpoint_every=3, keep_checkpoints=0)
     full = run_sft(cfg, root, tmp_path / "a")
     run_sft(cfg, root, tmp_path / "b")
@@ -87,6 +93,11 @@ def test_lora_sft_resume_is_exact(base, tmp_path):
     a = load_file(tmp_path / "a" / "ckpt" / "step_0000006" / "model.safetensors")
     b = load_file(tmp_path / "b" / "ckpt" / "step_0000006" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for other in ({"lora_rank": 8}, {"lora_alpha": 4.0}, {"lora_rank": 0}):  # other adapters cannot continue
+        with pytest.raises(LmforgeError, match="--lora-rank: .* holds a run of rank 4"):
+            run_sft(_cfg(max_steps=8, checkpoint_every=3, lora=other), root, tmp_path / "b")
+    with pytest.raises(LmforgeError, match="holds a run of full fine-tuning"):
+        run_sft(_cfg(max_steps=2), root, tmp_path / "full")  # a LoRA run in a full run's folder
 
 
 @pytest.mark.timeout(180)
@@ -106,6 +117,14 @@ def test_a_lora_checkpoint_exports_and_refuses_a_changed_base(base, tmp_path):
     ids = torch.tensor([tok.encode("Hello there")])
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, adapted(ids)[0], atol=1e-5, rtol=1e-5)
+    from hostile import run_cli
+
+    from lmforge.export.params import load_params
+
+    outcome = run_cli(["export", "params", "--checkpoint", tmp_path / "run", "--out", tmp_path / "model.bin"])
+    assert outcome.code == 0, outcome.stderr
+    exported = load_params(tmp_path / "model.bin")
+    assert all(torch.equal(p, adapted.state_dict()[k]) for k, p in exported.state_dict().items())
     with torch.no_grad():  # the base checkpoint rewritten at the same path with other weights
         model.tok_emb.weight.add_(1.0)
     save_model(own_base, model, ckpt / "tokenizer")
@@ -123,7 +142,8 @@ def test_dpo_with_lora_raises_the_margin_training_adapters_only(tmp_path):
     data = write_pairs_file(tmp_path / "pairs.jsonl", planted_pairs(200, 1))
     cfg = DPOConfig(val_last=40, lora_rank=4, lora_alpha=8.0, merge=True,
                     train_overrides=fast_train(max_steps=20, batch_size=8, lr=1e-2))
-    summary = run_dpo(cfg, root, tmp_path / "run", [str(data)])
+    run_sft(_cfg(max_steps=2), root, tmp_path / "sft")  # adapters on adapters: DPO's base is a LoRA checkpoint
+    summary = run_dpo(cfg, tmp_path / "sft", tmp_path / "run", [str(data)])
     assert summary["eval"]["val_margin"] > 0  # evaluated on the adapted model (base + adapters)
     saved = load_file(train_checkpoints(tmp_path / "run")[-1] / "model.safetensors")
     assert saved and all(".lora_" in k for k in saved)
@@ -139,3 +159,31 @@ def test_dpo_with_lora_raises_the_margin_training_adapters_only(tmp_path):
 def test_bad_lora_settings_are_refused_naming_the_flag(fields, flag):
     with pytest.raises(LmforgeError, match=flag):
         SFTConfig(**fields)
+
+
+def test_tied_embeddings_share_their_trained_rows(base, tmp_path):
+    """With a tied head, the special tokens' rows are one set of parameters, saved once, merged into both."""
+    from lmforge.checkpoint import checkpoint_tokenizer_dir, save_model
+    from lmforge.model import GPT, GPTConfig
+
+    root, tok = base
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=64, block_size=64,
+                          tie_embeddings=True)).eval()
+    tok_dir = checkpoint_tokenizer_dir(load_model(root)[1])
+    save_model(tmp_path / "base", model, tok_dir)
+    add_adapters(model, LoRAFields(**LORA), tmp_path / "base")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_b" in name or "lora_rows" in name:
+                p.normal_(0, 0.1)
+    assert model.lm_head.weight.data_ptr() != model.tok_emb.weight.data_ptr()  # computed, not stored
+    assert torch.equal(model.lm_head.weight, model.tok_emb.weight)  # but the same rows
+    save_model(tmp_path / "adapted", model, tok_dir)
+    saved = load_file(tmp_path / "adapted" / "model.safetensors")
+    assert "tok_emb.lora_rows" in saved and not any(k.startswith("lm_head") for k in saved)
+    merged, _ = load_model(tmp_path / "adapted")
+    ids = torch.tensor([[tok.bos_id, *tok.encode("Hello"), tok.special_tokens["<|user|>"]]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids)[0], model(ids)[0], atol=1e-6, rtol=1e-6)
+    assert merged.lm_head.weight is merged.tok_emb.weight

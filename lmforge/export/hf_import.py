@@ -28,8 +28,15 @@ from lmforge.export.hf_tokenizer_import import TokenizerImport, import_tokenizer
 from lmforge.model import GPT, GPTConfig
 from lmforge.utils import LmforgeError, read_json
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = ("llama", "qwen3")  # config.json model_type values: the families our model computes exactly
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # old Llama checkpoints stored the RoPE frequencies; we compute them
+
+
+def _rope_type(rope: Any) -> str:
+    """The RoPE variant a config's rope_scaling / rope_parameters names (older configs say "type")."""
+    if not rope:
+        return "default"
+    return str(rope.get("rope_type", rope.get("type", "default"))) if isinstance(rope, dict) else repr(rope)
 
 
 def _unsupported(cfg: dict[str, Any], where: str) -> None:
@@ -38,9 +45,8 @@ def _unsupported(cfg: dict[str, Any], where: str) -> None:
         "hidden_act": cfg.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(cfg.get("attention_bias")),
         "mlp_bias": bool(cfg.get("mlp_bias")),
-        "rope_scaling": cfg.get("rope_scaling") not in (None, {}) and
-        (cfg.get("rope_scaling") or {}).get("rope_type", "default") != "default",
-        "rope_parameters": (cfg.get("rope_parameters") or {}).get("rope_type", "default") != "default",
+        "rope_scaling": _rope_type(cfg.get("rope_scaling")) != "default",
+        "rope_parameters": _rope_type(cfg.get("rope_parameters")) != "default",
         "use_sliding_window": bool(cfg.get("use_sliding_window")),
         "layer_types": any(t != "full_attention" for t in cfg.get("layer_types") or []),
     }

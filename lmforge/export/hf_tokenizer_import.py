@@ -96,13 +96,12 @@ def _split_pattern(pre: Any, where: str) -> str:
     return regex
 
 
-def _check_normalizer(normalizer: Any, where: str, notes: list[str]) -> None:
+def _is_nfc(normalizer: Any, where: str) -> bool:
+    """Whether the tokenizer NFC-normalises text (else it does nothing to it), or a refusal naming the field."""
     if normalizer is None or normalizer == NORMALIZER:
-        return
+        return False
     if isinstance(normalizer, dict) and normalizer.get("type") == "NFC":
-        notes.append("the tokenizer NFC-normalised text; lmforge does not, so text not in NFC may encode "
-                     "differently (most text is NFC)")
-        return
+        return True
     raise LmforgeError(f"{where}: field 'normalizer' of type {normalizer.get('type') if isinstance(normalizer, dict) else normalizer!r} "
                        "is not supported (none, NFC or lmforge's own)")
 
@@ -168,8 +167,9 @@ def import_tokenizer(folder: str | Path) -> TokenizerImport:
     spec = read_json(path, "tokenizer")
     if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
         raise LmforgeError(f"{where}: field 'model' is missing")
-    notes: list[str] = []
-    _check_normalizer(spec.get("normalizer"), where, notes)
+    nfc = _is_nfc(spec.get("normalizer"), where)
+    notes = ["the tokenizer NFC-normalised text; lmforge does not, so text not in NFC may encode differently "
+             "(most text is NFC)"] if nfc else []
     pattern = _split_pattern(spec.get("pre_tokenizer"), where)
     added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or []
              if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)}
@@ -183,16 +183,20 @@ def import_tokenizer(folder: str | Path) -> TokenizerImport:
         mapping[added[token]] = tok.special_tokens[name]
     dropped = sorted(set(added) - set(specials.values()))
     result = TokenizerImport(tok, mapping, [n for n in SPECIAL_TOKENS if n not in specials], dropped, notes)
-    _check_same_ids(path, result)
+    _check_same_ids(path, result, nfc)
     return result
 
 
-def _check_same_ids(path: Path, result: TokenizerImport) -> None:
-    """Refuse a conversion that encodes any probe text to other ids than `tokenizers` does."""
+def _check_same_ids(path: Path, result: TokenizerImport, nfc: bool) -> None:
+    """Refuse a conversion that encodes any probe text to other ids than `tokenizers` does (probes in NFC when
+    the folder's tokenizer normalises to it: the difference on other text is the one the import reports)."""
+    import unicodedata
+
     from tokenizers import Tokenizer as HFTokenizer
 
     hf = HFTokenizer.from_file(str(path))
     for probe in PROBES:
+        probe = unicodedata.normalize("NFC", probe) if nfc else probe
         # add_special_tokens=False: a bos the folder's post-processor adds is not part of the text's encoding
         theirs = [result.lmforge_ids.get(i, -1) for i in hf.encode(probe, add_special_tokens=False).ids]
         ours = result.tokenizer.encode(probe)

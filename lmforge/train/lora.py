@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from lmforge.config import require
+from lmforge.tokenizer import SPECIAL_TOKENS
 from lmforge.utils import LmforgeError, file_sha256
 
 # Names a user gives to --lora-targets -> the matrix inside each block.
@@ -46,6 +47,9 @@ class LoRAFields:
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale: the change is alpha / rank * B @ A"})
     lora_targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
         "help": f"matrices of every block that get adapters, among {' '.join(TARGETS)}", "metavar": "NAME"})
+    lora_special_rows: bool = field(default=True, metadata={
+        "help": "with LoRA, also train the embedding and output rows of the special tokens (the chat format's, "
+                "which a base model has never seen: frozen, their rows stay what pretraining left)"})
     merge: bool = field(default=False, metadata={"help": "after LoRA training, also write the merged weights as "
                                                          "an ordinary checkpoint in OUT/merged"})
 
@@ -69,7 +73,21 @@ class LoRAFields:
         return replace(train, optimizer="adamw")
 
     def lora_objective(self, inner: Any, base: Path, out_dir: Path) -> Any:
-        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank."""
+        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank. A run
+        folder whose checkpoints were written with other LoRA settings (or none) is refused: its optimizer state
+        and weights would not fit."""
+        from lmforge.checkpoint import read_checkpoint_config, train_checkpoints
+
+        existing = train_checkpoints(out_dir)
+        saved = read_checkpoint_config(existing[-1]).get("lora") if existing else None
+        now = (self.lora_rank, self.lora_alpha, list(self.lora_targets), self.lora_special_rows)
+        if saved is not None and (saved.get("rank"), saved.get("alpha"), saved.get("targets"),
+                                  bool(saved.get("token_ids"))) != now \
+                or saved is None and existing and self.lora_rank:
+            was = f"rank {saved.get('rank')}, alpha {saved.get('alpha')}, targets {saved.get('targets')}" \
+                if saved is not None else "full fine-tuning"
+            raise LmforgeError(f"--lora-rank: {out_dir} holds a run of {was}; resume it with the same --lora-rank, "
+                               "--lora-alpha, --lora-targets and --lora-special-rows, or give another --out")
         return LoRAObjective(inner, self, base, out_dir) if self.lora_rank else inner
 
     def finish_lora(self, summary: dict[str, Any], objective: Any, out_dir: Path, tokenizer_dir: Path,
@@ -77,11 +95,11 @@ class LoRAFields:
         """Report the adapters' size and, with --merge, write the merged checkpoint; both go into the summary."""
         if not self.lora_rank:
             return
-        total = summary.get("params") or 1
+        total = max(1, (summary.get("params") or 0) - objective.adapter_params)  # the base model's own
         summary["lora"] = {"rank": self.lora_rank, "alpha": self.lora_alpha, "targets": list(self.lora_targets),
                            "adapter_params": objective.adapter_params}
         print(f"{stage}: LoRA rank {self.lora_rank} on {' '.join(self.lora_targets)}: {objective.adapter_params:,} "
-              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the model)", file=sys.stderr)
+              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the base model's)", file=sys.stderr)
         if self.merge and summary.get("checkpoint"):
             merged = merge_into_checkpoint(summary["checkpoint"], out_dir / "merged", tokenizer_dir)
             summary["merged_checkpoint"] = str(merged)
@@ -102,11 +120,25 @@ class LoRADelta(nn.Module):
         return weight + self.scale * (self.lora_b @ self.lora_a)
 
 
+class TokenRows(nn.Module):
+    """The parametrization W -> W with `lora_rows` (zero at first) added to the rows of `token_ids`: the
+    embedding and output rows of tokens a base model never saw, trained beside the low-rank matrices."""
+
+    def __init__(self, token_ids: list[int], like: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("token_ids", torch.tensor(token_ids, device=like.device), persistent=False)
+        self.lora_rows = nn.Parameter(torch.zeros(len(token_ids), like.size(1), device=like.device, dtype=like.dtype))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.index_add(0, self.token_ids, self.lora_rows)
+
+
 def _adapters_only(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook of a LoRA model: keep the adapters, under short names (`layers.0.attn.wq.lora_a`)."""
+    """state_dict post-hook of a LoRA model: keep the adapters, under short names (`layers.0.attn.wq.lora_a`);
+    a tied output head shares the embedding's rows, which are saved once."""
     for key in list(state):
         value = state.pop(key)
-        if _PARAM + "lora_" in key:
+        if _PARAM + "lora_" in key and not (module.config.tie_embeddings and key.startswith("lm_head.")):
             state[key.replace(_PARAM, ".")] = value
 
 
@@ -127,10 +159,19 @@ def add_adapters(model: nn.Module, fields: LoRAFields, base: Path) -> int:
             delta = LoRADelta(linear.out_features, linear.in_features, fields.lora_rank, scale, linear.weight)
             parametrize.register_parametrization(linear, "weight", delta)
             added += delta.lora_a.numel() + delta.lora_b.numel()
+    vocab = model.config.vocab_size
+    token_ids = list(range(vocab - len(SPECIAL_TOKENS), vocab)) if fields.lora_special_rows else []
+    if token_ids:  # the special tokens take the vocabulary's last ids (lmforge.tokenizer)
+        rows = TokenRows(token_ids, model.tok_emb.weight)
+        parametrize.register_parametrization(model.tok_emb, "weight", rows)
+        if not model.config.tie_embeddings:
+            rows = TokenRows(token_ids, model.lm_head.weight)
+        parametrize.register_parametrization(model.lm_head, "weight", rows)  # tied: the same rows
+        added += rows.lora_rows.numel() * (1 if model.config.tie_embeddings else 2)
     base = Path(base).resolve()
     model.checkpoint_meta = {"lora": {"base": str(base), "base_sha256": file_sha256(base / "model.safetensors"),
                                       "rank": fields.lora_rank, "alpha": fields.lora_alpha,
-                                      "targets": list(fields.lora_targets)}}
+                                      "targets": list(fields.lora_targets), "token_ids": token_ids}}
     model.register_state_dict_post_hook(_adapters_only)
     return added
 
