@@ -145,3 +145,6 @@ def test_chat_and_eval_cli(base, tmp_path, monkeypatch, capsys):
                 "accuracy_without_tool", "masked_val_loss"):
         assert key in result
     assert result["format_compliance"] == 0.0 and result["masked_val_loss"] > 5  # a random model: no format yet
+    low, high = result["accuracy_with_tool_wilson95"]
+    assert 0.0 <= low <= result["accuracy_with_tool"] <= high <= 1.0 and high - low > 0.5  # one question: wide
+    assert 0.0 <= result["result_copy_errors"] <= result["tool_call_accuracy"]

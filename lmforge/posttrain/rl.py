@@ -73,6 +73,7 @@ class RLConfig:
     grad_clip: float = 1.0  # gradient norm clip (0 = off)
     rewards: list[str] = field(default_factory=lambda: ["arithmetic"])  # summed: arithmetic, reward_model
     reward_model: str | None = None  # reward checkpoint (`lmforge reward train`) for the reward_model reward
+    tool_call_weight: float = 0.5  # the tool_call reward: credit for a calculator call that computed the right value
     unfinished_penalty: float = 0.5  # subtracted from a response that never reaches <|end|> (0 = off)
     max_tool_calls: int = 2  # calculator calls per response; more get an error output
     checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
@@ -88,7 +89,7 @@ class RLConfig:
         require(self, "temperature", self.temperature > 0, "must be > 0 (RL samples; greedy has no ratio)")
         for name in ("lr", "clip", "value_clip"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
-        for name in ("kl_coef", "vf_coef", "grad_clip", "unfinished_penalty", "max_tool_calls",
+        for name in ("kl_coef", "vf_coef", "grad_clip", "unfinished_penalty", "tool_call_weight", "max_tool_calls",
                      "checkpoint_every", "seed", "top_k"):
             require(self, name, getattr(self, name) >= 0, "must be >= 0")
         require(self, "gamma", 0 < self.gamma <= 1, "must be in (0, 1]")
@@ -111,12 +112,12 @@ class RLConfig:
 
 
 def arithmetic_prompts(tok: Any, n: int, seed: int, step: int) -> tuple[list[list[int]], list[dict[str, Any]]]:
-    """Step `step`'s questions: the default data's arithmetic generator with a seed of its own per step (the
-    evaluation's held-out questions come from `SFTEvalConfig.seed + 1`, another stream)."""
-    from lmforge.posttrain.default_data import heldout_arithmetic
+    """Step `step`'s questions: the default data's arithmetic generator with a seed of its own per step, from the
+    training side of its expression split (`is_heldout_expression`), so no evaluation question is ever a prompt."""
+    from lmforge.posttrain.default_data import arithmetic_questions
     from lmforge.tokenizer.chat_format import render_for_completion
 
-    examples = heldout_arithmetic(n, seed=seed * 1_000_003 + 7919 * (step + 1))
+    examples = arithmetic_questions(n, seed * 1_000_003 + 7919 * (step + 1), heldout=False)
     return [render_for_completion(tok, [{"role": "user", "content": e["question"]}]) for e in examples], examples
 
 
@@ -229,7 +230,8 @@ class RLRun:
         self.params = cfg.sampling_params()
         self.tools = {"calculator": default_tools()["calculator"]}
         self.rewards = build_rewards(cfg.rewards, self.tokens.end, cfg.unfinished_penalty, cfg.reward_model,
-                                     cfg.device) + (extra_rewards or [])
+                                     cfg.device, tokenizer=self.tok, tool_call_weight=cfg.tool_call_weight
+                                     ) + (extra_rewards or [])
         self.value_head = None
         trained = list(self.policy.parameters())
         if cfg.algo == "ppo":
