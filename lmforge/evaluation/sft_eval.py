@@ -144,7 +144,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     n = max(cfg.arithmetic, 1)
     result = {
         "checkpoint": str(checkpoint),
-        "format_compliance": ended / max(cfg.prompts, 1),
+        "format_compliance": ended / cfg.prompts if cfg.prompts else None,  # None: not measured (--prompts 0)
         "tool_call_rate": called / n,
         "tool_call_accuracy": call_correct / n,  # the calculator returned the right value (a well-formed call)
         "accuracy_with_tool": with_tool / n,
@@ -165,8 +165,10 @@ def _interval(bounds: list[float] | None) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    compliance = r["format_compliance"]
     lines = [f"SFT evaluation of {r['checkpoint']}",
-             f"  format compliance (answers ending with <|end|>): {100 * r['format_compliance']:.1f}%",
+             "  format compliance (answers ending with <|end|>): "
+             + ("not measured (--prompts 0)" if compliance is None else f"{100 * compliance:.1f}%"),
              f"  calculator call rate on held-out arithmetic:    {100 * r['tool_call_rate']:.1f}%",
              f"  calls that computed the right value:            {100 * r['tool_call_accuracy']:.1f}%",
              f"  final-answer accuracy with the tool:            {100 * r['accuracy_with_tool']:.1f}%"
