@@ -133,3 +133,22 @@ def test_sft_data_cli_previews_and_writes(tmp_path, capsys):
     assert convs == list(generate_default_conversations(DefaultDataConfig(n=40, seed=5)))
     assert main(["sft", "--out", str(tmp_path / "x")]) == 2  # no --checkpoint: a one-line error, not a traceback
     assert "needs --checkpoint" in capsys.readouterr().err
+
+
+def test_arithmetic_split_keeps_evaluation_questions_out_of_training():
+    """Evaluation questions come from one side of a split of the expression space (spacing ignored), the SFT
+    data's and RL's from the other, so no held-out question is ever trained on, whatever the seeds."""
+    import random
+
+    from lmforge.posttrain.default_data import arithmetic_expression, arithmetic_questions, is_heldout_expression
+
+    held = heldout_arithmetic(300, seed=11)
+    assert all(is_heldout_expression(q["expression"]) for q in held)
+    assert all(is_heldout_expression(q["expression"].replace(" ", "")) for q in held)
+    rng = random.Random(5)
+    train = {"".join(arithmetic_expression(rng).split()) for _ in range(3000)}
+    train |= {"".join(q["expression"].split()) for s in range(40) for q in arithmetic_questions(8, s, heldout=False)}
+    assert not train & {"".join(q["expression"].split()) for q in held}
+    share = sum(is_heldout_expression(f"{a} * {b}") for a in range(100) for b in range(40)) / 4000
+    assert 0.08 < share < 0.12  # the split keeps about one expression in ten for evaluation
+

@@ -169,3 +169,27 @@ def test_ppo_runs_checkpoints_and_resumes(base, tmp_path):
     assert all(math.isfinite(r["loss"]) for r in rows)
     with pytest.raises(Exception, match="ppo run"):
         RLRun(RLConfig(steps=4, prompts_per_step=2, group_size=2), ckpt, tmp_path / "rl")
+
+
+def test_tool_call_reward_credits_a_call_that_computed_the_right_value():
+    """The shaped, still verifiable reward: a calculator output equal to the prompt's value earns the weight,
+    whatever the final sentence says; a wrong call, no call or an error earns nothing."""
+    from lmforge.posttrain.rl_rewards import build_rewards
+
+    tok = Tokenizer([])
+    t = ChatTokens.of(tok)
+
+    def turn(call: str, output: str, answer: str) -> list[int]:
+        return ([t.tool_call, *tok.encode(f"calculator\n{call}"), t.tool_call_end, t.tool_output,
+                 *tok.encode(output), t.tool_output_end, *tok.encode(answer), t.end])
+
+    fns = dict(build_rewards(["arithmetic", "tool_call"], t.end, 0.0, tokenizer=tok, tool_call_weight=0.25))
+    ex = {"expression": "37 * 48"}
+    assert fns["tool_call"]([], turn("37*48", "1776", "It is 1767."), "It is 1767.", ex) == 0.25  # miscopied result
+    assert fns["arithmetic"]([], [], "It is 1767.", ex) == 0.0
+    assert fns["tool_call"]([], turn("37*84", "3108", "It is 3108."), "It is 3108.", ex) == 0.0  # miscopied call
+    assert fns["tool_call"]([], tok.encode("1776") + [t.end], "1776", ex) == 0.0  # no call at all
+    assert fns["tool_call"]([], turn("37*", "error: syntax error", "1776"), "1776", ex) == 0.0
+    assert fns["tool_call"]([], turn("37*48", "1776", "x"), "x", {}) == 0.0  # no expression to check against
+    with pytest.raises(Exception, match="tokenizer"):
+        build_rewards(["tool_call"], t.end, 0.0)

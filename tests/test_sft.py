@@ -145,3 +145,10 @@ def test_chat_and_eval_cli(base, tmp_path, monkeypatch, capsys):
                 "accuracy_without_tool", "masked_val_loss"):
         assert key in result
     assert result["format_compliance"] == 0.0 and result["masked_val_loss"] > 5  # a random model: no format yet
+    low, high = result["accuracy_with_tool_wilson95"]
+    assert 0.0 <= low <= result["accuracy_with_tool"] <= high <= 1.0 and high - low > 0.5  # one question: wide
+    assert 0.0 <= result["result_copy_errors"] <= result["tool_call_accuracy"]
+    assert main(["eval", "sft", "--checkpoint", str(root), "--prompts", "0", "--arithmetic", "1", "--max-tokens", "8",
+                 "--no-progress", "--threads", "1", "--json", str(out_json)]) == 0
+    assert "not measured (--prompts 0)" in capsys.readouterr().out  # not a 0% compliance that nothing measured
+    assert json.loads(out_json.read_text())["format_compliance"] is None

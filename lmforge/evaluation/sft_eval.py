@@ -100,6 +100,7 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     from lmforge.inference.tools import default_tools
     from lmforge.tokenizer.chat_format import prompt_of
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, heldout_arithmetic
+    from lmforge.posttrain.reward import wilson_interval
 
     t0 = time.perf_counter()
     engine = Engine.from_checkpoint(str(checkpoint), device=device)
@@ -123,13 +124,16 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
         bar.update()
 
     questions = heldout_arithmetic(cfg.arithmetic, seed=cfg.seed + 1)
-    called = call_correct = with_tool = without_tool = 0
+    called = call_correct = with_tool = without_tool = copy_slips = 0
     for q in questions:
         turn = ChatSession(engine, tools, config=chat_cfg).respond(q["question"])
         calc = [c for c in turn["tool_calls"] if c["name"] == "calculator"]
         called += bool(calc)
-        call_correct += any(o == q["answer"] for o in turn["tool_outputs"])
-        with_tool += matches(turn["content"], q["answer"])
+        right_call = any(o == q["answer"] for o in turn["tool_outputs"])
+        call_correct += right_call
+        right_answer = matches(turn["content"], q["answer"])
+        with_tool += right_answer
+        copy_slips += right_call and not right_answer
         if len(samples) < cfg.samples + 2:
             samples.append({"user": q["question"], "assistant": _show(turn)})
         bar.update()
@@ -140,10 +144,13 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     n = max(cfg.arithmetic, 1)
     result = {
         "checkpoint": str(checkpoint),
-        "format_compliance": ended / max(cfg.prompts, 1),
+        "format_compliance": ended / cfg.prompts if cfg.prompts else None,  # None: not measured (--prompts 0)
         "tool_call_rate": called / n,
         "tool_call_accuracy": call_correct / n,  # the calculator returned the right value (a well-formed call)
         "accuracy_with_tool": with_tool / n,
+        "accuracy_with_tool_wilson95": list(wilson_interval(with_tool, cfg.arithmetic)),
+        # the calculator returned the right value but the final answer does not hold it: the result was miscopied
+        "result_copy_errors": copy_slips / n,
         "accuracy_without_tool": without_tool / n,
         "masked_val_loss": masked_val_loss(engine.model, tok, held[:cfg.val_conversations]),
         "samples": samples,
@@ -153,12 +160,20 @@ def evaluate_sft(checkpoint: str | Path, cfg: SFTEvalConfig = SFTEvalConfig(), d
     return result
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f" (95% Wilson {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%)"
+
+
 def format_report(r: dict[str, Any]) -> str:
+    compliance = r["format_compliance"]
     lines = [f"SFT evaluation of {r['checkpoint']}",
-             f"  format compliance (answers ending with <|end|>): {100 * r['format_compliance']:.1f}%",
+             "  format compliance (answers ending with <|end|>): "
+             + ("not measured (--prompts 0)" if compliance is None else f"{100 * compliance:.1f}%"),
              f"  calculator call rate on held-out arithmetic:    {100 * r['tool_call_rate']:.1f}%",
              f"  calls that computed the right value:            {100 * r['tool_call_accuracy']:.1f}%",
-             f"  final-answer accuracy with the tool:            {100 * r['accuracy_with_tool']:.1f}%",
+             f"  final-answer accuracy with the tool:            {100 * r['accuracy_with_tool']:.1f}%"
+             + _interval(r.get("accuracy_with_tool_wilson95")),
+             f"  right call, result miscopied into the answer:   {100 * r.get('result_copy_errors', 0.0):.1f}%",
              f"  final-answer accuracy without the tool:         {100 * r['accuracy_without_tool']:.1f}%",
              f"  masked validation loss (assistant tokens):      {r['masked_val_loss']:.4f}",
              "", "  sample conversations:"]

@@ -23,6 +23,7 @@ import json
 import random
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -225,8 +226,7 @@ def _num(rng: random.Random) -> str:
     return f"{rng.randint(0, 99)}.{rng.randint(1, 99)}"
 
 
-def arithmetic_expression(rng: random.Random) -> str:
-    """A random expression of 2-3 numbers, sometimes with parentheses, in the spacing users type."""
+def _random_expression(rng: random.Random) -> str:
     ops = ["+", "-", "*", "/", "*", "+"]
     a, b = _num(rng), _num(rng)
     expr = f"{a} {rng.choice(ops)} {b}"
@@ -236,6 +236,26 @@ def arithmetic_expression(rng: random.Random) -> str:
     elif r < 0.4:
         expr = f"{rng.randint(2, 12)} ** {rng.randint(2, 4)}"
     return expr if rng.random() < 0.7 else expr.replace(" ", "")
+
+
+HELDOUT_BUCKETS = 10  # one expression in this many (by a hash of its spacing-free text) is kept for evaluation
+
+
+def is_heldout_expression(expr: str) -> bool:
+    """Whether `expr` belongs to the evaluation's side of the split. Seeds alone do not keep training and
+    evaluation apart: small expressions ("7 ** 2", "91-54") recur across streams, so the SFT data and the RL
+    prompts would contain some evaluation questions verbatim. Splitting the expression space itself (spacing
+    ignored, so "7**2" and "7 ** 2" fall together) keeps them disjoint whatever the seeds."""
+    return zlib.crc32("".join(expr.split()).encode()) % HELDOUT_BUCKETS == 0
+
+
+def arithmetic_expression(rng: random.Random, heldout: bool = False) -> str:
+    """A random expression of 2-3 numbers, sometimes with parentheses, in the spacing users type, from the
+    training side of the split (`heldout=True`: the evaluation's side)."""
+    while True:
+        expr = _random_expression(rng)
+        if is_heldout_expression(expr) == heldout:
+            return expr
 
 
 def _calc_turn(question: str, expr: str, answer: str) -> Messages:
@@ -347,15 +367,22 @@ def generate_default_conversations(cfg: DefaultDataConfig = DefaultDataConfig(),
         yield msgs
 
 
-def heldout_arithmetic(n: int, seed: int = 424242) -> list[dict[str, str]]:
-    """Arithmetic questions for evaluation, from a different seed than training: {"question", "expression", "answer"}."""
+def arithmetic_questions(n: int, seed: int, heldout: bool) -> list[dict[str, str]]:
+    """`n` arithmetic questions {"question", "expression", "answer"} from one side of the expression split:
+    `heldout=True` for evaluation, False for training prompts (RL)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        expr = arithmetic_expression(rng)
+        expr = arithmetic_expression(rng, heldout=heldout)
         out.append({"question": rng.choice(_ARITH_Q).format(e=expr), "expression": expr,
                     "answer": calculate(expr)})
     return out
+
+
+def heldout_arithmetic(n: int, seed: int = 424242) -> list[dict[str, str]]:
+    """Arithmetic questions for evaluation: the held-out side of the expression split, which neither the SFT data
+    nor RL's prompts ever use."""
+    return arithmetic_questions(n, seed, heldout=True)
 
 
 def write_jsonl(conversations: Iterator[Messages], path: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from lmforge.inference.tools import CalculatorError, calculate
 from lmforge.utils import LmforgeError
 
-REWARD_NAMES = ("arithmetic", "reward_model")
+REWARD_NAMES = ("arithmetic", "tool_call", "reward_model")
 RewardFn = Callable[[list[int], list[int], str, dict[str, Any]], float]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -32,16 +32,42 @@ def last_number(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
+def _calculator_value(example: dict[str, Any]) -> str | None:
+    """The calculator's output for the prompt's expression (None when the record has none it accepts)."""
+    try:
+        return calculate(example["expression"])
+    except (KeyError, CalculatorError):
+        return None
+
+
 def arithmetic_reward(prompt_ids: list[int], response_ids: list[int], completion: str,
                       example: dict[str, Any]) -> float:
     """1.0 when the final answer's last number equals the calculator's value of the prompt's expression (relative
     tolerance 1e-4, for rounded decimals), else 0.0."""
-    try:
-        expected = float(calculate(example["expression"]))
-    except (KeyError, CalculatorError):
+    expected = _calculator_value(example)
+    if expected is None:
         return 0.0
     got = last_number(completion)
-    return float(got is not None and math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-6))
+    return float(got is not None and math.isclose(got, float(expected), rel_tol=1e-4, abs_tol=1e-6))
+
+
+def tool_call_reward(tokenizer: Any, weight: float) -> RewardFn:
+    """`weight` when one of the response's calculator outputs equals the calculator's value of the prompt's
+    expression (the call was well formed and copied the question right), else 0.0. Still verifiable: it is the
+    arithmetic check applied to the tool's output instead of the final sentence.
+
+    Why: the SFT model's wrong answers are two different copying slips, the question's expression into the call
+    and the tool's result into the final sentence. The final-answer reward alone scores both 0, so a group in
+    which every response slips somewhere teaches nothing; this partial credit separates a right call with a bad
+    copy from a wrong call, so the policy learns each copy on its own."""
+    from lmforge.tokenizer.chat_format import parse_assistant
+
+    def credit(prompt_ids: list[int], response_ids: list[int], completion: str, example: dict[str, Any]) -> float:
+        expected = _calculator_value(example)
+        outputs = parse_assistant(tokenizer, response_ids)["tool_outputs"]
+        return weight if expected is not None and any(out.strip() == expected for out in outputs) else 0.0
+
+    return credit
 
 
 def unfinished_penalty(value: float, end_id: int) -> RewardFn:
@@ -71,19 +97,24 @@ def reward_model_reward(checkpoint: str, end_id: int, device: str = "cpu") -> Re
 
 
 def build_rewards(names: list[str], end_id: int, unfinished_value: float, reward_model: str | None = None,
-                  device: str = "cpu") -> list[tuple[str, RewardFn]]:
-    """The named reward functions (`arithmetic`, `reward_model`), plus the unfinished penalty when its value is
-    not 0."""
+                  device: str = "cpu", tokenizer: Any = None, tool_call_weight: float = 0.5
+                  ) -> list[tuple[str, RewardFn]]:
+    """The named reward functions (`arithmetic`, `tool_call` (needs the tokenizer), `reward_model`), plus the
+    unfinished penalty when its value is not 0."""
     out: list[tuple[str, RewardFn]] = []
     for name in names:
         if name == "arithmetic":
             out.append((name, arithmetic_reward))
+        elif name == "tool_call":
+            if tokenizer is None:
+                raise LmforgeError("--rewards tool_call needs the policy's tokenizer to read the tool outputs")
+            out.append((name, tool_call_reward(tokenizer, tool_call_weight)))
         elif name == "reward_model":
             if reward_model is None:
                 raise LmforgeError("--rewards reward_model needs --reward-model CHECKPOINT")
             out.append((name, reward_model_reward(reward_model, end_id, device)))
         else:
-            raise LmforgeError(f"--rewards: unknown reward {name!r} (known: arithmetic, reward_model)")
+            raise LmforgeError(f"--rewards: unknown reward {name!r} (known: {', '.join(REWARD_NAMES)})")
     if unfinished_value:
         out.append(("unfinished", unfinished_penalty(unfinished_value, end_id)))
     return out
