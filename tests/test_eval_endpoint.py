@@ -138,6 +138,14 @@ class _NoEcho(BaseHTTPRequestHandler):
         pass
 
 
+def test_a_wrong_key_or_model_is_refused_in_one_line(served):
+    items = str(served["root"] / "items.jsonl")
+    assert_refused(run_cli(["eval", "mc", "--endpoint", served["url"], "--api-key", "wrong", "--model", "tiny",
+                            "--tasks", items]), "--api-key")
+    assert_refused(run_cli(["eval", "mc", "--endpoint", served["url"], "--api-key", KEY, "--model", "other",
+                            "--tasks", items]), "other")
+
+
 def test_a_server_without_echo_is_refused_in_one_line(served):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoEcho)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

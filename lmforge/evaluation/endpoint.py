@@ -121,6 +121,8 @@ class Endpoint:
         try:
             answer = self._call("POST", "/completions", body)
         except EndpointRefused as e:
+            if e.status in (401, 403):
+                raise LmforgeError(f"--api-key: the server refused the request: {e}") from None
             raise LmforgeError(f"--endpoint: the server refused an echo request (prompt log-probs), which "
                                f"this measure needs: {e}") from None
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
