@@ -50,21 +50,23 @@ def _client(served):
 
 
 def test_echo_logprobs_are_the_checkpoints(served):
+    """Two prompts of different lengths (one padded forward on the server): each equals the model's own forward."""
     tok, model = served["tok"], served["model"]
-    prompt = corpus()[0][:300]
-    answer = _client(served).completions.create(model="tiny", prompt=prompt, echo=True, max_tokens=0, logprobs=3)
-    choice = answer.choices[0]
-    ids = [tok.bos_id] + tok.encode(prompt)
-    with torch.no_grad():
-        expected = torch.log_softmax(model(torch.tensor([ids]))[0][0, :-1].float(), -1)
-    lp = choice.logprobs
-    assert choice.text == prompt and choice.finish_reason == "length"
-    assert len(lp.tokens) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
-    got = torch.tensor(lp.token_logprobs[1:])
-    assert torch.allclose(got, expected[torch.arange(len(ids) - 1), torch.tensor(ids[1:])], atol=1e-4)
-    assert all(len(top) == 3 for top in lp.top_logprobs[1:])
-    assert lp.text_offset[0] == 0 == lp.text_offset[1] and lp.text_offset == sorted(lp.text_offset)
-    assert answer.usage.prompt_tokens == len(ids) and answer.usage.completion_tokens == 0
+    prompts = [corpus()[0][:300], corpus()[1][:90]]
+    answer = _client(served).completions.create(model="tiny", prompt=prompts, echo=True, max_tokens=0, logprobs=3)
+    for prompt, choice in zip(prompts, answer.choices):
+        ids = [tok.bos_id] + tok.encode(prompt)
+        with torch.no_grad():
+            expected = torch.log_softmax(model(torch.tensor([ids]))[0][0, :-1].float(), -1)
+        lp = choice.logprobs
+        assert choice.text == prompt and choice.finish_reason == "length"
+        assert len(lp.tokens) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        got = torch.tensor(lp.token_logprobs[1:])
+        assert torch.allclose(got, expected[torch.arange(len(ids) - 1), torch.tensor(ids[1:])], atol=1e-4)
+        assert all(len(top) == 3 for top in lp.top_logprobs[1:])
+        assert lp.text_offset[0] == 0 == lp.text_offset[1] and lp.text_offset == sorted(lp.text_offset)
+    assert answer.usage.prompt_tokens == sum(1 + len(tok.encode(p)) for p in prompts)
+    assert answer.usage.completion_tokens == 0
 
 
 def test_echo_then_an_answer_and_two_prompts(served):

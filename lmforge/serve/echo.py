@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-Entry = tuple[int, "float | None", "list[tuple[int, float]] | None"]  # (token id, log-prob, top), as api.Choices
+Entry = tuple[int, Optional[float], Optional[list[tuple[int, float]]]]  # (id, log-prob, top), as api.Choices
+# The most tokens (padding included) one echo forward computes: bounds its (rows, tokens, vocab) log-probs.
+ECHO_TOKENS = 4096
 
 
 class PromptScorer:
@@ -27,13 +29,27 @@ class PromptScorer:
         self.device = next(model.parameters()).device
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-echo")
 
-    def entries(self, ids: list[int], top: int) -> list[Entry]:
-        """One prompt's entries: (id, log-prob, the `top` most likely (id, log-prob)) per token."""
-        with torch.inference_mode():
-            logits, _ = self.model(torch.tensor([ids], device=self.device))
-            logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1).cpu()
-        targets = torch.tensor(ids[1:])
-        chosen = logprobs[torch.arange(len(targets)), targets].tolist()
+    def entries(self, prompts: list[list[int]], top: int) -> list[list[Entry]]:
+        """Each prompt's entries: (id, log-prob, the `top` most likely (id, log-prob)) per token. Prompts are
+        right-padded into forwards of at most ECHO_TOKENS tokens (padding after a row changes none of its logits
+        in a causal model)."""
+        out: list[list[Entry]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        while order:
+            group = [order.pop()]  # the longest left, then shorter ones while the padded batch fits
+            while order and (len(group) + 1) * len(prompts[group[0]]) <= ECHO_TOKENS:
+                group.append(order.pop())
+            width = len(prompts[group[0]])
+            idx = torch.tensor([prompts[i] + [0] * (width - len(prompts[i])) for i in group], device=self.device)
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.model(idx)[0][:, :-1].float(), dim=-1).cpu()
+            for row, i in enumerate(group):
+                out[i] = self._row(prompts[i], logprobs[row, :len(prompts[i]) - 1], top)
+        return out
+
+    @staticmethod
+    def _row(ids: list[int], logprobs: torch.Tensor, top: int) -> list[Entry]:
+        chosen = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:], dtype=torch.long)].tolist()
         best = logprobs.topk(top, dim=-1) if top else None
         out: list[Entry] = [(ids[0], None, None)]
         for i, (token, lp) in enumerate(zip(ids[1:], chosen)):
@@ -43,8 +59,7 @@ class PromptScorer:
 
     async def score(self, prompts: list[list[int]], top: int) -> list[list[Entry]]:
         """Every prompt's entries, computed on the worker thread (the event loop and the scheduler go on)."""
-        loop = asyncio.get_running_loop()
-        return [await loop.run_in_executor(self.pool, self.entries, ids, top) for ids in prompts]
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.entries, prompts, top)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
