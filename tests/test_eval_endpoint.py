@@ -116,6 +116,12 @@ def test_eval_bpb_of_text_through_the_server_equals_the_checkpoint(served):
     assert remote["pieces"] == local["pieces"] > 3 and remote["tokens"] == local["tokens"]
     assert remote["val_bpb"] == pytest.approx(local["val_bpb"], abs=1e-3)
     assert 0 < local["val_bpb"] < 20
+    # the default piece (the context less one: 255 characters) is the same on both sides: the server's model list
+    # says its context
+    local = _eval(served, "bpb", "--checkpoint", str(served["root"] / "ckpt"), "--text", common[1])
+    remote = _eval(served, "bpb", "--endpoint", served["url"], "--api-key", KEY, "--text", common[1])
+    assert remote["chunk_chars"] == local["chunk_chars"] == 255
+    assert remote["val_bpb"] == pytest.approx(local["val_bpb"], abs=1e-3)
 
 
 class _NoEcho(BaseHTTPRequestHandler):
@@ -155,7 +161,8 @@ def test_a_server_without_echo_is_refused_in_one_line(served):
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
         assert_refused(run_cli(["eval", "mc", "--endpoint", url, "--tasks", str(served["root"] / "items.jsonl")]),
                        "echo")
-        assert_refused(run_cli(["eval", "bpb", "--endpoint", url, "--text", str(served["root"] / "held.jsonl")]),
-                       "echo")
+        held = str(served["root"] / "held.jsonl")
+        assert_refused(run_cli(["eval", "bpb", "--endpoint", url, "--text", held]), "--chunk-chars")  # no context
+        assert_refused(run_cli(["eval", "bpb", "--endpoint", url, "--text", held, "--chunk-chars", "400"]), "echo")
     finally:
         httpd.shutdown()

@@ -258,7 +258,7 @@ def register_bpb(kinds: argparse._SubParsersAction) -> None:
     held_out.add_argument("--text", type=Path, default=None, help="held-out text: a JSONL file of {\"text\": ...} "
                           "documents, or any other file as one document")
     p.add_argument("--chunk-chars", type=int, default=None, help="--text: characters of one scored piece "
-                   "(default 2000)")
+                   "(default: the model's context in tokens less one, which ASCII text always fits)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")
     p.add_argument("--batches", type=int, default=0, help="at most this many batches (0: the whole split)")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
@@ -294,15 +294,19 @@ def _cmd_bpb(args: argparse.Namespace) -> int:
 
 def _text_bpb(args: argparse.Namespace, endpoint: Any, device: str) -> dict[str, Any]:
     """Bits per byte of --text's documents through the server, or from the local model by the same protocol."""
-    from lmforge.evaluation.endpoint import EndpointConfig, read_documents, text_bits_per_byte
+    from lmforge.evaluation.endpoint import read_documents, text_bits_per_byte
     from lmforge.evaluation.sources import load_source, local_echo
 
-    chunk = args.chunk_chars if args.chunk_chars is not None else EndpointConfig.chunk_chars
     documents = read_documents(args.text)
     if endpoint is not None:
+        if args.chunk_chars is None and endpoint.context is None:
+            raise LmforgeError(f"--chunk-chars: {endpoint.cfg.base}/models does not say the model's context "
+                               "(max_model_len); give the piece size")
+        chunk = args.chunk_chars or endpoint.context - 1
         result = text_bits_per_byte(endpoint.map, documents, chunk, args.batch_size)
         return {"source": f"{endpoint.cfg.base} ({endpoint.model})", "text": str(args.text), **result}
     source = load_source(args.checkpoint, args.params, device)
+    chunk = args.chunk_chars or source.model.config.block_size - 1
     return {"source": source.label, "text": str(args.text),
             **text_bits_per_byte(local_echo(source), documents, chunk, args.batch_size)}
 

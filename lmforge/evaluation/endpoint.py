@@ -9,7 +9,10 @@ server's tokenizer decides the tokens, so nothing here knows it:
     scores, and the numbers agree. The context's trailing spaces move onto the option, as there.
   bits per byte - each document cut at whitespace into pieces of at most `chunk_chars` characters, each piece one
     prompt (the server adds its beginning-of-text token); bits = -sum of log-probs / ln 2 over the piece's bytes.
-    A server that adds no such token leaves the first token unscored: its bytes are left out too.
+    Pieces are cut in characters, not tokens, so every tokenizer is scored with the same text as context. The
+    default, the context in tokens less one, always fits ASCII text (a token holds at least one byte); text of
+    many-byte characters may need a smaller --chunk-chars (the refusal says so).
+    A server that adds no beginning-of-text token leaves the first token unscored: its bytes are left out too.
 Requests run `parallel` at a time, each with a timeout; the host must be a loopback address unless allowed.
 """
 
@@ -41,13 +44,14 @@ class EndpointConfig:
     allow_remote: bool = False  # allow a host that is not a loopback address
     parallel: int = 4  # requests in flight at once
     timeout: float = 120.0  # seconds one request may take
-    chunk_chars: int = 2000  # bits per byte: characters of one scored piece of a document
+    # bits per byte: characters of one scored piece of a document (default: the model's context in tokens less one)
+    chunk_chars: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
         require(self, "parallel", 1 <= self.parallel <= 64, "must be from 1 to 64")
         require(self, "timeout", 0 < self.timeout <= 3600, "must be in (0, 3600] seconds")
-        require(self, "chunk_chars", self.chunk_chars >= 16, "must be at least 16")
+        require(self, "chunk_chars", self.chunk_chars is None or self.chunk_chars >= 16, "must be at least 16")
         url = urllib.parse.urlsplit(self.endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise LmforgeError(f"--endpoint {self.endpoint!r} must be an http:// or https:// URL with a host")
@@ -88,7 +92,7 @@ class Endpoint:
 
     def __init__(self, cfg: EndpointConfig) -> None:
         self.cfg = cfg
-        self.model = cfg.model or self._first_model()
+        self.model, self.context = self._find_model()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -102,16 +106,24 @@ class Endpoint:
                 detail = json.loads(detail)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 pass
+            if e.code in (401, 403):
+                raise LmforgeError(f"--api-key: {self.cfg.base}{path} refused the request ({e.code}: {detail})") \
+                    from None
             raise EndpointRefused(e.code, f"{self.cfg.base}{path} answered {e.code}: {detail}") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise LmforgeError(f"--endpoint {self.cfg.base}{path}: {reason}") from None
 
-    def _first_model(self) -> str:
-        models = self._call("GET", "/models").get("data") or []
-        if not models or not isinstance(models[0], dict) or "id" not in models[0]:
+    def _find_model(self) -> tuple[str, int | None]:
+        """--model (default: the first listed) and its context in tokens where the list says (`max_model_len`,
+        as lmforge's and vLLM's servers do)."""
+        models = [m for m in self._call("GET", "/models").get("data") or [] if isinstance(m, dict) and "id" in m]
+        if not models and self.cfg.model is None:
             raise LmforgeError(f"--endpoint {self.cfg.base}/models lists no model; name one with --model")
-        return str(models[0]["id"])
+        name = self.cfg.model or str(models[0]["id"])
+        listed = next((m for m in models if m["id"] == name), {})
+        context = listed.get("max_model_len")
+        return name, context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None
 
     def echo(self, prompts: list[str]) -> list[tuple[list[str], list[float | None]]]:
         """(tokens, log-probs) of each prompt as the server cut it; the first log-prob is None (nothing predicts
@@ -121,8 +133,6 @@ class Endpoint:
         try:
             answer = self._call("POST", "/completions", body)
         except EndpointRefused as e:
-            if e.status in (401, 403):
-                raise LmforgeError(f"--api-key: the server refused the request: {e}") from None
             raise LmforgeError(f"--endpoint: the server refused an echo request (prompt log-probs), which "
                                f"this measure needs: {e}") from None
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
