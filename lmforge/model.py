@@ -352,10 +352,11 @@ class GPT(nn.Module):
         The output head (tied or not: with tied embeddings the shared matrix) is scaled by
         sqrt(HEAD_INIT_WIDTH / n_embd) past HEAD_INIT_WIDTH: the final norm gives its input unit scale per
         coordinate, so a logit's standard deviation is init_std * sqrt(n_embd) and the initial loss exceeds
-        ln(vocab) by about half its square; unscaled it was +0.49 at llama-1b's width, +0.91 at llama-7b's and +1.56
-        at llama-70b's (one-layer proxies, random tokens; scaled +0.26, +0.25, +0.18). Scaled, the logits keep GPT-2-medium's spread at every width (muP's aim,
-        which gets there with a 1/width readout; nanochat zeroes its untied head). GPT-2's own widths are
-        unchanged."""
+        ln(vocab) by about half its square. Unscaled it was +0.49 at llama-1b's width, +0.91 at llama-7b's and
+        +1.56 at llama-70b's (one-layer proxies, 7b/70b with a 256-wide MLP, random tokens; scaled +0.26,
+        +0.25, +0.18; llama-1b at full depth +0.42 unscaled, +0.19 scaled). Scaled, the logits keep GPT-2
+        medium's spread at every width (muP's aim, which gets there with a 1/width readout; nanochat zeroes its
+        untied head). GPT-2's own widths are unchanged."""
         std = self.config.init_std
         head = ("lm_head.weight", "tok_emb.weight") if self.config.tie_embeddings else ("lm_head.weight",)
         head_scale = min(1.0, math.sqrt(HEAD_INIT_WIDTH / self.config.n_embd))

@@ -4,7 +4,7 @@ Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (`
 server-sent events, `data: {chunk}` lines and a final `data: [DONE]`, the shape the official `openai` client
 parses; with `serve --tools` the server runs the model's tool calls and streams them, see `tool_loop.py`),
 `POST /tokenize` and `/detokenize` (llama.cpp's server names), `GET /health`, `GET /metrics` (Prometheus
-text), and the static pages under `/pages/` (`lmforge/serve/static/`).
+text), and the static pages under `/pages/` (`lmforge/serve/static/`). `echo` on completions: `echo.py`.
 
 Robustness is by construction rather than by care at each route: a body is read with a size cap before parsing;
 every field is checked in `protocol.py`; every refusal is an `ApiError` rendered in OpenAI's error shape; anything
