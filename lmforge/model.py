@@ -121,6 +121,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Widest model whose output head keeps the plain init_std: GPT-2 medium's, the widest GPT-2 trained with 0.02
+# (`GPT.reset_parameters`).
+HEAD_INIT_WIDTH = 1024
+
+
 class RMSNorm(nn.Module):
     """Scale by the root mean square; no mean subtraction and no bias (cheaper than LayerNorm, as good)."""
 
@@ -355,12 +360,24 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-2's init: N(0, 0.02), with the projections into the residual stream scaled by 1/sqrt(2 * layers)
-        so the stream's variance does not grow with depth."""
+        so the stream's variance does not grow with depth.
+
+        The output head (tied or not: with tied embeddings the shared matrix) is scaled by
+        sqrt(HEAD_INIT_WIDTH / n_embd) past HEAD_INIT_WIDTH: the final norm gives its input unit scale per
+        coordinate, so a logit's standard deviation is init_std * sqrt(n_embd) and the initial loss exceeds
+        ln(vocab) by about half its square. Unscaled it was +0.49 at llama-1b's width, +0.91 at llama-7b's and
+        +1.56 at llama-70b's (one-layer proxies, 7b/70b with a 256-wide MLP, random tokens; scaled +0.26,
+        +0.25, +0.18; llama-1b at full depth +0.42 unscaled, +0.19 scaled). Scaled, the logits keep GPT-2
+        medium's spread at every width (muP's aim, which gets there with a 1/width readout; nanochat zeroes its
+        untied head). GPT-2's own widths are unchanged."""
         std = self.config.init_std
+        head = ("lm_head.weight", "tok_emb.weight") if self.config.tie_embeddings else ("lm_head.weight",)
+        head_scale = min(1.0, math.sqrt(HEAD_INIT_WIDTH / self.config.n_embd))
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
             scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith(("wo.weight", "w_down.weight")) else 1.0
+            scale = head_scale if name in head else scale
             nn.init.normal_(p, mean=0.0, std=std * scale)
         for m in self.modules():
             if isinstance(m, (RMSNorm, nn.LayerNorm)):

@@ -757,3 +757,28 @@ def test_flags_serve_params(tmp_path):
     assert_refused(run_cli(["serve", "--params", str(tmp_path / "absent.bin"), "--device", "cpu"]), "absent.bin")
     assert_refused(run_cli(["serve", "--params", str(damaged), "--device", "cpu"]), "damaged.bin")
     assert tree_digest(tmp_path) == before
+
+
+ENDPOINT_ROWS = [
+    (["eval", "mc", "--endpoint", "http://203.0.113.9:8000", "--builtin", "stdlib_module"], "--allow-remote"),
+    (["eval", "mc", "--endpoint", "ftp://127.0.0.1", "--builtin", "stdlib_module"], "--endpoint"),
+    (["eval", "mc", "--endpoint", "http://127.0.0.1:99999", "--builtin", "stdlib_module"], "--endpoint"),
+    (["eval", "mc", "--endpoint", "http://127.0.0.1:9", "--parallel", "0", "--builtin", "stdlib_module"],
+     "--parallel"),
+    (["eval", "mc", "--endpoint", "http://127.0.0.1:9", "--timeout", "nan", "--builtin", "stdlib_module"],
+     "--timeout"),
+    (["eval", "mc", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--builtin", "stdlib_module"],
+     "--endpoint"),  # nothing listens on port 9 (discard): a one-line connection error
+    (["eval", "bpb", "--endpoint", "http://127.0.0.1:9", "--data", "shards"], "--text"),
+    (["eval", "bpb", "--endpoint", "http://127.0.0.1:9", "--text", "t.txt", "--chunk-chars", "3"],
+     "--chunk-chars"),
+]
+
+
+@pytest.mark.parametrize("argv,culprit", ENDPOINT_ROWS, ids=[" ".join(a[2:4]) + " " + c for a, c in ENDPOINT_ROWS])
+def test_flags_endpoint(argv, culprit, checkpoint, tmp_path):
+    """Bad --endpoint flags are refused before any request; a flag of --endpoint without it too."""
+    (tmp_path / "t.txt").write_text("held-out text\n")
+    argv = [str(tmp_path / a) if a in ("t.txt", "shards") else a for a in argv]
+    assert_refused(run_cli(argv), culprit)
+    assert_refused(run_cli(["eval", "mc", "--checkpoint", str(checkpoint), "--api-key", "k"]), "--endpoint")

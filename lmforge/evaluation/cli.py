@@ -190,8 +190,18 @@ def _cmd_mc(args: argparse.Namespace) -> int:
     if not items:
         raise LmforgeError("no items to evaluate: give --tasks FILE or --builtin TASKS")
     configure_threads(args.threads)
-    result = evaluate_checkpoint(args.checkpoint, items, cfg.batch_size, device, cfg.normalisation,
-                                 cfg.bootstrap, cfg.seed, params=args.params)
+    endpoint = _endpoint(args)
+    if endpoint is not None:
+        from lmforge.evaluation.endpoint import evaluate_items_endpoint
+        from lmforge.evaluation.multiple_choice import aggregate
+
+        results = evaluate_items_endpoint(endpoint, items)
+        summary = aggregate(results, cfg.normalisation, cfg.bootstrap, cfg.seed)
+        summary["endpoint"] = f"{endpoint.cfg.base} ({endpoint.model})"
+        result = {"summary": summary, "items": results}
+    else:
+        result = evaluate_checkpoint(args.checkpoint, items, cfg.batch_size, device, cfg.normalisation,
+                                     cfg.bootstrap, cfg.seed, params=args.params)
     print(format_summary(result["summary"]))
     if args.json is not None:
         write_json(args.json, result)
@@ -200,20 +210,55 @@ def _cmd_mc(args: argparse.Namespace) -> int:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    """--checkpoint or --params: the measure reads the same model either way (`sources.load_source`)."""
+    """--checkpoint, --params or --endpoint: the measure reads the same model either way (`sources.load_source`,
+    `endpoint.Endpoint`)."""
+    from lmforge.evaluation.endpoint import EndpointConfig
+
+    d = EndpointConfig
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, default=None, help="run folder or checkpoint folder")
     source.add_argument("--params", type=Path, default=None, help="a parameter file (`lmforge export params`); "
                         "fp16/bf16/int8 weights are dequantized to fp32")
+    source.add_argument("--endpoint", default=None, metavar="URL", help="an OpenAI-compatible server whose "
+                        "/v1/completions echoes prompt log-probs (lmforge serve, vLLM); loopback hosts only unless "
+                        "--allow-remote")
+    p.add_argument("--api-key", default=None, help="--endpoint: sent as 'Authorization: Bearer KEY'")
+    p.add_argument("--model", default=None, help="--endpoint: the served model (default: the first listed)")
+    p.add_argument("--allow-remote", action="store_true", help="--endpoint: allow a host that is not loopback")
+    p.add_argument("--parallel", type=int, default=d.parallel, help="--endpoint: requests in flight at once")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="--endpoint: seconds per request")
+
+
+def _endpoint(args: argparse.Namespace) -> Any:
+    """The server of --endpoint (its flags checked, its model found), or None for a local model."""
+    from lmforge.evaluation.endpoint import Endpoint, EndpointConfig
+
+    extra = {"chunk_chars": args.chunk_chars} if getattr(args, "chunk_chars", None) is not None else {}
+    if args.endpoint is None:
+        if args.api_key is not None or args.model is not None or args.allow_remote:
+            raise LmforgeError("--api-key, --model and --allow-remote go with --endpoint")
+        EndpointConfig("http://127.0.0.1", parallel=args.parallel, timeout=args.timeout, **extra)  # checks them
+        return None
+    return Endpoint(EndpointConfig(args.endpoint, args.api_key, args.model, args.allow_remote, args.parallel,
+                                   args.timeout, **extra))
 
 
 def register_bpb(kinds: argparse._SubParsersAction) -> None:
     """`lmforge eval bpb`: validation loss and bits per byte on the val split of token shards."""
-    p = kinds.add_parser("bpb", help="bits per byte on held-out token shards (a checkpoint or a parameter file)",
-                         description="Validation loss and bits per byte of a model on the val split of token shards "
-                         "cut by its own tokenizer, over consecutive windows (the trainer's evaluation).")
+    p = kinds.add_parser("bpb", help="bits per byte on held-out token shards or text (a checkpoint, a parameter "
+                         "file or a server)",
+                         description="Validation loss and bits per byte of a model. --data: on the val split of "
+                         "token shards cut by its own tokenizer, over consecutive windows (the trainer's evaluation). "
+                         "--text: on held-out documents cut into pieces of --chunk-chars characters, each scored "
+                         "from the beginning-of-text token in the model's (or the server's) own tokens, so the figure "
+                         "compares across tokenizers and is the same from a checkpoint and from a server of it.")
     _model_flags(p)
-    p.add_argument("--data", type=Path, required=True, help="token shards with a val split")
+    held_out = p.add_mutually_exclusive_group(required=True)
+    held_out.add_argument("--data", type=Path, default=None, help="token shards with a val split")
+    held_out.add_argument("--text", type=Path, default=None, help="held-out text: a JSONL file of {\"text\": ...} "
+                          "documents, or any other file as one document")
+    p.add_argument("--chunk-chars", type=int, default=None, help="--text: characters of one scored piece "
+                   "(default: the model's context in tokens less one, which ASCII text always fits)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")
     p.add_argument("--batches", type=int, default=0, help="at most this many batches (0: the whole split)")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
@@ -229,14 +274,41 @@ def _cmd_bpb(args: argparse.Namespace) -> int:
         raise LmforgeError("--batch-size must be at least 1 and --batches at least 0")
     device = resolve_device(args.device)
     configure_threads(args.threads)
-    result = bits_per_byte(load_source(args.checkpoint, args.params, device), args.data, args.batch_size,
-                           args.batches, args.seq_len, device)
+    if args.endpoint is not None and args.data is not None:
+        raise LmforgeError("--endpoint scores text in the server's own tokens: give --text FILE, not --data")
+    endpoint = _endpoint(args)
+    if args.text is not None:
+        result = _text_bpb(args, endpoint, device)
+        where = f"{args.text}, {result['pieces']} pieces of at most {result['chunk_chars']} characters"
+    else:
+        result = bits_per_byte(load_source(args.checkpoint, args.params, device), args.data, args.batch_size,
+                               args.batches, args.seq_len, device)
+        where = f"{args.data}, windows of {result['seq_len']}"
     print(f"{result['source']}: val loss {result['val_loss']:.4f} nats/token, "
-          f"{result.get('val_bpb', float('nan')):.4f} bits per byte ({args.data}, windows of {result['seq_len']})")
+          f"{result.get('val_bpb', float('nan')):.4f} bits per byte ({where})")
     if args.json is not None:
         write_json(args.json, result)
         print(f"(JSON written to {args.json})")
     return 0
+
+
+def _text_bpb(args: argparse.Namespace, endpoint: Any, device: str) -> dict[str, Any]:
+    """Bits per byte of --text's documents through the server, or from the local model by the same protocol."""
+    from lmforge.evaluation.endpoint import read_documents, text_bits_per_byte
+    from lmforge.evaluation.sources import load_source, local_echo
+
+    documents = read_documents(args.text)
+    if endpoint is not None:
+        if args.chunk_chars is None and endpoint.context is None:
+            raise LmforgeError(f"--chunk-chars: {endpoint.cfg.base}/models does not say the model's context "
+                               "(max_model_len); give the piece size")
+        chunk = args.chunk_chars or endpoint.context - 1
+        result = text_bits_per_byte(endpoint.map, documents, chunk, args.batch_size)
+        return {"source": f"{endpoint.cfg.base} ({endpoint.model})", "text": str(args.text), **result}
+    source = load_source(args.checkpoint, args.params, device)
+    chunk = args.chunk_chars or source.model.config.block_size - 1
+    return {"source": source.label, "text": str(args.text),
+            **text_bits_per_byte(local_echo(source), documents, chunk, args.batch_size)}
 
 
 def register_harness(kinds: argparse._SubParsersAction) -> None:

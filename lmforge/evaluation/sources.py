@@ -73,3 +73,27 @@ def bits_per_byte(source: ModelSource, shards_dir: Path, batch_size: int = 8, ma
                       token_bytes)
     return {"source": source.label, "shards": str(shards_dir), "seq_len": seq_len, "batch_size": batch_size,
             "batches": max_batches, **result}
+
+
+def local_echo(source: ModelSource) -> Any:
+    """What `Endpoint.map` answers, from a loaded model: each prompt as `<|bos|>` + its tokens, (token texts,
+    log-probs) with None first, by the model's full forward. Text measures (`endpoint.text_bits_per_byte`) thus
+    give a checkpoint, a parameter file and a server the same number."""
+    import torch
+
+    tok, model = source.tokenizer, source.model
+    device = next(model.parameters()).device
+    block = model.config.block_size
+
+    def one(prompt: str) -> tuple[list[str], list[float | None]]:
+        ids = [tok.bos_id] + tok.encode(prompt)
+        if len(ids) > block:
+            raise LmforgeError(f"a piece of {len(ids)} tokens does not fit {source.label}'s context of {block}; "
+                               "lower --chunk-chars")
+        with torch.inference_mode():
+            logits, _ = model(torch.tensor([ids], device=device))
+        logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1).cpu()
+        chosen = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+        return [tok.decode([t]) for t in ids], [None, *chosen]
+
+    return lambda batches: [[one(p) for p in batch] for batch in batches]

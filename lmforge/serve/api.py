@@ -4,7 +4,7 @@ Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (`
 server-sent events, `data: {chunk}` lines and a final `data: [DONE]`, the shape the official `openai` client
 parses; with `serve --tools` the server runs the model's tool calls and streams them, see `tool_loop.py`),
 `POST /tokenize` and `/detokenize` (llama.cpp's server names), `GET /health`, `GET /metrics` (Prometheus
-text), and the static pages under `/pages/` (`lmforge/serve/static/`).
+text), and the static pages under `/pages/` (`lmforge/serve/static/`). `echo` on completions: `echo.py`.
 
 Robustness is by construction rather than by care at each route: a body is read with a size cap before parsing;
 every field is checked in `protocol.py`; every refusal is an `ApiError` rendered in OpenAI's error shape; anything
@@ -91,6 +91,7 @@ class Choices:
         self.tool_events: list[list[Any]] = [[] for _ in range(count)]  # calls the server ran (tool_loop.ToolEvent)
         self.call_tokens = call_tokens
         self.prompt_tokens = self.completion_tokens = 0
+        self.offset0 = [0] * count  # text_offset of each choice's first log-prob entry (echo.py sets it)
 
     def add(self, base: int, kind: str, payload: Any, want_logprobs: bool) -> tuple[int, str, list, str | None]:
         """Record one event; returns (choice, new text, new log-prob entries, finish reason) for a token."""
@@ -187,7 +188,7 @@ class Shape:
                 choices.append({"index": i, "message": message, "logprobs": self.logprobs(entries, 0),
                                 "finish_reason": finish})
             else:
-                choices.append({"index": i, "text": text, "logprobs": self.logprobs(entries, 0),
+                choices.append({"index": i, "text": text, "logprobs": self.logprobs(entries, got.offset0[i]),
                                 "finish_reason": finish})
         return {**self.envelope(choices, False), "usage": usage(got.prompt_tokens, got.completion_tokens)}
 
@@ -231,9 +232,11 @@ async def stream_events(call: Call, spec: GenerationSpec, shape: Shape) -> Async
         call.cancel()
 
 
-async def collect(call: Call, spec: GenerationSpec, shape: Shape, is_disconnected: Any) -> dict[str, Any] | None:
-    """The whole answer of a non-streaming call; None if the client left first (its requests are cancelled)."""
-    got = Choices(len(spec.prompts) * spec.params.n, call_tokens(shape.tok, spec))
+async def collect(call: Call, spec: GenerationSpec, shape: Shape, is_disconnected: Any,
+                  got: Choices | None = None) -> dict[str, Any] | None:
+    """The whole answer of a non-streaming call; None if the client left first (its requests are cancelled).
+    got: what the answers start with (the echoed prompts, echo.py)."""
+    got = got or Choices(len(spec.prompts) * spec.params.n, call_tokens(shape.tok, spec))
     try:
         while (item := await call.next(DISCONNECT_POLL_S)) is not None:
             base, kind, payload = item

@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from lmforge.serve.api import STATIC, Call, Shape, check_key, collect, read_body, stream_events
+from lmforge.serve.api import STATIC, Call, Shape, call_tokens, check_key, collect, read_body, stream_events
+from lmforge.serve.echo import PromptScorer, echoed
 from lmforge.serve.protocol import ApiError, Limits, chat_spec, check_model, completion_spec, token_piece
 from lmforge.serve.scheduler import Scheduler
 from lmforge.serve.tool_loop import ServerTools, ToolLoopCall
@@ -103,6 +104,7 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
     limits = limits or Limits()
     tok, block = scheduler.engine.tokenizer, scheduler.model.config.block_size
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
+    scorer = PromptScorer(scheduler.model)  # echo's prompt log-probs, on a worker thread
     _error_handlers(app)
 
     async def checked(request: Request) -> dict[str, Any]:
@@ -116,12 +118,15 @@ def create_app(scheduler: Scheduler, model_name: str, limits: Limits | None = No
             spec = chat_spec(body, tok, limits, block, server_tools=server_tools is not None, spotlight=spotlight)
         else:
             spec = completion_spec(body, tok, limits, block)
-        call = ToolLoopCall(scheduler, spec, server_tools, Call) if spec.server_tools else Call(scheduler, spec)
         shape = Shape(chat, model_name, tok, spec.token_ids_as_text)
+        got = None if spec.echo is None else await echoed(scorer, spec, tok, call_tokens(tok, spec))
+        if not spec.generate:
+            return JSONResponse(shape.whole(got))
+        call = ToolLoopCall(scheduler, spec, server_tools, Call) if spec.server_tools else Call(scheduler, spec)
         if spec.stream:
             return StreamingResponse(stream_events(call, spec, shape), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await collect(call, spec, shape, request.is_disconnected)
+        answer = await collect(call, spec, shape, request.is_disconnected, got)
         return JSONResponse(answer if answer is not None else {}, status_code=200 if answer is not None else 499)
 
     @app.post("/v1/completions")

@@ -58,6 +58,8 @@ class GenerationSpec:
     token_ids_as_text: bool = False  # vLLM's `return_tokens_as_token_ids`: log-prob tokens spelled "token_id:N"
     tools: list[str] | None = None  # chat with `tools`: the function names the model may call
     server_tools: bool = False  # the server runs the model's calls and continues (`serve --tools`, tool_loop.py)
+    echo: list[str] | None = None  # `echo: true`: each prompt's text, to go in front of its answers (echo.py)
+    generate: bool = True  # False for `echo: true, max_tokens: 0`: the prompt's log-probs and nothing sampled
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -135,10 +137,11 @@ def _prompt_ids(tok: Any, prompt: Any) -> list[list[int]]:
     return out
 
 
-def _check_lengths(prompts: list[list[int]], limits: Limits, block: int) -> int:
-    """The room left after the longest prompt; refuse prompts that leave none."""
+def _check_lengths(prompts: list[list[int]], limits: Limits, block: int, answer: bool = True) -> int:
+    """The room left after the longest prompt; refuse prompts that leave none (with `answer`: a scored prompt,
+    echo without generation, may fill the context)."""
     longest = max(len(p) for p in prompts)
-    cap = min(limits.max_prompt_tokens, block - 1)
+    cap = min(limits.max_prompt_tokens, block - answer)
     if longest > cap:
         raise ApiError(400, f"the prompt has {longest} tokens; at most {cap} fit (the model's context is {block})",
                        param="prompt", code="context_length_exceeded")
@@ -172,14 +175,25 @@ def completion_spec(body: dict[str, Any], tok: Any, limits: Limits, block: int) 
     if "prompt" not in body:
         raise ApiError(400, "prompt is required", param="prompt", code="missing_required_parameter")
     prompts = _prompt_ids(tok, body["prompt"])
-    room = _check_lengths(prompts, limits, block)
+    echo = _typed(body, "echo", (bool,), "true or false", False)
+    generate = not (echo and body.get("max_tokens", body.get("max_completion_tokens")) == 0)
+    room = _check_lengths(prompts, limits, block, answer=generate)
     stream, include = _stream_flags(body)
-    params = sampling_params(body, limits, room, default_max_tokens=16)  # OpenAI's default for completions
+    if echo and stream:
+        raise ApiError(400, "echo is not supported with stream on this server; send stream: false", param="echo")
+    if not generate:
+        body = {**body, "max_tokens": 1, "max_completion_tokens": None}  # nothing is sampled: only checked
+    params = sampling_params(body, limits, max(room, 1), default_max_tokens=16)  # OpenAI's default: 16
     as_ids = _typed(body, "return_tokens_as_token_ids", (bool,), "true or false", False)
     # vLLM's ignore_eos: decode max_tokens whatever the model says (benchmarks); no end token stops it.
     stop_ids = [] if _typed(body, "ignore_eos", (bool,), "true or false", False) else None
+    texts = None
+    if echo:
+        given = body["prompt"]
+        strings = [given] if isinstance(given, str) else given if all(isinstance(p, str) for p in given) else None
+        texts = list(strings) if strings is not None else [tok.decode(ids) for ids in prompts]
     return GenerationSpec(prompts, params, stream, include, _logprob_count(body, chat=False), stop_ids=stop_ids,
-                          token_ids_as_text=as_ids)
+                          token_ids_as_text=as_ids, echo=texts, generate=generate)
 
 
 def _message_text(content: Any) -> Any:
@@ -308,10 +322,11 @@ def completion_logprobs(tok: Any, entries: list[tuple[int, float, list[tuple[int
     tokens, offsets, position = [], [], offset
     for t, _, _ in entries:
         tokens.append(spell(t))
-        offsets.append(position)
+        offsets.append(max(position, 0))  # below 0: a token the server added to an echoed prompt (echo.py)
         position += len(tok.token_bytes(t).decode("utf-8", "replace"))
     return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{spell(t): lp for t, lp in top} for _, _, top in entries], "text_offset": offsets}
+            "top_logprobs": [None if top is None else {spell(t): lp for t, lp in top} for _, _, top in entries],
+            "text_offset": offsets}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
