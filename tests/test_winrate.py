@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lmforge.checkpoint import save_model
-from lmforge.evaluation.winrate import (WinRateConfig, judge_by_reward, paired_answers, run_winrate, sampled_mask,
-                                        win_rate)
+from lmforge.evaluation.winrate import (WinRateConfig, judge_by_reward, paired_answers, reward_scorer, run_winrate,
+                                        sampled_mask, win_rate)
 from lmforge.model import GPT, GPTConfig
 from lmforge.posttrain.reward import attach_head
 from lmforge.tokenizer import Tokenizer
@@ -56,7 +56,7 @@ def test_a_policy_against_itself_wins_half_with_zero_kl(models):
 
 
 def test_a_planted_better_policy_wins_and_pays_kl(models):
-    root, baseline, planted, _ = models
+    root, baseline, planted, reward = models
     cfg = WinRateConfig(**SMALL, judge="stop", judge_noise=0.0)  # the judge prefers an answer that ended
     result = run_winrate(cfg, planted, baseline, root / "planted_run", log=lambda m: None)
     r = result["held_out_judge"]
@@ -67,8 +67,13 @@ def test_a_planted_better_policy_wins_and_pays_kl(models):
     assert all(a["finish_reason"] == "stop" for rec in policy for a in rec["responses"])
     # the reward judge on the same answers: a reward that prefers the shorter answer crowns the planted policy
     base = [json.loads(line) for line in (root / "planted_run" / "baseline" / "samples.jsonl").open()]
-    scores = judge_by_reward(paired_answers(policy, base), lambda seqs: [-float(len(s)) for s in seqs])
+    scores = judge_by_reward(paired_answers(policy, base), lambda pairs: [-float(len(a)) for _, a in pairs])
     assert win_rate(scores)["win_rate"] == 1.0
+    # a reward model reads each answer at its own end token, not at the end of the prompt's turn before it: even a
+    # random one tells the (different) answers apart
+    hash_ = json.loads((root / "planted_run" / "policy" / "manifest.json").read_text())["settings"]["tokenizer_hash"]
+    by_model = win_rate(judge_by_reward(paired_answers(policy, base), reward_scorer(reward, hash_)))
+    assert by_model["ties"] == 0 and by_model["comparisons"] == 12
 
 
 def test_win_rate_counts_ties_as_half_and_masks_tool_outputs():

@@ -110,18 +110,20 @@ def judge_by_labeler(pairs: list[tuple[dict, dict, dict]], name: str, noise: flo
     return scores
 
 
-def judge_by_reward(pairs: list[tuple[dict, dict, dict]], score: Callable[[list[list[int]]], list[float]]
-                    ) -> list[float]:
-    """The reward of prompt + answer (exact sampled ids) decides: higher wins, equal ties."""
-    ours = score([list(r["prompt_ids"]) + list(a["token_ids"]) for r, a, _ in pairs])
-    theirs = score([list(r["prompt_ids"]) + list(b["token_ids"]) for r, _, b in pairs])
+Scorer = Callable[[list[tuple[list[int], list[int]]]], list[float]]
+
+
+def judge_by_reward(pairs: list[tuple[dict, dict, dict]], score: Scorer) -> list[float]:
+    """The reward of (prompt, answer) (exact sampled ids) decides: higher wins, equal ties."""
+    ours = score([(r["prompt_ids"], a["token_ids"]) for r, a, _ in pairs])
+    theirs = score([(r["prompt_ids"], b["token_ids"]) for r, _, b in pairs])
     return [WIN if x > y else LOSS if x < y else TIE for x, y in zip(ours, theirs)]
 
 
-def reward_scorer(checkpoint: str | Path, tokenizer_hash: str, device: str = "cpu"
-                  ) -> Callable[[list[list[int]]], list[float]]:
-    """A reward checkpoint as a scorer of token-id sequences (cut after the first end-of-turn token, as RL's
-    reward reads them; one that would not fit its context with the appended end token keeps its first tokens)."""
+def reward_scorer(checkpoint: str | Path, tokenizer_hash: str, device: str = "cpu") -> Scorer:
+    """A reward checkpoint as a scorer of (prompt ids, answer ids): the answer is cut after its first end-of-turn
+    token, as RL's reward reads it (the prompt holds end tokens of its own turns); one that would not fit the
+    context with the end token the model appends keeps its first tokens."""
     from lmforge.posttrain.reward import RewardModel
 
     rm = RewardModel.from_checkpoint(checkpoint, device=device)
@@ -129,9 +131,13 @@ def reward_scorer(checkpoint: str | Path, tokenizer_hash: str, device: str = "cp
         raise LmforgeError(f"--reward-model {checkpoint} has another tokenizer than the models it judges")
     end, block = rm.end_id, rm.model.config.block_size
 
-    def score(sequences: list[list[int]]) -> list[float]:
-        cut = [s[:s.index(end) + 1] if end in s else s[:block - 1] for s in sequences]
-        return rm.score(cut).tolist()
+    def score(prompts_and_answers: list[tuple[list[int], list[int]]]) -> list[float]:
+        sequences = []
+        for prompt, answer in prompts_and_answers:
+            answer = list(answer[:answer.index(end) + 1]) if end in answer else list(answer)
+            sequence = list(prompt) + answer
+            sequences.append(sequence if sequence[-1] == end else sequence[:block - 1])
+        return rm.score(sequences).tolist()
 
     return score
 
