@@ -16,7 +16,6 @@ from lmforge.posttrain.reward import attach_head
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat_format import ChatTokens
 from lmforge.utils import LmforgeError
-from hostile import assert_refused, run_cli
 
 SMALL = dict(prompts=6, k=2, max_tokens=6, batch_prompts=6)
 
@@ -87,12 +86,3 @@ def test_answers_of_other_prompts_are_refused():
     rec = {"item": 0, "prompt_ids": [1, 2], "seed": 3, "responses": []}
     with pytest.raises(LmforgeError, match="different prompts or seeds"):
         paired_answers([rec], [{**rec, "seed": 4}])
-
-
-@pytest.mark.parametrize("flag,value", [("--k", "1"), ("--judge-noise", "2"), ("--judge", "oracle"),
-                                        ("--temperature", "-1"), ("--prompts", "0")])
-def test_flags_winrate(tmp_path, flag, value):
-    outcome = run_cli(["eval", "winrate", "--policy", str(tmp_path), "--baseline", str(tmp_path),
-                       "--out", str(tmp_path / "out"), flag, value])
-    assert_refused(outcome, flag)
-    assert not (tmp_path / "out").exists()

@@ -315,7 +315,8 @@ def register_winrate(kinds: argparse._SubParsersAction) -> None:
     from lmforge.evaluation.winrate import WinRateConfig
 
     p = kinds.add_parser("winrate", help="win rate of a policy over a baseline (reward model, held-out judge) and "
-                         "the KL paid", description=winrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         "the KL paid", description=winrate.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", type=Path, required=True, help="the RL run folder or checkpoint (the policy)")
     p.add_argument("--baseline", type=Path, required=True, help="the SFT run folder or checkpoint it started from")
     p.add_argument("--reward-model", type=Path, default=None,
