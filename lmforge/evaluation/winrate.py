@@ -114,10 +114,13 @@ Scorer = Callable[[list[tuple[list[int], list[int]]]], list[float]]
 
 
 def judge_by_reward(pairs: list[tuple[dict, dict, dict]], score: Scorer) -> list[float]:
-    """The reward of (prompt, answer) (exact sampled ids) decides: higher wins, equal ties."""
+    """The reward of (prompt, answer) (exact sampled ids) decides: higher wins, equal ties. Two answers with the same
+    ids tie without a look at their rewards: batched with other rows, the same sequence may score a rounding error
+    apart, which would otherwise count as a win or a loss."""
     ours = score([(r["prompt_ids"], a["token_ids"]) for r, a, _ in pairs])
     theirs = score([(r["prompt_ids"], b["token_ids"]) for r, _, b in pairs])
-    return [WIN if x > y else LOSS if x < y else TIE for x, y in zip(ours, theirs)]
+    return [TIE if a["token_ids"] == b["token_ids"] else WIN if x > y else LOSS if x < y else TIE
+            for (_, a, b), x, y in zip(pairs, ours, theirs)]
 
 
 def reward_scorer(checkpoint: str | Path, tokenizer_hash: str, device: str = "cpu") -> Scorer:
