@@ -82,6 +82,15 @@ def test_win_rate_counts_ties_as_half_and_masks_tool_outputs():
         [True, False, False, False, False, True, True]
 
 
+def test_the_same_answer_ties_under_the_reward_judge_whatever_its_rounding():
+    rec = {"item": 0, "prompt_ids": [1, 2], "seed": 3}
+    same, other = {"token_ids": [5, 6]}, {"token_ids": [5, 7]}
+    pairs = paired_answers([{**rec, "responses": [same, same]}], [{**rec, "responses": [same, other]}])
+    noisy = iter([0.5, 0.5 + 1e-7, 0.5 - 1e-7, 0.5])  # what batching with other rows can do to equal sequences
+    scores = judge_by_reward(pairs, lambda rows: [next(noisy) for _ in rows])
+    assert scores == [0.5, 1.0]
+
+
 def test_answers_of_other_prompts_are_refused():
     rec = {"item": 0, "prompt_ids": [1, 2], "seed": 3, "responses": []}
     with pytest.raises(LmforgeError, match="different prompts or seeds"):
