@@ -4,7 +4,8 @@ Both models answer the same held-out prompts with the same sampling settings and
 sample` into `OUT/policy` and `OUT/baseline`, so every comparison can be traced and replayed): sample j of the policy
 meets sample j of the baseline on each prompt. Two judges decide each comparison:
 
-- the reward model (`--reward-model`, e.g. the one RL trained against): the higher reward wins, equal rewards tie;
+- the reward model (`--reward-model`, e.g. the one RL trained against): the higher reward wins; the same answer
+  (the same token ids) ties;
 - a held-out judge: the simulated labeler (`lmforge.posttrain.simulate`) with a seed of its own, so its noisy
   verdicts are not the ones the reward model was trained on.
 
