@@ -260,6 +260,30 @@ def test_flags_speedrun_threads(threads, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("plan", [[], ["--plan"]], ids=["run", "plan"])
+@pytest.mark.parametrize("make", ["missing", "unknown_format"])
+def test_flags_speedrun_input(tmp_path, make, plan):
+    """A missing --input, or a folder holding no file the data pipeline reads, is one line naming --input; nothing
+    is written."""
+    target = tmp_path / "absent.txt"
+    if make == "unknown_format":
+        target = tmp_path / "pictures"
+        target.mkdir()
+        (target / "cat.png").write_bytes(b"\x89PNG")
+    outcome = run_cli(["speedrun", "--preset", "smoke", "--input", str(target), "--out", str(tmp_path / "run"), *plan])
+    assert_refused(outcome, "--input")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--k", "1"), ("--judge-noise", "2"), ("--judge", "oracle"),
+                                        ("--temperature", "-1"), ("--prompts", "0"), ("--threads", "0")])
+def test_flags_speedrun_eval_winrate(tmp_path, flag, value):
+    outcome = run_cli(["eval", "winrate", "--policy", str(tmp_path), "--baseline", str(tmp_path),
+                       "--out", str(tmp_path / "out"), flag, value])
+    assert_refused(outcome, flag)
+    assert not (tmp_path / "out").exists()
+
+
 
 TINY_MODEL = ["--model", "n_layer=1", "--model", "n_embd=32", "--model", "n_head=2", "--model", "block_size=32"]
 

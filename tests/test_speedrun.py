@@ -31,6 +31,10 @@ REQUIRED = {
     "pretrain": ["run_dir", "checkpoint"],
     "export": ["params_file"],
     "sft": ["run_dir", "checkpoint"],
+    "compare": ["samples_dir"],
+    "label": ["pairs_file", "db"],
+    "reward": ["run_dir", "checkpoint"],
+    "rlhf": ["run_dir", "checkpoint", "reward_vs_kl_plot"],
     "export_assistant": ["params_file", "params_file_int8", "runner", "hf_dir", "gguf_file", "transcript"],
 }
 
@@ -78,9 +82,11 @@ def test_smoke_speedrun_killed_midway_resumes_and_runs_every_stage(tmp_path: Pat
     assert set(names) <= set(report)
     check_exported_assistant(summary)
     assert set(summary["evaluate"]["models"]) == {"base", "assistant"}
+    check_preference_stages(summary)
     report_md = (out / "report.md").read_text()
     for title in ("## Stages", "## Machine", "## Data funnel", "## Tokenizer and model", "## Loss curves",
-                  "## Sample conversation", "## Evaluation: multiple choice", "## Stage export_assistant"):
+                  "## Sample conversation", "## Evaluation: multiple choice", "## Stage export_assistant",
+                  "## Learning from preferences: labels, reward model, RL", "## Evaluation: SFT vs RL"):
         assert title in report_md
     assert "Stages not run" not in report_md and (out / "report.html").stat().st_size > 0
 
@@ -98,6 +104,22 @@ def test_smoke_speedrun_killed_midway_resumes_and_runs_every_stage(tmp_path: Pat
     alone = run_speedrun(out, threads=1, preset="smoke", only=["sample"])
     assert "sample: running" in capsys.readouterr().out
     assert (sample_dir / "DONE.json").is_file() and set(alone) == {"sample", "total_seconds"}
+
+
+def check_preference_stages(summary: dict) -> None:
+    """Comparisons were labelled into pairs, the reward model was measured on held-out ones, RL started from the SFT
+    model, and the final model (exported, evaluated) is the RL one, measured against SFT by both judges."""
+    assert summary["label"]["pairs"] > 0 and summary["reward"]["val_pairs"] > 0
+    assert 0.0 <= summary["reward"]["accuracy"] <= 1.0
+    assert summary["rlhf"]["step"] == PRESETS["smoke"].rlhf["steps"]
+    assert summary["export_assistant"]["checkpoint"] == summary["rlhf"]["checkpoint"]
+    rl = summary["evaluate"]["rl"]
+    assert set(rl["arithmetic"]) == {"sft", "rl"} and rl["arithmetic"]["rl"]["questions"] == \
+        PRESETS["smoke"].rl_eval_arithmetic
+    for judge in ("reward_model", "held_out_judge"):
+        w = rl["win_rate"][judge]
+        assert w["comparisons"] > 0 and w["ci95"][0] <= w["win_rate"] <= w["ci95"][1]
+    assert rl["kl"]["tokens"] > 0 and rl["kl"]["kl_k3"] >= 0
 
 
 def check_exported_assistant(summary: dict) -> None:
@@ -123,6 +145,8 @@ def check_exported_assistant(summary: dict) -> None:
 def test_stage_selection_from_until_and_only():
     names = [s.name for s in STAGES]
     assert selected_stages(None, "smoke", None, "sft", "chat") == {"sft", "chat"}
+    assert selected_stages(None, "smoke", None, "compare", "rlhf") == {"compare", "label", "reward", "rlhf"}
+    assert names.index("chat") < names.index("compare") < names.index("rlhf") < names.index("export_assistant")
     assert selected_stages(None, "smoke", None, None, "data") == {"crawl", "data"}
     assert selected_stages(None, "smoke", None, names[-2], None) == set(names[-2:])
     assert selected_stages(None, "smoke", ["sample", "sft"], "pretrain", "export") == {"sample"}

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_bpb(kinds)
     register_harness(kinds)
     register_reversal(kinds)
+    register_winrate(kinds)
     register_scaling(sub)
 
 
@@ -376,4 +377,43 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
     report = run_reversal(args.checkpoint, args.out, cfg)
     print(format_reversal(report))
     print(f"(JSON written to {args.out / 'reversal.json'})")
+    return 0
+
+
+def register_winrate(kinds: argparse._SubParsersAction) -> None:
+    """`lmforge eval winrate`: the RL policy against the SFT model, judged by a reward model and a held-out judge."""
+    from lmforge.config import add_config_arguments
+    from lmforge.evaluation import winrate
+    from lmforge.evaluation.winrate import WinRateConfig
+
+    p = kinds.add_parser("winrate", help="win rate of a policy over a baseline (reward model, held-out judge) and "
+                         "the KL paid", description=winrate.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", type=Path, required=True, help="the RL run folder or checkpoint (the policy)")
+    p.add_argument("--baseline", type=Path, required=True, help="the SFT run folder or checkpoint it started from")
+    p.add_argument("--reward-model", type=Path, default=None,
+                   help="reward run folder or checkpoint to judge by (default: only the held-out judge)")
+    p.add_argument("--out", type=Path, required=True, help="folder for both models' samples and winrate.json "
+                   "(rerun to resume)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    add_config_arguments(p, WinRateConfig, title="win rate (WinRateConfig)")
+    p.set_defaults(func=_cmd_winrate)
+
+
+def _cmd_winrate(args: argparse.Namespace) -> int:
+    import sys
+
+    from lmforge.config import config_from_args
+    from lmforge.evaluation.winrate import WinRateConfig, format_winrate, run_winrate
+    from lmforge.utils import configure_threads, resolve_device
+
+    cfg = config_from_args(WinRateConfig, args)
+    device = resolve_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
+    configure_threads(args.threads)
+    result = run_winrate(cfg, args.policy, args.baseline, args.out, args.reward_model, device=device,
+                         log=lambda message: print(message, file=sys.stderr))
+    print(format_winrate(result))
     return 0

@@ -6,11 +6,16 @@ stopped. Each stage calls the same public API that its CLI verb calls: nothing h
 
 This package holds all of the speedrun's glue, so no stage package knows about the demo: `runner` (the stage table
 and its loop), `corpus` (crawl, data, tokenizer, tokenize), `base_model` (pretrain, sample, export: the base
-model's files, named `base*`), `assistant` (sft, chat, export_assistant: the fine-tuned model as the files a user
-takes away), `benchmarks` (evaluate: both models on the generated stdlib multiple-choice tasks), `settings` (the
-presets: every size, step count and seed, with the reason for each), `plan` (`--plan`: a preset's stages, tokens
-and expected time and cost), `report` and `report_html` (the report card every run ends with, rebuilt by
-`lmforge report RUN_DIR`) and `cli` (the verbs).
+model's files, named `base*`), `assistant` (sft, chat, export_assistant: the final model, the RL one, as the files
+a user takes away), `preference` (compare, label, reward, rlhf: learning from simulated preferences),
+`benchmarks` (evaluate: the generated stdlib multiple-choice tasks, then SFT vs RL: held-out arithmetic, win
+rates, KL), `settings` (the presets: every size, step count and seed, with the reason for each), `plan`
+(`--plan`: a preset's stages, tokens and expected time and cost), `report`, `report_preference` and
+`report_html` (the report card every run ends with, rebuilt by `lmforge report RUN_DIR`) and `cli` (the verbs).
+
+`--input FILES...` trains on your own documents (text, WARC, JSONL, parquet, folders) instead of crawling the
+documentation site; the stages that only make sense on that site (the stdlib multiple-choice tasks) say why they
+were skipped.
 
 `--preset smoke` is what CI runs (a few minutes on 2 cores), the default takes about 30 minutes on 2 cores, and
 `--preset gpu` / `--preset node` (under `torchrun --nproc-per-node 8`) train a larger model; under torchrun the

@@ -1,7 +1,7 @@
 """The speedrun's assistant stages: `sft` (base model -> assistant), `chat` (a scripted chat with tools, then the
-`eval sft` measures) and `export_assistant` (the assistant, the model a user takes away, as the parameter files the
-C runner chats with, a Hugging Face folder and a GGUF file). They call the same APIs as `lmforge sft`, `lmforge
-chat`, `lmforge eval sft` and `lmforge export`."""
+`eval sft` measures) and `export_assistant` (the final assistant, the RL model of the `rlhf` stage: the model a user
+takes away, as the parameter files the C runner chats with, a Hugging Face folder and a GGUF file). They call the
+same APIs as `lmforge sft`, `lmforge chat`, `lmforge eval sft` and `lmforge export`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from lmforge.speedrun.base_model import export_hf_gguf, export_params_files
 from lmforge.speedrun.context import SpeedrunContext
 from lmforge.speedrun.settings import CHAT_MAX_TOKENS, CHAT_SCRIPT
-from lmforge.utils import LmforgeError, write_json
+from lmforge.utils import write_json
 
 # A tool output line of the C runner's chat ("  [calculator output] 1776"), as `lmforge chat` prints one.
 TOOL_OUTPUT_LINE = re.compile(r"^  \[(\S+) output\] ", re.MULTILINE)
@@ -99,24 +99,23 @@ def c_chat(binary: Path, params_file: Path, seed: int) -> tuple[str, int]:
 
 
 def stage_export_assistant(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
-    """The fine-tuned assistant as two files (`model_fp32.bin`, or `model_int8.bin`, and the C runner), recorded as
-    a chat model, plus `hf/` for transformers and `model.gguf` for llama.cpp; the C runner then answers the chat
-    script (its calculator runs in C), saved as `chat.txt`."""
+    """The final assistant (the RL model) as two files (`model_fp32.bin`, or `model_int8.bin`, and the C runner),
+    recorded as a chat model, plus `hf/` for transformers and `model.gguf` for llama.cpp; the C runner then answers
+    the chat script (its calculator runs in C), saved as `chat.txt`."""
     from lmforge.checkpoint import checkpoint_tokenizer_dir, resolve_checkpoint
-    from lmforge.export.params import read_header
     from lmforge.tokenizer import Tokenizer
     from lmforge.tokenizer.chat_format import render_for_completion
 
-    checkpoint = resolve_checkpoint(ctx.need("sft", "checkpoint"))
-    files, sizes, binary = export_params_files(checkpoint, out, "model")
-    if not read_header(files["fp32"]).chat:
-        raise LmforgeError(f"{checkpoint} was not recognised as fine-tuned for chat: its parameter file would make "
-                           "the runner warn")
+    checkpoint = resolve_checkpoint(ctx.need("rlhf", "checkpoint"))
+    # RL's checkpoints record no SFT data, which is how `lmforge export` recognises a chat model; the speedrun knows
+    # this one descends from the SFT model, so it says so
+    files, sizes, binary = export_params_files(checkpoint, out, "model", chat=True)
     tok = Tokenizer.load(checkpoint_tokenizer_dir(checkpoint))
     check_ids = render_for_completion(tok, [{"role": "user", "content": CHAT_SCRIPT[1]}])
     exported = export_hf_gguf(checkpoint, out / "hf", out / "model.gguf", check_ids)
     transcript, tool_calls = c_chat(binary, files["fp32"], ctx.seed)
     print(transcript)
     (out / "chat.txt").write_text(transcript + "\n", encoding="utf-8")
-    return {"params_file": str(files["fp32"]), "params_file_int8": str(files["int8"]), "runner": str(binary),
-            "bytes": sizes, "transcript": str(out / "chat.txt"), "c_tool_calls": tool_calls, **exported}
+    return {"checkpoint": str(checkpoint), "params_file": str(files["fp32"]), "params_file_int8": str(files["int8"]),
+            "runner": str(binary), "bytes": sizes, "transcript": str(out / "chat.txt"), "c_tool_calls": tool_calls,
+            **exported}

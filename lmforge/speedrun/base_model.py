@@ -91,15 +91,17 @@ def export_hf_gguf(checkpoint: str | Path, hf_dir: Path, gguf_file: Path, check_
             "hf_logits_max_abs_diff": diff}
 
 
-def export_params_files(checkpoint: str | Path, out: Path, prefix: str) -> tuple[dict[str, Path], dict[str, int], Path]:
+def export_params_files(checkpoint: str | Path, out: Path, prefix: str, chat: bool | None = None
+                        ) -> tuple[dict[str, Path], dict[str, int], Path]:
     """The parameter files `PREFIX_fp32.bin` and `PREFIX_int8.bin` (a quarter of the size), and runner/run.c built
-    with the system C compiler: (files by dtype, their sizes, the runner)."""
+    with the system C compiler: (files by dtype, their sizes, the runner). `chat`: recorded as a chat model (None:
+    `lmforge export`'s rule, a checkpoint straight from SFT)."""
     from lmforge.export.crunner import build_runner
     from lmforge.export.params import run_export
     from lmforge.utils import human_bytes
 
     files = {dtype: out / f"{prefix}_{dtype}.bin" for dtype in EXPORT_DTYPES}
-    sizes = {dtype: run_export(checkpoint, path, dtype) for dtype, path in files.items()}
+    sizes = {dtype: run_export(checkpoint, path, dtype, chat=chat) for dtype, path in files.items()}
     for dtype, size in sizes.items():
         print(f"[export] {files[dtype]}: {human_bytes(size)}")
     return files, sizes, build_runner(out)

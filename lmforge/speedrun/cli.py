@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about 30 minutes on 2 cores; gpu: one H100/H200; node: 8 GPUs under torchrun)")
     p.add_argument("--plan", action="store_true",
                    help="print the per-stage plan, training tokens and expected time and cost, and run nothing")
+    p.add_argument("--input", nargs="+", default=None, metavar="FILE",
+                   help="train on your own documents instead of crawling the documentation site: text (.txt, .md), "
+                        "WARC, JSONL or parquet files, or folders of them (FineWeb's filters; text is cut into "
+                        "documents of at most 20,000 characters at paragraph breaks)")
     p.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
     p.add_argument("--from", dest="first", default=None, metavar="STAGE", help="start at this stage")
     p.add_argument("--until", dest="last", default=None, metavar="STAGE", help="stop after this stage")
@@ -41,9 +45,13 @@ def _cmd_speedrun(args: argparse.Namespace) -> int:
         from lmforge.speedrun.runner import selected_stages
 
         selected_stages(args.threads, args.preset, args.only, args.first, args.last)  # the same checks as a run
+        if args.input:
+            from lmforge.speedrun.corpus import own_input_files
+
+            own_input_files(args.input)
         print(format_plan(plan(args.preset)))
         return 0
-    run_speedrun(args.out, args.threads, args.preset, args.only, args.first, args.last)
+    run_speedrun(args.out, args.threads, args.preset, args.only, args.first, args.last, args.input)
     return 0
 
 

@@ -20,6 +20,7 @@ class SpeedrunContext:
     seed: int = SEED
     preset: str = "default"  # a name in `settings.PRESETS`: same stages, different sizes
     results: dict[str, Any] = field(default_factory=dict)  # each stage's summary, by stage name
+    inputs: list[str] | None = None  # `--input`: the user's own files instead of the crawl (see `corpus.py`)
 
     @property
     def settings(self) -> Settings:

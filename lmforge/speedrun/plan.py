@@ -41,7 +41,12 @@ def plan(preset: str) -> dict[str, Any]:
                   pretrain=f"{settings.pretrain['preset']} model, {settings.pretrain['max_steps']} steps, "
                            f"{tokens['pretrain']:,} tokens",
                   sft=f"{settings.sft_conversations} conversations, {settings.sft['max_steps']} steps, "
-                      f"~{tokens['sft']:,} tokens")
+                      f"~{tokens['sft']:,} tokens",
+                  compare=f"{settings.compare['n_prompts']} prompts x {settings.compare['k']} answers",
+                  label=f"{len(settings.labelers)} simulated labeler(s)",
+                  reward=f"{settings.reward['max_steps']} steps",
+                  rlhf=f"GRPO, {settings.rlhf['steps']} steps of {settings.rlhf['prompts_per_step']} x "
+                       f"{settings.rlhf['group_size']} answers")
     result: dict[str, Any] = {"preset": preset, "gpus": settings.gpus, "stages": stages, "tokens": tokens}
     if settings.gpus:
         model = {"vocab_size": settings.vocab_size}

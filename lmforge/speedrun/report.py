@@ -18,6 +18,7 @@ from typing import Any
 
 from lmforge.speedrun.context import MARKER, read_marker
 from lmforge.speedrun.report_html import Image, Section, Table, render_html, render_markdown
+from lmforge.speedrun.report_preference import preference_section, rl_evaluation_section
 from lmforge.utils import LmforgeError, atomic_write, read_json
 
 MACHINE_FILE = "machine.json"
@@ -271,8 +272,14 @@ def evaluation_section(summary: dict[str, Any]) -> Section | None:
     return Section("Evaluation: multiple choice", [table, *blocks])
 
 
-# Stages whose summary has a section of its own, so no generic table repeats it.
-DEDICATED_SECTIONS = {"evaluate": evaluation_section}
+def evaluate_sections(summary: dict[str, Any]) -> list[Section | None]:
+    skipped = summary.get("skipped")
+    note = Section("Evaluation: multiple choice", [f"Not run: {skipped}."]) if isinstance(skipped, str) else None
+    return [evaluation_section(summary) or note, rl_evaluation_section(summary)]
+
+
+# Stages whose summary has sections of their own, so no generic table repeats it.
+DEDICATED_SECTIONS = {"evaluate": evaluate_sections}
 
 
 def build_report(run_dir: Path, stage_names: list[str]) -> tuple[list[Section], list[str]]:
@@ -287,9 +294,10 @@ def build_report(run_dir: Path, stage_names: list[str]) -> tuple[list[Section], 
                                       data_section(summaries, folders), model_section(summaries),
                                       curves_section(summaries)]
     sections += chat_sections(summaries, folders)
+    sections.append(preference_section(summaries))
     for name, summary in summaries.items():
         if name in DEDICATED_SECTIONS:
-            sections.append(DEDICATED_SECTIONS[name](summary))
+            sections += DEDICATED_SECTIONS[name](summary)
             continue
         rows = scalar_rows({k: v for k, v in summary.items() if k != "seconds"})
         if rows:

@@ -17,7 +17,8 @@ from lmforge.speedrun.assistant import stage_chat, stage_export_assistant, stage
 from lmforge.speedrun.base_model import stage_export, stage_pretrain, stage_sample
 from lmforge.speedrun.benchmarks import stage_evaluate
 from lmforge.speedrun.context import MARKER, SpeedrunContext, read_marker
-from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
+from lmforge.speedrun.corpus import own_input_files, stage_crawl, stage_data, stage_tokenize, stage_tokenizer
+from lmforge.speedrun.preference import stage_compare, stage_label, stage_reward, stage_rlhf
 from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
 from lmforge.speedrun.serve_stage import stage_serve
 from lmforge.speedrun.settings import PRESETS
@@ -44,9 +45,15 @@ STAGES: list[Stage] = [
     Stage("export", stage_export),
     Stage("sft", stage_sft, distributed=True),
     Stage("chat", stage_chat),
-    # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
-    Stage("export_assistant", stage_export_assistant),
-    Stage("evaluate", stage_evaluate),  # after the stages above, for the same reason
+    # Learning from preferences. Inserted before the export, the last two stages' folders were renumbered (a run
+    # made before keeps `10_export_assistant` and `11_evaluate` beside the new `14_`/`15_` ones, which are redone:
+    # the model exported and evaluated is now the RL one).
+    Stage("compare", stage_compare),
+    Stage("label", stage_label),
+    Stage("reward", stage_reward),
+    Stage("rlhf", stage_rlhf),
+    Stage("export_assistant", stage_export_assistant),  # the model to take away: the RL model
+    Stage("evaluate", stage_evaluate),
     Stage("serve", stage_serve),  # the exported assistant behind `lmforge serve`, checked with the openai client
 ]
 
@@ -107,15 +114,33 @@ def run_stage(ctx: SpeedrunContext, label: str, stage: Stage, marker: Path, worl
     return result if world.is_main else read_marker(marker)
 
 
+def check_source(finished: dict[str, dict[str, Any]], inputs: list[str] | None) -> None:
+    """Refuse to resume a run folder on other documents than it was started on: a crawled run with `--input`, an
+    `--input` run without it or with other files (its later stages were trained on those)."""
+    crawl = finished.get("crawl")
+    if crawl is None:
+        return
+    was = crawl.get("inputs") if crawl.get("source") == "input" else None
+    now = [str(f.resolve()) for f in own_input_files(inputs)] if inputs else None
+    if was != now:
+        started = f"--input {' '.join(was)}" if was else "the crawl of the documentation site"
+        raise LmforgeError(f"--input: this run folder was started on {started}; use another --out for other data")
+
+
 def run_speedrun(out: Path, threads: int | None = None, preset: str = "default", only: list[str] | None = None,
-                 first: str | None = None, last: str | None = None) -> dict[str, Any]:
+                 first: str | None = None, last: str | None = None, inputs: list[str] | None = None
+                 ) -> dict[str, Any]:
     """Run the selected stages (all by default) whose marker is missing; return the summaries of the stages run or
-    skipped, also written to `out/speedrun.json`, and write the report card (`report.md`, `report.html`)."""
+    skipped, also written to `out/speedrun.json`, and write the report card (`report.md`, `report.html`). `inputs`
+    (`--input`): the user's files (text, WARC, JSONL, parquet, folders) take the crawl's place."""
     selected = selected_stages(threads, preset, only, first, last)
-    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), preset=preset)
+    if inputs:
+        own_input_files(inputs)  # refused before anything is written
+    ctx = SpeedrunContext(out=Path(out), threads=configure_threads(threads), preset=preset, inputs=inputs)
     # Every existing marker is read (and checked) before anything is written, so a damaged one changes nothing.
     finished = {stage.name: read_marker(marker) for stage, marker in zip(STAGES, stage_markers(ctx.out))
                 if marker.is_file()}
+    check_source(finished, inputs)
     world = join_torchrun(ctx)
     if world.is_main:
         ctx.out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Every size, step count and seed of the speedrun, in one place, with the reason for each.
 
 The presets (`lmforge speedrun --preset NAME`, table `PRESETS`): `default` is the speedrun itself, the whole chain
-in about 30 minutes on 2 cores (crawl 1.5, data 2, tokenizer 1, pretrain 10, sample and export 1, SFT 6, chat and
-evaluation 1). `smoke` is the same chain small enough for the test suite and CI: every stage runs and hands its
+under 30 minutes on 2 cores (budgets: crawl 1.5, data 2, tokenizer 1, pretrain 10 (its time budget; 4 on a quiet
+machine), sample and export 1, SFT 6, chat 1, learning from preferences about 7 (compare, label, reward, rlhf),
+export of the assistant and evaluation 2). `smoke` is the same chain small enough for the test suite and CI: every stage runs and hands its
 artifact on, at sizes chosen only to finish in seconds each, so its figures mean nothing. `gpu` (one H100/H200) and
 `node` (8 of them under torchrun) train a larger model on the same crawl; their expected time and cost come from
 `lmforge model info`'s cost model (`lmforge speedrun --preset gpu --plan`). A stage reads its sizes from
@@ -23,6 +24,12 @@ SEED = 1337
 CRAWL_DELAY_S = 0.0
 CRAWL_WORKERS = 4
 CRAWL_TIMEOUT_S = 60.0
+
+# `--input FILES`: the user's own documents go through FineWeb's chain (published thresholds: own text may be web
+# text too, and its report says what each rule dropped), with plain text cut at paragraph breaks into documents of
+# at most 20,000 characters (about 3,500 words, well inside Gopher's 100,000-word limit, which drops a whole book).
+OWN_DATA_CHAIN = "fineweb"
+OWN_TEXT_MAX_CHARS = 20_000
 
 # The tokenizer explorer's sample: prose, Python, digits, an accented word and an emoji, so the saved explorer shows
 # how each kind of text splits.
@@ -87,6 +94,31 @@ PRETRAIN_BUDGET_S = 600.0
 SFT_STEPS = 2000
 SFT_CONVERSATIONS = 8000
 
+# Learning from preferences (stages compare, label, reward, rlhf; `preference.py`), about 7 of the 30 minutes.
+# The comparisons: 128 held-out prompts x 4 answers (InstructGPT ranks 4 to 9), sampled at temperature 1 so the
+# answers differ; 64 tokens hold any default answer, a call included. One simulated labeler with 10% noise (people
+# disagree with each other on about a quarter of InstructGPT's comparisons; the rules here are cleaner) decides each
+# of the C(4,2) = 6 pairs per prompt; ties and "both bad" are left out of the export. On the default run's SFT model
+# (`--from compare` on /work/runs/speedrun): 768 pairs, 215 decided (421 ties, 132 both bad).
+COMPARE = dict(n_prompts=128, k=4, max_tokens=64, batch_prompts=16, temperature=1.0)
+LABELERS = (("default", 0.1, 1),)  # (rules, noise, seed) of each simulated labeler
+# The reward model holds out the pairs of the last 20% of the prompts (the export is sorted by prompt), so its
+# accuracy is measured on prompts it never saw. 150 steps x 16 pairs is about 14 passes over the 172 training pairs
+# of that run: held-out accuracy 65% at 50 steps, 67% at 100, 77% (95% interval 62-87%, 43 pairs) at 150, while the
+# held-out loss rose from 1.52 to 1.78 (the margins grow on the pairs it gets wrong too).
+REWARD_VAL_FRAC = 0.2
+REWARD_TRAIN = dict(max_steps=150, batch_size=16, eval_every=50, checkpoint_every=50)
+# GRPO from the SFT model with the verifiable arithmetic reward plus the reward model: the recipe (learning rate,
+# KL, clipping, penalties) is `lmforge rlhf train`'s default; the speedrun sets only its size. 4 questions x 8
+# answers a step (a group of 8 gives the baseline), 24 steps: one step took 6-22 s on the shared cores (load 12-16),
+# and the mean reward rose from -0.58 (first step) to 4.6 (last) at a KL (k3) of 0.24 nats/token.
+RLHF = dict(steps=24, prompts_per_step=4, group_size=8, checkpoint_every=8)
+# The evaluation of RL: held-out arithmetic of the SFT and the RL model (`eval sft`'s measure, 200 questions: the
+# goal of issue 14 is stated on at least 200), and the win rate of RL over SFT on 48 other held-out prompts x 2
+# answers, judged by the reward model and by a held-out simulated judge (`eval winrate`).
+RL_EVAL_ARITHMETIC = 200
+WINRATE = dict(prompts=48, k=2, max_tokens=64)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -102,6 +134,13 @@ class Settings:
     sft: dict[str, Any]  # TrainConfig fields for SFT over SFT's own defaults (the seed is the run's)
     eval_sft: dict[str, Any] = field(default_factory=dict)  # SFTEvalConfig fields; {} = `lmforge eval sft`'s
     mc_items: int = 200  # items of each generated multiple-choice task (stdlib_signature, stdlib_module)
+    compare: dict[str, Any] = field(default_factory=lambda: dict(COMPARE))  # SampleConfig fields (seed: the run's)
+    labelers: tuple[tuple[str, float, int], ...] = LABELERS  # simulated labelers: (rules, noise, seed)
+    reward_val_frac: float = REWARD_VAL_FRAC  # share of the (last) pairs the reward model is measured on
+    reward: dict[str, Any] = field(default_factory=lambda: dict(REWARD_TRAIN))  # TrainConfig fields over reward's
+    rlhf: dict[str, Any] = field(default_factory=lambda: dict(RLHF))  # RLConfig fields over `rlhf train`'s
+    rl_eval_arithmetic: int = RL_EVAL_ARITHMETIC  # held-out arithmetic questions, SFT vs RL
+    winrate: dict[str, Any] = field(default_factory=lambda: dict(WINRATE))  # WinRateConfig fields
     gpus: int = 0  # GPUs the preset is sized for (0: CPU); `--plan` prices GPU presets with the cost model
     cpu_minutes: float = 0.0  # measured wall time of a CPU preset on 2 cores (GPU presets: from the cost model)
 
@@ -123,7 +162,8 @@ DEFAULT = Settings(
 
 # Sizes for the tests and CI: 40 pages crawl in about 4 s; a 1024 vocabulary still learns merges from 40 pages; 80
 # steps of 8 x 128 tokens pretrain in under a minute; no checkpoints but the last (checkpoint_every=0). The whole
-# chain: about 2 minutes on 2 idle cores (one test run: 2.1 minutes of stage time).
+# chain: about 2 minutes on 2 idle cores (one test run: 2.1 minutes of stage time, before the preference stages; those
+# took 16 s more, and the evaluation 15 s, in a run on own text under a load average of 17).
 SMOKE = Settings(
     crawl_pages=40,
     vocab_size=1024,
@@ -136,6 +176,14 @@ SMOKE = Settings(
     sft=dict(max_steps=40, eval_every=20, checkpoint_every=0, eval_batches=0),
     eval_sft=dict(prompts=8, arithmetic=6, val_conversations=32),
     mc_items=40,  # 2 models x 2 tasks x 40 items x 4 options: a few seconds (200 items: 18 s a model)
+    # Preferences: 16 prompts x 3 answers give a few dozen pairs (a 40-step SFT model's answers differ a lot), enough
+    # for every stage to hand its artifact on; 10 reward steps and 2 RL steps of 2 x 4 answers; 8 questions and 8
+    # win-rate prompts. Sized to finish in seconds, so the figures mean nothing.
+    compare=dict(n_prompts=16, k=3, max_tokens=24, batch_prompts=16, temperature=1.0),
+    reward=dict(max_steps=10, batch_size=8, eval_every=5, checkpoint_every=0),
+    rlhf=dict(steps=2, prompts_per_step=2, group_size=4, max_tokens=24, checkpoint_every=0),
+    rl_eval_arithmetic=8,
+    winrate=dict(prompts=8, k=2, max_tokens=24),
     cpu_minutes=2.5,
 )
 
@@ -143,7 +191,8 @@ SMOKE = Settings(
 # The crawl holds about 1M tokens, so data, not compute, bounds the run: 1,500 steps x 32 x 512 = 25M tokens is ~25
 # passes, already past the point where more passes only memorise the docs, though far below Chinchilla's 20 tokens
 # per parameter (340M), which this corpus cannot supply. bf16 autocast and
-# torch.compile are the trainer's CUDA defaults. SFT: the default run's steps at 4x the batch.
+# torch.compile are the trainer's CUDA defaults. SFT: the default run's steps at 4x the batch. The preference stages
+# keep the default's sizes (their fields' defaults): they take minutes on 2 cores, so seconds on a GPU.
 GPU = Settings(
     crawl_pages=1000,
     vocab_size=8192,
