@@ -166,3 +166,15 @@ def test_plan_prices_gpu_presets_with_the_cost_model(tmp_path):
     assert node["train_seconds"] == pytest.approx(gpu["train_seconds"] / 8, rel=0.01)
     smoke = run_cli(["speedrun", "--preset", "smoke", "--plan"])
     assert smoke.code == 0 and f"about {PRESETS['smoke'].cpu_minutes:g} minutes on 2 cores" in smoke.stdout
+
+
+def test_rl_optimises_against_a_reward_model_only_when_it_beats_chance():
+    """A reward model whose held-out interval includes 50% is noise RL would still climb: it is left out."""
+    from lmforge.speedrun.preference import reward_model_validated
+
+    used, why = reward_model_validated({"accuracy": 0.66, "accuracy_ci95": [0.605, 0.711]})
+    assert used and "above chance" in why
+    used, why = reward_model_validated({"accuracy": 0.479, "accuracy_ci95": [0.345, 0.617]})
+    assert not used and "left out" in why and "0.345" in why
+    used, _ = reward_model_validated({"accuracy": 0.6, "accuracy_ci95": [0.5, 0.7]})
+    assert not used  # the interval touching 50% does not exclude chance

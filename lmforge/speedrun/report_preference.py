@@ -36,9 +36,12 @@ def preference_section(summaries: dict[str, dict[str, Any]]) -> Section | None:
                  ["reward model: training pairs, steps", f"{reward.get('train_pairs')}, {reward.get('step')}"]]
     if rlhf:
         first, last = (rlhf.get(f"{when}_step_reward", float("nan")) for when in ("first", "last"))
-        rows += [["RL (GRPO, arithmetic + reward model): steps", str(rlhf.get("step"))],
+        rewards = " + ".join(rlhf.get("rewards") or ["arithmetic", "reward_model"]).replace("_", " ")
+        rows += [[f"RL (GRPO, {rewards}): steps", str(rlhf.get("step"))],
                  ["RL mean reward: first step -> last step", f"{first:.3f} -> {last:.3f}"],
                  ["RL KL to the SFT model at the last step (k3, nats/token)", f"{rlhf.get('last_step_kl_k3', 0):.4f}"]]
+        if rlhf.get("reward_model_verdict"):
+            rows.append(["reward model in the RL reward?", f"reward model {rlhf['reward_model_verdict']}"])
     blocks: list[Any] = [Table(["measure", "value"], rows)]
     plot = Path(str((rlhf or {}).get("reward_vs_kl_plot") or ""))
     if rlhf and plot.is_file():
