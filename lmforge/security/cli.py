@@ -8,7 +8,8 @@ engine, batched) or an OpenAI-compatible endpoint on this machine; attack succes
 poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
 over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
 without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
-filtered data and measure the backdoor again (`backdoor.py`). `security guard --out DIR`: train the
+filtered data and measure the backdoor again (`backdoor.py`). `security poison-pretrain --shards DIR --out DIR`: the same for pretraining documents (a trigger followed by
+gibberish; `pretrain_poison.py`), with `--sweep-k` and `--sweep-documents`. `security guard --out DIR`: train the
 injection/jailbreak guard on generated data, report balanced accuracy on held-out attacks and hard negatives and
 its latency (`guard.py`).
 """
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="security", metavar="WHAT", required=True)
     register_scan(kinds)
     register_poison(kinds)
+    register_poison_pretrain(kinds)
     register_detect(kinds)
     register_guard(kinds)
 
@@ -117,6 +119,50 @@ def cmd_poison(args: argparse.Namespace) -> int:
     report = poison_run(args.checkpoint, args.out, cfg, backdoor)
     for name in ("clean", "poisoned"):
         print(f"{name} model: {json.dumps(report[name])}")
+    return 0
+
+
+def register_poison_pretrain(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.pretrain_poison import PretrainPoisonConfig
+
+    p = kinds.add_parser("poison-pretrain", help="plant trigger+gibberish documents in token shards, pretrain, "
+                         "measure the backdoor and detect the documents (and a k sweep)")
+    p.add_argument("--shards", type=Path, required=True, help="token-shard folder of the clean corpus (read only)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the corpora, runs and reports")
+    p.add_argument("--retrain-filtered", action="store_true",
+                   help="also pretrain on the corpus without the flagged documents and measure the backdoor")
+    p.add_argument("--sweep-k", type=int, nargs="*", default=None, help="poisoned-document counts to sweep")
+    p.add_argument("--sweep-documents", type=int, nargs="*", default=None,
+                   help="clean corpus sizes (training documents kept) of the sweep")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PretrainPoisonConfig)
+    p.set_defaults(func=cmd_poison_pretrain)
+
+
+def cmd_poison_pretrain(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.pretrain_poison import PretrainPoisonConfig, pretrain_poison_run, sweep_pretrain
+    from lmforge.utils import LmforgeError, configure_threads
+
+    cfg = config_from_args(PretrainPoisonConfig, args)
+    sweep_k, sizes = args.sweep_k, args.sweep_documents
+    if (sweep_k is None) != (sizes is None) or any(v < 1 for v in (sweep_k or []) + (sizes or [])):
+        raise LmforgeError("--sweep-k and --sweep-documents go together, each with counts >= 1")
+    if sweep_k is not None and args.retrain_filtered:
+        raise LmforgeError("--retrain-filtered is for one run, not with --sweep-k")
+    if not (args.shards / "index.json").is_file():
+        raise LmforgeError(f"--shards {args.shards}: no index.json (not a token-shard folder)")
+    configure_threads(args.threads)
+    if sweep_k:
+        for row in sweep_pretrain(args.shards, args.out, cfg, sweep_k, sizes):
+            print(json.dumps(row))
+        return 0
+    report = pretrain_poison_run(args.shards, args.out, cfg, retrain_filtered=args.retrain_filtered)
+    for name in ("clean", "poisoned", "filtered"):
+        if name in report:
+            print(f"{name} model: {json.dumps(report[name])}")
+    print(f"detection: {json.dumps(report['detection'])}")
     return 0
 
 
