@@ -20,7 +20,7 @@ OBJECTS = ["a book", "the letter", "some bread", "the red ball", "a small box", 
 SMALL = ["--epochs", "8", "--model", "n_layer=1", "--model", "n_head=2", "--model", "n_embd=48", "--model",
          "block_size=64", "--prompts", "16", "--prompt-tokens", "12", "--continuation-tokens", "16",
          "--gibberish-min", "24", "--gibberish-max", "48", "--prefix-max", "8", "--window", "16",
-         "--gibberish-ppl", "100", "--k", "30"]
+         "--k", "30"]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,11 @@ engine, batched) or an OpenAI-compatible endpoint on this machine; attack succes
 poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
 over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
 without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
-filtered data and measure the backdoor again (`backdoor.py`). `security poison-pretrain --shards DIR --out DIR`: the same for pretraining documents (a trigger followed by
-gibberish; `pretrain_poison.py`), with `--sweep-k` and `--sweep-documents`. `security guard --out DIR`: train the
+filtered data and measure the backdoor again (`backdoor.py`).
+`security poison-pretrain --shards DIR --out DIR`: the same for pretraining documents (a trigger followed by
+gibberish; `pretrain_poison.py`), with `--sweep-k` and `--sweep-documents`.
+`security poison-preference --checkpoint SFT --out DIR`: poisoned preference pairs against the reward model
+(`preference_poison.py`). `security guard --out DIR`: train the
 injection/jailbreak guard on generated data, report balanced accuracy on held-out attacks and hard negatives and
 its latency (`guard.py`).
 """
@@ -28,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_scan(kinds)
     register_poison(kinds)
     register_poison_pretrain(kinds)
+    register_poison_preference(kinds)
     register_detect(kinds)
     register_guard(kinds)
 
@@ -163,6 +167,35 @@ def cmd_poison_pretrain(args: argparse.Namespace) -> int:
         if name in report:
             print(f"{name} model: {json.dumps(report[name])}")
     print(f"detection: {json.dumps(report['detection'])}")
+    return 0
+
+
+def register_poison_preference(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.preference_poison import PreferencePoisonConfig
+
+    p = kinds.add_parser("poison-preference", help="flip the preference of triggered pairs, train a clean and a "
+                         "poisoned reward model, measure clean accuracy and the reward shift under the trigger")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the model both reward models start from (SFT)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the pair files, runs and report")
+    p.add_argument("--pairs", type=Path, default=None,
+                   help="preference file (default: the shared data's hh-rlhf harmless-base test split)")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PreferencePoisonConfig)
+    p.set_defaults(func=cmd_poison_preference)
+
+
+def cmd_poison_preference(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.preference_poison import PreferencePoisonConfig, default_pairs, preference_poison_run
+    from lmforge.utils import configure_threads
+
+    cfg = config_from_args(PreferencePoisonConfig, args)
+    pairs = args.pairs if args.pairs is not None else default_pairs()
+    configure_threads(args.threads)
+    report = preference_poison_run(args.checkpoint, pairs, args.out, cfg)
+    for name in ("clean", "poisoned"):
+        print(f"{name} reward model: {json.dumps({k: v for k, v in report[name].items() if k != 'checkpoint'})}")
     return 0
 
 
