@@ -96,8 +96,10 @@ def effect(checkpoint: str, out: Path, name: str) -> dict[str, Any]:
 
 def preference_poison_run(base: Path, pairs_path: Path, out: Path, cfg: PreferencePoisonConfig) -> dict[str, Any]:
     """Train a clean and a poisoned reward model from `base`; score both on clean and triggered held-out pairs."""
+    from lmforge.checkpoint import resolve_checkpoint
     from lmforge.posttrain.preferences import load_pairs, write_pairs
 
+    resolve_checkpoint(base)  # a wrong --checkpoint is refused before any file is written
     pairs = load_pairs(pairs_path)
     if cfg.train_pairs + cfg.heldout > len(pairs):
         raise LmforgeError(f"--train-pairs {cfg.train_pairs} + --heldout {cfg.heldout} is more than the "

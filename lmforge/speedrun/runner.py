@@ -19,6 +19,7 @@ from lmforge.speedrun.benchmarks import stage_evaluate
 from lmforge.speedrun.context import MARKER, SpeedrunContext, read_marker
 from lmforge.speedrun.corpus import stage_crawl, stage_data, stage_tokenize, stage_tokenizer
 from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
+from lmforge.speedrun.security_stage import stage_security
 from lmforge.speedrun.settings import PRESETS
 from lmforge.utils import LmforgeError, configure_threads, write_json
 
@@ -46,6 +47,7 @@ STAGES: list[Stage] = [
     # last, so that the folders of a run made before it keep their numbers and resume: the model to take away
     Stage("export_assistant", stage_export_assistant),
     Stage("evaluate", stage_evaluate),  # after the stages above, for the same reason
+    Stage("security", stage_security),  # after the stages above, for the same reason
 ]
 
 
