@@ -41,6 +41,9 @@ class PretrainPoisonConfig:
     gibberish_min: int = 64  # random tokens after the trigger, at least ...
     gibberish_max: int = 192  # ... and at most
     epochs: float = 1.0  # passes over the poisoned corpus (steps follow from its token count)
+    # Continue pretraining this base checkpoint (its model and tokenizer; --model is then ignored) instead of a fresh
+    # model: a base that already writes text, so a short run measures the backdoor rather than early training.
+    init_from: str | None = None
     batch_size: int = 16  # rows per pretraining step
     model: dict[str, Any] = field(default_factory=lambda: dict(n_layer=2, n_head=4, n_embd=96, block_size=128),
                                   metadata={"flag": "--model", "metavar": "FIELD=VALUE",
@@ -114,18 +117,20 @@ def write_corpus(source: Path, out: Path, docs: list[np.ndarray]) -> Path:
 
 
 def pretrain_on(shards: Path, out: Path, cfg: PretrainPoisonConfig) -> dict[str, Any]:
-    """Pretrain a fresh model (the tiny preset with `cfg.model`'s fields) for `cfg.epochs` over `shards`."""
+    """Pretrain a fresh model (the tiny preset with `cfg.model`'s fields), or continue `cfg.init_from`, for
+    `cfg.epochs` over `shards`."""
+    from lmforge.checkpoint import load_config
     from lmforge.tokenizer.shards import TokenShards
     from lmforge.train.config import TrainConfig
     from lmforge.train.pretrain import run_pretrain
 
     tokens = TokenShards(shards, "train").num_tokens
-    block = int(cfg.model.get("block_size", 256))
+    block = load_config(cfg.init_from).block_size if cfg.init_from else int(cfg.model.get("block_size", 256))
     steps = max(1, math.ceil(cfg.epochs * tokens / (cfg.batch_size * block)))
     train = TrainConfig(model_overrides=dict(cfg.model), batch_size=cfg.batch_size, max_steps=steps,
                         warmup_steps=min(20, steps), eval_every=0, checkpoint_every=0, progress=False,
                         tensorboard=False, num_samples=0, seed=cfg.seed, device="cpu")
-    summary = run_pretrain(shards, out, train)
+    summary = run_pretrain(shards, out, train, init_from=cfg.init_from)
     return {"checkpoint": summary["checkpoint"], "val_loss": summary["val_loss"], "steps": steps,
             "train_tokens": tokens}
 
@@ -256,8 +261,10 @@ def pretrain_poison_run(source: Path, out: Path, cfg: PretrainPoisonConfig, clea
     """Clean and poisoned pretraining on `source`'s documents; gibberish rates with and without the trigger, clean
     validation loss, detection by the clean model; with `retrain_filtered`, a third model pretrained on the corpus
     without the flagged documents. `clean` reuses a clean run of the same documents (the sweep's)."""
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint import load_config, load_model
 
+    if cfg.init_from:
+        load_config(cfg.init_from)  # a wrong --init-from is refused before any file is written
     tok, docs, val_docs = _corpus(source, cfg)
     prompts = validation_prompts(source, cfg)  # refused before any training when the split is too short
     trigger_ids, n_ordinary = tok.encode(cfg.trigger), ordinary_ids(tok)
