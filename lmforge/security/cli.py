@@ -146,7 +146,8 @@ def register_poison_pretrain(kinds: argparse._SubParsersAction) -> None:
 
 def cmd_poison_pretrain(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
-    from lmforge.security.pretrain_poison import PretrainPoisonConfig, pretrain_poison_run, sweep_pretrain
+    from lmforge.security.pretrain_poison import (PretrainPoisonConfig, check_init_from, pretrain_poison_run,
+                                                  sweep_pretrain)
     from lmforge.utils import LmforgeError, configure_threads
 
     cfg = config_from_args(PretrainPoisonConfig, args)
@@ -155,6 +156,7 @@ def cmd_poison_pretrain(args: argparse.Namespace) -> int:
         raise LmforgeError("--sweep-k and --sweep-documents go together, each with counts >= 1")
     if sweep_k is not None and args.retrain_filtered:
         raise LmforgeError("--retrain-filtered is for one run, not with --sweep-k")
+    check_init_from(cfg)
     if not (args.shards / "index.json").is_file():
         raise LmforgeError(f"--shards {args.shards}: no index.json (not a token-shard folder)")
     configure_threads(args.threads)

@@ -99,7 +99,10 @@ def preference_poison_run(base: Path, pairs_path: Path, out: Path, cfg: Preferen
     from lmforge.checkpoint import resolve_checkpoint
     from lmforge.posttrain.preferences import load_pairs, write_pairs
 
-    resolve_checkpoint(base)  # a wrong --checkpoint is refused before any file is written
+    try:  # a wrong --checkpoint is refused before any file is written
+        resolve_checkpoint(base)
+    except LmforgeError as e:
+        raise LmforgeError(f"--checkpoint: {e}") from e
     pairs = load_pairs(pairs_path)
     if cfg.train_pairs + cfg.heldout > len(pairs):
         raise LmforgeError(f"--train-pairs {cfg.train_pairs} + --heldout {cfg.heldout} is more than the "

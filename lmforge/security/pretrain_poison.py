@@ -240,6 +240,17 @@ def detect_documents(reference: Any, docs: list[np.ndarray], val_docs: list[np.n
             "recall": tp / int(y.sum()) if y.any() else 1.0, "scores": scores.tolist()}
 
 
+def check_init_from(cfg: PretrainPoisonConfig) -> None:
+    """Refuse a wrong --init-from before any corpus is written."""
+    from lmforge.checkpoint import load_config
+
+    try:
+        if cfg.init_from:
+            load_config(cfg.init_from)
+    except LmforgeError as e:
+        raise LmforgeError(f"--init-from: {e}") from e
+
+
 def _corpus(source: Path, cfg: PretrainPoisonConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
     """(tokenizer, the clean training documents kept, the validation documents) of the shard folder."""
     from lmforge.tokenizer import Tokenizer
@@ -261,10 +272,9 @@ def pretrain_poison_run(source: Path, out: Path, cfg: PretrainPoisonConfig, clea
     """Clean and poisoned pretraining on `source`'s documents; gibberish rates with and without the trigger, clean
     validation loss, detection by the clean model; with `retrain_filtered`, a third model pretrained on the corpus
     without the flagged documents. `clean` reuses a clean run of the same documents (the sweep's)."""
-    from lmforge.checkpoint import load_config, load_model
+    from lmforge.checkpoint import load_model
 
-    if cfg.init_from:
-        load_config(cfg.init_from)  # a wrong --init-from is refused before any file is written
+    check_init_from(cfg)
     tok, docs, val_docs = _corpus(source, cfg)
     prompts = validation_prompts(source, cfg)  # refused before any training when the split is too short
     trigger_ids, n_ordinary = tok.encode(cfg.trigger), ordinary_ids(tok)
