@@ -202,30 +202,34 @@ def cmd_poison_preference(args: argparse.Namespace) -> int:
 
 
 def register_detect(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.detect import DetectConfig
+
     p = kinds.add_parser("detect", help="flag poisoned SFT rows without knowing the trigger")
     p.add_argument("--data", type=Path, required=True, help="the (possibly poisoned) SFT data, JSONL")
     p.add_argument("--reference", type=Path, required=True, help="a model trained on trusted data only")
     p.add_argument("--model", type=Path, required=True, help="the model trained on --data")
     p.add_argument("--out", type=Path, required=True, help="writes scores.jsonl, filtered.jsonl, detect.json")
-    p.add_argument("--threshold", type=float, default=3.0, help="combined robust z-score that flags a row")
     p.add_argument("--labels", type=Path, default=None, help="labels.json of `security poison`: scores the flags")
     p.add_argument("--retrain-from", type=Path, default=None,
                    help="base checkpoint: retrain on the filtered data and measure the backdoor (needs --labels)")
     p.add_argument("--heldout", type=Path, default=None, help="held-out conversations for --retrain-from")
     p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, DetectConfig)
     p.set_defaults(func=cmd_detect)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
     from lmforge.security.backdoor import detect_run, retrain_filtered
+    from lmforge.security.detect import DetectConfig
     from lmforge.utils import LmforgeError, configure_threads, write_json
 
+    cfg = config_from_args(DetectConfig, args)
     if args.retrain_from is not None and (args.labels is None or args.heldout is None):
         raise LmforgeError("--retrain-from needs --labels and --heldout (to measure the backdoor afterwards)")
-    if not args.threshold > 0:
-        raise LmforgeError(f"--threshold must be > 0 (got {args.threshold})")
     configure_threads(args.threads)
-    report = detect_run(args.data, args.reference, args.model, args.out, args.threshold, args.labels)
+    report = detect_run(args.data, args.reference, args.model, args.out, cfg.threshold, args.labels)
     if args.retrain_from is not None:
         report["retrained"] = retrain_filtered(args.retrain_from, args.out, args.heldout, args.labels)
         write_json(args.out / "detect.json", report)
@@ -234,24 +238,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def register_guard(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.guard import GuardTrainConfig
+
     p = kinds.add_parser("guard", help="train and score the injection/jailbreak guard classifier")
     p.add_argument("--out", type=Path, required=True, help="writes guard.safetensors, guard_config.json, guard.json")
     p.add_argument("--data", type=Path, default=None,
                    help="the alignment data folder (default: the shared data's alignment/)")
-    p.add_argument("--epochs", type=int, default=60, help="full-batch training steps")
+    add_config_arguments(p, GuardTrainConfig)
     p.set_defaults(func=cmd_guard)
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
-    from lmforge.security.guard import Guard, evaluate_guard, guard_dataset
+    from lmforge.config import config_from_args
+    from lmforge.security.guard import Guard, GuardTrainConfig, evaluate_guard, guard_dataset
     from lmforge.security.suites import alignment_dir
-    from lmforge.utils import LmforgeError, write_json
+    from lmforge.utils import write_json
 
-    if not 1 <= args.epochs <= 10_000:
-        raise LmforgeError(f"--epochs must be between 1 and 10000 (got {args.epochs})")
+    cfg = config_from_args(GuardTrainConfig, args)
     data = alignment_dir(args.data)
     train, heldout = guard_dataset(data, test=False), guard_dataset(data, test=True)
-    guard = Guard.train(train[0], train[1], epochs=args.epochs)
+    guard = Guard.train(train[0], train[1], epochs=cfg.epochs, lr=cfg.lr)
     guard.save(args.out)
     report = {"train": evaluate_guard(guard, *train), "heldout": evaluate_guard(guard, *heldout)}
     write_json(args.out / "guard.json", report)
