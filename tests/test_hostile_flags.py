@@ -806,3 +806,25 @@ def test_flags_endpoint(argv, culprit, checkpoint, tmp_path):
     argv = [str(tmp_path / a) if a in ("t.txt", "shards") else a for a in argv]
     assert_refused(run_cli(argv), culprit)
     assert_refused(run_cli(["eval", "mc", "--checkpoint", str(checkpoint), "--api-key", "k"]), "--endpoint")
+
+SECURITY_POISONING_REFUSALS = [
+    (["poison-pretrain", "--shards", "{tmp}/none", "--out", "{tmp}/o"], "--shards"),
+    (["poison-pretrain", "--shards", "{tmp}", "--out", "{tmp}/o", "--epochs", "0"], "--epochs"),
+    (["poison-pretrain", "--shards", "{tmp}", "--out", "{tmp}/o", "--gibberish-min", "9", "--gibberish-max", "3"],
+     "--gibberish-max"),
+    (["poison-pretrain", "--shards", "{tmp}", "--out", "{tmp}/o", "--gibberish-factor", "1"], "--gibberish-factor"),
+    (["poison-pretrain", "--shards", "{tmp}", "--out", "{tmp}/o", "--sweep-documents", "50"], "--sweep-k"),
+    (["poison-pretrain", "--shards", "{tmp}", "--out", "{tmp}/o", "--init-from", "{tmp}"], "--init-from"),
+    (["poison-preference", "--checkpoint", "{tmp}", "--out", "{tmp}/o", "--k", "0"], "--k"),
+    (["poison-preference", "--checkpoint", "{tmp}", "--out", "{tmp}/o", "--heldout", "-1"], "--heldout"),
+    (["poison-preference", "--checkpoint", "{tmp}", "--out", "{tmp}/o", "--pairs", "{tmp}/p.jsonl"], "--checkpoint"),
+]
+
+
+@pytest.mark.parametrize("argv,culprit", SECURITY_POISONING_REFUSALS)
+def test_flags_security_poisoning(tmp_path, argv, culprit):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    before = tree_digest(*sorted(tmp_path.rglob("*")))
+    outcome = run_cli(["security", *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    assert_refused(outcome, culprit)
+    assert tree_digest(*sorted(tmp_path.rglob("*"))) == before and not (tmp_path / "o").exists()

@@ -54,6 +54,7 @@ def synthetic_run(run: Path) -> Path:
     write_stage(run, 11, "evaluate", {"items_per_task": 40, "models": {"base": {
         "normalisation": "byte", "tasks": {"stdlib_signature": task}, "core": 0.0667, "core_interval": [0.01, 0.12]}}})
     write_stage(run, 12, "reward_model", {"pairwise_accuracy": 0.71, "margin": {"mean": 0.8}})
+    write_stage(run, 13, "security", {"cases_per_source": 3, "suites": {"harmful": {"rate": 0.875, "answered": 8}}})
     return run
 
 
@@ -68,8 +69,9 @@ def test_speedrun_report_sections_follow_the_artifacts(tmp_path):
     assert "| base | stdlib_signature | 40 | 0.25 | 0.45 | 0.35 | 0.3 | 0.0667 |" in md
     assert "base: CORE-like score 0.0667 (95% interval 0.01 to 0.12" in md and "## Stage evaluate" not in md
     assert "## Stage reward_model" in md and "| margin.mean | 0.8 |" in md  # any stage's summary becomes a table
+    assert "## Stage security" in md and "| suites.harmful.rate | 0.875 |" in md  # the short scan's rates
     assert f"| cores | {machine_record()['cores']} |" in md and "| preset | smoke |" in md
-    done = {"crawl", "data", "tokenizer", "pretrain", "chat", "evaluate"}
+    done = {"crawl", "data", "tokenizer", "pretrain", "chat", "evaluate", "security"}
     assert f"Stages not run (no `DONE.json`): {', '.join(n for n in NAMES if n not in done)}." in md
     assert "tokenize, sample, export, sft, " in md and "export_assistant" in md
     assert "## Stage sft" not in md and "parameter file" not in md  # no section for a stage that did not run

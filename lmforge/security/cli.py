@@ -8,7 +8,11 @@ engine, batched) or an OpenAI-compatible endpoint on this machine; attack succes
 poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
 over k and dataset sizes). `security detect --data FILE --reference CKPT --model CKPT --out DIR`: flag poisoned rows
 without the trigger; with `--labels`, precision, recall and AUROC; with `--retrain-from BASE`, retrain on the
-filtered data and measure the backdoor again (`backdoor.py`). `security guard --out DIR`: train the
+filtered data and measure the backdoor again (`backdoor.py`).
+`security poison-pretrain --shards DIR --out DIR`: the same for pretraining documents (a trigger followed by
+gibberish; `pretrain_poison.py`), with `--sweep-k` and `--sweep-documents`.
+`security poison-preference --checkpoint SFT --out DIR`: poisoned preference pairs against the reward model
+(`preference_poison.py`). `security guard --out DIR`: train the
 injection/jailbreak guard on generated data, report balanced accuracy on held-out attacks and hard negatives and
 its latency (`guard.py`).
 """
@@ -26,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="security", metavar="WHAT", required=True)
     register_scan(kinds)
     register_poison(kinds)
+    register_poison_pretrain(kinds)
+    register_poison_preference(kinds)
     register_detect(kinds)
     register_guard(kinds)
 
@@ -120,31 +126,110 @@ def cmd_poison(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_poison_pretrain(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.pretrain_poison import PretrainPoisonConfig
+
+    p = kinds.add_parser("poison-pretrain", help="plant trigger+gibberish documents in token shards, pretrain, "
+                         "measure the backdoor and detect the documents (and a k sweep)")
+    p.add_argument("--shards", type=Path, required=True, help="token-shard folder of the clean corpus (read only)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the corpora, runs and reports")
+    p.add_argument("--retrain-filtered", action="store_true",
+                   help="also pretrain on the corpus without the flagged documents and measure the backdoor")
+    p.add_argument("--sweep-k", type=int, nargs="*", default=None, help="poisoned-document counts to sweep")
+    p.add_argument("--sweep-documents", type=int, nargs="*", default=None,
+                   help="clean corpus sizes (training documents kept) of the sweep")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PretrainPoisonConfig)
+    p.set_defaults(func=cmd_poison_pretrain)
+
+
+def cmd_poison_pretrain(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.pretrain_poison import (PretrainPoisonConfig, check_init_from, pretrain_poison_run,
+                                                  sweep_pretrain)
+    from lmforge.utils import LmforgeError, configure_threads
+
+    cfg = config_from_args(PretrainPoisonConfig, args)
+    sweep_k, sizes = args.sweep_k, args.sweep_documents
+    if (sweep_k is None) != (sizes is None) or any(v < 1 for v in (sweep_k or []) + (sizes or [])):
+        raise LmforgeError("--sweep-k and --sweep-documents go together, each with counts >= 1")
+    if sweep_k is not None and args.retrain_filtered:
+        raise LmforgeError("--retrain-filtered is for one run, not with --sweep-k")
+    check_init_from(cfg)
+    if not (args.shards / "index.json").is_file():
+        raise LmforgeError(f"--shards {args.shards}: no index.json (not a token-shard folder)")
+    configure_threads(args.threads)
+    if sweep_k:
+        for row in sweep_pretrain(args.shards, args.out, cfg, sweep_k, sizes):
+            print(json.dumps(row))
+        return 0
+    report = pretrain_poison_run(args.shards, args.out, cfg, retrain_filtered=args.retrain_filtered)
+    for name in ("clean", "poisoned", "filtered"):
+        if name in report:
+            print(f"{name} model: {json.dumps(report[name])}")
+    print(f"detection: {json.dumps(report['detection'])}")
+    return 0
+
+
+def register_poison_preference(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.preference_poison import PreferencePoisonConfig
+
+    p = kinds.add_parser("poison-preference", help="flip the preference of triggered pairs, train a clean and a "
+                         "poisoned reward model, measure clean accuracy and the reward shift under the trigger")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the model both reward models start from (SFT)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the pair files, runs and report")
+    p.add_argument("--pairs", type=Path, default=None,
+                   help="preference file (default: the shared data's hh-rlhf harmless-base test split)")
+    p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, PreferencePoisonConfig)
+    p.set_defaults(func=cmd_poison_preference)
+
+
+def cmd_poison_preference(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
+    from lmforge.security.preference_poison import PreferencePoisonConfig, default_pairs, preference_poison_run
+    from lmforge.utils import configure_threads
+
+    cfg = config_from_args(PreferencePoisonConfig, args)
+    pairs = args.pairs if args.pairs is not None else default_pairs()
+    configure_threads(args.threads)
+    report = preference_poison_run(args.checkpoint, pairs, args.out, cfg)
+    for name in ("clean", "poisoned"):
+        print(f"{name} reward model: {json.dumps({k: v for k, v in report[name].items() if k != 'checkpoint'})}")
+    return 0
+
+
 def register_detect(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.detect import DetectConfig
+
     p = kinds.add_parser("detect", help="flag poisoned SFT rows without knowing the trigger")
     p.add_argument("--data", type=Path, required=True, help="the (possibly poisoned) SFT data, JSONL")
     p.add_argument("--reference", type=Path, required=True, help="a model trained on trusted data only")
     p.add_argument("--model", type=Path, required=True, help="the model trained on --data")
     p.add_argument("--out", type=Path, required=True, help="writes scores.jsonl, filtered.jsonl, detect.json")
-    p.add_argument("--threshold", type=float, default=3.0, help="combined robust z-score that flags a row")
     p.add_argument("--labels", type=Path, default=None, help="labels.json of `security poison`: scores the flags")
     p.add_argument("--retrain-from", type=Path, default=None,
                    help="base checkpoint: retrain on the filtered data and measure the backdoor (needs --labels)")
     p.add_argument("--heldout", type=Path, default=None, help="held-out conversations for --retrain-from")
     p.add_argument("--threads", type=int, default=None)
+    add_config_arguments(p, DetectConfig)
     p.set_defaults(func=cmd_detect)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from lmforge.config import config_from_args
     from lmforge.security.backdoor import detect_run, retrain_filtered
+    from lmforge.security.detect import DetectConfig
     from lmforge.utils import LmforgeError, configure_threads, write_json
 
+    cfg = config_from_args(DetectConfig, args)
     if args.retrain_from is not None and (args.labels is None or args.heldout is None):
         raise LmforgeError("--retrain-from needs --labels and --heldout (to measure the backdoor afterwards)")
-    if not args.threshold > 0:
-        raise LmforgeError(f"--threshold must be > 0 (got {args.threshold})")
     configure_threads(args.threads)
-    report = detect_run(args.data, args.reference, args.model, args.out, args.threshold, args.labels)
+    report = detect_run(args.data, args.reference, args.model, args.out, cfg.threshold, args.labels)
     if args.retrain_from is not None:
         report["retrained"] = retrain_filtered(args.retrain_from, args.out, args.heldout, args.labels)
         write_json(args.out / "detect.json", report)
@@ -153,24 +238,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def register_guard(kinds: argparse._SubParsersAction) -> None:
+    from lmforge.config import add_config_arguments
+    from lmforge.security.guard import GuardTrainConfig
+
     p = kinds.add_parser("guard", help="train and score the injection/jailbreak guard classifier")
     p.add_argument("--out", type=Path, required=True, help="writes guard.safetensors, guard_config.json, guard.json")
     p.add_argument("--data", type=Path, default=None,
                    help="the alignment data folder (default: the shared data's alignment/)")
-    p.add_argument("--epochs", type=int, default=60, help="full-batch training steps")
+    add_config_arguments(p, GuardTrainConfig)
     p.set_defaults(func=cmd_guard)
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
-    from lmforge.security.guard import Guard, evaluate_guard, guard_dataset
+    from lmforge.config import config_from_args
+    from lmforge.security.guard import Guard, GuardTrainConfig, evaluate_guard, guard_dataset
     from lmforge.security.suites import alignment_dir
-    from lmforge.utils import LmforgeError, write_json
+    from lmforge.utils import write_json
 
-    if not 1 <= args.epochs <= 10_000:
-        raise LmforgeError(f"--epochs must be between 1 and 10000 (got {args.epochs})")
+    cfg = config_from_args(GuardTrainConfig, args)
     data = alignment_dir(args.data)
     train, heldout = guard_dataset(data, test=False), guard_dataset(data, test=True)
-    guard = Guard.train(train[0], train[1], epochs=args.epochs)
+    guard = Guard.train(train[0], train[1], epochs=cfg.epochs, lr=cfg.lr)
     guard.save(args.out)
     report = {"train": evaluate_guard(guard, *train), "heldout": evaluate_guard(guard, *heldout)}
     write_json(args.out / "guard.json", report)

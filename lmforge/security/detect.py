@@ -20,11 +20,25 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lmforge.config import check_fields, require
+
 Messages = list[dict[str, Any]]
+
+
+@dataclass
+class DetectConfig:
+    """`lmforge security detect`'s settings (flags made by `lmforge.config`)."""
+
+    threshold: float = 3.0  # combined robust z-score that flags a row
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self, "threshold", self.threshold > 0, "must be > 0")
 
 
 def example_losses(model: Any, tok: Any, conversations: list[Messages], batch_size: int = 32) -> list[float]:

@@ -16,12 +16,27 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmforge.config import check_fields, require
 from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
+
+@dataclass
+class GuardTrainConfig:
+    """`lmforge security guard`'s training settings (flags made by `lmforge.config`)."""
+
+    epochs: int = 60  # full-batch training steps
+    lr: float = 0.5  # Adam's rate on the bucket weights
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self, "epochs", 1 <= self.epochs <= 10_000, "must be between 1 and 10000")
+        require(self, "lr", 0 < self.lr <= 10, "must be in (0, 10]")
+
 
 BUCKETS = 1 << 18  # hashed 4-gram buckets: few collisions among the n-grams of a few thousand texts
 NGRAM = 4

@@ -21,6 +21,7 @@ from lmforge.speedrun.corpus import own_input_files, stage_crawl, stage_data, st
 from lmforge.speedrun.preference import stage_compare, stage_label, stage_reward, stage_rlhf
 from lmforge.speedrun.report import MACHINE_FILE, machine_record, write_report
 from lmforge.speedrun.serve_stage import stage_serve
+from lmforge.speedrun.security_stage import stage_security
 from lmforge.speedrun.settings import PRESETS
 from lmforge.utils import LmforgeError, configure_threads, write_json
 
@@ -45,9 +46,9 @@ STAGES: list[Stage] = [
     Stage("export", stage_export),
     Stage("sft", stage_sft, distributed=True),
     Stage("chat", stage_chat),
-    # Learning from preferences. Inserted before the export, the last two stages' folders were renumbered (a run
-    # made before keeps `10_export_assistant` and `11_evaluate` beside the new `14_`/`15_` ones, which are redone:
-    # the model exported and evaluated is now the RL one).
+    # Learning from preferences. Inserted before the export, the stages after them were renumbered (a run made
+    # before keeps `10_export_assistant` and `11_evaluate` beside the new `14_`/`15_` ones, which are redone: the
+    # model exported and evaluated is now the RL one). New stages go at the end, so that older runs resume.
     Stage("compare", stage_compare),
     Stage("label", stage_label),
     Stage("reward", stage_reward),
@@ -55,6 +56,7 @@ STAGES: list[Stage] = [
     Stage("export_assistant", stage_export_assistant),  # the model to take away: the RL model
     Stage("evaluate", stage_evaluate),
     Stage("serve", stage_serve),  # the exported assistant behind `lmforge serve`, checked with the openai client
+    Stage("security", stage_security),  # a short attack scan of the exported assistant (`security_stage.py`)
 ]
 
 

@@ -127,6 +127,16 @@ RL_EVAL_ARITHMETIC = 200
 WINRATE = dict(prompts=48, k=2, max_tokens=64)
 
 
+# The security stage's short scan of the assistant (`lmforge security scan` settings): a fixed few cases from each
+# source of every suite, greedy answers of 32 tokens (a refusal or compliance shows in its first words), HarmBench's
+# test split. 3 cases a source: about 40 cases, 52 s on the 2 shared cores under load (`security scan --limit 3
+# --max-tokens 32` on the default run's assistant); the smoke preset asks one case a source. Presets not named here
+# use "default".
+SECURITY_SCAN: dict[str, dict[str, Any]] = {
+    "default": dict(limit=3, max_tokens=32, harmbench_split="test"),
+    "smoke": dict(limit=1, max_tokens=16, harmbench_split="test"),
+}
+
 @dataclass(frozen=True)
 class Settings:
     """The sizes that differ between the presets."""
