@@ -254,6 +254,7 @@ class Scheduler:
         self._drop_cancelled()
         try:
             self._admit()
+            self._flush_relays()  # first tokens out now: a time to first token that waits for no decode step
             if self._running:
                 self._decode()
         except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
