@@ -46,9 +46,7 @@ class Call:
         n = spec.params.n
         try:
             for i, prompt in enumerate(spec.prompts):
-                def sink(kind: str, payload: Any, base: int = i * n) -> None:
-                    loop.call_soon_threadsafe(self.queue.put_nowait, (base, kind, payload))
-
+                sink = scheduler.loop_sink(loop, self.queue.put_nowait, i * n)
                 self.requests.append(scheduler.submit(prompt, spec.params, sink, prefix_len=spec.prefix_len,
                                                       top_logprobs=spec.top_logprobs, stop_ids=spec.stop_ids))
         except QueueFull as e:
@@ -62,8 +60,9 @@ class Call:
         """The next event, or None after `timeout` seconds, or after the last request ended."""
         if self.open == 0:
             return None
-        try:
-            item = await asyncio.wait_for(self.queue.get(), timeout)
+        try:  # an event already there is taken without wait_for's task and timer
+            item = self.queue.get_nowait() if not self.queue.empty() else await asyncio.wait_for(self.queue.get(),
+                                                                                                    timeout)
         except asyncio.TimeoutError:
             return (-1, "wait", None)
         if item[1] in ("done", "error"):
