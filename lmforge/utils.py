@@ -117,6 +117,8 @@ def configure_threads(num_threads: int | None = None) -> int:
     takes effect if set before torch starts its pool, so call this before the first tensor operation. The
     default thread count is the number of cores this process may use; `LMFORGE_THREADS` overrides it.
     """
+    if num_threads is not None and num_threads < 1:  # every verb's --threads lands here: one check, one message
+        raise LmforgeError(f"--threads must be >= 1 (got {num_threads})")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if num_threads is None:
         num_threads = default_threads()

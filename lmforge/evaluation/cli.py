@@ -410,8 +410,6 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(WinRateConfig, args)
     device = resolve_device(args.device)
-    if args.threads is not None and args.threads < 1:
-        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
     result = run_winrate(cfg, args.policy, args.baseline, args.out, args.reward_model, device=device,
                          log=lambda message: print(message, file=sys.stderr))

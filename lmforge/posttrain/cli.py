@@ -61,8 +61,6 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     train = config_from_args(TrainConfig, args, defaults=sft_train_defaults())
     cfg = config_from_args(SFTConfig, args, train=train)
     pick_device(train.device)  # refuse a bad --device before anything is written
-    if args.threads is not None and args.threads < 1:
-        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
     summary = run_sft(cfg, args.checkpoint, args.out, data=args.data, val_data=args.val_data)
     print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss",
@@ -73,12 +71,10 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 def _cmd_rlhf_sample(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
     from lmforge.posttrain.compare import SampleConfig, run_sample
-    from lmforge.utils import LmforgeError, configure_threads, resolve_device
+    from lmforge.utils import configure_threads, resolve_device
 
     cfg = config_from_args(SampleConfig, args)
     device = resolve_device(args.device)
-    if args.threads is not None and args.threads < 1:
-        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
     manifest = run_sample(cfg, args.checkpoint, args.out, prompts_path=args.prompts, device=device)
     print(json.dumps({"out": str(args.out), "items": manifest.get("n_items"), "k": cfg.k}))
@@ -156,12 +152,10 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
 def _cmd_rlhf_train(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
     from lmforge.posttrain.rl import RLConfig, run_rl
-    from lmforge.utils import LmforgeError, configure_threads, resolve_device
+    from lmforge.utils import configure_threads, resolve_device
 
     cfg = config_from_args(RLConfig, args)
     cfg.device = resolve_device(cfg.device)
-    if args.threads is not None and args.threads < 1:
-        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
     summary = run_rl(cfg, args.checkpoint, args.out)
     print(json.dumps({k: summary[k] for k in ("run_dir", "checkpoint", "step", "reward_vs_kl_plot", "seconds")},
@@ -208,13 +202,11 @@ def _stage_config(stage_cls: type, train_defaults: Any, args: argparse.Namespace
     from lmforge.config import config_from_args
     from lmforge.train.config import TrainConfig
     from lmforge.train.dist import pick_device
-    from lmforge.utils import LmforgeError, configure_threads
+    from lmforge.utils import configure_threads
 
     train = config_from_args(TrainConfig, args, defaults=train_defaults)
     cfg = config_from_args(stage_cls, args, train=train)
     pick_device(train.device)
-    if args.threads is not None and args.threads < 1:
-        raise LmforgeError(f"--threads must be >= 1 (got {args.threads})")
     configure_threads(args.threads)
     return cfg
 
