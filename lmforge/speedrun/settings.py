@@ -193,10 +193,11 @@ SMOKE = Settings(
     sft=dict(max_steps=40, eval_every=20, checkpoint_every=0, eval_batches=0),
     eval_sft=dict(prompts=8, arithmetic=6, val_conversations=32),
     mc_items=40,  # 2 models x 2 tasks x 40 items x 4 options: a few seconds (200 items: 18 s a model)
-    # Preferences: 16 prompts x 3 answers give a few dozen pairs (a 40-step SFT model's answers differ a lot), enough
-    # for every stage to hand its artifact on; 10 reward steps and 2 RL steps of 2 x 4 answers; 8 questions and 8
-    # win-rate prompts. Sized to finish in seconds, so the figures mean nothing.
-    compare=dict(n_prompts=16, k=3, max_tokens=24, batch_prompts=16, temperature=1.0),
+    # Preferences: 48 prompts x 4 answers (288 pairs) so that some are decided whatever the crawl gave the model:
+    # 16 x 3 left 4 decided pairs in one CI run, and no held-out pair for the reward model. 10 reward steps and 2 RL
+    # steps of 2 x 4 answers; 8 questions and 8 win-rate prompts. Sized to finish in seconds, so the figures mean
+    # nothing.
+    compare=dict(n_prompts=48, k=4, max_tokens=24, batch_prompts=48, temperature=1.0),
     reward=dict(max_steps=10, batch_size=8, eval_every=5, checkpoint_every=0),
     rlhf=dict(steps=2, prompts_per_step=2, group_size=4, max_tokens=24, checkpoint_every=0),
     rl_eval_arithmetic=8,
