@@ -364,6 +364,17 @@ def test_flags_sft_needs_checkpoint_and_out(tmp_path):
     assert_refused(run_cli(["sft", "--out", tmp_path / "sft"]), "--checkpoint")
 
 
+@pytest.mark.parametrize("content", [None, "text\nno goal column\n"], ids=["missing", "no-column"])
+def test_flags_sft_data_refusal_prompts(tmp_path, content):
+    """`sft data --refusal-prompts`: a missing file or one without a request column is refused, nothing written."""
+    path = tmp_path / "requests.csv"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "sft.jsonl"
+    assert_refused(run_cli(["sft", "data", "--refusal-prompts", path, "--out", out]), "--refusal-prompts")
+    assert not out.exists()
+
+
 PREFERENCE_ROWS = [
     (["reward", "train"], ["--center-coef", "-1"], "--center-coef"),
     (["reward", "train"], ["--val-frac", "1"], "--val-frac"),
