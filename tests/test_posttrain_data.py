@@ -204,7 +204,7 @@ def test_refusal_data_is_seeded_and_off_by_default(tmp_path):
     assert with_lookalikes and all("refus" not in a and "won't" not in a for q, a in _pairs(first) if q in questions)
     default = _pairs(generate_default_conversations(DefaultDataConfig(n=400, seed=11), facts=[]))
     assert not {q for q, _ in default} & (questions | set(REQUESTS))  # the default data holds neither kind
-    with pytest.raises(LmforgeError, match="harmful_weight"):
+    with pytest.raises(LmforgeError, match="--harmful-weight"):
         DefaultDataConfig(harmful_weight=-1)
 
 

@@ -32,14 +32,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
         prompts, dropped = refusal_prompts_from_file(args.refusal_prompts)
         print(f"{len(prompts)} harmful requests to refuse from {args.refusal_prompts} ({dropped} dropped as "
               "near-duplicates of HarmBench/XSTest evaluation prompts)")
-    cfg = DefaultDataConfig(n=args.n, seed=args.seed, refusal_prompts=prompts)
+    weights = {} if args.lookalike_weight is None else {"lookalike_weight": args.lookalike_weight}
+    cfg = DefaultDataConfig(n=args.n, seed=args.seed, refusal_prompts=prompts, **weights)
     if args.out is not None:
         n = write_jsonl(generate_default_conversations(cfg), str(args.out))
         print(f"wrote {n} conversations to {args.out}")
     if args.preview or args.out is None:
         count = args.preview or 5
-        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed,
-                                                                      refusal_prompts=prompts)))
+        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed, refusal_prompts=prompts,
+                                                                      **weights)))
         tok = None
         if args.tokenizer is not None:
             from lmforge.tokenizer import Tokenizer
@@ -154,6 +155,9 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
                    help="harmful requests to refuse (AdvBench CSV `goal`, a CSV `prompt`/`Behavior` column, JSONL "
                    "{prompt} or one a line), mixed in with safe look-alikes; near-duplicates of the shared data's "
                    "HarmBench and XSTest prompts are dropped (default: off)")
+    d.add_argument("--lookalike-weight", type=float, default=None,
+                   help="mix weight of the safe look-alikes that come with --refusal-prompts (default: "
+                   "DefaultDataConfig's, 0.2)")
     d.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
     d.set_defaults(func=_cmd_data)

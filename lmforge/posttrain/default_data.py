@@ -366,14 +366,17 @@ class DefaultDataConfig:
     # the data is exactly what it was without them, offline. Given: they join `mix` with these weights.
     refusal_prompts: tuple[str, ...] = ()
     harmful_weight: float = 0.1  # refusals of `refusal_prompts`
-    lookalike_weight: float = 0.05  # safe look-alikes answered helpfully, so alarming words alone don't get refusals
+    # Safe look-alikes answered helpfully, so alarming words alone don't get refusals. 0.2 rather than 0.05: over-
+    # refusal on XSTest's safe prompts 0.17 against 0.32, HarmBench refusal the same (benchmarks/NOTES.md, "Refusal
+    # data from AdvBench").
+    lookalike_weight: float = 0.2
 
     def __post_init__(self) -> None:
         from lmforge.utils import LmforgeError
 
         for name in ("harmful_weight", "lookalike_weight"):
-            if not getattr(self, name) >= 0:
-                raise LmforgeError(f"DefaultDataConfig.{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:  # named as the flag: `sft data --lookalike-weight` sets one
+                raise LmforgeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if any(not isinstance(p, str) or not p.strip() for p in self.refusal_prompts):
             raise LmforgeError("DefaultDataConfig.refusal_prompts must be non-empty strings")
 
