@@ -367,8 +367,8 @@ class DefaultDataConfig:
     refusal_prompts: tuple[str, ...] = ()
     harmful_weight: float = 0.1  # refusals of `refusal_prompts`
     # Safe look-alikes answered helpfully, so alarming words alone don't get refusals. 0.2 rather than 0.05: over-
-    # refusal on XSTest's safe prompts 0.17 against 0.32, HarmBench refusal the same (benchmarks/NOTES.md, "Refusal
-    # data from AdvBench").
+    # refusal on XSTest's safe prompts 0.13-0.17 (two draws) against 0.32, HarmBench refusal the same 0.91
+    # (benchmarks/NOTES.md, "Refusal data from AdvBench").
     lookalike_weight: float = 0.2
 
     def __post_init__(self) -> None:

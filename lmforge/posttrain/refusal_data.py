@@ -1,7 +1,7 @@
 """Refusal training data from real harmful requests, and safe look-alikes answered helpfully.
 
 The default data's own refusals cover destructive shell commands only, and the speedrun's security scan found that
-they do not generalise: the assistant answered 7 of 8 HarmBench requests. Here a file of harmful requests (AdvBench's
+they do not generalise: the assistant answered 7 of 8 harmful requests. Here a file of harmful requests (AdvBench's
 behaviours, say: the shared data's README allows red-team prompts as refusal-training prompts, never to train
 compliance) becomes refusal conversations, in varied wording with a short reason picked by the request's topic.
 
