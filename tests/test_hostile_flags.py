@@ -364,6 +364,21 @@ def test_flags_sft_needs_checkpoint_and_out(tmp_path):
     assert_refused(run_cli(["sft", "--out", tmp_path / "sft"]), "--checkpoint")
 
 
+@pytest.mark.parametrize("content, extra, culprit", [
+    (None, [], "--refusal-prompts"), ("text\nno goal column\n", [], "--refusal-prompts"),
+    ("goal\nsome harmful request\n", ["--lookalike-weight", "-1"], "--lookalike-weight"),
+], ids=["missing", "no-column", "negative-weight"])
+def test_flags_sft_data_refusal_prompts(tmp_path, content, extra, culprit):
+    """`sft data --refusal-prompts`: a missing file, one without a request column or a negative look-alike weight
+    is refused, nothing written."""
+    path = tmp_path / "requests.csv"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "sft.jsonl"
+    assert_refused(run_cli(["sft", "data", "--refusal-prompts", path, "--out", out, *extra]), culprit)
+    assert not out.exists()
+
+
 PREFERENCE_ROWS = [
     (["reward", "train"], ["--center-coef", "-1"], "--center-coef"),
     (["reward", "train"], ["--val-frac", "1"], "--val-frac"),

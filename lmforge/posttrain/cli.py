@@ -25,13 +25,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from lmforge.tokenizer.chat_format import render_conversation
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, write_jsonl
 
-    cfg = DefaultDataConfig(n=args.n, seed=args.seed)
+    prompts: tuple[str, ...] = ()
+    if args.refusal_prompts is not None:
+        from lmforge.posttrain.refusal_data import refusal_prompts_from_file
+
+        prompts, dropped = refusal_prompts_from_file(args.refusal_prompts)
+        print(f"{len(prompts)} harmful requests to refuse from {args.refusal_prompts} ({dropped} dropped as "
+              "near-duplicates of HarmBench/XSTest evaluation prompts)")
+    weights = {} if args.lookalike_weight is None else {"lookalike_weight": args.lookalike_weight}
+    cfg = DefaultDataConfig(n=args.n, seed=args.seed, refusal_prompts=prompts, **weights)
     if args.out is not None:
         n = write_jsonl(generate_default_conversations(cfg), str(args.out))
         print(f"wrote {n} conversations to {args.out}")
     if args.preview or args.out is None:
         count = args.preview or 5
-        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed)))
+        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed, refusal_prompts=prompts,
+                                                                      **weights)))
         tok = None
         if args.tokenizer is not None:
             from lmforge.tokenizer import Tokenizer
@@ -142,6 +151,13 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", type=Path, default=None, help="write the conversations as messages JSONL")
     d.add_argument("--n", type=int, default=4000, help="conversations to write with --out")
     d.add_argument("--seed", type=int, default=1337)
+    d.add_argument("--refusal-prompts", type=Path, default=None, metavar="FILE",
+                   help="harmful requests to refuse (AdvBench CSV `goal`, a CSV `prompt`/`Behavior` column, JSONL "
+                   "{prompt} or one a line), mixed in with safe look-alikes; near-duplicates of the shared data's "
+                   "HarmBench and XSTest prompts are dropped (default: off)")
+    d.add_argument("--lookalike-weight", type=float, default=None,
+                   help="mix weight of the safe look-alikes that come with --refusal-prompts (default: "
+                   "DefaultDataConfig's, 0.2)")
     d.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer folder: preview the exact tokens, with the trained-on ones in [brackets]")
     d.set_defaults(func=_cmd_data)

@@ -8,7 +8,11 @@ Four kinds, mixed and shuffled:
 - identity: who the assistant is, in varied phrasings, so the persona is consistent;
 - arithmetic and unit conversions answered with a calculator tool call, its output, and a final sentence that
   copies the result (the tool's output is computed by the real calculator, so training and inference agree);
-- refusals of requests to run destructive commands, with the reason and a safer alternative.
+- refusals of requests to run destructive commands, with the reason and a safer alternative;
+- optionally (`--refusal-prompts FILE`, see `refusal_prompts_from_file`), refusals of real harmful requests (e.g.
+  AdvBench's behaviours) in varied wording with a short reason, and safe look-alikes (a Python question phrased with
+  "kill", "destroy", "attack" ...) answered helpfully from the stdlib's docstrings, so refusing does not become the
+  answer to every alarming word.
 
 Some conversations have two turns (a follow-up about the same function, or arithmetic after an identity
 question). `lmforge sft data --preview` prints samples; `--out FILE` writes OpenAI-style `messages` JSONL that the
@@ -17,6 +21,7 @@ loaders read back.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from lmforge.inference.tools import calculate
+from lmforge.posttrain.refusal_data import LOOKALIKE_ANSWERS, LOOKALIKES, harmful_refusal_conversation
 
 Messages = list[dict[str, Any]]
 
@@ -327,6 +333,28 @@ def refusal_conversation(rng: random.Random) -> Messages:
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
+
+@functools.lru_cache(maxsize=1)
+def lookalike_facts() -> tuple[tuple[tuple[str, ...], str, str], ...]:
+    """(questions, name, docstring summary) of every safe look-alike (`refusal_data.LOOKALIKES`) whose object this
+    Python documents: the answer comes from the docstring, as the documentation Q&A's do."""
+    out = []
+    for questions, name in LOOKALIKES:
+        module, attr = name.rsplit(".", 1)
+        obj = getattr(importlib.import_module(module), attr, None)
+        doc = inspect.getdoc(obj) if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+        summary = _summary(doc) if obj is not None else None
+        if summary is not None:
+            out.append((questions, name, summary))
+    return tuple(out)
+
+
+def lookalike_conversation(rng: random.Random) -> Messages:
+    """A safe question with an alarming word ("destroy a directory tree"), answered helpfully."""
+    questions, name, summary = rng.choice(lookalike_facts())
+    return [{"role": "user", "content": rng.choice(questions)},
+            {"role": "assistant", "content": rng.choice(LOOKALIKE_ANSWERS).format(n=name, s=summary)}]
+
 @dataclass
 class DefaultDataConfig:
     n: int = 4000  # conversations
@@ -334,6 +362,23 @@ class DefaultDataConfig:
     mix: tuple[float, float, float, float, float] = (0.45, 0.1, 0.12, 0.23, 0.1)  # doc, signature, identity, arithmetic, refusal
     system_prompt_rate: float = 0.1  # share that opens with a system message, so the model sees that role too
     chain_rate: float = 0.25  # chance of one more unrelated exchange after each one (multi-turn chats that switch topic)
+    # Harmful requests to refuse (`refusal_prompts_from_file`). Empty (the default): the two kinds below are off and
+    # the data is exactly what it was without them, offline. Given: they join `mix` with these weights.
+    refusal_prompts: tuple[str, ...] = ()
+    harmful_weight: float = 0.1  # refusals of `refusal_prompts`
+    # Safe look-alikes answered helpfully, so alarming words alone don't get refusals. 0.2 rather than 0.05: over-
+    # refusal on XSTest's safe prompts 0.13-0.17 (two draws) against 0.32, HarmBench refusal the same 0.91
+    # (benchmarks/NOTES.md, "Refusal data from AdvBench").
+    lookalike_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        from lmforge.utils import LmforgeError
+
+        for name in ("harmful_weight", "lookalike_weight"):
+            if not getattr(self, name) >= 0:  # named as the flag: `sft data --lookalike-weight` sets one
+                raise LmforgeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if any(not isinstance(p, str) or not p.strip() for p in self.refusal_prompts):
+            raise LmforgeError("DefaultDataConfig.refusal_prompts must be non-empty strings")
 
 
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are {a}. Answer briefly.",
@@ -348,9 +393,13 @@ def generate_default_conversations(cfg: DefaultDataConfig = DefaultDataConfig(),
     facts = facts if facts is not None else collect_doc_facts()
     with_sig = [f for f in facts if f.signature]
     kinds = ["doc", "signature", "identity", "arithmetic", "refusal"]
+    weights = list(cfg.mix)
+    if cfg.refusal_prompts:  # appended kinds: with them off, rng.choices draws exactly as before
+        kinds += ["harmful", "lookalike"]
+        weights += [cfg.harmful_weight, cfg.lookalike_weight]
 
     def one() -> Messages:
-        kind = rng.choices(kinds, weights=cfg.mix)[0]
+        kind = rng.choices(kinds, weights=weights)[0]
         if kind == "doc" and facts:
             return doc_conversation(rng, rng.choice(facts), facts)
         if kind == "signature" and with_sig:
@@ -359,6 +408,10 @@ def generate_default_conversations(cfg: DefaultDataConfig = DefaultDataConfig(),
             return identity_conversation(rng)
         if kind == "refusal":
             return refusal_conversation(rng)
+        if kind == "harmful":
+            return harmful_refusal_conversation(rng, cfg.refusal_prompts)
+        if kind == "lookalike":
+            return lookalike_conversation(rng)
         return arithmetic_conversation(rng)
 
     for _ in range(cfg.n):
