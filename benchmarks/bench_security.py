@@ -11,7 +11,7 @@ text; the ratio is reported per round (median, min, max), since the shared machi
 
 Needs the shared alignment data (LMFORGE_SHARED_DATA or ../shared/data).
 
-    LMFORGE_SHARED_DATA=/work/shared/data .venv/bin/python benchmarks/bench_security.py [--rounds 5]
+    LMFORGE_SHARED_DATA=../shared/data .venv/bin/python benchmarks/bench_security.py [--rounds 5]
 """
 
 from __future__ import annotations

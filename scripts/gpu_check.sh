@@ -2,7 +2,7 @@
 # The GPU check of issue 18, one call of under 10 minutes on one GPU (run from the repository root):
 #
 #   OUT=/some/folder scripts/gpu_check.sh          # CUDA: throughput table, 50-step gpt2 run, resume, torchrun FSDP2+Muon
-#   OUT=/tmp/gpu_dry scripts/gpu_check.sh --dry    # the same steps on CPU at tiny sizes (checks the script itself)
+#   OUT=$(mktemp -d) scripts/gpu_check.sh --dry    # the same steps on CPU at tiny sizes (checks the script itself)
 #
 # Each step runs under `timeout` with its log in $OUT/NAME.log; $OUT/summary.txt gets one line per step (exit code
 # and seconds), so a step that hangs or fails costs its own budget and the next still runs. Token shards are cut
@@ -12,7 +12,7 @@ set -u
 DRY=0
 [ "${1:-}" = "--dry" ] && DRY=1
 PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/gpu_check}
+OUT=${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_WAIT_POLICY=PASSIVE

@@ -227,14 +227,19 @@ def _stage_config(stage_cls: type, train_defaults: Any, args: argparse.Namespace
     return cfg
 
 
-def _cmd_reward_train(args: argparse.Namespace) -> int:
-    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults, run_reward_train
-
-    cfg = _stage_config(RewardConfig, reward_train_defaults(), args)
-    summary = run_reward_train(cfg, args.checkpoint, args.out, args.data, args.val_data)
+def _run_pairs_stage(args: argparse.Namespace, config_cls: type, defaults: Any, run: Any) -> int:
+    """`reward train` and `dpo`: the stage's config from the flags, the run on the pairs files, its summary."""
+    cfg = _stage_config(config_cls, defaults, args)
+    summary = run(cfg, args.checkpoint, args.out, args.data, args.val_data)
     print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss", "eval",
                                                    "seconds")}, indent=2))
     return 0
+
+
+def _cmd_reward_train(args: argparse.Namespace) -> int:
+    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults, run_reward_train
+
+    return _run_pairs_stage(args, RewardConfig, reward_train_defaults(), run_reward_train)
 
 
 def _cmd_reward_score(args: argparse.Namespace) -> int:
@@ -270,11 +275,7 @@ def _register_reward(sub: argparse._SubParsersAction) -> None:
 def _cmd_dpo(args: argparse.Namespace) -> int:
     from lmforge.posttrain.dpo import DPOConfig, dpo_train_defaults, run_dpo
 
-    cfg = _stage_config(DPOConfig, dpo_train_defaults(), args)
-    summary = run_dpo(cfg, args.checkpoint, args.out, args.data, args.val_data)
-    print(json.dumps({k: summary.get(k) for k in ("run_dir", "checkpoint", "step", "loss", "val_loss", "eval",
-                                                   "seconds")}, indent=2))
-    return 0
+    return _run_pairs_stage(args, DPOConfig, dpo_train_defaults(), run_dpo)
 
 
 def _register_dpo(sub: argparse._SubParsersAction) -> None:

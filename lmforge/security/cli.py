@@ -89,6 +89,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_sweep(counts: list[int] | None, sizes: list[int] | None, sizes_flag: str) -> None:
+    """A poisoning sweep needs both lists (the counts k and the dataset sizes), each of counts >= 1."""
+    from lmforge.utils import LmforgeError
+
+    if (counts is None) != (sizes is None) or any(v < 1 for v in (counts or []) + (sizes or [])):
+        raise LmforgeError(f"--sweep-k and {sizes_flag} go together, each with counts >= 1")
+
+
 def register_poison(kinds: argparse._SubParsersAction) -> None:
     from lmforge.config import add_config_arguments
     from lmforge.security.backdoor import PoisonRunConfig
@@ -109,12 +117,10 @@ def cmd_poison(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
     from lmforge.security.backdoor import PoisonRunConfig, poison_run, sweep
     from lmforge.security.poison import BackdoorConfig
-    from lmforge.utils import LmforgeError, configure_threads
+    from lmforge.utils import configure_threads
 
     cfg, backdoor = config_from_args(PoisonRunConfig, args), config_from_args(BackdoorConfig, args)
-    if (args.sweep_k is None) != (args.sweep_sizes is None) or any(v < 1 for v in (args.sweep_k or []) +
-                                                                   (args.sweep_sizes or [])):
-        raise LmforgeError("--sweep-k and --sweep-sizes go together, each with counts >= 1")
+    check_sweep(args.sweep_k, args.sweep_sizes, "--sweep-sizes")
     configure_threads(args.threads)
     if args.sweep_k:
         for row in sweep(args.checkpoint, args.out, cfg, backdoor, args.sweep_k, args.sweep_sizes):
@@ -152,8 +158,7 @@ def cmd_poison_pretrain(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(PretrainPoisonConfig, args)
     sweep_k, sizes = args.sweep_k, args.sweep_documents
-    if (sweep_k is None) != (sizes is None) or any(v < 1 for v in (sweep_k or []) + (sizes or [])):
-        raise LmforgeError("--sweep-k and --sweep-documents go together, each with counts >= 1")
+    check_sweep(sweep_k, sizes, "--sweep-documents")
     if sweep_k is not None and args.retrain_filtered:
         raise LmforgeError("--retrain-filtered is for one run, not with --sweep-k")
     check_init_from(cfg)
