@@ -116,6 +116,7 @@ def _muon_worker(rank: int, world: int, init_file: str, sharded: bool, out: str)
         _muon_steps(params, grads, lambda g: g)
         final = [p.detach() for p in params]
     torch.save({"final": final, "orthogonalized": sum(counted)}, f"{out}.{rank}")
+    dist.barrier()  # leave together (lmforge.train.dist.cleanup's reason)
     dist.destroy_process_group()
 
 

@@ -101,5 +101,8 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group together: a rank that tears gloo down while its peer is still inside the last
+    collective can abort the peer ("terminate called without an active exception", seen once in a 2-process test)."""
     if info.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
