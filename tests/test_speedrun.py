@@ -139,7 +139,11 @@ def check_exported_assistant(summary: dict) -> None:
             assert output == run_tool(default_tools(), name, args)  # computed in C, as Python computes it
     r = subprocess.run([exported["runner"], str(params_file), "-m", "chat", "-i", CHAT_SCRIPT[1], "-n", "32", "-t", "0"],
                        capture_output=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() and b"never fine-tuned" not in r.stderr
+    # The smoke model is barely trained: its greedy answer may be only whitespace, so what is checked is that the
+    # runner chatted (decoded tokens and printed the turn) without warning, not what it said.
+    decoded = re.search(rb"decode: (\d+) tokens", r.stderr)
+    assert r.returncode == 0 and r.stdout.endswith(b"\n") and b"never fine-tuned" not in r.stderr
+    assert decoded and int(decoded.group(1)) > 0, r.stderr
 
 
 def test_stage_selection_from_until_and_only():
