@@ -12,8 +12,9 @@ module data). Rendering a page imports its module, and what pydoc writes depends
 prints `__warningregistry__` counters): rendered in a long-lived process, a page depended on which pages that
 process had rendered before, so two crawls of one machine archived 19 pages differently. So each page is rendered in
 a child forked from the server, whose imports are the same for every page: a page is a function of its URL and the
-Python installation. (Forked children also render in parallel without seeing each other's half-initialised modules,
-which rendering threads did.) Memory addresses (`<object object at 0x7f...>`, ctypes' library handles) are removed
+Python installation. (The server imports every stdlib package's `__init__` once, first, so that the children need
+not each import theirs again. Forked children also render in parallel without seeing each other's half-initialised
+modules, which rendering threads did.) Memory addresses (`<object object at 0x7f...>`, ctypes' library handles) are removed
 from the page, as the only part that still changes from run to run, and `sys.argv` is that of the server, not the
 port and path it was started with. A few modules do things on import (`antigravity` opens a browser,
 `unittest.__main__` runs tests, `ensurepip.__main__` installs pip, `test.autotest` runs the test suite), so those
@@ -282,14 +283,31 @@ def _serve(host: str, port: int) -> None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             super().server_bind()
 
-    server = Server((host, port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    sys.stdout.write(f"PORT {server.server_address[1]}\n")
-    sys.stdout.flush()
+    tell_port = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # modules that print on import (this, ...) print nowhere
     os.dup2(devnull, 2)
+    _import_packages()
+    server = Server((host, port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    tell_port.write(f"PORT {server.server_address[1]}\n")
+    tell_port.close()
     server.serve_forever(poll_interval=0.2)
+
+
+def _import_packages() -> None:
+    """Import every package of the standard library the site serves (their `__init__` only: 0.13 s for 30 with
+    Python 3.11), in name order, before any page is rendered. Every forked child then starts from them instead of
+    importing its package again: asyncio's pages each imported all of asyncio (130 ms). The result is still the
+    same for every page and every run; a package that fails to import is left out the same way each time."""
+    import importlib
+    import pkgutil
+
+    for name in sorted(m.name for m in pkgutil.iter_modules() if m.ispkg and not denied(f"/{m.name}")):
+        try:
+            importlib.import_module(name)
+        except BaseException:  # a package that cannot load here is not preloaded, in every run alike
+            pass
 
 
 if __name__ == "__main__":
