@@ -14,9 +14,9 @@ process had rendered before, so two crawls of one machine archived 19 pages diff
 a child forked from the server, whose imports are the same for every page: a page is a function of its URL and the
 Python installation. (The server imports every stdlib package's `__init__` once, first, so that the children need
 not each import theirs again. Forked children also render in parallel without seeing each other's half-initialised
-modules, which rendering threads did.) Memory addresses (`<object object at 0x7f...>`, ctypes' library handles) are removed
-from the page, as the only part that still changes from run to run, and `sys.argv` is that of the server, not the
-port and path it was started with. A few modules do things on import (`antigravity` opens a browser,
+modules, which rendering threads did.) Memory addresses (`<object object at 0x7f...>`, ctypes' library handles)
+are removed from the page, as the only part that still changes from run to run, and `sys.argv` is that of the
+server, not the port and path it was started with. A few modules do things on import (`antigravity` opens a browser,
 `unittest.__main__` runs tests, `ensurepip.__main__` installs pip, `test.autotest` runs the test suite), so those
 pages are refused with 404 and kept out by robots.txt, and the process has no terminal: its output goes to
 /dev/null. A page that fails to render is a 404 (pydoc itself would send an error page with status 200). A render
