@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -190,8 +191,7 @@ def _render_in_child(path: str) -> tuple[int, bytes]:
     """(status, page) of one pydoc page, rendered in a child forked from this server process, so that what the page's
     imports do (and what earlier pages imported) never reaches the next page. A child that runs past RENDER_LIMIT is
     killed: 504."""
-    import pydoc
-    import select
+    import pydoc  # already imported by `_serve`: no import runs in a thread that forks (a held module lock)
     import signal
 
     read_end, write_end = os.pipe()
