@@ -199,6 +199,8 @@ def _render_in_child(path: str) -> tuple[int, bytes]:
     if pid == 0:  # the child: render, write, leave (whatever happens) without running any of the server's code
         try:
             os.close(read_end)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the child ends itself even if its server is gone
+            signal.alarm(int(RENDER_LIMIT) + 5)
             try:
                 page = pydoc._url_handler(path, "text/html")
             except BaseException:  # a module may even call sys.exit on import
