@@ -126,8 +126,11 @@ def _ask_clean_interpreter(request: str) -> dict[str, Any]:
     from lmforge.data.stdlib_process import STDLIB_ENV, stdlib_python
     from lmforge.utils import LmforgeError
 
-    proc = subprocess.run(stdlib_python(__file__, request), env=STDLIB_ENV, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+    try:
+        proc = subprocess.run(stdlib_python(__file__, request), env=STDLIB_ENV, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, encoding="utf-8", timeout=300)
+    except subprocess.TimeoutExpired as e:
+        raise LmforgeError("reading the standard library's docstrings took over 300 s (an import that hangs?)") from e
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         raise LmforgeError(f"reading the standard library's docstrings failed: {tail[0]}")
