@@ -242,7 +242,7 @@ def test_pydoc_site_survives_a_dead_server_process():
             with pytest.raises(urllib.error.HTTPError, match="404"):
                 urllib.request.urlopen(site.url + page, timeout=20)
         procs = list(site.procs)
-        for p in procs:  # what the render watchdog does to a process stuck in an import
+        for p in procs:  # a server process that dies (killed, out of memory): a fresh one takes its port
             os.kill(p.pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
         while site.restarts < len(procs) and time.monotonic() < deadline:
@@ -305,3 +305,19 @@ def test_two_hosts_in_scope_each_with_its_own_delay(site, tmp_path):
         assert elapsed < 0.1 * (len(site.times) + len(other.times)) * 0.8
     finally:
         _stop_site(other)
+
+
+@pytest.mark.timeout(30)
+def test_pydoc_render_that_hangs_is_killed(monkeypatch):
+    """A page whose import never returns: its forked child is killed after RENDER_LIMIT, the server answers 504."""
+    import pydoc
+
+    from lmforge.data import pydoc_site
+
+    monkeypatch.setattr(pydoc_site, "RENDER_LIMIT", 0.5)
+    monkeypatch.setattr(pydoc, "_url_handler", lambda path, kind: time.sleep(60))
+    t0 = time.monotonic()
+    status, _ = pydoc_site._render_in_child("/hangs.html")
+    assert status == 504 and time.monotonic() - t0 < 10
+    monkeypatch.setattr(pydoc, "_url_handler", lambda path, kind: "<html>fine at 0x7f00ab12 ok</html>")
+    assert pydoc_site._render_in_child("/fine.html") == (200, b"<html>fine ok</html>")  # addresses removed

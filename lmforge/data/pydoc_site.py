@@ -4,18 +4,25 @@ No machine that runs the default pipeline can reach the internet, yet the crawle
 step should run on real HTML with real links. pydoc renders one page per module (and per package, topic and
 keyword) with links between them, wherever Python is installed: a site of some hundreds of pages.
 
-The server runs in a separate process (`python -I -S` on this file, so only the standard library is on its path:
-the index lists the standard library and not the packages of the virtual environment). Rendering a page imports
-its module; a few modules do things on import (`antigravity` opens a browser, `unittest.__main__` runs tests,
-`ensurepip.__main__` installs pip, `test.autotest` runs the test suite), so those pages are refused with 404 and
-kept out by robots.txt, and the process has no terminal: its output goes to /dev/null. A page that fails to render
-is a 404 (pydoc itself would send an error page with status 200). Connections are served by threads, but pages are
-rendered one at a time: pydoc imports modules as it goes, and two threads importing a package and its submodule at
-once saw each other's half-initialised modules (measured with 4 fetchers: 142 pages came back as errors, against
-25 when pages are rendered one at a time; `processes` below brings the parallelism back).
-A render that waits longer than `RENDER_WAIT` seconds for its turn gets a 503 instead of hanging the client, and a
-render that runs longer than `RENDER_LIMIT` seconds (an import that never returns) ends its server process: its
-client sees a closed connection, and `PydocSite` starts a fresh process on the same port, so the crawl goes on.
+The server runs in a separate process, a fresh interpreter that sees only the standard library
+(`lmforge.data.stdlib_process`: no site-packages, so the index lists the standard library and not the packages of the
+virtual environment; a fixed hash seed and environment, since pages print sets in hash order and `os.environ` as
+module data). Rendering a page imports its module, and what pydoc writes depends on the modules already imported
+(it links a base class only when its module is loaded, lists a class only when `inspect.getmodule` finds it,
+prints `__warningregistry__` counters): rendered in a long-lived process, a page depended on which pages that
+process had rendered before, so two crawls of one machine archived 19 pages differently. So each page is rendered in
+a child forked from the server, whose imports are the same for every page: a page is a function of its URL and the
+Python installation. (The server imports every stdlib package's `__init__` once, first, so that the children need
+not each import theirs again. Forked children also render in parallel without seeing each other's half-initialised
+modules, which rendering threads did.) Memory addresses (`<object object at 0x7f...>`, ctypes' library handles)
+are removed from the page, as the only part that still changes from run to run, and `sys.argv` is that of the
+server, not the port and path it was started with. A few modules do things on import (`antigravity` opens a browser,
+`unittest.__main__` runs tests, `ensurepip.__main__` installs pip, `test.autotest` runs the test suite), so those
+pages are refused with 404 and kept out by robots.txt, and the process has no terminal: its output goes to
+/dev/null. A page that fails to render is a 404 (pydoc itself would send an error page with status 200). A render
+that waits longer than `RENDER_WAIT` seconds for one of the `RENDER_SLOTS` gets a 503 instead of hanging the
+client, and one that runs longer than `RENDER_LIMIT` seconds (an import that never returns) is killed: a 504. If a
+server process ends anyway, `PydocSite` starts a fresh process on the same port, so the crawl goes on.
 
 This file runs without lmforge importable (the server process sees only the standard library).
 """
@@ -23,6 +30,8 @@ This file runs without lmforge importable (the server process sees only the stan
 from __future__ import annotations
 
 import os
+import re
+import select
 import subprocess
 import sys
 import threading
@@ -34,6 +43,11 @@ from dataclasses import dataclass
 DENIED_COMPONENTS = {"__main__", "antigravity", "this", "idlelib", "turtledemo", "idle_test"}
 RENDER_WAIT = 60.0
 RENDER_LIMIT = 30.0
+RENDER_SLOTS = 4  # pages rendered at once by one server process (forked children)
+ERROR_TITLE = "<title>Pydoc: Error - "
+# What differs between two renders of one page: memory addresses in reprs, ctypes' library handles.
+# (pydoc writes the spaces of some signatures as &nbsp;)
+_ADDRESSES = re.compile(r"(?: |&nbsp;)at(?: |&nbsp;)0x[0-9a-fA-F]+|,(?: |&nbsp;)handle(?: |&nbsp;)[0-9a-fA-F]+")
 ROBOTS_TXT = """# lmforge's pydoc site: search results are generated pages and the excluded modules run code on import.
 User-agent: *
 Disallow: /search?
@@ -65,8 +79,8 @@ class PydocSiteConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port chosen by the operating system
     startup_timeout: float = 30.0
-    # Server processes sharing the port (the kernel spreads connections over them). Pages render one at a time
-    # within a process (see above), so on 2 cores a second process nearly doubles the pages served per second.
+    # Server processes sharing the port (the kernel spreads connections over them), each rendering up to
+    # RENDER_SLOTS pages at once in forked children.
     processes: int = 2
 
 
@@ -93,9 +107,11 @@ class PydocSite:
 
     def _spawn(self, port: int) -> int:
         """Start one server process on `port` (0: any free port) and return the port it listens on."""
-        cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), "--host", self.config.host, "--port", str(port)]
+        from lmforge.data.stdlib_process import STDLIB_ENV, stdlib_python
+
+        cmd = stdlib_python(__file__, "--host", self.config.host, "--port", str(port))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=STDLIB_ENV)
         self.procs.append(proc)
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
@@ -171,23 +187,56 @@ class PydocSite:
         self.stop()
 
 
+def _render_in_child(path: str) -> tuple[int, bytes]:
+    """(status, page) of one pydoc page, rendered in a child forked from this server process, so that what the page's
+    imports do (and what earlier pages imported) never reaches the next page. A child that runs past RENDER_LIMIT is
+    killed: 504."""
+    import pydoc  # already imported by `_serve`: no import runs in a thread that forks (a held module lock)
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, write, leave (whatever happens) without running any of the server's code
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the child ends itself even if its server is gone
+            signal.alarm(int(RENDER_LIMIT) + 5)
+            try:
+                page = pydoc._url_handler(path, "text/html")
+            except BaseException:  # a module may even call sys.exit on import
+                page = ERROR_TITLE
+            with os.fdopen(write_end, "wb") as out:
+                out.write(_ADDRESSES.sub("", page).encode("utf-8", "surrogateescape"))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + RENDER_LIMIT
+    try:
+        while (left := deadline - time.monotonic()) > 0 and select.select([read_end], [], [], left)[0]:
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)  # a hung import cannot be interrupted
+            return 504, b"<html><body>render timed out</body></html>"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    page = b"".join(chunks)
+    return (404 if not page or page[:400].find(ERROR_TITLE.encode()) >= 0 else 200), page
+
+
 def _serve(host: str, port: int) -> None:
-    """The server process: pydoc's page generator behind a threaded HTTP server."""
+    """The server process: pydoc's page generator behind a threaded HTTP server, a forked child per page."""
     import http.server
     import pydoc
     import signal
 
-    render_lock = threading.Lock()
-    render_started = [0.0]  # when the render in progress began; 0 when none
-
-    def watchdog() -> None:
-        while True:
-            time.sleep(1.0)
-            t = render_started[0]
-            if t and time.monotonic() - t > RENDER_LIMIT:
-                os._exit(3)  # a hung import cannot be interrupted; PydocSite starts a fresh process
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    sys.argv = [os.path.basename(__file__)]  # the sys page shows the server, not the port and path it was given
+    sys.orig_argv = [os.path.basename(sys.executable), *sys.argv]
+    render_slots = threading.BoundedSemaphore(RENDER_SLOTS)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "lmforge-pydoc-site"
@@ -213,18 +262,13 @@ def _serve(host: str, port: int) -> None:
                 except OSError:
                     return self.send_page(404, b"", "text/css")
                 return self.send_page(200, css.encode("utf-8"), "text/css; charset=utf-8")
-            if not render_lock.acquire(timeout=RENDER_WAIT):
+            if not render_slots.acquire(timeout=RENDER_WAIT):
                 return self.send_page(503, b"<html><body>busy</body></html>", "text/html; charset=utf-8")
-            render_started[0] = time.monotonic()
             try:
-                page = pydoc._url_handler(path, "text/html")
-            except BaseException:  # a module may even call sys.exit on import; the server must go on
-                page = "<title>Pydoc: Error - </title>"
+                status, page = _render_in_child(path)
             finally:
-                render_started[0] = 0.0
-                render_lock.release()
-            status = 404 if "<title>Pydoc: Error - " in page[:400] else 200
-            self.send_page(status, page.encode("utf-8", "surrogateescape"), "text/html; charset=utf-8")
+                render_slots.release()
+            self.send_page(status, page, "text/html; charset=utf-8")
 
         do_HEAD = do_GET
 
@@ -241,14 +285,31 @@ def _serve(host: str, port: int) -> None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             super().server_bind()
 
-    server = Server((host, port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    sys.stdout.write(f"PORT {server.server_address[1]}\n")
-    sys.stdout.flush()
+    tell_port = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # modules that print on import (this, ...) print nowhere
     os.dup2(devnull, 2)
+    _import_packages()
+    server = Server((host, port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    tell_port.write(f"PORT {server.server_address[1]}\n")
+    tell_port.close()
     server.serve_forever(poll_interval=0.2)
+
+
+def _import_packages() -> None:
+    """Import every package of the standard library the site serves (their `__init__` only: 0.13 s for 30 with
+    Python 3.11), in name order, before any page is rendered. Every forked child then starts from them instead of
+    importing its package again: asyncio's pages each imported all of asyncio (130 ms). The result is still the
+    same for every page and every run; a package that fails to import is left out the same way each time."""
+    import importlib
+    import pkgutil
+
+    for name in sorted(m.name for m in pkgutil.iter_modules() if m.ispkg and not denied(f"/{m.name}")):
+        try:
+            importlib.import_module(name)
+        except BaseException:  # a package that cannot load here is not preloaded, in every run alike
+            pass
 
 
 if __name__ == "__main__":

@@ -22,104 +22,19 @@ loaders read back.
 from __future__ import annotations
 
 import functools
-import importlib
-import inspect
 import json
 import random
-import re
-import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from lmforge.inference.tools import calculate
+from lmforge.posttrain.doc_facts import DocFact, collect_doc_facts, documented_summaries
 from lmforge.posttrain.refusal_data import LOOKALIKE_ANSWERS, LOOKALIKES, harmful_refusal_conversation
 
 Messages = list[dict[str, Any]]
 
-# Modules whose pydoc pages the default crawl serves and which import without side effects.
-STDLIB_MODULES = (
-    "json", "os", "os.path", "re", "math", "random", "collections", "itertools", "functools", "string", "textwrap",
-    "datetime", "time", "pathlib", "shutil", "glob", "fnmatch", "csv", "heapq", "bisect", "statistics", "fractions",
-    "decimal", "hashlib", "base64", "binascii", "urllib.parse", "html", "difflib", "copy", "pprint", "operator",
-    "enum", "dataclasses", "logging", "argparse", "struct", "zlib", "gzip", "calendar", "uuid", "secrets",
-    "tempfile", "io", "contextlib", "abc", "array", "cmath", "colorsys", "keyword", "linecache", "locale",
-    "numbers", "platform", "queue", "sched", "shlex", "stat", "threading", "traceback", "types", "unicodedata",
-    "weakref", "zipfile", "tarfile", "inspect", "ast", "dis", "timeit", "getpass", "codecs", "filecmp", "quopri",
-)
-
 ASSISTANT_NAME = "the lmforge assistant"
-
-
-@dataclass(frozen=True)
-class DocFact:
-    name: str  # "json.dumps"
-    kind: str  # "function" | "class" | "module"
-    summary: str  # first sentence(s) of the docstring
-    signature: str | None  # "json.dumps(obj, *, skipkeys=False, ...)" when inspect can tell
-
-
-def _summary(doc: str | None, max_chars: int = 240) -> str | None:
-    """The first paragraph of a docstring, cut after whole sentences to at most max_chars."""
-    if not doc:
-        return None
-    para = inspect.cleandoc(doc).split("\n\n")[0]
-    if re.match(r"^[\w.]+\(.*\)", para) and "\n" in para:  # builtins start with their signature line: skip it
-        para = para.split("\n", 1)[1]
-    para = " ".join(para.split())
-    if len(para) < 12 or para.lower().startswith(("deprecated", "alias", "see ")):
-        return None
-    sentences = re.split(r"(?<=[.!?])\s+", para)
-    out = ""
-    for s in sentences:
-        if out and len(out) + len(s) + 1 > max_chars:
-            break
-        out = f"{out} {s}".strip()
-    if len(out) > max_chars:
-        out = out[:max_chars].rsplit(" ", 1)[0] + "..."
-    return None if out.endswith(":") else out
-
-
-def _signature(qualname: str, obj: Any) -> str | None:
-    """The signature as inspect writes it, minus what differs between machines and runs: memory addresses in the
-    reprs of default values (`<function copy2 at 0x7f...>`) and this interpreter's path (`executable=sys.executable`),
-    so the same seed generates byte-identical SFT data everywhere."""
-    try:
-        sig = str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return None
-    sig = re.sub(r" at 0x[0-9a-fA-F]+", "", sig).replace(repr(sys.executable), "sys.executable")
-    return f"{qualname}{sig}" if len(sig) <= 160 else None
-
-
-def collect_doc_facts(modules: tuple[str, ...] = STDLIB_MODULES, per_module: int = 40) -> list[DocFact]:
-    """Documented public functions and classes of the given modules, in a deterministic order."""
-    facts: list[DocFact] = []
-    for modname in modules:
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        if (s := _summary(mod.__doc__)) is not None:
-            facts.append(DocFact(modname, "module", s, None))
-        count = 0
-        for name in sorted(getattr(mod, "__all__", None) or dir(mod)):
-            if name.startswith("_") or count >= per_module:
-                continue
-            obj = getattr(mod, name, None)
-            if not (inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.isclass(obj)):
-                continue
-            owner = getattr(obj, "__module__", modname) or modname
-            if owner.lstrip("_") not in (modname, modname.split(".")[-1]) and not owner.startswith(modname):
-                continue  # re-exported from elsewhere: its own module documents it
-            summary = _summary(inspect.getdoc(obj) if inspect.isclass(obj) else obj.__doc__)
-            if summary is None:
-                continue
-            qual = f"{modname}.{name}"
-            kind = "class" if inspect.isclass(obj) else "function"
-            facts.append(DocFact(qual, kind, summary, _signature(qual, obj)))
-            count += 1
-    return facts
 
 
 _DOC_QUESTIONS = {
@@ -337,16 +252,10 @@ def refusal_conversation(rng: random.Random) -> Messages:
 @functools.lru_cache(maxsize=1)
 def lookalike_facts() -> tuple[tuple[tuple[str, ...], str, str], ...]:
     """(questions, name, docstring summary) of every safe look-alike (`refusal_data.LOOKALIKES`) whose object this
-    Python documents: the answer comes from the docstring, as the documentation Q&A's do."""
-    out = []
-    for questions, name in LOOKALIKES:
-        module, attr = name.rsplit(".", 1)
-        obj = getattr(importlib.import_module(module), attr, None)
-        doc = inspect.getdoc(obj) if inspect.isclass(obj) else getattr(obj, "__doc__", None)
-        summary = _summary(doc) if obj is not None else None
-        if summary is not None:
-            out.append((questions, name, summary))
-    return tuple(out)
+    Python documents: the answer comes from the docstring, as the documentation Q&A's do (read in a clean
+    interpreter, as those are: `doc_facts`)."""
+    summaries = documented_summaries(tuple(name for _, name in LOOKALIKES))
+    return tuple((questions, name, summaries[name]) for questions, name in LOOKALIKES if name in summaries)
 
 
 def lookalike_conversation(rng: random.Random) -> Messages:

@@ -1,0 +1,31 @@
+"""A fresh interpreter that sees only the standard library, with a fixed hash seed and a fixed environment.
+
+What pydoc renders and what `inspect` reads from a live module are facts about the process that looks, not only
+about the Python installation: the modules already imported decide which names pydoc links and which classes it
+lists, monkeypatches (torch replaces `inspect.getfile`) change what a name points to, sets print in the order of
+their strings' hashes (random per process unless PYTHONHASHSEED is fixed), `os.environ` and `sys.argv` are printed
+as module data, and mutable defaults show what the process did with them (`logging.shutdown`'s handler list).
+Reading them in a fresh interpreter made the same way every time makes the result a function of the installation
+alone. `python -I` is not enough: it ignores PYTHONHASHSEED; so the environment is replaced instead, and a
+bootstrap drops the current folder from `sys.path` before anything is imported.
+
+Used by the embedded pydoc site (`pydoc_site.py`) and the default SFT data's documentation facts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `-c` puts '' (the current folder) first on sys.path; drop it before importing anything, then run the script as
+# __main__ with its own arguments.
+_BOOTSTRAP = ("import sys; del sys.path[0]; sys.argv = sys.argv[1:]; import runpy; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+# The whole environment of the child: the hash seed fixed (any value would do), nothing of the caller's shell.
+STDLIB_ENV = {"PYTHONHASHSEED": "0"}
+
+
+def stdlib_python(script: str, *args: str) -> list[str]:
+    """The command that runs `script` (a file that needs only the standard library) in a fresh interpreter: no
+    site-packages (-S), no user site (-s), UTF-8 I/O whatever the locale (-X utf8). Run it with `env=STDLIB_ENV`."""
+    return [sys.executable, "-s", "-S", "-X", "utf8", "-c", _BOOTSTRAP, os.path.abspath(script), *args]
