@@ -157,3 +157,19 @@ def test_cli_scores_a_checkpoint(tmp_path):
                             str(tmp_path / "none.jsonl")]), "none.jsonl")
     assert_refused(run_cli(["eval", "mc", "--checkpoint", str(tmp_path / "ckpt"), "--batch-size", "0"]),
                    "--batch-size")
+
+
+def test_stdlib_tasks_do_not_depend_on_what_the_process_imported(monkeypatch):
+    """torch replaces `inspect.getfile` and drops a function from the pool read in-process (297 -> 296 found): the
+    pool is read in a clean interpreter, so a bare process and this one (torch imported, `inspect` patched) agree."""
+    import inspect
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(inspect, "signature", lambda obj: "(patched)")
+    script = ("import json, sys; from lmforge.evaluation.stdlib_tasks import stdlib_items; "
+              "assert 'torch' not in sys.modules; "
+              "print(json.dumps([[i.context, i.choices, i.answer] for i in stdlib_items(count=300, seed=5)]))")
+    bare = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    here = [[i.context, i.choices, i.answer] for i in stdlib_items(count=300, seed=5)]
+    assert json.loads(bare) == here

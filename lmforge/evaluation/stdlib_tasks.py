@@ -2,8 +2,8 @@
 
 The default corpus is the standard library's pydoc site, so a model trained on it can learn these facts; the tasks
 give `lmforge eval mc` something real to climb without downloading a benchmark. Facts are read with `inspect`
-from the interpreter that runs the evaluation (the same version the corpus was crawled from, in the speedrun),
-and the sampling is deterministic for a seed.
+in a clean interpreter of the Python that runs the evaluation (the version the corpus was crawled from, in the
+speedrun), so what this process imported does not change them, and the sampling is deterministic for a seed.
 
   stdlib_signature: "json.dumps" -> which parameter list is its signature? The answer is the function's own
       `inspect.signature`, the distractors the signatures of other functions of the pool (all different).
@@ -13,12 +13,11 @@ and the sampling is deterministic for a seed.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import random
 from dataclasses import dataclass
 
 from lmforge.evaluation.multiple_choice import MCItem
+from lmforge.posttrain.doc_facts import stdlib_function_table
 from lmforge.utils import LmforgeError
 
 # Documented, pure-Python-or-builtin modules of the standard library present on every platform.
@@ -36,30 +35,17 @@ class StdlibFunction:
     signature: str
 
 
-def stdlib_functions() -> list[StdlibFunction]:
-    """Public functions defined in the modules of MODULES (not re-exports), with a readable signature, sorted."""
-    found = []
-    for modname in MODULES:
-        try:
-            module = importlib.import_module(modname)
-        except ImportError:  # a platform without it: the pool is smaller, the task still deterministic
-            continue
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
-                continue
-            if getattr(obj, "__module__", None) != modname:
-                continue
-            try:
-                signature = str(inspect.signature(obj))
-            except (TypeError, ValueError):  # builtins without text signatures
-                continue
-            if "<" in signature:  # defaults whose repr is an object address differ run to run
-                continue
-            found.append(StdlibFunction(modname, name, signature))
-    return found
+def stdlib_functions() -> tuple[list[StdlibFunction], dict[str, set[str]]]:
+    """Public functions defined in the modules of MODULES (not re-exports), with a readable signature, sorted; and
+    each module's public attribute names. Read in a clean interpreter: what this process imported or patched
+    (torch replaces `inspect.getfile`) must not change the task set."""
+    table = stdlib_function_table(MODULES)
+    pool = [StdlibFunction(*row) for row in table["functions"]]
+    return pool, {module: set(names) for module, names in table["attributes"].items()}
 
 
-def signature_items(pool: list[StdlibFunction], rng: random.Random, count: int, choices: int) -> list[MCItem]:
+def signature_items(pool: list[StdlibFunction], attributes: dict[str, set[str]], rng: random.Random, count: int,
+                    choices: int) -> list[MCItem]:
     items = []
     for fn in rng.sample(pool, min(count, len(pool))):
         others = sorted({f.signature for f in pool if f.signature != fn.signature})
@@ -69,11 +55,12 @@ def signature_items(pool: list[StdlibFunction], rng: random.Random, count: int, 
     return items
 
 
-def module_items(pool: list[StdlibFunction], rng: random.Random, count: int, choices: int) -> list[MCItem]:
+def module_items(pool: list[StdlibFunction], attributes: dict[str, set[str]], rng: random.Random, count: int,
+                 choices: int) -> list[MCItem]:
     modules = sorted({f.module for f in pool})
     items = []
     for fn in rng.sample(pool, min(count, len(pool))):
-        others = [m for m in modules if m != fn.module and not hasattr(importlib.import_module(m), fn.name)]
+        others = [m for m in modules if m != fn.module and fn.name not in attributes[m]]
         options = [fn.module, *rng.sample(others, choices - 1)]
         rng.shuffle(options)
         items.append(MCItem("stdlib_module", f"Help on function {fn.name} in module",
@@ -84,11 +71,11 @@ def module_items(pool: list[StdlibFunction], rng: random.Random, count: int, cho
 def stdlib_items(tasks: list[str] | tuple[str, ...] = TASKS, count: int = 200, seed: int = 0,
                  choices: int = 4) -> list[MCItem]:
     """`count` items of each task named, the same for a seed (and Python version)."""
-    pool = stdlib_functions()
+    pool, attributes = stdlib_functions()
     makers = {"stdlib_signature": signature_items, "stdlib_module": module_items}
     items = []
     for task in tasks:
         if task not in makers:
             raise LmforgeError(f"--builtin {task!r}: choose from {', '.join(TASKS)}")
-        items += makers[task](pool, random.Random(f"{seed}:{task}"), count, choices)
+        items += makers[task](pool, attributes, random.Random(f"{seed}:{task}"), count, choices)
     return items

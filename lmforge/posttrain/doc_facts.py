@@ -149,9 +149,41 @@ def documented_summaries(names: tuple[str, ...]) -> dict[str, str]:
     return dict(_ask_clean_interpreter(json.dumps({"names": list(names)}))["summaries"])
 
 
+def _read_functions(modules: list[str]) -> dict[str, Any]:
+    """The public functions each module defines itself (not re-exports), with their signatures, and every public
+    attribute name of each module (in this process)."""
+    functions, attributes = [], {}
+    for modname in modules:
+        try:
+            module = importlib.import_module(modname)
+        except ImportError:  # a platform without it: the pool is smaller, still deterministic
+            continue
+        attributes[modname] = sorted(n for n in vars(module) if not n.startswith("_"))
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+                continue
+            if getattr(obj, "__module__", None) != modname:
+                continue
+            try:
+                signature = str(inspect.signature(obj))
+            except (TypeError, ValueError):  # builtins without text signatures
+                continue
+            if "<" not in signature:  # defaults whose repr is an object address differ run to run
+                functions.append([modname, name, signature])
+    return {"functions": functions, "attributes": attributes}
+
+
+def stdlib_function_table(modules: tuple[str, ...]) -> dict[str, Any]:
+    """{"functions": [[module, name, signature], ...], "attributes": {module: [public names]}} as a clean
+    interpreter of this Python sees them: the evaluation's stdlib tasks read the same pool in every process."""
+    return _ask_clean_interpreter(json.dumps({"functions": list(modules)}))
+
+
 def _main(request: dict[str, Any]) -> dict[str, Any]:
     if "names" in request:
         return {"summaries": _read_summaries(request["names"])}
+    if "functions" in request:
+        return _read_functions(request["functions"])
     return {"facts": [asdict(f) for f in _read_doc_facts(request["modules"], request["per_module"])]}
 
 
