@@ -21,21 +21,26 @@ from typing import Any
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from lmforge.tokenizer.chat_format import render_conversation
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, write_jsonl
+    from lmforge.posttrain.refusal_data import manifest_path, refusal_prompts_from_file, refusal_source
+    from lmforge.tokenizer.chat_format import render_conversation
+    from lmforge.utils import write_json
 
     prompts: tuple[str, ...] = ()
+    source = None
     if args.refusal_prompts is not None:
-        from lmforge.posttrain.refusal_data import refusal_prompts_from_file
-
         prompts, dropped = refusal_prompts_from_file(args.refusal_prompts)
+        source = refusal_source(args.refusal_prompts, prompts, dropped)
         print(f"{len(prompts)} harmful requests to refuse from {args.refusal_prompts} ({dropped} dropped as "
               "near-duplicates of HarmBench/XSTest evaluation prompts)")
     weights = {} if args.lookalike_weight is None else {"lookalike_weight": args.lookalike_weight}
     cfg = DefaultDataConfig(n=args.n, seed=args.seed, refusal_prompts=prompts, **weights)
     if args.out is not None:
         n = write_jsonl(generate_default_conversations(cfg), str(args.out))
-        print(f"wrote {n} conversations to {args.out}")
+        # what the file refuses, for `lmforge sft` to record and `security scan` to mark as seen in training
+        write_json(manifest_path(args.out), {"generator": "lmforge sft data", "conversations": n, "seed": args.seed,
+                                             "refusal_prompts": source})
+        print(f"wrote {n} conversations to {args.out} (and {manifest_path(args.out).name})")
     if args.preview or args.out is None:
         count = args.preview or 5
         convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed, refusal_prompts=prompts,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from lmforge.posttrain.configs import SFTConfig
+from lmforge.posttrain.refusal_data import training_refusal_record
 from lmforge.tokenizer.chat_format import ChatTokens, prompt_of, render_conversation, render_for_completion
 from lmforge.train.loader import LengthGroupedBatches
 from lmforge.utils import LmforgeError, write_json
@@ -162,7 +163,8 @@ def run_sft(cfg: SFTConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     n_tokens = sum(len(ids) for ids, _ in train_ex)
     n_targets = sum(sum(m[1:]) for _, m in train_ex)
     info = {"train_conversations": len(train_ex), "val_conversations": len(val_ex), "train_tokens": n_tokens,
-            "train_target_tokens": n_targets, "padding_frac": round(batches.padding_frac(), 4), **stats}
+            "train_target_tokens": n_targets, "padding_frac": round(batches.padding_frac(), 4), **stats,
+            "refusal_prompts": training_refusal_record(data)}  # what `security scan` marks as seen in training
     print(f"sft: {len(train_ex)} training conversations ({n_tokens:,} tokens, {n_targets:,} learned), "
           f"{len(val_ex)} held out; padding {100 * info['padding_frac']:.1f}% of positions", file=sys.stderr)
     objective = lora_objective(cfg, NextTokenLoss(), base, out_dir)
