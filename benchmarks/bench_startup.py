@@ -47,9 +47,9 @@ def main() -> None:
     first = times[trees[0]]
     for tree in trees:
         ratios = [t / f for t, f in zip(times[tree], first)]
-        print(f"{str(tree):40s} best {1000 * min(times[tree]):6.0f} ms  median {1000 * statistics.median(times[tree]):6.0f}"
-              f" ms  / first tree per round: median {statistics.median(ratios):.2f} "
-              f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+        best, median = 1000 * min(times[tree]), 1000 * statistics.median(times[tree])
+        print(f"{str(tree):40s} best {best:6.0f} ms  median {median:6.0f} ms  / first tree per round: median "
+              f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
