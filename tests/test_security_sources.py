@@ -55,6 +55,9 @@ def test_sft_data_manifest_records_each_refused_request(tmp_path):
     (tmp_path / "other.jsonl").write_text("")
     assert not training_refusal_record([str(out), str(tmp_path / "other.jsonl")])["complete"]
     assert training_refusal_record(None) == {"complete": True, "sources": []}  # the generated default data
+    manifest_path(plain).write_text(json.dumps({"refusal_prompts": {"digests": "not a list"}}))
+    with pytest.raises(LmforgeError, match="plain.jsonl.manifest.json"):
+        training_refusal_record([str(plain)])
 
 
 def test_trained_refusals_follow_the_run_chain(tmp_path):
