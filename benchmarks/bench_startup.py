@@ -2,8 +2,8 @@
 shared machine's load falls on every tree alike; prints each tree's best and median, and the per-round ratio of
 every tree to the first one (median and range).
 
-    git archive OLD | tar -x -C /tmp/old          # a tree per commit to compare
-    python benchmarks/bench_startup.py /tmp/old . --rounds 10
+    mkdir ../old && git archive OLD | tar -x -C ../old   # a tree per commit to compare
+    python benchmarks/bench_startup.py ../old . --rounds 10
 
 Each run starts in an empty folder (`python -m` puts the working folder first on sys.path, which would otherwise
 shadow PYTHONPATH) with the tree on PYTHONPATH. Byte-code caches are allowed and warmed first, as an installed
