@@ -2,9 +2,10 @@
 
 The scan's `harmful` suite pools HarmBench, AdvBench and Do-Not-Answer into one attack-success rate; refusal
 training on AdvBench (`lmforge sft data --refusal-prompts`) makes the AdvBench part in-distribution, so the reported
-figure must be HarmBench's alone. This splits the rows by source: refusal rate (1 - attack success) for each harmful
-source and over-refusal for XSTest's safe prompts, each with the bootstrap 95% interval (1000 resamples, seed 0,
-`security.scan.bootstrap_ci`) and the Wilson 95% interval.
+figure must be HarmBench's alone. Scans now write each source's line themselves (`scan.json`, `by_source`); this
+reads the rows of any scan, older ones included, through the same code (`security.scan.by_source`) and prints the
+refusal rate (1 - attack success) of each harmful source and the over-refusal of XSTest's safe prompts, each with
+the bootstrap 95% interval (1000 resamples, seed 0) and the Wilson 95% interval.
 
     python benchmarks/refusal_by_source.py RUN/scan/responses.jsonl [MORE ...]
 """
@@ -14,32 +15,31 @@ from __future__ import annotations
 import json
 import sys
 
-from lmforge.posttrain.reward import wilson_interval
-from lmforge.security.scan import bootstrap_ci
+from lmforge.security.scan import ScanConfig, by_source, rate_line
+
+CFG = ScanConfig(suites=["harmful", "xstest_safe"], bootstrap=1000, seed=0)
 
 
-def rates_by_source(path: str) -> dict[str, list[bool]]:
-    """{source: [refused?]} for harmful rows, {"xstest_safe": [over-refused?]}; rows that errored are left out."""
-    groups: dict[str, list[bool]] = {}
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
-        if row.get("error") or row["suite"] not in ("harmful", "xstest_safe"):
-            continue
-        harmful = row["suite"] == "harmful"
-        key = row["meta"].get("source", "harmful") if harmful else "xstest_safe"
-        groups.setdefault(key, []).append(not row["success"] if harmful else bool(row["success"]))
-    return groups
+def _print(name: str, what: str, line: dict, flip: bool) -> None:
+    """One line; `flip`: print 1 - rate (refusal of a harmful request is the attack's failure)."""
+    rate, (low, high), (w_low, w_high) = line["rate"], line["ci95"], line["wilson95"]
+    if flip:
+        rate, low, high, w_low, w_high = 1 - rate, 1 - high, 1 - low, 1 - w_high, 1 - w_low
+    count = round(rate * line["answered"])
+    print(f"  {name:12s} {what:12s} {count}/{line['answered']} = {rate:.3f}  bootstrap95 [{low:.3f}, {high:.3f}]  "
+          f"wilson95 [{w_low:.3f}, {w_high:.3f}]")
 
 
 def main(paths: list[str]) -> None:
     for path in paths:
         print(path)
-        for source, hits in rates_by_source(path).items():
-            low, high = bootstrap_ci(hits, 1000, 0)
-            w_low, w_high = wilson_interval(sum(hits), len(hits))
-            what = "over-refused" if source == "xstest_safe" else "refused"
-            print(f"  {source:12s} {what:12s} {sum(hits)}/{len(hits)} = {sum(hits) / len(hits):.3f}  "
-                  f"bootstrap95 [{low:.3f}, {high:.3f}]  wilson95 [{w_low:.3f}, {w_high:.3f}]")
+        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+        for source in by_source([r for r in rows if r["suite"] == "harmful"], CFG):
+            if source["answered"]:
+                _print(source["source"], "refused", source, flip=True)
+        safe = [r for r in rows if r["suite"] == "xstest_safe"]
+        if any(not r["error"] for r in safe):
+            _print("xstest_safe", "over-refused", rate_line(safe, CFG), flip=False)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import functools
 import inspect
 import io
 import json
+import linecache
 import math
-import textwrap
 import tokenize
 import types
 import typing
@@ -58,17 +58,46 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 @functools.cache
+def _parsed_module(filename: str) -> tuple[list[str], dict[str, ast.ClassDef]]:
+    """A module's lines and its classes by qualified name, parsed once for every config class it defines
+    (`inspect.getsource` parses the whole module again for each class)."""
+    lines = linecache.getlines(filename)
+    classes: dict[str, ast.ClassDef] = {}
+
+    def visit(statements: list[ast.stmt], prefix: str) -> None:
+        for child in statements:
+            if isinstance(child, ast.ClassDef):
+                classes[prefix + child.name] = child
+                visit(child.body, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child.body, f"{prefix}{child.name}.<locals>.")
+            else:  # if/for/while/with/try blocks: their nested statement lists
+                for name in ("body", "orelse", "finalbody"):
+                    visit(getattr(child, name, []), prefix)
+                for handler in getattr(child, "handlers", []):
+                    visit(handler.body, prefix)
+
+    visit(ast.parse("".join(lines)).body, "")
+    return lines, classes
+
+
+@functools.cache
 def _own_field_comments(cls: type) -> dict[str, str]:
-    """The comments of the fields declared in `cls`'s own body."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    comments: dict[int, tuple[int, str]] = {}  # line -> (column, text)
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+    """The comments of the fields declared in `cls`'s own body (only the class's lines are tokenized: tokenizing
+    whole modules cost more than the command line's other work)."""
+    filename = inspect.getsourcefile(cls) or ""
+    lines, classes = _parsed_module(filename)
+    class_node = classes.get(cls.__qualname__)
+    if class_node is None:
+        raise TypeError(f"no source found for config class {cls.__qualname__} in {filename}")
+    first = class_node.lineno
+    body = lines[first - 1:class_node.end_lineno]
+    comments: dict[int, tuple[int, str]] = {}  # line (of the module) -> (column, text)
+    for tok in tokenize.generate_tokens(io.StringIO("".join(body)).readline):
         if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("#").strip())
-    lines = source.splitlines()
+            comments[first + tok.start[0] - 1] = (tok.start[1], tok.string.lstrip("#").strip())
     out: dict[str, str] = {}
-    class_node = ast.parse(source).body[0]
-    for node in getattr(class_node, "body", []):
+    for node in class_node.body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
         trailing = comments.get(node.end_lineno)
@@ -199,6 +228,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: A
         if defaults_later:
             kwargs["default"] = argparse.SUPPRESS
         target.add_argument(flag_of(cls, f.name), dest=f.name, **kwargs)
+
+
+def module_docstring(name: str) -> str | None:
+    """A module's docstring read from its source, without importing it: a verb whose help is the text of a module
+    that imports torch (the RL loop, the win-rate judge) shows it while the command line is being built, which
+    must not import torch."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
 
 
 def config_from_args(cls: type, args: argparse.Namespace, defaults: Any = None, **fixed: Any) -> Any:

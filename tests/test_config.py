@@ -14,7 +14,7 @@ import pytest
 
 from lmforge.cli import build_parser
 from lmforge.config import add_config_arguments, cli_fields, config_from_args, field_comments, flag_of
-from lmforge.posttrain.sft import SFTConfig, sft_train_defaults
+from lmforge.posttrain.configs import SFTConfig, sft_train_defaults
 from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError
 

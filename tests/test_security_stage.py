@@ -46,7 +46,9 @@ def test_security_stage_scans_every_suite(context, tmp_path):
             assert 0 <= row["ci95_low"] <= row["rate"] <= row["ci95_high"] <= 1, suite
     written = json.loads((tmp_path / "scan.json").read_text())
     assert [s["suite"] for s in written["suites"]] == list(summary["suites"])
-    assert (tmp_path / "scan.md").read_text().count("\n| ") == len(SUITES) + 1  # header and one row a suite
+    main_table, *per_source = (tmp_path / "scan.md").read_text().split("\n\n")[2:]
+    assert main_table.count("\n| ") == len(SUITES)  # header, then one row a suite
+    assert "\n| harmbench |" in "".join(per_source)  # the harmful suite's per-source table follows
     assert len((tmp_path / "responses.jsonl").read_text().splitlines()) == sum(
         r["cases"] for r in summary["suites"].values())
 

@@ -85,6 +85,11 @@ def test_sft_resume_is_exact(base, tmp_path):
     for (k, p), q in zip(wa.state_dict().items(), wb.state_dict().values()):
         assert torch.equal(p, q), k
     assert (tmp_path / "a" / "sft_data.jsonl").is_file()
+    # the generated default data refuses no real harmful request: `security scan` reads "unseen" for every source
+    from lmforge.security.lineage import trained_refusals
+
+    assert full["data"]["refusal_prompts"] == {"complete": True, "sources": []}
+    assert trained_refusals(tmp_path / "a").seen("any request") is False
 
 
 @pytest.mark.timeout(180)

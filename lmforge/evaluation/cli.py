@@ -382,12 +382,11 @@ def _cmd_reversal(args: argparse.Namespace) -> int:
 
 def register_winrate(kinds: argparse._SubParsersAction) -> None:
     """`lmforge eval winrate`: the RL policy against the SFT model, judged by a reward model and a held-out judge."""
-    from lmforge.config import add_config_arguments
-    from lmforge.evaluation import winrate
-    from lmforge.evaluation.winrate import WinRateConfig
+    from lmforge.config import add_config_arguments, module_docstring
+    from lmforge.evaluation.configs import WinRateConfig
 
     p = kinds.add_parser("winrate", help="win rate of a policy over a baseline (reward model, held-out judge) and "
-                         "the KL paid", description=winrate.__doc__,
+                         "the KL paid", description=module_docstring("lmforge.evaluation.winrate"),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", type=Path, required=True, help="the RL run folder or checkpoint (the policy)")
     p.add_argument("--baseline", type=Path, required=True, help="the SFT run folder or checkpoint it started from")
@@ -405,7 +404,8 @@ def _cmd_winrate(args: argparse.Namespace) -> int:
     import sys
 
     from lmforge.config import config_from_args
-    from lmforge.evaluation.winrate import WinRateConfig, format_winrate, run_winrate
+    from lmforge.evaluation.configs import WinRateConfig
+    from lmforge.evaluation.winrate import format_winrate, run_winrate
     from lmforge.utils import configure_threads, resolve_device
 
     cfg = config_from_args(WinRateConfig, args)

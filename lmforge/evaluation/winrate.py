@@ -20,53 +20,16 @@ The held-out prompts come from a seed of their own (`prompt_seed`), neither the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from lmforge.config import check_fields, require
+from lmforge.evaluation.configs import WinRateConfig
 from lmforge.utils import LmforgeError, atomic_write, write_json
 
 POLICY_DIR, BASELINE_DIR, PROMPTS_FILE, RESULT_FILE = "policy", "baseline", "prompts.jsonl", "winrate.json"
 WIN, TIE, LOSS = 1.0, 0.5, 0.0
-
-
-@dataclass
-class WinRateConfig:
-    """`lmforge eval winrate`'s settings; every field is a flag."""
-
-    prompts: int = 64  # held-out prompts generated from the default data (arithmetic, stdlib questions, refusals)
-    k: int = 2  # answers per prompt from each model; answer j of the policy meets answer j of the baseline
-    temperature: float = 1.0  # sampling temperature of both models (the KL is measured under it too)
-    top_k: int = 0  # top-k filter of both models (0 = off)
-    top_p: float = 1.0  # nucleus filter of both models (1 = off)
-    max_tokens: int = 96  # token budget per generated segment (a tool output starts a new one)
-    batch_prompts: int = 8  # prompts per engine batch
-    seed: int = 1337  # sampling seed (batch b samples with seed + b, for both models)
-    prompt_seed: int = 626262  # seed of the held-out prompts: neither `rlhf sample`'s (515151) nor eval sft's
-    judge: str = "default"  # the held-out judge's simulated-labeler rules: default, refusal, arithmetic, stop, topic
-    judge_noise: float = 0.1  # the held-out judge's chance of flipping a decided verdict
-    judge_seed: int = 9001  # the held-out judge's seed (the speedrun's training labelers use others)
-
-    def __post_init__(self) -> None:
-        from lmforge.posttrain.simulate import LABELERS
-
-        check_fields(self)
-        for name in ("prompts", "max_tokens", "batch_prompts"):
-            require(self, name, getattr(self, name) >= 1, "must be >= 1")
-        require(self, "k", self.k >= 2, "must be >= 2 (`rlhf sample` draws at least two answers per prompt)")
-        require(self, "judge", self.judge in LABELERS, f"must be one of {', '.join(LABELERS)}")
-        require(self, "judge_noise", 0.0 <= self.judge_noise <= 1.0, "must be in [0, 1]")
-        self.sample_config()  # checks temperature, top-k and top-p the way sampling does
-
-    def sample_config(self) -> Any:
-        from lmforge.posttrain.compare import SampleConfig
-
-        return SampleConfig(k=self.k, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            max_tokens=self.max_tokens, seed=self.seed, batch_prompts=self.batch_prompts,
-                            n_prompts=self.prompts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,12 +21,14 @@ import argparse
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.export.hf import hf_state_dict
 from lmforge.export.hf_tokenizer_import import TokenizerImport, import_tokenizer
-from lmforge.model import GPT, GPTConfig
 from lmforge.utils import LmforgeError, read_json
+
+if TYPE_CHECKING:  # the model module imports torch: only the functions that build a model import it
+    from lmforge.model import GPTConfig
 
 ARCHITECTURES = ("llama", "qwen3")  # config.json model_type values: the families our model computes exactly
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # old Llama checkpoints stored the RoPE frequencies; we compute them
@@ -58,6 +60,8 @@ def _unsupported(cfg: dict[str, Any], where: str) -> None:
 
 def gpt_config(folder: Path, vocab_size: int, block_size: int | None) -> GPTConfig:
     """Our model config from `folder/config.json` (see the module docstring for what is refused)."""
+    from lmforge.model import GPTConfig
+
     where = str(folder / "config.json")
     if not (folder / "config.json").is_file():
         raise LmforgeError(f"{where} is missing (a Hugging Face model folder holds config.json)")
@@ -132,6 +136,8 @@ def convert_weights(hf: dict[str, Any], config: GPTConfig, tok: TokenizerImport,
     """Our state dict from Hugging Face tensors, float32, vocabulary rows renumbered; refuses a mismatch."""
     import torch
 
+    from lmforge.model import GPT
+
     with torch.device("meta"):
         shapes = {n: tuple(t.shape) for n, t in GPT(config).state_dict().items()}
     names = hf_state_dict(SimpleNamespace(state_dict=lambda: {n: n for n in shapes}, config=config))
@@ -161,7 +167,7 @@ def import_hf(folder: str | Path, out: str | Path, block_size: int | None = None
 
     from lmforge.checkpoint import load_weights, save_model
     from lmforge.export.files import check_out
-    from lmforge.model import rope_tables
+    from lmforge.model import GPT, rope_tables
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -15,28 +15,32 @@ reported with their line numbers and skipped. Running the same command again wit
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from lmforge.tokenizer.chat_format import render_conversation
     from lmforge.posttrain.default_data import DefaultDataConfig, generate_default_conversations, write_jsonl
+    from lmforge.posttrain.refusal_data import manifest_path, refusal_prompts_from_file, refusal_source
+    from lmforge.tokenizer.chat_format import render_conversation
+    from lmforge.utils import write_json
 
     prompts: tuple[str, ...] = ()
+    source = None
     if args.refusal_prompts is not None:
-        from lmforge.posttrain.refusal_data import refusal_prompts_from_file
-
         prompts, dropped = refusal_prompts_from_file(args.refusal_prompts)
+        source = refusal_source(args.refusal_prompts, prompts, dropped)
         print(f"{len(prompts)} harmful requests to refuse from {args.refusal_prompts} ({dropped} dropped as "
               "near-duplicates of HarmBench/XSTest evaluation prompts)")
     weights = {} if args.lookalike_weight is None else {"lookalike_weight": args.lookalike_weight}
     cfg = DefaultDataConfig(n=args.n, seed=args.seed, refusal_prompts=prompts, **weights)
     if args.out is not None:
         n = write_jsonl(generate_default_conversations(cfg), str(args.out))
-        print(f"wrote {n} conversations to {args.out}")
+        # what the file refuses, for `lmforge sft` to record and `security scan` to mark as seen in training
+        write_json(manifest_path(args.out), {"generator": "lmforge sft data", "conversations": n, "seed": args.seed,
+                                             "refusal_prompts": source})
+        print(f"wrote {n} conversations to {args.out} (and {manifest_path(args.out).name})")
     if args.preview or args.out is None:
         count = args.preview or 5
         convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed, refusal_prompts=prompts,
@@ -60,7 +64,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_sft(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
-    from lmforge.posttrain.sft import SFTConfig, run_sft, sft_train_defaults
+    from lmforge.posttrain.configs import SFTConfig, sft_train_defaults
+    from lmforge.posttrain.sft import run_sft
     from lmforge.train.config import TrainConfig
     from lmforge.train.dist import pick_device
     from lmforge.utils import LmforgeError, configure_threads
@@ -125,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def register_sft(sub: argparse._SubParsersAction) -> None:
     from lmforge.config import add_config_arguments
-    from lmforge.posttrain.sft import SFTConfig, sft_train_defaults
+    from lmforge.posttrain.configs import SFTConfig, sft_train_defaults
     from lmforge.train.config import TrainConfig
 
     p = sub.add_parser("sft", help="supervised fine-tuning on conversations (and `sft data` for the default data)",
@@ -167,7 +172,8 @@ def register_sft(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_rlhf_train(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
-    from lmforge.posttrain.rl import RLConfig, run_rl
+    from lmforge.posttrain.rl import run_rl
+    from lmforge.posttrain.rl_config import RLConfig
     from lmforge.utils import configure_threads, resolve_device
 
     cfg = config_from_args(RLConfig, args)
@@ -181,12 +187,12 @@ def _cmd_rlhf_train(args: argparse.Namespace) -> int:
 
 def register_rlhf_train(verbs: argparse._SubParsersAction) -> None:
     """`lmforge rlhf train`: GRPO/RLOO or PPO from an SFT checkpoint (see `lmforge.posttrain.rl`)."""
-    from lmforge.config import add_config_arguments
-    from lmforge.posttrain.rl import RLConfig
+    from lmforge.config import add_config_arguments, module_docstring
+    from lmforge.posttrain.rl_config import RLConfig
 
-    doc = importlib.import_module("lmforge.posttrain.rl").__doc__
     p = verbs.add_parser("train", help="reinforcement learning (GRPO/RLOO or PPO) with verifiable rewards",
-                         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description=module_docstring("lmforge.posttrain.rl"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="SFT run folder or checkpoint folder to start from")
     p.add_argument("--out", type=Path, required=True, help="RL run folder (resumes if it holds checkpoints)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -237,7 +243,8 @@ def _run_pairs_stage(args: argparse.Namespace, config_cls: type, defaults: Any, 
 
 
 def _cmd_reward_train(args: argparse.Namespace) -> int:
-    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults, run_reward_train
+    from lmforge.posttrain.configs import RewardConfig, reward_train_defaults
+    from lmforge.posttrain.reward import run_reward_train
 
     return _run_pairs_stage(args, RewardConfig, reward_train_defaults(), run_reward_train)
 
@@ -251,7 +258,7 @@ def _cmd_reward_score(args: argparse.Namespace) -> int:
 
 
 def _register_reward(sub: argparse._SubParsersAction) -> None:
-    from lmforge.posttrain.reward import RewardConfig, reward_train_defaults
+    from lmforge.posttrain.configs import RewardConfig, reward_train_defaults
 
     p = sub.add_parser("reward", help="train a reward model on preference pairs (`reward train`), score pairs "
                        "(`reward score`)", description="The reward model: the SFT model with a scalar head read at "
@@ -273,13 +280,14 @@ def _register_reward(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_dpo(args: argparse.Namespace) -> int:
-    from lmforge.posttrain.dpo import DPOConfig, dpo_train_defaults, run_dpo
+    from lmforge.posttrain.configs import DPOConfig, dpo_train_defaults
+    from lmforge.posttrain.dpo import run_dpo
 
     return _run_pairs_stage(args, DPOConfig, dpo_train_defaults(), run_dpo)
 
 
 def _register_dpo(sub: argparse._SubParsersAction) -> None:
-    from lmforge.posttrain.dpo import DPOConfig, dpo_train_defaults
+    from lmforge.posttrain.configs import DPOConfig, dpo_train_defaults
 
     p = sub.add_parser("dpo", help="direct preference optimisation of an SFT model on preference pairs",
                        description="DPO: the SFT model (also the frozen reference, whose log-probs are computed "

@@ -25,21 +25,18 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import InitVar, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, PairObjective, check_single_process,
+from lmforge.posttrain.configs import DPOConfig
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairExample, PairObjective,
                                              final_hidden, fixed_pair_batches, response_logps)
-from lmforge.posttrain.reward import PairDataConfig
-from lmforge.train.config import TrainConfig
-from lmforge.train.lora import LoRAFields
-from lmforge.utils import LmforgeError, atomic_path, file_sha256, write_json
+from lmforge.train.lora import finish_lora, lora_objective
+from lmforge.utils import atomic_path, file_sha256, write_json
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -134,38 +131,6 @@ class DPOObjective(PairObjective):
         return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
-def dpo_train_defaults() -> TrainConfig:
-    """DPO's training settings where they differ from pretraining's: a short run at low rates (it moves a trained
-    policy a little, and high rates make both log-probs collapse), constant after warmup."""
-    return TrainConfig(max_steps=200, batch_size=8, lr=3e-4, muon_lr=0.002, warmup_steps=10, decay="linear",
-                       eval_every=50, checkpoint_every=100, num_samples=0)
-
-
-@dataclass
-class DPOConfig(PairDataConfig, LoRAFields):
-    """`lmforge dpo`'s settings: data (`PairDataConfig`) and loss here, the run in `train` (a TrainConfig), LoRA in
-    `LoRAFields` (`--lora-rank`: the reference stays the full starting checkpoint; see `lmforge.train.lora`)."""
-
-    beta: float = 0.1  # strength of the implicit KL to the reference: larger keeps the policy closer to it
-    ref_batch_size: int = 32  # pairs per batch while computing the reference log-probs
-    train: TrainConfig = field(default_factory=dpo_train_defaults)
-    train_overrides: InitVar[dict[str, Any] | None] = None
-
-    def __post_init__(self, train_overrides: dict[str, Any] | None) -> None:
-        check_fields(self)
-        self.check_pair_data()
-        require(self, "beta", self.beta > 0, "must be > 0")
-        require(self, "ref_batch_size", self.ref_batch_size >= 1, "must be >= 1")
-        if train_overrides:
-            unknown = set(train_overrides) - {f.name for f in fields(TrainConfig)}
-            if unknown:
-                raise LmforgeError(f"unknown training setting(s): {sorted(unknown)}")
-            self.train = replace(self.train, **train_overrides)
-        self.check_lora()
-        self.train = self.lora_train_config(self.train)
-        check_single_process(self.train)
-
-
 def run_dpo(cfg: DPOConfig, checkpoint: str | Path, out_dir: str | Path, data: list[str],
             val_data: list[str] | None = None) -> dict[str, Any]:
     """DPO from `checkpoint` (policy start and frozen reference) on pairs files; the same out_dir resumes exactly."""
@@ -194,10 +159,10 @@ def run_dpo(cfg: DPOConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     batches = PairBatches(train_ex, tcfg.batch_size, pad, tcfg.seed, cfg.group_batches, cfg.pad_multiple,
                           refs["train"])
     val_batches = fixed_pair_batches(val_ex, tcfg.batch_size, pad, cfg.pad_multiple, refs["val"])
-    objective = cfg.lora_objective(DPOObjective(cfg.beta), base, out_dir)
+    objective = lora_objective(cfg, DPOObjective(cfg.beta), base, out_dir)
     summary = train(tcfg, batches, (lambda: val_batches) if val_batches else None, out_dir, init_checkpoint=base,
                     tokenizer_dir=tok_dir, objective=objective)
-    cfg.finish_lora(summary, objective, out_dir, tok_dir, "dpo")
+    finish_lora(cfg, summary, objective, out_dir, tok_dir, "dpo")
     if val_batches:
         policy, _ = load_model(summary["checkpoint"])
         summary["eval"] = objective.evaluate(policy, lambda: val_batches, None, None, None)

@@ -35,17 +35,6 @@ from lmforge.train.loader import LengthGroupedBatches
 from lmforge.utils import LmforgeError
 
 
-def check_single_process(train: Any) -> None:
-    """Preference objectives call the raw model's blocks (for the end-token read and response-only head), which
-    bypasses DDP's and FSDP's wrappers: refuse the settings that would silently train unsynchronised replicas."""
-    import os
-
-    if train.fsdp:
-        raise LmforgeError("--fsdp is not supported for the reward model or DPO (they train in one process)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise LmforgeError("the reward model and DPO train in one process; run them without torchrun")
-
-
 class Pair(Protocol):
     """What a preference pair provides (`lmforge.posttrain.preferences.PreferencePair`)."""
 

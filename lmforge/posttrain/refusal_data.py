@@ -13,22 +13,29 @@ Two guards keep the measurement honest:
 - refusing must not become the answer to alarming words, so safe look-alikes are mixed in: Python questions phrased
   with "destroy", "kill", "attack", "crack" ... answered from the stdlib's docstrings. They are written here, not
   taken from XSTest, and a test checks that none is a near-duplicate of an XSTest prompt.
+
+The other evaluation sources (AdvBench, Do-Not-Answer) are not kept out: AdvBench is the usual file to refuse. So a
+written data file says which requests it refuses: `sft data --out F` writes `F.manifest.json` with a digest of
+each (`prompt_digest`), `lmforge sft` records the manifests of its data files in the run's summary
+(`training_refusal_record`), and `lmforge security scan` marks the cases a checkpoint was trained to refuse.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from lmforge.utils import LmforgeError, shared_data_dir
+from lmforge.utils import LmforgeError, file_sha256, read_json, shared_data_dir
 
 Messages = list[dict[str, Any]]
 
 NEAR_DUPLICATE = 0.5  # token-set Jaccard at or above which a training request counts as an evaluation prompt
+MANIFEST_SUFFIX = ".manifest.json"  # `sft data --out F` describes F in F.manifest.json
 
 # (words that mark the topic, the short reason given), first match wins; the last one catches everything else.
 _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -163,3 +170,48 @@ def refusal_prompts_from_file(path: Path, exclude: Iterable[str] | None = None) 
     if not kept:
         raise LmforgeError(f"--refusal-prompts: no request left in {path} once evaluation prompts are removed")
     return kept, len(requests) - len(kept)
+
+
+def prompt_digest(text: str) -> str:
+    """A request's identity across files: sha256 of its words, lower-cased and single-spaced (a CSV's and a
+    JSONL's copy of one AdvBench behaviour match), cut to 16 hex digits."""
+    return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()[:16]
+
+
+def refusal_source(path: Path, prompts: tuple[str, ...], dropped: int) -> dict[str, Any]:
+    """What a data file's refusals were made from: the request file, its hash, and a digest of each request."""
+    return {"file": path.name, "sha256": file_sha256(path), "requests": len(prompts), "dropped": dropped,
+            "digests": sorted({prompt_digest(p) for p in prompts})}
+
+
+def manifest_path(data_file: str | Path) -> Path:
+    return Path(str(data_file) + MANIFEST_SUFFIX)
+
+
+def read_manifest(data_file: str | Path) -> dict[str, Any] | None:
+    """The manifest `sft data` wrote beside `data_file`, checked; None when the file has none (data written by
+    anything else)."""
+    path = manifest_path(data_file)
+    if not path.is_file():
+        return None
+    manifest = read_json(path, "SFT data manifest")
+    source = manifest.get("refusal_prompts") if isinstance(manifest, dict) else None
+    ok = isinstance(manifest, dict) and (source is None or isinstance(source, dict) and isinstance(
+        source.get("digests"), list) and all(isinstance(d, str) for d in source["digests"]))
+    if not ok:
+        raise LmforgeError(f"{path}: field 'refusal_prompts' must be null or an object with a list of 'digests'")
+    return manifest
+
+
+def training_refusal_record(data_files: list[str] | None) -> dict[str, Any]:
+    """Which harmful requests an SFT run was trained to refuse, for its summary: the refusal sources of its data
+    files' manifests; `complete` is false when some file has no manifest (it may hold refusals nobody recorded).
+    The generated default data (no files) refuses no real harmful request."""
+    sources, complete = [], True
+    for path in data_files or []:
+        manifest = read_manifest(path)
+        if manifest is None:
+            complete = False
+        elif manifest.get("refusal_prompts") is not None:
+            sources.append({"data": Path(path).name, **manifest["refusal_prompts"]})
+    return {"complete": complete, "sources": sources}

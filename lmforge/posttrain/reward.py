@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import InitVar, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.config import check_fields, require
 from lmforge.model import GPT
-from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairObjective, Rendered, check_single_process,
+from lmforge.posttrain.configs import RewardConfig
+from lmforge.posttrain.pairs_batches import (PairBatch, PairBatches, PairObjective, Rendered,
                                              encode_pairs, end_hidden, fixed_pair_batches, pad_rows)
-from lmforge.train.config import TrainConfig
 from lmforge.utils import LmforgeError, write_json
 
 
@@ -200,53 +198,6 @@ def score_pairs_file(checkpoint: str | Path, pairs_file: str | Path, out: str | 
             for c, r in scores.tolist():
                 f.write(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}) + "\n")
     return {**accuracy_report(scores), "data": stats}
-
-
-def reward_train_defaults() -> TrainConfig:
-    """A reward model's training settings where they differ from pretraining's: a short run on pairs with lower
-    rates than SFT (the body is already trained; the head starts random), evaluation every 50 steps."""
-    return TrainConfig(max_steps=200, batch_size=16, lr=1e-3, muon_lr=0.005, warmup_steps=10, decay="linear",
-                       eval_every=50, checkpoint_every=100, num_samples=0)
-
-
-@dataclass
-class PairDataConfig:
-    """The preference-pair data settings that the reward model and DPO share (each stage's config derives from
-    this, so each field, its flag and its help are written once)."""
-
-    val_last: int = 0  # hold out the data's last N pairs for evaluation (0: --val-frac of them, or --val-data)
-    val_frac: float = 0.1  # share of the pairs held out when neither --val-last nor --val-data is given
-    max_train: int = 0  # use only the first N training pairs (0 = all)
-    group_batches: int = 16  # batches per length-sorting group: larger = less padding, less randomness
-    pad_multiple: int = 16  # batch widths are rounded up to a multiple of this
-
-    def check_pair_data(self) -> None:
-        """Refuse a bad data field, naming its flag (called by each stage's `__post_init__`)."""
-        for name in ("val_last", "max_train"):
-            require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        require(self, "val_frac", 0 <= self.val_frac < 1, "must be in [0, 1)")
-        for name in ("group_batches", "pad_multiple"):
-            require(self, name, getattr(self, name) >= 1, "must be >= 1")
-
-
-@dataclass
-class RewardConfig(PairDataConfig):
-    """`lmforge reward train`'s settings: data (`PairDataConfig`) and loss here, the run in `train` (a TrainConfig)."""
-
-    center_coef: float = 0.0  # reward centring: coef * (r_chosen + r_rejected)^2 per pair (0 = off; 0.01 typical)
-    train: TrainConfig = field(default_factory=reward_train_defaults)
-    train_overrides: InitVar[dict[str, Any] | None] = None
-
-    def __post_init__(self, train_overrides: dict[str, Any] | None) -> None:
-        check_fields(self)
-        self.check_pair_data()
-        require(self, "center_coef", self.center_coef >= 0, "must be >= 0")
-        if train_overrides:
-            unknown = set(train_overrides) - {f.name for f in fields(TrainConfig)}
-            if unknown:
-                raise LmforgeError(f"unknown training setting(s): {sorted(unknown)}")
-            self.train = replace(self.train, **train_overrides)
-        check_single_process(self.train)
 
 
 def split_pairs(pairs: list[Any], val_pairs: list[Any] | None, val_last: int, val_frac: float,

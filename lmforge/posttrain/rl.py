@@ -35,84 +35,20 @@ import copy
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 
-from lmforge.config import check_fields, require
 from lmforge.inference.sampling import SamplingParams
 from lmforge.model import GPT
 from lmforge.posttrain import rl_losses as L
 from lmforge.posttrain.pairs_batches import final_hidden
-from lmforge.posttrain.rl_rewards import REWARD_NAMES, RewardFn, build_rewards
+from lmforge.posttrain.rl_config import RLConfig
+from lmforge.posttrain.rl_rewards import RewardFn, build_rewards
 from lmforge.posttrain.rl_rollout import Rollout, rollout_group
 from lmforge.utils import LmforgeError, atomic_write, write_json
-
-
-@dataclass
-class RLConfig:
-    """`lmforge rlhf train`'s settings; every field is a flag."""
-
-    algo: Literal["grpo", "ppo"] = "grpo"  # grpo: group baseline, no value model; ppo: value head and GAE
-    # Measured on the default speedrun's SFT model (benchmarks/NOTES.md, "GRPO on held-out arithmetic"): GRPO's
-    # gain on held-out arithmetic (50.0% -> 62.0% of 200) is complete by step 10 at lr 1e-4; step 20 (with or
-    # without the tool_call reward) and step 40 (with it) stayed at 57.5-59.5% while the KL to the reference kept
-    # growing (k3 0.03 at step 10, 0.16 around step 40), and lr 3e-4 fell to 41.5% by step 10. So 10 steps at 1e-4,
-    # which also fits the speedrun's few minutes of RL.
-    steps: int = 10  # optimisation rounds (each: rollouts, then `epochs` passes over them)
-    prompts_per_step: int = 8  # questions per step
-    group_size: int = 8  # responses per question (the engine's n); GRPO's group
-    max_tokens: int = 64  # sampled tokens per segment (a tool output starts a new one), as in ChatSession
-    temperature: float = 1.0  # sampling temperature of the rollouts (training scores under the same)
-    top_k: int = 0  # top-k of the rollouts (0 = off)
-    top_p: float = 1.0  # top-p of the rollouts (1 = off)
-    lr: float = 1e-4  # AdamW learning rate (constant; on the tiny preset 1e-4 clips a few % of tokens per step)
-    epochs: int = 2  # passes over each batch of rollouts
-    minibatch_rows: int = 16  # responses per gradient step
-    clip: float = 0.2  # PPO ratio clip: the ratio pi/pi_old is held in [1 - clip, 1 + clip]
-    kl_coef: float = 0.0  # weight of the KL to the reference: GRPO adds k3 to the loss; PPO folds k1 into the reward
-    leave_one_out: bool = False  # RLOO's baseline (mean of the other responses) instead of the group mean
-    std_normalize: bool = False  # divide group advantages by the group's std (GRPO's original form)
-    gamma: float = 1.0  # PPO discount
-    lam: float = 0.95  # PPO GAE lambda
-    value_clip: float = 0.2  # PPO: the value may move at most this far from its rollout estimate
-    vf_coef: float = 0.5  # PPO: weight of the value loss
-    grad_clip: float = 1.0  # gradient norm clip (0 = off)
-    rewards: list[str] = field(default_factory=lambda: ["arithmetic"])  # summed: arithmetic, tool_call, reward_model
-    reward_model: str | None = None  # reward checkpoint (`lmforge reward train`) for the reward_model reward
-    tool_call_weight: float = 0.5  # the tool_call reward: credit for a calculator call that computed the right value
-    unfinished_penalty: float = 0.5  # subtracted from a response that never reaches <|end|> (0 = off)
-    max_tool_calls: int = 2  # calculator calls per response; more get an error output
-    checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
-    seed: int = 1337  # sampling seed and the seed of each step's questions
-    device: str = "cpu"  # where the policy trains and samples
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "epochs", "minibatch_rows"):
-            require(self, name, getattr(self, name) >= 1, "must be >= 1")
-        require(self, "group_size", self.group_size >= 2 or self.algo == "ppo",
-                "must be >= 2 for GRPO (a group baseline of one response is the response itself)")
-        require(self, "temperature", self.temperature > 0, "must be > 0 (RL samples; greedy has no ratio)")
-        for name in ("lr", "clip", "value_clip"):
-            require(self, name, getattr(self, name) > 0, "must be > 0")
-        for name in ("kl_coef", "vf_coef", "grad_clip", "unfinished_penalty", "tool_call_weight", "max_tool_calls",
-                     "checkpoint_every", "seed", "top_k"):
-            require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        require(self, "gamma", 0 < self.gamma <= 1, "must be in (0, 1]")
-        require(self, "lam", 0 <= self.lam <= 1, "must be in [0, 1]")
-        require(self, "rewards", len(self.rewards) > 0, "must name at least one reward")
-        require(self, "rewards", set(self.rewards) <= set(REWARD_NAMES), f"must be among {', '.join(REWARD_NAMES)}")
-        require(self, "reward_model", self.reward_model is not None or "reward_model" not in self.rewards,
-                "must be set (a reward checkpoint) when --rewards names reward_model")
-        self.sampling_params()
-
-    def sampling_params(self) -> SamplingParams:
-        """The rollouts' sampling (validated by `SamplingParams`, naming the flag)."""
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              max_tokens=self.max_tokens, n=self.group_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------

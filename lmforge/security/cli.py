@@ -2,7 +2,8 @@
 
 `security scan --checkpoint DIR | --endpoint URL`: the attack suites (`suites.py`) against a checkpoint (through the
 engine, batched) or an OpenAI-compatible endpoint on this machine; attack success rates with bootstrap intervals in
-`OUT/scan.json` and `OUT/scan.md`, every answer and verdict in `OUT/responses.jsonl`.
+`OUT/scan.json` and `OUT/scan.md` (the harmful suite's also per source, each marked seen in training when the
+checkpoint's SFT run refused its requests), every answer and verdict in `OUT/responses.jsonl`.
 
 `security poison --checkpoint BASE --out DIR`: plant a backdoor in the default SFT data, train a clean and a
 poisoned model, measure attack success with and without the trigger and clean loss (`--sweep-k`, `--sweep-sizes`:
@@ -43,7 +44,9 @@ def register_scan(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("scan", help="attack suites against a checkpoint or a loopback endpoint",
                          description="Harmful requests, safe look-alikes, jailbreak templates, role play, encodings, "
                          "system-prompt extraction and indirect prompt injection, each scored by rule; attack "
-                         "success rates with bootstrap 95%% intervals.")
+                         "success rates with bootstrap 95%% intervals; the harmful suite's also per source "
+                         "(HarmBench, AdvBench, Do-Not-Answer), each marked seen in training when the checkpoint's "
+                         "SFT data refused its requests (`sft data --refusal-prompts`).")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--checkpoint", type=Path, help="run folder or checkpoint folder to attack")
     where.add_argument("--endpoint", help="base URL of an OpenAI-compatible server on this machine "
@@ -61,6 +64,7 @@ def register_scan(kinds: argparse._SubParsersAction) -> None:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from lmforge.config import config_from_args
+    from lmforge.security.lineage import trained_refusals
     from lmforge.security.scan import ScanConfig, markdown, run_scan
     from lmforge.security.suites import alignment_dir, build_cases
     from lmforge.security.targets import EndpointTarget, EngineTarget, check_loopback
@@ -72,6 +76,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(20, "not a folder", str(args.out))
     cases = build_cases(cfg.suites, alignment_dir(args.data), cfg.limit, cfg.seed, cfg.harmbench_split)
+    # which harmful requests the checkpoint was trained to refuse (an endpoint's training is not known)
+    trained = trained_refusals(args.checkpoint) if args.checkpoint is not None else None
     if args.endpoint is not None:
         target = EndpointTarget(args.endpoint, args.model, cfg.max_tokens, cfg.concurrency, cfg.request_timeout,
                                 cfg.time_budget, args.api_key)
@@ -82,8 +88,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         configure_threads(args.threads)
         target = EngineTarget(Engine.from_checkpoint(str(args.checkpoint), device=device), cfg.max_tokens,
                               cfg.batch_size)
-    summary = run_scan(target, cases, cfg, args.out)
-    print(markdown(summary, target.name, cfg))
+    summary = run_scan(target, cases, cfg, args.out, trained)
+    print(markdown(summary, target.name, cfg, trained))
     if args.out is not None:
         print(f"(scan.json, scan.md and responses.jsonl written to {args.out})")
     return 0

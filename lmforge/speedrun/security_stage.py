@@ -17,6 +17,7 @@ from lmforge.speedrun.settings import SECURITY_SCAN
 def stage_security(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Scan the SFT checkpoint with the preset's case count; the summary holds each suite's rate and interval."""
     from lmforge.inference.engine import Engine
+    from lmforge.security.lineage import trained_refusals
     from lmforge.security.scan import ScanConfig, run_scan
     from lmforge.security.suites import build_cases
     from lmforge.security.targets import EngineTarget
@@ -28,8 +29,9 @@ def stage_security(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
         return {"skipped": "no shared alignment data (set LMFORGE_SHARED_DATA to the folder holding alignment/)"}
     cfg = ScanConfig(**SECURITY_SCAN.get(ctx.preset, SECURITY_SCAN["default"]), seed=ctx.seed)
     cases = build_cases(cfg.suites, data, cfg.limit, cfg.seed, cfg.harmbench_split)
-    target = EngineTarget(Engine.from_checkpoint(ctx.need("sft", "checkpoint")), cfg.max_tokens, cfg.batch_size)
-    suites = run_scan(target, cases, cfg, out)
+    checkpoint = ctx.need("sft", "checkpoint")
+    target = EngineTarget(Engine.from_checkpoint(checkpoint), cfg.max_tokens, cfg.batch_size)
+    suites = run_scan(target, cases, cfg, out, trained_refusals(checkpoint))  # marks sources seen in training
     return {"table": str(out / "scan.md"), "cases_per_source": cfg.limit, "max_tokens": cfg.max_tokens,
             "suites": {s["suite"]: {"measure": s["metric"], "rate": s["rate"], "ci95_low": s["ci95"][0],
                                     "ci95_high": s["ci95"][1], "answered": s["answered"], "cases": s["cases"]}

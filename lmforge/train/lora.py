@@ -13,14 +13,14 @@ matrix, so every code path that uses the weights (the training forward, the infe
 computes the adapted model without knowing about LoRA. The model's `state_dict()` is then its adapters only
 (renamed `layers.N.attn.wq.lora_a`, ...), which is what the trainer's checkpoints write.
 
-Use: a stage's config inherits `LoRAFields` (the flags) and wraps its trainer objective in `LoRAObjective`.
+Use: a stage's config inherits `LoRAFields` (the flags, in the torch-free `lmforge.train.lora_config`) and its run
+wraps its trainer objective with `lora_objective` and reports with `finish_lora`.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,82 +28,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from lmforge.config import require
 from lmforge.tokenizer import SPECIAL_TOKENS
+from lmforge.train.lora_config import TARGETS, LoRAFields
 from lmforge.utils import LmforgeError, file_sha256
 
-# Names a user gives to --lora-targets -> the matrix inside each block.
-TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
-           "w_gate": "mlp.w_gate", "w_up": "mlp.w_up", "w_down": "mlp.w_down"}
 _PARAM = ".parametrizations.weight.0."  # where a parametrized weight's adapter tensors sit in the module tree
-
-
-@dataclass
-class LoRAFields:
-    """The LoRA flags a fine-tuning stage's config inherits (`lmforge sft`, `lmforge dpo`)."""
-
-    lora_rank: int = field(default=0, metadata={"help": "train rank-R LoRA adapters instead of every weight (0: "
-                                                        "full fine-tuning); the adapters train with AdamW at --lr"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale: the change is alpha / rank * B @ A"})
-    lora_targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
-        "help": f"matrices of every block that get adapters, among {' '.join(TARGETS)}", "metavar": "NAME"})
-    lora_special_rows: bool = field(default=True, metadata={
-        "help": "with LoRA, also train the embedding and output rows of the special tokens (the chat format's, "
-                "which a base model has never seen: frozen, their rows stay what pretraining left)"})
-    merge: bool = field(default=False, metadata={"help": "after LoRA training, also write the merged weights as "
-                                                         "an ordinary checkpoint in OUT/merged"})
-
-    def check_lora(self) -> None:
-        """Refuse bad LoRA values, naming the flag; call from the stage config's __post_init__."""
-        require(self, "lora_rank", 0 <= self.lora_rank <= 4096, "must be in [0, 4096]")
-        require(self, "lora_alpha", self.lora_alpha > 0, "must be > 0")
-        unknown = sorted(set(self.lora_targets) - set(TARGETS))
-        require(self, "lora_targets", bool(self.lora_targets) and not unknown,
-                f"must name matrices among {', '.join(TARGETS)} (unknown: {unknown})")
-        require(self, "merge", not self.merge or self.lora_rank > 0,
-                "needs --lora-rank (a full fine-tune's checkpoint is already an ordinary one)")
-
-    def lora_train_config(self, train: Any) -> Any:
-        """The stage's TrainConfig for this run: with adapters, AdamW for all of them (Muon's orthogonalised
-        steps are meant for full hidden matrices, not rank-R factors); a single process (adapters are not
-        sharded)."""
-        if not self.lora_rank:
-            return train
-        require(self, "lora_rank", not train.fsdp, "cannot be combined with --fsdp")
-        return replace(train, optimizer="adamw")
-
-    def lora_objective(self, inner: Any, base: Path, out_dir: Path) -> Any:
-        """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank. A run
-        folder whose checkpoints were written with other LoRA settings (or none) is refused: its optimizer state
-        and weights would not fit."""
-        from lmforge.checkpoint import read_checkpoint_config, train_checkpoints
-
-        existing = train_checkpoints(out_dir)
-        saved = read_checkpoint_config(existing[-1]).get("lora") if existing else None
-        now = (self.lora_rank, self.lora_alpha, list(self.lora_targets), self.lora_special_rows)
-        if saved is not None and (saved.get("rank"), saved.get("alpha"), saved.get("targets"),
-                                  bool(saved.get("token_ids"))) != now \
-                or saved is None and existing and self.lora_rank:
-            was = f"rank {saved.get('rank')}, alpha {saved.get('alpha')}, targets {saved.get('targets')}" \
-                if saved is not None else "full fine-tuning"
-            raise LmforgeError(f"--lora-rank: {out_dir} holds a run of {was}; resume it with the same --lora-rank, "
-                               "--lora-alpha, --lora-targets and --lora-special-rows, or give another --out")
-        return LoRAObjective(inner, self, base, out_dir) if self.lora_rank else inner
-
-    def finish_lora(self, summary: dict[str, Any], objective: Any, out_dir: Path, tokenizer_dir: Path,
-                    stage: str) -> None:
-        """Report the adapters' size and, with --merge, write the merged checkpoint; both go into the summary."""
-        if not self.lora_rank:
-            return
-        total = max(1, (summary.get("params") or 0) - objective.adapter_params)  # the base model's own
-        summary["lora"] = {"rank": self.lora_rank, "alpha": self.lora_alpha, "targets": list(self.lora_targets),
-                           "adapter_params": objective.adapter_params}
-        print(f"{stage}: LoRA rank {self.lora_rank} on {' '.join(self.lora_targets)}: {objective.adapter_params:,} "
-              f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the base model's)", file=sys.stderr)
-        if self.merge and summary.get("checkpoint"):
-            merged = merge_into_checkpoint(summary["checkpoint"], out_dir / "merged", tokenizer_dir)
-            summary["merged_checkpoint"] = str(merged)
-            print(f"{stage}: merged weights written to {merged} (an ordinary checkpoint)", file=sys.stderr)
 
 
 class LoRADelta(nn.Module):
@@ -221,3 +150,38 @@ def merge_into_checkpoint(checkpoint: str | Path, out: Path, tokenizer_dir: Path
 
     model, ckpt = load_model(checkpoint)
     return save_model(out, model, tokenizer_dir, meta={"merged_from": str(Path(ckpt).resolve())})
+
+
+def lora_objective(fields: LoRAFields, inner: Any, base: Path, out_dir: Path) -> Any:
+    """The trainer objective: `inner` itself, or `inner` training adapters on `base` with --lora-rank. A run
+    folder whose checkpoints were written with other LoRA settings (or none) is refused: its optimizer state
+    and weights would not fit."""
+    from lmforge.checkpoint import read_checkpoint_config, train_checkpoints
+
+    existing = train_checkpoints(out_dir)
+    saved = read_checkpoint_config(existing[-1]).get("lora") if existing else None
+    now = (fields.lora_rank, fields.lora_alpha, list(fields.lora_targets), fields.lora_special_rows)
+    if saved is not None and (saved.get("rank"), saved.get("alpha"), saved.get("targets"),
+                              bool(saved.get("token_ids"))) != now \
+            or saved is None and existing and fields.lora_rank:
+        was = f"rank {saved.get('rank')}, alpha {saved.get('alpha')}, targets {saved.get('targets')}" \
+            if saved is not None else "full fine-tuning"
+        raise LmforgeError(f"--lora-rank: {out_dir} holds a run of {was}; resume it with the same --lora-rank, "
+                           "--lora-alpha, --lora-targets and --lora-special-rows, or give another --out")
+    return LoRAObjective(inner, fields, base, out_dir) if fields.lora_rank else inner
+
+
+def finish_lora(fields: LoRAFields, summary: dict[str, Any], objective: Any, out_dir: Path, tokenizer_dir: Path,
+                stage: str) -> None:
+    """Report the adapters' size and, with --merge, write the merged checkpoint; both go into the summary."""
+    if not fields.lora_rank:
+        return
+    total = max(1, (summary.get("params") or 0) - objective.adapter_params)  # the base model's own
+    summary["lora"] = {"rank": fields.lora_rank, "alpha": fields.lora_alpha, "targets": list(fields.lora_targets),
+                       "adapter_params": objective.adapter_params}
+    print(f"{stage}: LoRA rank {fields.lora_rank} on {' '.join(fields.lora_targets)}: {objective.adapter_params:,} "
+          f"trained parameters ({100 * objective.adapter_params / total:.2f}% of the base model's)", file=sys.stderr)
+    if fields.merge and summary.get("checkpoint"):
+        merged = merge_into_checkpoint(summary["checkpoint"], out_dir / "merged", tokenizer_dir)
+        summary["merged_checkpoint"] = str(merged)
+        print(f"{stage}: merged weights written to {merged} (an ordinary checkpoint)", file=sys.stderr)
