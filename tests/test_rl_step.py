@@ -26,10 +26,10 @@ def test_deferred_old_logprobs_equal_a_scoring_pass(tmp_path):
     rollouts = run.rollouts(0)
     rewards, _ = score_rollouts(rollouts, run.rewards)
     batch = build_batch(rollouts, run.tokens.pad)
-    full = run.score(batch)  # every row scored by the policy pass
     order = run.minibatches(len(rollouts))
+    full = run.score(batch, order[0])  # every row scored by the policy pass
     first = order[0][0]
-    scored = run.score(batch, first)
+    scored = run.score(batch, order[0], deferred=True)
     assert scored["old"][first].abs().sum() == 0  # not scored yet: the first training forward fills them in
     run.update(batch, scored, run.advantages(batch, scored, rewards), order, deferred=True)
     on = batch.mask > 0
