@@ -12,8 +12,8 @@ One step:
 3. Scoring: no-grad forwards of the policy and of the frozen reference (the starting checkpoint) over exactly
    the sampled ids, minibatch by minibatch, scored under the distribution sampled from
    (`rl_losses.token_logprobs`), the head only at the sampled positions, each group's shared prompt run once
-   (`rl_forward`, also in the training forward). The largest gap between these "old" log-probs and the engine's is logged
-   (`logprob_mismatch`): it must stay at rounding level. GRPO skips the policy pass for its first minibatch,
+   (`rl_forward`, also in the training forward). The largest gap between these "old" log-probs and the engine's
+   is logged (`logprob_mismatch`): it must stay at rounding level. GRPO skips the policy pass for its first minibatch,
    whose first training forward (before any update) is the same forward and supplies them.
 4. Advantages. GRPO: reward minus the group mean (RLOO: leave-one-out mean; std-normalisation optional), the same
    for every token of the response; the KL to the reference (k3) is a loss term weighted by `kl_coef`. PPO: the
