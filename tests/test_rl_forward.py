@@ -21,13 +21,14 @@ CONFIGS = [dict(n_head=4, n_kv_head=2, qk_norm=True),
            dict(n_head=2, pos="learned", norm="layernorm", mlp="gelu")]
 
 
-def _rollouts(gen: torch.Generator) -> list[Rollout]:
-    """Groups of 3, 2 and 1 rows over prompts of 6, 11 and 3 tokens; responses of 1 to 12 tokens, some forced."""
+def _rollouts(gen: torch.Generator, long_row: bool = False) -> list[Rollout]:
+    """Groups of 3, 2 and 1 rows over prompts of 6, 11 and 3 tokens; responses of 1 to 12 tokens, some forced (and
+    with `long_row` one of 40, as after a tool call, which the forward runs apart)."""
     rows = []
     for prompt_len, group in ((6, 3), (11, 2), (3, 1)):
         prompt = torch.randint(1, 64, (prompt_len,), generator=gen).tolist()
         for _ in range(group):
-            n = int(torch.randint(1, 13, (1,), generator=gen))
+            n = 40 if long_row and len(rows) == 1 else int(torch.randint(1, 13, (1,), generator=gen))
             r = Rollout(prompt)
             r.response_ids = torch.randint(1, 64, (n,), generator=gen).tolist()
             r.sampled = [int(s) for s in (torch.rand(n, generator=gen) > 0.25).tolist()]
@@ -48,11 +49,14 @@ def _plain_logprobs(model: GPT, batch: rl_forward.Batch, params: SamplingParams,
     return L.token_logprobs(model.lm_head(hidden), batch.targets[batch.mask > 0], params, None, False)[0]
 
 
+@pytest.mark.parametrize("long_row", [False, True])
 @pytest.mark.parametrize("shape", CONFIGS)
-def test_shared_prompt_forward_equals_the_plain_forward(shape, monkeypatch):
+def test_shared_prompt_forward_equals_the_plain_forward(shape, long_row, monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_embd=32, block_size=64, **shape))
-    batch = build_batch(_rollouts(torch.Generator().manual_seed(1)), PAD)
+    batch = build_batch(_rollouts(torch.Generator().manual_seed(1), long_row), PAD)
+    own = batch.valid.sum(1) - batch.start
+    assert (len(rl_forward.length_chunks(own)) > 1) == long_row
     assert batch.prompt.tolist() == [0, 0, 0, 1, 1, 2]
     params = SamplingParams(temperature=0.8)
     weights = torch.randn(int((batch.mask > 0).sum()), generator=torch.Generator().manual_seed(2))
@@ -79,12 +83,21 @@ def test_shared_prompt_forward_equals_the_plain_forward(shape, monkeypatch):
 
 
 def test_rows_with_distinct_prompts_run_the_plain_forward():
-    """A minibatch with one row per prompt has nothing to share: it takes the plain path, bit for bit."""
+    """A minibatch with one row per prompt has nothing to share: it takes the plain path (bit for bit when its
+    rows are of similar lengths)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=64))
-    batch = build_batch(_rollouts(torch.Generator().manual_seed(3)), PAD)
+    batch = build_batch(_rollouts(torch.Generator().manual_seed(4)), PAD)
     part = batch.rows(torch.tensor([0, 3, 5]))
+    assert len(rl_forward.length_chunks(part.valid.sum(1))) == 1
     with torch.no_grad():
         ours = rl_forward.sampled_hidden(model, part)
         plain = final_hidden(model, part.x, part.valid)[part.mask > 0]
     assert torch.equal(ours, plain)
+
+
+def test_length_chunks_put_the_long_rows_apart_only_when_it_pays():
+    chunks = rl_forward.length_chunks(torch.tensor([33, 100, 30, 33, 90, 12]))
+    assert [c.tolist() for c in chunks] == [[1, 4], [0, 2, 3, 5]]
+    assert [c.tolist() for c in rl_forward.length_chunks(torch.tensor([33, 40, 30, 33]))] == [[0, 1, 2, 3]]
+    assert [c.tolist() for c in rl_forward.length_chunks(torch.tensor([7]))] == [[0]]

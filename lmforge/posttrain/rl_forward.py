@@ -8,7 +8,9 @@ forward over the distinct prompts of the rows (right-padded; `GPT.hidden` with a
 position that predicts the first response token) to its end, attending over its prompt's keys. Under autograd the
 copy is an `index_select`, so each prompt position's gradient is the sum over its rows, as in the unshared forward:
 the log-probs, the loss and the gradients equal the plain forward's to float rounding (tests/test_rl_forward.py).
-A part where no two rows share a prompt runs the plain forward (`pairs_batches.final_hidden`).
+A part where no two rows share a prompt runs the plain forward (`pairs_batches.final_hidden`). Rows much longer
+than the rest (a tool call gives a response a fresh token budget) run in a forward of their own (`length_chunks`),
+so the others are not padded to their length.
 
 Every pass over one set of rows (the reference's, the old policy's, a minibatch's first training forward) lays
 the rows out identically, so their results agree bit for bit where the weights do.
@@ -17,6 +19,7 @@ the rows out identically, so their results agree bit for bit where the weights d
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -93,32 +96,73 @@ def frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def sampled_hidden(model: GPT, batch: Batch) -> torch.Tensor:
-    """The final hidden states (N, C) at the batch's sampled positions (`mask > 0`, in row-major order), each
-    distinct prompt run once for all its rows (see the module's docstring)."""
-    groups, row_group = torch.unique(batch.prompt, return_inverse=True)
-    prefix_len = batch.start.new_zeros(len(groups)).scatter_(0, row_group, batch.start)
-    width = int(prefix_len.max())
-    if len(groups) == len(batch.prompt) or width == 0:  # nothing shared: the plain forward
-        return final_hidden(model, batch.x, batch.valid)[batch.mask > 0]
+def length_chunks(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Row sets to run as separate forwards, so that short rows are not padded to a long row's length: a response
+    that called a tool gets a fresh token budget and can be three times as long as the rest of its batch. The
+    longest rows go apart while that saves at least a third of the padded slots (a forward's fixed cost is far
+    smaller at these sizes); one set, in the rows' order, when nothing is worth splitting."""
+    rows, chunks = torch.arange(len(lengths), device=lengths.device), []
+    while len(rows) > 1:
+        order = rows[lengths[rows].argsort(descending=True, stable=True)]
+        sizes = lengths[order].tolist()
+        whole = len(sizes) * sizes[0]
+        area, k = min((k * sizes[0] + (len(sizes) - k) * sizes[k], k) for k in range(1, len(sizes)))
+        if whole - area < whole / 3:
+            break
+        chunks.append(order[:k].sort().values)
+        rows = order[k:].sort().values
+    return chunks + [rows]
+
+
+def _prompt_cache(model: GPT, batch: Batch, row_group: torch.Tensor, room: int) -> KVCache:
+    """A cache holding the keys/values of the batch's distinct prompts (one cache row per prompt, right-padded,
+    `room` slots left after them): a group's prompt is the first `start` inputs of any of its rows."""
     device = batch.x.device
-    # The prompts, right-padded: a group's prompt is the first `start` inputs of any of its rows.
+    groups = int(row_group.max()) + 1
+    prefix_len = batch.start.new_zeros(groups).scatter_(0, row_group, batch.start)
     first_row = torch.zeros_like(prefix_len).scatter_(0, row_group, torch.arange(len(row_group), device=device))
+    width = int(prefix_len.max())
     slots = torch.arange(width, device=device)
     prompt_valid = slots < prefix_len[:, None]
-    # Each row's own part: its inputs from `start` to its end, right-padded; positions continue its prompt's.
-    lengths = batch.valid.sum(1)
-    own = int((lengths - batch.start).max())
-    cols = batch.start[:, None] + torch.arange(own, device=device)
-    own_valid = cols < lengths[:, None]
-    cols = cols.clamp(max=batch.x.size(1) - 1)
-    cache = KVCache(model.config, len(groups), width + own, device, model.tok_emb.weight.dtype)
+    cache = KVCache(model.config, groups, width + room, device, model.tok_emb.weight.dtype)
     cache.mark_padding(prompt_valid)
     model.hidden(batch.x[first_row, :width], cache, torch.where(prompt_valid, slots, 0))
-    cache.keep_rows(row_group)
-    cache.mark_padding(own_valid)
-    hidden = model.hidden(batch.x.gather(1, cols), cache, torch.where(own_valid, cols, 0))
-    return hidden[own_valid & (batch.mask.gather(1, cols) > 0)]
+    return cache
+
+
+def sampled_hidden(model: GPT, batch: Batch) -> torch.Tensor:
+    """The final hidden states (N, C) at the batch's sampled positions (`mask > 0`, in row-major order), each
+    distinct prompt run once for all its rows (see the module's docstring), rows of very different lengths in
+    separate forwards (`length_chunks`)."""
+    where = batch.mask > 0
+    place = (where.flatten().cumsum(0) - 1).view_as(where)  # each sampled position's row in the output
+    lengths = batch.valid.sum(1)
+    _, row_group = torch.unique(batch.prompt, return_inverse=True)
+    shared = int(row_group.max()) + 1 < len(row_group) and int(batch.start.min()) > 0
+    own_lengths = lengths - batch.start  # a row's part after its prompt, from its last prompt token on
+    cache = _prompt_cache(model, batch, row_group, int(own_lengths.max())) if shared else None
+    parts, places = [], []
+    for rows in length_chunks(own_lengths if shared else lengths):
+        if cache is None:  # nothing shared: the plain forward
+            width = int(lengths[rows].max())
+            picked = where[rows, :width]
+            parts.append(final_hidden(model, batch.x[rows, :width], batch.valid[rows, :width])[picked])
+            places.append(place[rows, :width][picked])
+            continue
+        # Each row's own part, right-padded: its inputs from `start` to its end, positions continuing its prompt.
+        cols = batch.start[rows, None] + torch.arange(int(own_lengths[rows].max()), device=rows.device)
+        own_valid = cols < lengths[rows, None]
+        cols = cols.clamp(max=batch.x.size(1) - 1)
+        rows_cache = copy.copy(cache)  # keep_rows gives the copy its own tensors; `cache` serves the next chunk
+        rows_cache.keep_rows(row_group[rows])
+        rows_cache.mark_padding(own_valid)
+        hidden = model.hidden(batch.x[rows].gather(1, cols), rows_cache, torch.where(own_valid, cols, 0))
+        picked = own_valid & where[rows].gather(1, cols)
+        parts.append(hidden[picked])
+        places.append(place[rows].gather(1, cols)[picked])
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts).index_select(0, torch.cat(places).argsort())
 
 
 def sequence_logprobs(model: GPT, batch: Batch, params: SamplingParams, vocab_limit: int | None,
