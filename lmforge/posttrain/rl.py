@@ -88,6 +88,9 @@ class RLConfig:
     checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
     seed: int = 1337  # sampling seed and the seed of each step's questions
     device: str = "cpu"  # where the policy trains and samples
+    # Minibatches of whole groups (a prompt's G rows together) instead of rows shuffled one by one: the training
+    # forward then runs each prompt once for its G rows (`rl_forward`), where shuffled rows seldom share one.
+    group_minibatches: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -200,10 +203,15 @@ class RLRun:
         return rollout_group(self.engine, prompts, examples, params, self.tools, self.cfg.max_tool_calls)
 
     def minibatches(self, rows: int) -> list[list[torch.Tensor]]:
-        """Each epoch's minibatches (row indices), fixed by the seed and the step."""
+        """Each epoch's minibatches (row indices), fixed by the seed and the step; with `group_minibatches` the
+        groups are shuffled and each keeps its rows together (rows are laid out group by group)."""
         gen = torch.Generator().manual_seed(self.cfg.seed + self.step_done)
-        return [list(torch.randperm(rows, generator=gen).split(self.cfg.minibatch_rows))
-                for _ in range(self.cfg.epochs)]
+        group = self.cfg.group_size if self.cfg.group_minibatches else 1
+
+        def shuffled() -> torch.Tensor:
+            return (torch.randperm(rows // group, generator=gen)[:, None] * group + torch.arange(group)).flatten()
+
+        return [list(shuffled().split(self.cfg.minibatch_rows)) for _ in range(self.cfg.epochs)]
 
     def score(self, batch: Batch, parts: list[torch.Tensor], deferred: bool = False) -> dict[str, torch.Tensor]:
         """The reference's and the policy's old log-probs, entropies (and values) of every row, computed part by
