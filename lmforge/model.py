@@ -219,7 +219,7 @@ class KVCache:
         0 * NaN is NaN); the dynamic forward never reads a slot before writing it, so may skip that memset."""
         def pick(t: torch.Tensor) -> torch.Tensor:
             if t.requires_grad:  # a training forward through a cache (a prompt shared by several rows): out=
-                return t.index_select(0, rows)  # variants record no graph; nothing is written past `length` yet
+                return t.index_select(0, rows)  # variants record no graph. Slots past `length` come as they are
             out = t.new_empty((len(rows), *t.shape[1:]))
             torch.index_select(t[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
             if zero_rest:

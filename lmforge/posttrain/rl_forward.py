@@ -1,8 +1,8 @@
 """RL's training and scoring forward: rollouts laid out as a batch, and the policy's (or reference's) log-probs of
 the sampled tokens, with each group's shared prompt run once.
 
-A GRPO batch holds G responses to each prompt, so its rows repeat one prompt G times (on the default speedrun's
-arithmetic, the prompt is about 40% of a row's tokens). `sampled_hidden` therefore runs a group's prompt once: a
+A GRPO batch holds G responses to each prompt, so its rows repeat one prompt G times (in `bench_rl.py`'s GRPO
+batches the prompts are about 40% of the input tokens). `sampled_hidden` therefore runs a group's prompt once: a
 forward over the distinct prompts of the rows (right-padded; `GPT.hidden` with a `KVCache`), whose keys and values
 `KVCache.keep_rows` copies to the G rows, then a forward over each row's own part, from the last prompt token (the
 position that predicts the first response token) to its end, attending over its prompt's keys. Under autograd the
