@@ -18,7 +18,7 @@
    reference model, we run one no-grad reference pass a step (the KL to the reference is logged every step); TRL
    recomputes old log-probs in a separate pass, we take the first minibatch's from its first training forward.
 
-    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT]
+    .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT] [--rounds N] [--grpo-only]
 """
 
 from __future__ import annotations
@@ -175,6 +175,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=None, help="GRPO rounds per side (default 8; --quick 3)")
+    ap.add_argument("--grpo-only", action="store_true", help="skip the rollout/generate comparison")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="an SFT checkpoint for realistic rollouts (default: a random tiny-preset model)")
     args = ap.parse_args()
@@ -182,22 +184,27 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     repeats, steps = (2, 3) if args.quick else (6, 8)
+    steps = args.rounds or steps
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = args.checkpoint or tiny_checkpoint(root)
-        r = rollout_bench(ckpt, prompts_n=8, group=8, max_tokens=48, repeats=repeats)
-        model = args.checkpoint or "random tiny preset"
-        print(f"rollouts (8 prompts x 8, 48 tokens, {model}), per CPU second: {r['rollout']:,.0f} tokens "
-              f"(sampled + tool output), {r['rollout_sampled']:,.0f} sampled; engine.generate "
-              f"{r['generate']:,.0f}\n"
-              f"  rollout/generate {r['ratio']:.2f}x (pairs {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}); "
-              f"sampled only {r['ratio_sampled']:.2f}x")
+        if not args.grpo_only:
+            report_rollouts(rollout_bench(ckpt, prompts_n=8, group=8, max_tokens=48, repeats=repeats),
+                            args.checkpoint or "random tiny preset")
         if args.checkpoint:  # TRL gets a byte-level tokenizer: the same model and work only for the random model
             print("--checkpoint: no GRPO comparison (GRPOTrainer's tokenizer would differ)", file=sys.stderr)
             return
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
                       unfinished_penalty=0.0)
         report_grpo(grpo_interleaved(ckpt, cfg_kw, steps, root))
+
+
+def report_rollouts(r: dict[str, Any], model: Any) -> None:
+    """Print rollout and generation speeds and their interleaved ratio."""
+    print(f"rollouts (8 prompts x 8, 48 tokens, {model}), per CPU second: {r['rollout']:,.0f} tokens "
+          f"(sampled + tool output), {r['rollout_sampled']:,.0f} sampled; engine.generate {r['generate']:,.0f}\n"
+          f"  rollout/generate {r['ratio']:.2f}x (pairs {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}); "
+          f"sampled only {r['ratio_sampled']:.2f}x")
 
 
 def report_grpo(g: dict[str, Any]) -> None:

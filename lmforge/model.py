@@ -218,6 +218,8 @@ class KVCache:
         with zero_rest (the static decode step attends over the whole cache: masked garbage could be NaN, and
         0 * NaN is NaN); the dynamic forward never reads a slot before writing it, so may skip that memset."""
         def pick(t: torch.Tensor) -> torch.Tensor:
+            if t.requires_grad:  # a training forward through a cache (a prompt shared by several rows): out=
+                return t.index_select(0, rows)  # variants record no graph. Slots past `length` come as they are
             out = t.new_empty((len(rows), *t.shape[1:]))
             torch.index_select(t[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
             if zero_rest:
@@ -404,6 +406,24 @@ class GPT(nn.Module):
         the (B, T, vocab) logits.
         """
         B, T = idx.shape
+        x = self.hidden(idx, cache, pos_ids).flatten(0, 1)
+        if targets is None:
+            return self.lm_head(x).view(B, T, -1), None
+        if not return_logits and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+            loss = ChunkedLinearCrossEntropy.apply(x, self.lm_head.weight, targets.reshape(-1), 256)
+            if reduction == "mean":
+                loss = loss / (targets >= 0).sum().clamp_min(1)
+            return None, loss
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float(), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return (logits.view(B, T, -1) if return_logits else None), loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None,
+               pos_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's normalised hidden states (B, T, C) of idx: `forward` without the head, for callers that
+        need the head at a few positions only (RL scores its sampled tokens; a prompt that G rows share is run
+        once, its keys/values in a cache that `keep_rows` copies to the rows, under autograd too)."""
+        B, T = idx.shape
         start = cache.length if cache is not None else 0
         if pos_ids is None:
             if start + T > self.config.block_size:
@@ -427,17 +447,7 @@ class GPT(nn.Module):
                         Block.__call__)
         if cache is not None:
             cache.length += T
-        x = self.norm(x)
-        if targets is None:
-            return self.lm_head(x).view(B, T, -1), None
-        if not return_logits and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
-            loss = ChunkedLinearCrossEntropy.apply(x, self.lm_head.weight, targets.reshape(-1), 256)
-            if reduction == "mean":
-                loss = loss / (targets >= 0).sum().clamp_min(1)
-            return None, loss
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float(), targets.reshape(-1), ignore_index=-1, reduction=reduction)
-        return (logits.view(B, T, -1) if return_logits else None), loss
+        return self.norm(x).view(B, T, -1)
 
     def infer(self, tokens: torch.Tensor, pos_ids: torch.Tensor, cache: KVCache, weights: "InferenceWeights",
               slot: torch.Tensor | None = None, last: torch.Tensor | None = None) -> torch.Tensor:

@@ -697,6 +697,13 @@ def test_flags_rlhf_train(checkpoint, tmp_path, extra, culprit):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("extra", [["--group-minibatches=yes"], ["--no-group-minibatches=1"]])
+def test_flags_rlhf_train_grpo(checkpoint, tmp_path, extra):
+    out = tmp_path / "rl"
+    assert_refused(run_cli(["rlhf", "train", "--checkpoint", checkpoint, "--out", out, *extra]), "group-minibatches")
+    assert not out.exists()
+
+
 def test_flags_rlhf_train_missing_checkpoint(tmp_path):
     out = tmp_path / "rl"
     assert_refused(run_cli(["rlhf", "train", "--checkpoint", tmp_path / "nothing", "--out", out]), "nothing")

@@ -135,10 +135,17 @@ def test_sample_records_every_generation_and_replays_it(tiny, tmp_path):
         assert r["seed"] == 7 + r["batch"] and r["prompt_ids"] == render_for_completion(engine.tokenizer, r["prompt"])
         assert [x["sample"] for x in r["responses"]] == [0, 1, 2]
         for x in r["responses"]:
-            assert x["finish_reason"] in ("stop", "bos", "length", "tool_limit", "context")
+            assert x["finish_reason"] in ("stop", "bos", "length", "tool_limit", "context", "stray_tool_call_end")
             assert (x["finish_reason"] == "stop") == (x["token_ids"][-1] == t.end)
             assert x["text"] == parse_assistant(engine.tokenizer, x["token_ids"])["content"]
     assert replay_batch(engine, tmp_path / "s", 1) == [r for r in records if r["batch"] == 1]
+
+
+def test_sample_turn_that_stops_on_a_stray_call_end_is_not_finished(tiny):
+    """A call end with no call opened is not an answer: never "stop" (which the simulated labelers prefer)."""
+    t = ChatTokens.of(Engine.from_checkpoint(str(tiny)).tokenizer)
+    assert compare._finish_of([5, 6, t.tool_call_end], "stop", t) == "stray_tool_call_end"
+    assert compare._finish_of([5, t.end], "stop", t) == "stop" and compare._finish_of([5, 6], "length", t) == "length"
 
 
 def test_sample_resumes_after_a_kill_and_refuses_other_settings(tiny, tmp_path, monkeypatch):

@@ -117,11 +117,13 @@ def _marker_reward(prompt_ids, response_ids, completion, example):
     return float(MARKER in completion)
 
 
-def test_planted_preference_raises_reward_and_marker_rate(base, tmp_path):
-    """Responses that contain the marker win: a few GRPO steps make the tiny random model write it more."""
+@pytest.mark.parametrize("group_minibatches", [False, True])
+def test_planted_preference_raises_reward_and_marker_rate(base, tmp_path, group_minibatches):
+    """Responses that contain the marker win: a few GRPO steps make the tiny random model write it more (with rows
+    shuffled one by one into minibatches, or whole groups)."""
     ckpt, _, _ = base
     cfg = RLConfig(steps=10, prompts_per_step=4, group_size=8, max_tokens=12, lr=1e-2, epochs=2, minibatch_rows=16,
-                   unfinished_penalty=0.0, checkpoint_every=4, seed=3)
+                   unfinished_penalty=0.0, checkpoint_every=4, seed=3, group_minibatches=group_minibatches)
     summary = run_rl(cfg, ckpt, tmp_path / "rl", extra_rewards=[("marker", _marker_reward)], progress=False)
     rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["reward_marker"] for r in rows[:2]) / 2

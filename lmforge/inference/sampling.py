@@ -179,9 +179,11 @@ def draw(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
     The exponential race: argmax of p_i / E_i with E_i ~ Exp(1) picks token i with probability p_i (the Gumbel-max
     trick in another form). One vectorised pass, no cumulative sums, reproducible with a seeded generator; tokens at
-    -inf have p = 0 and can never win.
+    -inf have p = 0 and can never win. E_i = -log U_i with U_i uniform in [0, 1): `torch.rand` and a log cost a
+    quarter of `Tensor.exponential_` (64 x 4096 on 1 thread: 3.7 against 16.4 ms, a third of an RL rollout's time
+    on the speedrun's SFT model); U_i = 0 gives E_i = inf, a score of 0, never NaN.
     """
-    noise = torch.empty_like(logprobs).exponential_(1.0, generator=generator)
+    noise = torch.rand(logprobs.shape, generator=generator, device=logprobs.device).log_().neg_()
     return (logprobs.exp() / noise).argmax(dim=-1)
 
 

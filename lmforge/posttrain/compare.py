@@ -5,7 +5,7 @@ and `samples.jsonl`, one line per prompt::
 
     {"item": 7, "prompt": [messages], "prompt_ids": [..], "kind": "arithmetic", "expression": "12*7",
      "batch": 1, "seed": 1338, "responses": [{"sample": 0, "token_ids": [..], "text": "...", "messages": [..],
-     "finish_reason": "stop" | "bos" | "length" | "context" | "tool_limit"}, ...]}
+     "finish_reason": "stop" | "bos" | "length" | "context" | "tool_limit" | "stray_tool_call_end"}, ...]}
 
 Prompts run `batch_prompts` at a time through one engine session with `params.n = K` (one prefill per prompt, its
 cache copied for the K samples). Each batch has its own seed (`seed + batch`), so a batch, and with it any
@@ -145,11 +145,14 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
 
 def _finish_of(ids: list[int], engine_reason: str | None, t: ChatTokens) -> str:
     """"stop" only for a turn closed by `<|end|>`; "bos" for one that broke off into a new document (no proper
-    end of turn either), else the engine's reason ("length", "context")."""
+    end of turn either); "stray_tool_call_end" (`ChatSession`'s name) for one that stopped on a call end with no
+    call opened in its segment; else the engine's reason ("length", "context")."""
     if ids and ids[-1] == t.end:
         return "stop"
     if ids and ids[-1] == t.bos:
         return "bos"
+    if ids and ids[-1] == t.tool_call_end:
+        return "stray_tool_call_end"
     return engine_reason or "length"
 
 

@@ -9,10 +9,11 @@ One step:
    generator, seeds the evaluation never uses), `group_size` responses each, in one batched engine session; the
    calculator runs as in `ChatSession` and its output is forced into the cache.
 2. Rewards (`rl_rewards`): the sum of the reward functions over each response's sampled ids and final text.
-3. Scoring: one no-grad forward of the policy and of the frozen reference (the starting checkpoint) over exactly
-   the sampled ids, scored under the distribution sampled from (`rl_losses.token_logprobs`), the head only at
-   the sampled positions. The largest gap between these "old" log-probs and the engine's is logged
-   (`logprob_mismatch`): it must stay at rounding level. GRPO skips the policy pass for its first minibatch,
+3. Scoring: no-grad forwards of the policy and of the frozen reference (the starting checkpoint) over exactly
+   the sampled ids, minibatch by minibatch, scored under the distribution sampled from
+   (`rl_losses.token_logprobs`), the head only at the sampled positions, each group's shared prompt run once
+   (`rl_forward`, also in the training forward). The largest gap between these "old" log-probs and the engine's
+   is logged (`logprob_mismatch`): it must stay at rounding level. GRPO skips the policy pass for its first minibatch,
    whose first training forward (before any update) is the same forward and supplies them.
 4. Advantages. GRPO: reward minus the group mean (RLOO: leave-one-out mean; std-normalisation optional), the same
    for every token of the response; the KL to the reference (k3) is a loss term weighted by `kl_coef`. PPO: the
@@ -30,29 +31,27 @@ at the end `reward_vs_kl.png` plots the mean reward against the KL paid.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from lmforge.inference.sampling import SamplingParams
-from lmforge.model import GPT
 from lmforge.posttrain import rl_losses as L
-from lmforge.posttrain.pairs_batches import final_hidden
 from lmforge.posttrain.rl_config import RLConfig
+from lmforge.posttrain.rl_forward import Batch, build_batch, frozen, sequence_logprobs
 from lmforge.posttrain.rl_rewards import RewardFn, build_rewards
 from lmforge.posttrain.rl_rollout import Rollout, rollout_group
 from lmforge.utils import LmforgeError, atomic_write, write_json
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompts, rewards, batches
+# Prompts and rewards
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -72,86 +71,6 @@ def score_rollouts(rollouts: list[Rollout], rewards: list[tuple[str, RewardFn]])
              for name, fn in rewards}
     total = torch.tensor([sum(vals) for vals in zip(*parts.values())], dtype=torch.float32)
     return total, {f"reward_{name}": sum(v) / len(v) for name, v in parts.items()}
-
-
-@dataclass
-class Batch:
-    """Rollouts laid out for the training forward: x (B, T) inputs, targets (B, T) the token each position
-    predicts, mask (B, T) 1 where that token was sampled by the policy, engine (B, T) the engine's log-probs,
-    valid (B, T) True on real (not padding) inputs."""
-
-    x: torch.Tensor
-    targets: torch.Tensor
-    mask: torch.Tensor
-    engine: torch.Tensor
-    valid: torch.Tensor
-
-    def rows(self, idx: torch.Tensor) -> "Batch":
-        """These rows, cut to the longest of them (right padding past every row's end is wasted work)."""
-        width = int(self.valid[idx].sum(1).max())
-        return Batch(*(t[idx, :width] for t in (self.x, self.targets, self.mask, self.engine, self.valid)))
-
-
-def build_batch(rollouts: list[Rollout], pad_id: int) -> Batch:
-    """Prompt + response ids of every rollout, right-padded (causal attention never looks right, so padding at the
-    end changes no real position)."""
-    T = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts) - 1
-    B = len(rollouts)
-    x = torch.full((B, T), pad_id, dtype=torch.long)
-    targets = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T))
-    engine = torch.zeros((B, T))
-    valid = torch.zeros((B, T), dtype=torch.bool)
-    for i, r in enumerate(rollouts):
-        seq = r.prompt_ids + r.response_ids
-        n, p = len(seq) - 1, len(r.prompt_ids) - 1
-        x[i, :n] = torch.tensor(seq[:-1])
-        targets[i, :n] = torch.tensor(seq[1:])
-        mask[i, p:n] = torch.tensor(r.sampled, dtype=torch.float32)
-        engine[i, p:n] = torch.tensor(r.engine_logprobs, dtype=torch.float32)
-        valid[i, :n] = True
-    return Batch(x, targets, mask, engine, valid)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Forward passes
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
-    """Scoring passes that record nothing yet run the training forward's kernels: grad mode picks them (on CPU
-    the hand-written RMSNorm, whose rounding differs from F.rms_norm's), but no parameter requires grad, so no
-    graph is built. The old, reference and training log-probs then agree bit for bit where the weights do, and
-    the KL of the policy to itself at step 0 is exactly 0."""
-    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def sequence_logprobs(model: GPT, batch: Batch, params: SamplingParams, vocab_limit: int | None,
-                      value_head: torch.nn.Module | None = None, with_entropy: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(log-probs (B, T) of the targets under the sampling distribution, entropies (B, T) or None, values (B, T)
-    or None); log-probs and entropies are 0 outside the policy's sampled tokens.
-
-    Only the sampled positions meet the vocabulary-wide head and the sampling transform: prompt, tool output and
-    padding positions, half or more of a row, are needed as context but never scored."""
-    hidden = final_hidden(model, batch.x, batch.valid)
-    where = batch.mask > 0
-    lp_at, ent_at = L.token_logprobs(model.lm_head(hidden[where]), batch.targets[where], params, vocab_limit,
-                                     with_entropy)
-    zeros = torch.zeros(batch.mask.shape, dtype=lp_at.dtype, device=lp_at.device)
-    lp = zeros.masked_scatter(where, lp_at)
-    ent = None if ent_at is None else zeros.masked_scatter(where, ent_at)
-    values = None if value_head is None else value_head(hidden).squeeze(-1).float()
-    return lp, ent, values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,31 +135,39 @@ class RLRun:
         return rollout_group(self.engine, prompts, examples, params, self.tools, self.cfg.max_tool_calls)
 
     def minibatches(self, rows: int) -> list[list[torch.Tensor]]:
-        """Each epoch's minibatches (row indices), fixed by the seed and the step."""
+        """Each epoch's minibatches (row indices), fixed by the seed and the step; with `group_minibatches` the
+        groups are shuffled and each keeps its rows together (rows are laid out group by group)."""
         gen = torch.Generator().manual_seed(self.cfg.seed + self.step_done)
-        return [list(torch.randperm(rows, generator=gen).split(self.cfg.minibatch_rows))
-                for _ in range(self.cfg.epochs)]
+        group = self.cfg.group_size if self.cfg.group_minibatches else 1
 
-    def score(self, batch: Batch, deferred: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The reference's log-probs at every row; the policy's old log-probs, entropies (and values) at every row
-        but `deferred`, whose first training forward, before any update, is this very forward and fills them in
-        (`update`): with one minibatch per epoch GRPO then runs no separate policy pass at all."""
+        def shuffled() -> torch.Tensor:
+            return (torch.randperm(rows // group, generator=gen)[:, None] * group + torch.arange(group)).flatten()
+
+        return [list(shuffled().split(self.cfg.minibatch_rows)) for _ in range(self.cfg.epochs)]
+
+    def score(self, batch: Batch, parts: list[torch.Tensor], deferred: bool = False) -> dict[str, torch.Tensor]:
+        """The reference's and the policy's old log-probs, entropies (and values) of every row, computed part by
+        part over `parts` (the first epoch's minibatches: every pass over a set of rows then lays it out as that
+        minibatch's training forward does, so old, reference and training log-probs agree bit for bit). With
+        `deferred` the policy skips the first part: its first training forward, before any update, is this very
+        forward and fills them in (`update`), so with one minibatch per epoch GRPO runs no separate policy pass."""
         vocab_limit, (B, T) = self.engine.vocab_limit, batch.mask.shape
-        with frozen(self.reference):
-            ref, _, _ = sequence_logprobs(self.reference, batch, self.params, vocab_limit, with_entropy=False)
-        out = {"ref": ref, "old": torch.zeros(B, T), "entropy": torch.zeros(B, T)}
-        rest = torch.arange(B)
-        if deferred is not None:
-            rest = rest[~torch.isin(rest, deferred)]
-        if len(rest):
-            part = batch.rows(rest)
+        out = {"ref": torch.zeros(B, T), "old": torch.zeros(B, T), "entropy": torch.zeros(B, T)}
+        if self.value_head is not None:
+            out["values"] = torch.zeros(B, T)
+        for i, idx in enumerate(parts):
+            part = batch.rows(idx)
+            width = part.x.size(1)
+            with frozen(self.reference):
+                out["ref"][idx, :width], _, _ = sequence_logprobs(self.reference, part, self.params, vocab_limit,
+                                                                  with_entropy=False)
+            if deferred and i == 0:
+                continue
             with frozen(self.policy, self.value_head):
                 old, ent, values = sequence_logprobs(self.policy, part, self.params, vocab_limit, self.value_head)
-            width = part.x.size(1)
-            out["old"][rest, :width], out["entropy"][rest, :width] = old, ent
+            out["old"][idx, :width], out["entropy"][idx, :width] = old, ent
             if values is not None:
-                out["values"] = torch.zeros(B, T)
-                out["values"][rest, :width] = values * part.mask
+                out["values"][idx, :width] = values
         return out
 
     def advantages(self, batch: Batch, scored: dict[str, torch.Tensor], rewards: torch.Tensor) -> torch.Tensor:
@@ -306,10 +233,10 @@ class RLRun:
         order = self.minibatches(len(rollouts))
         # GRPO's advantages need no old log-probs, so its first minibatch's come from its first training forward;
         # PPO's token rewards and values need every row scored before the updates.
-        deferred = order[0][0] if self.cfg.algo == "grpo" else None
-        scored = self.score(batch, deferred)
+        deferred = self.cfg.algo == "grpo"
+        scored = self.score(batch, order[0], deferred)
         adv = self.advantages(batch, scored, rewards)
-        metrics = self.update(batch, scored, adv, order, deferred is not None)
+        metrics = self.update(batch, scored, adv, order, deferred)
         mask = batch.mask
         n = mask.sum().clamp_min(1)
         k1, k3 = L.kl_estimates(scored["old"], scored["ref"])

@@ -53,6 +53,9 @@ class RLConfig:
     checkpoint_every: int = 20  # steps between checkpoints (the last step is always saved)
     seed: int = 1337  # sampling seed and the seed of each step's questions
     device: str = "cpu"  # where the policy trains and samples
+    # Minibatches of whole groups (a prompt's G rows together) instead of rows shuffled one by one: the training
+    # forward then runs each prompt once for its G rows (`rl_forward`), where shuffled rows seldom share one.
+    group_minibatches: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
