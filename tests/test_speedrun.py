@@ -152,6 +152,18 @@ def test_stage_selection_from_until_and_only():
     assert selected_stages(None, "smoke", ["sample", "sft"], "pretrain", "export") == {"sample"}
 
 
+def test_default_sft_sees_each_generated_conversation_at_most_twice():
+    """The default SFT draws at most two epochs of its generated conversations: at four, its model recalled the
+    calculator calls of expressions it had seen instead of learning to copy them, and held-out arithmetic fell from
+    95.5% to 65.0% (benchmarks/NOTES.md, "Round 4: arith")."""
+    from lmforge.posttrain.sft import SFTConfig
+
+    default = PRESETS["default"]
+    cfg = SFTConfig(default_conversations=default.sft_conversations, train_overrides=default.sft)
+    rows = cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum
+    assert rows <= 2 * default.sft_conversations
+
+
 def test_plan_prices_gpu_presets_with_the_cost_model(tmp_path):
     """`--plan` runs nothing; its time and cost are `lmforge model info`'s for the preset's training tokens."""
     outcome = run_cli(["speedrun", "--preset", "gpu", "--plan", "--out", str(tmp_path / "run")])
