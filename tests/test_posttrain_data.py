@@ -153,6 +153,19 @@ def test_arithmetic_split_keeps_evaluation_questions_out_of_training():
     assert 0.08 < share < 0.12  # the split keeps about one expression in ten for evaluation
 
 
+def test_arithmetic_calls_copy_the_question_and_are_too_many_to_memorise():
+    """The calculator call repeats the user's expression verbatim (a pure copy), and the default data holds enough
+    distinct expressions that a small model must learn to copy rather than recall: with 1,394 of them seen 4 times
+    each, the speedrun's SFT model reproduced the calls of seen expressions 94% of the time under teacher forcing and
+    of held-out ones 75% (benchmarks/NOTES.md, "Round 4: arith")."""
+    convs = list(generate_default_conversations(DefaultDataConfig(n=1000, seed=3), facts=collect_doc_facts()))
+    copies = [msgs[i]["tool_calls"][0]["arguments"] for msgs in convs for i in range(1, len(msgs))
+              if msgs[i].get("tool_calls") and msgs[i - 1]["role"] == "user"
+              and msgs[i]["tool_calls"][0]["arguments"] in msgs[i - 1]["content"]]
+    assert len(copies) > 0.25 * len(convs)  # about a third of the conversations practise the copy
+    assert len(set(copies)) > 0.95 * len(copies)  # nearly every one a new expression
+
+
 
 # --- refusal data from harmful requests (`lmforge sft data --refusal-prompts FILE`) --------------------------------
 

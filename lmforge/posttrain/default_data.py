@@ -188,15 +188,20 @@ def _calc_turn(question: str, expr: str, answer: str) -> Messages:
 
 
 def arithmetic_conversation(rng: random.Random) -> Messages:
+    # 70% copy the user's expression into the call (a pure copy, token for token, but for a leading " (" in the
+    # question): the copy generalises only when the model sees too many distinct expressions to recall them. With
+    # half of 23% of the mix, the speedrun's SFT model reproduced seen calls 89% and held-out ones 71% of the time
+    # (teacher-forced) and answered 65% of 200 held-out questions; 70% of 40% of twice the conversations: 96%/96%
+    # and 95.5% (benchmarks/NOTES.md, "Round 4: arith").
     r = rng.random()
-    if r < 0.5:
-        expr = arithmetic_expression(rng)  # the call copies the user's expression token for token: easy to learn
+    if r < 0.7:
+        expr = arithmetic_expression(rng)
         # The result always follows a few words: after a bare result, or one after the expression again, the small
         # model miscopied the calculator's value 31 of 49 and 6 of 27 times, against 2 of 16 after "The answer is"
         # (benchmarks/NOTES.md, "GRPO on held-out arithmetic").
         return _calc_turn(rng.choice(_ARITH_Q).format(e=expr), expr,
                           rng.choice(["The answer is {r}.", "It is {r}.", "The result is {r}."]))
-    if r < 0.75:
+    if r < 0.85:
         src, dst, tmpl = rng.choice(_UNITS)
         v = rng.choice([str(rng.randint(1, 500)), f"{rng.randint(1, 99)}.5"])
         return _calc_turn(rng.choice(_CONVERT_Q).format(v=v, a=src, b=dst), tmpl.format(v=v),
@@ -268,7 +273,8 @@ def lookalike_conversation(rng: random.Random) -> Messages:
 class DefaultDataConfig:
     n: int = 4000  # conversations
     seed: int = 1337
-    mix: tuple[float, float, float, float, float] = (0.45, 0.1, 0.12, 0.23, 0.1)  # doc, signature, identity, arithmetic, refusal
+    # doc, signature, identity, arithmetic, refusal; arithmetic 0.4 (was 0.23): see `arithmetic_conversation`
+    mix: tuple[float, float, float, float, float] = (0.45, 0.1, 0.12, 0.4, 0.1)
     system_prompt_rate: float = 0.1  # share that opens with a system message, so the model sees that role too
     chain_rate: float = 0.25  # chance of one more unrelated exchange after each one (multi-turn chats that switch topic)
     # Harmful requests to refuse (`refusal_prompts_from_file`). Empty (the default): the two kinds below are off and
