@@ -72,18 +72,6 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return dh * grad_out, dw * grad_out, None, None
 
 
-class InferenceRMSNorm:
-    """RMSNorm for inference on fp32 CPU: F.rms_norm's own arithmetic (x * rsqrt(mean(x^2) + eps) * w, the same
-    operations in the same order, so bitwise its output) without its dispatch through `_fused_rms_norm`, which on CPU
-    costs about as much as the decode step's matmul of the same rows (a 128-wide row: 24 against 4 us)."""
-
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        self.weight, self.eps = weight.detach(), eps
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.mul(x, x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).mul_(self.weight)
-
-
 class LinearRoute:
     """x @ W.T (+ residual), by the CPU route measured fastest for the weight's shape and the number of rows, with
     W's extra layouts made once (about one more copy of the weights):
@@ -102,6 +90,7 @@ class LinearRoute:
         self.packed: tuple[int, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, decode: bool = False) -> torch.Tensor:
+        # torch.compile cannot trace the packing op (no fake implementation): compiled steps take the plain route.
         if decode and self.pack and 4 <= x.size(0) <= 64 and not torch.compiler.is_compiling():
             rows = x.size(0)
             packed = self.packed  # read once: sessions in other threads may swap it

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.kernels import ChunkedLinearCrossEntropy, InferenceRMSNorm, LinearRoute, RMSNormFunction
+from lmforge.kernels import ChunkedLinearCrossEntropy, LinearRoute, RMSNormFunction
 
 
 @dataclass
@@ -518,8 +518,6 @@ def weights_key(model: nn.Module) -> tuple:
 
 
 def _norm_fn(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    if isinstance(norm, RMSNorm) and norm.weight.device.type == "cpu" and norm.weight.dtype == torch.float32:
-        return InferenceRMSNorm(norm.weight, norm.eps)
     if isinstance(norm, RMSNorm):
         return partial(F.rms_norm, normalized_shape=(norm.weight.numel(),), weight=norm.weight, eps=norm.eps)
     return norm

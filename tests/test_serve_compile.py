@@ -78,23 +78,27 @@ def test_compiled_decode_equals_the_engine_and_compiles_only_at_start_up():
         assert tokens == engine.generate(prompt, params)[0][0].token_ids
 
 
-def test_two_models_in_one_process_each_compile_their_buckets(monkeypatch):
+def test_two_models_in_one_process_each_compile_their_buckets():
     """A second model config once failed with `enable_gqa must be bool, not SymBool` (automatic dynamic shapes
     made head counts symbolic at a recompile); and more graphs than dynamo's recompile limit must not fall back to
-    eager unseen (the limit is lowered here so that a few buckets pass it)."""
+    eager unseen (the limit is lowered here so that a few buckets pass it; monkeypatch would delete the setting)."""
     backend = CountingBackend()
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    schedulers = []
-    for arch in ({}, {"n_head": 2, "n_kv_head": 2, "n_embd": 32, "qk_norm": True}):
-        engine = Engine(tiny_model(**arch), Tokenizer([]))
-        scheduler = Scheduler(engine, slots=4, compile=backend)
-        scheduler.warm_up()
-        schedulers.append((scheduler, engine))
-    assert len(backend.graphs) == 2 * len(buckets(4))  # 6 graphs, past the limit of 2
-    params = SamplingParams(max_tokens=6, temperature=0.0, stop_token_ids=[])
-    for scheduler, engine in schedulers:
-        prompts = [[engine.tokenizer.bos_id, 40 + i, 41] for i in range(3)]
-        for tokens, prompt in zip(run_all(scheduler, prompts, params), prompts):
-            assert tokens == engine.generate(prompt, params)[0][0].token_ids
-    assert len(backend.graphs) == 2 * len(buckets(4))
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 2
+    try:
+        schedulers = []
+        for arch in ({}, {"n_head": 2, "n_kv_head": 2, "n_embd": 32, "qk_norm": True}):
+            engine = Engine(tiny_model(**arch), Tokenizer([]))
+            scheduler = Scheduler(engine, slots=4, compile=backend)
+            scheduler.warm_up()
+            schedulers.append((scheduler, engine))
+        assert len(backend.graphs) == 2 * len(buckets(4))  # 6 graphs, past the limit of 2
+        params = SamplingParams(max_tokens=6, temperature=0.0, stop_token_ids=[])
+        for scheduler, engine in schedulers:
+            prompts = [[engine.tokenizer.bos_id, 40 + i, 41] for i in range(3)]
+            for tokens, prompt in zip(run_all(scheduler, prompts, params), prompts):
+                assert tokens == engine.generate(prompt, params)[0][0].token_ids
+        assert len(backend.graphs) == 2 * len(buckets(4))
+    finally:
+        torch._dynamo.config.recompile_limit = limit
