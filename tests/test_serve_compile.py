@@ -70,6 +70,8 @@ def test_compiled_decode_equals_the_engine_and_compiles_only_at_start_up():
     torch._dynamo.reset()
     scheduler.warm_up()
     assert len(backend.graphs) == len(buckets(6))  # one graph per bucket, all at start-up
+    assert set(scheduler._compiled.chosen) == set(buckets(6))  # each timed against the eager step
+    scheduler._compiled.chosen = dict.fromkeys(buckets(6), True)  # here every bucket runs compiled
     params = SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[])
     prompts = [[engine.tokenizer.bos_id, *range(30 + i, 33 + 2 * i)] for i in range(5)]  # lengths 4 to 12
     got = run_all(scheduler, prompts, params)
@@ -92,6 +94,7 @@ def test_two_models_in_one_process_each_compile_their_buckets():
             engine = Engine(tiny_model(**arch), Tokenizer([]))
             scheduler = Scheduler(engine, slots=4, compile=backend)
             scheduler.warm_up()
+            scheduler._compiled.chosen = dict.fromkeys(buckets(4), True)
             schedulers.append((scheduler, engine))
         assert len(backend.graphs) == 2 * len(buckets(4))  # 6 graphs, past the limit of 2
         params = SamplingParams(max_tokens=6, temperature=0.0, stop_token_ids=[])

@@ -37,7 +37,7 @@ class ServeConfig:
     max_tokens: int = 4096  # largest max_tokens a request may ask for (the context bounds it too)
     max_n: int = 8  # most samples per request (at most --slots)
     threads: int | None = None  # torch threads (default: all cores)
-    compile: bool = False  # torch.compile the decode step per batch bucket at start-up (CPU: helps 1 row, hurts 16)
+    compile: bool = False  # compile the decode step per batch bucket at start-up; each bucket keeps the faster step
 
     def __post_init__(self) -> None:
         check_fields(self)

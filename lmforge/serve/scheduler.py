@@ -424,7 +424,7 @@ class Scheduler:
             return
         tokens = torch.tensor([[row.pending] for row in rows], device=self.device)
         lengths = [min(row.length, self.pool.width - 1) for row in rows]
-        if self._compiled is not None:
+        if self._compiled is not None and self._compiled.pays(len(rows)):
             logits = self._compiled(tokens, lengths, self._weights)
         else:
             view = self.pool.view(0, lengths, 1)
