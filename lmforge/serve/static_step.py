@@ -9,6 +9,8 @@ written at those columns by indexing (inductor turned a `scatter_` into the pool
 2.5x the eager step at 16 rows). Each bucket is compiled at start-up (`warm`), never per request, and timed against
 the eager step; the faster one serves that bucket. Rows past the running ones are free pool rows, whose scratch
 writes nothing reads. The forward is `GPT.infer`'s static decode step (its `slot` argument), the one forward.
+Inductor's fused kernels may round differently from eager in the last bits (greedy tokens of the speedrun's
+assistant came out equal), and a graph holds the prepared weights it was compiled with: for serving fixed weights.
 """
 
 from __future__ import annotations
@@ -52,13 +54,16 @@ def buckets(slots: int) -> list[int]:
     return sizes + [slots]
 
 
-def timed(step: Callable[[], Any], repeats: int = 5, steps: int = 10) -> float:
-    """Seconds a step takes, best of `repeats` runs of `steps` (the best resists other processes' load)."""
+def timed(step: Callable[[], Any], sync: Callable[[], Any], repeats: int = 5, steps: int = 10) -> float:
+    """Seconds a step takes, best of `repeats` runs of `steps` (the best resists other processes' load); `sync`
+    waits for the device (CUDA runs asynchronously)."""
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         best = min(best, (time.perf_counter() - start) / steps)
     return best
 
@@ -90,12 +95,14 @@ class CompiledDecode:
         the eager one (`pays`). On the reference CPU the compiled step won at one row and lost at 16."""
         device = self.pool.valid.device
         column = self.pool.width // 4  # a typical fill: attention's share grows with it in the eager step only
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         for i, b in enumerate(self.sizes, start=1):
             say(f"lmforge serve: compiling the decode step for {b} row(s) ({i}/{len(self.sizes)})")
             tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
             self(tokens, [column] * b, weights)
-            compiled, eager = timed(lambda: self(tokens, [column] * b, weights)), timed(
-                lambda: self.model.infer(tokens, tokens + column, self.pool.view(0, [column] * b, 1), weights))
+            compiled = timed(lambda: self(tokens, [column] * b, weights), sync)
+            eager = timed(lambda: self.model.infer(tokens, tokens + column, self.pool.view(0, [column] * b, 1),
+                                                   weights), sync)
             self.chosen[b] = compiled < eager
             say(f"lmforge serve: {b} row(s): compiled {compiled * 1e6:.0f} us, eager {eager * 1e6:.0f} us a step")
 
