@@ -87,9 +87,9 @@ class SlotPool:
         self._row_views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
 
     def rows(self, first: int, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Views of rows first..first+count of every layer's keys and values and of `valid`, made once per range:
-        a decode step asks for the same range step after step, and slicing 2 x layers tensors each time is a
-        measurable share of a small model's step."""
+        """Views of rows first..first+count of every layer's keys and values and of `valid`, made once per range
+        (at most slots^2 ranges): decode steps ask for the same range step after step, so need not slice 2 x layers
+        tensors anew each time."""
         views = self._row_views.get((first, count))
         if views is None:
             rows = slice(first, first + count)
