@@ -320,8 +320,10 @@ def main() -> None:
         configure_threads(int(os.environ.get("LMFORGE_THREADS", "1")))
         if args.serve == "scheduler":
             scheduler_only(args.streams, args.requests, args.tokens, args.slots)
+        elif args.serve == "lmforge":
+            serve_lmforge(args.port, args.slots, args.params, args.compile)
         else:
-            serve_lmforge(args.port, args.slots, args.params, args.compile) if args.serve == "lmforge" else serve_transformers(args.port)
+            serve_transformers(args.port)
         return
     if "old" in args.peers and not args.old_src:
         ap.error("--peers old needs --old-src")
