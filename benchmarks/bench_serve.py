@@ -18,7 +18,7 @@ serves the parameter file from lmforge and its GGUF export (the same weights) fr
 common words, and llama.cpp, which has no ignore_eos, gets every special token banned by logit_bias.
 
     .venv/bin/python benchmarks/bench_serve.py [--streams 1 4 16 64] [--tokens 32] [--threads 1] [--rounds 3]
-        [--peers transformers old llamacpp] [--old-src /tmp/old] [--params F --gguf F --llama-python PY]
+        [--peers transformers old llamacpp] [--old-src /tmp/old] [--params F --gguf F --llama-python PY] [--compile]
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def build_model():
     return GPT(GPTConfig(**SHAPE)).eval()
 
 
-def serve_lmforge(port: int, slots: int, params: str | None = None) -> None:
-    """The random tiny model, or with `params` a parameter file (the llama.cpp comparison: the same weights)."""
+def serve_lmforge(port: int, slots: int, params: str | None = None, compile: bool = False) -> None:
+    """The random tiny model, or with `params` a parameter file (the llama.cpp comparison: the same weights);
+    `compile`: the decode step compiled per batch bucket (`serve --compile`)."""
     from lmforge.inference.engine import Engine
     from lmforge.serve.app import BackgroundServer, create_app
     from lmforge.serve.protocol import Limits
@@ -65,7 +66,8 @@ def serve_lmforge(port: int, slots: int, params: str | None = None) -> None:
         engine = engine_from_params(params)
     else:
         engine = Engine(build_model(), Tokenizer([]))
-    scheduler = Scheduler(engine, slots=slots, max_requests=1024)
+    options = {"compile": "inductor"} if compile else {}  # not passed otherwise: an --old-src may predate it
+    scheduler = Scheduler(engine, slots=slots, max_requests=1024, **options)
     scheduler.warm_up()
     scheduler.start()
     BackgroundServer(create_app(scheduler, "bench", Limits()), port=port).start()
@@ -248,13 +250,14 @@ def start_server(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen,
     if name == "old":
         env["PYTHONPATH"] = args.old_src
     argv = [sys.executable, __file__, "--serve", "lmforge" if name == "old" else name, "--port", str(port),
-            "--slots", str(args.slots), *(["--params", args.params] if args.params else [])]
+            "--slots", str(args.slots), *(["--params", args.params] if args.params else []),
+            *(["--compile"] if args.compile and name == "lmforge" else [])]
     if name == "llamacpp":
         argv = [args.llama_python, "-m", "llama_cpp.server", "--model", args.gguf, "--host", "127.0.0.1", "--port",
                 str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "256",
                 "--interrupt_requests", "False"]  # its default ends a running stream when another request comes
     child = subprocess.Popen(argv, env=env)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + (1800 if args.compile else 300)  # compiling every bucket takes minutes
     while time.monotonic() < deadline and child.poll() is None:  # a server that crashed is not waited for
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -306,6 +309,8 @@ def main() -> None:
     ap.add_argument("--llama-python", help="the python of a venv with llama-cpp-python[server]")
     ap.add_argument("--scheduler-only", action="store_true",
                     help="measure the scheduler in-process without HTTP (peers: old only)")
+    ap.add_argument("--compile", action="store_true",
+                    help="lmforge (not --old-src's) compiles its decode step per batch bucket at start-up")
     ap.add_argument("--serve", choices=["lmforge", "transformers", "scheduler"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -315,8 +320,10 @@ def main() -> None:
         configure_threads(int(os.environ.get("LMFORGE_THREADS", "1")))
         if args.serve == "scheduler":
             scheduler_only(args.streams, args.requests, args.tokens, args.slots)
+        elif args.serve == "lmforge":
+            serve_lmforge(args.port, args.slots, args.params, args.compile)
         else:
-            serve_lmforge(args.port, args.slots, args.params) if args.serve == "lmforge" else serve_transformers(args.port)
+            serve_transformers(args.port)
         return
     if "old" in args.peers and not args.old_src:
         ap.error("--peers old needs --old-src")

@@ -90,7 +90,8 @@ class LinearRoute:
         self.packed: tuple[int, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, decode: bool = False) -> torch.Tensor:
-        if decode and self.pack and 4 <= x.size(0) <= 64:
+        # torch.compile cannot trace the packing op (no fake implementation): compiled steps take the plain route.
+        if decode and self.pack and 4 <= x.size(0) <= 64 and not torch.compiler.is_compiling():
             rows = x.size(0)
             packed = self.packed  # read once: sessions in other threads may swap it
             if packed is None or packed[0] != rows:

@@ -37,6 +37,7 @@ class ServeConfig:
     max_tokens: int = 4096  # largest max_tokens a request may ask for (the context bounds it too)
     max_n: int = 8  # most samples per request (at most --slots)
     threads: int | None = None  # torch threads (default: all cores)
+    compile: bool = False  # compile the decode step per batch bucket at start-up; each bucket keeps the faster step
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -63,7 +64,8 @@ def start_service(cfg: ServeConfig, device: str, tools_cfg: Any = None) -> tuple
 
     engine, default_name = load_served_engine(cfg.checkpoint, cfg.params, device, cfg.dtype)
     name = cfg.model_name or default_name
-    scheduler = Scheduler(engine, slots=cfg.slots, prefix_entries=cfg.prefix_cache, max_requests=cfg.max_concurrent)
+    scheduler = Scheduler(engine, slots=cfg.slots, prefix_entries=cfg.prefix_cache, max_requests=cfg.max_concurrent,
+                          compile="inductor" if cfg.compile else None)
     print(f"lmforge serve: warming up {name} on {device} ...", flush=True)
     scheduler.warm_up()
     scheduler.start()

@@ -37,6 +37,7 @@ from lmforge.inference.engine import Engine, GenerationSession, TokenEvent, _Row
 from lmforge.inference.sampling import SamplingParams, next_token_logprobs, sample
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.slots import PrefixCache, SlotPool
+from lmforge.serve.static_step import CompiledDecode
 from lmforge.utils import LmforgeError
 
 Sink = Callable[[str, Any], None]
@@ -157,7 +158,8 @@ class Scheduler:
     client that vanished without a trace still leaves once its request ends: the limit can never leak.
     """
 
-    def __init__(self, engine: Engine, slots: int = 16, prefix_entries: int = 8, max_requests: int = 64) -> None:
+    def __init__(self, engine: Engine, slots: int = 16, prefix_entries: int = 8, max_requests: int = 64,
+                 compile: str | Callable | None = None) -> None:
         if engine.tokenizer is None:
             raise LmforgeError("the server needs an engine with a tokenizer")
         self.engine, self.model = engine, engine.model
@@ -176,6 +178,9 @@ class Scheduler:
         # The prepared weights, checked against the model at each admission (as the engine checks per session):
         # walking every parameter to check costs as much as a tiny model's decode step, so not per step.
         self._weights = engine.inference_weights()
+        # compile: a torch.compile backend ("inductor") for the decode step, one graph per batch bucket built by
+        # `warm_up` (see static_step.py); None runs the step eagerly over exactly the running rows.
+        self._compiled = None if compile is None else CompiledDecode(engine.model, self.pool, compile)
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -267,6 +272,9 @@ class Scheduler:
     def warm_up(self) -> None:
         """Run one short request through prefill and decode on this thread before `start()`, so the first client
         does not pay for first-call allocations; the metrics start afresh after it."""
+        if self._compiled is not None:
+            with torch.inference_mode():
+                self._compiled.warm(self._weights)
         done = threading.Event()
         self.submit([self.engine.tokenizer.bos_id], SamplingParams(temperature=0, max_tokens=2),
                     lambda kind, payload: done.set() if kind in ("done", "error") else None)
@@ -416,8 +424,11 @@ class Scheduler:
             return
         tokens = torch.tensor([[row.pending] for row in rows], device=self.device)
         lengths = [min(row.length, self.pool.width - 1) for row in rows]
-        pos = torch.tensor(lengths, device=self.device)[:, None]
-        logits = self.model.infer(tokens, pos, self.pool.view(0, lengths, 1), self._weights)
+        if self._compiled is not None and self._compiled.pays(len(rows)):
+            logits = self._compiled(tokens, lengths, self._weights)
+        else:
+            view = self.pool.view(0, lengths, 1)
+            logits = self.model.infer(tokens, view.starts[:, None], view, self._weights)  # positions are the columns
         logits = logits.float()
         for row in rows:
             if row.out.finish_reason is None:

@@ -34,12 +34,9 @@ class SlotView(KVCache):
 
     def __init__(self, pool: "SlotPool", first: int, lengths: list[int], T: int) -> None:  # noqa: D107
         count = len(lengths)
-        rows = slice(first, first + count)
         if max(lengths) + T > pool.width:
             raise ValueError(f"a forward of {T} tokens from column {max(lengths)} passes the slots' {pool.width}")
-        self.k = [k[rows] for k in pool.k]
-        self.v = [v[rows] for v in pool.v]
-        self.valid = pool.valid[rows]
+        self.k, self.v, self.valid = pool.rows(first, count)
         self.max_len = pool.width
         self.starts = torch.tensor(lengths, device=pool.valid.device)
         self.first_start = lengths[0]
@@ -87,6 +84,18 @@ class SlotPool:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.valid = torch.ones(slots, config.block_size, dtype=torch.bool, device=device)  # rows are never padded
+        self._row_views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
+
+    def rows(self, first: int, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Views of rows first..first+count of every layer's keys and values and of `valid`, made once per range
+        (at most slots^2 ranges): decode steps ask for the same range step after step, so need not slice 2 x layers
+        tensors anew each time."""
+        views = self._row_views.get((first, count))
+        if views is None:
+            rows = slice(first, first + count)
+            views = self._row_views[first, count] = ([k[rows] for k in self.k], [v[rows] for v in self.v],
+                                                      self.valid[rows])
+        return views
 
     def view(self, first: int, lengths: list[int], T: int) -> SlotView:
         return SlotView(self, first, lengths, T)
