@@ -208,9 +208,10 @@ class KVCache:
         self.valid[:, self.length:self.length + real.size(1)] = real
         self.holes = True
 
-    def repeat_rows(self, n: int) -> None:
-        """Each row becomes n consecutive copies of itself (n samples continuing one prefilled prompt)."""
-        self.keep_rows(torch.arange(self.valid.size(0), device=self.valid.device).repeat_interleave(n), True)
+    def repeat_rows(self, n: int, zero_rest: bool) -> None:
+        """Each row becomes n consecutive copies of itself (n samples continuing one prefilled prompt); zero_rest as
+        in `keep_rows` (only the static decode step needs it)."""
+        self.keep_rows(torch.arange(self.valid.size(0), device=self.valid.device).repeat_interleave(n), zero_rest)
 
     def keep_rows(self, rows: torch.Tensor, zero_rest: bool = False) -> None:
         """The cache of these rows, in this order (repeats allowed): a session's n samples of one prompt, or its

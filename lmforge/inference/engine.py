@@ -126,7 +126,7 @@ class GenerationSession:
         self._feed([list(p) for p in prompts])
         n = params.n
         if n > 1:  # one prefill per prompt, then each prompt's cache is copied for its n samples
-            self.cache.repeat_rows(n)
+            self.cache.repeat_rows(n, zero_rest=engine.static_decode)
             self.pos, self.logits = self.pos.repeat_interleave(n, 0), self.logits.repeat_interleave(n, 0)
             self.batch *= n
         self.rows = [_Row(engine.new_decoder()) for _ in range(self.batch)]

@@ -4,7 +4,7 @@ the sampled tokens, with each group's shared prompt run once.
 A GRPO batch holds G responses to each prompt, so its rows repeat one prompt G times (in `bench_rl.py`'s GRPO
 batches the prompts are about 40% of the input tokens). `sampled_hidden` therefore runs a group's prompt once: a
 forward over the distinct prompts of the rows (right-padded; `GPT.hidden` with a `KVCache`), whose keys and values
-`KVCache.keep_rows` copies to the G rows, then a forward over each row's own part, from the last prompt token (the
+`_RowsAfterPrompt` selects for the G rows, then a forward over each row's own part, from the last prompt token (the
 position that predicts the first response token) to its end, attending over its prompt's keys. Under autograd the
 copy is an `index_select`, so each prompt position's gradient is the sum over its rows, as in the unshared forward:
 the log-probs, the loss and the gradients equal the plain forward's to float rounding (tests/test_rl_forward.py).
@@ -19,7 +19,6 @@ the rows out identically, so their results agree bit for bit where the weights d
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -114,9 +113,9 @@ def length_chunks(lengths: torch.Tensor) -> list[torch.Tensor]:
     return chunks + [rows]
 
 
-def _prompt_cache(model: GPT, batch: Batch, row_group: torch.Tensor, room: int) -> KVCache:
-    """A cache holding the keys/values of the batch's distinct prompts (one cache row per prompt, right-padded,
-    `room` slots left after them): a group's prompt is the first `start` inputs of any of its rows."""
+def _prompt_cache(model: GPT, batch: Batch, row_group: torch.Tensor) -> KVCache:
+    """A cache holding exactly the keys/values of the batch's distinct prompts (one cache row per prompt,
+    right-padded): a group's prompt is the first `start` inputs of any of its rows."""
     device = batch.x.device
     groups = int(row_group.max()) + 1
     prefix_len = batch.start.new_zeros(groups).scatter_(0, row_group, batch.start)
@@ -124,10 +123,28 @@ def _prompt_cache(model: GPT, batch: Batch, row_group: torch.Tensor, room: int) 
     width = int(prefix_len.max())
     slots = torch.arange(width, device=device)
     prompt_valid = slots < prefix_len[:, None]
-    cache = KVCache(model.config, groups, width + room, device, model.tok_emb.weight.dtype)
+    cache = KVCache(model.config, groups, width, device, model.tok_emb.weight.dtype)
     cache.mark_padding(prompt_valid)
     model.hidden(batch.x[first_row, :width], cache, torch.where(prompt_valid, slots, 0))
     return cache
+
+
+class _RowsAfterPrompt(KVCache):
+    """Rows continuing their prompts' cached keys/values, for one training or scoring forward over the rows' own
+    parts: `write` returns each layer's prompt keys (picked per row; under autograd an `index_select`, whose
+    backward sums the rows' gradients into their prompt) followed by the rows' new keys. Attention reads the same
+    keys and values as from a copy of the cache with room for the rows, without allocating and copying that room
+    or back-propagating through writes into it."""
+
+    def __init__(self, prompts: KVCache, prompt_of_row: torch.Tensor, own_valid: torch.Tensor) -> None:
+        self.k = [k.index_select(0, prompt_of_row) for k in prompts.k]
+        self.v = [v.index_select(0, prompt_of_row) for v in prompts.v]
+        self.valid = torch.cat([prompts.valid.index_select(0, prompt_of_row), own_valid], 1)
+        self.length, self.max_len, self.holes = prompts.length, self.valid.size(1), True
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor,
+              T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
 
 
 def sampled_hidden(model: GPT, batch: Batch) -> torch.Tensor:
@@ -140,7 +157,7 @@ def sampled_hidden(model: GPT, batch: Batch) -> torch.Tensor:
     _, row_group = torch.unique(batch.prompt, return_inverse=True)
     shared = int(row_group.max()) + 1 < len(row_group) and int(batch.start.min()) > 0
     own_lengths = lengths - batch.start  # a row's part after its prompt, from its last prompt token on
-    cache = _prompt_cache(model, batch, row_group, int(own_lengths.max())) if shared else None
+    cache = _prompt_cache(model, batch, row_group) if shared else None
     parts, places = [], []
     for rows in length_chunks(own_lengths if shared else lengths):
         if cache is None:  # nothing shared: the plain forward
@@ -153,9 +170,7 @@ def sampled_hidden(model: GPT, batch: Batch) -> torch.Tensor:
         cols = batch.start[rows, None] + torch.arange(int(own_lengths[rows].max()), device=rows.device)
         own_valid = cols < lengths[rows, None]
         cols = cols.clamp(max=batch.x.size(1) - 1)
-        rows_cache = copy.copy(cache)  # keep_rows gives the copy its own tensors; `cache` serves the next chunk
-        rows_cache.keep_rows(row_group[rows])
-        rows_cache.mark_padding(own_valid)
+        rows_cache = _RowsAfterPrompt(cache, row_group[rows], own_valid)
         hidden = model.hidden(batch.x[rows].gather(1, cols), rows_cache, torch.where(own_valid, cols, 0))
         picked = own_valid & where[rows].gather(1, cols)
         parts.append(hidden[picked])
