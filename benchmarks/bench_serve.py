@@ -18,7 +18,7 @@ serves the parameter file from lmforge and its GGUF export (the same weights) fr
 common words, and llama.cpp, which has no ignore_eos, gets every special token banned by logit_bias.
 
     .venv/bin/python benchmarks/bench_serve.py [--streams 1 4 16 64] [--tokens 32] [--threads 1] [--rounds 3]
-        [--peers transformers old llamacpp] [--old-src /tmp/old] [--params F --gguf F --llama-python PY] [--compile]
+        [--peers transformers old llamacpp] [--old-src OLD] [--params F --gguf F --llama-python PY] [--compile]
 """
 
 from __future__ import annotations
