@@ -88,6 +88,11 @@ class LoopRelay:
             deliver(item)
 
 
+def _plain_greedy(params: SamplingParams) -> bool:
+    """Whether `sample` reduces to an argmax for these params, so the step's shared greedy picks serve them."""
+    return params.greedy and not params.uses_penalties
+
+
 class QueueFull(LmforgeError):
     """The request is fine but the server has too many waiting (HTTP 429: retry later)."""
 
@@ -436,9 +441,9 @@ class Scheduler:
         greedy = self._greedy_picks(logits)
         first = 0
         for r in self._running:
-            rows = slice(first, first + len(r.rows))
-            plain = greedy is not None and r.params.greedy and not r.params.uses_penalties
-            self._sample(r, logits[rows], (greedy[0][rows], greedy[1][rows], greedy[2][rows]) if plain else None)
+            span = slice(first, first + len(r.rows))
+            plain = greedy is not None and _plain_greedy(r.params)
+            self._sample(r, logits[span], (greedy[0][span], greedy[1][span], greedy[2][span]) if plain else None)
             first += len(r.rows)
         self._retire()
 
@@ -446,7 +451,7 @@ class Scheduler:
         """`sample`'s answer for every row as if greedy without penalties, in one argmax and one log-softmax over
         the whole step (the same row-wise numbers it gives each request alone), or None when no running request is
         that plain: at 16 greedy streams this replaces 16 calls and their tensor-to-list conversions."""
-        if not any(r.params.greedy and not r.params.uses_penalties for r in self._running):
+        if not any(_plain_greedy(r.params) for r in self._running):
             return None
         limit = self.engine.vocab_limit
         tokens = (logits if limit is None else logits[:, :limit]).argmax(dim=-1)
