@@ -61,9 +61,6 @@ class PromptScorer:
         """Every prompt's entries, computed on the worker thread (the event loop and the scheduler go on)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.entries, prompts, top)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
 
 def hidden_width(tok: Any, ids: list[int], text: str) -> int:
     """Characters of the leading tokens the server added (a string prompt's `<|bos|>`), which the echoed text (the
