@@ -166,11 +166,10 @@ class ToolLoopCall:
         self.answer += forced
         event = ToolEvent("call_" + secrets.token_hex(8), name, arguments, self.tok.decode(out_ids), forced, usage)
         prompt = self.spec.prompts[0] + self.answer
-        budget = self.spec.params.max_tokens - self.sampled
-        if budget < 1 or len(prompt) >= self.scheduler.model.config.block_size - 1:
+        budget, block = self.spec.params.max_tokens - self.sampled, self.scheduler.model.config.block_size
+        if budget < 1 or len(prompt) >= block - 1:
             event.finish = "length"
             return event
-        params = dataclasses.replace(self.spec.params, max_tokens=min(budget, self.scheduler.model.config.block_size
-                                                                      - len(prompt)))
+        params = dataclasses.replace(self.spec.params, max_tokens=min(budget, block - len(prompt)))
         self.call = self.make_call(self.scheduler, dataclasses.replace(self.spec, prompts=[prompt], params=params))
         return event
