@@ -108,12 +108,16 @@ class CompiledDecode:
 
     def pays(self, rows: int) -> bool:
         """Whether the bucket of `rows` runs compiled (measured faster at start-up)."""
-        return self.chosen.get(next(size for size in self.sizes if size >= rows), False)
+        return self.chosen.get(self.bucket(rows), False)
+
+    def bucket(self, rows: int) -> int:
+        """The smallest compiled batch size that holds `rows` running rows."""
+        return next(size for size in self.sizes if size >= rows)
 
     def __call__(self, tokens: torch.Tensor, lengths: list[int], weights: Any) -> torch.Tensor:
         """Logits (rows, V) of one decode step: row r's token `tokens[r]` at column `lengths[r]` of pool row r."""
         rows = len(lengths)
-        b = next(size for size in self.sizes if size >= rows)
+        b = self.bucket(rows)
         columns = torch.zeros(b, dtype=torch.long, device=tokens.device)
         columns[:rows] = torch.tensor(lengths, device=tokens.device)
         if b > rows:
