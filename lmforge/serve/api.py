@@ -161,27 +161,20 @@ class Shape:
         """A call the server ran (the `position`-th of the answer), as two streamed choices: the call (OpenAI's
         `tool_calls` delta), then its output (`delta.tool_result`, an lmforge field) and, when no room is left to
         continue, the finish."""
-        call = {"index": position, "id": event.call_id, "type": "function",
-                "function": {"name": event.name, "arguments": event.arguments}}
-        result = {"tool_call_id": event.call_id, "name": event.name, "content": event.output}
+        call = {"index": position, **event.call_json()}
         return [{"index": index, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None},
-                {"index": index, "delta": {"tool_result": result}, "logprobs": None, "finish_reason": event.finish}]
+                {"index": index, "delta": {"tool_result": event.result_json()}, "logprobs": None,
+                 "finish_reason": event.finish}]
 
     def whole(self, got: Choices) -> dict[str, Any]:
         choices = []
         for i, (text, entries, finish) in enumerate(zip(got.text, got.logprobs, got.finish)):
-            if self.chat and got.tool_events[i]:
-                ran = got.tool_events[i]
-                message = {"role": "assistant", "content": text,
-                           "tool_calls": [{"id": e.call_id, "type": "function",
-                                           "function": {"name": e.name, "arguments": e.arguments}} for e in ran],
-                           "tool_results": [{"tool_call_id": e.call_id, "name": e.name, "content": e.output}
-                                            for e in ran]}
-                choices.append({"index": i, "message": message, "logprobs": self.logprobs(entries, 0),
-                                "finish_reason": finish})
-            elif self.chat:
+            if self.chat:
                 message: dict[str, Any] = {"role": "assistant", "content": text}
-                if finish == "tool_calls":
+                if got.tool_events[i]:  # calls the server ran (tool_loop.py)
+                    message["tool_calls"] = [e.call_json() for e in got.tool_events[i]]
+                    message["tool_results"] = [e.result_json() for e in got.tool_events[i]]
+                elif finish == "tool_calls":
                     calls = [{k: v for k, v in c.items() if k != "index"} for c in tool_call_delta(self.tok, got.ids[i])]
                     message = {"role": "assistant", "content": text or None, "tool_calls": calls}
                 choices.append({"index": i, "message": message, "logprobs": self.logprobs(entries, 0),

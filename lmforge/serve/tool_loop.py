@@ -109,6 +109,14 @@ class ToolEvent:
     usage: Any  # the finished segment's scheduler Usage
     finish: str | None = None  # "length" when no room is left to continue after the call
 
+    def call_json(self) -> dict[str, Any]:
+        """The call in OpenAI's `tool_calls` shape; one builder for the streamed delta and the whole message."""
+        return {"id": self.call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+    def result_json(self) -> dict[str, Any]:
+        """The output the model read, as lmforge's `tool_result` (streamed) and `tool_results` entries."""
+        return {"tool_call_id": self.call_id, "name": self.name, "content": self.output}
+
 
 class ToolLoopCall:
     """A chat request whose tool calls the server runs: `next()` gives the events of `api.Call` plus ("tool", ...)
