@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import torch
 
+from lmforge.serve.api import Choices
+
 Entry = tuple[int, Optional[float], Optional[list[tuple[int, float]]]]  # (id, log-prob, top), as api.Choices
 # The most tokens (padding included) one echo forward computes: bounds its (rows, tokens, vocab) log-probs.
 ECHO_TOKENS = 4096
@@ -73,8 +75,6 @@ async def echoed(scorer: PromptScorer, spec: Any, tok: Any, tool_tokens: tuple[i
     """The choices of an `echo` request as they start: each prompt's text and, with `logprobs`, its entries
     (choice i * n + j, sample j of prompt i, as api.Call numbers them). Without generation (`max_tokens: 0`) they
     are the whole answer: finish "length", the prompt tokens counted."""
-    from lmforge.serve.api import Choices
-
     n = spec.params.n
     got = Choices(len(spec.prompts) * n, tool_tokens)
     scored = await scorer.score(spec.prompts, spec.top_logprobs) if spec.top_logprobs is not None else None
