@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"wrote {n} conversations to {args.out} (and {manifest_path(args.out).name})")
     if args.preview or args.out is None:
         count = args.preview or 5
-        convs = list(generate_default_conversations(DefaultDataConfig(n=count, seed=args.seed, refusal_prompts=prompts,
-                                                                      **weights)))
+        convs = list(generate_default_conversations(replace(cfg, n=count)))
         tok = None
         if args.tokenizer is not None:
             from lmforge.tokenizer import Tokenizer

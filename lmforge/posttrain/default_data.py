@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from lmforge.inference.tools import calculate
 from lmforge.posttrain.doc_facts import DocFact, collect_doc_facts, documented_summaries
 from lmforge.posttrain.refusal_data import LOOKALIKE_ANSWERS, LOOKALIKES, harmful_refusal_conversation
+from lmforge.utils import LmforgeError, atomic_write
 
 Messages = list[dict[str, Any]]
 
@@ -253,7 +254,6 @@ def refusal_conversation(rng: random.Random) -> Messages:
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
-
 @functools.lru_cache(maxsize=1)
 def lookalike_facts() -> tuple[tuple[tuple[str, ...], str, str], ...]:
     """(questions, name, docstring summary) of every safe look-alike (`refusal_data.LOOKALIKES`) whose object this
@@ -268,6 +268,7 @@ def lookalike_conversation(rng: random.Random) -> Messages:
     questions, name, summary = rng.choice(lookalike_facts())
     return [{"role": "user", "content": rng.choice(questions)},
             {"role": "assistant", "content": rng.choice(LOOKALIKE_ANSWERS).format(n=name, s=summary)}]
+
 
 @dataclass
 class DefaultDataConfig:
@@ -287,8 +288,6 @@ class DefaultDataConfig:
     lookalike_weight: float = 0.2
 
     def __post_init__(self) -> None:
-        from lmforge.utils import LmforgeError
-
         for name in ("harmful_weight", "lookalike_weight"):
             if not getattr(self, name) >= 0:  # named as the flag: `sft data --lookalike-weight` sets one
                 raise LmforgeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -357,8 +356,6 @@ def heldout_arithmetic(n: int, seed: int = 424242) -> list[dict[str, str]]:
 
 
 def write_jsonl(conversations: Iterator[Messages], path: str) -> int:
-    from lmforge.utils import atomic_write
-
     n = 0
     with atomic_write(path) as f:
         for msgs in conversations:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +75,13 @@ def reference_key(pair_files: list[str], reference: Path, block_size: int, split
     h.update(file_sha256(reference / "model.safetensors").encode())
     h.update(json.dumps({"block_size": block_size, **split}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def split_reference_logps(model: GPT, train_ex: list[PairExample], val_ex: list[PairExample], batch_size: int,
+                          pad_id: int) -> dict[str, torch.Tensor]:
+    """Reference log-probs of both splits; bound with `partial` so the model is freed once the cache is filled."""
+    return {"train": reference_logps(model, train_ex, batch_size, pad_id),
+            "val": reference_logps(model, val_ex, batch_size, pad_id)}
 
 
 def cached_reference(out_dir: Path, key: str,
@@ -151,9 +159,8 @@ def run_dpo(cfg: DPOConfig, checkpoint: str | Path, out_dir: str | Path, data: l
     split = {"val_last": cfg.val_last, "val_frac": cfg.val_frac, "max_train": cfg.max_train,
              "val_data": list(val_data or [])}
     key = reference_key(list(data) + list(val_data or []), base, block, split)
-    refs = cached_reference(out_dir, key, lambda: {
-        "train": reference_logps(reference, train_ex, cfg.ref_batch_size, pad),
-        "val": reference_logps(reference, val_ex, cfg.ref_batch_size, pad)})
+    refs = cached_reference(out_dir, key, partial(split_reference_logps, reference, train_ex, val_ex,
+                                                  cfg.ref_batch_size, pad))
     del reference
     tcfg = cfg.train
     batches = PairBatches(train_ex, tcfg.batch_size, pad, tcfg.seed, cfg.group_batches, cfg.pad_multiple,
