@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from hostile import assert_refused, run_cli
-from params_helpers import corpus, tiny_model, tokenizer
+from params_helpers import corpus, saved_tiny_checkpoint, tiny_model, tokenizer
 
 from lmforge.checkpoint import save_model
 from lmforge.export.params import export_params
@@ -22,10 +22,7 @@ TEXTS = [t for t in corpus() if len(t) > 500]
 def files(tmp_path_factory):
     """A checkpoint, its fp32 and int8 parameter files, token shards cut by its tokenizer, and MC items."""
     root = tmp_path_factory.mktemp("sources")
-    tok = tokenizer()
-    tok.save(root / "tok")
-    model = tiny_model(tok.vocab_size, n_kv_head=4)
-    save_model(root / "ckpt", model, root / "tok")
+    tok, model = saved_tiny_checkpoint(root, n_kv_head=4)
     export_params(model, tok, root / "fp32.bin", "fp32")
     export_params(model, tok, root / "int8.bin", "int8", group_size=32)
     shards = root / "shards"
