@@ -48,11 +48,15 @@ def test_tokenizer_from_the_parameter_file_encodes_as_the_original(files):
         assert rebuilt.encode(text) == tok.encode(text)
 
 
-def _mc(files, *source):
-    out = run_cli(["eval", "mc", *source, "--tasks", str(files / "items.jsonl"), "--bootstrap", "20",
-                   "--json", str(files / "mc.json")])
+def _eval_json(files, *argv: str) -> dict:
+    """`lmforge eval ARGV --json FILE` run to success, and the report it wrote."""
+    out = run_cli(["eval", *argv, "--json", str(files / "eval.json")])
     assert out.code == 0, out.stderr
-    return json.loads((files / "mc.json").read_text())
+    return json.loads((files / "eval.json").read_text())
+
+
+def _mc(files, *source):
+    return _eval_json(files, "mc", *source, "--tasks", str(files / "items.jsonl"), "--bootstrap", "20")
 
 
 def test_mc_from_a_parameter_file_equals_the_checkpoint(files):
@@ -69,10 +73,7 @@ def test_mc_from_a_parameter_file_equals_the_checkpoint(files):
 
 
 def _bpb(files, *source):
-    out = run_cli(["eval", "bpb", *source, "--data", str(files / "shards"), "--batch-size", "4", "--batches", "3",
-                   "--json", str(files / "bpb.json")])
-    assert out.code == 0, out.stderr
-    return json.loads((files / "bpb.json").read_text())
+    return _eval_json(files, "bpb", *source, "--data", str(files / "shards"), "--batch-size", "4", "--batches", "3")
 
 
 def test_bpb_from_a_parameter_file_equals_the_checkpoint(files):
