@@ -1,4 +1,4 @@
-"""Shared by test_export_params.py and test_runner.py: a small trained tokenizer and tiny nontrivial models.
+"""Shared by test_export_params.py, test_runner.py and the eval tests: a small trained tokenizer and tiny nontrivial models.
 
 The tokenizer trains on text that every Python install has (the source of a few standard-library modules, which
 no one in this project edits, so the merges stay fixed) plus a few multilingual lines: no downloaded data.
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.checkpoint import save_model
 from lmforge.model import GPT, GPTConfig
 from lmforge.tokenizer import Tokenizer
 
@@ -50,6 +51,15 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:
             if p.dim() == 1:
                 p.mul_(1 + 0.3 * torch.randn_like(p))
     return model
+
+
+def saved_tiny_checkpoint(root: Path, **overrides) -> tuple[Tokenizer, GPT]:
+    """The shared tokenizer saved as ROOT/tok and a tiny model saved as checkpoint ROOT/ckpt, both returned so a
+    test can compare what it reads back (through a server, a parameter file) with the originals."""
+    tok = tokenizer()
+    model = tiny_model(tok.vocab_size, **overrides)
+    save_model(root / "ckpt", model, tok.save(root / "tok"))
+    return tok, model
 
 
 # One calculator turn, as SFT teaches it: a model that memorized it makes a call the runner and a user's loop must run.

@@ -11,12 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from hostile import assert_refused, run_cli
-from params_helpers import corpus, tiny_model, tokenizer
+from params_helpers import corpus, saved_tiny_checkpoint
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from lmforge.checkpoint import save_model  # noqa: E402
 from lmforge.inference.engine import Engine  # noqa: E402
 from lmforge.serve.app import BackgroundServer, create_app  # noqa: E402
 from lmforge.serve.scheduler import Scheduler  # noqa: E402
@@ -29,10 +28,7 @@ WORDS = ["Paris", "London", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Lisbo
 def served(tmp_path_factory):
     """A checkpoint, a server of it on 127.0.0.1, its model and tokenizer, MC items and a held-out text."""
     root = tmp_path_factory.mktemp("endpoint")
-    tok = tokenizer()
-    tok.save(root / "tok")
-    model = tiny_model(tok.vocab_size, block_size=256)
-    save_model(root / "ckpt", model, root / "tok")
+    tok, model = saved_tiny_checkpoint(root, block_size=256)
     scheduler = Scheduler(Engine.from_checkpoint(str(root / "ckpt")), slots=4).start()
     server = BackgroundServer(create_app(scheduler, "tiny", api_key=KEY)).start()
     # Contexts end before a space-led option, so the server's joint tokens split where `eval mc` splits them.

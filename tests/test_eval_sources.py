@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from hostile import assert_refused, run_cli
-from params_helpers import corpus, tiny_model, tokenizer
+from params_helpers import corpus, saved_tiny_checkpoint, tiny_model, tokenizer
 
 from lmforge.checkpoint import save_model
 from lmforge.export.params import export_params
@@ -22,10 +22,7 @@ TEXTS = [t for t in corpus() if len(t) > 500]
 def files(tmp_path_factory):
     """A checkpoint, its fp32 and int8 parameter files, token shards cut by its tokenizer, and MC items."""
     root = tmp_path_factory.mktemp("sources")
-    tok = tokenizer()
-    tok.save(root / "tok")
-    model = tiny_model(tok.vocab_size, n_kv_head=4)
-    save_model(root / "ckpt", model, root / "tok")
+    tok, model = saved_tiny_checkpoint(root, n_kv_head=4)
     export_params(model, tok, root / "fp32.bin", "fp32")
     export_params(model, tok, root / "int8.bin", "int8", group_size=32)
     shards = root / "shards"
@@ -51,11 +48,15 @@ def test_tokenizer_from_the_parameter_file_encodes_as_the_original(files):
         assert rebuilt.encode(text) == tok.encode(text)
 
 
-def _mc(files, *source):
-    out = run_cli(["eval", "mc", *source, "--tasks", str(files / "items.jsonl"), "--bootstrap", "20",
-                   "--json", str(files / "mc.json")])
+def _eval_json(files, *argv: str) -> dict:
+    """`lmforge eval ARGV --json FILE` run to success, and the report it wrote."""
+    out = run_cli(["eval", *argv, "--json", str(files / "eval.json")])
     assert out.code == 0, out.stderr
-    return json.loads((files / "mc.json").read_text())
+    return json.loads((files / "eval.json").read_text())
+
+
+def _mc(files, *source):
+    return _eval_json(files, "mc", *source, "--tasks", str(files / "items.jsonl"), "--bootstrap", "20")
 
 
 def test_mc_from_a_parameter_file_equals_the_checkpoint(files):
@@ -72,10 +73,7 @@ def test_mc_from_a_parameter_file_equals_the_checkpoint(files):
 
 
 def _bpb(files, *source):
-    out = run_cli(["eval", "bpb", *source, "--data", str(files / "shards"), "--batch-size", "4", "--batches", "3",
-                   "--json", str(files / "bpb.json")])
-    assert out.code == 0, out.stderr
-    return json.loads((files / "bpb.json").read_text())
+    return _eval_json(files, "bpb", *source, "--data", str(files / "shards"), "--batch-size", "4", "--batches", "3")
 
 
 def test_bpb_from_a_parameter_file_equals_the_checkpoint(files):

@@ -17,7 +17,6 @@ from lmforge.evaluation.stdlib_tasks import TASKS as BUILTIN_TASKS
 from lmforge.utils import LmforgeError
 
 
-
 @dataclass
 class MCConfig:
     """`lmforge eval mc`: which items, how they are scored and aggregated."""

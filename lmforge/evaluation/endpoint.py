@@ -188,7 +188,7 @@ def option_scores(context: tuple[list[str], list[float | None]],
 
 def evaluate_items_endpoint(endpoint: Endpoint, items: list[Any]) -> list[dict[str, Any]]:
     """`multiple_choice.evaluate_items` through the server: the same per-item result rows."""
-    import numpy as np
+    from lmforge.evaluation.multiple_choice import item_result
 
     batches = []
     for item in items:
@@ -199,13 +199,7 @@ def evaluate_items_endpoint(endpoint: Endpoint, items: list[Any]) -> list[dict[s
     results = []
     for item, answer in zip(items, answers):
         scored = option_scores(answer[0], answer[1:])
-        s = np.array([total for total, _ in scored])
-        tokens = np.array([count for _, count in scored])
-        nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
-        scores = {"sum": s, "token": s / tokens, "byte": s / nbytes}
-        results.append({"task": item.task, "answer": item.answer, "choices": len(item.choices),
-                        "scores": {k: v.tolist() for k, v in scores.items()},
-                        "correct": {k: bool(int(np.argmax(v)) == item.answer) for k, v in scores.items()}})
+        results.append(item_result(item, [total for total, _ in scored], [count for _, count in scored]))
     return results
 
 

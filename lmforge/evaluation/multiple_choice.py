@@ -194,15 +194,21 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCItem], batch_size: 
     at = 0
     for item in items:
         n = len(item.choices)
-        s = np.array(sums[at:at + n])
-        tokens = np.array([len(p[1]) for p in pairs[at:at + n]])
-        nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
+        results.append(item_result(item, sums[at:at + n], [len(p[1]) for p in pairs[at:at + n]]))
         at += n
-        scores = {"sum": s, "token": s / tokens, "byte": s / nbytes}
-        results.append({"task": item.task, "answer": item.answer, "choices": n,
-                        "scores": {k: v.tolist() for k, v in scores.items()},
-                        "correct": {k: bool(int(np.argmax(v)) == item.answer) for k, v in scores.items()}})
     return results
+
+
+def item_result(item: MCItem, sums: list[float], tokens: list[int]) -> dict[str, Any]:
+    """One item's result row from its options' summed log-probs and scored token counts: the three scores of every
+    option and whether each normalisation picks the answer. Shared with `endpoint.evaluate_items_endpoint`, so a
+    server's rows are built as a checkpoint's are."""
+    s = np.array(sums, dtype=float)
+    nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
+    scores = {"sum": s, "token": s / np.array(tokens), "byte": s / nbytes}
+    return {"task": item.task, "answer": item.answer, "choices": len(item.choices),
+            "scores": {k: v.tolist() for k, v in scores.items()},
+            "correct": {k: bool(int(np.argmax(v)) == item.answer) for k, v in scores.items()}}
 
 
 def centred(accuracy: float, baseline: float) -> float:

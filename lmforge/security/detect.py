@@ -10,9 +10,9 @@
   projection on a top singular vector of the centred states (the most heavy-tailed of the first five) scores it.
 
 Each signal becomes a robust z-score (median and MAD) and their median is the combined score: a row is flagged
-(combined above `threshold`) when at least two of the three signals call it an outlier, so one signal's heavy
-clean tail (a rare kind of clean conversation) does not flag it alone. With the true labels (from `lmforge security poison`), each signal's AUROC and the flags'
-precision and recall are reported.
+(combined above `threshold`) when at least two of the three signals call it an outlier, so one signal's heavy clean
+tail (a rare kind of clean conversation) does not flag it alone. With the true labels (from `lmforge security
+poison`), each signal's AUROC and the flags' precision and recall are reported.
 """
 
 from __future__ import annotations

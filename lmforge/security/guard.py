@@ -25,6 +25,7 @@ import numpy as np
 from lmforge.config import check_fields, require
 from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
 
+
 @dataclass
 class GuardTrainConfig:
     """`lmforge security guard`'s training settings (flags made by `lmforge.config`)."""

@@ -20,11 +20,6 @@ from lmforge.speedrun.context import SpeedrunContext
 from lmforge.speedrun.settings import CHAT_SCRIPT, SERVE_MAX_TOKENS, SERVE_PROMPT, SERVE_STREAMS
 from lmforge.utils import LmforgeError, write_json
 
-CALCULATOR = [{"type": "function", "function": {
-    "name": "calculator", "description": "arithmetic: + - * / // % ** ( ) sqrt abs round",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
-
-
 def stage_serve(ctx: SpeedrunContext, out: Path) -> dict[str, Any]:
     """Serve, check and measure the exported assistant; the summary (also `serve.json`) holds the figures."""
     import openai
@@ -125,13 +120,17 @@ def tool_round_trip(client: Any, model: str) -> dict[str, Any] | None:
     and send the result back for the final answer. None when the model answered without calling."""
     from lmforge.inference.tools import default_tools, run_tool
 
+    tools = default_tools()
+    calculator = tools["calculator"]  # offered as lmforge's own tool describes itself
+    offered = [{"type": "function", "function": {"name": calculator.name, "description": calculator.description,
+                "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
     messages: list[dict[str, Any]] = [{"role": "user", "content": CHAT_SCRIPT[1]}]
-    args = dict(model=model, tools=CALCULATOR, max_tokens=SERVE_MAX_TOKENS, temperature=0)
+    args = dict(model=model, tools=offered, max_tokens=SERVE_MAX_TOKENS, temperature=0)
     choice = client.chat.completions.create(messages=messages, **args).choices[0]
     if choice.finish_reason != "tool_calls" or not choice.message.tool_calls:
         return None
     call = choice.message.tool_calls[0]
-    output = run_tool(default_tools(), call.function.name, call.function.arguments)
+    output = run_tool(tools, call.function.name, call.function.arguments)
     messages += [{"role": "assistant", "content": choice.message.content or "", "tool_calls": [
         {"id": call.id, "type": "function", "function": {"name": call.function.name,
                                                           "arguments": call.function.arguments}}]},

@@ -97,30 +97,32 @@ PRETRAIN_BUDGET_S = 600.0
 SFT_STEPS = 2000
 SFT_CONVERSATIONS = 16000
 
-# Learning from preferences (stages compare, label, reward, rlhf; `preference.py`), about 7 of the 30 minutes.
-# The comparisons: 384 held-out prompts x 4 answers (InstructGPT ranks 4 to 9), sampled at temperature 1 so the
-# answers differ; 64 tokens hold any default answer, a call included. One simulated labeler with 10% noise (people
-# disagree with each other on about a quarter of InstructGPT's comparisons; the rules here are cleaner) decides each
-# of the C(4,2) = 6 pairs per prompt; ties and "both bad" are left out of the export. With 128 prompts, on the default
-# run's SFT model: 768 pairs, 215 decided (421 ties, 132 both bad). 128 prompts gave 172-240 decided training pairs, and the reward model's held-out accuracy swung from 77% in one run
-# to chance (47.9%) in another; with 384 prompts (413 training pairs, 300 held out) it measured 66.0% (95% interval
-# 60.5-71.1%; benchmarks/NOTES.md, "GRPO on held-out arithmetic"). Sampling is batched, so 3x the prompts cost about
-# 3x compare's 17 s.
+# Learning from preferences (stages compare, label, reward, rlhf; `preference.py`), about 7 of the 30 minutes. The
+# comparisons: 384 held-out prompts x 4 answers (InstructGPT ranks 4 to 9), sampled at temperature 1 so the answers
+# differ; 64 tokens hold any default answer, a call included. One simulated labeler with 10% noise (people disagree
+# with each other on about a quarter of InstructGPT's comparisons; the rules here are cleaner) decides each of the
+# C(4,2) = 6 pairs per prompt; ties and "both bad" are left out of the export. With 128 prompts, on the default
+# run's SFT model: 768 pairs, 215 decided (421 ties, 132 both bad). 128 prompts gave 172-240 decided training pairs,
+# and the reward model's held-out accuracy swung from 77% in one run to chance (47.9%) in another; with 384 prompts
+# (413 training pairs, 300 held out) it measured 66.0% (95% interval 60.5-71.1%; benchmarks/NOTES.md, "GRPO on
+# held-out arithmetic"). Sampling is batched, so 3x the prompts cost about 3x compare's 17 s.
 COMPARE = dict(n_prompts=384, k=4, max_tokens=64, batch_prompts=16, temperature=1.0)
 LABELERS = (("default", 0.1, 1),)  # (rules, noise, seed) of each simulated labeler
 # The reward model holds out the pairs of the last 20% of the prompts (the export is sorted by prompt), so its
 # accuracy is measured on prompts it never saw. With 128 prompts, 150 steps x 16 pairs was about 14 passes over the
-# 172 training pairs of that run: held-out accuracy 65% at 50 steps, 67% at 100, 77% (95% interval 62-87%, 43 pairs) at 150, while the
-# held-out loss rose from 1.52 to 1.78 (the margins grow on the pairs it gets wrong too). In a full default run of
-# this branch (another crawl, base and SFT model) it stayed at chance: 47.9% (34.5-61.7%) on 48 held-out pairs.
+# 172 training pairs of that run: held-out accuracy 65% at 50 steps, 67% at 100, 77% (95% interval 62-87%, 43 pairs)
+# at 150, while the held-out loss rose from 1.52 to 1.78 (the margins grow on the pairs it gets wrong too). In a
+# full default run of this branch (another crawl, base and SFT model) it stayed at chance: 47.9% (34.5-61.7%) on 48
+# held-out pairs.
 REWARD_VAL_FRAC = 0.2
 REWARD_TRAIN = dict(max_steps=150, batch_size=16, eval_every=50, checkpoint_every=50)
 # GRPO from the SFT model with the verifiable arithmetic reward plus the reward model: the recipe (learning rate,
 # KL, clipping, penalties) is `lmforge rlhf train`'s default; the speedrun sets only its size. Before: 4 questions x
 # 8 answers a step, 24 steps; the four stages took 2.1 minutes together in a full default run at a load average of
-# about 5 (compare 17 s, label 1 s, reward 52 s, rlhf 59 s), and the evaluation 46 s. The size now follows the measured recipe (benchmarks/NOTES.md, "GRPO on held-out arithmetic"): 10 steps of 8 questions
-# x 8 answers took held-out arithmetic from 50.0% to 62.0% (200 questions) at a KL (k3) of 0.029; 20 steps gave
-# 57.5% at 0.089: more steps only paid KL. The reward model joins the arithmetic reward only when validated
+# about 5 (compare 17 s, label 1 s, reward 52 s, rlhf 59 s), and the evaluation 46 s. The size now follows the
+# measured recipe (benchmarks/NOTES.md, "GRPO on held-out arithmetic"): 10 steps of 8 questions x 8 answers took
+# held-out arithmetic from 50.0% to 62.0% (200 questions) at a KL (k3) of 0.029; 20 steps gave 57.5% at 0.089: more
+# steps only paid KL. The reward model joins the arithmetic reward only when validated
 # (`preference.reward_model_validated`).
 RLHF = dict(steps=10, prompts_per_step=8, group_size=8, checkpoint_every=5)
 # The evaluation of RL: held-out arithmetic of the SFT and the RL model (`eval sft`'s measure, 200 questions: the
