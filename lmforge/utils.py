@@ -93,6 +93,14 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise LmforgeError(f"{what} {path} is corrupt: {e}") from e
 
 
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header line, as dicts (the shared red-team and safety sets are CSV)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -22,7 +22,6 @@ each (`prompt_digest`), `lmforge sft` records the manifests of its data files in
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
@@ -30,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from lmforge.utils import LmforgeError, file_sha256, read_json, shared_data_dir
+from lmforge.utils import LmforgeError, file_sha256, read_csv, read_json, shared_data_dir
 
 Messages = list[dict[str, Any]]
 
@@ -131,13 +130,8 @@ def evaluation_prompts(data_dir: Path | None = None) -> list[str]:
     out = []
     for name, column in (("harmbench_behaviors_text_all.csv", "Behavior"), ("xstest_v2_prompts.csv", "prompt")):
         if (safety / name).is_file():
-            out += [row[column] for row in _read_csv(safety / name)]
+            out += [row[column] for row in read_csv(safety / name)]
     return out
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def read_request_file(path: Path) -> list[str]:
@@ -146,7 +140,7 @@ def read_request_file(path: Path) -> list[str]:
     if not path.is_file():
         raise LmforgeError(f"--refusal-prompts: no such file: {path}")
     if path.suffix == ".csv":
-        rows = _read_csv(path)
+        rows = read_csv(path)
         column = next((c for c in ("goal", "prompt", "Behavior") if rows and c in rows[0]), None)
         if column is None:
             raise LmforgeError(f"--refusal-prompts: {path} has no goal, prompt or Behavior column")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import check_fields, require
-from lmforge.utils import LmforgeError, atomic_path, read_json, write_json
+from lmforge.utils import LmforgeError, atomic_path, read_csv, read_json, write_json
 
 
 @dataclass
@@ -57,7 +57,7 @@ def _split(items: list[Any], test: bool) -> list[Any]:
 
 def guard_dataset(data: Path, test: bool) -> tuple[list[str], list[int], list[str]]:
     """(texts, labels 1 = attack, group of each) of the training (`test=False`) or held-out side."""
-    from lmforge.security.suites import MARKER_INJECTIONS, insert_attack, load_json, read_csv
+    from lmforge.security.suites import MARKER_INJECTIONS, insert_attack, load_json
 
     groups: list[tuple[str, int, list[str]]] = []
     wild = load_json(data / "jailbreak" / "inthewild_jailbreak_prompts.json.gz")

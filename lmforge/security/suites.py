@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
-import csv
 import gzip
 import json
 import random
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lmforge.security.scoring import Payload, bipia_payload
-from lmforge.utils import LmforgeError
+from lmforge.utils import LmforgeError, read_csv
 
 GOALS = ("comply", "over_refuse", "leak", "payload")
 MODEL_NAME = "the assistant"  # what the DAN templates' `{generator.name}` becomes
@@ -49,11 +48,6 @@ class AttackCase:
     canary: str = ""
     payload: Payload | None = None
     meta: dict[str, str] = field(default_factory=dict)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def load_json(path: Path) -> Any:
