@@ -44,8 +44,7 @@ def stdlib_functions() -> tuple[list[StdlibFunction], dict[str, set[str]]]:
     return pool, {module: set(names) for module, names in table["attributes"].items()}
 
 
-def signature_items(pool: list[StdlibFunction], attributes: dict[str, set[str]], rng: random.Random, count: int,
-                    choices: int) -> list[MCItem]:
+def signature_items(pool: list[StdlibFunction], rng: random.Random, count: int, choices: int) -> list[MCItem]:
     items = []
     for fn in rng.sample(pool, min(count, len(pool))):
         others = sorted({f.signature for f in pool if f.signature != fn.signature})
@@ -72,10 +71,11 @@ def stdlib_items(tasks: list[str] | tuple[str, ...] = TASKS, count: int = 200, s
                  choices: int = 4) -> list[MCItem]:
     """`count` items of each task named, the same for a seed (and Python version)."""
     pool, attributes = stdlib_functions()
-    makers = {"stdlib_signature": signature_items, "stdlib_module": module_items}
+    makers = {"stdlib_signature": lambda rng: signature_items(pool, rng, count, choices),
+              "stdlib_module": lambda rng: module_items(pool, attributes, rng, count, choices)}
     items = []
     for task in tasks:
         if task not in makers:
             raise LmforgeError(f"--builtin {task!r}: choose from {', '.join(TASKS)}")
-        items += makers[task](pool, attributes, random.Random(f"{seed}:{task}"), count, choices)
+        items += makers[task](random.Random(f"{seed}:{task}"))
     return items
