@@ -149,7 +149,9 @@ def _add_adapters(ckpt: Path, lora: Any, adapters: dict[str, torch.Tensor], conf
     if not (base / "model.safetensors").is_file():
         raise LmforgeError(f"{where}: its base checkpoint {base} is missing (LoRA checkpoints hold only adapters; "
                            "`--merge` writes a checkpoint that needs no base)")
-    if file_sha256(base / "model.safetensors") != lora.get("base_sha256"):
+    # the digest the base's config records (load_state below checks the file against it), hashed only when absent
+    recorded = (read_checkpoint_config(base).get("checksums") or {}).get("model.safetensors")
+    if (recorded or file_sha256(base / "model.safetensors")) != lora.get("base_sha256"):
         raise LmforgeError(f"{where}: its base checkpoint {base} changed since the adapters were trained")
     base_config, state, _ = load_state(base, device)
     if base_config != config:
