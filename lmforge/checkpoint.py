@@ -149,7 +149,9 @@ def _add_adapters(ckpt: Path, lora: Any, adapters: dict[str, torch.Tensor], conf
     if not (base / "model.safetensors").is_file():
         raise LmforgeError(f"{where}: its base checkpoint {base} is missing (LoRA checkpoints hold only adapters; "
                            "`--merge` writes a checkpoint that needs no base)")
-    if file_sha256(base / "model.safetensors") != lora.get("base_sha256"):
+    # the digest the base's config records (load_state below checks the file against it), hashed only when absent
+    recorded = (read_checkpoint_config(base).get("checksums") or {}).get("model.safetensors")
+    if (recorded or file_sha256(base / "model.safetensors")) != lora.get("base_sha256"):
         raise LmforgeError(f"{where}: its base checkpoint {base} changed since the adapters were trained")
     base_config, state, _ = load_state(base, device)
     if base_config != config:
@@ -197,16 +199,23 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], where: str | Path) 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Path]:
     """Load the model of a checkpoint (or of a run folder's newest one); returns (model in eval mode, folder)."""
     config, state, ckpt = load_state(path, device)
+    return model_from_state(config, state, ckpt / "model.safetensors", device), ckpt
+
+
+def model_from_state(config: GPTConfig, state: dict[str, torch.Tensor], where: str | Path,
+                     device: str | torch.device = "cpu") -> GPT:
+    """The model of `config` holding `state` (checked by `load_weights`, naming `where`), in eval mode: built on the
+    meta device so no random init is computed only to be overwritten; tied weights shared, RoPE tables computed."""
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device=device)
-    load_weights(model, state, ckpt / "model.safetensors")
+    load_weights(model, state, where)
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if config.pos == "rope":
         tables = rope_tables(config.head_dim, config.block_size, config.rope_theta)
         model.rope_cos, model.rope_sin = (t.to(device) for t in tables)
-    return model.eval(), ckpt
+    return model.eval()
 
 
 def save_train_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer_state: dict[str, Any],

@@ -163,11 +163,8 @@ def convert_weights(hf: dict[str, Any], config: GPTConfig, tok: TokenizerImport,
 
 def import_hf(folder: str | Path, out: str | Path, block_size: int | None = None) -> tuple[Path, TokenizerImport]:
     """Write the lmforge checkpoint of a Hugging Face folder; returns (checkpoint, how the tokenizer mapped)."""
-    import torch
-
-    from lmforge.checkpoint import load_weights, save_model
+    from lmforge.checkpoint import model_from_state, save_model
     from lmforge.export.files import check_out
-    from lmforge.model import GPT, rope_tables
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -178,12 +175,7 @@ def import_hf(folder: str | Path, out: str | Path, block_size: int | None = None
     check_out(out, "folder", marker="model.safetensors")
     tok = import_tokenizer(folder)
     config = gpt_config(folder, tok.tokenizer.vocab_size, block_size)
-    state = convert_weights(read_weights(folder), config, tok, str(folder))
-    with torch.device("meta"):
-        model = GPT(config)
-    model = model.to_empty(device="cpu")
-    load_weights(model, state, folder)
-    model.rope_cos, model.rope_sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+    model = model_from_state(config, convert_weights(read_weights(folder), config, tok, str(folder)), folder)
     with tempfile.TemporaryDirectory() as tmp:
         tok.tokenizer.save(tmp)
         meta = {"imported_from": {"folder": str(folder.resolve()), "new_special_tokens": tok.new_specials,

@@ -151,7 +151,8 @@ def _ordinary_tokens(model: dict[str, Any], added_ids: set[int], where: str) -> 
             raise LmforgeError(f"{where}: token {token!r} (id {hf_id}) in 'model.vocab' is neither a byte nor made "
                                "by a merge, so no encoding reaches it")
         mapping[int(hf_id)] = lm_id
-    missing = [b for b in range(256) if b not in mapping.values()]
+    reached = set(mapping.values())
+    missing = [b for b in range(256) if b not in reached]
     if missing:
         raise LmforgeError(f"{where}: field 'model.vocab' lacks byte(s) {missing[:5]}: not a byte-level vocabulary")
     return merges, mapping

@@ -93,6 +93,7 @@ class Browser:
 
     def fetch_html(self, url: str) -> tuple[str, str]:
         """(final URL, HTML text) of `url`, following redirects within the allow list."""
+        from lmforge.data.charset import decode_html
         from lmforge.data.fetch import Fetcher, TooLarge
         from lmforge.data.warc import HTML_TYPES
 
@@ -117,7 +118,10 @@ class Browser:
                 ctype = page.header("content-type").split(";", 1)[0].strip().lower()
                 if ctype not in HTML_TYPES:
                     raise BrowseError(f"not an HTML page (content-type {ctype or 'missing'})")
-                return url, _decode(page.body, page.header("content-type"))
+                html, _ = decode_html(page.body, page.header("content-type"))
+                if html is None:
+                    raise BrowseError("the page is binary, not text")
+                return url, html
             raise BrowseError(f"more than {lim.max_redirects} redirects")
         finally:
             fetcher.close()
@@ -131,21 +135,6 @@ class Browser:
         if len(text) > self.limits.max_chars:
             text = text[:self.limits.max_chars] + " [cut]"
         return text if final == url else f"(redirected to {final})\n{text}"
-
-
-def _decode(body: bytes, content_type: str) -> str:
-    """The body as text, by its declared charset (UTF-8 when none or unknown); a page of NUL bytes is binary."""
-    if b"\x00" in body[:4096]:
-        raise BrowseError("the page is binary, not text")
-    charset = "utf-8"
-    for part in content_type.split(";")[1:]:
-        key, _, value = part.partition("=")
-        if key.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"')
-    try:
-        return body.decode(charset, errors="replace")
-    except LookupError:
-        return body.decode("utf-8", errors="replace")
 
 
 def extract_text(html: str, mode: str = "resiliparse") -> str:

@@ -370,6 +370,11 @@ def load_params(path: str | Path) -> Any:
 
     The file's header is validated first (magic, version, exact size), so a truncated file fails with its name.
     """
+    return _load_model(path)[0]
+
+
+def _load_model(path: str | Path) -> tuple[Any, ParamHeader]:
+    """`load_params`' model and the header it validated (`load_param_file` needs its token table too)."""
     import torch
 
     from lmforge.model import GPT, GPTConfig
@@ -390,7 +395,7 @@ def load_params(path: str | Path) -> Any:
     from lmforge.model import rope_tables
 
     model.rope_cos, model.rope_sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
-    return model.eval()
+    return model.eval(), header
 
 
 def tokenizer_from_table(token_bytes: list[bytes], special_tokens: dict[str, int], pattern: str,
@@ -429,4 +434,5 @@ def tokenizer_from_header(header: ParamHeader) -> Any:
 
 def load_param_file(path: str | Path) -> tuple[Any, Any]:
     """(GPT, Tokenizer) of a parameter file: what evaluation needs to score it as it scores a checkpoint."""
-    return load_params(path), tokenizer_from_header(read_header(path))
+    model, header = _load_model(path)
+    return model, tokenizer_from_header(header)
