@@ -11,7 +11,8 @@ from lmforge.checkpoint import save_model
 from lmforge.cli import main
 from lmforge.export import params
 from lmforge.inference import paramfile
-from lmforge.export.params import export_params, load_params, read_header
+from lmforge.export.params import export_params, read_header
+from lmforge.inference.paramfile import load_params
 from lmforge.utils import LmforgeError
 from params_helpers import tiny_model, tokenizer
 

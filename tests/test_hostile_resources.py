@@ -16,7 +16,8 @@ import subprocess
 from types import SimpleNamespace
 from typing import Callable
 from hostile import assert_refused, run_cli
-from lmforge.export.params import HEADER_BOUNDS, export_params, load_params
+from lmforge.export.params import HEADER_BOUNDS, export_params
+from lmforge.inference.paramfile import load_params
 from lmforge.utils import LmforgeError
 from params_helpers import ROOT, compile_runner, tiny_model, tokenizer
 

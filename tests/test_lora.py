@@ -119,7 +119,7 @@ def test_a_lora_checkpoint_exports_and_refuses_a_changed_base(base, tmp_path):
         torch.testing.assert_close(hf(ids).logits, adapted(ids)[0], atol=1e-5, rtol=1e-5)
     from hostile import run_cli
 
-    from lmforge.export.params import load_params
+    from lmforge.inference.paramfile import load_params
 
     outcome = run_cli(["export", "params", "--checkpoint", tmp_path / "run", "--out", tmp_path / "model.bin"])
     assert outcome.code == 0, outcome.stderr

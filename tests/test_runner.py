@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.export.params import export_params, load_params
+from lmforge.export.params import export_params
+from lmforge.inference.paramfile import load_params
 from lmforge.tokenizer.chat_format import render_for_completion
 from params_helpers import CALCULATOR_CONVERSATION, compile_runner, corpus, memorized_chat_model, tiny_model, tokenizer
 

@@ -15,7 +15,8 @@ pytest.importorskip("fastapi")
 
 from params_helpers import MULTILINGUAL, tiny_model, tokenizer  # noqa: E402
 
-from lmforge.export.params import export_params, load_params  # noqa: E402
+from lmforge.export.params import export_params  # noqa: E402
+from lmforge.inference.paramfile import load_params  # noqa: E402
 from lmforge.inference.engine import Engine  # noqa: E402
 from lmforge.inference.sampling import SamplingParams  # noqa: E402
 from lmforge.serve.app import BackgroundServer, create_app  # noqa: E402

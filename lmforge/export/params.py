@@ -18,7 +18,7 @@ import numpy as np
 from lmforge.export.files import check_out, make_readable
 # The reader's names stay importable from here (`lmforge.export.params.read_header`, as before the move).
 from lmforge.inference.paramfile import (ALIGN, C_PATTERNS, DTYPES, FIXED_HEADER, FIXED_STRUCT,  # noqa: F401
-                                         FLAG_CHAT, FLAG_QK_NORM, FLAG_TIED, HEADER_BOUNDS, MAGIC, VERSION, load_params,
+                                         FLAG_CHAT, FLAG_QK_NORM, FLAG_TIED, HEADER_BOUNDS, MAGIC, VERSION,
                                          printable_name, read_header, tensor_nbytes)
 from lmforge.utils import LmforgeError, atomic_path, human_bytes
 
