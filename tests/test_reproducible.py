@@ -46,7 +46,9 @@ def test_default_sft_data_is_the_same_in_any_process(tmp_path):
 # environment), configparser (memory addresses, some written with &nbsp;), ctypes (library handles), weakref,
 # tempfile and tracemalloc (links to base classes only when their module had been imported by an earlier page),
 # asynchat (a warnings-registry counter) and _sqlite3 (classes listed only when their module was loaded).
-PAGES = ["sys.html", "os.html", "configparser.html", "ctypes.html", "weakref.html", "tempfile.html",
+# sys and platform (and ctypes._aix, which imports sys's names) printed where lmforge was installed: the clone's
+# folder and its virtual environment's python.
+PAGES = ["sys.html", "platform.html", "ctypes._aix.html", "os.html", "configparser.html", "ctypes.html", "weakref.html", "tempfile.html",
          "tracemalloc.html", "asynchat.html", "_sqlite3.html"]
 # Pages that import much of the library when rendered: asked first on one of the two sites.
 WARM_UP = ["collections.abc.html", "abc.html", "sqlite3.html", "io.html", "distutils.command.build_clib.html"]
@@ -78,3 +80,26 @@ def test_pydoc_pages_do_not_depend_on_the_server_process(monkeypatch):
         second = _fetch(site.url, PAGES[::-1])
     assert sum(body.startswith(b"<!DOCTYPE") for body in first.values()) >= 6  # real pages, not errors
     assert [p for p in PAGES if first[p] != second[p]] == []
+    installed_at = {str(ROOT), sys.prefix, sys.executable}  # the checkout, the virtual environment (if any)
+    assert [(p, where) for p in PAGES for where in installed_at if where.encode() in first[p]] == []
+
+
+SHOW_PROCESS = "import sys; print(sys.executable, sys.argv, sys.orig_argv, sys.modules['__main__'], sys.path)"
+
+
+def test_the_stdlib_interpreter_does_not_show_where_its_script_lies(tmp_path):
+    """The same script in two folders prints the same interpreter, arguments and __main__ module."""
+    from lmforge.data.stdlib_process import STDLIB_ENV, stdlib_python
+
+    outputs = []
+    for folder in ("a", "a_longer_folder_name"):
+        script = tmp_path / folder / "show.py"
+        script.parent.mkdir()
+        script.write_text(SHOW_PROCESS)
+        run = subprocess.run(stdlib_python(str(script), "--flag"), env=STDLIB_ENV, capture_output=True, text=True,
+                             cwd=script.parent, timeout=60, check=True)
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1]
+    assert str(tmp_path) not in outputs[0] and "show.py" in outputs[0] and "--flag" in outputs[0]
+    if sys.prefix != sys.base_prefix:  # run from a virtual environment: the child names the installation's python
+        assert sys.prefix not in outputs[0]

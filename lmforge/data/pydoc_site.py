@@ -234,8 +234,8 @@ def _serve(host: str, port: int) -> None:
     import pydoc
     import signal
 
-    sys.argv = [os.path.basename(__file__)]  # the sys page shows the server, not the port and path it was given
-    sys.orig_argv = [os.path.basename(sys.executable), *sys.argv]
+    sys.argv = sys.argv[:1]  # the sys page shows the server's file name (see stdlib_process), not its port
+    sys.orig_argv = ["python", *sys.argv]
     render_slots = threading.BoundedSemaphore(RENDER_SLOTS)
 
     class Handler(http.server.BaseHTTPRequestHandler):

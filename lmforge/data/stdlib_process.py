@@ -9,6 +9,13 @@ Reading them in a fresh interpreter made the same way every time makes the resul
 alone. `python -I` is not enough: it ignores PYTHONHASHSEED; so the environment is replaced instead, and a
 bootstrap drops the current folder from `sys.path` before anything is imported.
 
+Nor may the result depend on where lmforge was installed: the `sys` page prints `sys.executable` and the `__main__`
+module's file, and `platform.architecture`'s signature shows `executable=sys.executable`. Three clones of one
+commit in three folders archived those pages with their own paths, tokenized them into different shards, and
+trained different models from step 70 on. So the interpreter is the installation's own (the virtual
+environment's `python` resolved to the file it links to), and the script runs as `__main__` under its file name
+alone, with no folder in `sys.argv` or `sys.orig_argv`.
+
 Used by the embedded pydoc site (`pydoc_site.py`) and the default SFT data's documentation facts.
 """
 
@@ -18,9 +25,11 @@ import os
 import sys
 
 # `-c` puts '' (the current folder) first on sys.path; drop it before importing anything, then run the script as
-# __main__ with its own arguments.
-_BOOTSTRAP = ("import sys; del sys.path[0]; sys.argv = sys.argv[1:]; import runpy; "
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
+# __main__, named by its file name alone, with its own arguments.
+_BOOTSTRAP = ("import os, sys, types; del sys.path[0]; path = sys.argv[1]; name = os.path.basename(path); "
+              "sys.argv = [name, *sys.argv[2:]]; sys.orig_argv = ['python', *sys.argv]; "
+              "main = types.ModuleType('__main__'); main.__file__ = name; sys.modules['__main__'] = main; "
+              "exec(compile(open(path, encoding='utf-8').read(), name, 'exec'), main.__dict__)")
 # The whole environment of the child: the hash seed fixed (any value would do), nothing of the caller's shell.
 STDLIB_ENV = {"PYTHONHASHSEED": "0"}
 
@@ -28,4 +37,5 @@ STDLIB_ENV = {"PYTHONHASHSEED": "0"}
 def stdlib_python(script: str, *args: str) -> list[str]:
     """The command that runs `script` (a file that needs only the standard library) in a fresh interpreter: no
     site-packages (-S), no user site (-s), UTF-8 I/O whatever the locale (-X utf8). Run it with `env=STDLIB_ENV`."""
-    return [sys.executable, "-s", "-S", "-X", "utf8", "-c", _BOOTSTRAP, os.path.abspath(script), *args]
+    return [os.path.realpath(sys.executable), "-s", "-S", "-X", "utf8", "-c", _BOOTSTRAP, os.path.abspath(script),
+            *args]
