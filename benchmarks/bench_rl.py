@@ -14,11 +14,17 @@
    (`num_iterations`), minibatch and a reward of the same cost. One of our steps (one rollout batch, `epochs`
    optimiser steps) is `num_iterations` of TRL's trainer steps. The two run interleaved in one process, round by
    round (a TRL round, then one of ours, ...); wall and CPU time are both reported (CPU time is the steadier one
-   on a shared machine); the first round of each side is a warm-up. What differs: TRL with `beta=0` runs no
-   reference model, we run one no-grad reference pass a step (the KL to the reference is logged every step); TRL
-   recomputes old log-probs in a separate pass, we take the first minibatch's from its first training forward.
+   on a shared machine); the first round of each side is a warm-up. `--beta B` sets both KL weights, TRL's
+   `beta` and our `RLConfig.kl_coef`. What differs at the default `--beta 0`: TRL runs no reference model, we run
+   one no-grad reference pass a step (the KL to the reference is logged every step), and neither adds a KL term to
+   the loss. At `--beta B > 0` both sides run one no-grad reference pass per round (TRL loads a second copy of the
+   weights from disk as its `ref_model`) and add B * k3 (exp(r) - r - 1, r = log pi_ref - log pi) per token to
+   the token-normalised loss; TRL's `use_bias_correction_kl` (which multiplies k3 by the importance ratio) is off,
+   so the two KL terms are the same. At every beta: TRL recomputes old log-probs in a separate pass, we take the
+   first minibatch's from its first training forward.
 
     .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT] [--rounds N] [--grpo-only]
+                                            [--beta B]
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ def trl_trainer(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> 
         return None
     import datasets
     import tokenizers
+    import torch
     import transformers
 
     from lmforge.checkpoint import load_model
@@ -156,14 +163,19 @@ def trl_trainer(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> 
     vocab = {chr(b) if chr(b).isprintable() and b < 128 else f"<0x{b:02X}>": b for b in range(256)}
     core = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], byte_fallback=True))
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<0x00>", eos_token="<0x01>")
-    theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(ours.config, {}, "float32")))
-    theirs.load_state_dict(hf_state_dict(ours), strict=not ours.config.tie_embeddings)
+    built = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(ours.config, {}, "float32")))
+    built.load_state_dict(hf_state_dict(ours), strict=not ours.config.tie_embeddings)
+    # Loaded back from disk so that its config names a path: at beta > 0 GRPOTrainer builds its `ref_model` from
+    # the policy's `config._name_or_path` (a model built in memory has none).
+    built.save_pretrained(root / "hf")
+    theirs = transformers.LlamaForCausalLM.from_pretrained(root / "hf", dtype=torch.float32)
     questions = [q["question"] for q in heldout_arithmetic(cfg_kw["prompts_per_step"] * (rounds + 1), seed=1)]
     epochs, group = cfg_kw["epochs"], cfg_kw["group_size"]
     args = trl.GRPOConfig(output_dir=str(root / "trl"), use_cpu=True, report_to="none", save_strategy="no",
                           per_device_train_batch_size=cfg_kw["prompts_per_step"] * group, num_generations=group,
                           steps_per_generation=1, num_iterations=epochs, max_completion_length=cfg_kw["max_tokens"],
-                          max_steps=epochs * (rounds + 1), learning_rate=2e-5, beta=0.0, logging_steps=10 ** 6,
+                          max_steps=epochs * (rounds + 1), learning_rate=2e-5, beta=cfg_kw["kl_coef"],
+                          use_bias_correction_kl=False, logging_steps=10 ** 6,
                           temperature=1.0, bf16=False, disable_tqdm=True)
     return trl.GRPOTrainer(model=theirs, reward_funcs=lambda completions, **kw: [float("!" in c) for c in
                                                                                  completions],
@@ -177,6 +189,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=None, help="GRPO rounds per side (default 8; --quick 3)")
     ap.add_argument("--grpo-only", action="store_true", help="skip the rollout/generate comparison")
+    ap.add_argument("--beta", type=float, default=0.0,
+                    help="the KL weight of both sides (TRL's beta, our kl_coef); > 0 makes TRL run a reference model")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="an SFT checkpoint for realistic rollouts (default: a random tiny-preset model)")
     args = ap.parse_args()
@@ -195,8 +209,8 @@ def main() -> None:
             print("--checkpoint: no GRPO comparison (GRPOTrainer's tokenizer would differ)", file=sys.stderr)
             return
         cfg_kw = dict(prompts_per_step=4, group_size=4, max_tokens=32, epochs=2, minibatch_rows=16,
-                      unfinished_penalty=0.0)
-        report_grpo(grpo_interleaved(ckpt, cfg_kw, steps, root))
+                      unfinished_penalty=0.0, kl_coef=args.beta)
+        report_grpo(grpo_interleaved(ckpt, cfg_kw, steps, root), args.beta)
 
 
 def report_rollouts(r: dict[str, Any], model: Any) -> None:
@@ -207,11 +221,11 @@ def report_rollouts(r: dict[str, Any], model: Any) -> None:
           f"sampled only {r['ratio_sampled']:.2f}x")
 
 
-def report_grpo(g: dict[str, Any]) -> None:
+def report_grpo(g: dict[str, Any], beta: float) -> None:
     """Print seconds per round of both sides and the speed ratio of each interleaved pair, wall and CPU time."""
     for i, clock in enumerate(("wall", "CPU")):
         ours = statistics.median(o[i] for o in g["ours"])
-        line = f"GRPO round (4 prompts x 4, 32 tokens, 2 epochs), {clock} time: ours {ours:.3f} s"
+        line = f"GRPO round (4 prompts x 4, 32 tokens, 2 epochs, beta {beta:g}), {clock} time: ours {ours:.3f} s"
         if g["theirs"]:
             theirs = statistics.median(t[i] for t in g["theirs"])
             ratios = [t[i] / o[i] for o, t in zip(g["ours"], g["theirs"])]
