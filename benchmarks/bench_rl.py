@@ -21,7 +21,10 @@
    weights from disk as its `ref_model`) and add B * k3 (exp(r) - r - 1, r = log pi_ref - log pi) per token to
    the token-normalised loss; TRL's `use_bias_correction_kl` (which multiplies k3 by the importance ratio) is off,
    so the two KL terms are the same. At every beta: TRL recomputes old log-probs in a separate pass, we take the
-   first minibatch's from its first training forward.
+   first minibatch's from its first training forward; our rollouts run the calculator as `RLRun` always does, so
+   the random model's spurious call (in a few rounds; the per-round ratios mark them with *) adds its ~40-token
+   error output and a fresh segment of up to 32 tokens at one row a step, where TRL's generation has no tools and
+   stops at 32 tokens.
 
     .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT] [--rounds N] [--grpo-only]
                                             [--beta B]
@@ -115,17 +118,19 @@ def grpo_interleaved(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path
     ours_run = RLRun(RLConfig(**cfg_kw), ckpt, root / "ours")
     ours: list[tuple[float, float]] = []
     theirs: list[tuple[float, float]] = []
+    tool_calls: list[bool] = []  # whether our round's rollouts called the calculator (work TRL's never does)
 
     def ours_step() -> None:
         t0 = _clock()
-        ours_run.step()
+        metrics = ours_run.step()
         ours.append(tuple(b - a for a, b in zip(t0, _clock())))  # type: ignore[arg-type]
+        tool_calls.append(metrics["tool_calls"] > 0)
 
     trainer = trl_trainer(ckpt, cfg_kw, rounds, root)
     if trainer is None:
         for _ in range(rounds + 1):
             ours_step()
-        return {"ours": ours[1:], "theirs": []}
+        return {"ours": ours[1:], "theirs": [], "tool_calls": tool_calls[1:]}
     import transformers
 
     epochs = cfg_kw["epochs"]
@@ -141,7 +146,7 @@ def grpo_interleaved(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path
 
     trainer.add_callback(Interleave())
     trainer.train()
-    return {"ours": ours[1:], "theirs": theirs[1:]}
+    return {"ours": ours[1:], "theirs": theirs[1:], "tool_calls": tool_calls[1:]}
 
 
 def trl_trainer(ckpt: Path, cfg_kw: dict[str, Any], rounds: int, root: Path) -> Any:
@@ -232,7 +237,10 @@ def report_grpo(g: dict[str, Any], beta: float) -> None:
             line += (f", trl GRPOTrainer {theirs:.3f} s; ours/trl speed {statistics.median(ratios):.2f}x "
                      f"(interleaved pairs {min(ratios):.2f}-{max(ratios):.2f})")
         print(line)
-    if not g["theirs"]:
+    if g["theirs"]:  # every round's ratio, so that several runs can be pooled; * marks a round with a tool call
+        print("per-round ours/trl CPU speed:", " ".join(f"{t[1] / o[1]:.3f}{'*' * called}" for o, t, called
+                                                        in zip(g["ours"], g["theirs"], g["tool_calls"])))
+    else:
         print("trl is not installed: no GRPOTrainer comparison", file=sys.stderr)
 
 if __name__ == "__main__":
