@@ -24,7 +24,9 @@
    first minibatch's from its first training forward; our rollouts run the calculator as `RLRun` always does, so
    the random model's spurious call (in a few rounds; the per-round ratios mark them with *) adds its ~40-token
    error output and a fresh segment of up to 32 tokens at one row a step, where TRL's generation has no tools and
-   stops at 32 tokens.
+   stops at 32 tokens. The rewards cost the same but are not the same: ours (arithmetic) is 0 on every response of
+   the random model, so every advantage and, with it, our policy gradient is exactly 0 (every forward, backward
+   and optimiser step still runs in full), while TRL's ("!" in the text) varies in some groups.
 
     .venv/bin/python benchmarks/bench_rl.py [--quick] [--threads 1] [--checkpoint SFT] [--rounds N] [--grpo-only]
                                             [--beta B]
