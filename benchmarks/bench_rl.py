@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="an SFT checkpoint for realistic rollouts (default: a random tiny-preset model)")
     args = ap.parse_args()
+    if not args.beta >= 0:  # also refuses nan
+        ap.error(f"--beta must be >= 0, got {args.beta}")
     import torch
 
     torch.set_num_threads(args.threads)
