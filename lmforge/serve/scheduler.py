@@ -263,8 +263,7 @@ class Scheduler:
         self._take_new(block=not self._running and not self._waiting)
         self._drop_cancelled()
         try:
-            self._admit()
-            self._flush_relays()  # first tokens out now: a time to first token that waits for no decode step
+            self._admit_arrivals()
             if self._running:
                 self._decode()
         except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
@@ -318,13 +317,28 @@ class Scheduler:
                     row.slot = slot
                 slot += 1
 
-    def _admit(self) -> None:
-        """Admit the waiting requests that fit in the free slots, all of them prefilled by one batched forward (two
-        when some prompt's shared prefix is not cached yet), so a burst of clients all get their first token after
-        one prefill rather than one after another."""
+    def _admit_arrivals(self) -> None:
+        """Admit what waits, send the first tokens out, and admit again while more requests arrived during that
+        prefill and slots are free: a request that arrives while others are prefilled is prefilled next, not after
+        a decode step of the running rows (prefill first, as vLLM schedules). Clients of a burst reach the server
+        one after another (each parsed on the event loop), so without this each later arrival waited for a decode
+        step on top of the prefill before its own. Bounded: at most a pool's worth of requests a turn, so requests
+        that finish at their first token (freeing their slots at once) cannot hold the running rows' step back."""
         if not self._waiting:
             return
+        # The prepared weights, checked once a turn (the walk over every parameter costs as much as a small step).
         self._weights = self.engine.inference_weights()
+        admitted = 0
+        while admitted < self.pool.slots and (count := self._admit()):
+            admitted += count
+            self._flush_relays()  # first tokens out now: a time to first token that waits for no decode step
+            self._take_new(block=False)
+            self._drop_cancelled()
+
+    def _admit(self) -> int:
+        """Admit the waiting requests that fit in the free slots, all of them prefilled by one batched forward (two
+        when some prompt's shared prefix is not cached yet), so a burst of clients all get their first token after
+        one prefill rather than one after another. Returns how many were admitted."""
         admitted, free = [], self.pool.slots - self.busy_slots
         while self._waiting and self._waiting[0].params.n <= free:
             request = self._waiting.pop(0)
@@ -332,17 +346,18 @@ class Scheduler:
                 admitted.append(request)
                 free -= request.params.n
         if not admitted:
-            return
+            return 0
         try:
             logits = self._prefill(admitted, self.busy_slots)
         except Exception as e:  # out of memory...: tell these clients, serve the others
             for request in admitted:
                 self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
-            return
+            return 0
         for request, row_logits in zip(admitted, logits):
             self._running.append(request)
             self._sample(request, row_logits.float().expand(request.params.n, -1))
         self._retire()
+        return len(admitted)
 
     def _prefill(self, requests: list[Request], base: int) -> list[torch.Tensor]:
         """Prefill request i's prompt into row base+i (its kept prefix copied from the cache, a new prefix computed
