@@ -353,16 +353,22 @@ class Scheduler:
             for request in admitted:
                 self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
             return 0
-        for request, row_logits in zip(admitted, logits):
+        logits = logits.float()
+        greedy = self._greedy_picks(logits, admitted)  # the joiners' first tokens in one argmax, as a decode step's
+        for i, request in enumerate(admitted):
             self._running.append(request)
-            self._sample(request, row_logits.float().expand(request.params.n, -1))
+            n = request.params.n
+            picked = None
+            if greedy is not None and _plain_greedy(request.params):  # its n samples all take the row's pick
+                picked = ([greedy[0][i]] * n, [greedy[1][i]] * n, [greedy[2][i]] * n)
+            self._sample(request, logits[i:i + 1].expand(n, -1), picked)
         self._retire()
         return len(admitted)
 
     def _prefill(self, requests: list[Request], base: int) -> list[torch.Tensor]:
         """Prefill request i's prompt into row base+i (its kept prefix copied from the cache, a new prefix computed
         and kept first), then spread the rows out so each request's n samples get consecutive rows, copies of its
-        prefilled row. Returns each request's logits of its last prompt token (1, V)."""
+        prefilled row. Returns the logits of each request's last prompt token (requests, V)."""
         kept: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         for request in requests:
             prefix = tuple(request.prompt[:request.prefix_len])
@@ -389,7 +395,7 @@ class Scheduler:
                                              request.params.max_tokens))
             self._track_penalties(request)
             self.metrics.prompt_tokens(len(request.prompt))
-        return list(logits.split(1))
+        return logits
 
     def _track_penalties(self, request: Request) -> None:
         """The seen-token sets and counts that presence/frequency/repetition penalties read, from the prompt on."""
@@ -453,7 +459,7 @@ class Scheduler:
         for row in rows:
             if row.out.finish_reason is None:
                 row.length += 1
-        greedy = self._greedy_picks(logits)
+        greedy = self._greedy_picks(logits, self._running)
         first = 0
         for r in self._running:
             span = slice(first, first + len(r.rows))
@@ -462,11 +468,13 @@ class Scheduler:
             first += len(r.rows)
         self._retire()
 
-    def _greedy_picks(self, logits: torch.Tensor) -> tuple[list[int], list[float], list[float]] | None:
+    def _greedy_picks(self, logits: torch.Tensor,
+                      requests: list[Request]) -> tuple[list[int], list[float], list[float]] | None:
         """`sample`'s answer for every row as if greedy without penalties, in one argmax and one log-softmax over
-        the whole step (the same row-wise numbers it gives each request alone), or None when no running request is
-        that plain: at 16 greedy streams this replaces 16 calls and their tensor-to-list conversions."""
-        if not any(_plain_greedy(r.params) for r in self._running):
+        the whole step (the same row-wise numbers it gives each request alone), or None when none of `requests`
+        (whose rows these are) is that plain: at 16 greedy streams this replaces 16 calls and their tensor-to-list
+        conversions, in a decode step and in the prefill of 16 joiners alike."""
+        if not any(_plain_greedy(r.params) for r in requests):
             return None
         limit = self.engine.vocab_limit
         tokens = (logits if limit is None else logits[:, :limit]).argmax(dim=-1)
