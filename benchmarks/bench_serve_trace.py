@@ -288,7 +288,8 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     record = Path(f"/tmp/bench_serve_trace.{os.getpid()}.json")
-    env = {**os.environ, "PYTHONPATH": args.src, "LMFORGE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    paths = [args.src, *filter(None, [os.environ.get("PYTHONPATH")])]  # --src first, other paths kept
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "LMFORGE_THREADS": "1", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--params", args.params,
                               "--slots", str(args.slots), "--out", str(record)], env=env)
     try:
