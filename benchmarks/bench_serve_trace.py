@@ -46,12 +46,13 @@ _TRACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("trace", de
 
 
 def thread_times() -> tuple[float, float, float]:
-    """(wall, on a core, waiting for a core) seconds of the calling thread so far, from the kernel's schedstat (on
-    Linux): over an interval, wall less the two others is time the thread slept, which for the scheduler thread in a
-    forward is waiting for the GIL."""
+    """(wall, on a core, waiting for a core) seconds of the calling thread so far: its CPU clock, and the run-queue
+    wait from the kernel's schedstat (Linux; a running thread's wait is up to date there, its CPU time is not, hence
+    the CPU clock). Over an interval, wall less the two others is time the thread slept, which for the scheduler
+    thread in a forward is waiting for the GIL."""
     with open("/proc/thread-self/schedstat") as f:
-        on_cpu, waiting, _ = f.read().split()
-    return time.monotonic(), int(on_cpu) / 1e9, int(waiting) / 1e9
+        waiting = f.read().split()[1]
+    return time.monotonic(), time.thread_time(), int(waiting) / 1e9
 
 
 def spent(since: tuple[float, float, float]) -> tuple[float, float, float, float]:
