@@ -265,14 +265,16 @@ def forwards(server: dict) -> str:
         for n, v in sorted(groups.items()):
             if n and (name == "prefill of" or n in (1, max(groups))):
                 wall, cpu, queued, blocked = (1000 * statistics.mean(t[i] for t in v) for i in range(4))
-                lines.append(f"    {name} {n:2d} ({len(v):3d}): {wall:6.2f} = {cpu:6.2f} + {queued:6.2f} + {blocked:6.2f}")
+                lines.append(f"    {name} {n:2d} ({len(v):3d}): {wall:6.2f} = {cpu:6.2f} + {queued:6.2f} + "
+                             f"{blocked:6.2f}")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", required=True, help="parameter file (text prompts through its tokenizer)")
-    ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1]), help="folder holding the lmforge to trace")
+    ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1]),
+                    help="folder holding the lmforge to trace")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rounds", type=int, default=3, help="rounds over --streams (1, 16, 1, 16, ...)")
     ap.add_argument("--requests", type=int, default=2, help="requests each stream sends, one after another")

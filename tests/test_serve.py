@@ -267,7 +267,8 @@ def test_a_request_arriving_during_a_prefill_is_prefilled_before_the_next_decode
     while scheduler._running or scheduler._waiting:
         scheduler._turn()
     for i, prompt in enumerate(prompts):
-        assert [p.event.token_id for k, p in events[i] if k == "token"] == engine.generate(prompt, params)[0][0].token_ids
+        want = engine.generate(prompt, params)[0][0].token_ids
+        assert [p.event.token_id for k, p in events[i] if k == "token"] == want
 
     # Requests that end at their first token free their slot at once; a turn still admits at most a pool's worth,
     # so the running rows' decode step is not held back by them.
