@@ -243,6 +243,49 @@ def test_joiners_are_prefilled_together_each_exactly_as_alone(monkeypatch):
     assert scheduler._prefill_groups([([1] * 10, 50), ([1] * 20, 0)]) == [(0, 1), (1, 2)]
 
 
+def test_a_request_arriving_during_a_prefill_is_prefilled_before_the_next_decode_step(monkeypatch):
+    engine = Engine(tiny_model(block_size=64), Tokenizer([]))
+    scheduler = Scheduler(engine, slots=3)  # not started: the test turns the loop by hand
+    forwards: list[tuple[int, int]] = []
+    infer = engine.model.infer
+    monkeypatch.setattr(engine.model, "infer", lambda tokens, *a, **k: forwards.append(tuple(tokens.shape))
+                        or infer(tokens, *a, **k))
+    params = SamplingParams(max_tokens=6, temperature=0.0, stop_token_ids=[])
+    prompts = [[1, 50, 51, 52], [1, 60, 61], [1, 70, 71, 72, 73]]
+    events: dict[int, list] = {i: [] for i in range(3)}
+
+    def sink(i: int):
+        def event(kind, payload):  # on the loop's thread, like the HTTP layer's: the next client arrives meanwhile
+            events[i].append((kind, payload))
+            if kind == "token" and len(events[i]) == 1 and i + 1 < len(prompts):
+                scheduler.submit(prompts[i + 1], params, sink(i + 1))
+        return event
+
+    scheduler.submit(prompts[0], params, sink(0))
+    scheduler._turn()
+    assert forwards == [(1, 4), (1, 3), (1, 5), (3, 1)]  # three prefills as they arrived, then one decode step
+    while scheduler._running or scheduler._waiting:
+        scheduler._turn()
+    for i, prompt in enumerate(prompts):
+        want = engine.generate(prompt, params)[0][0].token_ids
+        assert [p.event.token_id for k, p in events[i] if k == "token"] == want
+
+    # Requests that end at their first token free their slot at once; a turn still admits at most a pool's worth,
+    # so the running rows' decode step is not held back by them.
+    forwards.clear()
+    scheduler.submit([1, 2, 3], SamplingParams(max_tokens=20, temperature=0.0, stop_token_ids=[]), lambda k, p: None)
+    scheduler._turn()
+    one = SamplingParams(max_tokens=1, temperature=0.0, stop_token_ids=[])
+
+    def again(kind, payload):
+        if kind == "done":
+            scheduler.submit([1, 4], one, again)
+    scheduler.submit([1, 4], one, again)
+    forwards.clear()
+    scheduler._turn()
+    assert forwards.count((1, 2)) == scheduler.pool.slots and forwards[-1] == (1, 1)
+
+
 def test_requests_beyond_the_limit_are_refused_until_one_leaves():
     from lmforge.serve.scheduler import QueueFull
 

@@ -263,8 +263,7 @@ class Scheduler:
         self._take_new(block=not self._running and not self._waiting)
         self._drop_cancelled()
         try:
-            self._admit()
-            self._flush_relays()  # first tokens out now: a time to first token that waits for no decode step
+            self._admit_arrivals()
             if self._running:
                 self._decode()
         except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
@@ -318,13 +317,28 @@ class Scheduler:
                     row.slot = slot
                 slot += 1
 
-    def _admit(self) -> None:
-        """Admit the waiting requests that fit in the free slots, all of them prefilled by one batched forward (two
-        when some prompt's shared prefix is not cached yet), so a burst of clients all get their first token after
-        one prefill rather than one after another."""
+    def _admit_arrivals(self) -> None:
+        """Admit what waits, send the first tokens out, and admit again while more requests arrived during that
+        prefill and slots are free: a request that arrives while others are prefilled is prefilled next, not after
+        a decode step of the running rows (prefill first, as vLLM schedules). Clients of a burst reach the server
+        one after another (each parsed on the event loop), so without this each later arrival waited for a decode
+        step on top of the prefill before its own. Bounded: at most a pool's worth of requests a turn, so requests
+        that finish at their first token (freeing their slots at once) cannot hold the running rows' step back."""
         if not self._waiting:
             return
+        # The prepared weights, checked once a turn (the walk over every parameter costs as much as a small step).
         self._weights = self.engine.inference_weights()
+        admitted = 0
+        while admitted < self.pool.slots and (count := self._admit()):
+            admitted += count
+            self._flush_relays()  # first tokens out now: a time to first token that waits for no decode step
+            self._take_new(block=False)
+            self._drop_cancelled()
+
+    def _admit(self) -> int:
+        """Admit the waiting requests that fit in the free slots, all of them prefilled by one batched forward (two
+        when some prompt's shared prefix is not cached yet), so a burst of clients all get their first token after
+        one prefill rather than one after another. Returns how many were admitted."""
         admitted, free = [], self.pool.slots - self.busy_slots
         while self._waiting and self._waiting[0].params.n <= free:
             request = self._waiting.pop(0)
@@ -332,22 +346,29 @@ class Scheduler:
                 admitted.append(request)
                 free -= request.params.n
         if not admitted:
-            return
+            return 0
         try:
             logits = self._prefill(admitted, self.busy_slots)
         except Exception as e:  # out of memory...: tell these clients, serve the others
             for request in admitted:
                 self._fail(request, str(e) if isinstance(e, LmforgeError) else f"{type(e).__name__}: {e}")
-            return
-        for request, row_logits in zip(admitted, logits):
+            return 0
+        logits = logits.float()
+        greedy = self._greedy_picks(logits, admitted)  # the joiners' first tokens in one argmax, as a decode step's
+        for i, request in enumerate(admitted):
             self._running.append(request)
-            self._sample(request, row_logits.float().expand(request.params.n, -1))
+            n = request.params.n
+            picked = None
+            if greedy is not None and _plain_greedy(request.params):  # its n samples all take the row's pick
+                picked = ([greedy[0][i]] * n, [greedy[1][i]] * n, [greedy[2][i]] * n)
+            self._sample(request, logits[i:i + 1].expand(n, -1), picked)
         self._retire()
+        return len(admitted)
 
     def _prefill(self, requests: list[Request], base: int) -> list[torch.Tensor]:
         """Prefill request i's prompt into row base+i (its kept prefix copied from the cache, a new prefix computed
         and kept first), then spread the rows out so each request's n samples get consecutive rows, copies of its
-        prefilled row. Returns each request's logits of its last prompt token (1, V)."""
+        prefilled row. Returns the logits of each request's last prompt token (requests, V)."""
         kept: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         for request in requests:
             prefix = tuple(request.prompt[:request.prefix_len])
@@ -374,7 +395,7 @@ class Scheduler:
                                              request.params.max_tokens))
             self._track_penalties(request)
             self.metrics.prompt_tokens(len(request.prompt))
-        return list(logits.split(1))
+        return logits
 
     def _track_penalties(self, request: Request) -> None:
         """The seen-token sets and counts that presence/frequency/repetition penalties read, from the prompt on."""
@@ -438,7 +459,7 @@ class Scheduler:
         for row in rows:
             if row.out.finish_reason is None:
                 row.length += 1
-        greedy = self._greedy_picks(logits)
+        greedy = self._greedy_picks(logits, self._running)
         first = 0
         for r in self._running:
             span = slice(first, first + len(r.rows))
@@ -447,11 +468,13 @@ class Scheduler:
             first += len(r.rows)
         self._retire()
 
-    def _greedy_picks(self, logits: torch.Tensor) -> tuple[list[int], list[float], list[float]] | None:
+    def _greedy_picks(self, logits: torch.Tensor,
+                      requests: list[Request]) -> tuple[list[int], list[float], list[float]] | None:
         """`sample`'s answer for every row as if greedy without penalties, in one argmax and one log-softmax over
-        the whole step (the same row-wise numbers it gives each request alone), or None when no running request is
-        that plain: at 16 greedy streams this replaces 16 calls and their tensor-to-list conversions."""
-        if not any(_plain_greedy(r.params) for r in self._running):
+        the whole step (the same row-wise numbers it gives each request alone), or None when none of `requests`
+        (whose rows these are) is that plain: at 16 greedy streams this replaces 16 calls and their tensor-to-list
+        conversions, in a decode step and in the prefill of 16 joiners alike."""
+        if not any(_plain_greedy(r.params) for r in requests):
             return None
         limit = self.engine.vocab_limit
         tokens = (logits if limit is None else logits[:, :limit]).argmax(dim=-1)
