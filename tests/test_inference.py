@@ -328,6 +328,26 @@ def test_append_forced_tokens_then_continue_equals_plain_forward():
         assert second[r].token_ids == greedy_reference(model, seq, len(second[r].token_ids))
 
 
+@pytest.mark.parametrize("how", ["append", "queue_forced"])
+def test_cache_sized_to_the_expected_length_grows_exactly(how):
+    """A session's cache starts at its longest prompt plus its budget (a cache spanning the whole context makes every
+    decode step slower) and grows when forced tokens need more: continuing after the growth equals the plain
+    forward over the whole sequence."""
+    model = tiny()
+    engine = Engine(model)
+    prompts = [[5, 9, 13], [2, 4]]
+    session = engine.session(prompts, SamplingParams(temperature=0, max_tokens=4, stop_token_ids=[]))
+    assert session.cache.max_len == 3 + 4
+    first = session.run()
+    forced = [list(range(30, 42)), [7]]  # row 0 needs 3 + 4 + 12 slots and 4 more after them
+    getattr(session, how)(forced)
+    second = session.run()
+    assert 3 + 4 + 12 + 4 <= session.cache.max_len <= model.config.block_size
+    for r, prompt in enumerate(prompts):
+        seq = prompt + first[r].token_ids + forced[r]
+        assert second[r].token_ids == greedy_reference(model, seq, 4)
+
+
 def test_chat_tool_loop_shape():
     """Stop at a tool-call end, append the tool output, continue: the session API the chat engine uses."""
     script = list(b"2+3") + [263] + [0] * 3 + list(b"=5") + [261]  # the zeros are where the forced tokens go

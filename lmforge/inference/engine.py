@@ -115,8 +115,9 @@ class GenerationSession:
         else:
             self.generator.manual_seed(params.seed)
         self.max_len = max_len  # slots this session may fill
-        # The static step's cache always spans the whole context, so no request's length changes its shapes.
-        capacity = model.config.block_size if engine.static_decode else max_len
+        # The static step's cache always spans the whole context, so no request's length changes its shapes; the
+        # dynamic one starts at the length the session expects and grows when a row needs more (`_feed`).
+        capacity = model.config.block_size if engine.static_decode else min(max_len, longest + params.max_tokens)
         self.cache = KVCache(model.config, len(prompts), capacity, device=self.device, dtype=engine.dtype)
         self.batch = len(prompts)
         self.pos = torch.zeros(self.batch, dtype=torch.long, device=self.device)  # next position of each row
@@ -381,6 +382,8 @@ class GenerationSession:
             feeds = [feeds[i] for i in self.held]
         T = max(len(f) for f in feeds)
         cache, model = self.cache, self.engine.model
+        if cache.length + T > cache.max_len:  # callers check self.max_len; the cache may still be smaller
+            cache.grow(min(self.max_len, max(cache.length + T, 2 * cache.max_len)))
         if T == 1 and all(feeds):  # the decode step: one token per row, no padding to mark
             tokens = torch.tensor(feeds, device=self.device)
             pos_ids = self.pos[:, None]
