@@ -242,6 +242,7 @@ class GenerationSession:
         self._feed(feeds)
         self._new_segments(per_row)
 
+    @torch.inference_mode()
     def queue_forced(self, ids: Sequence[Sequence[int]]) -> None:
         """Like `append` with one list per row, but lazy: each row's forced tokens enter the cache one per `step()`,
         in the same one-token forward as the other rows' decoding, and the row samples again after its last one.
