@@ -241,6 +241,26 @@ def test_filters_keep_exactly_their_set_and_never_sample_outside(top_k, top_p, m
         assert torch.allclose(counts, probs, atol=0.04)
 
 
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=9, top_p=0.8),
+                                dict(temperature=0.9, repetition_penalty=1.3, frequency_penalty=0.4), dict(temperature=0)])
+def test_sampling_some_rows_gives_them_what_sampling_all_rows_does(kw):
+    """Rows that do not sample this step (feeding a tool output, finished but still held) are left out of sampling,
+    but their uniforms are still drawn: the other rows get exactly the tokens and log-probs of a full-batch draw, and
+    the generator's stream goes on as after it."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 300, generator=g) * 3
+    seen = torch.rand(7, 300, generator=g) < 0.1
+    counts = torch.randint(0, 3, (7, 300), generator=g).float()
+    params = SamplingParams(**kw)
+    rows = torch.tensor([0, 2, 3, 6])
+    full_gen, some_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):  # the second and third draws check that the stream stays in step
+        full = sample(logits, params, full_gen, seen, counts, 280)
+        some = sample(logits, params, some_gen, seen, counts, 280, rows)
+        for a, b in zip(full, some):
+            assert torch.equal(a[rows], b)
+
+
 def test_greedy_and_penalties():
     logits = torch.tensor([[2.0, 1.9, -1.0, 0.5]])
     tok, lp, raw = sample(logits, SamplingParams(temperature=0))

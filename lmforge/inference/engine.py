@@ -174,18 +174,20 @@ class GenerationSession:
         active = [a and not r.forced for r, a in zip(self.rows, active)]
         if not any(active):
             return [None] * self.batch
+        # Only the rows that sample now go through sampling; held rows that feed queued tokens or have finished cost
+        # only their draws of noise (a quarter of the SFT model's rollout row-steps)
+        at = [k for k, i in enumerate(self.held) if active[i]]
+        picked = None if len(at) == len(self.held) else torch.tensor(at, device=self.device)
         tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts,
-                                  self.engine.vocab_limit)
-        sampling = [active[i] for i in self.held]
-        if self.counts is not None:
-            live = torch.tensor(sampling, device=self.device)
-            idx = torch.arange(len(self.held), device=self.device)
-            self.seen[idx[live], tokens[live]] = True
-            self.counts[idx[live], tokens[live]] += 1
+                                  self.engine.vocab_limit, picked)
+        if self.seen is not None and self.counts is not None:
+            where = torch.arange(len(self.held), device=self.device) if picked is None else picked
+            self.seen[where, tokens] = True
+            self.counts[where, tokens] += 1
         events: list[TokenEvent | None] = [None] * self.batch
-        for i, a, t, lp, rl in zip(self.held, sampling, tokens.tolist(), lps.tolist(), raw.tolist()):
-            if a:
-                events[i] = self._accept(self.rows[i], t, lp, rl)
+        for k, t, lp, rl in zip(at, tokens.tolist(), lps.tolist(), raw.tolist()):
+            i = self.held[k]
+            events[i] = self._accept(self.rows[i], t, lp, rl)
         return events
 
     @torch.inference_mode()
