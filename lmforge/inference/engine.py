@@ -175,7 +175,7 @@ class GenerationSession:
         if not any(active):
             return [None] * self.batch
         # Only the rows that sample now go through sampling; held rows that feed queued tokens or have finished cost
-        # only their draws of noise (a quarter of the SFT model's rollout row-steps)
+        # only their draws of noise (a quarter of the SFT model's rollout row-steps).
         at = [k for k, i in enumerate(self.held) if active[i]]
         picked = None if len(at) == len(self.held) else torch.tensor(at, device=self.device)
         tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts,
