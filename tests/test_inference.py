@@ -241,6 +241,26 @@ def test_filters_keep_exactly_their_set_and_never_sample_outside(top_k, top_p, m
         assert torch.allclose(counts, probs, atol=0.04)
 
 
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=9, top_p=0.8),
+                                dict(temperature=0.9, repetition_penalty=1.3, frequency_penalty=0.4), dict(temperature=0)])
+def test_sampling_some_rows_gives_them_what_sampling_all_rows_does(kw):
+    """Rows that do not sample this step (feeding a tool output, finished but still held) are left out of sampling,
+    but their uniforms are still drawn: the other rows get exactly the tokens and log-probs of a full-batch draw, and
+    the generator's stream goes on as after it."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 300, generator=g) * 3
+    seen = torch.rand(7, 300, generator=g) < 0.1
+    counts = torch.randint(0, 3, (7, 300), generator=g).float()
+    params = SamplingParams(**kw)
+    rows = torch.tensor([0, 2, 3, 6])
+    full_gen, some_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):  # the second and third draws check that the stream stays in step
+        full = sample(logits, params, full_gen, seen, counts, 280)
+        some = sample(logits, params, some_gen, seen, counts, 280, rows)
+        for a, b in zip(full, some):
+            assert torch.equal(a[rows], b)
+
+
 def test_greedy_and_penalties():
     logits = torch.tensor([[2.0, 1.9, -1.0, 0.5]])
     tok, lp, raw = sample(logits, SamplingParams(temperature=0))
@@ -326,6 +346,26 @@ def test_append_forced_tokens_then_continue_equals_plain_forward():
     for r, prompt in enumerate([[5, 9, 13], [2, 4]]):
         seq = prompt + first[r].token_ids + forced[r]
         assert second[r].token_ids == greedy_reference(model, seq, len(second[r].token_ids))
+
+
+@pytest.mark.parametrize("how", ["append", "queue_forced"])
+def test_cache_sized_to_the_expected_length_grows_exactly(how):
+    """A session's cache starts at its longest prompt plus its budget (a cache spanning the whole context makes every
+    decode step slower) and grows when forced tokens need more: continuing after the growth equals the plain
+    forward over the whole sequence."""
+    model = tiny()
+    engine = Engine(model)
+    prompts = [[5, 9, 13], [2, 4]]
+    session = engine.session(prompts, SamplingParams(temperature=0, max_tokens=4, stop_token_ids=[]))
+    assert session.cache.max_len == 3 + 4
+    first = session.run()
+    forced = [list(range(30, 42)), [7]]  # row 0 needs 3 + 4 + 12 slots and 4 more after them
+    getattr(session, how)(forced)
+    second = session.run()
+    assert 3 + 4 + 12 + 4 <= session.cache.max_len <= model.config.block_size
+    for r, prompt in enumerate(prompts):
+        seq = prompt + first[r].token_ids + forced[r]
+        assert second[r].token_ids == greedy_reference(model, seq, 4)
 
 
 def test_chat_tool_loop_shape():

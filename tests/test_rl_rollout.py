@@ -24,14 +24,17 @@ def _greedy(**kw) -> SamplingParams:
     return SamplingParams(**{"temperature": 0.0, "max_tokens": 10, "stop_token_ids": [], **kw})
 
 
-def test_queued_forced_tokens_continue_like_append(engine):
+@pytest.mark.parametrize("penalties", [{}, dict(repetition_penalty=1.5, presence_penalty=0.5)])
+def test_queued_forced_tokens_continue_like_append(engine, penalties):
     """Row 0 gets a tool output after its first token while the others decode on: queued (one token a step, in the
     others' decode forward) it continues with the same tokens and log-probs as after a batch-wide `append`, and the
-    cache grows by one slot a step instead of by the output's length in every row."""
+    cache grows by one slot a step instead of by the output's length in every row. With penalties the forced tokens
+    count as seen, as appended ones do (queue_forced writes the session's inference tensors: it runs in inference
+    mode, as append does)."""
     forced = [[40, 41, 42, 43, 44], [], [50], [], [], []]
     runs = []
     for how in ("append", "queue_forced"):
-        session = engine.session(PROMPTS, _greedy())
+        session = engine.session(PROMPTS, _greedy(**penalties))
         first = [e.token_id for e in session.step()]
         getattr(session, how)(forced)
         runs.append((first, session.run(), session.cache.length))

@@ -115,8 +115,9 @@ class GenerationSession:
         else:
             self.generator.manual_seed(params.seed)
         self.max_len = max_len  # slots this session may fill
-        # The static step's cache always spans the whole context, so no request's length changes its shapes.
-        capacity = model.config.block_size if engine.static_decode else max_len
+        # The static step's cache always spans the whole context, so no request's length changes its shapes; the
+        # dynamic one starts at the length the session expects and grows when a row needs more (`_feed`).
+        capacity = model.config.block_size if engine.static_decode else min(max_len, longest + params.max_tokens)
         self.cache = KVCache(model.config, len(prompts), capacity, device=self.device, dtype=engine.dtype)
         self.batch = len(prompts)
         self.pos = torch.zeros(self.batch, dtype=torch.long, device=self.device)  # next position of each row
@@ -173,18 +174,20 @@ class GenerationSession:
         active = [a and not r.forced for r, a in zip(self.rows, active)]
         if not any(active):
             return [None] * self.batch
+        # Only the rows that sample now go through sampling; held rows that feed queued tokens or have finished cost
+        # only their draws of noise (a quarter of the SFT model's rollout row-steps).
+        at = [k for k, i in enumerate(self.held) if active[i]]
+        picked = None if len(at) == len(self.held) else torch.tensor(at, device=self.device)
         tokens, lps, raw = sample(self.logits, self.params, self.generator, self.seen, self.counts,
-                                  self.engine.vocab_limit)
-        sampling = [active[i] for i in self.held]
-        if self.counts is not None:
-            live = torch.tensor(sampling, device=self.device)
-            idx = torch.arange(len(self.held), device=self.device)
-            self.seen[idx[live], tokens[live]] = True
-            self.counts[idx[live], tokens[live]] += 1
+                                  self.engine.vocab_limit, picked)
+        if self.seen is not None and self.counts is not None:
+            where = torch.arange(len(self.held), device=self.device) if picked is None else picked
+            self.seen[where, tokens] = True
+            self.counts[where, tokens] += 1
         events: list[TokenEvent | None] = [None] * self.batch
-        for i, a, t, lp, rl in zip(self.held, sampling, tokens.tolist(), lps.tolist(), raw.tolist()):
-            if a:
-                events[i] = self._accept(self.rows[i], t, lp, rl)
+        for k, t, lp, rl in zip(at, tokens.tolist(), lps.tolist(), raw.tolist()):
+            i = self.held[k]
+            events[i] = self._accept(self.rows[i], t, lp, rl)
         return events
 
     @torch.inference_mode()
@@ -241,6 +244,7 @@ class GenerationSession:
         self._feed(feeds)
         self._new_segments(per_row)
 
+    @torch.inference_mode()
     def queue_forced(self, ids: Sequence[Sequence[int]]) -> None:
         """Like `append` with one list per row, but lazy: each row's forced tokens enter the cache one per `step()`,
         in the same one-token forward as the other rows' decoding, and the row samples again after its last one.
@@ -381,6 +385,8 @@ class GenerationSession:
             feeds = [feeds[i] for i in self.held]
         T = max(len(f) for f in feeds)
         cache, model = self.cache, self.engine.model
+        if cache.length + T > cache.max_len:  # callers check self.max_len; the cache may still be smaller
+            cache.grow(min(self.max_len, max(cache.length + T, 2 * cache.max_len)))
         if T == 1 and all(feeds):  # the decode step: one token per row, no padding to mark
             tokens = torch.tensor(feeds, device=self.device)
             pos_ids = self.pos[:, None]
