@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -290,7 +291,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    record = Path(f"/tmp/bench_serve_trace.{os.getpid()}.json")
+    record = Path(tempfile.gettempdir()) / f"bench_serve_trace.{os.getpid()}.json"
     paths = [args.src, *filter(None, [os.environ.get("PYTHONPATH")])]  # --src first, other paths kept
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "LMFORGE_THREADS": "1", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--params", args.params,
