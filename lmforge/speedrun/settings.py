@@ -96,8 +96,8 @@ PRETRAIN_BUDGET_S = 600.0
 # the user's numbers into the call, and when it does depends on the base. Of four default bases that differed only by a few tokens of their corpus, 2,000 steps gave
 # 84.5%, 94.0%, 13.5% (its calls right 28% of the time) and, on the base of today's crawl, not measured; on the
 # 13.5% base 3,000 steps gave 85.5% (a higher rate: 6.0%, a constant rate with a late decay: 12.5%, half the rate:
-# 62.0%), and on today's base 97.0% (99% of the calls right; benchmarks/NOTES.md, "Round 5: SFT steps"). The 1,000
-# steps more cost about 3 minutes on 2 cores.
+# 62.0%), on the 84.5% and 94.0% bases 96.0% and 97.5%, and on today's base 97.0% (99% of the calls right;
+# benchmarks/NOTES.md, "Round 5: SFT steps"). The 1,000 steps more cost about 3 minutes on 2 cores.
 SFT_STEPS = 3000
 SFT_CONVERSATIONS = 16000
 
