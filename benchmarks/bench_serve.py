@@ -130,14 +130,16 @@ def serve_transformers(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def one_request(port: int, prompt: list[int] | str, tokens: int, extra: dict | None = None) -> tuple[float, int, float]:
+def one_request(port: int, prompt: list[int] | str, tokens: int, extra: dict | None = None,
+                headers: dict[str, str] | None = None) -> tuple[float, int, float]:
     """(time to first token, tokens received, total time) of one streaming request; `extra` replaces the
-    end-of-text switch (`ignore_eos`, lmforge's and vLLM's) for a server that spells it otherwise."""
+    end-of-text switch (`ignore_eos`, lmforge's and vLLM's) for a server that spells it otherwise; `headers` are
+    sent too (bench_serve_trace tags each request)."""
     body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
                        **(extra if extra is not None else {"ignore_eos": True})})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})})
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"the server answered {response.status}: {response.read()[:200]!r}")

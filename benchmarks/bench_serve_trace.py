@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextvars
-import http.client
 import json
+import math
 import os
 import random
 import signal
@@ -201,17 +201,13 @@ def serve(port: int, params: str, slots: int, out: str) -> None:
 
 
 def one_request(port: int, prompt: str, tokens: int, tag: str) -> dict[str, Any]:
-    body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-                       "ignore_eos": True})
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    """bench_serve's streaming request, tagged for the server's trace; its start and first token on the server's
+    clock (the request's own start is a few microseconds later: its body is encoded first)."""
+    import bench_serve
+
     t0 = time.monotonic()
-    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json", "X-Trace": tag})
-    response, first = conn.getresponse(), None
-    while line := response.readline():
-        if first is None and line.startswith(b"data: {"):
-            first = time.monotonic()
-    conn.close()
-    return {"tag": tag, "t0": t0, "first": first}
+    ttft = bench_serve.one_request(port, prompt, tokens, headers={"X-Trace": tag})[0]
+    return {"tag": tag, "t0": t0, "first": None if math.isnan(ttft) else t0 + ttft}
 
 
 def clients(port: int, streams: int, requests: int, tokens: int, label: str) -> list[dict[str, Any]]:
