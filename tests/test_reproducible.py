@@ -68,23 +68,25 @@ def _fetch(site_url: str, pages: list[str]) -> dict[str, bytes]:
 
 
 @pytest.mark.timeout(120)
-def test_pydoc_pages_do_not_depend_on_the_server_process(monkeypatch):
+def test_pydoc_pages_do_not_depend_on_the_server_process(monkeypatch, tmp_path):
     from lmforge.data.pydoc_site import PydocSite, PydocSiteConfig
 
     with PydocSite(PydocSiteConfig(processes=1)) as site:
         first = _fetch(site.url, PAGES)
     monkeypatch.setenv("PYTHONHASHSEED", "12345")  # a caller with another hash seed and environment
     monkeypatch.setenv("LMFORGE_TEST_NOISE", "x" * 40)
+    monkeypatch.chdir(tmp_path)  # started from another folder (the sys page listed the current one's import finder)
     with PydocSite(PydocSiteConfig(processes=1)) as site:
         _fetch(site.url, WARM_UP)
         second = _fetch(site.url, PAGES[::-1])
     assert sum(body.startswith(b"<!DOCTYPE") for body in first.values()) >= 6  # real pages, not errors
     assert [p for p in PAGES if first[p] != second[p]] == []
-    installed_at = {str(ROOT), sys.prefix, sys.executable}  # the checkout, the virtual environment (if any)
+    installed_at = {str(ROOT), str(tmp_path), sys.prefix, sys.executable}  # the checkout, a folder, the venv
     assert [(p, where) for p in PAGES for where in installed_at if where.encode() in first[p]] == []
 
 
-SHOW_PROCESS = "import sys; print(sys.executable, sys.argv, sys.orig_argv, sys.modules['__main__'], sys.path)"
+SHOW_PROCESS = ("import sys; print(sys.executable, sys.argv, sys.orig_argv, sys.modules['__main__'], sys.path, "
+                "list(sys.path_importer_cache))")
 
 
 def test_the_stdlib_interpreter_does_not_show_where_its_script_lies(tmp_path):

@@ -107,11 +107,11 @@ class PydocSite:
 
     def _spawn(self, port: int) -> int:
         """Start one server process on `port` (0: any free port) and return the port it listens on."""
-        from lmforge.data.stdlib_process import STDLIB_ENV, stdlib_python
+        from lmforge.data.stdlib_process import STDLIB_CWD, STDLIB_ENV, stdlib_python
 
         cmd = stdlib_python(__file__, "--host", self.config.host, "--port", str(port))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env=STDLIB_ENV)
+                                start_new_session=True, env=STDLIB_ENV, cwd=STDLIB_CWD)
         self.procs.append(proc)
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)

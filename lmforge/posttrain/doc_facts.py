@@ -123,12 +123,12 @@ def _read_summaries(names: list[str]) -> dict[str, str]:
 @functools.lru_cache(maxsize=8)
 def _ask_clean_interpreter(request: str) -> dict[str, Any]:
     """Run this file in a fresh stdlib-only interpreter on a JSON request; its JSON answer (cached per request)."""
-    from lmforge.data.stdlib_process import STDLIB_ENV, stdlib_python
+    from lmforge.data.stdlib_process import STDLIB_CWD, STDLIB_ENV, stdlib_python
     from lmforge.utils import LmforgeError
 
     try:
-        proc = subprocess.run(stdlib_python(__file__, request), env=STDLIB_ENV, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, encoding="utf-8", timeout=300)
+        proc = subprocess.run(stdlib_python(__file__, request), env=STDLIB_ENV, cwd=STDLIB_CWD,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, encoding="utf-8", timeout=300)
     except subprocess.TimeoutExpired as e:
         raise LmforgeError("reading the standard library's docstrings took over 300 s (an import that hangs?)") from e
     if proc.returncode != 0:
