@@ -47,6 +47,7 @@ from lmforge.posttrain.rl_config import RLConfig
 from lmforge.posttrain.rl_forward import Batch, build_batch, frozen, sequence_logprobs
 from lmforge.posttrain.rl_rewards import RewardFn, build_rewards
 from lmforge.posttrain.rl_rollout import Rollout, rollout_group
+from lmforge.train.optim import fused_adamw
 from lmforge.utils import LmforgeError, atomic_write, write_json
 
 
@@ -118,7 +119,8 @@ class RLRun:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
             trained += list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.optimizer = fused_adamw(trained, torch.device(cfg.device).type, lr=cfg.lr, betas=(0.9, 0.95),
+                                     weight_decay=0.0)
         if saved:
             self.optimizer.load_state_dict(opt_state["optimizer"])
             if self.value_head is not None:
@@ -218,6 +220,7 @@ class RLRun:
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
+                self.engine.weights_changed()
                 losses.append(float(loss.detach()))
                 clipped += float(n_clipped)
                 seen += float(mb.mask.sum())
