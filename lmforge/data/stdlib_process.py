@@ -15,9 +15,8 @@ commit in three folders archived those pages with their own paths, tokenized the
 trained different models from step 70 on. So the interpreter is the installation's own (the virtual
 environment's `python` resolved to the file it links to), and the script runs as `__main__` under its file name
 alone, with no folder in `sys.argv` or `sys.orig_argv`. The `sys` page also prints `sys.path_importer_cache`, where
-the first import of `-c`'s '' entry left a finder for the current folder (a clone at `/check/work/main` showed it, one
-at `/work/main` hid it in the repr's ellipsis): the child runs in the root folder, and the bootstrap drops that
-finder.
+the first import of `-c`'s '' entry left a finder for the current folder (CI's checkout showed it, shorter paths hid
+it in the repr's ellipsis): the child runs in the root folder, and the bootstrap drops that finder.
 
 Used by the embedded pydoc site (`pydoc_site.py`) and the default SFT data's documentation facts.
 """
