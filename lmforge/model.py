@@ -541,8 +541,8 @@ class InferenceWeights:
 
 def weights_key(model: nn.Module) -> tuple:
     """Identity and in-place version of every parameter and buffer: it changes when any of them does (a new
-    tensor, an optimiser step, a changed RoPE table), which is when prepared weights are stale. Not after a step of
-    torch's fused AdamW, which leaves version counters as they were: its callers say so (`Engine.weights_changed`)."""
+    tensor, an optimiser step, a changed RoPE table), which is when prepared weights are stale. (Torch's fused
+    AdamW leaves version counters as they were; `train.optim.fused_adamw` bumps them after each step.)"""
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 

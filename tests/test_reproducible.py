@@ -48,8 +48,8 @@ def test_default_sft_data_is_the_same_in_any_process(tmp_path):
 # asynchat (a warnings-registry counter) and _sqlite3 (classes listed only when their module was loaded).
 # sys and platform (and ctypes._aix, which imports sys's names) printed where lmforge was installed: the clone's
 # folder and its virtual environment's python.
-PAGES = ["sys.html", "platform.html", "ctypes._aix.html", "os.html", "configparser.html", "ctypes.html", "weakref.html", "tempfile.html",
-         "tracemalloc.html", "asynchat.html", "_sqlite3.html"]
+PAGES = ["sys.html", "platform.html", "ctypes._aix.html", "os.html", "configparser.html", "ctypes.html", "weakref.html",
+         "tempfile.html", "tracemalloc.html", "asynchat.html", "_sqlite3.html"]
 # Pages that import much of the library when rendered: asked first on one of the two sites.
 WARM_UP = ["collections.abc.html", "abc.html", "sqlite3.html", "io.html", "distutils.command.build_clib.html"]
 

@@ -128,8 +128,8 @@ def test_planted_preference_raises_reward_and_marker_rate(base, tmp_path, group_
     rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["reward_marker"] for r in rows[:2]) / 2
     last = sum(r["reward_marker"] for r in rows[-2:]) / 2
-    # Every step samples from the weights it trains (the engine's prepared copies follow each optimizer step, which
-    # with the fused AdamW leaves the parameters' version counters unchanged): sampled and scored log-probs agree.
+    # Every step samples from the weights it trains (the engine's prepared copies follow each optimizer step, whose
+    # fused kernel leaves the version counters to `fused_adamw`'s hook): sampled and scored log-probs agree.
     assert max(r["logprob_mismatch"] for r in rows) < 1e-3, [r["logprob_mismatch"] for r in rows]
     assert last > first + 0.4, (first, last)
     assert rows[-1]["kl_k3"] > 0

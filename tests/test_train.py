@@ -525,3 +525,17 @@ def test_mfu_counts_the_output_head_of_a_tied_model():
 
     tied, untied = (GPT(GPTConfig(**TINY, tie_embeddings=t)) for t in (True, False))
     assert tied.flops_per_token() == untied.flops_per_token()
+
+
+def test_fused_adamw_step_changes_weights_key():
+    """The fused kernel leaves version counters alone; `fused_adamw`'s hook bumps them, so an engine's prepared
+    weights (keyed on them) are rebuilt after every step and sampling follows training."""
+    from lmforge.model import GPT, GPTConfig, weights_key
+    from lmforge.train.optim import fused_adamw
+
+    model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=16))
+    optimizer = fused_adamw(model.parameters(), "cpu", lr=1e-2)
+    model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))[1].backward()
+    before = weights_key(model)
+    optimizer.step()
+    assert optimizer.defaults["fused"] and weights_key(model) != before

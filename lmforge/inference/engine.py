@@ -483,12 +483,6 @@ class Engine:
             self._weights = InferenceWeights(self.model)
         return self._weights
 
-    def weights_changed(self) -> None:
-        """Drop the prepared weights after an update that `weights_key` cannot see: torch's fused AdamW (2.13, CPU)
-        writes the parameters without bumping their version counters, so an RL run that samples through this engine
-        after such a step would otherwise sample from the old weights' copies."""
-        self._weights = None
-
     def default_stop_ids(self) -> list[int]:
         """A chat turn ends with `<|end|>`; a base model starts a new document with `<|bos|>`: both end a text."""
         if self.tokenizer is None:

@@ -220,7 +220,6 @@ class RLRun:
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
-                self.engine.weights_changed()
                 losses.append(float(loss.detach()))
                 clipped += float(n_clipped)
                 seen += float(mb.mask.sum())

@@ -93,11 +93,12 @@ PRETRAIN_BUDGET_S = 600.0
 # mix of `default_data` 95.5% (91.7-97.6%); 32,000 (1 epoch) 93.0% (88.6-95.8%), no better.
 # 3,000 steps, not 2,000: no model here copies in general (on a random token sequence repeated once, the second copy
 # is no easier than the first for the bases and the SFT models alike), so SFT has to learn the narrow skill of copying
-# the user's numbers into the call, and when it does depends on the base. Of four default bases that differed only by a few tokens of their corpus, 2,000 steps gave
-# 84.5%, 94.0%, 13.5% (its calls right 28% of the time) and, on the base of today's crawl, not measured; on the
-# 13.5% base 3,000 steps gave 85.5% (a higher rate: 6.0%, a constant rate with a late decay: 12.5%, half the rate:
-# 62.0%), on the 84.5% and 94.0% bases 96.0% and 97.5%, and on today's base 97.0% (99% of the calls right;
-# benchmarks/NOTES.md, "Round 5: SFT steps"). The 1,000 steps more cost about 3 minutes on 2 cores.
+# the user's numbers into the call, and when it does depends on the base. Of four default bases that differed only
+# by a few tokens of their corpus, 2,000 steps gave 84.5%, 94.0%, 13.5% (its calls right 28% of the time) and, on
+# the base of today's crawl, not measured; on the 13.5% base 3,000 steps gave 85.5% (a higher rate: 6.0%, a
+# constant rate with a late decay: 12.5%, half the rate: 62.0%), on the 84.5% and 94.0% bases 96.0% and 97.5%, and
+# on today's base 97.0% (99% of the calls right; benchmarks/NOTES.md, "Round 5: SFT steps"). The 1,000 steps more
+# cost about 3 minutes on 2 cores.
 SFT_STEPS = 3000
 SFT_CONVERSATIONS = 16000
 
